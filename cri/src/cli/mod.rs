@@ -1,0 +1,146 @@
+//! Command-line parsing, logging setup and error printing for `minipod`.
+
+mod oci;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// minipod: an embedded container runtime with built-in networking.
+///
+/// The OCI verbs (create, start, state, kill, delete, run, exec, list, spec) behave
+/// like runc's, so tools that drive runc can drive minipod.
+#[derive(Parser, Debug)]
+#[command(name = "minipod", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory for container state (tmpfs: a reboot forgets everything).
+    #[arg(long, global = true, default_value = minipod_runtime::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Also write log messages to this file.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of the --log file.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a container from a bundle; its process waits for `start`.
+    Create(oci::CreateArgs),
+    /// Start a created container's process.
+    Start(oci::IdArg),
+    /// Print a container's state as OCI state JSON.
+    State(oci::IdArg),
+    /// Send a signal (default TERM) to a container's process.
+    Kill(oci::KillArgs),
+    /// Remove a container; a running one needs --force.
+    Delete(oci::DeleteArgs),
+    /// Create, start and wait for a container; exit with its exit code (128+N on signal).
+    Run(oci::RunArgs),
+    /// Run a command inside a running container.
+    Exec(oci::ExecArgs),
+    /// List containers.
+    #[command(visible_alias = "ls")]
+    List(oci::ListArgs),
+    /// Write a default config.json into a bundle directory.
+    Spec(oci::SpecArgs),
+    /// Build a busybox bundle and run it: a first look at minipod.
+    Demo(oci::DemoArgs),
+}
+
+/// Parses arguments, runs the command and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let _guard = init_logging(&cli);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let text = format!("{e:#}");
+            tracing::error!("{text}");
+            eprintln!("minipod: {text}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let root = cli.root;
+    match cli.command {
+        Command::Create(a) => oci::create(&root, a),
+        Command::Start(a) => oci::start(&root, a),
+        Command::State(a) => oci::state(&root, a),
+        Command::Kill(a) => oci::kill(&root, a),
+        Command::Delete(a) => oci::delete(&root, a),
+        Command::Run(a) => oci::run(&root, a),
+        Command::Exec(a) => oci::exec(&root, a),
+        Command::List(a) => oci::list(&root, a),
+        Command::Spec(a) => oci::spec(a),
+        Command::Demo(a) => oci::demo(&root, a),
+    }
+}
+
+/// Logs go to stderr (warnings by default) and, with --log, to a file as well.
+fn init_logging(cli: &Cli) -> Option<()> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{filter::LevelFilter, fmt};
+    let level = match cli.verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_filter(level);
+    let file = cli.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let (text, json) = match (file, cli.log_format) {
+        (Some(f), LogFormat::Json) => (
+            None,
+            Some(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(LevelFilter::INFO),
+            ),
+        ),
+        (Some(f), LogFormat::Text) => (
+            Some(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(LevelFilter::INFO),
+            ),
+            None,
+        ),
+        (None, _) => (None, None),
+    };
+    // stderr gets only what is not printed as the final error line.
+    let stderr = stderr.with_filter(tracing_subscriber::filter::filter_fn(|m| {
+        *m.level() != tracing::Level::ERROR
+    }));
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(text)
+        .with(json)
+        .try_init()
+        .ok()
+}

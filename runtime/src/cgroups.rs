@@ -1,0 +1,347 @@
+//! Container cgroups on v1 hierarchies (as on these machines) or a v2 unified tree:
+//! create with limits, place a process, list members, remove.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// v1 hierarchies a container gets a directory in. cpuset is left out: it needs its
+/// cpus/mems copied down every level and minipod sets no cpuset limits.
+const V1_CONTROLLERS: &[&str] = &[
+    "memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "systemd",
+];
+
+/// A cgroup operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("creating cgroup {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("setting {file} to {value:?}")]
+    Write {
+        file: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {file}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("removing cgroup {path}: it still holds processes after 2 s")]
+    Busy { path: PathBuf },
+    #[error("removing cgroup {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether the host mounts cgroup v2 at /sys/fs/cgroup.
+pub fn is_unified() -> bool {
+    nix::sys::statfs::statfs(ROOT)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// The directories of one container's cgroup, one per hierarchy (one on v2).
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    paths: Vec<PathBuf>,
+    unified: bool,
+}
+
+impl Cgroup {
+    /// The cgroup at `relative` (e.g. `minipod/web-1`) in every hierarchy; creates nothing.
+    pub fn at(relative: &Path) -> Self {
+        let relative = relative.strip_prefix("/").unwrap_or(relative);
+        if is_unified() {
+            return Self {
+                paths: vec![Path::new(ROOT).join(relative)],
+                unified: true,
+            };
+        }
+        let paths = V1_CONTROLLERS
+            .iter()
+            .map(|c| Path::new(ROOT).join(c))
+            .filter(|p| p.is_dir())
+            .map(|p| p.join(relative))
+            .collect();
+        Self {
+            paths,
+            unified: false,
+        }
+    }
+
+    /// A cgroup from directories recorded earlier.
+    pub fn from_paths(paths: Vec<PathBuf>) -> Self {
+        let unified = is_unified();
+        Self { paths, unified }
+    }
+
+    /// The directories, one per hierarchy.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Creates the directories and applies `resources`; removes what it made on failure.
+    pub fn create(&self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        let made = self.create_dirs();
+        let applied = made.and_then(|()| match resources {
+            Some(r) => self.apply(r),
+            None => Ok(()),
+        });
+        if let Err(e) = applied {
+            let _ = self.remove();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn create_dirs(&self) -> Result<(), CgroupError> {
+        for path in &self.paths {
+            if self.unified {
+                enable_v2_controllers(path)?;
+            }
+            fs::create_dir_all(path).map_err(|source| CgroupError::Create {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn file(&self, controller: &str, name: &str) -> Option<PathBuf> {
+        let dir = if self.unified {
+            self.paths.first()?
+        } else {
+            let hierarchy = Path::new(ROOT).join(controller);
+            self.paths.iter().find(|p| p.starts_with(&hierarchy))?
+        };
+        Some(dir.join(name))
+    }
+
+    fn write(&self, controller: &str, name: &str, value: String) -> Result<(), CgroupError> {
+        let Some(file) = self.file(controller, name) else {
+            return Ok(());
+        };
+        fs::write(&file, &value).map_err(|source| CgroupError::Write {
+            file,
+            value,
+            source,
+        })
+    }
+
+    fn apply(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        let memory = r.memory().as_ref();
+        let limit = memory.and_then(|m| m.limit());
+        let swap = memory.and_then(|m| m.swap());
+        let pids = r.pids().map(|p| p.limit());
+        let cpu = r.cpu().as_ref();
+        let shares = cpu.and_then(|c| c.shares());
+        let quota = cpu.and_then(|c| c.quota());
+        let period = cpu.and_then(|c| c.period());
+        let max = |v: i64| {
+            if v <= 0 {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        if self.unified {
+            if let Some(l) = limit {
+                self.write("", "memory.max", max(l))?;
+            }
+            if let (Some(s), Some(l)) = (swap, limit) {
+                // v1 counts memory+swap, v2 swap alone; runc converts the same way.
+                let v = if s < 0 {
+                    "max".into()
+                } else {
+                    (s - l.max(0)).max(0).to_string()
+                };
+                self.write("", "memory.swap.max", v)?;
+            }
+            if let Some(p) = pids {
+                self.write("", "pids.max", max(p))?;
+            }
+            if let Some(s) = shares {
+                let weight = 1 + ((s.clamp(2, 262144) - 2) * 9999) / 262142;
+                self.write("", "cpu.weight", weight.to_string())?;
+            }
+            if quota.is_some() || period.is_some() {
+                let q = quota
+                    .filter(|q| *q > 0)
+                    .map_or("max".to_string(), |q| q.to_string());
+                self.write("", "cpu.max", format!("{q} {}", period.unwrap_or(100_000)))?;
+            }
+            return Ok(());
+        }
+        if let Some(l) = limit {
+            self.write("memory", "memory.limit_in_bytes", l.to_string())?;
+        }
+        if let Some(s) = swap {
+            if self
+                .file("memory", "memory.memsw.limit_in_bytes")
+                .is_some_and(|f| f.exists())
+            {
+                self.write("memory", "memory.memsw.limit_in_bytes", s.to_string())?;
+            }
+        }
+        if let Some(p) = pids {
+            self.write("pids", "pids.max", max(p))?;
+        }
+        if let Some(s) = shares {
+            self.write("cpu", "cpu.shares", s.to_string())?;
+        }
+        if let Some(p) = period {
+            self.write("cpu", "cpu.cfs_period_us", p.to_string())?;
+        }
+        if let Some(q) = quota {
+            self.write("cpu", "cpu.cfs_quota_us", q.to_string())?;
+        }
+        self.apply_v1_devices(r)
+    }
+
+    /// The devices hierarchy is v1's only device filter (v2 needs eBPF, not done yet).
+    fn apply_v1_devices(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        let Some(rules) = r.devices() else {
+            return Ok(());
+        };
+        for rule in rules {
+            let typ = rule
+                .typ()
+                .map_or_else(|| "a".to_string(), |t| t.as_str().to_string());
+            let node = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
+            let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
+            let line = if typ == "a" {
+                "a".to_string()
+            } else {
+                format!(
+                    "{typ} {}:{} {access}",
+                    node(rule.major()),
+                    node(rule.minor())
+                )
+            };
+            self.write(
+                "devices",
+                if rule.allow() {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                },
+                line,
+            )?;
+        }
+        // The devices every container gets in /dev stay usable whatever the rules said.
+        for dev in [
+            "c 1:3 rwm",
+            "c 1:5 rwm",
+            "c 1:7 rwm",
+            "c 1:8 rwm",
+            "c 1:9 rwm",
+            "c 5:0 rwm",
+            "c 5:2 rwm",
+            "c 136:* rwm",
+        ] {
+            self.write("devices", "devices.allow", dev.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup in every hierarchy.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for path in &self.paths {
+            let file = path.join("cgroup.procs");
+            fs::write(&file, pid.to_string()).map_err(|source| CgroupError::Write {
+                file,
+                value: pid.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// PIDs in the cgroup (from the first hierarchy; all hold the same processes).
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let Some(path) = self.paths.first() else {
+            return Ok(vec![]);
+        };
+        let file = path.join("cgroup.procs");
+        let text = match fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(CgroupError::Read { file, source }),
+        };
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Removes the directories; already-gone ones are fine. Waits up to 2 s for exiting
+    /// processes to leave, since the kernel refuses to remove a cgroup that has members.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut first_err = None;
+        for path in &self.paths {
+            if let Err(e) = remove_dir_waiting(path) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn remove_dir_waiting(path: &Path) -> Result<(), CgroupError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if std::time::Instant::now() > deadline {
+                    return Err(CgroupError::Busy {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// On v2 a controller's files appear in a child only if every ancestor delegates it.
+fn enable_v2_controllers(path: &Path) -> Result<(), CgroupError> {
+    let mut dir = PathBuf::from(ROOT);
+    let rel = path.strip_prefix(ROOT).unwrap_or(path);
+    for part in rel.components() {
+        let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let wanted: Vec<String> = ["memory", "pids", "cpu"]
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !wanted.is_empty() {
+            // Fails harmlessly where the controller is already on or cannot be delegated.
+            let _ = fs::write(dir.join("cgroup.subtree_control"), wanted.join(" "));
+        }
+        dir.push(part);
+        if !dir.exists() && dir != path {
+            fs::create_dir(&dir).map_err(|source| CgroupError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,623 @@
+//! The runtime API: create, start, state, kill, delete, list, wait, run and exec on
+//! containers kept under one state root.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use crate::bundle::{Bundle, BundleError};
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::id::{ContainerId, IdError};
+use crate::process::channel::{Channel, ChannelError};
+use crate::process::messages::{CreateRequest, ExecRequest, HelperRequest, MonitorRequest, Report};
+use crate::process::{self, monitor, SpawnError};
+use crate::signal::Signal;
+use crate::state::{self, ContainerState, ExitStatus, StateError, Status};
+
+/// Default state root, as for runc's `/run/runc`.
+pub const DEFAULT_ROOT: &str = "/run/minipod";
+/// Copy of the container's spec kept for `exec`, so later bundle edits do not leak in.
+const SPEC_COPY: &str = "config.json";
+/// How long delete waits for a killed workload and its monitor to go.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A container operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("container {id} already exists in {root}: pick another id or remove it with `minipod delete {id}`")]
+    AlreadyExists { id: ContainerId, root: PathBuf },
+    #[error("container {id} does not exist in {root}: `minipod list` shows the containers there")]
+    NotFound { id: ContainerId, root: PathBuf },
+    #[error(
+        "container {id} is running: stop it first (`minipod kill {id}`) or delete it with --force"
+    )]
+    StillRunning { id: ContainerId },
+    #[error("cannot {op} container {id}: it is {status}{hint}")]
+    WrongState {
+        id: ContainerId,
+        op: &'static str,
+        status: Status,
+        hint: &'static str,
+    },
+    #[error("cgroup {0} already exists, probably for a container of the same id under another --root: pick another id or set linux.cgroupsPath")]
+    CgroupTaken(PathBuf),
+    #[error("creating container {id}: {message}")]
+    Setup { id: ContainerId, message: String },
+    #[error("starting container {id}: {message}")]
+    Start { id: ContainerId, message: String },
+    #[error("exec in container {id}: {message}")]
+    Exec { id: ContainerId, message: String },
+    #[error("the minipod helper exited without a report: a binary that embeds minipod-runtime must link it normally (see the crate docs)")]
+    HelperVanished,
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("talking to the container's monitor")]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("sending {signal} to container {id} (pid {pid})")]
+    Kill {
+        id: ContainerId,
+        signal: Signal,
+        pid: i32,
+        #[source]
+        source: Errno,
+    },
+    #[error("container {id}: pid {pid} did not exit within {secs} s of SIGKILL")]
+    KillTimeout {
+        id: ContainerId,
+        pid: i32,
+        secs: u64,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = ContainerError> = std::result::Result<T, E>;
+
+/// Where a container's stdin, stdout and stderr go.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// /dev/null for all three.
+    #[default]
+    Null,
+    /// The caller's own 0, 1 and 2.
+    Inherit,
+    /// These three descriptors.
+    Fds(OwnedFd, OwnedFd, OwnedFd),
+}
+
+impl Stdio {
+    fn fds(&self) -> Result<Vec<OwnedFd>> {
+        let dup = |fd: RawFd| {
+            // SAFETY: 0..2 are open in any process started normally; dup checks it.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            borrowed
+                .try_clone_to_owned()
+                .map_err(|source| ContainerError::Io {
+                    what: "duplicating stdio descriptor",
+                    path: PathBuf::from(format!("fd {fd}")),
+                    source,
+                })
+        };
+        Ok(match self {
+            Stdio::Null => vec![],
+            Stdio::Inherit => vec![dup(0)?, dup(1)?, dup(2)?],
+            Stdio::Fds(a, b, c) => vec![
+                dup(a.as_raw_fd())?,
+                dup(b.as_raw_fd())?,
+                dup(c.as_raw_fd())?,
+            ],
+        })
+    }
+}
+
+/// Options of [`Runtime::create`].
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    /// The workload's stdio.
+    pub stdio: Stdio,
+    /// Write the workload's host PID here once created.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// A container that [`Runtime::create`] made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// Host PID of the workload (blocked before exec until `start`).
+    pub pid: i32,
+    /// What was degraded during setup (e.g. an rlimit or oom_score_adj not allowed here).
+    pub warnings: Vec<String>,
+}
+
+/// Options of [`Runtime::exec`].
+#[derive(Debug, Default)]
+pub struct ExecOptions {
+    /// Command and arguments.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries added to (or replacing those of) the container's environment.
+    pub env: Vec<String>,
+    /// Working directory; the container's when unset.
+    pub cwd: Option<PathBuf>,
+    /// `(uid, gid)`; the container's user when unset.
+    pub user: Option<(u32, u32)>,
+    /// The process's stdio.
+    pub stdio: Stdio,
+}
+
+/// Containers under one state root (`/run/minipod` by default).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+impl Runtime {
+    /// Opens (and creates, owner-only) the state root.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = std::path::absolute(root.into()).map_err(|source| ContainerError::Io {
+            what: "resolving state root",
+            path: PathBuf::new(),
+            source,
+        })?;
+        fs::create_dir_all(&root).map_err(|source| ContainerError::Io {
+            what: "creating state root",
+            path: root.clone(),
+            source,
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            ContainerError::Io {
+                what: "restricting state root",
+                path: root.clone(),
+                source,
+            }
+        })?;
+        Ok(Self { root })
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, id: &ContainerId) -> PathBuf {
+        self.root.join(id.as_str())
+    }
+
+    /// Sets up a container from `bundle`; its workload waits for [`Runtime::start`].
+    pub fn create(&self, id: &ContainerId, bundle: &Path, opts: CreateOptions) -> Result<Created> {
+        self.create_inner(id, bundle, opts)
+            .map(|(created, _)| created)
+    }
+
+    fn create_inner(
+        &self,
+        id: &ContainerId,
+        bundle: &Path,
+        opts: CreateOptions,
+    ) -> Result<(Created, Channel)> {
+        let bundle = Bundle::load(bundle)?;
+        let dir = self.dir(id);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ContainerError::AlreadyExists {
+                    id: id.clone(),
+                    root: self.root.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    what: "creating state dir",
+                    path: dir,
+                    source,
+                })
+            }
+        }
+        let result = self.spawn_monitor(id, &bundle, &dir, opts);
+        if result.is_err() {
+            // The monitor removed the cgroup and its processes before reporting.
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn spawn_monitor(
+        &self,
+        id: &ContainerId,
+        bundle: &Bundle,
+        dir: &Path,
+        opts: CreateOptions,
+    ) -> Result<(Created, Channel)> {
+        let linux = bundle.spec.linux().clone().unwrap_or_default();
+        let cgroup = linux
+            .cgroups_path()
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("minipod").join(id.as_str()));
+        if let Some(taken) = Cgroup::at(&cgroup).paths().iter().find(|p| p.exists()) {
+            return Err(ContainerError::CgroupTaken(taken.clone()));
+        }
+        let spec_json = serde_json::to_vec(&bundle.spec).map_err(|e| ContainerError::Io {
+            what: "encoding spec for",
+            path: dir.join(SPEC_COPY),
+            source: io::Error::other(e),
+        })?;
+        state::write_atomic(&dir.join(SPEC_COPY), &spec_json)?;
+        let stdio = opts.stdio.fds()?;
+        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let request = HelperRequest::Create(Box::new(CreateRequest {
+            id: id.clone(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            state_dir: dir.to_path_buf(),
+            spec: bundle.spec.clone(),
+            cgroup,
+            stdio: !stdio.is_empty(),
+        }));
+        let (mut child, chan) = process::spawn_helper(&request, &raw)?;
+        drop(stdio);
+        let mut warnings = Vec::new();
+        let outcome = loop {
+            match chan.recv::<Report>() {
+                Ok(Some(Report::Warning(w))) => {
+                    tracing::warn!(container = %id, "{w}");
+                    warnings.push(w);
+                }
+                Ok(Some(Report::Created { pid, .. })) => break Ok(pid),
+                Ok(Some(Report::Failed(message))) => {
+                    break Err(ContainerError::Setup {
+                        id: id.clone(),
+                        message,
+                    })
+                }
+                Ok(Some(other)) => {
+                    break Err(ContainerError::Setup {
+                        id: id.clone(),
+                        message: format!("unexpected report {other:?}"),
+                    })
+                }
+                Ok(None) => break Err(ContainerError::HelperVanished),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        // The helper forked the monitor off and exits at once: reap it.
+        let _ = child.wait();
+        let pid = outcome?;
+        if let Some(pid_file) = &opts.pid_file {
+            if let Err(e) = state::write_atomic(pid_file, pid.to_string().as_bytes()) {
+                let _ = self.delete(id, true);
+                return Err(e.into());
+            }
+        }
+        Ok((Created { pid, warnings }, chan))
+    }
+
+    /// Releases a created container's workload (it execs its process).
+    pub fn start(&self, id: &ContainerId) -> Result<()> {
+        let st = self.state(id)?;
+        let status = st.live_status();
+        if status != Status::Created {
+            return Err(ContainerError::WrongState {
+                id: id.clone(),
+                op: "start",
+                status,
+                hint: ": only a created container can be started",
+            });
+        }
+        let chan = monitor::connect(&self.dir(id)).ok_or_else(|| ContainerError::Start {
+            id: id.clone(),
+            message: "its monitor is gone".into(),
+        })?;
+        Self::start_on(id, &chan).map(drop)
+    }
+
+    /// Asks the monitor to start the workload; returns its exit status too if the
+    /// workload was so quick that the exit came in before the start reply.
+    fn start_on(id: &ContainerId, chan: &Channel) -> Result<Option<ExitStatus>> {
+        chan.send(&MonitorRequest::Start)?;
+        loop {
+            match chan.expect::<Report>()? {
+                Report::Started { .. } => return Ok(None),
+                Report::Exited(status) => return Ok(Some(status)),
+                Report::Failed(message) => {
+                    return Err(ContainerError::Start {
+                        id: id.clone(),
+                        message,
+                    })
+                }
+                Report::Warning(_) | Report::Created { .. } => continue,
+            }
+        }
+    }
+
+    /// Creates, starts and waits for a container, then deletes it (runc `run`).
+    pub fn run(
+        &self,
+        id: &ContainerId,
+        bundle: &Path,
+        opts: CreateOptions,
+    ) -> Result<(Created, ExitStatus)> {
+        let (created, chan) = self.create_inner(id, bundle, opts)?;
+        // The monitor tells every connected client when the workload exits, so the
+        // creator's channel needs no `Wait` (which could race a fast exit).
+        let waited = Self::start_on(id, &chan).and_then(|early| match early {
+            Some(status) => Ok(status),
+            None => loop {
+                if let Report::Exited(status) = chan.expect::<Report>()? {
+                    break Ok(status);
+                }
+            },
+        });
+        let deleted = self.delete(id, true);
+        let status = waited?;
+        deleted?;
+        Ok((created, status))
+    }
+
+    /// Reads a container's recorded state.
+    pub fn state(&self, id: &ContainerId) -> Result<ContainerState> {
+        let dir = self.dir(id);
+        match ContainerState::load(&dir) {
+            Ok(st) => Ok(st),
+            Err(StateError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(ContainerError::NotFound {
+                    id: id.clone(),
+                    root: self.root.clone(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every container under the root, sorted by id; half-created entries are skipped.
+    pub fn list(&self) -> Result<Vec<ContainerState>> {
+        let entries = fs::read_dir(&self.root).map_err(|source| ContainerError::Io {
+            what: "listing",
+            path: self.root.clone(),
+            source,
+        })?;
+        let mut out: Vec<ContainerState> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| ContainerId::new(e.file_name().to_string_lossy().into_owned()).ok())
+            .filter_map(|id| self.state(&id).ok())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Sends `signal` to the workload, or with `all` to every process in its cgroup.
+    pub fn kill(&self, id: &ContainerId, signal: Signal, all: bool) -> Result<()> {
+        let st = self.state(id)?;
+        let status = st.live_status();
+        let pid = match (status, st.pid) {
+            (Status::Created | Status::Running, Some(pid)) => pid,
+            _ => {
+                return Err(ContainerError::WrongState {
+                    id: id.clone(),
+                    op: "kill",
+                    status,
+                    hint: ": it has no process to signal",
+                })
+            }
+        };
+        let send = |pid: i32| {
+            // SAFETY: kill with integer arguments.
+            Errno::result(unsafe { libc::kill(pid, signal.number()) }).map(drop)
+        };
+        if all {
+            for p in Cgroup::from_paths(st.cgroup_paths.clone()).pids()? {
+                let _ = send(p);
+            }
+        }
+        match send(pid) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(ContainerError::Kill {
+                id: id.clone(),
+                signal,
+                pid,
+                source,
+            }),
+        }
+    }
+
+    /// Waits until the workload exits and returns how.
+    pub fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let dir = self.dir(id);
+        if let Some(chan) = monitor::connect(&dir) {
+            if chan.send(&MonitorRequest::Wait).is_ok() {
+                while let Ok(Some(report)) = chan.recv::<Report>() {
+                    if let Report::Exited(status) = report {
+                        return Ok(status);
+                    }
+                }
+            }
+        }
+        // The monitor is gone: it recorded the exit before leaving, or it was killed.
+        let st = self.state(id)?;
+        st.exit.ok_or_else(|| ContainerError::WrongState {
+            id: id.clone(),
+            op: "wait for",
+            status: st.live_status(),
+            hint: ", and its monitor is gone without recording an exit",
+        })
+    }
+
+    /// Removes a container: its processes (with `force`, or if never started), cgroup
+    /// and state. A running container without `force` is an error.
+    pub fn delete(&self, id: &ContainerId, force: bool) -> Result<()> {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Err(ContainerError::NotFound {
+                id: id.clone(),
+                root: self.root.clone(),
+            });
+        }
+        match ContainerState::load(&dir) {
+            Ok(st) => {
+                let status = st.live_status();
+                if status == Status::Running && !force {
+                    return Err(ContainerError::StillRunning { id: id.clone() });
+                }
+                let cgroup = Cgroup::from_paths(st.cgroup_paths.clone());
+                if status != Status::Stopped {
+                    for p in cgroup.pids().unwrap_or_default() {
+                        // SAFETY: kill with integer arguments.
+                        unsafe { libc::kill(p, libc::SIGKILL) };
+                    }
+                    if let (Some(pid), Some(start)) = (st.pid, st.pid_start_time) {
+                        // SAFETY: as above; the start time check below guards against reuse.
+                        if state::process_start_time(pid) == Some(start) {
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                        if !wait_gone(pid, start, KILL_WAIT) {
+                            return Err(ContainerError::KillTimeout {
+                                id: id.clone(),
+                                pid,
+                                secs: KILL_WAIT.as_secs(),
+                            });
+                        }
+                    }
+                }
+                // Let the monitor record the exit and leave before its directory goes.
+                wait_gone(st.monitor_pid, st.monitor_start_time, KILL_WAIT);
+                cgroup.remove()?;
+            }
+            // A create that crashed half-way left no state.json; nothing runs for it.
+            Err(StateError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if !force => return Err(e.into()),
+            Err(_) => {}
+        }
+        fs::remove_dir_all(&dir)
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|source| ContainerError::Io {
+                what: "removing state dir",
+                path: dir,
+                source,
+            })
+    }
+
+    /// Runs a process inside a running container and returns its exit status.
+    pub fn exec(&self, id: &ContainerId, opts: ExecOptions) -> Result<ExitStatus> {
+        let st = self.state(id)?;
+        let status = st.live_status();
+        let (Some(pid), Some(pid_start_time)) = (st.pid, st.pid_start_time) else {
+            return Err(ContainerError::WrongState {
+                id: id.clone(),
+                op: "exec in",
+                status,
+                hint: "",
+            });
+        };
+        if status == Status::Stopped {
+            return Err(ContainerError::WrongState {
+                id: id.clone(),
+                op: "exec in",
+                status,
+                hint: ": start a new container instead",
+            });
+        }
+        if opts.args.is_empty() {
+            return Err(ContainerError::Exec {
+                id: id.clone(),
+                message: "no command given".into(),
+            });
+        }
+        let spec_path = self.dir(id).join(SPEC_COPY);
+        let spec: oci_spec::runtime::Spec = fs::read(&spec_path)
+            .map_err(|source| ContainerError::Io {
+                what: "reading",
+                path: spec_path.clone(),
+                source,
+            })
+            .and_then(|d| {
+                serde_json::from_slice(&d).map_err(|e| ContainerError::Io {
+                    what: "decoding",
+                    path: spec_path.clone(),
+                    source: io::Error::other(e),
+                })
+            })?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        let mut env = process.env().clone().unwrap_or_default();
+        for kv in &opts.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        process.set_env(Some(env));
+        process.set_args(Some(opts.args.clone()));
+        if let Some(cwd) = &opts.cwd {
+            process.set_cwd(cwd.clone());
+        }
+        if let Some((uid, gid)) = opts.user {
+            process.user_mut().set_uid(uid);
+            process.user_mut().set_gid(gid);
+        }
+        let stdio = opts.stdio.fds()?;
+        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_fd().as_raw_fd()).collect();
+        let request = HelperRequest::Exec(Box::new(ExecRequest {
+            pid,
+            pid_start_time,
+            cgroup_paths: st.cgroup_paths.clone(),
+            process,
+            stdio: !stdio.is_empty(),
+        }));
+        let (mut child, chan) = process::spawn_helper(&request, &raw)?;
+        drop(stdio);
+        let outcome = loop {
+            match chan.recv::<Report>() {
+                Ok(Some(Report::Exited(status))) => break Ok(status),
+                Ok(Some(Report::Failed(message))) => {
+                    break Err(ContainerError::Exec {
+                        id: id.clone(),
+                        message,
+                    })
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => break Err(ContainerError::HelperVanished),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        let _ = child.wait();
+        outcome
+    }
+}
+
+/// Waits until process `pid` (started at `start`) has exited; false on timeout.
+fn wait_gone(pid: i32, start: u64, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes integers and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 || state::process_start_time(pid) != Some(start) {
+        // Gone already, or the PID now names another process.
+        return state::process_start_time(pid) != Some(start);
+    }
+    // SAFETY: pidfd_open returned a descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    state::process_start_time(pid) != Some(start)
+}

@@ -1,0 +1,55 @@
+//! minipod's OCI runtime: runs OCI runtime-spec bundles the way runc does, keeps their
+//! state under a root directory, and is safe to embed in a tokio program or a test.
+//!
+//! # Model
+//!
+//! - [`Runtime::create`] loads and checks the bundle, then re-executes the current
+//!   binary as a helper (a constructor this crate installs runs it before `main`), so
+//!   no container setup ever happens in the caller's possibly multi-threaded process.
+//! - The helper detaches and becomes the container's **monitor**: it creates the
+//!   cgroup, clones the container's init into new namespaces, and owns it until it
+//!   exits, recording the exit status in the state dir. The caller may exit at once.
+//! - The init builds the root filesystem (mounts, /dev, `pivot_root`, masked and
+//!   read-only paths), sets hostname, sysctls, rlimits, user, capabilities and
+//!   no_new_privs, then blocks before exec until [`Runtime::start`].
+//! - State lives in `<root>/<id>/state.json`, written atomically by the monitor only.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use minipod_runtime::{ContainerId, CreateOptions, Runtime};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = Runtime::new("/run/minipod")?;
+//! let id = ContainerId::new("hello")?;
+//! let (_, status) = rt.run(&id, "/path/to/bundle".as_ref(), CreateOptions::default())?;
+//! println!("exited with {}", status.shell_code());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A binary that links this crate gets the helper entry point automatically; it must
+//! be started normally (the helper is `/proc/self/exe`), and it must not spawn threads
+//! from its own constructors before the helper hook runs.
+
+pub mod bundle;
+pub mod busybox;
+pub mod capabilities;
+pub mod cgroups;
+mod container;
+pub mod id;
+mod process;
+pub mod rootfs;
+pub mod signal;
+pub mod spec;
+pub mod state;
+
+pub use bundle::{Bundle, BundleError};
+pub use container::{
+    ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT,
+};
+pub use id::{ContainerId, IdError};
+pub use process::channel::ChannelError;
+pub use process::SpawnError;
+pub use signal::{Signal, SignalError};
+pub use state::{ContainerState, ExitStatus, Status};

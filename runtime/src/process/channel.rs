@@ -1,0 +1,235 @@
+//! Typed messages between minipod processes over a `SOCK_SEQPACKET` Unix socket:
+//! one JSON datagram per message, file descriptors alongside by SCM_RIGHTS.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest message accepted; a spec is a few KiB.
+const MAX_MESSAGE: usize = 1 << 20;
+/// Most descriptors one message carries (stdio).
+const MAX_FDS: usize = 8;
+
+/// A message could not be sent or received.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("creating a socket pair")]
+    Pair(#[source] nix::Error),
+    #[error("sending a message to the peer process")]
+    Send(#[source] nix::Error),
+    #[error("receiving a message from the peer process")]
+    Recv(#[source] nix::Error),
+    #[error("a message from the peer process was larger than {MAX_MESSAGE} bytes")]
+    Truncated,
+    #[error("encoding or decoding a message")]
+    Codec(#[source] serde_json::Error),
+    #[error("connecting to {path}")]
+    Connect {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the peer process closed the channel")]
+    Closed,
+}
+
+/// One end of a message channel.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    /// A connected pair, both ends close-on-exec.
+    pub fn pair() -> Result<(Channel, Channel), ChannelError> {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(ChannelError::Pair)?;
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Connects to a listening channel socket at `path`.
+    pub fn connect(path: &Path) -> Result<Channel, ChannelError> {
+        let err = |source| ChannelError::Connect {
+            path: path.display().to_string(),
+            source,
+        };
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(err)?;
+        let addr = UnixAddr::new(path).map_err(err)?;
+        socket::connect(fd.as_raw_fd(), &addr).map_err(err)?;
+        Ok(Channel { fd })
+    }
+
+    /// Wraps a descriptor that is one end of a SOCK_SEQPACKET socket.
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// Gives up the descriptor.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Sends one message.
+    pub fn send<T: Serialize>(&self, msg: &T) -> Result<(), ChannelError> {
+        self.send_with_fds(msg, &[])
+    }
+
+    /// Sends one message with descriptors attached.
+    pub fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
+        let data = serde_json::to_vec(msg).map_err(ChannelError::Codec)?;
+        let iov = [IoSlice::new(&data)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        loop {
+            match socket::sendmsg::<()>(
+                self.fd.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EPIPE) | Err(nix::Error::ECONNRESET) => {
+                    return Err(ChannelError::Closed)
+                }
+                Err(e) => return Err(ChannelError::Send(e)),
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Receives one message; `None` when the peer has closed its end.
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<Option<T>, ChannelError> {
+        Ok(self.recv_with_fds()?.map(|(m, _)| m))
+    }
+
+    /// Receives one message and the descriptors that came with it.
+    pub fn recv_with_fds<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let (len, fds) = loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match socket::recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::ECONNRESET) => return Ok(None),
+                Err(e) => return Err(ChannelError::Recv(e)),
+                Ok(msg) => {
+                    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                        return Err(ChannelError::Truncated);
+                    }
+                    let mut fds = Vec::new();
+                    for c in msg.cmsgs().map_err(ChannelError::Recv)? {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel just installed these descriptors for us.
+                            fds.extend(
+                                raw.into_iter()
+                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                            );
+                        }
+                    }
+                    break (msg.bytes, fds);
+                }
+            }
+        };
+        if len == 0 {
+            return Ok(None);
+        }
+        let msg = serde_json::from_slice(&buf[..len]).map_err(ChannelError::Codec)?;
+        Ok(Some((msg, fds)))
+    }
+
+    /// Receives one message and treats a closed channel as an error.
+    pub fn expect<T: DeserializeOwned>(&self) -> Result<T, ChannelError> {
+        self.recv()?.ok_or(ChannelError::Closed)
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A listening socket that accepts channels (the monitor's control socket).
+pub struct Listener {
+    fd: OwnedFd,
+}
+
+impl Listener {
+    /// Binds and listens at `path`, owner-only.
+    pub fn bind(path: &Path) -> Result<Listener, ChannelError> {
+        let err = |source| ChannelError::Connect {
+            path: path.display().to_string(),
+            source,
+        };
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(err)?;
+        let addr = UnixAddr::new(path).map_err(err)?;
+        let _ = std::fs::remove_file(path);
+        socket::bind(fd.as_raw_fd(), &addr).map_err(err)?;
+        socket::listen(&fd, socket::Backlog::new(16).map_err(err)?).map_err(err)?;
+        Ok(Listener { fd })
+    }
+
+    /// Accepts one pending connection, if any.
+    pub fn accept(&self) -> Option<Channel> {
+        let fd = socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok()?;
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        Some(Channel {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_descriptors_cross_a_pair() {
+        let (a, b) = Channel::pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        a.send_with_fds(&vec!["hello".to_string()], &[file.as_raw_fd()])
+            .unwrap();
+        let (msg, fds): (Vec<String>, _) = b.recv_with_fds().unwrap().unwrap();
+        assert_eq!(msg, vec!["hello"]);
+        assert_eq!(fds.len(), 1);
+        drop(a);
+        assert!(b.recv::<Vec<String>>().unwrap().is_none());
+    }
+}

@@ -1,0 +1,162 @@
+//! `exec`: a helper (a direct child of the caller) joins a running container's cgroup
+//! and namespaces, forks the new process inside them, and reports its exit.
+
+use std::os::fd::OwnedFd;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::wait::waitpid;
+use nix::unistd::ForkResult;
+
+use super::chain;
+use super::channel::Channel;
+use super::init::{self, InitError};
+use super::messages::{ExecRequest, Report};
+use crate::capabilities;
+use crate::cgroups::Cgroup;
+use crate::state::{self, ExitStatus};
+
+/// Namespaces joined, in order: mnt last, since setns into it changes root and cwd.
+const NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+pub(super) fn run(chan: Channel, req: ExecRequest, stdio: Vec<OwnedFd>) -> i32 {
+    match join_and_fork(&req, stdio) {
+        Ok(status) => {
+            let _ = chan.send(&Report::Exited(status));
+            0
+        }
+        Err(e) => {
+            let _ = chan.send(&Report::Failed(chain(&e)));
+            1
+        }
+    }
+}
+
+fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, InitError> {
+    let sys = |what: &str| {
+        let what = what.to_string();
+        move |source| InitError::Sys { what, source }
+    };
+    // A non-dumpable process's /proc/PID/exe cannot be opened by the container, which
+    // closes the runc CVE-2019-5736 path of overwriting this binary from inside.
+    // SAFETY: prctl with integer arguments.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
+        .map_err(sys("making the exec helper non-dumpable"))?;
+    let mut files = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let theirs = format!("/proc/{}/ns/{name}", req.pid);
+        if std::fs::read_link(&theirs).ok()
+            == std::fs::read_link(format!("/proc/self/ns/{name}")).ok()
+        {
+            continue;
+        }
+        let f = std::fs::File::open(&theirs).map_err(|e| InitError::Sys {
+            what: format!("opening {theirs}"),
+            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        files.push((name, *flag, f));
+    }
+    // The PID may have been reused between the caller's check and our opens.
+    if state::process_start_time(req.pid) != Some(req.pid_start_time) {
+        return Err(InitError::Sys {
+            what: "the container's workload exited".into(),
+            source: Errno::ESRCH,
+        });
+    }
+    Cgroup::from_paths(req.cgroup_paths.clone())
+        .add(std::process::id() as i32)
+        .map_err(|e| InitError::Sys {
+            what: chain(&e),
+            source: Errno::EIO,
+        })?;
+    for (name, flag, f) in &files {
+        nix::sched::setns(f, *flag).map_err(|source| InitError::Join {
+            typ: name.to_string(),
+            source,
+        })?;
+    }
+    drop(files);
+    let (report, child_end) = Channel::pair()?;
+    // SAFETY: this helper is single-threaded.
+    match unsafe { nix::unistd::fork() }.map_err(sys("forking the exec'd process"))? {
+        ForkResult::Child => {
+            drop(report);
+            let code = match child(&req.process, stdio) {
+                Ok(prepared) => {
+                    let err = init::exec(&prepared);
+                    let _ = child_end.send(&Report::Failed(format!(
+                        "starting {:?}: {err}",
+                        prepared.path
+                    )));
+                    127
+                }
+                Err(e) => {
+                    let _ = child_end.send(&Report::Failed(chain(&e)));
+                    126
+                }
+            };
+            // SAFETY: leave the forked copy without unwinding.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child: pid } => {
+            drop(child_end);
+            drop(stdio);
+            let failure = report.recv::<Report>().ok().flatten();
+            let status = loop {
+                match waitpid(pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        return Err(InitError::Sys {
+                            what: "waiting for the exec'd process".into(),
+                            source: e,
+                        })
+                    }
+                    Ok(s) => {
+                        if let Some(st) = ExitStatus::from_wait(s) {
+                            break st;
+                        }
+                    }
+                }
+            };
+            match failure {
+                Some(Report::Failed(msg)) => Err(InitError::Sys {
+                    what: msg,
+                    source: Errno::ENOEXEC,
+                }),
+                _ => Ok(status),
+            }
+        }
+    }
+}
+
+fn child(
+    process: &oci_spec::runtime::Process,
+    stdio: Vec<OwnedFd>,
+) -> Result<init::Prepared, InitError> {
+    init::set_stdio(stdio)?;
+    let prepared = init::prepare_exec(process)?;
+    let cwd = process.cwd().clone();
+    let early = nix::unistd::chdir(&cwd);
+    capabilities::apply(process, &|_| {})?;
+    if let Err(e) = early {
+        nix::unistd::chdir(&cwd).map_err(|_| InitError::Cwd(cwd.clone(), e))?;
+    }
+    if process.no_new_privileges() == Some(true) {
+        // SAFETY: prctl with integer arguments.
+        Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(
+            |source| InitError::Sys {
+                what: "setting no_new_privs".into(),
+                source,
+            },
+        )?;
+    }
+    init::reset_signals();
+    Ok(prepared)
+}

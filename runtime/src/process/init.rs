@@ -1,0 +1,368 @@
+//! The container's init process, cloned by the monitor into the new namespaces: it joins
+//! namespaces, builds the root filesystem, drops privileges, reports `Ready`, blocks
+//! until `Start`, then execs the workload. It is a fork of a single-threaded process,
+//! so ordinary Rust is safe here.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Process};
+
+use super::chain;
+use super::channel::Channel;
+use super::messages::{CreateRequest, FromInit, ToInit};
+use crate::capabilities::{self, CapsError};
+use crate::rootfs::{self, RootfsError};
+
+/// A step of container setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("waiting for the monitor")]
+    Channel(#[from] super::channel::ChannelError),
+    #[error("joining the {typ} namespace")]
+    Join {
+        typ: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("setting up the root filesystem")]
+    Rootfs(#[from] RootfsError),
+    #[error("setting sysctl {key}={value}")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("applying capabilities")]
+    Caps(#[from] CapsError),
+    #[error("the working directory {0} does not exist in the container")]
+    Cwd(PathBuf, #[source] Errno),
+    #[error("executable {0:?} not found in the container (searched {1})")]
+    NotFound(String, String),
+    #[error("monitor protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("{0:?} is not a valid argument or environment entry: it contains a NUL byte")]
+    Nul(String),
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
+    let what = what.into();
+    move |source| InitError::Sys { what, source }
+}
+
+/// What `exec` needs once `Start` arrives.
+pub(crate) struct Prepared {
+    pub path: CString,
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+}
+
+/// Runs in the cloned child; never returns.
+pub(super) fn run(
+    chan: Channel,
+    req: &CreateRequest,
+    stdio: Vec<OwnedFd>,
+    joins: Vec<(LinuxNamespaceType, OwnedFd)>,
+) -> ! {
+    let code = match setup(&chan, req, stdio, joins) {
+        Ok(prepared) => match chan.recv::<ToInit>() {
+            Ok(Some(ToInit::Start)) => {
+                let err = exec(&prepared);
+                let _ = chan.send(&FromInit::Failed(format!(
+                    "starting {:?}: {err}",
+                    prepared.path
+                )));
+                127
+            }
+            _ => 1,
+        },
+        Err(e) => {
+            let _ = chan.send(&FromInit::Failed(chain(&e)));
+            1
+        }
+    };
+    // SAFETY: leave without unwinding into the monitor's copy of the stack.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup(
+    chan: &Channel,
+    req: &CreateRequest,
+    stdio: Vec<OwnedFd>,
+    joins: Vec<(LinuxNamespaceType, OwnedFd)>,
+) -> Result<Prepared, InitError> {
+    let warn = |msg: String| {
+        let _ = chan.send(&FromInit::Warning(msg));
+    };
+    // Without the monitor nobody would ever release or reap us.
+    set_parent_death_signal()?;
+    match chan.expect::<ToInit>()? {
+        ToInit::Proceed => {}
+        ToInit::Start => return Err(InitError::Protocol("start arrived before setup")),
+    }
+    let spec = &req.spec;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    // The mount namespace last: the other namespace files are opened already, but a
+    // later setns must not resolve anything through the joined mount namespace.
+    let (mnt, others): (Vec<_>, Vec<_>) = joins
+        .into_iter()
+        .partition(|(t, _)| *t == LinuxNamespaceType::Mount);
+    for (typ, fd) in others.into_iter().chain(mnt) {
+        nix::sched::setns(&fd, CloneFlags::from_bits_retain(typ as i32)).map_err(|source| {
+            InitError::Join {
+                typ: typ.to_string(),
+                source,
+            }
+        })?;
+    }
+    if namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+    {
+        // Now, not at clone time: the namespace root must be the container's cgroup.
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(sys("creating the cgroup namespace"))?;
+    }
+    let process = spec.process().clone().unwrap_or_default();
+    if let Some(adj) = process.oom_score_adj() {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+            warn(format!(
+                "oom_score_adj {adj} not applied ({e}): continuing with the inherited value"
+            ));
+        }
+    }
+    set_stdio(stdio)?;
+
+    rootfs::prepare(spec, &req.bundle, &req.rootfs, &warn)?;
+    if let Some(h) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
+    }
+    if let Some(d) = spec.domainname().as_ref().filter(|d| !d.is_empty()) {
+        // SAFETY: pointer and length of a live byte slice.
+        Errno::result(unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) })
+            .map_err(sys(format!("setting domainname {d:?}")))?;
+    }
+    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, &value).map_err(|source| InitError::Sysctl { key, value, source })?;
+    }
+    rootfs::finish(spec)?;
+    set_rlimits(&process, &warn)?;
+
+    let prepared = prepare_exec(&process)?;
+    let cwd = process.cwd().clone();
+    let early_cwd = nix::unistd::chdir(&cwd);
+    capabilities::apply(&process, &warn)?;
+    if let Err(e) = early_cwd {
+        // A directory only the target user may enter: try again as that user.
+        nix::unistd::chdir(&cwd).map_err(|_| InitError::Cwd(cwd.clone(), e))?;
+    }
+    // Changing credentials cleared the parent-death signal.
+    set_parent_death_signal()?;
+    if process.no_new_privileges() == Some(true) {
+        // SAFETY: prctl with integer arguments.
+        Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+            .map_err(sys("setting no_new_privs"))?;
+    }
+    if let Some(mask) = process.user().umask() {
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    // Nothing the monitor or the caller had open may reach the workload.
+    // SAFETY: marks descriptors close-on-exec, closes nothing.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })
+    .map_err(sys("marking inherited descriptors close-on-exec"))?;
+    reset_signals();
+    chan.send(&FromInit::Ready)?;
+    Ok(prepared)
+}
+
+fn set_parent_death_signal() -> Result<(), InitError> {
+    // SAFETY: prctl with integer arguments.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
+        .map_err(sys("setting the parent-death signal"))?;
+    Ok(())
+}
+
+/// Puts the given descriptors on 0, 1, 2, or /dev/null where none were given.
+pub(crate) fn set_stdio(stdio: Vec<OwnedFd>) -> Result<(), InitError> {
+    let fds: Vec<OwnedFd> = if stdio.len() == 3 {
+        stdio
+    } else {
+        let null = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| InitError::Sys {
+                what: "opening /dev/null".into(),
+                source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
+        let null = OwnedFd::from(null);
+        vec![
+            null.try_clone()
+                .map_err(|_| Errno::EMFILE)
+                .map_err(sys("dup"))?,
+            null.try_clone()
+                .map_err(|_| Errno::EMFILE)
+                .map_err(sys("dup"))?,
+            null,
+        ]
+    };
+    for (target, fd) in fds.iter().enumerate() {
+        if fd.as_raw_fd() != target as i32 {
+            // SAFETY: dup2 onto a standard descriptor number.
+            Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target as i32) })
+                .map_err(sys("setting up stdio"))?;
+        }
+    }
+    // The originals stay open only where they already sat on 0..2.
+    for fd in fds {
+        if fd.as_raw_fd() > 2 {
+            drop(fd);
+        } else {
+            std::mem::forget(fd);
+        }
+    }
+    Ok(())
+}
+
+fn set_rlimits(process: &Process, warn: &dyn Fn(String)) -> Result<(), InitError> {
+    for rl in process.rlimits().clone().unwrap_or_default() {
+        let resource = rlimit_resource(rl.typ());
+        let want = libc::rlimit {
+            rlim_cur: rl.soft(),
+            rlim_max: rl.hard(),
+        };
+        // SAFETY: valid resource and struct pointer.
+        if unsafe { libc::setrlimit(resource, &want) } == 0 {
+            continue;
+        }
+        let err = Errno::last();
+        if err != Errno::EPERM {
+            return Err(InitError::Sys {
+                what: format!("setting {:?} to {}/{}", rl.typ(), rl.soft(), rl.hard()),
+                source: err,
+            });
+        }
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which these machines withhold
+        // even from root: keep the current hard limit and cap the soft one to it.
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid resource and struct pointer.
+        unsafe { libc::getrlimit(resource, &mut cur) };
+        let degraded = libc::rlimit {
+            rlim_cur: rl.soft().min(cur.rlim_max),
+            rlim_max: rl.hard().min(cur.rlim_max),
+        };
+        // SAFETY: as above.
+        Errno::result(unsafe { libc::setrlimit(resource, &degraded) })
+            .map_err(sys(format!("setting {:?}", rl.typ())))?;
+        warn(format!(
+            "{:?} hard limit {} not allowed here (EPERM): using {}/{}",
+            rl.typ(),
+            rl.hard(),
+            degraded.rlim_cur,
+            degraded.rlim_max
+        ));
+    }
+    Ok(())
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+    use PosixRlimitType as R;
+    match t {
+        R::RlimitCpu => libc::RLIMIT_CPU,
+        R::RlimitFsize => libc::RLIMIT_FSIZE,
+        R::RlimitData => libc::RLIMIT_DATA,
+        R::RlimitStack => libc::RLIMIT_STACK,
+        R::RlimitCore => libc::RLIMIT_CORE,
+        R::RlimitRss => libc::RLIMIT_RSS,
+        R::RlimitNproc => libc::RLIMIT_NPROC,
+        R::RlimitNofile => libc::RLIMIT_NOFILE,
+        R::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        R::RlimitAs => libc::RLIMIT_AS,
+        R::RlimitLocks => libc::RLIMIT_LOCKS,
+        R::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        R::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        R::RlimitNice => libc::RLIMIT_NICE,
+        R::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        R::RlimitRttime => libc::RLIMIT_RTTIME,
+    }
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Resolves the executable (in the container's root, as execvp would) and builds argv/envp.
+pub(crate) fn prepare_exec(process: &Process) -> Result<Prepared, InitError> {
+    let cstr = |s: &str| CString::new(s).map_err(|_| InitError::Nul(s.to_string()));
+    let args = process.args().clone().unwrap_or_default();
+    let env = process.env().clone().unwrap_or_default();
+    let program = args.first().cloned().unwrap_or_default();
+    let path = if program.contains('/') {
+        program.clone()
+    } else {
+        let search = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        search
+            .split(':')
+            .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(&program))
+            .find(|p| is_executable(p))
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok_or_else(|| InitError::NotFound(program.clone(), search.to_string()))?
+    };
+    if !Path::new(&path).exists() {
+        return Err(InitError::NotFound(program, path));
+    }
+    Ok(Prepared {
+        path: cstr(&path)?,
+        args: args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Signal dispositions and the mask are inherited across exec: give the workload defaults.
+pub(crate) fn reset_signals() {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: restoring the default disposition.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+}
+
+/// Replaces this process with the workload; returns only on failure.
+pub(crate) fn exec(p: &Prepared) -> Errno {
+    match nix::unistd::execve(&p.path, &p.args, &p.env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}

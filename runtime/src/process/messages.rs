@@ -1,0 +1,81 @@
+//! The typed messages minipod's processes exchange (one enum per direction).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::ExitStatus;
+
+/// What a freshly exec'd helper is asked to do; the first message on its stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HelperRequest {
+    /// Become the monitor of a new container.
+    Create(Box<CreateRequest>),
+    /// Run a process inside a running container.
+    Exec(Box<ExecRequest>),
+}
+
+/// Everything the monitor needs to create a container.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub id: crate::ContainerId,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub state_dir: PathBuf,
+    pub spec: oci_spec::runtime::Spec,
+    pub cgroup: PathBuf,
+    /// Three descriptors (stdin, stdout, stderr) travel with the request when set.
+    pub stdio: bool,
+}
+
+/// A process to start inside a running container.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub pid: i32,
+    pub pid_start_time: u64,
+    pub cgroup_paths: Vec<PathBuf>,
+    pub process: oci_spec::runtime::Process,
+    pub stdio: bool,
+}
+
+/// Requests to a container's monitor, over its stdin channel or its control socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MonitorRequest {
+    /// Release the workload (runc `start`).
+    Start,
+    /// Answer with `Exited` once the workload has exited.
+    Wait,
+}
+
+/// What a helper (monitor or exec helper) tells the process that talks to it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Report {
+    /// Something was degraded but setup went on.
+    Warning(String),
+    /// The container exists and its workload waits for `Start`.
+    Created { pid: i32, pid_start_time: u64 },
+    /// The workload has been exec'd (or, for exec, the process started).
+    Started { pid: i32 },
+    /// The workload exited.
+    Exited(ExitStatus),
+    /// The request failed; the text carries the whole cause chain.
+    Failed(String),
+}
+
+/// From the monitor to the container's init process.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToInit {
+    /// The init process is in its cgroup: go on with setup.
+    Proceed,
+    /// Exec the workload.
+    Start,
+}
+
+/// From the container's init process to the monitor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromInit {
+    Warning(String),
+    /// Setup done; blocked until `Start`.
+    Ready,
+    Failed(String),
+}

@@ -1,0 +1,334 @@
+//! The per-container monitor (the conmon role): a detached, single-threaded helper that
+//! clones the container's init, owns it for its whole life, releases it on `start`,
+//! reaps it and records how it ended in the state dir.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::channel::{Channel, Listener};
+use super::messages::{CreateRequest, FromInit, MonitorRequest, Report, ToInit};
+use super::{chain, init};
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::state::{self, ContainerState, ExitStatus, Status};
+
+/// Name of the monitor's control socket in the container's state dir.
+pub(crate) const SOCKET: &str = "monitor.sock";
+
+/// Creating the container failed before its workload could be released.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("preparing the monitor: {0}")]
+    Setup(&'static str, #[source] Errno),
+    #[error("setting up the cgroup")]
+    Cgroup(#[from] CgroupError),
+    #[error("opening the {typ} namespace to join at {path}")]
+    Namespace {
+        typ: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("joining the pid namespace at {path}")]
+    JoinPid {
+        path: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cloning the container's init process into new namespaces")]
+    Clone(#[source] Errno),
+    #[error("talking to the container's init process")]
+    Channel(#[from] super::channel::ChannelError),
+    #[error("{0}")]
+    Init(String),
+    #[error("the container's init process exited during setup without saying why")]
+    InitDied,
+    #[error("recording the container's state")]
+    State(#[from] state::StateError),
+}
+
+/// Entry from the helper hook: detach, create, then serve until the workload exits.
+pub(super) fn run(chan: Channel, req: CreateRequest, stdio: Vec<OwnedFd>) -> i32 {
+    // The caller reaps this process at once; the grandchild is the monitor, owned by
+    // init (or the nearest subreaper) from now on, so no caller is left with a zombie.
+    // SAFETY: the helper is single-threaded (checked by the hook).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => {
+            let _ = chan.send(&Report::Failed(format!(
+                "forking the container monitor: {e}"
+            )));
+            return 1;
+        }
+    }
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    let cgroup = Cgroup::at(&req.cgroup);
+    match create(&chan, &req, &cgroup, stdio) {
+        Ok(monitor) => monitor.serve(chan),
+        Err(e) => {
+            let _ = cgroup.remove();
+            let _ = chan.send(&Report::Failed(chain(&e)));
+            1
+        }
+    }
+}
+
+struct Monitor {
+    state: ContainerState,
+    state_dir: std::path::PathBuf,
+    init: Channel,
+    pid: Pid,
+    sigchld: SignalFd,
+    listener: Listener,
+}
+
+fn create(
+    chan: &Channel,
+    req: &CreateRequest,
+    cgroup: &Cgroup,
+    stdio: Vec<OwnedFd>,
+) -> Result<Monitor, MonitorError> {
+    // SAFETY: prctl with integer arguments only.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
+        .map_err(|e| MonitorError::Setup("becoming a subreaper", e))?;
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block()
+        .map_err(|e| MonitorError::Setup("blocking SIGCHLD", e))?;
+    let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| MonitorError::Setup("creating a signalfd", e))?;
+
+    let linux = req.spec.linux().clone().unwrap_or_default();
+    cgroup.create(linux.resources().as_ref())?;
+
+    let mut flags = libc::SIGCHLD;
+    let mut joins = Vec::new();
+    for ns in linux.namespaces().clone().unwrap_or_default() {
+        let typ = ns.typ();
+        match ns.path() {
+            None if typ == LinuxNamespaceType::Cgroup => {} // unshared by init once it is in its cgroup
+            None => flags |= typ as i32,
+            Some(path) => {
+                let fd = std::fs::File::open(path).map_err(|source| MonitorError::Namespace {
+                    typ: typ.to_string(),
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                if typ == LinuxNamespaceType::Pid {
+                    // Affects only children: the init cloned below starts inside it.
+                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWPID).map_err(
+                        |source| MonitorError::JoinPid {
+                            path: path.display().to_string(),
+                            source,
+                        },
+                    )?;
+                } else {
+                    joins.push((typ, OwnedFd::from(fd)));
+                }
+            }
+        }
+    }
+
+    let (to_init, init_end) = Channel::pair()?;
+    // SAFETY: raw clone without CLONE_VM behaves like fork with new namespaces; this
+    // process is single-threaded, so the child may run ordinary Rust.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    let pid = Errno::result(ret).map_err(MonitorError::Clone)? as i32;
+    if pid == 0 {
+        drop(to_init);
+        init::run(init_end, req, stdio, joins);
+    }
+    drop(init_end);
+    drop(stdio);
+    let pid = Pid::from_raw(pid);
+    let kill_init = |e: MonitorError| {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        e
+    };
+    cgroup.add(pid.as_raw()).map_err(|e| kill_init(e.into()))?;
+    to_init
+        .send(&ToInit::Proceed)
+        .map_err(|e| kill_init(e.into()))?;
+    loop {
+        match to_init
+            .recv::<FromInit>()
+            .map_err(|e| kill_init(e.into()))?
+        {
+            Some(FromInit::Warning(w)) => {
+                let _ = chan.send(&Report::Warning(w));
+            }
+            Some(FromInit::Ready) => break,
+            Some(FromInit::Failed(msg)) => return Err(kill_init(MonitorError::Init(msg))),
+            None => return Err(kill_init(MonitorError::InitDied)),
+        }
+    }
+
+    let me = std::process::id() as i32;
+    let pid_start_time = state::process_start_time(pid.as_raw()).unwrap_or_default();
+    let st = ContainerState {
+        id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        rootfs: req.rootfs.clone(),
+        status: Status::Created,
+        pid: Some(pid.as_raw()),
+        pid_start_time: Some(pid_start_time),
+        monitor_pid: me,
+        monitor_start_time: state::process_start_time(me).unwrap_or_default(),
+        cgroup_paths: cgroup.paths().to_vec(),
+        created: state::now_rfc3339(),
+        started: None,
+        finished: None,
+        exit: None,
+        annotations: req.spec.annotations().clone().unwrap_or_default(),
+    };
+    let listener = Listener::bind(&req.state_dir.join(SOCKET)).map_err(|e| kill_init(e.into()))?;
+    st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
+    chan.send(&Report::Created {
+        pid: pid.as_raw(),
+        pid_start_time,
+    })
+    .map_err(|e| kill_init(e.into()))?;
+    Ok(Monitor {
+        state: st,
+        state_dir: req.state_dir.clone(),
+        init: to_init,
+        pid,
+        sigchld,
+        listener,
+    })
+}
+
+impl Monitor {
+    /// Serves `Start` and `Wait` from the creator's channel and the control socket
+    /// until the workload exits, then records the exit and answers every waiter.
+    fn serve(mut self, creator: Channel) -> i32 {
+        let mut clients = vec![creator];
+        let mut waiters: Vec<Channel> = Vec::new();
+        let exit = loop {
+            let (sig_ready, listen_ready, ready) = {
+                let mut fds = vec![
+                    PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(
+                    clients
+                        .iter()
+                        .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
+                );
+                match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => break None,
+                }
+                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                let ready: Vec<bool> = fds[2..].iter().map(hit).collect();
+                (hit(&fds[0]), hit(&fds[1]), ready)
+            };
+            if sig_ready {
+                while self.sigchld.read_signal().ok().flatten().is_some() {}
+                if let Some(exit) = self.reap() {
+                    break Some(exit);
+                }
+            }
+            if listen_ready {
+                while let Some(c) = self.listener.accept() {
+                    clients.push(c);
+                }
+            }
+            // Walk backwards so removing a client keeps the remaining indexes valid.
+            for i in (0..ready.len()).rev() {
+                if !ready[i] {
+                    continue;
+                }
+                let client = clients.remove(i);
+                match client.recv::<MonitorRequest>() {
+                    Ok(Some(MonitorRequest::Start)) => {
+                        let reply = self.start();
+                        if client.send(&reply).is_ok() {
+                            clients.push(client);
+                        }
+                    }
+                    Ok(Some(MonitorRequest::Wait)) => waiters.push(client),
+                    Ok(None) | Err(_) => {}
+                }
+            }
+        };
+        let exit = exit.unwrap_or(ExitStatus::Code(255));
+        self.state.status = Status::Stopped;
+        self.state.exit = Some(exit);
+        self.state.finished = Some(state::now_rfc3339());
+        // The state dir may already be gone (delete --force); nothing to record then.
+        let _ = self.state.save(&self.state_dir);
+        for w in waiters.iter().chain(clients.iter()) {
+            let _ = w.send(&Report::Exited(exit));
+        }
+        0
+    }
+
+    fn start(&mut self) -> Report {
+        if self.state.status != Status::Created {
+            return Report::Failed(format!(
+                "container {} is {}: only a created container can be started",
+                self.state.id, self.state.status
+            ));
+        }
+        if let Err(e) = self.init.send(&ToInit::Start) {
+            return Report::Failed(format!("releasing the workload: {}", chain(&e)));
+        }
+        // The init's end is close-on-exec: EOF means the workload is exec'd.
+        loop {
+            match self.init.recv::<FromInit>() {
+                Ok(Some(FromInit::Warning(_))) => continue,
+                Ok(Some(FromInit::Failed(msg))) => return Report::Failed(msg),
+                Ok(Some(FromInit::Ready)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.state.status = Status::Running;
+        self.state.started = Some(state::now_rfc3339());
+        if let Err(e) = self.state.save(&self.state_dir) {
+            return Report::Failed(chain(&e));
+        }
+        Report::Started {
+            pid: self.pid.as_raw(),
+        }
+    }
+
+    /// Reaps every exited child (orphans re-parent to us as subreaper); returns the
+    /// workload's status once it is among them.
+    fn reap(&self) -> Option<ExitStatus> {
+        let mut exit = None;
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return exit,
+                Ok(status) if status.pid() == Some(self.pid) => {
+                    exit = ExitStatus::from_wait(status)
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Whether the monitor recorded in `dir` still answers on its control socket.
+pub(crate) fn connect(dir: &Path) -> Option<Channel> {
+    Channel::connect(&dir.join(SOCKET)).ok()
+}

@@ -1,0 +1,211 @@
+//! Test harness: a private state root, busybox bundles and unique ids per test, and a
+//! Drop guard that force-deletes every container the test made, also on panic.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The `minipod` binary next to this test binary (`cargo test --workspace` builds it).
+pub fn minipod_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("minipod");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p minipod-cri` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// Skips (by returning true) when not root: these tests need real namespaces.
+pub fn not_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    let skip = unsafe { libc::geteuid() } != 0;
+    if skip {
+        eprintln!("skipped: needs root");
+    }
+    skip
+}
+
+pub struct Harness {
+    pub base: PathBuf,
+    pub root: PathBuf,
+    ids: Mutex<Vec<String>>,
+}
+
+/// One bundle: a busybox rootfs and a config.json the test can edit before use.
+pub struct TestBundle {
+    pub dir: PathBuf,
+    pub config: Value,
+}
+
+impl TestBundle {
+    /// Writes the (possibly edited) config.json.
+    pub fn write(&self) -> &Path {
+        std::fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+        &self.dir
+    }
+}
+
+impl Harness {
+    pub fn new(name: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base =
+            std::env::temp_dir().join(format!("minipod-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let root = base.join("state");
+        Harness {
+            base,
+            root,
+            ids: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A fresh id, unique across tests and across concurrent runs of the suite.
+    pub fn id(&self, name: &str) -> String {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{name}-{}-{n}", std::process::id());
+        self.ids.lock().unwrap().push(id.clone());
+        id
+    }
+
+    /// A busybox bundle running `args` with the default spec of `minipod spec`.
+    pub fn bundle(&self, args: &[&str]) -> TestBundle {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = self.base.join(format!("bundle-{n}"));
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        minipod_runtime::busybox::build_rootfs(&rootfs)
+            .expect("busybox rootfs (apt-get install busybox-static)");
+        let mut config: Value =
+            serde_json::from_str(&minipod_runtime::spec::default_spec_json()).unwrap();
+        config["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
+        let b = TestBundle { dir, config };
+        b.write();
+        b
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(minipod_bin());
+        c.arg("--root").arg(&self.root).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs minipod and returns its output (stdout and stderr captured).
+    pub fn minipod(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn minipod")
+    }
+
+    /// `minipod run` of a bundle under a fresh id; returns (exit code, stdout, stderr).
+    pub fn run(&self, bundle: &TestBundle, name: &str) -> (i32, String, String) {
+        self.run_dir(bundle.write(), name)
+    }
+
+    /// `minipod run` of a bundle directory whose config.json is already written.
+    pub fn run_dir(&self, dir: &Path, name: &str) -> (i32, String, String) {
+        let id = self.id(name);
+        let dir = dir.to_str().unwrap();
+        let out = self.minipod(&["run", "--bundle", dir, &id]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `minipod create`, with the container's stdio on /dev/null so output() returns.
+    pub fn create(&self, bundle: &TestBundle, name: &str) -> String {
+        let id = self.id(name);
+        let dir = bundle.write().to_str().unwrap().to_string();
+        // The container inherits create's stdio (as with runc): a pipe would stay open
+        // as long as it runs, so stderr goes to a file.
+        let log = self.base.join(format!("{id}.create.err"));
+        let err = std::fs::File::create(&log).unwrap();
+        let status = self
+            .cmd(&["create", "--bundle", &dir, &id])
+            .stdout(Stdio::null())
+            .stderr(err)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "create {id}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        id
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        let out = self.minipod(&["state", id]);
+        assert!(
+            out.status.success(),
+            "state {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for id in self.ids.lock().map(|v| v.clone()).unwrap_or_default() {
+            if self.root.join(&id).exists() {
+                let _ = self
+                    .cmd(&["delete", "--force", &id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Host cgroup directories of container `id` under the default cgroups path.
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    ["memory", "pids", "cpu", "freezer"]
+        .iter()
+        .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/minipod/{id}")))
+        .collect()
+}
+
+/// Whether any mount on the host mentions `needle` (a test's base dir).
+pub fn host_mounts_mention(needle: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(needle.to_str().unwrap())
+}
+
+/// PIDs of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
