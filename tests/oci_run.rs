@@ -26,28 +26,16 @@ fn run_exits_137_when_the_workload_is_killed() {
     let b = h.bundle(&["sleep", "300"]);
     let id = h.id("victim");
     let dir = b.write().to_str().unwrap().to_string();
-    let mut run = h
-        .cmd(&["run", "--bundle", &dir, &id])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = h.cmd(&["run", "--bundle", &dir, &id]).stdout(std::process::Stdio::null()).spawn().unwrap();
     // Wait until the container is running, then kill it from outside.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while h
-        .minipod(&["state", &id])
-        .stdout
-        .windows(9)
-        .all(|w| w != b"\"running\"")
-    {
+    while h.minipod(&["state", &id]).stdout.windows(9).all(|w| w != b"\"running\"") {
         assert!(std::time::Instant::now() < deadline, "container never ran");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(h.minipod(&["kill", &id, "KILL"]).status.success());
     assert_eq!(run.wait().unwrap().code(), Some(137));
-    assert!(
-        !h.state_dir(&id).exists(),
-        "run removes the container after it exits"
-    );
+    assert!(!h.state_dir(&id).exists(), "run removes the container after it exits");
 }
 
 #[test]
@@ -94,10 +82,7 @@ fn user_1000_sees_uid_1000_and_its_groups() {
 }
 
 fn cap_line(status: &str, name: &str) -> u64 {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("{name} missing in {status}"));
+    let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing in {status}"));
     u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
 }
 
@@ -109,8 +94,7 @@ fn dropped_capabilities_show_in_proc_status() {
     let h = Harness::new("caps");
     let mut b = h.bundle(&["cat", "/proc/self/status"]);
     let only_kill = json!(["CAP_KILL"]);
-    b.config["process"]["capabilities"] =
-        json!({"bounding": only_kill, "effective": only_kill, "permitted": only_kill});
+    b.config["process"]["capabilities"] = json!({"bounding": only_kill, "effective": only_kill, "permitted": only_kill});
     let (code, out, err) = h.run(&b, "caps");
     assert_eq!(code, 0, "{err}");
     let kill = 1u64 << 5; // CAP_KILL
@@ -118,11 +102,7 @@ fn dropped_capabilities_show_in_proc_status() {
     assert_eq!(cap_line(&out, "CapPrm:"), kill);
     assert_eq!(cap_line(&out, "CapBnd:"), kill);
     assert_eq!(cap_line(&out, "CapInh:"), 0);
-    assert_eq!(
-        cap_line(&out, "NoNewPrivs:"),
-        1,
-        "the default spec sets noNewPrivileges"
-    );
+    assert_eq!(cap_line(&out, "NoNewPrivs:"), 1, "the default spec sets noNewPrivileges");
 }
 
 #[test]
@@ -147,20 +127,13 @@ fn pids_limit_stops_forks_beyond_it() {
     }
     let h = Harness::new("pids");
     // The shell is one process: with a limit of 4, at most 3 sleeps can start.
-    let mut b = h.bundle(&[
-        "sh",
-        "-c",
-        "for i in 1 2 3 4 5 6; do sleep 30 & done; echo done",
-    ]);
+    let mut b = h.bundle(&["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 30 & done; echo done"]);
     let (code, out, err) = h.run(&b, "unlimited");
     assert_eq!((code, out.trim()), (0, "done"), "{err}");
     b.config["linux"]["resources"]["pids"] = json!({"limit": 4});
     let (code, out, err) = h.run(&b, "limited");
     assert_ne!(code, 0);
-    assert!(
-        out.is_empty() && err.contains("can't fork: Resource temporarily unavailable"),
-        "out={out} err={err}"
-    );
+    assert!(out.is_empty() && err.contains("can't fork: Resource temporarily unavailable"), "out={out} err={err}");
 }
 
 #[test]
@@ -169,15 +142,15 @@ fn masked_and_read_only_proc_paths_protect_the_host() {
         return;
     }
     let h = Harness::new("mask");
-    let b = h.bundle(&["sh", "-c", "wc -c < /proc/keys; ls /proc/acpi 2>/dev/null | wc -l; echo 1 > /proc/sys/kernel/ns_last_pid && echo writable || echo refused"]);
+    let b = h.bundle(&[
+        "sh",
+        "-c",
+        "wc -c < /proc/keys; ls /proc/acpi 2>/dev/null | wc -l; echo 1 > /proc/sys/kernel/ns_last_pid && echo writable || echo refused",
+    ]);
     let (code, out, err) = h.run(&b, "mask");
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    assert_eq!(
-        lines,
-        ["0", "0", "refused"],
-        "keys masked, acpi empty, /proc/sys read-only; stderr: {err}"
-    );
+    assert_eq!(lines, ["0", "0", "refused"], "keys masked, acpi empty, /proc/sys read-only; stderr: {err}");
 }
 
 #[test]
@@ -198,11 +171,7 @@ fn rlimits_sysctls_and_mounts_from_the_spec_apply() {
     let (code, out, err) = h.run(&b, "spec");
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    assert_eq!(
-        lines,
-        ["321", "1", "from the host", "1", "1"],
-        "stderr: {err}"
-    );
+    assert_eq!(lines, ["321", "1", "from the host", "1", "1"], "stderr: {err}");
     assert!(!shared.join("x").exists());
 }
 
@@ -213,24 +182,16 @@ fn a_hard_rlimit_above_the_host_limit_degrades_with_a_warning() {
     }
     let h = Harness::new("rlimit");
     let mut b = h.bundle(&["sh", "-c", "ulimit -Hn"]);
-    let mut cur = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid pointer.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
     let above = cur.rlim_max + 1;
-    b.config["process"]["rlimits"] =
-        json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": above}]);
+    b.config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": above}]);
     let (code, out, err) = h.run(&b, "rlimit");
     assert_eq!(code, 0, "{err}");
     let hard: u64 = out.trim().parse().unwrap();
     // Root with CAP_SYS_RESOURCE gets the raise; without it (these machines) a warning.
-    assert!(
-        hard == above
-            || (hard == cur.rlim_max && err.contains("warning") && err.contains("RlimitNofile")),
-        "hard={hard} stderr={err}"
-    );
+    assert!(hard == above || (hard == cur.rlim_max && err.contains("warning") && err.contains("RlimitNofile")), "hard={hard} stderr={err}");
 }
 
 #[test]

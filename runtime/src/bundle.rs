@@ -20,12 +20,7 @@ pub enum BundleError {
         source: io::Error,
     },
     #[error("{path} is not a valid OCI runtime spec: {message} (line {line}, column {column})")]
-    Malformed {
-        path: PathBuf,
-        message: String,
-        line: usize,
-        column: usize,
-    },
+    Malformed { path: PathBuf, message: String, line: usize, column: usize },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
     #[error("rootfs {rootfs} (root.path in {config}) does not exist: unpack a root filesystem there or fix root.path")]
@@ -46,47 +41,25 @@ pub struct Bundle {
 impl Bundle {
     /// Reads `dir/config.json` and checks what minipod needs of it.
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
-        let dir = std::path::absolute(dir).map_err(|source| BundleError::Read {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let dir = std::path::absolute(dir).map_err(|source| BundleError::Read { path: dir.to_path_buf(), source })?;
         if !dir.is_dir() {
             return Err(BundleError::Missing(dir));
         }
         let config = dir.join("config.json");
         let data = match std::fs::read_to_string(&config) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(BundleError::NoConfig(dir))
-            }
-            Err(source) => {
-                return Err(BundleError::Read {
-                    path: config,
-                    source,
-                })
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BundleError::NoConfig(dir)),
+            Err(source) => return Err(BundleError::Read { path: config, source }),
         };
         let spec: Spec = serde_json::from_str(&data).map_err(|e| BundleError::Malformed {
             path: config.clone(),
             // serde_json appends " at line L column C"; we print those ourselves.
-            message: e
-                .to_string()
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
             line: e.line(),
             column: e.column(),
         })?;
-        let rootfs = check_spec(&spec).map_err(|what| BundleError::Invalid {
-            path: config.clone(),
-            what,
-        })?;
-        let rootfs = if rootfs.is_absolute() {
-            rootfs
-        } else {
-            dir.join(rootfs)
-        };
+        let rootfs = check_spec(&spec).map_err(|what| BundleError::Invalid { path: config.clone(), what })?;
+        let rootfs = if rootfs.is_absolute() { rootfs } else { dir.join(rootfs) };
         if !rootfs.is_dir() {
             return Err(BundleError::NoRootfs { rootfs, config });
         }
@@ -96,62 +69,38 @@ impl Bundle {
 
 /// Checks the parts of a spec that minipod relies on; returns `root.path`.
 pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or("no `root` section: set root.path to the rootfs directory")?;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or("no `process` section: minipod needs process.args")?;
+    let root = spec.root().as_ref().ok_or("no `root` section: set root.path to the rootfs directory")?;
+    let process = spec.process().as_ref().ok_or("no `process` section: minipod needs process.args")?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err("process.args is empty: give the command to run, e.g. [\"sh\"]".into());
     }
     if process.terminal() == Some(true) {
         return Err("process.terminal is true, and minipod does not allocate terminals yet: set it to false".into());
     }
-    let linux = spec
-        .linux()
-        .as_ref()
-        .ok_or("no `linux` section: minipod runs Linux containers only")?;
+    let linux = spec.linux().as_ref().ok_or("no `linux` section: minipod runs Linux containers only")?;
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
     for ns in &namespaces {
         match ns.typ() {
             LinuxNamespaceType::User | LinuxNamespaceType::Time => {
-                return Err(format!(
-                    "the {} namespace is not supported yet: remove it from linux.namespaces",
-                    ns.typ()
-                ))
+                return Err(format!("the {} namespace is not supported yet: remove it from linux.namespaces", ns.typ()))
             }
             _ => {}
         }
         if let Some(path) = ns.path() {
             if !path.exists() {
-                return Err(format!(
-                    "linux.namespaces: {} namespace path {} does not exist",
-                    ns.typ(),
-                    path.display()
-                ));
+                return Err(format!("linux.namespaces: {} namespace path {} does not exist", ns.typ(), path.display()));
             }
         }
         if namespaces.iter().filter(|n| n.typ() == ns.typ()).count() > 1 {
-            return Err(format!(
-                "linux.namespaces lists the {} namespace twice",
-                ns.typ()
-            ));
+            return Err(format!("linux.namespaces lists the {} namespace twice", ns.typ()));
         }
     }
     if !has(LinuxNamespaceType::Mount) {
-        return Err(
-            "linux.namespaces has no mount namespace: minipod needs one to set up the rootfs"
-                .into(),
-        );
+        return Err("linux.namespaces has no mount namespace: minipod needs one to set up the rootfs".into());
     }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
-        return Err(
-            "hostname is set but there is no uts namespace: add one or drop the hostname".into(),
-        );
+        return Err("hostname is set but there is no uts namespace: add one or drop the hostname".into());
     }
     for (key, _) in linux.sysctl().clone().unwrap_or_default() {
         if key.is_empty() || key.contains("..") || key.contains('\0') || key.starts_with('/') {
@@ -160,21 +109,12 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
     }
     for mount in spec.mounts().clone().unwrap_or_default() {
         if !mount.destination().is_absolute() {
-            return Err(format!(
-                "mount destination {} is not absolute",
-                mount.destination().display()
-            ));
+            return Err(format!("mount destination {} is not absolute", mount.destination().display()));
         }
     }
     if let Some(cg) = linux.cgroups_path() {
-        if cg
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(format!(
-                "linux.cgroupsPath {} must not contain `..`",
-                cg.display()
-            ));
+        if cg.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(format!("linux.cgroupsPath {} must not contain `..`", cg.display()));
         }
     }
     Ok(root.path().clone())

@@ -37,17 +37,12 @@ pub fn build_rootfs(rootfs: &Path) -> Result<(), BusyboxError> {
     if !is_static_elf(&data) {
         return Err(BusyboxError::Missing);
     }
-    for dir in [
-        "bin", "dev", "etc", "proc", "sys", "tmp", "root", "home", "var", "run",
-    ] {
+    for dir in ["bin", "dev", "etc", "proc", "sys", "tmp", "root", "home", "var", "run"] {
         fs::create_dir_all(rootfs.join(dir)).map_err(err(&rootfs.join(dir)))?;
     }
     let bin = rootfs.join("bin/busybox");
     fs::copy(BUSYBOX, &bin).map_err(err(&bin))?;
-    let out = std::process::Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .map_err(BusyboxError::List)?;
+    let out = std::process::Command::new(BUSYBOX).arg("--list").output().map_err(BusyboxError::List)?;
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         let applet = applet.trim();
         if applet.is_empty() || applet.contains('/') || applet == "busybox" {
@@ -72,25 +67,16 @@ pub fn build_rootfs(rootfs: &Path) -> Result<(), BusyboxError> {
 
 /// A 64-bit ELF with no PT_INTERP program header needs no dynamic loader.
 fn is_static_elf(data: &[u8]) -> bool {
-    let u16_at = |o: usize| {
-        data.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u64_at = |o: usize| {
-        data.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(|b| u64::from_le_bytes(b) as usize)
-    };
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |o: usize| data.get(o..o + 8).and_then(|b| b.try_into().ok()).map(|b| u64::from_le_bytes(b) as usize);
     if !data.starts_with(b"\x7fELF\x02") {
         return false;
     }
-    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
+    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
         return false;
     };
     const PT_INTERP: u32 = 3;
     (0..count).all(|i| {
-        data.get(phoff + i * entsize..phoff + i * entsize + 4)
-            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != PT_INTERP)
+        data.get(phoff + i * entsize..phoff + i * entsize + 4).is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != PT_INTERP)
     })
 }

@@ -36,18 +36,13 @@ pub enum ContainerError {
     AlreadyExists { id: ContainerId, root: PathBuf },
     #[error("container {id} does not exist in {root}: `minipod list` shows the containers there")]
     NotFound { id: ContainerId, root: PathBuf },
-    #[error(
-        "container {id} is running: stop it first (`minipod kill {id}`) or delete it with --force"
-    )]
+    #[error("container {id} is running: stop it first (`minipod kill {id}`) or delete it with --force")]
     StillRunning { id: ContainerId },
     #[error("cannot {op} container {id}: it is {status}{hint}")]
-    WrongState {
-        id: ContainerId,
-        op: &'static str,
-        status: Status,
-        hint: &'static str,
-    },
-    #[error("cgroup {0} already exists, probably for a container of the same id under another --root: pick another id or set linux.cgroupsPath")]
+    WrongState { id: ContainerId, op: &'static str, status: Status, hint: &'static str },
+    #[error(
+        "cgroup {0} already exists, probably for a container of the same id under another --root: pick another id or set linux.cgroupsPath"
+    )]
     CgroupTaken(PathBuf),
     #[error("creating container {id}: {message}")]
     Setup { id: ContainerId, message: String },
@@ -74,11 +69,7 @@ pub enum ContainerError {
         source: Errno,
     },
     #[error("container {id}: pid {pid} did not exit within {secs} s of SIGKILL")]
-    KillTimeout {
-        id: ContainerId,
-        pid: i32,
-        secs: u64,
-    },
+    KillTimeout { id: ContainerId, pid: i32, secs: u64 },
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -107,22 +98,16 @@ impl Stdio {
         let dup = |fd: RawFd| {
             // SAFETY: 0..2 are open in any process started normally; dup checks it.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            borrowed
-                .try_clone_to_owned()
-                .map_err(|source| ContainerError::Io {
-                    what: "duplicating stdio descriptor",
-                    path: PathBuf::from(format!("fd {fd}")),
-                    source,
-                })
+            borrowed.try_clone_to_owned().map_err(|source| ContainerError::Io {
+                what: "duplicating stdio descriptor",
+                path: PathBuf::from(format!("fd {fd}")),
+                source,
+            })
         };
         Ok(match self {
             Stdio::Null => vec![],
             Stdio::Inherit => vec![dup(0)?, dup(1)?, dup(2)?],
-            Stdio::Fds(a, b, c) => vec![
-                dup(a.as_raw_fd())?,
-                dup(b.as_raw_fd())?,
-                dup(c.as_raw_fd())?,
-            ],
+            Stdio::Fds(a, b, c) => vec![dup(a.as_raw_fd())?, dup(b.as_raw_fd())?, dup(c.as_raw_fd())?],
         })
     }
 }
@@ -174,18 +159,12 @@ impl Runtime {
             path: PathBuf::new(),
             source,
         })?;
-        fs::create_dir_all(&root).map_err(|source| ContainerError::Io {
-            what: "creating state root",
+        fs::create_dir_all(&root).map_err(|source| ContainerError::Io { what: "creating state root", path: root.clone(), source })?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|source| ContainerError::Io {
+            what: "restricting state root",
             path: root.clone(),
             source,
-        })?;
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            ContainerError::Io {
-                what: "restricting state root",
-                path: root.clone(),
-                source,
-            }
         })?;
         Ok(Self { root })
     }
@@ -201,35 +180,21 @@ impl Runtime {
 
     /// Sets up a container from `bundle`; its workload waits for [`Runtime::start`].
     pub fn create(&self, id: &ContainerId, bundle: &Path, opts: CreateOptions) -> Result<Created> {
-        self.create_inner(id, bundle, opts)
-            .map(|(created, _)| created)
+        self.create_inner(id, bundle, opts, false).map(|(created, _)| created)
     }
 
-    fn create_inner(
-        &self,
-        id: &ContainerId,
-        bundle: &Path,
-        opts: CreateOptions,
-    ) -> Result<(Created, Channel)> {
+    /// `start`: release the workload as soon as it is ready (for `run`).
+    fn create_inner(&self, id: &ContainerId, bundle: &Path, opts: CreateOptions, start: bool) -> Result<(Created, Channel)> {
         let bundle = Bundle::load(bundle)?;
         let dir = self.dir(id);
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(ContainerError::AlreadyExists {
-                    id: id.clone(),
-                    root: self.root.clone(),
-                })
+                return Err(ContainerError::AlreadyExists { id: id.clone(), root: self.root.clone() })
             }
-            Err(source) => {
-                return Err(ContainerError::Io {
-                    what: "creating state dir",
-                    path: dir,
-                    source,
-                })
-            }
+            Err(source) => return Err(ContainerError::Io { what: "creating state dir", path: dir, source }),
         }
-        let result = self.spawn_monitor(id, &bundle, &dir, opts);
+        let result = self.spawn_monitor(id, &bundle, &dir, opts, start);
         if result.is_err() {
             // The monitor removed the cgroup and its processes before reporting.
             let _ = fs::remove_dir_all(&dir);
@@ -237,18 +202,9 @@ impl Runtime {
         result
     }
 
-    fn spawn_monitor(
-        &self,
-        id: &ContainerId,
-        bundle: &Bundle,
-        dir: &Path,
-        opts: CreateOptions,
-    ) -> Result<(Created, Channel)> {
+    fn spawn_monitor(&self, id: &ContainerId, bundle: &Bundle, dir: &Path, opts: CreateOptions, start: bool) -> Result<(Created, Channel)> {
         let linux = bundle.spec.linux().clone().unwrap_or_default();
-        let cgroup = linux
-            .cgroups_path()
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("minipod").join(id.as_str()));
+        let cgroup = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("minipod").join(id.as_str()));
         if let Some(taken) = Cgroup::at(&cgroup).paths().iter().find(|p| p.exists()) {
             return Err(ContainerError::CgroupTaken(taken.clone()));
         }
@@ -268,8 +224,9 @@ impl Runtime {
             spec: bundle.spec.clone(),
             cgroup,
             stdio: !stdio.is_empty(),
+            start,
         }));
-        let (mut child, chan) = process::spawn_helper(&request, &raw)?;
+        let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
         let mut warnings = Vec::new();
         let outcome = loop {
@@ -279,24 +236,14 @@ impl Runtime {
                     warnings.push(w);
                 }
                 Ok(Some(Report::Created { pid, .. })) => break Ok(pid),
-                Ok(Some(Report::Failed(message))) => {
-                    break Err(ContainerError::Setup {
-                        id: id.clone(),
-                        message,
-                    })
-                }
-                Ok(Some(other)) => {
-                    break Err(ContainerError::Setup {
-                        id: id.clone(),
-                        message: format!("unexpected report {other:?}"),
-                    })
-                }
+                Ok(Some(Report::Failed(message))) => break Err(ContainerError::Setup { id: id.clone(), message }),
+                Ok(Some(other)) => break Err(ContainerError::Setup { id: id.clone(), message: format!("unexpected report {other:?}") }),
                 Ok(None) => break Err(ContainerError::HelperVanished),
                 Err(e) => break Err(e.into()),
             }
         };
         // The helper forked the monitor off and exits at once: reap it.
-        let _ = child.wait();
+        helper.reap();
         let pid = outcome?;
         if let Some(pid_file) = &opts.pid_file {
             if let Err(e) = state::write_atomic(pid_file, pid.to_string().as_bytes()) {
@@ -319,10 +266,8 @@ impl Runtime {
                 hint: ": only a created container can be started",
             });
         }
-        let chan = monitor::connect(&self.dir(id)).ok_or_else(|| ContainerError::Start {
-            id: id.clone(),
-            message: "its monitor is gone".into(),
-        })?;
+        let chan = monitor::connect(&self.dir(id))
+            .ok_or_else(|| ContainerError::Start { id: id.clone(), message: "its monitor is gone".into() })?;
         Self::start_on(id, &chan).map(drop)
     }
 
@@ -334,35 +279,25 @@ impl Runtime {
             match chan.expect::<Report>()? {
                 Report::Started { .. } => return Ok(None),
                 Report::Exited(status) => return Ok(Some(status)),
-                Report::Failed(message) => {
-                    return Err(ContainerError::Start {
-                        id: id.clone(),
-                        message,
-                    })
-                }
+                Report::Failed(message) => return Err(ContainerError::Start { id: id.clone(), message }),
                 Report::Warning(_) | Report::Created { .. } => continue,
             }
         }
     }
 
     /// Creates, starts and waits for a container, then deletes it (runc `run`).
-    pub fn run(
-        &self,
-        id: &ContainerId,
-        bundle: &Path,
-        opts: CreateOptions,
-    ) -> Result<(Created, ExitStatus)> {
-        let (created, chan) = self.create_inner(id, bundle, opts)?;
-        // The monitor tells every connected client when the workload exits, so the
-        // creator's channel needs no `Wait` (which could race a fast exit).
-        let waited = Self::start_on(id, &chan).and_then(|early| match early {
-            Some(status) => Ok(status),
-            None => loop {
-                if let Report::Exited(status) = chan.expect::<Report>()? {
-                    break Ok(status);
-                }
-            },
-        });
+    pub fn run(&self, id: &ContainerId, bundle: &Path, opts: CreateOptions) -> Result<(Created, ExitStatus)> {
+        // The monitor releases the workload as soon as it is ready and tells every
+        // connected client when it exits, so no `Start` or `Wait` round trips are needed.
+        let (created, chan) = self.create_inner(id, bundle, opts, true)?;
+        let waited = loop {
+            match chan.expect::<Report>() {
+                Ok(Report::Exited(status)) => break Ok(status),
+                Ok(Report::Failed(message)) => break Err(ContainerError::Start { id: id.clone(), message }),
+                Ok(_) => continue,
+                Err(e) => break Err(e.into()),
+            }
+        };
         let deleted = self.delete(id, true);
         let status = waited?;
         deleted?;
@@ -375,10 +310,7 @@ impl Runtime {
         match ContainerState::load(&dir) {
             Ok(st) => Ok(st),
             Err(StateError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Err(ContainerError::NotFound {
-                    id: id.clone(),
-                    root: self.root.clone(),
-                })
+                Err(ContainerError::NotFound { id: id.clone(), root: self.root.clone() })
             }
             Err(e) => Err(e.into()),
         }
@@ -386,11 +318,7 @@ impl Runtime {
 
     /// Every container under the root, sorted by id; half-created entries are skipped.
     pub fn list(&self) -> Result<Vec<ContainerState>> {
-        let entries = fs::read_dir(&self.root).map_err(|source| ContainerError::Io {
-            what: "listing",
-            path: self.root.clone(),
-            source,
-        })?;
+        let entries = fs::read_dir(&self.root).map_err(|source| ContainerError::Io { what: "listing", path: self.root.clone(), source })?;
         let mut out: Vec<ContainerState> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| ContainerId::new(e.file_name().to_string_lossy().into_owned()).ok())
@@ -406,14 +334,7 @@ impl Runtime {
         let status = st.live_status();
         let pid = match (status, st.pid) {
             (Status::Created | Status::Running, Some(pid)) => pid,
-            _ => {
-                return Err(ContainerError::WrongState {
-                    id: id.clone(),
-                    op: "kill",
-                    status,
-                    hint: ": it has no process to signal",
-                })
-            }
+            _ => return Err(ContainerError::WrongState { id: id.clone(), op: "kill", status, hint: ": it has no process to signal" }),
         };
         let send = |pid: i32| {
             // SAFETY: kill with integer arguments.
@@ -426,12 +347,7 @@ impl Runtime {
         }
         match send(pid) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
-            Err(source) => Err(ContainerError::Kill {
-                id: id.clone(),
-                signal,
-                pid,
-                source,
-            }),
+            Err(source) => Err(ContainerError::Kill { id: id.clone(), signal, pid, source }),
         }
     }
 
@@ -462,10 +378,7 @@ impl Runtime {
     pub fn delete(&self, id: &ContainerId, force: bool) -> Result<()> {
         let dir = self.dir(id);
         if !dir.exists() {
-            return Err(ContainerError::NotFound {
-                id: id.clone(),
-                root: self.root.clone(),
-            });
+            return Err(ContainerError::NotFound { id: id.clone(), root: self.root.clone() });
         }
         match ContainerState::load(&dir) {
             Ok(st) => {
@@ -485,17 +398,14 @@ impl Runtime {
                             unsafe { libc::kill(pid, libc::SIGKILL) };
                         }
                         if !wait_gone(pid, start, KILL_WAIT) {
-                            return Err(ContainerError::KillTimeout {
-                                id: id.clone(),
-                                pid,
-                                secs: KILL_WAIT.as_secs(),
-                            });
+                            return Err(ContainerError::KillTimeout { id: id.clone(), pid, secs: KILL_WAIT.as_secs() });
                         }
                     }
                 }
+                let removed = cgroup.remove();
                 // Let the monitor record the exit and leave before its directory goes.
                 wait_gone(st.monitor_pid, st.monitor_start_time, KILL_WAIT);
-                cgroup.remove()?;
+                removed?;
             }
             // A create that crashed half-way left no state.json; nothing runs for it.
             Err(StateError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
@@ -503,18 +413,8 @@ impl Runtime {
             Err(_) => {}
         }
         fs::remove_dir_all(&dir)
-            .or_else(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|source| ContainerError::Io {
-                what: "removing state dir",
-                path: dir,
-                source,
-            })
+            .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .map_err(|source| ContainerError::Io { what: "removing state dir", path: dir, source })
     }
 
     /// Runs a process inside a running container and returns its exit status.
@@ -522,34 +422,17 @@ impl Runtime {
         let st = self.state(id)?;
         let status = st.live_status();
         let (Some(pid), Some(pid_start_time)) = (st.pid, st.pid_start_time) else {
-            return Err(ContainerError::WrongState {
-                id: id.clone(),
-                op: "exec in",
-                status,
-                hint: "",
-            });
+            return Err(ContainerError::WrongState { id: id.clone(), op: "exec in", status, hint: "" });
         };
         if status == Status::Stopped {
-            return Err(ContainerError::WrongState {
-                id: id.clone(),
-                op: "exec in",
-                status,
-                hint: ": start a new container instead",
-            });
+            return Err(ContainerError::WrongState { id: id.clone(), op: "exec in", status, hint: ": start a new container instead" });
         }
         if opts.args.is_empty() {
-            return Err(ContainerError::Exec {
-                id: id.clone(),
-                message: "no command given".into(),
-            });
+            return Err(ContainerError::Exec { id: id.clone(), message: "no command given".into() });
         }
         let spec_path = self.dir(id).join(SPEC_COPY);
         let spec: oci_spec::runtime::Spec = fs::read(&spec_path)
-            .map_err(|source| ContainerError::Io {
-                what: "reading",
-                path: spec_path.clone(),
-                source,
-            })
+            .map_err(|source| ContainerError::Io { what: "reading", path: spec_path.clone(), source })
             .and_then(|d| {
                 serde_json::from_slice(&d).map_err(|e| ContainerError::Io {
                     what: "decoding",
@@ -582,23 +465,18 @@ impl Runtime {
             process,
             stdio: !stdio.is_empty(),
         }));
-        let (mut child, chan) = process::spawn_helper(&request, &raw)?;
+        let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
         let outcome = loop {
             match chan.recv::<Report>() {
                 Ok(Some(Report::Exited(status))) => break Ok(status),
-                Ok(Some(Report::Failed(message))) => {
-                    break Err(ContainerError::Exec {
-                        id: id.clone(),
-                        message,
-                    })
-                }
+                Ok(Some(Report::Failed(message))) => break Err(ContainerError::Exec { id: id.clone(), message }),
                 Ok(Some(_)) => continue,
                 Ok(None) => break Err(ContainerError::HelperVanished),
                 Err(e) => break Err(e.into()),
             }
         };
-        let _ = child.wait();
+        helper.reap();
         outcome
     }
 }
@@ -613,10 +491,7 @@ fn wait_gone(pid: i32, start: u64, timeout: Duration) -> bool {
     }
     // SAFETY: pidfd_open returned a descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    let mut fds = [nix::poll::PollFd::new(
-        fd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
+    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
     state::process_start_time(pid) != Some(start)

@@ -45,9 +45,7 @@ pub mod spec;
 pub mod state;
 
 pub use bundle::{Bundle, BundleError};
-pub use container::{
-    ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT,
-};
+pub use container::{ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT};
 pub use id::{ContainerId, IdError};
 pub use process::channel::ChannelError;
 pub use process::SpawnError;

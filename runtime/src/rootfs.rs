@@ -53,12 +53,7 @@ pub struct MountOptions {
 
 /// Splits `options` into flags, propagation changes and filesystem data, as mount(8) does.
 pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut o = MountOptions {
-        flags: MsFlags::empty(),
-        propagation: vec![],
-        data: vec![],
-        bind: false,
-    };
+    let mut o = MountOptions { flags: MsFlags::empty(), propagation: vec![], data: vec![], bind: false };
     for opt in options {
         let (set, clear) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -120,17 +115,11 @@ pub fn parse_options(options: &[String]) -> MountOptions {
 /// symlink or `..` in a rootfs can point a mount outside it.
 pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
     let mut resolved = PathBuf::new();
-    let mut todo: VecDeque<PathBuf> = path
-        .components()
-        .map(|c| PathBuf::from(c.as_os_str()))
-        .collect();
+    let mut todo: VecDeque<PathBuf> = path.components().map(|c| PathBuf::from(c.as_os_str())).collect();
     let mut links = 0;
     while let Some(part) = todo.pop_front() {
         match part.components().next() {
-            None
-            | Some(Component::RootDir)
-            | Some(Component::CurDir)
-            | Some(Component::Prefix(_)) => continue,
+            None | Some(Component::RootDir) | Some(Component::CurDir) | Some(Component::Prefix(_)) => continue,
             Some(Component::ParentDir) => {
                 resolved.pop();
             }
@@ -159,156 +148,91 @@ pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
     Ok(root.join(resolved))
 }
 
-/// Everything up to and including `pivot_root`.
-pub fn prepare(
-    spec: &Spec,
-    bundle: &Path,
-    rootfs: &Path,
-    warn: &dyn Fn(String),
-) -> Result<(), RootfsError> {
+/// Everything up to and including `pivot_root`, except cgroup filesystems: those must
+/// be mounted from inside the container's cgroup namespace, which can only be created
+/// once the process is in its cgroup. They are returned for [`mount_cgroups`].
+pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String)) -> Result<Vec<Mount>, RootfsError> {
     let linux = spec.linux().clone().unwrap_or_default();
     let propagation = match linux.rootfs_propagation().as_deref().unwrap_or("") {
         "" | "rslave" | "slave" => MsFlags::MS_SLAVE,
         "rprivate" | "private" => MsFlags::MS_PRIVATE,
         "rshared" | "shared" => MsFlags::MS_SHARED,
         "runbindable" | "unbindable" => MsFlags::MS_UNBINDABLE,
-        other => {
-            return Err(RootfsError::Spec(
-                "/".into(),
-                format!("linux.rootfsPropagation {other:?} is not a propagation mode"),
-            ))
-        }
+        other => return Err(RootfsError::Spec("/".into(), format!("linux.rootfsPropagation {other:?} is not a propagation mode"))),
     };
     // Nothing we mount may propagate back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        propagation | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(merr("making / a slave mount"))?;
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(merr(format!(
-        "bind-mounting the rootfs {}",
-        rootfs.display()
-    )))?;
+    mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).map_err(merr("making / a slave mount"))?;
+    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(merr(format!("bind-mounting the rootfs {}", rootfs.display())))?;
 
     let mounts = spec.mounts().clone().unwrap_or_default();
-    for m in &mounts {
+    let is_cgroup = |m: &Mount| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2"));
+    for m in mounts.iter().filter(|m| !is_cgroup(m)) {
         mount_one(rootfs, bundle, m, warn)?;
     }
-    let dev_is_bind = mounts.iter().any(|m| {
-        m.destination() == Path::new("/dev")
-            && parse_options(m.options().as_deref().unwrap_or_default()).bind
-    });
+    let dev_is_bind =
+        mounts.iter().any(|m| m.destination() == Path::new("/dev") && parse_options(m.options().as_deref().unwrap_or_default()).bind);
     if !dev_is_bind {
         create_devices(rootfs, &linux.devices().clone().unwrap_or_default())?;
     }
-    pivot(rootfs)
+    pivot(rootfs)?;
+    Ok(mounts.into_iter().filter(is_cgroup).collect())
 }
 
-fn mount_one(
-    rootfs: &Path,
-    bundle: &Path,
-    m: &Mount,
-    warn: &dyn Fn(String),
-) -> Result<(), RootfsError> {
+/// Mounts the cgroup filesystems `prepare` deferred, inside the new root.
+pub fn mount_cgroups(mounts: &[Mount]) -> Result<(), RootfsError> {
+    for m in mounts {
+        let name = m.destination().display().to_string();
+        let dest = secure_join(Path::new("/"), m.destination()).map_err(ioerr(format!("resolving mount destination {name}")))?;
+        fs::create_dir_all(&dest).map_err(ioerr(format!("creating mount point {name}")))?;
+        mount_cgroup(&dest, parse_options(m.options().as_deref().unwrap_or_default()).flags)?;
+    }
+    Ok(())
+}
+
+fn mount_one(rootfs: &Path, bundle: &Path, m: &Mount, warn: &dyn Fn(String)) -> Result<(), RootfsError> {
     let dest_name = m.destination().display().to_string();
     let opts = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = match m.typ().as_deref() {
         Some(t) if !t.is_empty() => t.to_string(),
         _ if opts.bind => "bind".to_string(),
-        _ => {
-            return Err(RootfsError::Spec(
-                dest_name,
-                "no type given and not a bind mount: set \"type\"".into(),
-            ))
-        }
+        _ => return Err(RootfsError::Spec(dest_name, "no type given and not a bind mount: set \"type\"".into())),
     };
-    let dest = secure_join(rootfs, m.destination())
-        .map_err(ioerr(format!("resolving mount destination {dest_name}")))?;
+    let dest = secure_join(rootfs, m.destination()).map_err(ioerr(format!("resolving mount destination {dest_name}")))?;
     let data = opts.data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
-    if typ == "cgroup" || typ == "cgroup2" {
-        fs::create_dir_all(&dest).map_err(ioerr(format!("creating mount point {dest_name}")))?;
-        return mount_cgroup(&dest, opts.flags);
-    }
     if opts.bind || typ == "bind" {
-        let source = m.source().clone().ok_or_else(|| {
-            RootfsError::Spec(dest_name.clone(), "bind mount without a source".into())
-        })?;
-        let source = if source.is_absolute() {
-            source
-        } else {
-            bundle.join(source)
-        };
-        let md = fs::metadata(&source).map_err(ioerr(format!(
-            "bind mount source {} for {dest_name}",
-            source.display()
-        )))?;
-        make_mount_point(&dest, md.is_dir())
-            .map_err(ioerr(format!("creating mount point {dest_name}")))?;
+        let source = m.source().clone().ok_or_else(|| RootfsError::Spec(dest_name.clone(), "bind mount without a source".into()))?;
+        let source = if source.is_absolute() { source } else { bundle.join(source) };
+        let md = fs::metadata(&source).map_err(ioerr(format!("bind mount source {} for {dest_name}", source.display())))?;
+        make_mount_point(&dest, md.is_dir()).map_err(ioerr(format!("creating mount point {dest_name}")))?;
         let rec = opts.flags & MsFlags::MS_REC;
-        mount(
-            Some(&source),
-            &dest,
-            None::<&str>,
-            MsFlags::MS_BIND | rec,
-            None::<&str>,
-        )
-        .map_err(merr(format!(
-            "bind-mounting {} on {dest_name}",
-            source.display()
-        )))?;
+        mount(Some(&source), &dest, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+            .map_err(merr(format!("bind-mounting {} on {dest_name}", source.display())))?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
-            remount_bind(&dest, extra | rec)
-                .map_err(merr(format!("applying options to bind mount {dest_name}")))?;
+            remount_bind(&dest, extra | rec).map_err(merr(format!("applying options to bind mount {dest_name}")))?;
         }
     } else {
-        make_mount_point(&dest, true)
-            .map_err(ioerr(format!("creating mount point {dest_name}")))?;
+        make_mount_point(&dest, true).map_err(ioerr(format!("creating mount point {dest_name}")))?;
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
         match mount(Some(&source), &dest, Some(typ.as_str()), opts.flags, data) {
             Ok(()) => {}
             // sysfs may not be mounted fresh without a new network namespace: bind the host's.
             Err(Errno::EPERM) if typ == "sysfs" => {
                 warn(format!("{dest_name}: a new sysfs is not allowed here; bind-mounting the host's /sys read-only"));
-                mount(
-                    Some("/sys"),
-                    &dest,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(merr(format!("bind-mounting /sys on {dest_name}")))?;
-                remount_bind(
-                    &dest,
-                    MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                )
-                .map_err(merr(format!("making {dest_name} read-only")))?;
+                mount(Some("/sys"), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                    .map_err(merr(format!("bind-mounting /sys on {dest_name}")))?;
+                remount_bind(&dest, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
+                    .map_err(merr(format!("making {dest_name} read-only")))?;
             }
             Err(e) => {
-                return Err(merr(format!(
-                    "mounting {typ} on {dest_name} (options {:?})",
-                    m.options().clone().unwrap_or_default()
-                ))(e))
+                return Err(merr(format!("mounting {typ} on {dest_name} (options {:?})", m.options().clone().unwrap_or_default()))(e))
             }
         }
     }
     for p in &opts.propagation {
-        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>)
-            .map_err(merr(format!("setting propagation of {dest_name}")))?;
+        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>).map_err(merr(format!("setting propagation of {dest_name}")))?;
     }
     Ok(())
 }
@@ -348,13 +272,7 @@ fn remount_bind(dest: &Path, flags: MsFlags) -> Result<(), Errno> {
                     locked |= m;
                 }
             }
-            mount(
-                None::<&str>,
-                dest,
-                None::<&str>,
-                base | locked,
-                None::<&str>,
-            )
+            mount(None::<&str>, dest, None::<&str>, base | locked, None::<&str>)
         }
         other => other,
     }
@@ -368,19 +286,9 @@ fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
         return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
             .map_err(merr(format!("mounting cgroup2 on {}", dest.display())));
     }
-    mount(
-        Some("tmpfs"),
-        dest,
-        Some("tmpfs"),
-        flags & !MsFlags::MS_RDONLY,
-        Some("mode=755"),
-    )
-    .map_err(merr(format!(
-        "mounting a tmpfs for cgroups on {}",
-        dest.display()
-    )))?;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(ioerr("reading /proc/self/mountinfo"))?;
+    mount(Some("tmpfs"), dest, Some("tmpfs"), flags & !MsFlags::MS_RDONLY, Some("mode=755"))
+        .map_err(merr(format!("mounting a tmpfs for cgroups on {}", dest.display())))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("reading /proc/self/mountinfo"))?;
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -395,37 +303,19 @@ fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
         let Some(name) = Path::new(point).file_name() else {
             continue;
         };
-        let opts: Vec<&str> = super_opts
-            .split(',')
-            .filter(|o| *o != "rw" && *o != "ro")
-            .collect();
+        let opts: Vec<&str> = super_opts.split(',').filter(|o| *o != "rw" && *o != "ro").collect();
         let mut data = opts.join(",");
         if opts.iter().all(|o| o.starts_with("name=")) {
             data = format!("none,{data}");
         }
         let target = dest.join(name);
         fs::create_dir_all(&target).map_err(ioerr(format!("creating {}", target.display())))?;
-        mount(
-            Some("cgroup"),
-            &target,
-            Some("cgroup"),
-            flags,
-            Some(data.as_str()),
-        )
-        .map_err(merr(format!(
-            "mounting cgroup hierarchy {data} on {}",
-            target.display()
-        )))?;
+        mount(Some("cgroup"), &target, Some("cgroup"), flags, Some(data.as_str()))
+            .map_err(merr(format!("mounting cgroup hierarchy {data} on {}", target.display())))?;
     }
     if flags.contains(MsFlags::MS_RDONLY) {
-        mount(
-            None::<&str>,
-            dest,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | flags,
-            Some("mode=755"),
-        )
-        .map_err(merr(format!("making {} read-only", dest.display())))?;
+        mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | flags, Some("mode=755"))
+            .map_err(merr(format!("making {} read-only", dest.display())))?;
     }
     Ok(())
 }
@@ -437,50 +327,19 @@ struct DefaultDevice {
 }
 
 const DEFAULT_DEVICES: &[DefaultDevice] = &[
-    DefaultDevice {
-        name: "null",
-        major: 1,
-        minor: 3,
-    },
-    DefaultDevice {
-        name: "zero",
-        major: 1,
-        minor: 5,
-    },
-    DefaultDevice {
-        name: "full",
-        major: 1,
-        minor: 7,
-    },
-    DefaultDevice {
-        name: "random",
-        major: 1,
-        minor: 8,
-    },
-    DefaultDevice {
-        name: "urandom",
-        major: 1,
-        minor: 9,
-    },
-    DefaultDevice {
-        name: "tty",
-        major: 5,
-        minor: 0,
-    },
+    DefaultDevice { name: "null", major: 1, minor: 3 },
+    DefaultDevice { name: "zero", major: 1, minor: 5 },
+    DefaultDevice { name: "full", major: 1, minor: 7 },
+    DefaultDevice { name: "random", major: 1, minor: 8 },
+    DefaultDevice { name: "urandom", major: 1, minor: 9 },
+    DefaultDevice { name: "tty", major: 5, minor: 0 },
 ];
 
 fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), RootfsError> {
     let dev = rootfs.join("dev");
     fs::create_dir_all(&dev).map_err(ioerr("creating /dev"))?;
     for d in DEFAULT_DEVICES {
-        make_device(
-            &dev.join(d.name),
-            SFlag::S_IFCHR,
-            d.major,
-            d.minor,
-            0o666,
-            None,
-        )?;
+        make_device(&dev.join(d.name), SFlag::S_IFCHR, d.major, d.minor, 0o666, None)?;
     }
     for d in extra {
         let kind = match d.typ() {
@@ -488,29 +347,15 @@ fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), RootfsErro
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::A => {
-                return Err(RootfsError::Spec(
-                    d.path().display().to_string(),
-                    "device type \"a\" is only valid in cgroup rules".into(),
-                ))
+                return Err(RootfsError::Spec(d.path().display().to_string(), "device type \"a\" is only valid in cgroup rules".into()))
             }
         };
-        let path = secure_join(rootfs, d.path())
-            .map_err(ioerr(format!("resolving device {}", d.path().display())))?;
+        let path = secure_join(rootfs, d.path()).map_err(ioerr(format!("resolving device {}", d.path().display())))?;
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(ioerr(format!(
-                "creating the directory of {}",
-                d.path().display()
-            )))?;
+            fs::create_dir_all(parent).map_err(ioerr(format!("creating the directory of {}", d.path().display())))?;
         }
         let owner = Some((d.uid().unwrap_or(0), d.gid().unwrap_or(0)));
-        make_device(
-            &path,
-            kind,
-            d.major() as u64,
-            d.minor() as u64,
-            d.file_mode().unwrap_or(0o666),
-            owner,
-        )?;
+        make_device(&path, kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), owner)?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -530,22 +375,10 @@ fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), RootfsErro
 }
 
 /// mknod, or a bind mount of the host's node where mknod is not permitted.
-fn make_device(
-    path: &Path,
-    kind: SFlag,
-    major: u64,
-    minor: u64,
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), RootfsError> {
+fn make_device(path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, owner: Option<(u32, u32)>) -> Result<(), RootfsError> {
     let what = || format!("creating device {}", path.display());
     let _ = fs::remove_file(path);
-    match mknod(
-        path,
-        kind,
-        Mode::from_bits_truncate(mode),
-        makedev(major, minor),
-    ) {
+    match mknod(path, kind, Mode::from_bits_truncate(mode), makedev(major, minor)) {
         Ok(()) => {
             fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(ioerr(what()))?;
             if let Some((uid, gid)) = owner {
@@ -556,14 +389,7 @@ fn make_device(
         Err(Errno::EPERM) => {
             let host = PathBuf::from(format!("/dev/char/{major}:{minor}"));
             fs::File::create(path).map_err(ioerr(what()))?;
-            mount(
-                Some(&host),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(merr(what()))
+            mount(Some(&host), path, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(merr(what()))
         }
         Err(e) => Err(merr(what())(e)),
     }
@@ -574,14 +400,8 @@ fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
     // Stacking the old root under the new one and detaching it avoids needing a
     // writable directory for it inside a (possibly read-only) rootfs.
     nix::unistd::pivot_root(".", ".").map_err(merr("pivot_root"))?;
-    mount(
-        None::<&str>,
-        ".",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(merr("making the old root a slave"))?;
+    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+        .map_err(merr("making the old root a slave"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(merr("detaching the old root"))?;
     nix::unistd::chdir("/").map_err(merr("entering the new root"))
 }
@@ -590,49 +410,23 @@ fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
 pub fn finish(spec: &Spec) -> Result<(), RootfsError> {
     let linux = spec.linux().clone().unwrap_or_default();
     for p in linux.readonly_paths().clone().unwrap_or_default() {
-        match mount(
-            Some(p.as_str()),
-            p.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ) {
+        match mount(Some(p.as_str()), p.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
             Err(Errno::ENOENT) => continue,
             r => r.map_err(merr(format!("bind-mounting read-only path {p}")))?,
         }
-        remount_bind(
-            Path::new(&p),
-            MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC
-                | MsFlags::MS_REC,
-        )
-        .map_err(merr(format!("making {p} read-only")))?;
+        remount_bind(Path::new(&p), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_REC)
+            .map_err(merr(format!("making {p} read-only")))?;
     }
     for p in linux.masked_paths().clone().unwrap_or_default() {
         let r = match fs::metadata(&p) {
             Err(_) => continue,
-            Ok(md) if md.is_dir() => mount(
-                Some("tmpfs"),
-                p.as_str(),
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                None::<&str>,
-            ),
-            Ok(_) => mount(
-                Some("/dev/null"),
-                p.as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
+            Ok(md) if md.is_dir() => mount(Some("tmpfs"), p.as_str(), Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
+            Ok(_) => mount(Some("/dev/null"), p.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>),
         };
         r.map_err(merr(format!("masking {p}")))?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        remount_bind(Path::new("/"), MsFlags::MS_RDONLY)
-            .map_err(merr("making the root filesystem read-only"))?;
+        remount_bind(Path::new("/"), MsFlags::MS_RDONLY).map_err(merr("making the root filesystem read-only"))?;
     }
     Ok(())
 }
@@ -642,8 +436,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("minipod-rootfs-test-{name}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("minipod-rootfs-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
@@ -655,18 +448,9 @@ mod tests {
         fs::create_dir_all(root.join("usr/lib")).unwrap();
         symlink("/usr/lib", root.join("lib")).unwrap();
         symlink("../../../../etc", root.join("usr/evil")).unwrap();
-        assert_eq!(
-            secure_join(&root, Path::new("/lib/x")).unwrap(),
-            root.join("usr/lib/x")
-        );
-        assert_eq!(
-            secure_join(&root, Path::new("/../../etc/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            secure_join(&root, Path::new("/usr/evil/shadow")).unwrap(),
-            root.join("etc/shadow")
-        );
+        assert_eq!(secure_join(&root, Path::new("/lib/x")).unwrap(), root.join("usr/lib/x"));
+        assert_eq!(secure_join(&root, Path::new("/../../etc/passwd")).unwrap(), root.join("etc/passwd"));
+        assert_eq!(secure_join(&root, Path::new("/usr/evil/shadow")).unwrap(), root.join("etc/shadow"));
         symlink("loop", root.join("loop")).unwrap();
         assert!(secure_join(&root, Path::new("/loop")).is_err());
         fs::remove_dir_all(&root).unwrap();
@@ -674,18 +458,11 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_propagation_and_data() {
-        let o = parse_options(
-            &["nosuid", "rbind", "ro", "rslave", "mode=755", "size=64k"].map(String::from),
-        );
+        let o = parse_options(&["nosuid", "rbind", "ro", "rslave", "mode=755", "size=64k"].map(String::from));
         assert!(o.bind);
-        assert_eq!(
-            o.flags,
-            MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY
-        );
+        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY);
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
         assert_eq!(o.data, vec!["mode=755", "size=64k"]);
-        assert!(!parse_options(&["ro", "rw"].map(String::from))
-            .flags
-            .contains(MsFlags::MS_RDONLY));
+        assert!(!parse_options(&["ro", "rw"].map(String::from)).flags.contains(MsFlags::MS_RDONLY));
     }
 }

@@ -84,9 +84,7 @@ impl std::str::FromStr for Signal {
             let off = if rest.is_empty() {
                 0
             } else {
-                rest.strip_prefix(if sign > 0 { "+" } else { "-" })
-                    .and_then(|n| n.parse::<i32>().ok())
-                    .ok_or_else(bad)?
+                rest.strip_prefix(if sign > 0 { "+" } else { "-" }).and_then(|n| n.parse::<i32>().ok()).ok_or_else(bad)?
             };
             Self::from_number(base + sign * off).map_err(|_| bad())
         };
@@ -119,10 +117,7 @@ mod tests {
         assert_eq!("sigterm".parse::<Signal>().unwrap().number(), 15);
         assert_eq!("SIGUSR1".parse::<Signal>().unwrap().number(), libc::SIGUSR1);
         assert_eq!("9".parse::<Signal>().unwrap().number(), 9);
-        assert_eq!(
-            "RTMIN+2".parse::<Signal>().unwrap().number(),
-            libc::SIGRTMIN() + 2
-        );
+        assert_eq!("RTMIN+2".parse::<Signal>().unwrap().number(), libc::SIGRTMIN() + 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use oci_spec::runtime::Spec;
 /// The default spec as JSON text.
 pub fn default_spec_json() -> String {
     let spec = serde_json::json!({
-        "ociVersion": "1.2.0",
+        "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": { "uid": 0, "gid": 0 },
@@ -52,11 +52,7 @@ pub fn default_spec() -> Spec {
 mod tests {
     #[test]
     fn default_spec_parses_and_passes_the_bundle_checks() {
-        let spec: oci_spec::runtime::Spec =
-            serde_json::from_str(&super::default_spec_json()).unwrap();
-        assert_eq!(
-            crate::bundle::check_spec(&spec).unwrap(),
-            std::path::PathBuf::from("rootfs")
-        );
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(&super::default_spec_json()).unwrap();
+        assert_eq!(crate::bundle::check_spec(&spec).unwrap(), std::path::PathBuf::from("rootfs"));
     }
 }

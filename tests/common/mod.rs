@@ -17,11 +17,7 @@ pub fn minipod_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("minipod");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p minipod-cri` or `cargo test --workspace`",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build -p minipod-cri` or `cargo test --workspace`", bin.display());
     bin
 }
 
@@ -50,11 +46,7 @@ pub struct TestBundle {
 impl TestBundle {
     /// Writes the (possibly edited) config.json.
     pub fn write(&self) -> &Path {
-        std::fs::write(
-            self.dir.join("config.json"),
-            serde_json::to_vec_pretty(&self.config).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(self.dir.join("config.json"), serde_json::to_vec_pretty(&self.config).unwrap()).unwrap();
         &self.dir
     }
 }
@@ -62,16 +54,11 @@ impl TestBundle {
 impl Harness {
     pub fn new(name: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base =
-            std::env::temp_dir().join(format!("minipod-test-{name}-{}-{n}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("minipod-test-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let root = base.join("state");
-        Harness {
-            base,
-            root,
-            ids: Mutex::new(Vec::new()),
-        }
+        Harness { base, root, ids: Mutex::new(Vec::new()) }
     }
 
     /// A fresh id, unique across tests and across concurrent runs of the suite.
@@ -88,10 +75,8 @@ impl Harness {
         let dir = self.base.join(format!("bundle-{n}"));
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(&rootfs).unwrap();
-        minipod_runtime::busybox::build_rootfs(&rootfs)
-            .expect("busybox rootfs (apt-get install busybox-static)");
-        let mut config: Value =
-            serde_json::from_str(&minipod_runtime::spec::default_spec_json()).unwrap();
+        minipod_runtime::busybox::build_rootfs(&rootfs).expect("busybox rootfs (apt-get install busybox-static)");
+        let mut config: Value = serde_json::from_str(&minipod_runtime::spec::default_spec_json()).unwrap();
         config["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
         let b = TestBundle { dir, config };
         b.write();
@@ -135,27 +120,14 @@ impl Harness {
         // as long as it runs, so stderr goes to a file.
         let log = self.base.join(format!("{id}.create.err"));
         let err = std::fs::File::create(&log).unwrap();
-        let status = self
-            .cmd(&["create", "--bundle", &dir, &id])
-            .stdout(Stdio::null())
-            .stderr(err)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "create {id}: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let status = self.cmd(&["create", "--bundle", &dir, &id]).stdout(Stdio::null()).stderr(err).status().unwrap();
+        assert!(status.success(), "create {id}: {}", std::fs::read_to_string(&log).unwrap_or_default());
         id
     }
 
     pub fn state(&self, id: &str) -> Value {
         let out = self.minipod(&["state", id]);
-        assert!(
-            out.status.success(),
-            "state {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "state {id}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -168,11 +140,7 @@ impl Drop for Harness {
     fn drop(&mut self) {
         for id in self.ids.lock().map(|v| v.clone()).unwrap_or_default() {
             if self.root.join(&id).exists() {
-                let _ = self
-                    .cmd(&["delete", "--force", &id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                let _ = self.cmd(&["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
             }
         }
         let _ = std::fs::remove_dir_all(&self.base);
@@ -181,17 +149,12 @@ impl Drop for Harness {
 
 /// Host cgroup directories of container `id` under the default cgroups path.
 pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    ["memory", "pids", "cpu", "freezer"]
-        .iter()
-        .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/minipod/{id}")))
-        .collect()
+    ["memory", "pids", "cpu", "freezer"].iter().map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/minipod/{id}"))).collect()
 }
 
 /// Whether any mount on the host mentions `needle` (a test's base dir).
 pub fn host_mounts_mention(needle: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .contains(needle.to_str().unwrap())
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(needle.to_str().unwrap())
 }
 
 /// PIDs of processes whose command line mentions `needle`.

@@ -100,47 +100,18 @@ fn init_logging(cli: &Cli) -> Option<()> {
         1 => LevelFilter::INFO,
         _ => LevelFilter::DEBUG,
     };
-    let stderr = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_filter(level);
-    let file = cli.log.as_ref().and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).without_time().with_filter(level);
+    let file = cli.log.as_ref().and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
     let (text, json) = match (file, cli.log_format) {
-        (Some(f), LogFormat::Json) => (
-            None,
-            Some(
-                fmt::layer()
-                    .json()
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_filter(LevelFilter::INFO),
-            ),
-        ),
-        (Some(f), LogFormat::Text) => (
-            Some(
-                fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_filter(LevelFilter::INFO),
-            ),
-            None,
-        ),
+        (Some(f), LogFormat::Json) => {
+            (None, Some(fmt::layer().json().with_writer(std::sync::Mutex::new(f)).with_filter(LevelFilter::INFO)))
+        }
+        (Some(f), LogFormat::Text) => {
+            (Some(fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f)).with_filter(LevelFilter::INFO)), None)
+        }
         (None, _) => (None, None),
     };
     // stderr gets only what is not printed as the final error line.
-    let stderr = stderr.with_filter(tracing_subscriber::filter::filter_fn(|m| {
-        *m.level() != tracing::Level::ERROR
-    }));
-    tracing_subscriber::registry()
-        .with(stderr)
-        .with(text)
-        .with(json)
-        .try_init()
-        .ok()
+    let stderr = stderr.with_filter(tracing_subscriber::filter::filter_fn(|m| *m.level() != tracing::Level::ERROR));
+    tracing_subscriber::registry().with(stderr).with(text).with(json).try_init().ok()
 }

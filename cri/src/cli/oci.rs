@@ -114,14 +114,7 @@ fn report_warnings(warnings: &[String]) {
 
 pub fn create(root: &Path, a: CreateArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
-    let created = rt.create(
-        &a.id,
-        &a.bundle,
-        CreateOptions {
-            stdio: Stdio::Inherit,
-            pid_file: a.pid_file,
-        },
-    )?;
+    let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file })?;
     report_warnings(&created.warnings);
     Ok(0)
 }
@@ -151,14 +144,7 @@ pub fn delete(root: &Path, a: DeleteArgs) -> anyhow::Result<i32> {
 pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
     if a.detach {
-        let created = rt.create(
-            &a.id,
-            &a.bundle,
-            CreateOptions {
-                stdio: Stdio::Null,
-                pid_file: a.pid_file,
-            },
-        )?;
+        let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Null, pid_file: a.pid_file })?;
         report_warnings(&created.warnings);
         if let Err(e) = rt.start(&a.id) {
             let _ = rt.delete(&a.id, true);
@@ -166,39 +152,20 @@ pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let (created, status) = rt.run(
-        &a.id,
-        &a.bundle,
-        CreateOptions {
-            stdio: Stdio::Inherit,
-            pid_file: a.pid_file,
-        },
-    )?;
+    let (created, status) = rt.run(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file })?;
     report_warnings(&created.warnings);
     Ok(status.shell_code())
 }
 
 pub fn exec(root: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let user = a.user.as_deref().map(parse_user).transpose()?;
-    let status = open(root)?.exec(
-        &a.id,
-        ExecOptions {
-            args: a.command,
-            env: a.env,
-            cwd: a.cwd,
-            user,
-            stdio: Stdio::Inherit,
-        },
-    )?;
+    let status = open(root)?.exec(&a.id, ExecOptions { args: a.command, env: a.env, cwd: a.cwd, user, stdio: Stdio::Inherit })?;
     Ok(status.shell_code())
 }
 
 fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
     let (u, g) = s.split_once(':').unwrap_or((s, s));
-    let parse = |v: &str| {
-        v.parse::<u32>()
-            .with_context(|| format!("--user {s:?}: expected numeric UID[:GID], e.g. 1000:1000"))
-    };
+    let parse = |v: &str| v.parse::<u32>().with_context(|| format!("--user {s:?}: expected numeric UID[:GID], e.g. 1000:1000"));
     Ok((parse(u)?, parse(g)?))
 }
 
@@ -216,25 +183,11 @@ pub fn list(root: &Path, a: ListArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&states)?);
         return Ok(0);
     }
-    println!(
-        "{:<24} {:<8} {:<8} {:<40} CREATED",
-        "ID", "PID", "STATUS", "BUNDLE"
-    );
+    println!("{:<24} {:<8} {:<8} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE");
     for c in &all {
         let status = c.live_status();
-        let pid = if status == minipod_runtime::Status::Stopped {
-            0
-        } else {
-            c.pid.unwrap_or(0)
-        };
-        println!(
-            "{:<24} {:<8} {:<8} {:<40} {}",
-            c.id,
-            pid,
-            status,
-            c.bundle.display(),
-            c.created
-        );
+        let pid = if status == minipod_runtime::Status::Stopped { 0 } else { c.pid.unwrap_or(0) };
+        println!("{:<24} {:<8} {:<8} {:<40} {}", c.id, pid, status, c.bundle.display(), c.created);
     }
     Ok(0)
 }
@@ -242,13 +195,9 @@ pub fn list(root: &Path, a: ListArgs) -> anyhow::Result<i32> {
 pub fn spec(a: SpecArgs) -> anyhow::Result<i32> {
     let path = a.bundle.join("config.json");
     if path.exists() {
-        bail!(
-            "{} exists already: remove it first or pass another --bundle",
-            path.display()
-        );
+        bail!("{} exists already: remove it first or pass another --bundle", path.display());
     }
-    std::fs::write(&path, minipod_runtime::spec::default_spec_json())
-        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, minipod_runtime::spec::default_spec_json()).with_context(|| format!("writing {}", path.display()))?;
     Ok(0)
 }
 
@@ -256,12 +205,12 @@ pub fn spec(a: SpecArgs) -> anyhow::Result<i32> {
 pub fn demo(root: &Path, a: DemoArgs) -> anyhow::Result<i32> {
     let rootfs = a.dir.join("rootfs");
     if !rootfs.join("bin/busybox").exists() {
-        std::fs::create_dir_all(&rootfs)
-            .with_context(|| format!("creating {}", rootfs.display()))?;
+        std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
         minipod_runtime::busybox::build_rootfs(&rootfs)?;
     }
     let mut spec = minipod_runtime::spec::default_spec();
-    let script = "echo \"hello from minipod: I am PID $$ on host $(hostname), $(id)\"; echo 'capabilities:'; grep Cap /proc/self/status; ls /";
+    let script =
+        "echo \"hello from minipod: I am PID $$ on host $(hostname), $(id)\"; echo 'capabilities:'; grep Cap /proc/self/status; ls /";
     if let Some(p) = spec.process_mut() {
         p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
     }
@@ -269,14 +218,7 @@ pub fn demo(root: &Path, a: DemoArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
     let id = ContainerId::new(format!("demo-{}", std::process::id()))?;
     println!("$ minipod run --bundle {} {id}", a.dir.display());
-    let (created, status) = rt.run(
-        &id,
-        &a.dir,
-        CreateOptions {
-            stdio: Stdio::Inherit,
-            pid_file: None,
-        },
-    )?;
+    let (created, status) = rt.run(&id, &a.dir, CreateOptions { stdio: Stdio::Inherit, pid_file: None })?;
     report_warnings(&created.warnings);
     println!("container {id} exited with {}", status.shell_code());
     Ok(status.shell_code())

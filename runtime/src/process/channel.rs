@@ -5,10 +5,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    UnixAddr,
-};
+use nix::sys::socket::{self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Largest message accepted; a spec is a few KiB.
@@ -48,29 +45,15 @@ pub struct Channel {
 impl Channel {
     /// A connected pair, both ends close-on-exec.
     pub fn pair() -> Result<(Channel, Channel), ChannelError> {
-        let (a, b) = socket::socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(ChannelError::Pair)?;
+        let (a, b) =
+            socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(ChannelError::Pair)?;
         Ok((Channel { fd: a }, Channel { fd: b }))
     }
 
     /// Connects to a listening channel socket at `path`.
     pub fn connect(path: &Path) -> Result<Channel, ChannelError> {
-        let err = |source| ChannelError::Connect {
-            path: path.display().to_string(),
-            source,
-        };
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(err)?;
+        let err = |source| ChannelError::Connect { path: path.display().to_string(), source };
+        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
         let addr = UnixAddr::new(path).map_err(err)?;
         socket::connect(fd.as_raw_fd(), &addr).map_err(err)?;
         Ok(Channel { fd })
@@ -98,17 +81,9 @@ impl Channel {
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
         loop {
-            match socket::sendmsg::<()>(
-                self.fd.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
+            match socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
                 Err(nix::Error::EINTR) => continue,
-                Err(nix::Error::EPIPE) | Err(nix::Error::ECONNRESET) => {
-                    return Err(ChannelError::Closed)
-                }
+                Err(nix::Error::EPIPE) | Err(nix::Error::ECONNRESET) => return Err(ChannelError::Closed),
                 Err(e) => return Err(ChannelError::Send(e)),
                 Ok(_) => return Ok(()),
             }
@@ -121,19 +96,12 @@ impl Channel {
     }
 
     /// Receives one message and the descriptors that came with it.
-    pub fn recv_with_fds<T: DeserializeOwned>(
-        &self,
-    ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+    pub fn recv_with_fds<T: DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match socket::recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg_space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
+            match socket::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Err(nix::Error::EINTR) => continue,
                 Err(nix::Error::ECONNRESET) => return Ok(None),
                 Err(e) => return Err(ChannelError::Recv(e)),
@@ -145,10 +113,7 @@ impl Channel {
                     for c in msg.cmsgs().map_err(ChannelError::Recv)? {
                         if let ControlMessageOwned::ScmRights(raw) = c {
                             // SAFETY: the kernel just installed these descriptors for us.
-                            fds.extend(
-                                raw.into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
+                            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                         }
                     }
                     break (msg.bytes, fds);
@@ -182,17 +147,9 @@ pub struct Listener {
 impl Listener {
     /// Binds and listens at `path`, owner-only.
     pub fn bind(path: &Path) -> Result<Listener, ChannelError> {
-        let err = |source| ChannelError::Connect {
-            path: path.display().to_string(),
-            source,
-        };
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .map_err(err)?;
+        let err = |source| ChannelError::Connect { path: path.display().to_string(), source };
+        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
+            .map_err(err)?;
         let addr = UnixAddr::new(path).map_err(err)?;
         let _ = std::fs::remove_file(path);
         socket::bind(fd.as_raw_fd(), &addr).map_err(err)?;
@@ -204,9 +161,7 @@ impl Listener {
     pub fn accept(&self) -> Option<Channel> {
         let fd = socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok()?;
         // SAFETY: accept4 returned a new descriptor that nothing else owns.
-        Some(Channel {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Some(Channel { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 }
 
@@ -224,8 +179,7 @@ mod tests {
     fn messages_and_descriptors_cross_a_pair() {
         let (a, b) = Channel::pair().unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
-        a.send_with_fds(&vec!["hello".to_string()], &[file.as_raw_fd()])
-            .unwrap();
+        a.send_with_fds(&vec!["hello".to_string()], &[file.as_raw_fd()]).unwrap();
         let (msg, fds): (Vec<String>, _) = b.recv_with_fds().unwrap().unwrap();
         assert_eq!(msg, vec!["hello"]);
         assert_eq!(fds.len(), 1);

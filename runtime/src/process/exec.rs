@@ -26,8 +26,8 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
-pub(super) fn run(chan: Channel, req: ExecRequest, stdio: Vec<OwnedFd>) -> i32 {
-    match join_and_fork(&req, stdio) {
+pub(super) fn run(chan: Channel, req: &ExecRequest, stdio: Vec<OwnedFd>) -> i32 {
+    match join_and_fork(req, stdio) {
         Ok(status) => {
             let _ = chan.send(&Report::Exited(status));
             0
@@ -47,14 +47,11 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
     // A non-dumpable process's /proc/PID/exe cannot be opened by the container, which
     // closes the runc CVE-2019-5736 path of overwriting this binary from inside.
     // SAFETY: prctl with integer arguments.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
-        .map_err(sys("making the exec helper non-dumpable"))?;
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map_err(sys("making the exec helper non-dumpable"))?;
     let mut files = Vec::new();
     for (name, flag) in NAMESPACES {
         let theirs = format!("/proc/{}/ns/{name}", req.pid);
-        if std::fs::read_link(&theirs).ok()
-            == std::fs::read_link(format!("/proc/self/ns/{name}")).ok()
-        {
+        if std::fs::read_link(&theirs).ok() == std::fs::read_link(format!("/proc/self/ns/{name}")).ok() {
             continue;
         }
         let f = std::fs::File::open(&theirs).map_err(|e| InitError::Sys {
@@ -65,22 +62,11 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
     }
     // The PID may have been reused between the caller's check and our opens.
     if state::process_start_time(req.pid) != Some(req.pid_start_time) {
-        return Err(InitError::Sys {
-            what: "the container's workload exited".into(),
-            source: Errno::ESRCH,
-        });
+        return Err(InitError::Sys { what: "the container's workload exited".into(), source: Errno::ESRCH });
     }
-    Cgroup::from_paths(req.cgroup_paths.clone())
-        .add(std::process::id() as i32)
-        .map_err(|e| InitError::Sys {
-            what: chain(&e),
-            source: Errno::EIO,
-        })?;
+    Cgroup::from_paths(req.cgroup_paths.clone()).join_self()?;
     for (name, flag, f) in &files {
-        nix::sched::setns(f, *flag).map_err(|source| InitError::Join {
-            typ: name.to_string(),
-            source,
-        })?;
+        nix::sched::setns(f, *flag).map_err(|source| InitError::Join { typ: name.to_string(), source })?;
     }
     drop(files);
     let (report, child_end) = Channel::pair()?;
@@ -91,10 +77,7 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
             let code = match child(&req.process, stdio) {
                 Ok(prepared) => {
                     let err = init::exec(&prepared);
-                    let _ = child_end.send(&Report::Failed(format!(
-                        "starting {:?}: {err}",
-                        prepared.path
-                    )));
+                    let _ = child_end.send(&Report::Failed(format!("starting {:?}: {err}", prepared.path)));
                     127
                 }
                 Err(e) => {
@@ -112,12 +95,7 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
             let status = loop {
                 match waitpid(pid, None) {
                     Err(Errno::EINTR) => continue,
-                    Err(e) => {
-                        return Err(InitError::Sys {
-                            what: "waiting for the exec'd process".into(),
-                            source: e,
-                        })
-                    }
+                    Err(e) => return Err(InitError::Sys { what: "waiting for the exec'd process".into(), source: e }),
                     Ok(s) => {
                         if let Some(st) = ExitStatus::from_wait(s) {
                             break st;
@@ -126,20 +104,14 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
                 }
             };
             match failure {
-                Some(Report::Failed(msg)) => Err(InitError::Sys {
-                    what: msg,
-                    source: Errno::ENOEXEC,
-                }),
+                Some(Report::Failed(msg)) => Err(InitError::Sys { what: msg, source: Errno::ENOEXEC }),
                 _ => Ok(status),
             }
         }
     }
 }
 
-fn child(
-    process: &oci_spec::runtime::Process,
-    stdio: Vec<OwnedFd>,
-) -> Result<init::Prepared, InitError> {
+fn child(process: &oci_spec::runtime::Process, stdio: Vec<OwnedFd>) -> Result<init::Prepared, InitError> {
     init::set_stdio(stdio)?;
     let prepared = init::prepare_exec(process)?;
     let cwd = process.cwd().clone();
@@ -150,12 +122,8 @@ fn child(
     }
     if process.no_new_privileges() == Some(true) {
         // SAFETY: prctl with integer arguments.
-        Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(
-            |source| InitError::Sys {
-                what: "setting no_new_privs".into(),
-                source,
-            },
-        )?;
+        Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+            .map_err(|source| InitError::Sys { what: "setting no_new_privs".into(), source })?;
     }
     init::reset_signals();
     Ok(prepared)

@@ -43,6 +43,8 @@ pub enum InitError {
         #[source]
         source: std::io::Error,
     },
+    #[error("joining the container's cgroup")]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("applying capabilities")]
     Caps(#[from] CapsError),
     #[error("the working directory {0} does not exist in the container")]
@@ -68,20 +70,12 @@ pub(crate) struct Prepared {
 }
 
 /// Runs in the cloned child; never returns.
-pub(super) fn run(
-    chan: Channel,
-    req: &CreateRequest,
-    stdio: Vec<OwnedFd>,
-    joins: Vec<(LinuxNamespaceType, OwnedFd)>,
-) -> ! {
+pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>, joins: Vec<(LinuxNamespaceType, OwnedFd)>) -> ! {
     let code = match setup(&chan, req, stdio, joins) {
         Ok(prepared) => match chan.recv::<ToInit>() {
             Ok(Some(ToInit::Start)) => {
                 let err = exec(&prepared);
-                let _ = chan.send(&FromInit::Failed(format!(
-                    "starting {:?}: {err}",
-                    prepared.path
-                )));
+                let _ = chan.send(&FromInit::Failed(format!("starting {:?}: {err}", prepared.path)));
                 127
             }
             _ => 1,
@@ -106,52 +100,41 @@ fn setup(
     };
     // Without the monitor nobody would ever release or reap us.
     set_parent_death_signal()?;
-    match chan.expect::<ToInit>()? {
-        ToInit::Proceed => {}
-        ToInit::Start => return Err(InitError::Protocol("start arrived before setup")),
-    }
     let spec = &req.spec;
     let linux = spec.linux().clone().unwrap_or_default();
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     // The mount namespace last: the other namespace files are opened already, but a
     // later setns must not resolve anything through the joined mount namespace.
-    let (mnt, others): (Vec<_>, Vec<_>) = joins
-        .into_iter()
-        .partition(|(t, _)| *t == LinuxNamespaceType::Mount);
+    let (mnt, others): (Vec<_>, Vec<_>) = joins.into_iter().partition(|(t, _)| *t == LinuxNamespaceType::Mount);
     for (typ, fd) in others.into_iter().chain(mnt) {
-        nix::sched::setns(&fd, CloneFlags::from_bits_retain(typ as i32)).map_err(|source| {
-            InitError::Join {
-                typ: typ.to_string(),
-                source,
-            }
-        })?;
-    }
-    if namespaces
-        .iter()
-        .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
-    {
-        // Now, not at clone time: the namespace root must be the container's cgroup.
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(sys("creating the cgroup namespace"))?;
+        nix::sched::setns(&fd, CloneFlags::from_bits_retain(typ as i32))
+            .map_err(|source| InitError::Join { typ: typ.to_string(), source })?;
     }
     let process = spec.process().clone().unwrap_or_default();
     if let Some(adj) = process.oom_score_adj() {
         if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
-            warn(format!(
-                "oom_score_adj {adj} not applied ({e}): continuing with the inherited value"
-            ));
+            warn(format!("oom_score_adj {adj} not applied ({e}): continuing with the inherited value"));
         }
     }
     set_stdio(stdio)?;
 
-    rootfs::prepare(spec, &req.bundle, &req.rootfs, &warn)?;
+    let cgroup_mounts = rootfs::prepare(spec, &req.bundle, &req.rootfs, &warn)?;
+    match chan.recv_with_fds::<ToInit>()? {
+        Some((ToInit::CgroupReady, join)) => crate::cgroups::join_self(&join)?,
+        Some((ToInit::Start, _)) => return Err(InitError::Protocol("start arrived before setup")),
+        None => return Err(InitError::Channel(super::channel::ChannelError::Closed)),
+    }
+    if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()) {
+        // Only now: the namespace's root is the cgroup the process is in when it unshares.
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("creating the cgroup namespace"))?;
+    }
+    rootfs::mount_cgroups(&cgroup_mounts)?;
     if let Some(h) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
     }
     if let Some(d) = spec.domainname().as_ref().filter(|d| !d.is_empty()) {
         // SAFETY: pointer and length of a live byte slice.
-        Errno::result(unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) })
-            .map_err(sys(format!("setting domainname {d:?}")))?;
+        Errno::result(unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) }).map_err(sys(format!("setting domainname {d:?}")))?;
     }
     for (key, value) in linux.sysctl().clone().unwrap_or_default() {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
@@ -172,8 +155,7 @@ fn setup(
     set_parent_death_signal()?;
     if process.no_new_privileges() == Some(true) {
         // SAFETY: prctl with integer arguments.
-        Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
-            .map_err(sys("setting no_new_privs"))?;
+        Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(sys("setting no_new_privs"))?;
     }
     if let Some(mask) = process.user().umask() {
         // SAFETY: umask cannot fail.
@@ -181,15 +163,8 @@ fn setup(
     }
     // Nothing the monitor or the caller had open may reach the workload.
     // SAFETY: marks descriptors close-on-exec, closes nothing.
-    Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    })
-    .map_err(sys("marking inherited descriptors close-on-exec"))?;
+    Errno::result(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) })
+        .map_err(sys("marking inherited descriptors close-on-exec"))?;
     reset_signals();
     chan.send(&FromInit::Ready)?;
     Ok(prepared)
@@ -207,30 +182,21 @@ pub(crate) fn set_stdio(stdio: Vec<OwnedFd>) -> Result<(), InitError> {
     let fds: Vec<OwnedFd> = if stdio.len() == 3 {
         stdio
     } else {
-        let null = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| InitError::Sys {
-                what: "opening /dev/null".into(),
-                source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            })?;
+        let null = std::fs::File::options().read(true).write(true).open("/dev/null").map_err(|e| InitError::Sys {
+            what: "opening /dev/null".into(),
+            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
         let null = OwnedFd::from(null);
         vec![
-            null.try_clone()
-                .map_err(|_| Errno::EMFILE)
-                .map_err(sys("dup"))?,
-            null.try_clone()
-                .map_err(|_| Errno::EMFILE)
-                .map_err(sys("dup"))?,
+            null.try_clone().map_err(|_| Errno::EMFILE).map_err(sys("dup"))?,
+            null.try_clone().map_err(|_| Errno::EMFILE).map_err(sys("dup"))?,
             null,
         ]
     };
     for (target, fd) in fds.iter().enumerate() {
         if fd.as_raw_fd() != target as i32 {
             // SAFETY: dup2 onto a standard descriptor number.
-            Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target as i32) })
-                .map_err(sys("setting up stdio"))?;
+            Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target as i32) }).map_err(sys("setting up stdio"))?;
         }
     }
     // The originals stay open only where they already sat on 0..2.
@@ -247,36 +213,23 @@ pub(crate) fn set_stdio(stdio: Vec<OwnedFd>) -> Result<(), InitError> {
 fn set_rlimits(process: &Process, warn: &dyn Fn(String)) -> Result<(), InitError> {
     for rl in process.rlimits().clone().unwrap_or_default() {
         let resource = rlimit_resource(rl.typ());
-        let want = libc::rlimit {
-            rlim_cur: rl.soft(),
-            rlim_max: rl.hard(),
-        };
+        let want = libc::rlimit { rlim_cur: rl.soft(), rlim_max: rl.hard() };
         // SAFETY: valid resource and struct pointer.
         if unsafe { libc::setrlimit(resource, &want) } == 0 {
             continue;
         }
         let err = Errno::last();
         if err != Errno::EPERM {
-            return Err(InitError::Sys {
-                what: format!("setting {:?} to {}/{}", rl.typ(), rl.soft(), rl.hard()),
-                source: err,
-            });
+            return Err(InitError::Sys { what: format!("setting {:?} to {}/{}", rl.typ(), rl.soft(), rl.hard()), source: err });
         }
         // Raising a hard limit needs CAP_SYS_RESOURCE, which these machines withhold
         // even from root: keep the current hard limit and cap the soft one to it.
-        let mut cur = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: valid resource and struct pointer.
         unsafe { libc::getrlimit(resource, &mut cur) };
-        let degraded = libc::rlimit {
-            rlim_cur: rl.soft().min(cur.rlim_max),
-            rlim_max: rl.hard().min(cur.rlim_max),
-        };
+        let degraded = libc::rlimit { rlim_cur: rl.soft().min(cur.rlim_max), rlim_max: rl.hard().min(cur.rlim_max) };
         // SAFETY: as above.
-        Errno::result(unsafe { libc::setrlimit(resource, &degraded) })
-            .map_err(sys(format!("setting {:?}", rl.typ())))?;
+        Errno::result(unsafe { libc::setrlimit(resource, &degraded) }).map_err(sys(format!("setting {:?}", rl.typ())))?;
         warn(format!(
             "{:?} hard limit {} not allowed here (EPERM): using {}/{}",
             rl.typ(),
@@ -321,10 +274,7 @@ pub(crate) fn prepare_exec(process: &Process) -> Result<Prepared, InitError> {
     let path = if program.contains('/') {
         program.clone()
     } else {
-        let search = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(DEFAULT_PATH);
+        let search = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
         search
             .split(':')
             .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(&program))

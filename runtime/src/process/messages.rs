@@ -26,6 +26,8 @@ pub struct CreateRequest {
     pub cgroup: PathBuf,
     /// Three descriptors (stdin, stdout, stderr) travel with the request when set.
     pub stdio: bool,
+    /// Release the workload as soon as it is ready (`run`), saving a round trip.
+    pub start: bool,
 }
 
 /// A process to start inside a running container.
@@ -65,8 +67,8 @@ pub enum Report {
 /// From the monitor to the container's init process.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
-    /// The init process is in its cgroup: go on with setup.
-    Proceed,
+    /// The cgroup exists; its join files come along (see `Cgroup::open_join_files`).
+    CgroupReady,
     /// Exec the workload.
     Start,
 }

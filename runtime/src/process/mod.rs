@@ -9,7 +9,7 @@ pub(crate) mod init;
 pub(crate) mod messages;
 pub(crate) mod monitor;
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::process::{Child, Command, Stdio};
 
 use channel::{Channel, ChannelError};
@@ -24,27 +24,61 @@ pub enum SpawnError {
     Channel(#[from] ChannelError),
 }
 
+/// A running helper process, to be reaped once it has reported.
+pub(crate) enum Helper {
+    Spawned(Child),
+    Forked(nix::unistd::Pid),
+}
+
+impl Helper {
+    /// Reaps the helper (a monitor's helper exits as soon as the monitor is forked off).
+    pub(crate) fn reap(self) {
+        match self {
+            Helper::Spawned(mut child) => drop(child.wait()),
+            Helper::Forked(pid) => drop(nix::sys::wait::waitpid(pid, None)),
+        }
+    }
+}
+
 /// Starts a helper and sends it `request` with `fds`; returns it and our channel end.
 ///
-/// No `pre_exec` here: with one, std falls back from posix_spawn to fork, whose cost
-/// grows with the caller's heap. The channel is the helper's stdin instead.
-pub(crate) fn spawn_helper(
-    request: &HelperRequest,
-    fds: &[RawFd],
-) -> Result<(Child, Channel), SpawnError> {
+/// A single-threaded caller (the `minipod` command) is itself a freshly exec'd
+/// process, so it forks the helper directly. Any other caller re-executes
+/// `/proc/self/exe`, where the pre-main hook takes over. No `pre_exec` on that path:
+/// with one, std falls back from posix_spawn to fork, whose cost grows with the
+/// caller's heap; the channel is the helper's stdin instead.
+pub(crate) fn spawn_helper(request: &HelperRequest, fds: &[RawFd]) -> Result<(Helper, Channel), SpawnError> {
     hook::keep();
     let (ours, theirs) = Channel::pair()?;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(hook::FAILSAFE_ARG)
-        .env(hook::MARKER, "1")
-        .stdin(Stdio::from(OwnedFd::from(theirs.into_fd())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd.spawn().map_err(SpawnError::Exec)?;
-    // Dropping the Command drops its copy of the helper's end, so EOF can reach us.
-    drop(cmd);
+    let helper = if hook::single_threaded() {
+        // SAFETY: fork in a process that has just been seen to have one thread.
+        match unsafe { nix::unistd::fork() }.map_err(|e| SpawnError::Exec(e.into()))? {
+            nix::unistd::ForkResult::Child => {
+                drop(ours);
+                let fd = std::os::fd::IntoRawFd::into_raw_fd(theirs.into_fd());
+                let code = hook::run_forked_helper(fd, request, fds);
+                // SAFETY: leave the forked copy without running the caller's exit path.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(theirs);
+                return Ok((Helper::Forked(child), ours));
+            }
+        }
+    } else {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(hook::FAILSAFE_ARG)
+            .env(hook::MARKER, "1")
+            .stdin(Stdio::from(theirs.into_fd()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().map_err(SpawnError::Exec)?;
+        // Dropping the Command drops its copy of the helper's end, so EOF can reach us.
+        drop(cmd);
+        Helper::Spawned(child)
+    };
     ours.send_with_fds(request, fds)?;
-    Ok((child, ours))
+    Ok((helper, ours))
 }
 
 /// An error and its causes on one line: `a: b: c`.

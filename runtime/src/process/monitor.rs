@@ -55,7 +55,7 @@ pub enum MonitorError {
 }
 
 /// Entry from the helper hook: detach, create, then serve until the workload exits.
-pub(super) fn run(chan: Channel, req: CreateRequest, stdio: Vec<OwnedFd>) -> i32 {
+pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>) -> i32 {
     // The caller reaps this process at once; the grandchild is the monitor, owned by
     // init (or the nearest subreaper) from now on, so no caller is left with a zombie.
     // SAFETY: the helper is single-threaded (checked by the hook).
@@ -63,17 +63,15 @@ pub(super) fn run(chan: Channel, req: CreateRequest, stdio: Vec<OwnedFd>) -> i32
         Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
         Ok(nix::unistd::ForkResult::Child) => {}
         Err(e) => {
-            let _ = chan.send(&Report::Failed(format!(
-                "forking the container monitor: {e}"
-            )));
+            let _ = chan.send(&Report::Failed(format!("forking the container monitor: {e}")));
             return 1;
         }
     }
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     let cgroup = Cgroup::at(&req.cgroup);
-    match create(&chan, &req, &cgroup, stdio) {
-        Ok(monitor) => monitor.serve(chan),
+    match create(&chan, req, &cgroup, stdio) {
+        Ok(monitor) => monitor.serve(chan, req.start),
         Err(e) => {
             let _ = cgroup.remove();
             let _ = chan.send(&Report::Failed(chain(&e)));
@@ -91,24 +89,17 @@ struct Monitor {
     listener: Listener,
 }
 
-fn create(
-    chan: &Channel,
-    req: &CreateRequest,
-    cgroup: &Cgroup,
-    stdio: Vec<OwnedFd>,
-) -> Result<Monitor, MonitorError> {
+fn create(chan: &Channel, req: &CreateRequest, cgroup: &Cgroup, stdio: Vec<OwnedFd>) -> Result<Monitor, MonitorError> {
     // SAFETY: prctl with integer arguments only.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
         .map_err(|e| MonitorError::Setup("becoming a subreaper", e))?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    mask.thread_block()
-        .map_err(|e| MonitorError::Setup("blocking SIGCHLD", e))?;
+    mask.thread_block().map_err(|e| MonitorError::Setup("blocking SIGCHLD", e))?;
     let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| MonitorError::Setup("creating a signalfd", e))?;
 
     let linux = req.spec.linux().clone().unwrap_or_default();
-    cgroup.create(linux.resources().as_ref())?;
 
     let mut flags = libc::SIGCHLD;
     let mut joins = Vec::new();
@@ -125,12 +116,8 @@ fn create(
                 })?;
                 if typ == LinuxNamespaceType::Pid {
                     // Affects only children: the init cloned below starts inside it.
-                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWPID).map_err(
-                        |source| MonitorError::JoinPid {
-                            path: path.display().to_string(),
-                            source,
-                        },
-                    )?;
+                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWPID)
+                        .map_err(|source| MonitorError::JoinPid { path: path.display().to_string(), source })?;
                 } else {
                     joins.push((typ, OwnedFd::from(fd)));
                 }
@@ -141,16 +128,7 @@ fn create(
     let (to_init, init_end) = Channel::pair()?;
     // SAFETY: raw clone without CLONE_VM behaves like fork with new namespaces; this
     // process is single-threaded, so the child may run ordinary Rust.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
     let pid = Errno::result(ret).map_err(MonitorError::Clone)? as i32;
     if pid == 0 {
         drop(to_init);
@@ -164,15 +142,15 @@ fn create(
         let _ = waitpid(pid, None);
         e
     };
-    cgroup.add(pid.as_raw()).map_err(|e| kill_init(e.into()))?;
-    to_init
-        .send(&ToInit::Proceed)
-        .map_err(|e| kill_init(e.into()))?;
+    // While the init builds its rootfs (which needs no cgroup), create the cgroup and
+    // hand the init the files through which it moves itself in (the cheap way in).
+    cgroup.create(linux.resources().as_ref()).map_err(|e| kill_init(e.into()))?;
+    let join = cgroup.open_join_files().map_err(|e| kill_init(e.into()))?;
+    let raw: Vec<i32> = join.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    to_init.send_with_fds(&ToInit::CgroupReady, &raw).map_err(|e| kill_init(e.into()))?;
+    drop(join);
     loop {
-        match to_init
-            .recv::<FromInit>()
-            .map_err(|e| kill_init(e.into()))?
-        {
+        match to_init.recv::<FromInit>().map_err(|e| kill_init(e.into()))? {
             Some(FromInit::Warning(w)) => {
                 let _ = chan.send(&Report::Warning(w));
             }
@@ -201,39 +179,29 @@ fn create(
         annotations: req.spec.annotations().clone().unwrap_or_default(),
     };
     let listener = Listener::bind(&req.state_dir.join(SOCKET)).map_err(|e| kill_init(e.into()))?;
-    st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
-    chan.send(&Report::Created {
-        pid: pid.as_raw(),
-        pid_start_time,
-    })
-    .map_err(|e| kill_init(e.into()))?;
-    Ok(Monitor {
-        state: st,
-        state_dir: req.state_dir.clone(),
-        init: to_init,
-        pid,
-        sigchld,
-        listener,
-    })
+    if !req.start {
+        // With `start` the next write (running) follows at once: skip this one.
+        st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
+    }
+    chan.send(&Report::Created { pid: pid.as_raw(), pid_start_time }).map_err(|e| kill_init(e.into()))?;
+    Ok(Monitor { state: st, state_dir: req.state_dir.clone(), init: to_init, pid, sigchld, listener })
 }
 
 impl Monitor {
     /// Serves `Start` and `Wait` from the creator's channel and the control socket
     /// until the workload exits, then records the exit and answers every waiter.
-    fn serve(mut self, creator: Channel) -> i32 {
+    fn serve(mut self, creator: Channel, start_now: bool) -> i32 {
+        if start_now {
+            let reply = self.start();
+            let _ = creator.send(&reply);
+        }
         let mut clients = vec![creator];
         let mut waiters: Vec<Channel> = Vec::new();
         let exit = loop {
             let (sig_ready, listen_ready, ready) = {
-                let mut fds = vec![
-                    PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                ];
-                fds.extend(
-                    clients
-                        .iter()
-                        .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
-                );
+                let mut fds =
+                    vec![PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN), PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+                fds.extend(clients.iter().map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
                 match nix::poll::poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(_) => break None,
@@ -307,9 +275,7 @@ impl Monitor {
         if let Err(e) = self.state.save(&self.state_dir) {
             return Report::Failed(chain(&e));
         }
-        Report::Started {
-            pid: self.pid.as_raw(),
-        }
+        Report::Started { pid: self.pid.as_raw() }
     }
 
     /// Reaps every exited child (orphans re-parent to us as subreaper); returns the
@@ -319,9 +285,7 @@ impl Monitor {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return exit,
-                Ok(status) if status.pid() == Some(self.pid) => {
-                    exit = ExitStatus::from_wait(status)
-                }
+                Ok(status) if status.pid() == Some(self.pid) => exit = ExitStatus::from_wait(status),
                 Ok(_) => {}
             }
         }
