@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what minipod needs on a Debian machine (run as root). Idempotent.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root: minipod creates namespaces, cgroups and mounts" >&2
+    exit 1
+fi
+
+# busybox-static: the root filesystems tests and the demo build for themselves.
+# runc, crun: the runtimes the benchmark compares against.
+# iproute2, procps: inspecting what tests leave behind.
+packages=(busybox-static runc crun iproute2 procps ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    for dir in /root/.cargo/bin "$HOME/.cargo/bin"; do
+        [ -x "$dir/cargo" ] && export PATH="$dir:$PATH"
+    done
+fi
+if ! command -v cargo >/dev/null; then
+    echo "setup.sh: no cargo found: install Rust 1.85 or newer (rustup) and run this again" >&2
+    exit 1
+fi
