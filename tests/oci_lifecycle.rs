@@ -53,11 +53,7 @@ fn full_cycle_create_start_kill_delete() {
     assert_eq!(json[0]["id"], id.as_str());
 
     assert!(h.minipod(&["kill", &id, "SIGKILL"]).status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while status_of(&h, &id) != "stopped" {
-        assert!(std::time::Instant::now() < deadline, "never stopped");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    h.wait_for_status(&id, "stopped");
     assert_eq!(h.state(&id)["exitCode"], 137);
     assert!(h.state(&id).get("pid").is_none(), "a stopped container reports no pid");
 
@@ -73,24 +69,29 @@ fn term_is_the_default_signal_and_numbers_work() {
         return;
     }
     let h = Harness::new("term");
-    // PID 1 ignores signals it has no handler for, so trap TERM explicitly.
-    let b = h.bundle(&["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.05; done"]);
+    // PID 1 ignores signals it has no handler for, so trap TERM explicitly, and say
+    // when the trap is in place.
+    let b = h.bundle(&["sh", "-c", "trap 'exit 42' TERM; touch /dev/shm/trapped; while true; do sleep 0.05; done"]);
     let id = h.create(&b, "term");
     assert!(h.minipod(&["start", &id]).status.success());
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(h.minipod(&["kill", &id]).status.success());
-    let out = h.cmd(&["delete", &id]).output().unwrap();
-    // Either it is gone already (exit 42 recorded) or still in its loop.
+    let pid = h.state(&id)["pid"].as_i64().unwrap();
+    let marker = format!("/proc/{pid}/root/dev/shm/trapped");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while status_of(&h, &id) != "stopped" {
-        assert!(std::time::Instant::now() < deadline, "TERM ignored: {}", String::from_utf8_lossy(&out.stderr));
+    while !std::path::Path::new(&marker).exists() {
+        assert!(std::time::Instant::now() < deadline, "the trap was never set");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    assert!(h.minipod(&["kill", &id]).status.success());
+    h.wait_for_status(&id, "stopped");
     assert_eq!(h.state(&id)["exitCode"], 42);
-    let id2 = h.create(&h.bundle(&["sleep", "300"]), "num");
-    assert!(h.minipod(&["start", &id2]).status.success());
-    assert!(h.minipod(&["kill", "--all", &id2, "9"]).status.success());
-    assert!(h.minipod(&["delete", &id2]).status.success() || h.minipod(&["delete", "--force", &id2]).status.success());
+    assert!(h.minipod(&["delete", &id]).status.success());
+
+    let id = h.create(&h.bundle(&["sleep", "300"]), "num");
+    assert!(h.minipod(&["start", &id]).status.success());
+    assert!(h.minipod(&["kill", "--all", &id, "9"]).status.success());
+    h.wait_for_status(&id, "stopped");
+    assert_eq!(h.state(&id)["exitCode"], 137);
+    assert!(h.minipod(&["delete", &id]).status.success());
 }
 
 #[test]
@@ -112,11 +113,7 @@ fn exec_joins_the_running_container() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"), "{}", String::from_utf8_lossy(&missing.stderr));
 
     assert!(h.minipod(&["kill", &id, "KILL"]).status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while status_of(&h, &id) != "stopped" {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    h.wait_for_status(&id, "stopped");
     let stopped = h.minipod(&["exec", &id, "--", "true"]);
     assert!(!stopped.status.success());
     assert!(String::from_utf8_lossy(&stopped.stderr).contains("it is stopped"), "{}", String::from_utf8_lossy(&stopped.stderr));

@@ -28,11 +28,7 @@ fn run_exits_137_when_the_workload_is_killed() {
     let dir = b.write().to_str().unwrap().to_string();
     let mut run = h.cmd(&["run", "--bundle", &dir, &id]).stdout(std::process::Stdio::null()).spawn().unwrap();
     // Wait until the container is running, then kill it from outside.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while h.minipod(&["state", &id]).stdout.windows(9).all(|w| w != b"\"running\"") {
-        assert!(std::time::Instant::now() < deadline, "container never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    h.wait_for_status(&id, "running");
     assert!(h.minipod(&["kill", &id, "KILL"]).status.success());
     assert_eq!(run.wait().unwrap().code(), Some(137));
     assert!(!h.state_dir(&id).exists(), "run removes the container after it exits");

@@ -131,6 +131,20 @@ impl Harness {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Polls `minipod state` until the container reports `status` (5 s at most).
+    pub fn wait_for_status(&self, id: &str, status: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let out = self.minipod(&["state", id]);
+            let now: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if now["status"] == status {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} never became {status}: {now}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn state_dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }

@@ -67,11 +67,7 @@ pub(crate) fn spawn_helper(request: &HelperRequest, fds: &[RawFd]) -> Result<(He
         }
     } else {
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg(hook::FAILSAFE_ARG)
-            .env(hook::MARKER, "1")
-            .stdin(Stdio::from(theirs.into_fd()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.arg(hook::FAILSAFE_ARG).env(hook::MARKER, "1").stdin(Stdio::from(theirs.into_fd())).stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().map_err(SpawnError::Exec)?;
         // Dropping the Command drops its copy of the helper's end, so EOF can reach us.
         drop(cmd);
