@@ -152,17 +152,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Opens (and creates, owner-only) the state root.
+    /// Opens the state root, creating it owner-only (0700) if it does not exist. An
+    /// existing directory keeps its mode: `--root /tmp` must not lock down /tmp.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
         let root = std::path::absolute(root.into()).map_err(|source| ContainerError::Io {
             what: "resolving state root",
             path: PathBuf::new(),
             source,
         })?;
-        fs::create_dir_all(&root).map_err(|source| ContainerError::Io { what: "creating state root", path: root.clone(), source })?;
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|source| ContainerError::Io {
-            what: "restricting state root",
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).map_err(|source| ContainerError::Io {
+            what: "creating state root",
             path: root.clone(),
             source,
         })?;
@@ -290,9 +290,22 @@ impl Runtime {
 
     /// Creates, starts and waits for a container, then deletes it (runc `run`).
     pub fn run(&self, id: &ContainerId, bundle: &Path, opts: CreateOptions) -> Result<(Created, ExitStatus)> {
+        self.run_with(id, bundle, opts, |_| {})
+    }
+
+    /// [`Runtime::run`], calling `on_created` once the workload exists (with its PID)
+    /// and before waiting for it, e.g. to forward the caller's signals to it.
+    pub fn run_with(
+        &self,
+        id: &ContainerId,
+        bundle: &Path,
+        opts: CreateOptions,
+        on_created: impl FnOnce(&Created),
+    ) -> Result<(Created, ExitStatus)> {
         // The monitor releases the workload as soon as it is ready and tells every
         // connected client when it exits, so no `Start` or `Wait` round trips are needed.
         let (created, chan) = self.create_inner(id, bundle, opts, true)?;
+        on_created(&created);
         let waited = loop {
             match chan.expect::<Report>() {
                 Ok(Report::Exited(status)) => break Ok(status),

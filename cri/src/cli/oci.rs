@@ -152,9 +152,38 @@ pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let (created, status) = rt.run(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file })?;
+    let (created, status) =
+        rt.run_with(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file }, |c| forward_signals_to(c.pid))?;
     report_warnings(&created.warnings);
     Ok(status.shell_code())
+}
+
+/// PID that [`forward_signal`] relays to; set once the workload exists.
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Like `runc run`: signals sent to the foreground command (Ctrl-C, a supervisor's
+/// TERM) go to the container's process instead of leaving it running unattended.
+fn forward_signals_to(pid: i32) {
+    FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: installs a handler that only calls kill(2); SA_RESTART keeps the
+        // wait for the exit report going.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 pub fn exec(root: &Path, a: ExecArgs) -> anyhow::Result<i32> {
