@@ -132,3 +132,36 @@ fn delete_of_a_created_container_needs_no_force_and_kills_it() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(!h.state_dir(&id).exists());
 }
+
+#[test]
+fn cpu_memory_and_pids_limits_land_in_the_cgroup_and_go_with_delete() {
+    if not_root() {
+        return;
+    }
+    if minipod_runtime::cgroups::is_unified() {
+        eprintln!("skipped: this test reads cgroup v1 files");
+        return;
+    }
+    let h = Harness::new("limits");
+    let mut b = h.bundle(&["sleep", "300"]);
+    b.config["linux"]["resources"] = serde_json::json!({
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+        "memory": {"limit": 64 * 1024 * 1024},
+        "pids": {"limit": 42},
+        "devices": [{"allow": false, "access": "rwm"}]
+    });
+    let id = h.create(&b, "limits");
+    let read = |ctrl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/minipod/{id}/{file}")).unwrap().trim().to_string();
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), (64 * 1024 * 1024).to_string());
+    assert_eq!(read("pids", "pids.max"), "42");
+    let devices = read("devices", "devices.list");
+    assert!(devices.contains("c 1:3 rwm") && !devices.contains("a *:* rwm"), "deny-all plus the default devices: {devices}");
+    let pid = h.state(&id)["pid"].as_i64().unwrap();
+    let tasks = read("memory", "tasks");
+    assert!(tasks.lines().any(|t| t == pid.to_string()), "the workload is in its cgroup: {tasks}");
+    assert!(h.minipod(&["delete", &id]).status.success());
+    assert!(cgroup_dirs(&id).iter().all(|d| !d.exists()));
+}
