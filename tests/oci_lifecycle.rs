@@ -151,7 +151,8 @@ fn cpu_memory_and_pids_limits_land_in_the_cgroup_and_go_with_delete() {
         "devices": [{"allow": false, "access": "rwm"}]
     });
     let id = h.create(&b, "limits");
-    let read = |ctrl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/minipod/{id}/{file}")).unwrap().trim().to_string();
+    let read =
+        |ctrl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/minipod/{id}/{file}")).unwrap().trim().to_string();
     assert_eq!(read("cpu", "cpu.shares"), "512");
     assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");

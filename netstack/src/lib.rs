@@ -1,8 +1,47 @@
-//! minipod's node networking (not built yet).
+//! minipod's node networking: bridge networks with IPAM for network namespaces.
 //!
-//! This crate will attach network namespaces to bridge networks inside a node
-//! namespace: veth pairs, IPv4/IPv6 address management, an nftables `inet minipod`
-//! table for masquerade, isolation and published ports, and an embedded DNS server
-//! for pod names. It knows nothing about containers: it takes a namespace handle and
-//! an owner id. Today it is an empty crate that fixes the workspace layout; see the
-//! netstack issue for the plan.
+//! # Model
+//!
+//! - A **node** is the network namespace that holds the bridges: the caller's own by
+//!   default, or a throwaway one (tests, multi-node simulations) so that a whole node
+//!   runs without touching the host.
+//! - A **network** is a bridge with an IPv4 subnet and gateway ([`NetworkConfig`]),
+//!   recorded under the state dir. `minipod0` on 10.88.0.0/16 is the default.
+//! - **Attaching** a namespace creates a veth pair whose peer is born inside the
+//!   namespace under its final name, gives it an address from the network's
+//!   [`ipam::Ipam`], sets lo and the interface up and routes via the gateway. A failed
+//!   attach undoes what it did; detach is idempotent and works when the namespace is
+//!   already gone.
+//! - This crate knows nothing about containers: it takes a namespace path and an
+//!   owner id.
+//!
+//! Not built yet (see the netstack issue): the nftables firewall (masquerade,
+//! isolation, published ports), the embedded DNS server, garbage collection of what a
+//! crash left, IPv6, and the `minipod net` commands.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use minipod_netstack::{AttachRequest, IfName, Node, NetworkConfig, OwnerId};
+//!
+//! let node = Node::new("/run/minipod", None)?;
+//! let net = node.create_network(NetworkConfig::default_network()).await?;
+//! let pod = minipod_netstack::netns::create_pinned("/run/minipod/netns/pod-1".as_ref())?;
+//! let req = AttachRequest { owner: OwnerId::new("pod-1")?, netns: pod.path().into(), ifname: IfName::new("eth0")?, ip: None };
+//! let wired = node.attach(&net.name, req).await?;
+//! println!("pod-1 has {}", wired.ip);
+//! # Ok(())
+//! # }
+//! ```
+
+mod bridge;
+pub mod ipam;
+pub mod names;
+pub mod netlink;
+pub mod netns;
+mod network;
+mod veth;
+
+pub use names::{IfName, NameError, NetworkName, OwnerId};
+pub use network::{host_ifname, AttachRequest, Attachment, NetworkConfig, NetworkError, Node};

@@ -1,0 +1,33 @@
+//! The bridge that carries one network in the node namespace.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use rtnetlink::{LinkBridge, LinkUnspec};
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// Creates bridge `name` if it is missing, with the gateway address and MTU, and sets
+/// it up. An existing bridge is reused (after a restart, or a second process).
+pub async fn ensure(nl: &Netlink, name: &str, gateway: Ipv4Addr, cidr: Ipv4Network, mtu: u32) -> Result<u32, NetlinkError> {
+    if nl.link(name).await?.is_none() {
+        let msg = LinkBridge::new(name).mtu(mtu).build();
+        match nl.add_link(msg, &format!("creating bridge {name}")).await {
+            // Another process made it between our look-up and the add.
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            other => other?,
+        }
+    }
+    let index = nl.index(name).await?;
+    nl.add_address(index, gateway.into(), cidr.prefix(), &format!("adding {gateway}/{} to bridge {name}", cidr.prefix())).await?;
+    nl.set_link(LinkUnspec::new_with_index(index).up().build(), &format!("setting bridge {name} up")).await?;
+    Ok(index)
+}
+
+/// Deletes bridge `name`; one already gone is fine.
+pub async fn remove(nl: &Netlink, name: &str) -> Result<(), NetlinkError> {
+    match nl.link(name).await? {
+        Some(link) => nl.delete_link(link.header.index, &format!("deleting bridge {name}")).await,
+        None => Ok(()),
+    }
+}

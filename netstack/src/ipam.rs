@@ -1,0 +1,254 @@
+//! IPv4 address management for one network, shared by every process on the node.
+//!
+//! State lives under the runtime state dir (tmpfs in production: a reboot frees
+//! everything, unlike CNI host-local): `ips/<addr>` holds the owner, `owners/<owner>`
+//! holds the address (so release is O(1)), `next` remembers where the last scan
+//! stopped (so allocation is O(1) until the range wraps). One `flock` on `lock`
+//! guards each read-modify-write; readers never take it.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::names::OwnerId;
+
+/// An allocation or release failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("allocating an address in {cidr}: all {size} are taken; release some or use a larger network")]
+    Exhausted { cidr: Ipv4Network, size: u32 },
+    #[error("{ip} is not a usable address of {cidr} (network, gateway and broadcast addresses are reserved)")]
+    NotUsable { ip: Ipv4Addr, cidr: Ipv4Network },
+    #[error("{ip} in {cidr} is already taken by {holder}")]
+    Taken { ip: Ipv4Addr, cidr: Ipv4Network, holder: String },
+    #[error("{owner} already has {ip} in {cidr}: release it first")]
+    OwnerHasOne { owner: OwnerId, ip: Ipv4Addr, cidr: Ipv4Network },
+    #[error("IPAM state {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn ioerr(path: &Path) -> impl FnOnce(io::Error) -> IpamError + '_ {
+    move |source| IpamError::Io { path: path.to_path_buf(), source }
+}
+
+/// The address pool of one network.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    dir: PathBuf,
+    cidr: Ipv4Network,
+    gateway: Ipv4Addr,
+}
+
+impl Ipam {
+    /// The pool for `cidr` with state in `dir` (created on first use).
+    pub fn new(dir: PathBuf, cidr: Ipv4Network, gateway: Ipv4Addr) -> Self {
+        Self { dir, cidr, gateway }
+    }
+
+    /// First and last host addresses (network and broadcast excluded).
+    fn range(&self) -> (u32, u32) {
+        let net = u32::from(self.cidr.network());
+        let last = u32::from(self.cidr.broadcast());
+        (net + 1, last.saturating_sub(1))
+    }
+
+    fn usable(&self, ip: Ipv4Addr) -> bool {
+        let (lo, hi) = self.range();
+        let n = u32::from(ip);
+        (lo..=hi).contains(&n) && ip != self.gateway
+    }
+
+    /// How many addresses pods can get.
+    pub fn capacity(&self) -> u32 {
+        let (lo, hi) = self.range();
+        (hi + 1).saturating_sub(lo).saturating_sub(u32::from(self.cidr.contains(self.gateway)))
+    }
+
+    fn lock(&self) -> Result<Flock<fs::File>, IpamError> {
+        for sub in ["ips", "owners"] {
+            let d = self.dir.join(sub);
+            fs::create_dir_all(&d).map_err(ioerr(&d))?;
+        }
+        let path = self.dir.join("lock");
+        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(ioerr(&path))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io { path, source: e.into() })
+    }
+
+    /// Gives `owner` an address: `want` if given and free, else the next free one.
+    pub fn allocate(&self, owner: &OwnerId, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+        let _lock = self.lock()?;
+        if let Some(ip) = self.address_of(owner)? {
+            return Err(IpamError::OwnerHasOne { owner: owner.clone(), ip, cidr: self.cidr });
+        }
+        let ip = match want {
+            Some(ip) => {
+                if !self.usable(ip) {
+                    return Err(IpamError::NotUsable { ip, cidr: self.cidr });
+                }
+                if let Some(holder) = self.holder(ip)? {
+                    return Err(IpamError::Taken { ip, cidr: self.cidr, holder });
+                }
+                ip
+            }
+            None => self.next_free()?,
+        };
+        let ip_file = self.dir.join("ips").join(ip.to_string());
+        fs::write(&ip_file, owner.as_str()).map_err(ioerr(&ip_file))?;
+        let owner_file = self.dir.join("owners").join(owner.as_str());
+        if let Err(e) = fs::write(&owner_file, ip.to_string()) {
+            let _ = fs::remove_file(&ip_file);
+            return Err(ioerr(&owner_file)(e));
+        }
+        let next = self.dir.join("next");
+        let _ = fs::File::create(&next).and_then(|mut f| f.write_all((u32::from(ip) + 1).to_string().as_bytes()));
+        Ok(ip)
+    }
+
+    fn next_free(&self) -> Result<Ipv4Addr, IpamError> {
+        let (lo, hi) = self.range();
+        let hint = fs::read_to_string(self.dir.join("next"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|n| (lo..=hi).contains(n))
+            .unwrap_or(lo);
+        let size = hi.saturating_sub(lo) + 1;
+        for i in 0..size {
+            let ip = Ipv4Addr::from(lo + (hint - lo + i) % size);
+            if ip != self.gateway && !self.dir.join("ips").join(ip.to_string()).exists() {
+                return Ok(ip);
+            }
+        }
+        Err(IpamError::Exhausted { cidr: self.cidr, size: self.capacity() })
+    }
+
+    /// Frees `owner`'s address; returns it, or None if it had none (idempotent).
+    pub fn release(&self, owner: &OwnerId) -> Result<Option<Ipv4Addr>, IpamError> {
+        let _lock = self.lock()?;
+        let Some(ip) = self.address_of(owner)? else { return Ok(None) };
+        let ip_file = self.dir.join("ips").join(ip.to_string());
+        match fs::remove_file(&ip_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ioerr(&ip_file)(e)),
+        }
+        let owner_file = self.dir.join("owners").join(owner.as_str());
+        fs::remove_file(&owner_file).map_err(ioerr(&owner_file))?;
+        Ok(Some(ip))
+    }
+
+    /// The address `owner` holds, if any.
+    pub fn address_of(&self, owner: &OwnerId) -> Result<Option<Ipv4Addr>, IpamError> {
+        let path = self.dir.join("owners").join(owner.as_str());
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ioerr(&path)(e)),
+        }
+    }
+
+    fn holder(&self, ip: Ipv4Addr) -> Result<Option<String>, IpamError> {
+        let path = self.dir.join("ips").join(ip.to_string());
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ioerr(&path)(e)),
+        }
+    }
+
+    /// Every owner with an address.
+    pub fn owners(&self) -> Result<Vec<(OwnerId, Ipv4Addr)>, IpamError> {
+        let dir = self.dir.join("owners");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(ioerr(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let Ok(owner) = OwnerId::new(e.file_name().to_string_lossy().into_owned()) else { continue };
+            if let Some(ip) = self.address_of(&owner)? {
+                out.push((owner, ip));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str, cidr: &str) -> (Ipam, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("minipod-ipam-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let cidr: Ipv4Network = cidr.parse().unwrap();
+        let gw = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        (Ipam::new(dir.clone(), cidr, gw), dir)
+    }
+
+    fn owner(n: usize) -> OwnerId {
+        OwnerId::new(format!("pod-{n}")).unwrap()
+    }
+
+    #[test]
+    fn skips_network_gateway_and_broadcast_and_reports_exhaustion() {
+        let (ipam, dir) = pool("small", "10.1.0.0/29");
+        assert_eq!(ipam.capacity(), 5);
+        let got: Vec<Ipv4Addr> = (0..5).map(|i| ipam.allocate(&owner(i), None).unwrap()).collect();
+        assert_eq!(got, ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"].map(|s| s.parse::<Ipv4Addr>().unwrap()));
+        let err = ipam.allocate(&owner(9), None).unwrap_err().to_string();
+        assert!(err.contains("10.1.0.0/29: all 5 are taken"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn release_is_by_owner_idempotent_and_frees_for_reuse() {
+        let (ipam, dir) = pool("release", "10.1.1.0/30");
+        let ip = ipam.allocate(&owner(1), None).unwrap();
+        assert_eq!(ip, "10.1.1.2".parse::<Ipv4Addr>().unwrap());
+        assert!(ipam.allocate(&owner(2), None).is_err());
+        assert_eq!(ipam.release(&owner(1)).unwrap(), Some(ip));
+        assert_eq!(ipam.release(&owner(1)).unwrap(), None);
+        assert_eq!(ipam.allocate(&owner(2), None).unwrap(), ip);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_requested_address_is_given_or_refused_with_its_holder() {
+        let (ipam, dir) = pool("want", "10.1.2.0/24");
+        let want: Ipv4Addr = "10.1.2.77".parse().unwrap();
+        assert_eq!(ipam.allocate(&owner(1), Some(want)).unwrap(), want);
+        let err = ipam.allocate(&owner(2), Some(want)).unwrap_err().to_string();
+        assert!(err.contains("already taken by pod-1"), "{err}");
+        assert!(ipam.allocate(&owner(3), Some("10.1.2.1".parse().unwrap())).is_err(), "gateway");
+        assert!(ipam.allocate(&owner(3), Some("10.1.3.5".parse().unwrap())).is_err(), "outside");
+        assert!(ipam.allocate(&owner(1), None).is_err(), "one per owner");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_allocations_from_many_threads_never_collide() {
+        let (ipam, dir) = pool("threads", "10.1.4.0/22");
+        let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..200)
+                .map(|i| {
+                    let ipam = ipam.clone();
+                    s.spawn(move || ipam.allocate(&owner(i), None).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let unique: std::collections::HashSet<_> = ips.iter().collect();
+        assert_eq!(unique.len(), 200);
+        assert_eq!(ipam.owners().unwrap().len(), 200);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

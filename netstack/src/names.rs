@@ -1,0 +1,116 @@
+//! Validated names: networks, interface names and owner ids, all of which reach paths
+//! or the kernel.
+
+use std::fmt;
+
+/// A name that is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("{kind} {name:?} is empty or longer than {max} bytes")]
+    Length { kind: &'static str, name: String, max: usize },
+    #[error("{kind} {name:?} has the character {ch:?}: use letters, digits, `-`, `_` and `.`, not starting with `.` or `-`")]
+    Char { kind: &'static str, name: String, ch: char },
+}
+
+fn check(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.is_empty() || name.len() > max {
+        return Err(NameError::Length { kind, name: name.to_string(), max });
+    }
+    for (i, ch) in name.chars().enumerate() {
+        let ok = ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.');
+        if !ok || (i == 0 && matches!(ch, '.' | '-')) {
+            return Err(NameError::Char { kind, name: name.to_string(), ch });
+        }
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $t:ident, $kind:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $t(String);
+
+        impl $t {
+            /// Checks and wraps `name`.
+            pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+                let name = name.into();
+                check($kind, &name, $max)?;
+                Ok(Self(name))
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $t {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(n: $t) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A network's name (also a directory name under the state dir).
+    NetworkName,
+    "network name",
+    64
+);
+name_type!(
+    /// A Linux interface name: at most 15 bytes (IFNAMSIZ - 1).
+    IfName,
+    "interface name",
+    15
+);
+name_type!(
+    /// Who an attachment belongs to (a pod or container id); release and GC go by it.
+    OwnerId,
+    "owner id",
+    128
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_ifnamsiz() {
+        assert!(IfName::new("eth0").is_ok());
+        assert!(IfName::new("a234567890abcde").is_ok());
+        assert!(IfName::new("a234567890abcdef").is_err());
+        assert!(IfName::new("eth/0").is_err());
+        assert!(IfName::new("").is_err());
+    }
+
+    #[test]
+    fn names_cannot_escape_a_directory() {
+        for bad in ["..", ".", "a/b", "-x", "a b", "x\0"] {
+            assert!(NetworkName::new(bad).is_err(), "{bad:?}");
+            assert!(OwnerId::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

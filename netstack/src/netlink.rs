@@ -1,0 +1,157 @@
+//! A route-netlink connection bound to one network namespace.
+//!
+//! The socket is opened on a thread that entered the namespace (a netlink socket
+//! belongs to the namespace it was created in), with the caller's tokio runtime
+//! entered so the connection can be driven there. rtnetlink's own namespace helpers
+//! fork inside a multi-threaded process and are not used.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::netns::{Netns, NetnsError};
+
+/// A netlink request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("opening a netlink socket in {0}")]
+    Socket(String, #[source] std::io::Error),
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no such interface")]
+    NoLink(String),
+}
+
+impl NetlinkError {
+    /// The errno behind a failed request, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |e| {
+        let source = match &e {
+            rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+            other => std::io::Error::other(other.to_string()),
+        };
+        NetlinkError::Request { what, source }
+    }
+}
+
+/// A connection to the kernel's routing subsystem inside one namespace.
+pub struct Netlink {
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Netlink {
+    /// Opens a connection inside `ns`. Must be called from within a tokio runtime.
+    pub fn open(ns: &Netns) -> Result<Self, NetlinkError> {
+        let rt = tokio::runtime::Handle::current();
+        let where_ = ns.path().display().to_string();
+        let (conn, handle, _) = ns
+            .run(move || {
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|e| NetlinkError::Socket(where_, e))?;
+        let task = tokio::spawn(conn);
+        Ok(Self { handle, task })
+    }
+
+    /// The link called `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(rtnetlink::Error::NetlinkError(msg)) if msg.to_io().raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(request(format!("looking up {name}"))(e)),
+        }
+    }
+
+    /// The index of link `name`, or an error saying it does not exist.
+    pub async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
+        self.link(name).await?.map(|l| l.header.index).ok_or_else(|| NetlinkError::NoLink(name.to_string()))
+    }
+
+    /// Sends a prepared RTM_NEWLINK (create).
+    pub async fn add_link(&self, msg: LinkMessage, what: &str) -> Result<(), NetlinkError> {
+        self.handle.link().add(msg).execute().await.map_err(request(what))
+    }
+
+    /// Sends a prepared RTM_SETLINK.
+    pub async fn set_link(&self, msg: LinkMessage, what: &str) -> Result<(), NetlinkError> {
+        self.handle.link().set(msg).execute().await.map_err(request(what))
+    }
+
+    /// Sets link `index` up.
+    pub async fn up(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
+        self.set_link(LinkUnspec::new_with_index(index).up().build(), what).await
+    }
+
+    /// Deletes link `index`; a link already gone is fine.
+    pub async fn delete_link(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await.map_err(request(what)) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Adds `addr/prefix` to link `index`; the same address already there is fine.
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8, what: &str) -> Result<(), NetlinkError> {
+        match self.handle.address().add(index, addr, prefix).execute().await.map_err(request(what)) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Adds the IPv4 default route via `gateway`.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr, what: &str) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle.route().add(route).execute().await.map_err(request(what))
+    }
+
+    /// The MTU of the link that carries the IPv4 default route, if there is one.
+    pub async fn default_route_mtu(&self) -> Result<Option<u32>, NetlinkError> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        while let Some(route) = routes.try_next().await.map_err(request("listing routes"))? {
+            if route.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let oif = route.attributes.iter().find_map(|a| match a {
+                rtnetlink::packet_route::route::RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if let Some(index) = oif {
+                let mut links = self.handle.link().get().match_index(index).execute();
+                if let Some(link) = links.try_next().await.map_err(request("looking up the default route's link"))? {
+                    return Ok(link.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Mtu(m) => Some(*m),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,127 @@
+//! Network namespaces as handles: the current one, or one pinned at a path (a bind
+//! mount of a namespace file, the CRI-O `pinns` idea). Work that must happen inside
+//! a namespace runs on a short-lived thread that entered it, never in the caller's
+//! thread and never after a fork.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// A namespace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("opening network namespace {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entering network namespace {path}")]
+    Enter {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("creating a network namespace at {path}: {what}")]
+    Create {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("removing the pinned network namespace {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("a namespace worker thread panicked")]
+    Worker,
+}
+
+/// An open network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// The calling thread's network namespace.
+    pub fn current() -> Result<Self, NetnsError> {
+        Self::open(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// The namespace at `path` (a pinned namespace or `/proc/PID/ns/net`).
+    pub fn open(path: &Path) -> Result<Self, NetnsError> {
+        let f = File::open(path).map_err(|source| NetnsError::Open { path: path.to_path_buf(), source })?;
+        Ok(Self { fd: f.into(), path: path.to_path_buf() })
+    }
+
+    /// Where it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace. Sockets `f` opens
+    /// stay bound to the namespace after the thread ends.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+        let fd = self.fd.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?;
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { path, source })?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| NetnsError::Worker)?
+    }
+
+    /// Writes a sysctl under /proc/sys/net as seen from inside this namespace.
+    pub fn write_sysctl(&self, key: &str, value: &str) -> Result<io::Result<()>, NetnsError> {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let value = value.to_string();
+        self.run(move || std::fs::write(path, value))
+    }
+}
+
+/// Creates a new network namespace and pins it at `path` (an empty file is created).
+/// The namespace lives until [`remove_pinned`], whatever process created it.
+pub fn create_pinned(path: &Path) -> Result<Netns, NetnsError> {
+    let target = path.to_path_buf();
+    std::fs::File::create(&target).map_err(|source| NetnsError::Open { path: target.clone(), source })?;
+    let t = target.clone();
+    let made = std::thread::spawn(move || -> Result<(), NetnsError> {
+        let err = |what| {
+            let path = t.clone();
+            move |source| NetnsError::Create { path, what, source }
+        };
+        unshare(CloneFlags::CLONE_NEWNET).map_err(err("unshare"))?;
+        mount(Some("/proc/thread-self/ns/net"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err("bind mount"))
+    })
+    .join()
+    .map_err(|_| NetnsError::Worker)
+    .and_then(|r| r);
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&target);
+        return Err(e);
+    }
+    Netns::open(&target)
+}
+
+/// Unpins a namespace made by [`create_pinned`]; a path already gone is fine. The
+/// kernel frees the namespace (and the veth ends in it) once nothing else holds it.
+pub fn remove_pinned(path: &Path) -> Result<(), NetnsError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(source) => return Err(NetnsError::Remove { path: path.to_path_buf(), source }),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetnsError::Remove { path: path.to_path_buf(), source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }),
+    }
+}

@@ -1,0 +1,424 @@
+//! Networks on a node: validate -> apply -> roll back. A network is a bridge with an
+//! IPv4 subnet and gateway in the node namespace; members are network namespaces,
+//! each wired with one veth pair and one address.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::ipam::{Ipam, IpamError};
+use crate::names::{IfName, NameError, NetworkName, OwnerId};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::netns::{Netns, NetnsError};
+use crate::{bridge, veth};
+
+/// Something about a network went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("network {name}: {cidr} is too small: use a /30 or larger (a gateway and at least one pod)")]
+    TooSmall { name: NetworkName, cidr: Ipv4Network },
+    #[error("network {name}: gateway {gateway} is not a host address of {cidr}")]
+    BadGateway { name: NetworkName, gateway: Ipv4Addr, cidr: Ipv4Network },
+    #[error("network {name}: {cidr} overlaps {other_cidr} of network {other}: pick a separate range")]
+    Overlap { name: NetworkName, cidr: Ipv4Network, other: NetworkName, other_cidr: Ipv4Network },
+    #[error("network {name}: bridge {bridge} already carries network {other}: pick another bridge name")]
+    BridgeTaken { name: NetworkName, bridge: IfName, other: NetworkName },
+    #[error("network {name} exists with different settings ({what}): remove it first or use its settings")]
+    Conflict { name: NetworkName, what: String },
+    #[error("network {0} does not exist: create it first (`minipod net ls` lists them)")]
+    NoSuchNetwork(NetworkName),
+    #[error("network {name} still has {count} member(s): detach them first")]
+    InUse { name: NetworkName, count: usize },
+    #[error("{owner} is already attached to network {name} with {ip}")]
+    AlreadyAttached { owner: OwnerId, name: NetworkName, ip: Ipv4Addr },
+    #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
+    LinkClash(String),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("setting {key} in {netns}")]
+    Sysctl {
+        key: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network state {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
+    move |source| NetworkError::State { path: path.to_path_buf(), source }
+}
+
+/// What a network is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Its name.
+    pub name: NetworkName,
+    /// The bridge interface in the node namespace.
+    pub bridge: IfName,
+    /// The IPv4 subnet pods get addresses from.
+    pub subnet: Ipv4Network,
+    /// The bridge's address and the pods' default route; the first host address by default.
+    pub gateway: Option<Ipv4Addr>,
+    /// MTU of the bridge and veths; the node's default-route link's, or 1500, by default.
+    pub mtu: Option<u32>,
+    /// Masquerade traffic leaving the network (default on).
+    pub masquerade: bool,
+    /// No traffic out of the network at all.
+    pub internal: bool,
+    /// Serve DNS for members on the gateway address.
+    pub dns: bool,
+}
+
+impl NetworkConfig {
+    /// A network with defaults: masquerade on, not internal, DNS on.
+    pub fn new(name: NetworkName, bridge: IfName, subnet: Ipv4Network) -> Self {
+        Self { name, bridge, subnet, gateway: None, mtu: None, masquerade: true, internal: false, dns: true }
+    }
+
+    /// `minipod0` on 10.88.0.0/16, used when nothing else is configured.
+    pub fn default_network() -> Self {
+        Self::new(
+            NetworkName::new("minipod0").unwrap_or_else(|_| unreachable!("a valid literal")),
+            IfName::new("minipod0").unwrap_or_else(|_| unreachable!("a valid literal")),
+            Ipv4Network::new(Ipv4Addr::new(10, 88, 0, 0), 16).unwrap_or_else(|_| unreachable!("a valid literal")),
+        )
+    }
+
+    /// The gateway address in use.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway.unwrap_or_else(|| Ipv4Addr::from(u32::from(self.subnet.network()) + 1))
+    }
+
+    fn validate(&self) -> Result<(), NetworkError> {
+        if self.subnet.prefix() > 30 {
+            return Err(NetworkError::TooSmall { name: self.name.clone(), cidr: self.subnet });
+        }
+        let gw = self.gateway();
+        if !self.subnet.contains(gw) || gw == self.subnet.network() || gw == self.subnet.broadcast() {
+            return Err(NetworkError::BadGateway { name: self.name.clone(), gateway: gw, cidr: self.subnet });
+        }
+        Ok(())
+    }
+}
+
+/// What to attach.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    /// Who the attachment belongs to.
+    pub owner: OwnerId,
+    /// The network namespace to wire (pinned path or /proc/PID/ns/net).
+    pub netns: PathBuf,
+    /// The interface name inside it.
+    pub ifname: IfName,
+    /// A specific address, or the next free one.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// One member of a network, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: NetworkName,
+    pub owner: OwnerId,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    /// The host end of the veth, in the node namespace.
+    pub host_ifname: String,
+    /// The interface inside the member's namespace.
+    pub ifname: IfName,
+    pub netns: PathBuf,
+}
+
+/// A node: the namespace that holds the bridges, and the state dir for its networks.
+pub struct Node {
+    netns: Netns,
+    state_dir: PathBuf,
+}
+
+impl Node {
+    /// A node in the namespace pinned at `netns`, or the caller's own namespace.
+    pub fn new(state_dir: impl Into<PathBuf>, netns: Option<&Path>) -> Result<Self, NetworkError> {
+        let netns = match netns {
+            Some(p) => Netns::open(p)?,
+            None => Netns::current()?,
+        };
+        Ok(Self { netns, state_dir: state_dir.into() })
+    }
+
+    fn net_dir(&self, name: &NetworkName) -> PathBuf {
+        self.state_dir.join("networks").join(name.as_str())
+    }
+
+    fn ipam(&self, cfg: &NetworkConfig) -> Ipam {
+        Ipam::new(self.net_dir(&cfg.name).join("ipam"), cfg.subnet, cfg.gateway())
+    }
+
+    /// Every network recorded on this node.
+    pub fn networks(&self) -> Result<Vec<NetworkConfig>, NetworkError> {
+        let dir = self.state_dir.join("networks");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(state_err(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let Ok(name) = NetworkName::new(e.file_name().to_string_lossy().into_owned()) else { continue };
+            if let Some(cfg) = self.network(&name)? {
+                out.push(cfg);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The recorded config of network `name`.
+    pub fn network(&self, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
+        let path = self.net_dir(name).join("config.json");
+        match std::fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| state_err(&path)(std::io::Error::other(e))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(state_err(&path)(e)),
+        }
+    }
+
+    /// Creates network `cfg` (its bridge in the node namespace) or, if a network of
+    /// that name exists with the same settings, makes sure its bridge is there.
+    pub async fn create_network(&self, mut cfg: NetworkConfig) -> Result<NetworkConfig, NetworkError> {
+        cfg.validate()?;
+        let nl = Netlink::open(&self.netns)?;
+        if cfg.mtu.is_none() {
+            cfg.mtu = Some(nl.default_route_mtu().await?.unwrap_or(1500));
+        }
+        match self.network(&cfg.name)? {
+            Some(existing) if existing != cfg => {
+                return Err(NetworkError::Conflict { name: cfg.name.clone(), what: format!("{} on {}", existing.subnet, existing.bridge) });
+            }
+            Some(_) => {}
+            None => {
+                for other in self.networks()? {
+                    if other.subnet.overlaps(cfg.subnet) {
+                        return Err(NetworkError::Overlap {
+                            name: cfg.name.clone(),
+                            cidr: cfg.subnet,
+                            other: other.name,
+                            other_cidr: other.subnet,
+                        });
+                    }
+                    if other.bridge == cfg.bridge {
+                        return Err(NetworkError::BridgeTaken { name: cfg.name.clone(), bridge: cfg.bridge.clone(), other: other.name });
+                    }
+                }
+            }
+        }
+        let mtu = cfg.mtu.unwrap_or(1500);
+        bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, mtu).await?;
+        // Routing between the bridge and the node's other links.
+        self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
+        let dir = self.net_dir(&cfg.name);
+        std::fs::create_dir_all(dir.join("members")).map_err(state_err(&dir))?;
+        let data = serde_json::to_vec_pretty(&cfg).map_err(|e| state_err(&dir)(std::io::Error::other(e)))?;
+        write_atomic(&dir.join("config.json"), &data)?;
+        Ok(cfg)
+    }
+
+    fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<(), NetworkError> {
+        ns.write_sysctl(key, value)?.map_err(|source| NetworkError::Sysctl {
+            key: key.to_string(),
+            netns: ns.path().display().to_string(),
+            source,
+        })
+    }
+
+    /// Members of network `name`.
+    pub fn members(&self, name: &NetworkName) -> Result<Vec<Attachment>, NetworkError> {
+        let dir = self.net_dir(name).join("members");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(state_err(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let data = std::fs::read(&path).map_err(state_err(&path))?;
+                out.push(serde_json::from_slice(&data).map_err(|e| state_err(&path)(std::io::Error::other(e)))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Wires `req.netns` to network `name`: an address, a veth pair (the peer created
+    /// inside the namespace as `req.ifname`), lo up, and a default route via the
+    /// gateway. Everything done is undone if a later step fails.
+    pub async fn attach(&self, name: &NetworkName, req: AttachRequest) -> Result<Attachment, NetworkError> {
+        let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
+        let pod = Netns::open(&req.netns)?;
+        let ipam = self.ipam(&cfg);
+        if let Some(ip) = ipam.address_of(&req.owner)? {
+            return Err(NetworkError::AlreadyAttached { owner: req.owner.clone(), name: name.clone(), ip });
+        }
+        let ip = ipam.allocate(&req.owner, req.ip)?;
+        let wired = self.wire(&cfg, &req, &pod, ip).await;
+        let attachment = match wired {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = ipam.release(&req.owner);
+                return Err(e);
+            }
+        };
+        let path = self.member_file(name, &req.owner);
+        let recorded = serde_json::to_vec_pretty(&attachment)
+            .map_err(|e| state_err(&path)(std::io::Error::other(e)))
+            .and_then(|d| write_atomic(&path, &d));
+        if let Err(e) = recorded {
+            let _ = self.unwire(&attachment.host_ifname).await;
+            let _ = ipam.release(&req.owner);
+            return Err(e);
+        }
+        Ok(attachment)
+    }
+
+    async fn wire(&self, cfg: &NetworkConfig, req: &AttachRequest, pod: &Netns, ip: Ipv4Addr) -> Result<Attachment, NetworkError> {
+        let node = Netlink::open(&self.netns)?;
+        let host_ifname = host_ifname(&cfg.name, &req.owner);
+        if node.link(&host_ifname).await?.is_some() {
+            return Err(NetworkError::LinkClash(host_ifname));
+        }
+        let bridge = node.index(cfg.bridge.as_str()).await?;
+        let mtu = cfg.mtu.unwrap_or(1500);
+        veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await?;
+        let inside = async {
+            // IPv4-only network: no IPv6 neighbour traffic from this interface
+            // (on a bridge with a thousand ports it triples the per-pod cost).
+            self.sysctl(pod, &format!("net.ipv6.conf.{}.disable_ipv6", req.ifname), "1").ok();
+            let nl = Netlink::open(pod)?;
+            let lo = nl.index("lo").await?;
+            nl.up(lo, "setting lo up in the pod").await?;
+            let index = nl.index(req.ifname.as_str()).await?;
+            nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), &format!("adding {ip} to {}", req.ifname)).await?;
+            nl.up(index, &format!("setting {} up", req.ifname)).await?;
+            nl.add_default_route(cfg.gateway(), &format!("adding the default route via {}", cfg.gateway())).await?;
+            Ok::<(), NetworkError>(())
+        };
+        if let Err(e) = inside.await {
+            let _ = self.unwire(&host_ifname).await;
+            return Err(e);
+        }
+        Ok(Attachment {
+            network: cfg.name.clone(),
+            owner: req.owner.clone(),
+            ip,
+            prefix: cfg.subnet.prefix(),
+            gateway: cfg.gateway(),
+            mtu,
+            host_ifname,
+            ifname: req.ifname.clone(),
+            netns: req.netns.clone(),
+        })
+    }
+
+    async fn unwire(&self, host_ifname: &str) -> Result<(), NetworkError> {
+        let node = Netlink::open(&self.netns)?;
+        if let Some(link) = node.link(host_ifname).await? {
+            node.delete_link(link.header.index, &format!("deleting {host_ifname}")).await?;
+        }
+        Ok(())
+    }
+
+    fn member_file(&self, name: &NetworkName, owner: &OwnerId) -> PathBuf {
+        self.net_dir(name).join("members").join(format!("{owner}.json"))
+    }
+
+    /// Undoes [`Node::attach`]: deletes the veth (its peer goes with it), frees the
+    /// address, forgets the member. Works when the member's namespace is gone, and
+    /// when there is nothing to undo.
+    pub async fn detach(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
+        let Some(cfg) = self.network(name)? else { return Ok(()) };
+        self.unwire(&host_ifname(name, owner)).await?;
+        self.ipam(&cfg).release(owner)?;
+        let path = self.member_file(name, owner);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(state_err(&path)(e)),
+        }
+    }
+
+    /// Removes network `name` and its bridge; refuses while it has members.
+    pub async fn remove_network(&self, name: &NetworkName) -> Result<(), NetworkError> {
+        let Some(cfg) = self.network(name)? else { return Err(NetworkError::NoSuchNetwork(name.clone())) };
+        let members = self.members(name)?;
+        if !members.is_empty() {
+            return Err(NetworkError::InUse { name: name.clone(), count: members.len() });
+        }
+        let nl = Netlink::open(&self.netns)?;
+        bridge::remove(&nl, cfg.bridge.as_str()).await?;
+        let dir = self.net_dir(name);
+        std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
+    }
+}
+
+/// The host end's name: short (it must fit 15 bytes), stable for a (network, owner)
+/// pair so that detach and GC find it without state.
+pub fn host_ifname(network: &NetworkName, owner: &OwnerId) -> String {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in network.as_str().bytes().chain([0]).chain(owner.as_str().bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("mp{:010x}", h & 0xff_ffff_ffff)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), NetworkError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        state_err(path)(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_fit_and_differ_per_owner_and_network() {
+        let n = NetworkName::new("net-a").unwrap();
+        let a = host_ifname(&n, &OwnerId::new("pod-1").unwrap());
+        let b = host_ifname(&n, &OwnerId::new("pod-2").unwrap());
+        let c = host_ifname(&NetworkName::new("net-b").unwrap(), &OwnerId::new("pod-1").unwrap());
+        assert!(a.len() <= 15 && a.starts_with("mp"));
+        assert!(a != b && a != c);
+        assert_eq!(a, host_ifname(&n, &OwnerId::new("pod-1").unwrap()));
+    }
+
+    #[test]
+    fn configs_are_checked_before_anything_is_made() {
+        let mut cfg = NetworkConfig::new(NetworkName::new("t").unwrap(), IfName::new("br-t").unwrap(), "10.9.0.0/31".parse().unwrap());
+        assert!(matches!(cfg.validate(), Err(NetworkError::TooSmall { .. })));
+        cfg.subnet = "10.9.0.0/24".parse().unwrap();
+        cfg.gateway = Some("10.9.1.1".parse().unwrap());
+        assert!(matches!(cfg.validate(), Err(NetworkError::BadGateway { .. })));
+        cfg.gateway = None;
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.gateway(), "10.9.0.1".parse::<Ipv4Addr>().unwrap());
+    }
+}

@@ -1,0 +1,200 @@
+//! Bridge networks inside a throwaway node namespace, with plain network namespaces as
+//! pods: reachability, MTU, clean detach, concurrent attaches, validation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::not_root;
+use minipod_netstack::netns::{create_pinned, remove_pinned};
+use minipod_netstack::{AttachRequest, IfName, NetworkConfig, NetworkError, NetworkName, Node, OwnerId};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A node namespace, its state dir and its pods; Drop unpins every namespace, which
+/// takes the bridges and veths with them, and removes the directory.
+struct TestNode {
+    base: PathBuf,
+    node: Node,
+    pods: std::sync::Mutex<Vec<PathBuf>>,
+    tag: String,
+}
+
+impl TestNode {
+    fn new(name: &str) -> Self {
+        let tag = format!("{}{}", std::process::id() % 100000, N.fetch_add(1, Ordering::SeqCst));
+        let base = std::env::temp_dir().join(format!("minipod-test-net-{name}-{tag}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("ns")).unwrap();
+        let ns = base.join("ns/node");
+        create_pinned(&ns).expect("node namespace");
+        let node = Node::new(base.join("state"), Some(&ns)).unwrap();
+        TestNode { base, node, pods: Default::default(), tag }
+    }
+
+    /// A network whose bridge name is unique to this test run.
+    fn network(&self, name: &str, cidr: &str) -> NetworkConfig {
+        let bridge = IfName::new(format!("b{}{}", &name[..name.len().min(3)], self.tag)).unwrap();
+        NetworkConfig::new(NetworkName::new(name).unwrap(), bridge, cidr.parse().unwrap())
+    }
+
+    fn pod(&self, name: &str) -> PathBuf {
+        let p = self.base.join("ns").join(name);
+        create_pinned(&p).unwrap();
+        self.pods.lock().unwrap().push(p.clone());
+        p
+    }
+
+    fn request(&self, owner: &str, netns: &Path) -> AttachRequest {
+        AttachRequest { owner: OwnerId::new(owner).unwrap(), netns: netns.to_path_buf(), ifname: IfName::new("eth0").unwrap(), ip: None }
+    }
+
+    /// Runs a command inside a namespace (`nsenter --net`).
+    fn in_ns(ns: &Path, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter").arg(format!("--net={}", ns.display())).args(args).output().unwrap()
+    }
+
+    fn ping(from: &Path, to: std::net::Ipv4Addr) -> bool {
+        Self::in_ns(from, &["busybox", "ping", "-c", "1", "-W", "2", &to.to_string()]).status.success()
+    }
+
+    fn node_ns(&self) -> PathBuf {
+        self.base.join("ns/node")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        for p in self.pods.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = remove_pinned(&p);
+        }
+        let _ = remove_pinned(&self.node_ns());
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_on_one_network_reach_each_other_and_the_gateway() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("ping");
+    let net = t.node.create_network(t.network("one", "10.201.0.0/24")).await.unwrap();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    let wa = t.node.attach(&net.name, t.request("pod-a", &a)).await.unwrap();
+    let wb = t.node.attach(&net.name, t.request("pod-b", &b)).await.unwrap();
+    assert_eq!(wa.ip.to_string(), "10.201.0.2");
+    assert_eq!(wb.ip.to_string(), "10.201.0.3");
+    assert!(TestNode::ping(&a, wb.ip), "a -> b");
+    assert!(TestNode::ping(&b, wa.ip), "b -> a");
+    assert!(TestNode::ping(&a, net.gateway()), "a -> gateway");
+    let route = String::from_utf8(TestNode::in_ns(&a, &["ip", "route"]).stdout).unwrap();
+    assert!(route.contains("default via 10.201.0.1 dev eth0"), "{route}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("mtu");
+    let mut cfg = t.network("mtu", "10.202.0.0/24");
+    cfg.mtu = Some(1400);
+    let net = t.node.create_network(cfg).await.unwrap();
+    let p = t.pod("p");
+    let w = t.node.attach(&net.name, t.request("pod-p", &p)).await.unwrap();
+    let inside = String::from_utf8(TestNode::in_ns(&p, &["ip", "link", "show", "eth0"]).stdout).unwrap();
+    assert!(inside.contains("mtu 1400"), "{inside}");
+    let host = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "link", "show", &w.host_ifname]).stdout).unwrap();
+    assert!(host.contains("mtu 1400") && host.contains(&format!("master {}", net.bridge)), "{host}");
+    // No MTU given and no default route in a fresh node namespace: 1500.
+    let net2 = t.node.create_network(t.network("dflt", "10.202.1.0/24")).await.unwrap();
+    assert_eq!(net2.mtu, Some(1500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_leaves_no_veth_address_or_record_and_is_idempotent() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("detach");
+    let net = t.node.create_network(t.network("det", "10.203.0.0/24")).await.unwrap();
+    let p = t.pod("p");
+    let owner = OwnerId::new("pod-p").unwrap();
+    let w = t.node.attach(&net.name, t.request("pod-p", &p)).await.unwrap();
+    t.node.detach(&net.name, &owner).await.unwrap();
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link"]).stdout).unwrap();
+    assert!(!links.contains(&w.host_ifname), "{links}");
+    let inside = String::from_utf8(TestNode::in_ns(&p, &["ip", "-o", "addr"]).stdout).unwrap();
+    assert!(!inside.contains("10.203.0."), "{inside}");
+    assert!(t.node.members(&net.name).unwrap().is_empty());
+    t.node.detach(&net.name, &owner).await.unwrap();
+    // The address is free again (allocation moves on round-robin, so ask for it).
+    let again = t.node.attach(&net.name, AttachRequest { ip: Some(w.ip), ..t.request("pod-q", &p) }).await.unwrap();
+    assert_eq!(again.ip, w.ip);
+    // Detach still works once the pod's namespace is gone.
+    remove_pinned(&p).unwrap();
+    t.node.detach(&net.name, &OwnerId::new("pod-q").unwrap()).await.unwrap();
+    t.node.remove_network(&net.name).await.unwrap();
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link"]).stdout).unwrap();
+    assert!(!links.contains(net.bridge.as_str()), "{links}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_attaches_get_distinct_addresses() {
+    if not_root() {
+        return;
+    }
+    let t = std::sync::Arc::new(TestNode::new("many"));
+    let net = t.node.create_network(t.network("many", "10.204.0.0/22")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let t = t.clone();
+        let name = net.name.clone();
+        let ns = t.pod(&format!("p{i}"));
+        tasks.push(tokio::spawn(async move { t.node.attach(&name, t.request(&format!("pod-{i}"), &ns)).await.map(|w| w.ip) }));
+    }
+    let mut ips = std::collections::HashSet::new();
+    for task in tasks {
+        ips.insert(task.await.unwrap().unwrap());
+    }
+    assert_eq!(ips.len(), 200);
+    assert_eq!(t.node.members(&net.name).unwrap().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configs_and_clashes_are_refused_with_nothing_made() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("bad");
+    let net = t.node.create_network(t.network("first", "10.205.0.0/16")).await.unwrap();
+    let overlap = t.node.create_network(t.network("second", "10.205.3.0/24")).await.unwrap_err();
+    assert!(matches!(overlap, NetworkError::Overlap { .. }), "{overlap}");
+    assert!(overlap.to_string().contains("overlaps 10.205.0.0/16 of network first"));
+    let mut same_bridge = t.network("third", "10.206.0.0/24");
+    same_bridge.bridge = net.bridge.clone();
+    assert!(matches!(t.node.create_network(same_bridge).await, Err(NetworkError::BridgeTaken { .. })));
+    assert!(matches!(t.node.create_network(t.network("tiny", "10.207.0.0/31")).await, Err(NetworkError::TooSmall { .. })));
+    assert!(IfName::new("a-bridge-name-too-long").is_err());
+    assert_eq!(t.node.networks().unwrap().len(), 1, "nothing recorded for refused networks");
+
+    let p = t.pod("p");
+    let w = t.node.attach(&net.name, t.request("pod-p", &p)).await.unwrap();
+    let twice = t.node.attach(&net.name, t.request("pod-p", &p)).await.unwrap_err();
+    assert!(twice.to_string().contains("already attached"), "{twice}");
+    // eth0 exists in p already: the attach fails and rolls back its address and veth.
+    let clash = t.node.attach(&net.name, t.request("pod-other", &p)).await.unwrap_err();
+    assert!(clash.to_string().contains("eth0"), "{clash}");
+    assert_eq!(t.node.members(&net.name).unwrap().len(), 1);
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link", "show", "type", "veth"]).stdout).unwrap();
+    assert_eq!(links.lines().count(), 1, "only the first pod's veth: {links}");
+    let rolled_back = std::net::Ipv4Addr::from(u32::from(w.ip) + 1);
+    let next = t.node.attach(&net.name, AttachRequest { ip: Some(rolled_back), ..t.request("pod-r", &t.pod("r")) }).await.unwrap();
+    assert_eq!(next.ip, rolled_back, "the rolled-back address was released");
+    let busy = t.node.remove_network(&net.name).await.unwrap_err();
+    assert!(busy.to_string().contains("2 member(s)"), "{busy}");
+    assert!(matches!(t.node.attach(&NetworkName::new("nope").unwrap(), t.request("x", &p)).await, Err(NetworkError::NoSuchNetwork(_))));
+}
