@@ -80,6 +80,9 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
     let linux = spec.linux().as_ref().ok_or("no `linux` section: minipod runs Linux containers only")?;
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
+    if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Mount && n.path().is_some()) {
+        return Err("joining an existing mount namespace is not supported: its root would be pivoted (use a new mount namespace)".into());
+    }
     for ns in &namespaces {
         match ns.typ() {
             LinuxNamespaceType::User | LinuxNamespaceType::Time => {
@@ -96,16 +99,25 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
             return Err(format!("linux.namespaces lists the {} namespace twice", ns.typ()));
         }
     }
+    match linux.rootfs_propagation().as_deref().unwrap_or("") {
+        "" | "rslave" | "slave" | "rprivate" | "private" => {}
+        other @ ("rshared" | "shared" | "runbindable" | "unbindable") => {
+            return Err(format!("linux.rootfsPropagation {other:?} is not supported yet: use rslave or rprivate"))
+        }
+        other => return Err(format!("linux.rootfsPropagation {other:?} is not a propagation mode")),
+    }
     if !has(LinuxNamespaceType::Mount) {
         return Err("linux.namespaces has no mount namespace: minipod needs one to set up the rootfs".into());
     }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return Err("hostname is set but there is no uts namespace: add one or drop the hostname".into());
     }
+    let own_net = namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none());
     for (key, _) in linux.sysctl().clone().unwrap_or_default() {
-        if key.is_empty() || key.contains("..") || key.contains('\0') || key.starts_with('/') {
+        if key.is_empty() || key.contains("..") || key.contains('\0') || key.starts_with('/') || key.contains('/') {
             return Err(format!("linux.sysctl key {key:?} is not a sysctl name"));
         }
+        check_sysctl(&key, own_net, has(LinuxNamespaceType::Ipc), has(LinuxNamespaceType::Uts))?;
     }
     for mount in spec.mounts().clone().unwrap_or_default() {
         if !mount.destination().is_absolute() {
@@ -118,4 +130,48 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
         }
     }
     Ok(root.path().clone())
+}
+
+/// Only sysctls that belong to one of the container's own namespaces may be set (as
+/// runc allows): anything else would change the whole host, e.g. kernel.core_pattern.
+fn check_sysctl(key: &str, own_net: bool, own_ipc: bool, own_uts: bool) -> Result<(), String> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let allowed = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        own_ipc
+    } else if key.starts_with("net.") {
+        own_net
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        own_uts
+    } else {
+        return Err(format!("linux.sysctl {key} is not namespaced: setting it would change the whole host (allowed: net.* with a new network namespace, kernel.msg*/sem/shm*, fs.mqueue.*)"));
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!("linux.sysctl {key} needs the container's own namespace for it (a new, not joined, one)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_sysctl;
+
+    #[test]
+    fn only_namespaced_sysctls_pass() {
+        assert!(check_sysctl("net.ipv4.ip_forward", true, true, true).is_ok());
+        assert!(check_sysctl("net.ipv4.ip_forward", false, true, true).is_err(), "host netns");
+        assert!(check_sysctl("kernel.shmmax", false, true, false).is_ok());
+        assert!(check_sysctl("kernel.core_pattern", true, true, true).is_err());
+        assert!(check_sysctl("vm.overcommit_memory", true, true, true).is_err());
+        assert!(check_sysctl("fs.mqueue.msg_max", true, false, true).is_err());
+    }
 }

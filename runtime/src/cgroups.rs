@@ -22,6 +22,8 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("cgroup {path} already exists, probably for a container of the same id under another --root: pick another id or set linux.cgroupsPath")]
+    Exists { path: PathBuf },
     #[error("setting {file} to {value:?}")]
     Write {
         file: PathBuf,
@@ -79,26 +81,36 @@ impl Cgroup {
         &self.paths
     }
 
-    /// Creates the directories and applies `resources`; removes what it made on failure.
+    /// Creates the directories and applies `resources`. Each leaf must be new: an
+    /// existing one belongs to someone else and is neither used nor removed. On
+    /// failure the leaves this call made are removed again.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
-        let made = self.create_dirs();
-        let applied = made.and_then(|()| match resources {
+        let mut made = Vec::new();
+        let result = self.create_dirs(&mut made).and_then(|()| match resources {
             Some(r) => self.apply(r),
             None => Ok(()),
         });
-        if let Err(e) = applied {
-            let _ = self.remove();
-            return Err(e);
+        if result.is_err() {
+            for dir in made.iter().rev() {
+                let _ = remove_dir_waiting(dir);
+            }
         }
-        Ok(())
+        result
     }
 
-    fn create_dirs(&self) -> Result<(), CgroupError> {
+    fn create_dirs(&self, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
         for path in &self.paths {
             if self.unified {
                 enable_v2_controllers(path)?;
             }
-            fs::create_dir_all(path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|source| CgroupError::Create { path: parent.to_path_buf(), source })?;
+            }
+            match fs::create_dir(path) {
+                Ok(()) => made.push(path.clone()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CgroupError::Exists { path: path.clone() }),
+                Err(source) => return Err(CgroupError::Create { path: path.clone(), source }),
+            }
         }
         Ok(())
     }
@@ -225,6 +237,50 @@ impl Cgroup {
     /// Moves the calling (single-threaded) process into the cgroup.
     pub fn join_self(&self) -> Result<(), CgroupError> {
         join_self(&self.open_join_files()?)
+    }
+
+    /// Sends `signal` to every process in the cgroup. The cgroup is frozen meanwhile
+    /// (where a freezer is available), so that no member can fork a new one or exit
+    /// and free its PID for reuse between the listing and the kill.
+    pub fn signal_all(&self, signal: i32) -> Result<usize, CgroupError> {
+        let frozen = self.freeze(true);
+        let pids = self.pids();
+        let mut sent = 0;
+        for pid in pids.iter().flatten() {
+            // SAFETY: kill with integer arguments; frozen members cannot be reaped.
+            if unsafe { libc::kill(*pid, signal) } == 0 {
+                sent += 1;
+            }
+        }
+        if frozen {
+            self.freeze(false);
+        }
+        pids.map(|_| sent)
+    }
+
+    /// Freezes or thaws the cgroup; false if it has no freezer (or it failed).
+    fn freeze(&self, on: bool) -> bool {
+        let (file, value, done) = if self.unified {
+            let Some(f) = self.paths.first().map(|p| p.join("cgroup.freeze")) else { return false };
+            (f, if on { "1" } else { "0" }, None)
+        } else {
+            let hierarchy = Path::new(ROOT).join("freezer");
+            let Some(dir) = self.paths.iter().find(|p| p.starts_with(&hierarchy)) else { return false };
+            (dir.join("freezer.state"), if on { "FROZEN" } else { "THAWED" }, Some(if on { "FROZEN" } else { "THAWED" }))
+        };
+        if fs::write(&file, value).is_err() {
+            return false;
+        }
+        // v1 passes through FREEZING: wait (briefly) until the state settles.
+        if let Some(want) = done {
+            for _ in 0..200 {
+                if fs::read_to_string(&file).is_ok_and(|s| s.trim() == want) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        true
     }
 
     /// PIDs in the cgroup (from the first hierarchy; all hold the same processes).

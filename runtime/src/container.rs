@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -205,8 +205,9 @@ impl Runtime {
     fn spawn_monitor(&self, id: &ContainerId, bundle: &Bundle, dir: &Path, opts: CreateOptions, start: bool) -> Result<(Created, Channel)> {
         let linux = bundle.spec.linux().clone().unwrap_or_default();
         let cgroup = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("minipod").join(id.as_str()));
+        // Fail fast; the monitor's create_dir is what really guards against sharing.
         if let Some(taken) = Cgroup::at(&cgroup).paths().iter().find(|p| p.exists()) {
-            return Err(ContainerError::CgroupTaken(taken.clone()));
+            return Err(CgroupError::Exists { path: taken.clone() }.into());
         }
         let spec_json = serde_json::to_vec(&bundle.spec).map_err(|e| ContainerError::Io {
             what: "encoding spec for",
@@ -344,27 +345,24 @@ impl Runtime {
         Ok(out)
     }
 
-    /// Sends `signal` to the workload, or with `all` to every process in its cgroup.
+    /// Sends `signal` to the workload, or with `all` to every process in its cgroup
+    /// (also after the workload has exited, for processes it left behind).
     pub fn kill(&self, id: &ContainerId, signal: Signal, all: bool) -> Result<()> {
         let st = self.state(id)?;
-        let status = st.live_status();
-        let pid = match (status, st.pid) {
-            (Status::Created | Status::Running, Some(pid)) => pid,
-            _ => return Err(ContainerError::WrongState { id: id.clone(), op: "kill", status, hint: ": it has no process to signal" }),
-        };
-        let send = |pid: i32| {
-            // SAFETY: kill with integer arguments.
-            Errno::result(unsafe { libc::kill(pid, signal.number()) }).map(drop)
-        };
         if all {
-            for p in Cgroup::from_paths(st.cgroup_paths.clone()).pids()? {
-                let _ = send(p);
-            }
+            Cgroup::from_paths(st.cgroup_paths.clone()).signal_all(signal.number())?;
+            return Ok(());
         }
-        match send(pid) {
-            Ok(()) | Err(Errno::ESRCH) => Ok(()),
-            Err(source) => Err(ContainerError::Kill { id: id.clone(), signal, pid, source }),
-        }
+        let status = st.live_status();
+        let (Some(pid), Some(start), Status::Created | Status::Running) = (st.pid, st.pid_start_time, status) else {
+            return Err(ContainerError::WrongState { id: id.clone(), op: "kill", status, hint: ": it has no process to signal" });
+        };
+        crate::pidfd::signal(pid, start, signal.number()).map(drop).map_err(|source| ContainerError::Kill {
+            id: id.clone(),
+            signal,
+            pid,
+            source,
+        })
     }
 
     /// Waits until the workload exits and returns how.
@@ -403,24 +401,17 @@ impl Runtime {
                     return Err(ContainerError::StillRunning { id: id.clone() });
                 }
                 let cgroup = Cgroup::from_paths(st.cgroup_paths.clone());
-                if status != Status::Stopped {
-                    for p in cgroup.pids().unwrap_or_default() {
-                        // SAFETY: kill with integer arguments.
-                        unsafe { libc::kill(p, libc::SIGKILL) };
-                    }
-                    if let (Some(pid), Some(start)) = (st.pid, st.pid_start_time) {
-                        // SAFETY: as above; the start time check below guards against reuse.
-                        if state::process_start_time(pid) == Some(start) {
-                            unsafe { libc::kill(pid, libc::SIGKILL) };
-                        }
-                        if !wait_gone(pid, start, KILL_WAIT) {
-                            return Err(ContainerError::KillTimeout { id: id.clone(), pid, secs: KILL_WAIT.as_secs() });
-                        }
+                // Every member, whatever the status: without a PID namespace a daemon
+                // the workload left behind would keep the cgroup busy forever.
+                cgroup.signal_all(libc::SIGKILL)?;
+                if let (Some(pid), Some(start)) = (st.pid, st.pid_start_time) {
+                    if !crate::pidfd::wait_gone(pid, start, KILL_WAIT) {
+                        return Err(ContainerError::KillTimeout { id: id.clone(), pid, secs: KILL_WAIT.as_secs() });
                     }
                 }
                 let removed = cgroup.remove();
                 // Let the monitor record the exit and leave before its directory goes.
-                wait_gone(st.monitor_pid, st.monitor_start_time, KILL_WAIT);
+                crate::pidfd::wait_gone(st.monitor_pid, st.monitor_start_time, KILL_WAIT);
                 removed?;
             }
             // A create that crashed half-way left no state.json; nothing runs for it.
@@ -512,20 +503,4 @@ fn unsupported_features(spec: &oci_spec::runtime::Spec) -> Vec<String> {
         out.push("AppArmor and SELinux labels are not applied yet and were ignored".to_string());
     }
     out
-}
-
-/// Waits until process `pid` (started at `start`) has exited; false on timeout.
-fn wait_gone(pid: i32, start: u64, timeout: Duration) -> bool {
-    // SAFETY: pidfd_open takes integers and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 || state::process_start_time(pid) != Some(start) {
-        // Gone already, or the PID now names another process.
-        return state::process_start_time(pid) != Some(start);
-    }
-    // SAFETY: pidfd_open returned a descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
-    state::process_start_time(pid) != Some(start)
 }

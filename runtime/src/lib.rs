@@ -38,6 +38,7 @@ pub mod capabilities;
 pub mod cgroups;
 mod container;
 pub mod id;
+pub mod pidfd;
 mod process;
 pub mod rootfs;
 pub mod signal;

@@ -151,13 +151,19 @@ pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
 /// Everything up to and including `pivot_root`, except cgroup filesystems: those must
 /// be mounted from inside the container's cgroup namespace, which can only be created
 /// once the process is in its cgroup. They are returned for [`mount_cgroups`].
-pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String)) -> Result<Vec<Mount>, RootfsError> {
+pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String)) -> Result<DeferredCgroups, RootfsError> {
     let linux = spec.linux().clone().unwrap_or_default();
     let propagation = match linux.rootfs_propagation().as_deref().unwrap_or("") {
         "" | "rslave" | "slave" => MsFlags::MS_SLAVE,
         "rprivate" | "private" => MsFlags::MS_PRIVATE,
-        "rshared" | "shared" => MsFlags::MS_SHARED,
-        "runbindable" | "unbindable" => MsFlags::MS_UNBINDABLE,
+        // Shared would propagate every container mount into the host (and leave them
+        // there if setup fails); unbindable breaks the rootfs bind. Refuse, clearly.
+        other @ ("rshared" | "shared" | "runbindable" | "unbindable") => {
+            return Err(RootfsError::Spec(
+                "/".into(),
+                format!("linux.rootfsPropagation {other:?} is not supported yet: use rslave or rprivate"),
+            ))
+        }
         other => return Err(RootfsError::Spec("/".into(), format!("linux.rootfsPropagation {other:?} is not a propagation mode"))),
     };
     // Nothing we mount may propagate back to the host.
@@ -175,17 +181,49 @@ pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String))
     if !dev_is_bind {
         create_devices(rootfs, &linux.devices().clone().unwrap_or_default())?;
     }
+    let cgroup_mounts: Vec<Mount> = mounts.into_iter().filter(is_cgroup).collect();
+    // The host's v1 hierarchies are only visible in mountinfo before the root switch.
+    let hierarchies = if cgroup_mounts.is_empty() || crate::cgroups::is_unified() { vec![] } else { v1_hierarchies()? };
     pivot(rootfs)?;
-    Ok(mounts.into_iter().filter(is_cgroup).collect())
+    Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies })
+}
+
+/// Cgroup mounts [`prepare`] left for after the process joined its cgroup namespace.
+#[derive(Debug, Default)]
+pub struct DeferredCgroups {
+    mounts: Vec<Mount>,
+    /// (directory name, mount data) of each v1 hierarchy on the host.
+    hierarchies: Vec<(String, String)>,
+}
+
+fn v1_hierarchies() -> Result<Vec<(String, String)>, RootfsError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("reading /proc/self/mountinfo"))?;
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let mut r = right.split_whitespace();
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let (Some(point), Some(super_opts)) = (left.split_whitespace().nth(4), r.nth(1)) else { continue };
+        let Some(name) = Path::new(point).file_name().and_then(|n| n.to_str()) else { continue };
+        let opts: Vec<&str> = super_opts.split(',').filter(|o| *o != "rw" && *o != "ro").collect();
+        let mut data = opts.join(",");
+        if opts.iter().all(|o| o.starts_with("name=")) {
+            data = format!("none,{data}");
+        }
+        out.push((name.to_string(), data));
+    }
+    Ok(out)
 }
 
 /// Mounts the cgroup filesystems `prepare` deferred, inside the new root.
-pub fn mount_cgroups(mounts: &[Mount]) -> Result<(), RootfsError> {
-    for m in mounts {
+pub fn mount_cgroups(deferred: &DeferredCgroups) -> Result<(), RootfsError> {
+    for m in &deferred.mounts {
         let name = m.destination().display().to_string();
         let dest = secure_join(Path::new("/"), m.destination()).map_err(ioerr(format!("resolving mount destination {name}")))?;
         fs::create_dir_all(&dest).map_err(ioerr(format!("creating mount point {name}")))?;
-        mount_cgroup(&dest, parse_options(m.options().as_deref().unwrap_or_default()).flags)?;
+        mount_cgroup(&dest, parse_options(m.options().as_deref().unwrap_or_default()).flags, &deferred.hierarchies)?;
     }
     Ok(())
 }
@@ -221,7 +259,9 @@ fn mount_one(rootfs: &Path, bundle: &Path, m: &Mount, warn: &dyn Fn(String)) -> 
             // sysfs may not be mounted fresh without a new network namespace: bind the host's.
             Err(Errno::EPERM) if typ == "sysfs" => {
                 warn(format!("{dest_name}: a new sysfs is not allowed here; bind-mounting the host's /sys read-only"));
-                mount(Some("/sys"), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                // Not recursive: a read-only remount changes only the top mount, and the
+                // host's submounts (debugfs, bpf, efivars...) must not come along writable.
+                mount(Some("/sys"), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                     .map_err(merr(format!("bind-mounting /sys on {dest_name}")))?;
                 remount_bind(&dest, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
                     .map_err(merr(format!("making {dest_name} read-only")))?;
@@ -250,37 +290,32 @@ fn make_mount_point(dest: &Path, dir: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Remounts a bind mount with `flags`. The kernel refuses to clear flags the source
-/// mount has locked (nodev on a nodev /tmp, say): on EPERM keep those and try again.
+/// Remounts a bind mount with `flags` added to the ones the mount already has: a
+/// `bind,ro` of a nosuid/nodev/noexec source must stay nosuid/nodev/noexec (and the
+/// kernel refuses to clear flags a source mount has locked anyway).
 fn remount_bind(dest: &Path, flags: MsFlags) -> Result<(), Errno> {
-    let base = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-    match mount(None::<&str>, dest, None::<&str>, base | flags, None::<&str>) {
-        Err(Errno::EPERM) => {
-            let st = nix::sys::statvfs::statvfs(dest)?;
-            use nix::sys::statvfs::FsFlags as F;
-            let mut locked = flags;
-            for (f, m) in [
-                (F::ST_NOSUID, MsFlags::MS_NOSUID),
-                (F::ST_NODEV, MsFlags::MS_NODEV),
-                (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
-                (F::ST_RDONLY, MsFlags::MS_RDONLY),
-                (F::ST_NOATIME, MsFlags::MS_NOATIME),
-                (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-                (F::ST_RELATIME, MsFlags::MS_RELATIME),
-            ] {
-                if st.flags().contains(f) {
-                    locked |= m;
-                }
-            }
-            mount(None::<&str>, dest, None::<&str>, base | locked, None::<&str>)
+    use nix::sys::statvfs::FsFlags as F;
+    let st = nix::sys::statvfs::statvfs(dest)?;
+    let mut all = flags;
+    for (f, m) in [
+        (F::ST_NOSUID, MsFlags::MS_NOSUID),
+        (F::ST_NODEV, MsFlags::MS_NODEV),
+        (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (F::ST_RDONLY, MsFlags::MS_RDONLY),
+        (F::ST_NOATIME, MsFlags::MS_NOATIME),
+        (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (F::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(f) {
+            all |= m;
         }
-        other => other,
     }
+    mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | all, None::<&str>)
 }
 
 /// A cgroup filesystem for the container: cgroup2 on a unified host; on v1 a tmpfs
 /// holding each hierarchy, each showing the container's cgroup namespace as its root.
-fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
+fn mount_cgroup(dest: &Path, flags: MsFlags, hierarchies: &[(String, String)]) -> Result<(), RootfsError> {
     let flags = flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if crate::cgroups::is_unified() {
         return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
@@ -288,26 +323,7 @@ fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
     }
     mount(Some("tmpfs"), dest, Some("tmpfs"), flags & !MsFlags::MS_RDONLY, Some("mode=755"))
         .map_err(merr(format!("mounting a tmpfs for cgroups on {}", dest.display())))?;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("reading /proc/self/mountinfo"))?;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split_whitespace();
-        if r.next() != Some("cgroup") {
-            continue;
-        }
-        let (Some(point), Some(super_opts)) = (left.split_whitespace().nth(4), r.nth(1)) else {
-            continue;
-        };
-        let Some(name) = Path::new(point).file_name() else {
-            continue;
-        };
-        let opts: Vec<&str> = super_opts.split(',').filter(|o| *o != "rw" && *o != "ro").collect();
-        let mut data = opts.join(",");
-        if opts.iter().all(|o| o.starts_with("name=")) {
-            data = format!("none,{data}");
-        }
+    for (name, data) in hierarchies {
         let target = dest.join(name);
         fs::create_dir_all(&target).map_err(ioerr(format!("creating {}", target.display())))?;
         mount(Some("cgroup"), &target, Some("cgroup"), flags, Some(data.as_str()))
@@ -336,8 +352,13 @@ const DEFAULT_DEVICES: &[DefaultDevice] = &[
 ];
 
 fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), RootfsError> {
-    let dev = rootfs.join("dev");
+    // Still under the host's root here: an image's `dev -> /usr/bin` must not make us
+    // create nodes on the host.
+    let dev = secure_join(rootfs, Path::new("/dev")).map_err(ioerr("resolving /dev in the rootfs"))?;
     fs::create_dir_all(&dev).map_err(ioerr("creating /dev"))?;
+    if !fs::symlink_metadata(&dev).is_ok_and(|m| m.is_dir()) {
+        return Err(RootfsError::Spec("/dev".into(), "is not a directory in the rootfs".into()));
+    }
     for d in DEFAULT_DEVICES {
         make_device(&dev.join(d.name), SFlag::S_IFCHR, d.major, d.minor, 0o666, None)?;
     }
@@ -410,11 +431,13 @@ fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
 pub fn finish(spec: &Spec) -> Result<(), RootfsError> {
     let linux = spec.linux().clone().unwrap_or_default();
     for p in linux.readonly_paths().clone().unwrap_or_default() {
-        match mount(Some(p.as_str()), p.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+        // Not recursive, for the reason given at the sysfs fallback: submounts under a
+        // read-only path end up hidden rather than writable.
+        match mount(Some(p.as_str()), p.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>) {
             Err(Errno::ENOENT) => continue,
             r => r.map_err(merr(format!("bind-mounting read-only path {p}")))?,
         }
-        remount_bind(Path::new(&p), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_REC)
+        remount_bind(Path::new(&p), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
             .map_err(merr(format!("making {p} read-only")))?;
     }
     for p in linux.masked_paths().clone().unwrap_or_default() {

@@ -158,21 +158,25 @@ pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
     Ok(status.shell_code())
 }
 
-/// PID that [`forward_signal`] relays to; set once the workload exists.
-static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// pidfd of the workload that [`forward_signal`] relays to; set once it exists. A
+/// pidfd, not a PID: after the workload exits its PID may belong to someone else.
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 extern "C" fn forward_signal(sig: libc::c_int) {
-    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(pid, sig) };
+    let fd = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // pidfd_send_signal is a plain syscall: async-signal-safe.
+        let _ = minipod_runtime::pidfd::send(fd, sig);
     }
 }
 
 /// Like `runc run`: signals sent to the foreground command (Ctrl-C, a supervisor's
 /// TERM) go to the container's process instead of leaving it running unattended.
 fn forward_signals_to(pid: i32) {
-    FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    let Some(start) = minipod_runtime::state::process_start_time(pid) else { return };
+    let Ok(Some(fd)) = minipod_runtime::pidfd::open(pid, start) else { return };
+    // Kept open for the life of this process.
+    FORWARD_TO.store(std::os::fd::IntoRawFd::into_raw_fd(fd), std::sync::atomic::Ordering::Relaxed);
     for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2] {
         // SAFETY: installs a handler that only calls kill(2); SA_RESTART keeps the
         // wait for the exit report going.

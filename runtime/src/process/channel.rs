@@ -157,11 +157,14 @@ impl Listener {
         Ok(Listener { fd })
     }
 
-    /// Accepts one pending connection, if any.
-    pub fn accept(&self) -> Option<Channel> {
-        let fd = socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok()?;
-        // SAFETY: accept4 returned a new descriptor that nothing else owns.
-        Some(Channel { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    /// Accepts one pending connection; `None` when none is pending.
+    pub fn accept(&self) -> Result<Option<Channel>, nix::Error> {
+        match socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(Some(Channel { fd: unsafe { OwnedFd::from_raw_fd(fd) } })),
+            Err(nix::Error::EAGAIN) | Err(nix::Error::ECONNABORTED) | Err(nix::Error::EINTR) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

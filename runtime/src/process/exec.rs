@@ -113,6 +113,12 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
 
 fn child(process: &oci_spec::runtime::Process, stdio: Vec<OwnedFd>) -> Result<init::Prepared, InitError> {
     init::set_stdio(stdio)?;
+    // The container's limits, not the caller's.
+    init::set_rlimits(process, &|_| {})?;
+    if let Some(mask) = process.user().umask() {
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
     let prepared = init::prepare_exec(process)?;
     let cwd = process.cwd().clone();
     let early = nix::unistd::chdir(&cwd);

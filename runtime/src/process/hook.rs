@@ -89,10 +89,12 @@ fn adopt_descriptors(chan_fd: RawFd, keep: &[RawFd]) -> Option<Channel> {
     let wanted: Vec<RawFd> = std::iter::once(chan_fd).chain(keep.iter().copied()).collect();
     // SAFETY: plain descriptor syscalls on numbers this process owns from here on.
     unsafe {
-        // First out of the way (above any target slot), then down into place.
+        // First out of the way (above every target slot), then down into place. The
+        // base stays small: F_DUPFD fails with EINVAL at or above the soft fd limit.
+        let above = 3 + wanted.len() as libc::c_int;
         let mut high = Vec::with_capacity(wanted.len());
         for fd in &wanted {
-            let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1024);
+            let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, above);
             if h < 0 {
                 return None;
             }

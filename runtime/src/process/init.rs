@@ -74,6 +74,7 @@ pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>, joins
     let code = match setup(&chan, req, stdio, joins) {
         Ok(prepared) => match chan.recv::<ToInit>() {
             Ok(Some(ToInit::Start)) => {
+                let _ = chan.send(&FromInit::Execing);
                 let err = exec(&prepared);
                 let _ = chan.send(&FromInit::Failed(format!("starting {:?}: {err}", prepared.path)));
                 127
@@ -98,6 +99,10 @@ fn setup(
     let warn = |msg: String| {
         let _ = chan.send(&FromInit::Warning(msg));
     };
+    // Until exec this process is the host's minipod binary: keep /proc/PID/exe, mem
+    // and fds closed to anyone else (the CVE-2019-5736 class). execve resets it.
+    // SAFETY: prctl with integer arguments.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map_err(sys("making the init non-dumpable"))?;
     // Without the monitor nobody would ever release or reap us.
     set_parent_death_signal()?;
     let spec = &req.spec;
@@ -210,7 +215,7 @@ pub(crate) fn set_stdio(stdio: Vec<OwnedFd>) -> Result<(), InitError> {
     Ok(())
 }
 
-fn set_rlimits(process: &Process, warn: &dyn Fn(String)) -> Result<(), InitError> {
+pub(crate) fn set_rlimits(process: &Process, warn: &dyn Fn(String)) -> Result<(), InitError> {
     for rl in process.rlimits().clone().unwrap_or_default() {
         let resource = rlimit_resource(rl.typ());
         let want = libc::rlimit { rlim_cur: rl.soft(), rlim_max: rl.hard() };

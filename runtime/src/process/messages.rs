@@ -79,5 +79,7 @@ pub enum FromInit {
     Warning(String),
     /// Setup done; blocked until `Start`.
     Ready,
+    /// `Start` received; execve follows (EOF after this means it succeeded).
+    Execing,
     Failed(String),
 }

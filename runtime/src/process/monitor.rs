@@ -70,10 +70,16 @@ pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>) -> i3
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     let cgroup = Cgroup::at(&req.cgroup);
-    match create(&chan, req, &cgroup, stdio) {
+    let mut cgroup_made = false;
+    match create(&chan, req, &cgroup, stdio, &mut cgroup_made) {
         Ok(monitor) => monitor.serve(chan, req.start),
         Err(e) => {
-            let _ = cgroup.remove();
+            // Undo everything this create made: the creator may be gone (Ctrl-C) and
+            // nobody else would. Only a cgroup we created is ours to remove.
+            if cgroup_made {
+                let _ = cgroup.remove();
+            }
+            let _ = std::fs::remove_dir_all(&req.state_dir);
             let _ = chan.send(&Report::Failed(chain(&e)));
             1
         }
@@ -89,7 +95,13 @@ struct Monitor {
     listener: Listener,
 }
 
-fn create(chan: &Channel, req: &CreateRequest, cgroup: &Cgroup, stdio: Vec<OwnedFd>) -> Result<Monitor, MonitorError> {
+fn create(
+    chan: &Channel,
+    req: &CreateRequest,
+    cgroup: &Cgroup,
+    stdio: Vec<OwnedFd>,
+    cgroup_made: &mut bool,
+) -> Result<Monitor, MonitorError> {
     // SAFETY: prctl with integer arguments only.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
         .map_err(|e| MonitorError::Setup("becoming a subreaper", e))?;
@@ -138,6 +150,18 @@ fn create(chan: &Channel, req: &CreateRequest, cgroup: &Cgroup, stdio: Vec<Owned
     drop(stdio);
     let pid = Pid::from_raw(pid);
     let kill_init = |e: MonitorError| {
+        // A channel error usually means the init failed and left: its own report,
+        // still queued on the channel, says why far better than "channel closed".
+        let e = match e {
+            MonitorError::Channel(_) => loop {
+                match to_init.recv::<FromInit>() {
+                    Ok(Some(FromInit::Failed(msg))) => break MonitorError::Init(msg),
+                    Ok(Some(_)) => continue,
+                    _ => break e,
+                }
+            },
+            other => other,
+        };
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
         e
@@ -145,6 +169,7 @@ fn create(chan: &Channel, req: &CreateRequest, cgroup: &Cgroup, stdio: Vec<Owned
     // While the init builds its rootfs (which needs no cgroup), create the cgroup and
     // hand the init the files through which it moves itself in (the cheap way in).
     cgroup.create(linux.resources().as_ref()).map_err(|e| kill_init(e.into()))?;
+    *cgroup_made = true;
     let join = cgroup.open_join_files().map_err(|e| kill_init(e.into()))?;
     let raw: Vec<i32> = join.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     to_init.send_with_fds(&ToInit::CgroupReady, &raw).map_err(|e| kill_init(e.into()))?;
@@ -156,7 +181,7 @@ fn create(chan: &Channel, req: &CreateRequest, cgroup: &Cgroup, stdio: Vec<Owned
             }
             Some(FromInit::Ready) => break,
             Some(FromInit::Failed(msg)) => return Err(kill_init(MonitorError::Init(msg))),
-            None => return Err(kill_init(MonitorError::InitDied)),
+            Some(FromInit::Execing) | None => return Err(kill_init(MonitorError::InitDied)),
         }
     }
 
@@ -179,10 +204,7 @@ fn create(chan: &Channel, req: &CreateRequest, cgroup: &Cgroup, stdio: Vec<Owned
         annotations: req.spec.annotations().clone().unwrap_or_default(),
     };
     let listener = Listener::bind(&req.state_dir.join(SOCKET)).map_err(|e| kill_init(e.into()))?;
-    if !req.start {
-        // With `start` the next write (running) follows at once: skip this one.
-        st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
-    }
+    st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
     chan.send(&Report::Created { pid: pid.as_raw(), pid_start_time }).map_err(|e| kill_init(e.into()))?;
     Ok(Monitor { state: st, state_dir: req.state_dir.clone(), init: to_init, pid, sigchld, listener })
 }
@@ -195,8 +217,8 @@ impl Monitor {
             let reply = self.start();
             let _ = creator.send(&reply);
         }
+        // Every connected client hears `Exited` at the end; one that hangs up is dropped.
         let mut clients = vec![creator];
-        let mut waiters: Vec<Channel> = Vec::new();
         let exit = loop {
             let (sig_ready, listen_ready, ready) = {
                 let mut fds =
@@ -217,8 +239,17 @@ impl Monitor {
                 }
             }
             if listen_ready {
-                while let Some(c) = self.listener.accept() {
-                    clients.push(c);
+                loop {
+                    match self.listener.accept() {
+                        Ok(Some(c)) => clients.push(c),
+                        Ok(None) => break,
+                        // Out of descriptors: the listener stays readable, so back off
+                        // instead of spinning until a client leaves.
+                        Err(_) => {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            break;
+                        }
+                    }
                 }
             }
             // Walk backwards so removing a client keeps the remaining indexes valid.
@@ -234,7 +265,7 @@ impl Monitor {
                             clients.push(client);
                         }
                     }
-                    Ok(Some(MonitorRequest::Wait)) => waiters.push(client),
+                    Ok(Some(MonitorRequest::Wait)) => clients.push(client),
                     Ok(None) | Err(_) => {}
                 }
             }
@@ -245,7 +276,7 @@ impl Monitor {
         self.state.finished = Some(state::now_rfc3339());
         // The state dir may already be gone (delete --force); nothing to record then.
         let _ = self.state.save(&self.state_dir);
-        for w in waiters.iter().chain(clients.iter()) {
+        for w in &clients {
             let _ = w.send(&Report::Exited(exit));
         }
         0
@@ -261,14 +292,19 @@ impl Monitor {
         if let Err(e) = self.init.send(&ToInit::Start) {
             return Report::Failed(format!("releasing the workload: {}", chain(&e)));
         }
-        // The init's end is close-on-exec: EOF means the workload is exec'd.
+        // The init says `Execing` right before execve; its end is close-on-exec, so EOF
+        // after that means the workload runs. EOF without it means the init died first.
+        let mut execing = false;
         loop {
             match self.init.recv::<FromInit>() {
-                Ok(Some(FromInit::Warning(_))) => continue,
+                Ok(Some(FromInit::Execing)) => execing = true,
                 Ok(Some(FromInit::Failed(msg))) => return Report::Failed(msg),
-                Ok(Some(FromInit::Ready)) => continue,
+                Ok(Some(FromInit::Warning(_) | FromInit::Ready)) => continue,
                 Ok(None) | Err(_) => break,
             }
+        }
+        if !execing {
+            return Report::Failed(format!("container {}: its process died before it could be started", self.state.id));
         }
         self.state.status = Status::Running;
         self.state.started = Some(state::now_rfc3339());

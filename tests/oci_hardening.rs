@@ -1,0 +1,129 @@
+//! Regressions for hostile or unusual bundles and environments: nothing a bundle says
+//! may reach the host, and low descriptor limits or leftover processes must not break
+//! the lifecycle.
+
+mod common;
+
+use common::{cgroup_dirs, not_root, Harness};
+use serde_json::json;
+
+#[test]
+fn works_under_the_usual_soft_fd_limit_of_1024() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("nofile");
+    let b = h.bundle(&["sh", "-c", "exit 4"]);
+    let id = h.id("nofile");
+    let script = format!(
+        "ulimit -n 1024 && exec {} --root {} run --bundle {} {id}",
+        common::minipod_bin().display(),
+        h.root.display(),
+        b.dir.display()
+    );
+    let out = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_image_dev_symlink_cannot_make_device_nodes_on_the_host() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("devlink");
+    let host_dir = h.base.join("host-side");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let mut b = h.bundle(&["true"]);
+    let rootfs = b.dir.join("rootfs");
+    std::fs::remove_dir_all(rootfs.join("dev")).unwrap();
+    std::os::unix::fs::symlink(&host_dir, rootfs.join("dev")).unwrap();
+    // No /dev tmpfs, so devices are created in the image's own /dev.
+    b.config["mounts"].as_array_mut().unwrap().retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
+    let _ = h.run(&b, "devlink");
+    assert_eq!(std::fs::read_dir(&host_dir).unwrap().count(), 0, "nothing may appear in the host directory the symlink names");
+}
+
+#[test]
+fn host_wide_sysctls_shared_propagation_and_joined_mount_namespaces_are_refused() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("refuse");
+    let mut b = h.bundle(&["true"]);
+    b.config["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/x"});
+    let (code, _, err) = h.run(&b, "sysctl");
+    assert_ne!(code, 0);
+    assert!(err.contains("kernel.core_pattern is not namespaced"), "{err}");
+
+    let mut b = h.bundle(&["true"]);
+    b.config["linux"]["rootfsPropagation"] = json!("rshared");
+    let (code, _, err) = h.run(&b, "shared");
+    assert_ne!(code, 0);
+    assert!(err.contains("\"rshared\" is not supported yet"), "{err}");
+
+    let mut b = h.bundle(&["true"]);
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "mount" {
+            ns["path"] = json!("/proc/1/ns/mnt");
+        }
+    }
+    let (code, _, err) = h.run(&b, "mntjoin");
+    assert_ne!(code, 0);
+    assert!(err.contains("joining an existing mount namespace is not supported"), "{err}");
+}
+
+#[test]
+fn the_container_sees_its_own_cgroup_hierarchies_with_its_limits() {
+    if not_root() || minipod_runtime::cgroups::is_unified() {
+        return;
+    }
+    let h = Harness::new("cgview");
+    let mut b =
+        h.bundle(&["sh", "-c", "ls /sys/fs/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; cat /proc/self/cgroup | grep memory"]);
+    b.config["linux"]["resources"] = json!({"memory": {"limit": 48 * 1024 * 1024}});
+    let (code, out, err) = h.run(&b, "cgview");
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"memory") && lines.contains(&"pids"), "{out}");
+    assert!(lines.contains(&(48 * 1024 * 1024).to_string().as_str()), "{out}");
+    assert!(out.contains(":memory:/\n"), "the cgroup namespace makes the container's cgroup its root: {out}");
+}
+
+#[test]
+fn delete_kills_what_the_workload_left_behind_without_a_pid_namespace() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("leftover");
+    let mut b = h.bundle(&["sh", "-c", "sleep 300 & exit 0"]);
+    b.config["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    let id = h.create(&b, "leftover");
+    assert!(h.minipod(&["start", &id]).status.success());
+    h.wait_for_status(&id, "stopped");
+    let tasks = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/minipod/{id}/cgroup.procs")).unwrap_or_default();
+    let orphans: Vec<i32> = tasks.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(orphans.len(), 1, "the background sleep outlived its parent: {tasks}");
+    let out = h.minipod(&["delete", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Killed: gone, or a zombie waiting for the host's init to reap it.
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", orphans[0])).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z "), "the leftover was killed: {state}");
+    assert!(cgroup_dirs(&id).iter().all(|d| !d.exists()));
+}
+
+#[test]
+fn the_same_id_under_two_roots_cannot_share_a_cgroup() {
+    if not_root() {
+        return;
+    }
+    let first = Harness::new("root-a");
+    let second = Harness::new("root-b");
+    let b = first.bundle(&["sleep", "300"]);
+    let id = first.create(&b, "shared-id");
+    let out = second.minipod(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!second.state_dir(&id).exists());
+    assert_eq!(first.state(&id)["status"], "created", "the first container is untouched");
+    assert!(first.minipod(&["delete", &id]).status.success());
+}
