@@ -243,6 +243,10 @@ impl Cgroup {
     /// (where a freezer is available), so that no member can fork a new one or exit
     /// and free its PID for reuse between the listing and the kill.
     pub fn signal_all(&self, signal: i32) -> Result<usize, CgroupError> {
+        // The common case on delete: the workload is gone and took everything with it.
+        if self.pids()?.is_empty() {
+            return Ok(0);
+        }
         let frozen = self.freeze(true);
         let pids = self.pids();
         let mut sent = 0;
