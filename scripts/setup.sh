@@ -10,7 +10,8 @@ fi
 # busybox-static: the root filesystems tests and the demo build for themselves.
 # runc, crun: the runtimes the benchmark compares against.
 # iproute2, procps: inspecting what tests leave behind.
-packages=(busybox-static runc crun iproute2 procps ca-certificates)
+# nftables, conntrack: the node firewall (the tests run it inside their own namespaces).
+packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,77 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use common::node::TestNode;
 use common::not_root;
-use minipod_netstack::netns::{create_pinned, remove_pinned};
-use minipod_netstack::{AttachRequest, IfName, NetworkConfig, NetworkError, NetworkName, Node, OwnerId};
-
-static N: AtomicUsize = AtomicUsize::new(0);
-
-/// A node namespace, its state dir and its pods; Drop unpins every namespace, which
-/// takes the bridges and veths with them, and removes the directory.
-struct TestNode {
-    base: PathBuf,
-    node: Node,
-    pods: std::sync::Mutex<Vec<PathBuf>>,
-    tag: String,
-}
-
-impl TestNode {
-    fn new(name: &str) -> Self {
-        let tag = format!("{}{}", std::process::id() % 100000, N.fetch_add(1, Ordering::SeqCst));
-        let base = std::env::temp_dir().join(format!("minipod-test-net-{name}-{tag}"));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(base.join("ns")).unwrap();
-        let ns = base.join("ns/node");
-        create_pinned(&ns).expect("node namespace");
-        let node = Node::new(base.join("state"), Some(&ns)).unwrap();
-        TestNode { base, node, pods: Default::default(), tag }
-    }
-
-    /// A network whose bridge name is unique to this test run.
-    fn network(&self, name: &str, cidr: &str) -> NetworkConfig {
-        let bridge = IfName::new(format!("b{}{}", &name[..name.len().min(3)], self.tag)).unwrap();
-        NetworkConfig::new(NetworkName::new(name).unwrap(), bridge, cidr.parse().unwrap())
-    }
-
-    fn pod(&self, name: &str) -> PathBuf {
-        let p = self.base.join("ns").join(name);
-        create_pinned(&p).unwrap();
-        self.pods.lock().unwrap().push(p.clone());
-        p
-    }
-
-    fn request(&self, owner: &str, netns: &Path) -> AttachRequest {
-        AttachRequest { owner: OwnerId::new(owner).unwrap(), netns: netns.to_path_buf(), ifname: IfName::new("eth0").unwrap(), ip: None }
-    }
-
-    /// Runs a command inside a namespace (`nsenter --net`).
-    fn in_ns(ns: &Path, args: &[&str]) -> std::process::Output {
-        Command::new("nsenter").arg(format!("--net={}", ns.display())).args(args).output().unwrap()
-    }
-
-    fn ping(from: &Path, to: std::net::Ipv4Addr) -> bool {
-        Self::in_ns(from, &["busybox", "ping", "-c", "1", "-W", "2", &to.to_string()]).status.success()
-    }
-
-    fn node_ns(&self) -> PathBuf {
-        self.base.join("ns/node")
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        for p in self.pods.lock().map(|v| v.clone()).unwrap_or_default() {
-            let _ = remove_pinned(&p);
-        }
-        let _ = remove_pinned(&self.node_ns());
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
-}
+use minipod_netstack::netns::remove_pinned;
+use minipod_netstack::{AttachRequest, IfName, NetworkError, NetworkName, OwnerId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_on_one_network_reach_each_other_and_the_gateway() {

@@ -9,8 +9,10 @@ use crate::netlink::{Netlink, NetlinkError};
 
 /// Creates bridge `name` if it is missing, with the gateway address and MTU, and sets
 /// it up. An existing bridge is reused (after a restart, or a second process).
-pub async fn ensure(nl: &Netlink, name: &str, gateway: Ipv4Addr, cidr: Ipv4Network, mtu: u32) -> Result<u32, NetlinkError> {
-    if nl.link(name).await?.is_none() {
+/// Returns whether this call created it.
+pub async fn ensure(nl: &Netlink, name: &str, gateway: Ipv4Addr, cidr: Ipv4Network, mtu: u32) -> Result<bool, NetlinkError> {
+    let created = nl.link(name).await?.is_none();
+    if created {
         let msg = LinkBridge::new(name).mtu(mtu).build();
         match nl.add_link(msg, &format!("creating bridge {name}")).await {
             // Another process made it between our look-up and the add.
@@ -21,7 +23,7 @@ pub async fn ensure(nl: &Netlink, name: &str, gateway: Ipv4Addr, cidr: Ipv4Netwo
     let index = nl.index(name).await?;
     nl.add_address(index, gateway.into(), cidr.prefix(), &format!("adding {gateway}/{} to bridge {name}", cidr.prefix())).await?;
     nl.set_link(LinkUnspec::new_with_index(index).up().build(), &format!("setting bridge {name} up")).await?;
-    Ok(index)
+    Ok(created)
 }
 
 /// Deletes bridge `name`; one already gone is fine.

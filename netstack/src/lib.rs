@@ -15,9 +15,15 @@
 //! - This crate knows nothing about containers: it takes a namespace path and an
 //!   owner id.
 //!
-//! Not built yet (see the netstack issue): the nftables firewall (masquerade,
-//! isolation, published ports), the embedded DNS server, garbage collection of what a
-//! crash left, IPv6, and the `minipod net` commands.
+//! - The **firewall** is one nftables `inet minipod` table whose fixed rules match on
+//!   sets and maps: a network adds its bridge and CIDR (masquerade towards non-bridge
+//!   links, isolation from other networks, no egress when internal); published ports
+//!   are map elements for traffic to any local address (from other hosts, from pods
+//!   through hairpin, from the node's own 127.0.0.1). A member without ports changes
+//!   no firewall state.
+//!
+//! Not built yet (see the netstack issue): the embedded DNS server, garbage
+//! collection of what a crash left, IPv6, and the `minipod net` commands.
 //!
 //! # Example
 //!
@@ -28,7 +34,7 @@
 //! let node = Node::new("/run/minipod", None)?;
 //! let net = node.create_network(NetworkConfig::default_network()).await?;
 //! let pod = minipod_netstack::netns::create_pinned("/run/minipod/netns/pod-1".as_ref())?;
-//! let req = AttachRequest { owner: OwnerId::new("pod-1")?, netns: pod.path().into(), ifname: IfName::new("eth0")?, ip: None };
+//! let req = AttachRequest { owner: OwnerId::new("pod-1")?, netns: pod.path().into(), ifname: IfName::new("eth0")?, ip: None, ports: vec![] };
 //! let wired = node.attach(&net.name, req).await?;
 //! println!("pod-1 has {}", wired.ip);
 //! # Ok(())
@@ -36,6 +42,7 @@
 //! ```
 
 mod bridge;
+pub mod firewall;
 pub mod ipam;
 pub mod names;
 pub mod netlink;
@@ -43,5 +50,6 @@ pub mod netns;
 mod network;
 mod veth;
 
+pub use firewall::{PortMapping, Proto};
 pub use names::{IfName, NameError, NetworkName, OwnerId};
 pub use network::{host_ifname, AttachRequest, Attachment, NetworkConfig, NetworkError, Node};

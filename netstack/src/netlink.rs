@@ -103,6 +103,12 @@ impl Netlink {
         self.handle.link().set(msg).execute().await.map_err(request(what))
     }
 
+    /// Sets bridge-port attributes (RTM_NEWLINK without create flags: RTM_SETLINK
+    /// silently ignores them).
+    pub async fn set_port(&self, msg: LinkMessage, what: &str) -> Result<(), NetlinkError> {
+        self.handle.link().set_port(msg).execute().await.map_err(request(what))
+    }
+
     /// Sets link `index` up.
     pub async fn up(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
         self.set_link(LinkUnspec::new_with_index(index).up().build(), what).await

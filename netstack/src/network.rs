@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+use crate::firewall::{Firewall, FirewallError, PortMapping};
 use crate::ipam::{Ipam, IpamError};
 use crate::names::{IfName, NameError, NetworkName, OwnerId};
 use crate::netlink::{Netlink, NetlinkError};
@@ -39,6 +40,8 @@ pub enum NetworkError {
     LinkClash(String),
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
@@ -126,6 +129,8 @@ pub struct AttachRequest {
     pub ifname: IfName,
     /// A specific address, or the next free one.
     pub ip: Option<Ipv4Addr>,
+    /// Host ports forwarded to it.
+    pub ports: Vec<PortMapping>,
 }
 
 /// One member of a network, as recorded.
@@ -142,12 +147,18 @@ pub struct Attachment {
     /// The interface inside the member's namespace.
     pub ifname: IfName,
     pub netns: PathBuf,
+    /// Host ports forwarded to it.
+    pub ports: Vec<PortMapping>,
 }
 
 /// A node: the namespace that holds the bridges, and the state dir for its networks.
+///
+/// A node namespace is expected to look like a host: `lo` up (published ports on
+/// 127.0.0.1 go through it) and, for egress, a default route.
 pub struct Node {
     netns: Netns,
     state_dir: PathBuf,
+    firewall: Firewall,
 }
 
 impl Node {
@@ -157,7 +168,9 @@ impl Node {
             Some(p) => Netns::open(p)?,
             None => Netns::current()?,
         };
-        Ok(Self { netns, state_dir: state_dir.into() })
+        let state_dir = state_dir.into();
+        let firewall = Firewall::new(netns.path(), &state_dir);
+        Ok(Self { netns, state_dir, firewall })
     }
 
     fn net_dir(&self, name: &NetworkName) -> PathBuf {
@@ -227,14 +240,32 @@ impl Node {
             }
         }
         let mtu = cfg.mtu.unwrap_or(1500);
-        bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, mtu).await?;
-        // Routing between the bridge and the node's other links.
-        self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
-        let dir = self.net_dir(&cfg.name);
-        std::fs::create_dir_all(dir.join("members")).map_err(state_err(&dir))?;
-        let data = serde_json::to_vec_pretty(&cfg).map_err(|e| state_err(&dir)(std::io::Error::other(e)))?;
-        write_atomic(&dir.join("config.json"), &data)?;
+        let created = bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, mtu).await?;
+        if let Err(e) = self.configure_network(&cfg) {
+            if created {
+                let _ = bridge::remove(&nl, cfg.bridge.as_str()).await;
+            }
+            return Err(e);
+        }
         Ok(cfg)
+    }
+
+    fn configure_network(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+        // Routing between the bridge and the node's other links, and DNAT of the
+        // node's own 127.0.0.1 to members (the kernel drops 127/8 on the wire without it).
+        self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
+        self.sysctl(&self.netns, &format!("net.ipv4.conf.{}.route_localnet", cfg.bridge), "1")?;
+        self.firewall.add_network(cfg)?;
+        let dir = self.net_dir(&cfg.name);
+        let recorded = std::fs::create_dir_all(dir.join("members"))
+            .map_err(state_err(&dir))
+            .and_then(|()| serde_json::to_vec_pretty(cfg).map_err(|e| state_err(&dir)(std::io::Error::other(e))))
+            .and_then(|data| write_atomic(&dir.join("config.json"), &data));
+        if recorded.is_err() {
+            let _ = self.firewall.remove_network(cfg);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        recorded
     }
 
     fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<(), NetworkError> {
@@ -284,10 +315,14 @@ impl Node {
             }
         };
         let path = self.member_file(name, &req.owner);
-        let recorded = serde_json::to_vec_pretty(&attachment)
-            .map_err(|e| state_err(&path)(std::io::Error::other(e)))
+        let recorded = self
+            .firewall
+            .publish(&req.owner, ip, &req.ports)
+            .map_err(NetworkError::from)
+            .and_then(|()| serde_json::to_vec_pretty(&attachment).map_err(|e| state_err(&path)(std::io::Error::other(e))))
             .and_then(|d| write_atomic(&path, &d));
         if let Err(e) = recorded {
+            let _ = self.firewall.unpublish(&req.owner);
             let _ = self.unwire(&attachment.host_ifname).await;
             let _ = ipam.release(&req.owner);
             return Err(e);
@@ -331,6 +366,7 @@ impl Node {
             host_ifname,
             ifname: req.ifname.clone(),
             netns: req.netns.clone(),
+            ports: req.ports.clone(),
         })
     }
 
@@ -351,6 +387,7 @@ impl Node {
     /// when there is nothing to undo.
     pub async fn detach(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
         let Some(cfg) = self.network(name)? else { return Ok(()) };
+        self.firewall.unpublish(owner)?;
         self.unwire(&host_ifname(name, owner)).await?;
         self.ipam(&cfg).release(owner)?;
         let path = self.member_file(name, owner);
@@ -368,6 +405,7 @@ impl Node {
         if !members.is_empty() {
             return Err(NetworkError::InUse { name: name.clone(), count: members.len() });
         }
+        self.firewall.remove_network(&cfg)?;
         let nl = Netlink::open(&self.netns)?;
         bridge::remove(&nl, cfg.bridge.as_str()).await?;
         let dir = self.net_dir(name);

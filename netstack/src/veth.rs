@@ -23,7 +23,7 @@ pub async fn create(node: &Netlink, host: &str, pod: &Netns, peer: &str, bridge:
     let wired = async {
         node.set_link(LinkUnspec::new_with_index(index).controller(bridge).build(), &format!("attaching {host} to its bridge")).await?;
         // Hairpin lets a pod reach itself through a published port on the node.
-        node.set_link(LinkBridgePort::new(index).hairpin(true).build(), &format!("enabling hairpin on {host}")).await?;
+        node.set_port(LinkBridgePort::new(index).hairpin(true).build(), &format!("enabling hairpin on {host}")).await?;
         node.up(index, &format!("setting {host} up")).await
     };
     if let Err(e) = wired.await {

@@ -1,0 +1,311 @@
+//! The `inet minipod` nftables table. Its rules are fixed and match on sets and maps:
+//! networks add elements (their bridge, CIDR, same-bridge pair), published ports add
+//! map elements. Nothing here lists or rewrites the ruleset; every change is one
+//! `nft -f -` transaction, run inside the node namespace.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::names::OwnerId;
+use crate::network::NetworkConfig;
+
+/// A firewall change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("running nft ({what}): {stderr}")]
+    Nft { what: String, stderr: String },
+    #[error("running nft: is the nftables package installed? (apt-get install nftables)")]
+    NoNft(#[source] std::io::Error),
+    #[error("host port {proto}/{port}{} is already published by {holder}", host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default())]
+    PortTaken { proto: Proto, port: u16, host_ip: Option<Ipv4Addr>, holder: String },
+    #[error("firewall state {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A host port forwarded to a member of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub proto: Proto,
+    /// Port on the node.
+    pub host_port: u16,
+    /// Only traffic to this node address; any local address when unset.
+    pub host_ip: Option<Ipv4Addr>,
+    /// Port inside the member.
+    pub container_port: u16,
+}
+
+const TABLE: &str = r#"
+table inet minipod {
+	set bridges { type ifname; }
+	set internal_bridges { type ifname; }
+	set bridge_pairs { type ifname . ifname; }
+	set nets4 { type ipv4_addr; flags interval; }
+	set masq_nets4 { type ipv4_addr; flags interval; }
+	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
+	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		iifname . oifname @bridge_pairs accept
+		iifname @bridges oifname @bridges drop
+		iifname @internal_bridges drop
+		oifname @internal_bridges drop
+		iifname @bridges accept
+		oifname @bridges ct status dnat accept
+		oifname @bridges drop
+	}
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
+		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
+	}
+	chain output {
+		type nat hook output priority -100; policy accept;
+		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
+		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ct status dnat ip saddr @nets4 oifname @bridges masquerade
+		ct status dnat ip saddr 127.0.0.0/8 masquerade
+		ip saddr @masq_nets4 oifname != @bridges masquerade
+	}
+}
+"#;
+
+/// The firewall of one node.
+pub struct Firewall {
+    netns: PathBuf,
+    state_dir: PathBuf,
+    ensured: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reservation {
+    proto: Proto,
+    host_port: u16,
+    host_ip: Option<Ipv4Addr>,
+    target: Ipv4Addr,
+    container_port: u16,
+}
+
+impl Firewall {
+    /// The firewall of the node namespace at `netns`, with state under `state_dir`.
+    pub fn new(netns: &Path, state_dir: &Path) -> Self {
+        Self { netns: netns.to_path_buf(), state_dir: state_dir.join("firewall"), ensured: Default::default() }
+    }
+
+    fn nft(&self, script: &str, what: &str) -> Result<(), FirewallError> {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(FirewallError::NoNft)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).map_err(FirewallError::NoNft)?;
+        }
+        let out = child.wait_with_output().map_err(FirewallError::NoNft)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(FirewallError::Nft { what: what.to_string(), stderr: String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ") })
+    }
+
+    fn lock(&self) -> Result<Flock<std::fs::File>, FirewallError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FirewallError::State { path, source }
+        };
+        std::fs::create_dir_all(self.state_dir.join("ports")).map_err(err(&self.state_dir))?;
+        let path = self.state_dir.join("lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(err(&path))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| FirewallError::State { path, source: e.into() })
+    }
+
+    /// Creates the table if it is missing. Checked once per `Firewall`; other
+    /// processes wait on the lock meanwhile.
+    pub fn ensure(&self) -> Result<(), FirewallError> {
+        if self.ensured.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        // Re-declaring an existing table would append its rules again: only create it
+        // when nft says it is not there.
+        if self.nft("list table inet minipod", "checking the table").is_err() {
+            self.nft(TABLE, "creating table inet minipod")?;
+        }
+        self.ensured.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Adds a network's elements: its bridge, its CIDR, the pair that lets its members
+    /// talk to each other, and masquerade or isolation as configured.
+    pub fn add_network(&self, cfg: &NetworkConfig) -> Result<(), FirewallError> {
+        self.ensure()?;
+        self.nft(&network_elements("add", cfg), &format!("adding network {}", cfg.name))
+    }
+
+    /// Removes a network's elements; missing ones are fine.
+    pub fn remove_network(&self, cfg: &NetworkConfig) -> Result<(), FirewallError> {
+        let script = network_elements("delete", cfg);
+        if self.nft(&script, "removing network elements").is_ok() {
+            return Ok(());
+        }
+        // One missing element fails the whole batch: remove the rest one by one.
+        for line in script.lines() {
+            let _ = self.nft(line, "removing a network element");
+        }
+        Ok(())
+    }
+
+    /// Publishes `ports` of `owner` (at `target`) in one batch; refuses a host port
+    /// another owner holds, and reserves nothing if any is taken.
+    pub fn publish(&self, owner: &OwnerId, target: Ipv4Addr, ports: &[PortMapping]) -> Result<(), FirewallError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        self.ensure()?;
+        let _lock = self.lock()?;
+        let dir = self.state_dir.join("ports");
+        for p in ports {
+            if let Some(holder) = self.holder(p)? {
+                return Err(FirewallError::PortTaken { proto: p.proto, port: p.host_port, host_ip: p.host_ip, holder });
+            }
+        }
+        let script: String = ports.iter().map(|p| map_element("add", p, Some(target))).collect();
+        self.nft(&script, &format!("publishing ports of {owner}"))?;
+        let owner_file = dir.join(format!("{owner}.json"));
+        let records: Vec<Reservation> = ports
+            .iter()
+            .map(|p| Reservation { proto: p.proto, host_port: p.host_port, host_ip: p.host_ip, target, container_port: p.container_port })
+            .collect();
+        let data = serde_json::to_vec(&records).unwrap_or_default();
+        std::fs::write(&owner_file, data).map_err(|source| FirewallError::State { path: owner_file, source })
+    }
+
+    /// Which owner holds the host port `p` would take, if any (a port on "any address"
+    /// clashes with every address, and the other way round).
+    fn holder(&self, p: &PortMapping) -> Result<Option<String>, FirewallError> {
+        let dir = self.state_dir.join("ports");
+        let entries = std::fs::read_dir(&dir).map_err(|source| FirewallError::State { path: dir.clone(), source })?;
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(owner) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            let Ok(data) = std::fs::read(&path) else { continue };
+            let records: Vec<Reservation> = serde_json::from_slice(&data).unwrap_or_default();
+            let clash = records.iter().any(|r| {
+                r.proto == p.proto && r.host_port == p.host_port && (r.host_ip.is_none() || p.host_ip.is_none() || r.host_ip == p.host_ip)
+            });
+            if clash {
+                return Ok(Some(owner.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Withdraws every port `owner` published and forgets the flows that used them
+    /// (an established UDP flow would otherwise keep reaching the old member).
+    pub fn unpublish(&self, owner: &OwnerId) -> Result<(), FirewallError> {
+        let _lock = self.lock()?;
+        let owner_file = self.state_dir.join("ports").join(format!("{owner}.json"));
+        let data = match std::fs::read(&owner_file) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(FirewallError::State { path: owner_file, source }),
+        };
+        let records: Vec<Reservation> = serde_json::from_slice(&data).unwrap_or_default();
+        let mappings: Vec<PortMapping> = records
+            .iter()
+            .map(|r| PortMapping { proto: r.proto, host_port: r.host_port, host_ip: r.host_ip, container_port: r.container_port })
+            .collect();
+        let script: String = mappings.iter().map(|p| map_element("delete", p, None)).collect();
+        if self.nft(&script, "withdrawing ports").is_err() {
+            for line in script.lines() {
+                let _ = self.nft(line, "withdrawing a port");
+            }
+        }
+        for r in &records {
+            // `conntrack` exits 1 when there was nothing to delete; both are fine.
+            let _ = Command::new("nsenter")
+                .arg(format!("--net={}", self.netns.display()))
+                .args(["conntrack", "-D", "-p", &r.proto.to_string(), "--orig-port-dst", &r.host_port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::fs::remove_file(&owner_file).map_err(|source| FirewallError::State { path: owner_file, source })
+    }
+}
+
+fn network_elements(verb: &str, cfg: &NetworkConfig) -> String {
+    let br = cfg.bridge.as_str();
+    let mut s = format!(
+        "{verb} element inet minipod bridges {{ {br} }}\n{verb} element inet minipod bridge_pairs {{ {br} . {br} }}\n{verb} element inet minipod nets4 {{ {} }}\n",
+        cfg.subnet
+    );
+    if cfg.internal {
+        s.push_str(&format!("{verb} element inet minipod internal_bridges {{ {br} }}\n"));
+    } else if cfg.masquerade {
+        s.push_str(&format!("{verb} element inet minipod masq_nets4 {{ {} }}\n", cfg.subnet));
+    }
+    s
+}
+
+fn map_element(verb: &str, p: &PortMapping, target: Option<Ipv4Addr>) -> String {
+    let value = target.map(|t| format!(" : {t} . {}", p.container_port)).unwrap_or_default();
+    match p.host_ip {
+        Some(ip) => format!("{verb} element inet minipod hostports4 {{ {ip} . {} . {}{value} }}\n", p.proto, p.host_port),
+        None => format!("{verb} element inet minipod ports4 {{ {} . {}{value} }}\n", p.proto, p.host_port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{IfName, NetworkName};
+
+    #[test]
+    fn scripts_name_only_typed_values() {
+        let mut cfg = NetworkConfig::new(NetworkName::new("n").unwrap(), IfName::new("br-n").unwrap(), "10.3.0.0/24".parse().unwrap());
+        let add = network_elements("add", &cfg);
+        assert!(add.contains("bridge_pairs { br-n . br-n }") && add.contains("masq_nets4 { 10.3.0.0/24 }"));
+        cfg.internal = true;
+        let add = network_elements("add", &cfg);
+        assert!(add.contains("internal_bridges { br-n }") && !add.contains("masq_nets4"));
+        let p = PortMapping { proto: Proto::Udp, host_port: 5353, host_ip: Some("127.0.0.1".parse().unwrap()), container_port: 53 };
+        assert_eq!(
+            map_element("add", &p, Some("10.3.0.2".parse().unwrap())),
+            "add element inet minipod hostports4 { 127.0.0.1 . udp . 5353 : 10.3.0.2 . 53 }\n"
+        );
+        assert_eq!(map_element("delete", &p, None), "delete element inet minipod hostports4 { 127.0.0.1 . udp . 5353 }\n");
+    }
+}

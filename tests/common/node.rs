@@ -1,0 +1,152 @@
+//! A throwaway node for network tests: a node namespace, its state dir, pods as plain
+//! pinned namespaces, an optional simulated internet, and the processes started in
+//! them. Drop kills the processes and unpins every namespace, which takes bridges,
+//! veths and the node's nftables table with them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use minipod_netstack::netns::{create_pinned, remove_pinned};
+use minipod_netstack::{AttachRequest, IfName, NetworkConfig, NetworkName, Node, OwnerId};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A node namespace, its state dir and its pods; Drop unpins every namespace, which
+/// takes the bridges and veths with them, and removes the directory.
+pub struct TestNode {
+    pub base: PathBuf,
+    pub node: Node,
+    pods: Mutex<Vec<PathBuf>>,
+    children: Mutex<Vec<Child>>,
+    tag: String,
+}
+
+impl TestNode {
+    pub fn new(name: &str) -> Self {
+        let tag = format!("{}{}", std::process::id() % 100000, N.fetch_add(1, Ordering::SeqCst));
+        let base = std::env::temp_dir().join(format!("minipod-test-net-{name}-{tag}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("ns")).unwrap();
+        let ns = base.join("ns/node");
+        create_pinned(&ns).expect("node namespace");
+        // A host has lo up; a fresh namespace does not (127.0.0.1 ports need it).
+        assert!(Self::in_ns(&ns, &["ip", "link", "set", "lo", "up"]).status.success());
+        let node = Node::new(base.join("state"), Some(&ns)).unwrap();
+        TestNode { base, node, pods: Default::default(), children: Default::default(), tag }
+    }
+
+    /// A network whose bridge name is unique to this test run.
+    pub fn network(&self, name: &str, cidr: &str) -> NetworkConfig {
+        let bridge = IfName::new(format!("b{}{}", &name[..name.len().min(3)], self.tag)).unwrap();
+        NetworkConfig::new(NetworkName::new(name).unwrap(), bridge, cidr.parse().unwrap())
+    }
+
+    pub fn pod(&self, name: &str) -> PathBuf {
+        let p = self.base.join("ns").join(name);
+        create_pinned(&p).unwrap();
+        self.pods.lock().unwrap().push(p.clone());
+        p
+    }
+
+    pub fn request(&self, owner: &str, netns: &Path) -> AttachRequest {
+        AttachRequest {
+            owner: OwnerId::new(owner).unwrap(),
+            netns: netns.to_path_buf(),
+            ifname: IfName::new("eth0").unwrap(),
+            ip: None,
+            ports: vec![],
+        }
+    }
+
+    /// Runs a command inside a namespace (`nsenter --net`).
+    pub fn in_ns(ns: &Path, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter").arg(format!("--net={}", ns.display())).args(args).output().unwrap()
+    }
+
+    pub fn ping(from: &Path, to: std::net::Ipv4Addr) -> bool {
+        Self::in_ns(from, &["busybox", "ping", "-c", "1", "-W", "2", &to.to_string()]).status.success()
+    }
+
+    pub fn node_ns(&self) -> PathBuf {
+        self.base.join("ns/node")
+    }
+}
+
+impl TestNode {
+    /// Starts a long-running command inside a namespace; killed on Drop.
+    pub fn spawn_in(&self, ns: &Path, args: &[&str]) -> u32 {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// A busybox httpd in `ns` on `port` serving `index.html` = `body` and a CGI
+    /// `/cgi-bin/ip` that answers the client's address as the server saw it.
+    pub fn http_server(&self, ns: &Path, port: u16, body: &str) -> u32 {
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let root = self.base.join(format!("www-{n}"));
+        std::fs::create_dir_all(root.join("cgi-bin")).unwrap();
+        std::fs::write(root.join("index.html"), body).unwrap();
+        let cgi = root.join("cgi-bin/ip");
+        std::fs::write(&cgi, "#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n").unwrap();
+        std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let pid = self.spawn_in(ns, &["busybox", "httpd", "-f", "-p", &port.to_string(), "-h", root.to_str().unwrap()]);
+        // Wait until it listens (its socket shows in the namespace's table).
+        let hex = format!(":{port:04X} ");
+        for _ in 0..200 {
+            let tcp = String::from_utf8(Self::in_ns(ns, &["cat", "/proc/net/tcp"]).stdout).unwrap_or_default();
+            if tcp.lines().any(|l| l.contains(&hex) && l.split_whitespace().nth(3) == Some("0A")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        pid
+    }
+
+    /// `wget` from inside `ns`; None if it failed or took over 3 s. (busybox 1.35's
+    /// own `wget -T` segfaults, hence coreutils `timeout`.)
+    pub fn fetch(ns: &Path, url: &str) -> Option<String> {
+        let out = Self::in_ns(ns, &["timeout", "3", "busybox", "wget", "-q", "-O", "-", url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A simulated internet: a namespace at 198.51.100.1 behind the node's uplink
+    /// (198.51.100.2), with the node's default route through it. Returns its path.
+    pub fn internet(&self) -> PathBuf {
+        let inet = self.pod("internet");
+        let node = self.node_ns();
+        // A process in the internet namespace lets `ip` name it by PID.
+        let holder = self.spawn_in(&inet, &["sleep", "600"]);
+        let run = |ns: &Path, cmd: &str| {
+            let out = Self::in_ns(ns, &["sh", "-c", cmd]);
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&node, &format!("ip link add up0 type veth peer name eth0 netns {holder}"));
+        run(&node, "ip addr add 198.51.100.2/24 dev up0 && ip link set up0 up && ip route add default via 198.51.100.1");
+        run(&inet, "ip link set lo up && ip addr add 198.51.100.1/24 dev eth0 && ip link set eth0 up");
+        inet
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        for mut c in self.children.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in self.pods.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = remove_pinned(&p);
+        }
+        let _ = remove_pinned(&self.node_ns());
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}

@@ -1,0 +1,83 @@
+//! The nftables side of networks, inside a throwaway node namespace: isolation,
+//! masquerade towards a simulated internet (198.51.100.0/24, reachable only through
+//! a route the test adds), internal networks, and published ports.
+
+mod common;
+
+use common::node::TestNode;
+use common::not_root;
+use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
+
+fn tcp(host_port: u16, container_port: u16) -> PortMapping {
+    PortMapping { proto: Proto::Tcp, host_port, host_ip: None, container_port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_networks_are_isolated_from_each_other() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("iso");
+    let red = t.node.create_network(t.network("red", "10.210.0.0/24")).await.unwrap();
+    let blue = t.node.create_network(t.network("blue", "10.211.0.0/24")).await.unwrap();
+    let (r1, r2, b1) = (t.pod("r1"), t.pod("r2"), t.pod("b1"));
+    let wr1 = t.node.attach(&red.name, t.request("r1", &r1)).await.unwrap();
+    let wr2 = t.node.attach(&red.name, t.request("r2", &r2)).await.unwrap();
+    let wb1 = t.node.attach(&blue.name, t.request("b1", &b1)).await.unwrap();
+    assert!(TestNode::ping(&r1, wr2.ip), "same network talks");
+    assert!(!TestNode::ping(&r1, wb1.ip), "red cannot reach blue");
+    assert!(!TestNode::ping(&b1, wr1.ip), "blue cannot reach red");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_is_masqueraded_and_internal_networks_have_none() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("masq");
+    let inet = t.internet();
+    t.http_server(&inet, 80, "internet");
+    let net = t.node.create_network(t.network("out", "10.212.0.0/24")).await.unwrap();
+    let mut internal = t.network("inner", "10.213.0.0/24");
+    internal.internal = true;
+    let internal = t.node.create_network(internal).await.unwrap();
+    let (p, q) = (t.pod("p"), t.pod("q"));
+    t.node.attach(&net.name, t.request("p", &p)).await.unwrap();
+    t.node.attach(&internal.name, t.request("q", &q)).await.unwrap();
+    // httpd listens dual-stack and reports the v4-mapped form.
+    let seen = TestNode::fetch(&p, "http://198.51.100.1/cgi-bin/ip").unwrap_or_default();
+    assert_eq!(seen.trim_start_matches("[::ffff:").trim_end_matches(']'), "198.51.100.2", "the internet sees the node's address");
+    assert_eq!(TestNode::fetch(&q, "http://198.51.100.1/"), None, "an internal network has no way out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_port_is_reachable_from_outside_from_pods_and_from_node_localhost() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("ports");
+    let inet = t.internet();
+    let net = t.node.create_network(t.network("web", "10.214.0.0/24")).await.unwrap();
+    let (server, client) = (t.pod("server"), t.pod("client"));
+    let req = AttachRequest { ports: vec![tcp(8080, 80)], ..t.request("server", &server) };
+    let ws = t.node.attach(&net.name, req).await.unwrap();
+    t.node.attach(&net.name, t.request("client", &client)).await.unwrap();
+    t.http_server(&server, 80, "served-by-pod");
+
+    assert_eq!(TestNode::fetch(&inet, "http://198.51.100.2:8080/").as_deref(), Some("served-by-pod"), "from another host");
+    assert_eq!(TestNode::fetch(&client, "http://198.51.100.2:8080/").as_deref(), Some("served-by-pod"), "from a pod (hairpin)");
+    assert_eq!(TestNode::fetch(&server, "http://198.51.100.2:8080/").as_deref(), Some("served-by-pod"), "from the pod itself");
+    assert_eq!(TestNode::fetch(&t.node_ns(), "http://127.0.0.1:8080/").as_deref(), Some("served-by-pod"), "from the node's localhost");
+    assert_eq!(TestNode::fetch(&inet, &format!("http://{}:80/", ws.ip)), None, "pods are not reachable directly from outside");
+
+    // A second owner cannot take the same host port; nothing is left of its attempt.
+    let other = t.pod("other");
+    let err = t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8080, 81)], ..t.request("other", &other) }).await.unwrap_err();
+    assert!(err.to_string().contains("host port tcp/8080 is already published by server"), "{err}");
+    assert_eq!(t.node.members(&net.name).unwrap().len(), 2);
+
+    t.node.detach(&net.name, &OwnerId::new("server").unwrap()).await.unwrap();
+    assert_eq!(TestNode::fetch(&inet, "http://198.51.100.2:8080/"), None, "unpublished with the detach");
+    let again = t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8080, 80)], ..t.request("other", &other) }).await;
+    assert!(again.is_ok(), "the port is free again: {:?}", again.err());
+}
