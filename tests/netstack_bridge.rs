@@ -131,3 +131,38 @@ async fn bad_configs_and_clashes_are_refused_with_nothing_made() {
     assert!(busy.to_string().contains("2 member(s)"), "{busy}");
     assert!(matches!(t.node.attach(&NetworkName::new("nope").unwrap(), t.request("x", &p)).await, Err(NetworkError::NoSuchNetwork(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_after_a_crash_removes_everything_of_dead_owners_and_nothing_else() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("gc");
+    let net = t.node.create_network(t.network("gc", "10.209.0.0/24")).await.unwrap();
+    let ports = |p: u16| {
+        vec![minipod_netstack::PortMapping { proto: minipod_netstack::Proto::Tcp, host_port: p, host_ip: None, container_port: 80 }]
+    };
+    let (a, b, c) = (t.pod("a"), t.pod("b"), t.pod("c"));
+    let wa = t.node.attach(&net.name, AttachRequest { ports: ports(9001), ..t.request("alive", &a) }).await.unwrap();
+    let wb = t.node.attach(&net.name, AttachRequest { ports: ports(9002), ..t.request("dead", &b) }).await.unwrap();
+    // A crash between allocating an address and recording the member.
+    let half = minipod_netstack::ipam::Ipam::new(t.base.join("state/networks/gc/ipam"), "10.209.0.0/24".parse().unwrap(), net.gateway());
+    let orphan_ip = half.allocate(&OwnerId::new("crashed").unwrap(), None).unwrap();
+    // A veth whose record was lost.
+    TestNode::in_ns(&t.node_ns(), &["ip", "link", "add", "mp0123456789", "type", "veth", "peer", "name", "x0"]);
+    drop(c);
+
+    let live: std::collections::HashSet<OwnerId> = [OwnerId::new("alive").unwrap()].into();
+    let report = t.node.gc(&live).await.unwrap();
+    assert_eq!(report.members.len(), 1, "{report:?}");
+    assert_eq!(report.addresses, vec![(net.name.clone(), orphan_ip)]);
+    assert_eq!(report.links, vec!["mp0123456789".to_string()]);
+
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link"]).stdout).unwrap();
+    assert!(links.contains(&wa.host_ifname) && !links.contains(&wb.host_ifname) && !links.contains("mp0123456789"), "{links}");
+    let map = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "map", "inet", "minipod", "ports4"]).stdout).unwrap();
+    assert!(map.contains("9001") && !map.contains("9002"), "{map}");
+    assert_eq!(t.node.members(&net.name).unwrap().len(), 1);
+    assert!(TestNode::ping(&a, net.gateway()), "the live member still works");
+    assert!(t.node.gc(&live).await.unwrap().is_empty(), "a second gc finds nothing");
+}

@@ -22,8 +22,10 @@
 //!   through hairpin, from the node's own 127.0.0.1). A member without ports changes
 //!   no firewall state.
 //!
-//! Not built yet (see the netstack issue): the embedded DNS server, garbage
-//! collection of what a crash left, IPv6, and the `minipod net` commands.
+//! - **Garbage collection** ([`Node::gc`]) takes the set of live owners and removes
+//!   every member, address, published port and host veth of owners that are gone.
+//!
+//! Not built yet (see the netstack issue): the embedded DNS server and IPv6.
 //!
 //! # Example
 //!
@@ -52,4 +54,4 @@ mod veth;
 
 pub use firewall::{PortMapping, Proto};
 pub use names::{IfName, NameError, NetworkName, OwnerId};
-pub use network::{host_ifname, AttachRequest, Attachment, NetworkConfig, NetworkError, Node};
+pub use network::{host_ifname, AttachRequest, Attachment, GcReport, NetworkConfig, NetworkError, Node};

@@ -88,6 +88,19 @@ impl Netlink {
         }
     }
 
+    /// Names of every link in the namespace.
+    pub async fn link_names(&self) -> Result<Vec<String>, NetlinkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(link) = links.try_next().await.map_err(request("listing links"))? {
+            names.extend(link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }));
+        }
+        Ok(names)
+    }
+
     /// The index of link `name`, or an error saying it does not exist.
     pub async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
         self.link(name).await?.map(|l| l.header.index).ok_or_else(|| NetlinkError::NoLink(name.to_string()))

@@ -398,6 +398,44 @@ impl Node {
         }
     }
 
+    /// Removes everything owned by owners not in `live`: what a crashed process left.
+    /// For each network: members whose owner is gone are detached (ports withdrawn,
+    /// veth deleted, address freed, record removed); addresses allocated without a
+    /// member record (a crash mid-attach) are freed; and host veths of this node that
+    /// no record names are deleted. Returns what was removed.
+    pub async fn gc(&self, live: &std::collections::HashSet<OwnerId>) -> Result<GcReport, NetworkError> {
+        let mut report = GcReport::default();
+        let mut known_ifnames = std::collections::HashSet::new();
+        for cfg in self.networks()? {
+            for m in self.members(&cfg.name)? {
+                if live.contains(&m.owner) {
+                    known_ifnames.insert(m.host_ifname.clone());
+                } else {
+                    self.detach(&cfg.name, &m.owner).await?;
+                    report.members.push((cfg.name.clone(), m.owner));
+                }
+            }
+            let ipam = self.ipam(&cfg);
+            for (owner, ip) in ipam.owners()? {
+                if !live.contains(&owner) {
+                    self.detach(&cfg.name, &owner).await?;
+                    report.addresses.push((cfg.name.clone(), ip));
+                } else {
+                    known_ifnames.insert(host_ifname(&cfg.name, &owner));
+                }
+            }
+        }
+        // Host ends are named `mp` + hash; any not accounted for is a leftover.
+        let node = Netlink::open(&self.netns)?;
+        for name in node.link_names().await? {
+            if is_host_ifname(&name) && !known_ifnames.contains(&name) {
+                self.unwire(&name).await?;
+                report.links.push(name);
+            }
+        }
+        Ok(report)
+    }
+
     /// Removes network `name` and its bridge; refuses while it has members.
     pub async fn remove_network(&self, name: &NetworkName) -> Result<(), NetworkError> {
         let Some(cfg) = self.network(name)? else { return Err(NetworkError::NoSuchNetwork(name.clone())) };
@@ -411,6 +449,28 @@ impl Node {
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
+}
+
+/// What [`Node::gc`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Members detached because their owner is gone.
+    pub members: Vec<(NetworkName, OwnerId)>,
+    /// Addresses freed that no member record held.
+    pub addresses: Vec<(NetworkName, Ipv4Addr)>,
+    /// Host veth ends deleted that no record named.
+    pub links: Vec<String>,
+}
+
+impl GcReport {
+    /// Whether nothing was left to clean.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.addresses.is_empty() && self.links.is_empty()
+    }
+}
+
+fn is_host_ifname(name: &str) -> bool {
+    name.len() == 12 && name.starts_with("mp") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The host end's name: short (it must fit 15 bytes), stable for a (network, owner)
