@@ -88,6 +88,13 @@ impl Netns {
     }
 }
 
+impl AsFd for Netns {
+    /// The open namespace file, to `setns` a thread into it.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// Creates a new network namespace and pins it at `path` (an empty file is created).
 /// The namespace lives until [`remove_pinned`], whatever process created it.
 pub fn create_pinned(path: &Path) -> Result<Netns, NetnsError> {

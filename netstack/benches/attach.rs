@@ -1,0 +1,239 @@
+//! Attach and detach latency of a pod network namespace at the 1st, 100th and 1000th
+//! pod of one network: minipod's netstack against the CNI chain a CRI runtime runs
+//! (bridge with host-local IPAM and ipMasq, then portmap), side by side.
+//!
+//! Run as root: `cargo bench -p minipod-netstack --bench attach`. Everything happens
+//! inside a throwaway node namespace that this process enters first, so the host's
+//! interfaces and firewall are never touched. MINIPOD_NETBENCH_PROBES sets the probes
+//! per position (default 30).
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use minipod_netstack::netns::{create_pinned, remove_pinned};
+use minipod_netstack::{AttachRequest, IfName, NetworkConfig, NetworkName, Node, OwnerId};
+
+const POSITIONS: [usize; 3] = [1, 100, 1000];
+const CNI_PATH: &str = "/usr/lib/cni";
+
+struct Pods {
+    dir: PathBuf,
+    made: Vec<PathBuf>,
+}
+
+impl Pods {
+    fn make(&mut self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        create_pinned(&p).expect("pod namespace");
+        self.made.push(p.clone());
+        p
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for p in &self.made {
+            let _ = remove_pinned(p);
+        }
+    }
+}
+
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
+    (at(0.5), at(0.99))
+}
+
+trait Wiring {
+    fn name(&self) -> &'static str;
+    fn attach(&mut self, id: &str, netns: &Path);
+    fn detach(&mut self, id: &str, netns: &Path);
+}
+
+struct Minipod {
+    rt: tokio::runtime::Runtime,
+    node: Node,
+    net: NetworkName,
+}
+
+impl Wiring for Minipod {
+    fn name(&self) -> &'static str {
+        "minipod"
+    }
+    fn attach(&mut self, id: &str, netns: &Path) {
+        let req = AttachRequest {
+            owner: OwnerId::new(id).expect("id"),
+            netns: netns.to_path_buf(),
+            ifname: IfName::new("eth0").expect("eth0"),
+            ip: None,
+            ports: vec![],
+        };
+        self.rt.block_on(self.node.attach(&self.net, req)).expect("minipod attach");
+    }
+    /// The pod teardown path: forget the member, release its namespace; the kernel
+    /// removes the veth in the background.
+    fn detach(&mut self, id: &str, netns: &Path) {
+        self.rt.block_on(self.node.detach_released(&self.net, &OwnerId::new(id).expect("id"))).expect("minipod detach");
+        remove_pinned(netns).expect("releasing the namespace");
+    }
+}
+
+struct Cni {
+    data_dir: PathBuf,
+}
+
+impl Cni {
+    fn bridge_conf(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0", "name": "cnibench", "type": "bridge", "bridge": "cnibench0",
+            "isGateway": true, "ipMasq": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.91.0.0/16"}]], "dataDir": self.data_dir}
+        })
+    }
+
+    fn plugin(&self, plugin: &str, command: &str, id: &str, netns: &Path, conf: &serde_json::Value) -> serde_json::Value {
+        let mut child = Command::new(Path::new(CNI_PATH).join(plugin))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running a CNI plugin");
+        child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("config");
+        let out = child.wait_with_output().expect("CNI plugin");
+        assert!(
+            out.status.success(),
+            "{plugin} {command}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn portmap_conf(prev: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"cniVersion": "1.0.0", "name": "cnibench", "type": "portmap", "capabilities": {"portMappings": true}, "prevResult": prev})
+    }
+}
+
+impl Wiring for Cni {
+    fn name(&self) -> &'static str {
+        "CNI bridge+host-local+portmap"
+    }
+    fn attach(&mut self, id: &str, netns: &Path) {
+        let result = self.plugin("bridge", "ADD", id, netns, &self.bridge_conf());
+        self.plugin("portmap", "ADD", id, netns, &Self::portmap_conf(result));
+    }
+    /// DEL of the chain, then the runtime releases the namespace, as containerd does.
+    fn detach(&mut self, id: &str, netns: &Path) {
+        self.plugin("portmap", "DEL", id, netns, &Self::portmap_conf(serde_json::Value::Null));
+        self.plugin("bridge", "DEL", id, netns, &self.bridge_conf());
+        remove_pinned(netns).expect("releasing the namespace");
+    }
+}
+
+/// Fills the network up to each position and probes attach+detach there.
+fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<(usize, (f64, f64), (f64, f64))> {
+    let mut rows = Vec::new();
+    let mut filled = 0;
+    for pos in POSITIONS {
+        while filled < pos - 1 {
+            let id = format!("{}-fill-{filled}", w.name().len());
+            let ns = pods.make(&format!("{}-fill-{filled}", w.name().len()));
+            w.attach(&id, &ns);
+            filled += 1;
+        }
+        // Attach all probes, then tear them all down: a teardown's background work
+        // (the kernel deleting veths of released namespaces) must not land on the
+        // next probe's attach.
+        let (mut attach, mut detach) = (Vec::new(), Vec::new());
+        let mut attached = Vec::new();
+        for i in 0..probes {
+            let id = format!("probe-{pos}-{i}");
+            let ns = pods.make(&format!("{}-probe-{pos}-{i}", w.name().len()));
+            let t = Instant::now();
+            w.attach(&id, &ns);
+            attach.push(t.elapsed());
+            attached.push((id, ns));
+        }
+        for (id, ns) in attached {
+            let t = Instant::now();
+            w.detach(&id, &ns);
+            detach.push(t.elapsed());
+        }
+        // Let the kernel finish deleting the released veths before the next fill.
+        std::thread::sleep(Duration::from_millis(500));
+        rows.push((pos, stats(attach), stats(detach)));
+    }
+    rows
+}
+
+fn main() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("attach benchmark skipped: it needs root (network namespaces)");
+        return;
+    }
+    let probes: usize = std::env::var("MINIPOD_NETBENCH_PROBES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let base = PathBuf::from(format!("/run/minipod-netbench-{}", std::process::id()));
+    std::fs::create_dir_all(base.join("pods")).expect("bench dir");
+    let node_path = base.join("node");
+    let node_ns = create_pinned(&node_path).expect("node namespace");
+    // From here on this thread, the threads it starts and the plugins it runs all live
+    // in the node namespace.
+    nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the node namespace");
+    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let node = Node::new(base.join("state"), None).expect("node");
+    let cfg = NetworkConfig::new(
+        NetworkName::new("bench").expect("name"),
+        IfName::new("mpbench0").expect("bridge"),
+        "10.90.0.0/16".parse().expect("cidr"),
+    );
+    let net = rt.block_on(node.create_network(cfg)).expect("network").name;
+
+    println!(
+        "attach + detach of a pod netns at the Nth pod of one network ({probes} probes per position), inside a throwaway node namespace"
+    );
+    let mut results = Vec::new();
+    {
+        let mut pods = Pods { dir: base.join("pods"), made: vec![] };
+        let mut m = Minipod { rt, node, net };
+        results.push((m.name(), measure(&mut m, &mut pods, probes)));
+    }
+    if Path::new(CNI_PATH).join("bridge").exists() && which("iptables") {
+        let mut pods = Pods { dir: base.join("pods"), made: vec![] };
+        let mut c = Cni { data_dir: base.join("cni-ipam") };
+        results.push((c.name(), measure(&mut c, &mut pods, probes)));
+    } else {
+        println!("skipping CNI: install containernetworking-plugins and iptables");
+    }
+
+    println!("{:<32} {:>6} {:>12} {:>10} {:>12} {:>10}", "", "pod #", "attach p50", "p99", "detach p50", "p99");
+    for (name, rows) in &results {
+        for (pos, (a50, a99), (d50, d99)) in rows {
+            println!("{name:<32} {pos:>6} {a50:>10.2}ms {a99:>8.2}ms {d50:>10.2}ms {d99:>8.2}ms");
+        }
+    }
+    if let [(_, ours), (_, cni)] = &results[..] {
+        for ((pos, (a, _), (d, _)), (_, (ca, _), (cd, _))) in ours.iter().zip(cni) {
+            println!("pod #{pos}: CNI / minipod = {:.1}x attach, {:.1}x detach", ca / a, cd / d);
+        }
+        let (first, last) = (ours[0].1 .0, ours[2].1 .0);
+        println!("minipod attach, 1000th vs 1st pod: {:+.0}%", (last / first - 1.0) * 100.0);
+    }
+    drop(node_ns);
+    let _ = remove_pinned(&node_path);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+}
