@@ -138,8 +138,15 @@ impl Wiring for Cni {
     }
 }
 
+/// Latencies at one fill level: (p50, p99) in ms for attach and for detach.
+struct Row {
+    pos: usize,
+    attach: (f64, f64),
+    detach: (f64, f64),
+}
+
 /// Fills the network up to each position and probes attach+detach there.
-fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<(usize, (f64, f64), (f64, f64))> {
+fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut filled = 0;
     for pos in POSITIONS {
@@ -169,7 +176,7 @@ fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<(usize, (f
         }
         // Let the kernel finish deleting the released veths before the next fill.
         std::thread::sleep(Duration::from_millis(500));
-        rows.push((pos, stats(attach), stats(detach)));
+        rows.push(Row { pos, attach: stats(attach), detach: stats(detach) });
     }
     rows
 }
@@ -218,15 +225,15 @@ fn main() {
 
     println!("{:<32} {:>6} {:>12} {:>10} {:>12} {:>10}", "", "pod #", "attach p50", "p99", "detach p50", "p99");
     for (name, rows) in &results {
-        for (pos, (a50, a99), (d50, d99)) in rows {
+        for Row { pos, attach: (a50, a99), detach: (d50, d99) } in rows {
             println!("{name:<32} {pos:>6} {a50:>10.2}ms {a99:>8.2}ms {d50:>10.2}ms {d99:>8.2}ms");
         }
     }
     if let [(_, ours), (_, cni)] = &results[..] {
-        for ((pos, (a, _), (d, _)), (_, (ca, _), (cd, _))) in ours.iter().zip(cni) {
-            println!("pod #{pos}: CNI / minipod = {:.1}x attach, {:.1}x detach", ca / a, cd / d);
+        for (m, c) in ours.iter().zip(cni) {
+            println!("pod #{}: CNI / minipod = {:.1}x attach, {:.1}x detach", m.pos, c.attach.0 / m.attach.0, c.detach.0 / m.detach.0);
         }
-        let (first, last) = (ours[0].1 .0, ours[2].1 .0);
+        let (first, last) = (ours[0].attach.0, ours[2].attach.0);
         println!("minipod attach, 1000th vs 1st pod: {:+.0}%", (last / first - 1.0) * 100.0);
     }
     drop(node_ns);

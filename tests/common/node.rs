@@ -124,15 +124,23 @@ impl TestNode {
     pub fn internet(&self) -> PathBuf {
         let inet = self.pod("internet");
         let node = self.node_ns();
-        // A process in the internet namespace lets `ip` name it by PID.
+        // A process in the internet namespace lets `ip` name it by PID. Only once it is
+        // provably inside (nsenter enters after spawn returns): a PID still in the test's
+        // own namespace would put the interface on the host.
         let holder = self.spawn_in(&inet, &["sleep", "600"]);
+        let want = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&inet).unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::metadata(format!("/proc/{holder}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(want) {
+            assert!(std::time::Instant::now() < deadline, "the internet holder never entered its namespace");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let run = |ns: &Path, cmd: &str| {
             let out = Self::in_ns(ns, &["sh", "-c", cmd]);
             assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        run(&node, &format!("ip link add up0 type veth peer name eth0 netns {holder}"));
+        run(&node, &format!("ip link add up0 type veth peer name mpinet0 netns {holder}"));
         run(&node, "ip addr add 198.51.100.2/24 dev up0 && ip link set up0 up && ip route add default via 198.51.100.1");
-        run(&inet, "ip link set lo up && ip addr add 198.51.100.1/24 dev eth0 && ip link set eth0 up");
+        run(&inet, "ip link set lo up && ip addr add 198.51.100.1/24 dev mpinet0 && ip link set mpinet0 up");
         inet
     }
 }
