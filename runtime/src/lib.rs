@@ -52,3 +52,6 @@ pub use process::channel::ChannelError;
 pub use process::SpawnError;
 pub use signal::{Signal, SignalError};
 pub use state::{ContainerState, ExitStatus, Status};
+
+/// The networking crate, re-exported so embedders need one dependency.
+pub use minipod_netstack as netstack;

@@ -1,5 +1,6 @@
 //! Command-line parsing, logging setup and error printing for `minipod`.
 
+mod net;
 mod oci;
 
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ enum Command {
     Spec(oci::SpecArgs),
     /// Build a busybox bundle and run it: a first look at minipod.
     Demo(oci::DemoArgs),
+    /// Bridge networks: create, ls, inspect, rm, gc.
+    Net(net::NetArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -88,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::List(a) => oci::list(&root, a),
         Command::Spec(a) => oci::spec(a),
         Command::Demo(a) => oci::demo(&root, a),
+        Command::Net(a) => net::net(&root, a),
     }
 }
 

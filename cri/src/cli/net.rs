@@ -1,0 +1,147 @@
+//! `minipod net`: networks for people (create, ls, inspect, rm, gc).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use minipod_runtime::netstack::{IfName, NetworkConfig, NetworkName, Node};
+
+#[derive(Args, Debug)]
+pub struct NetArgs {
+    /// The node's network namespace (a pinned namespace file); the current one by default.
+    #[arg(long, global = true)]
+    netns: Option<PathBuf>,
+    #[command(subcommand)]
+    command: NetCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetCommand {
+    /// Create a bridge network.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Show a network's settings and members (addresses, published ports) as JSON.
+    Inspect { name: NetworkName },
+    /// Remove a network without members, and its bridge.
+    Rm { name: NetworkName },
+    /// Remove members whose network namespace no longer exists, and what they left.
+    Gc,
+}
+
+#[derive(Args, Debug)]
+struct CreateArgs {
+    name: NetworkName,
+    /// IPv4 subnet, e.g. 10.89.0.0/24.
+    #[arg(long)]
+    subnet: ipnetwork_arg::Cidr,
+    /// Bridge interface name (at most 15 bytes); the network name by default.
+    #[arg(long)]
+    bridge: Option<IfName>,
+    /// Gateway address; the subnet's first host address by default.
+    #[arg(long)]
+    gateway: Option<Ipv4Addr>,
+    /// MTU; the default-route link's by default.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// No traffic in or out of the network except published ports.
+    #[arg(long)]
+    internal: bool,
+    /// Do not masquerade traffic leaving the network.
+    #[arg(long)]
+    no_masquerade: bool,
+}
+
+/// The subnet argument, parsed with a clear message.
+mod ipnetwork_arg {
+    #[derive(Debug, Clone)]
+    pub struct Cidr(pub String);
+
+    impl std::str::FromStr for Cidr {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR: write it as 10.89.0.0/24"))?;
+            addr.parse::<std::net::Ipv4Addr>().map_err(|e| format!("{s:?}: {e}"))?;
+            prefix.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{s:?}: the prefix must be 0-32"))?;
+            Ok(Cidr(s.to_string()))
+        }
+    }
+}
+
+pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let node = Node::new(root, a.netns.as_deref())?;
+    rt.block_on(async {
+        match a.command {
+            NetCommand::Create(c) => {
+                let bridge = match c.bridge {
+                    Some(b) => b,
+                    None => IfName::new(c.name.as_str()).context("the network name is too long for a bridge name: pass --bridge")?,
+                };
+                let mut cfg = NetworkConfig::new(c.name, bridge, c.subnet.0.parse()?);
+                cfg.gateway = c.gateway;
+                cfg.mtu = c.mtu;
+                cfg.internal = c.internal;
+                cfg.masquerade = !c.no_masquerade;
+                let made = node.create_network(cfg).await?;
+                println!("{}", made.name);
+            }
+            NetCommand::Ls { output } => {
+                let nets = node.networks()?;
+                if output == "json" {
+                    println!("{}", serde_json::to_string_pretty(&nets)?);
+                } else {
+                    println!("{:<20} {:<16} {:<18} {:<16} {:>7}", "NAME", "BRIDGE", "SUBNET", "GATEWAY", "MEMBERS");
+                    for n in nets {
+                        let members = node.members(&n.name)?.len();
+                        println!(
+                            "{:<20} {:<16} {:<18} {:<16} {members:>7}",
+                            n.name,
+                            n.bridge,
+                            n.subnet.to_string(),
+                            n.gateway().to_string()
+                        );
+                    }
+                }
+            }
+            NetCommand::Inspect { name } => {
+                let cfg =
+                    node.network(&name)?.ok_or_else(|| anyhow::anyhow!("network {name} does not exist: `minipod net ls` lists them"))?;
+                let members = node.members(&name)?;
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "network": cfg, "members": members }))?);
+            }
+            NetCommand::Rm { name } => {
+                node.remove_network(&name).await?;
+            }
+            NetCommand::Gc => {
+                // Without the pod layer, a member is alive while its namespace exists.
+                let mut live = HashSet::new();
+                for n in node.networks()? {
+                    for m in node.members(&n.name)? {
+                        if m.netns.exists() {
+                            live.insert(m.owner);
+                        }
+                    }
+                }
+                let report = node.gc(&live).await?;
+                for (net, owner) in &report.members {
+                    println!("detached {owner} from {net}");
+                }
+                for (net, ip) in &report.addresses {
+                    println!("freed {ip} in {net}");
+                }
+                for link in &report.links {
+                    println!("deleted stray veth {link}");
+                }
+            }
+        }
+        Ok::<i32, anyhow::Error>(0)
+    })
+}
