@@ -70,6 +70,7 @@ impl Wiring for Minipod {
             ifname: IfName::new("eth0").expect("eth0"),
             ip: None,
             ports: vec![],
+            dns_names: vec![id.to_string()],
         };
         self.rt.block_on(self.node.attach(&self.net, req)).expect("minipod attach");
     }

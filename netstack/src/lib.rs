@@ -25,7 +25,12 @@
 //! - **Garbage collection** ([`Node::gc`]) takes the set of live owners and removes
 //!   every member, address, published port and host veth of owners that are gone.
 //!
-//! Not built yet (see the netstack issue): the embedded DNS server and IPv6.
+//! - **DNS** ([`Node::serve_dns`]): a server on each DNS-enabled network's gateway
+//!   answers A/PTR for the names members were attached with, only to askers from
+//!   that network, and forwards other names to the network's upstreams (the node's
+//!   resolv.conf by default). [`Attachment::resolv_conf`] is what the pod should use.
+//!
+//! Not built yet (see the netstack issue): IPv6 (dual-stack networks, AAAA).
 //!
 //! # Example
 //!
@@ -36,7 +41,7 @@
 //! let node = Node::new("/run/minipod", None)?;
 //! let net = node.create_network(NetworkConfig::default_network()).await?;
 //! let pod = minipod_netstack::netns::create_pinned("/run/minipod/netns/pod-1".as_ref())?;
-//! let req = AttachRequest { owner: OwnerId::new("pod-1")?, netns: pod.path().into(), ifname: IfName::new("eth0")?, ip: None, ports: vec![] };
+//! let req = AttachRequest { owner: OwnerId::new("pod-1")?, netns: pod.path().into(), ifname: IfName::new("eth0")?, ip: None, ports: vec![], dns_names: vec!["pod-1".into()] };
 //! let wired = node.attach(&net.name, req).await?;
 //! println!("pod-1 has {}", wired.ip);
 //! # Ok(())
@@ -44,6 +49,7 @@
 //! ```
 
 mod bridge;
+pub mod dns;
 pub mod firewall;
 pub mod ipam;
 pub mod names;

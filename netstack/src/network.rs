@@ -2,7 +2,7 @@
 //! IPv4 subnet and gateway in the node namespace; members are network namespaces,
 //! each wired with one veth pair and one address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
@@ -36,6 +36,10 @@ pub enum NetworkError {
     InUse { name: NetworkName, count: usize },
     #[error("{owner} is already attached to network {name} with {ip}")]
     AlreadyAttached { owner: OwnerId, name: NetworkName, ip: Ipv4Addr },
+    #[error("{0:?} is not a DNS name: use labels of letters, digits and `-`, at most 63 bytes each")]
+    BadDnsName(String),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
     LinkClash(String),
     #[error(transparent)]
@@ -84,12 +88,15 @@ pub struct NetworkConfig {
     pub internal: bool,
     /// Serve DNS for members on the gateway address.
     pub dns: bool,
+    /// Where names that are not members go; the node's resolv.conf when empty.
+    #[serde(default)]
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 impl NetworkConfig {
     /// A network with defaults: masquerade on, not internal, DNS on.
     pub fn new(name: NetworkName, bridge: IfName, subnet: Ipv4Network) -> Self {
-        Self { name, bridge, subnet, gateway: None, mtu: None, masquerade: true, internal: false, dns: true }
+        Self { name, bridge, subnet, gateway: None, mtu: None, masquerade: true, internal: false, dns: true, dns_upstreams: vec![] }
     }
 
     /// `minipod0` on 10.88.0.0/16, used when nothing else is configured.
@@ -131,6 +138,8 @@ pub struct AttachRequest {
     pub ip: Option<Ipv4Addr>,
     /// Host ports forwarded to it.
     pub ports: Vec<PortMapping>,
+    /// Names other members of the network can resolve it by (name, then aliases).
+    pub dns_names: Vec<String>,
 }
 
 /// One member of a network, as recorded.
@@ -149,6 +158,13 @@ pub struct Attachment {
     pub netns: PathBuf,
     /// Host ports forwarded to it.
     pub ports: Vec<PortMapping>,
+    /// Names it resolves by on this network.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// The resolv.conf the member should use: the network's DNS server on the
+    /// gateway, or the upstreams when the network serves no DNS.
+    #[serde(default)]
+    pub resolv_conf: String,
 }
 
 /// A node: the namespace that holds the bridges, and the state dir for its networks.
@@ -159,6 +175,8 @@ pub struct Node {
     netns: Netns,
     state_dir: PathBuf,
     firewall: Firewall,
+    records: crate::dns::Records,
+    dns: std::sync::Mutex<Option<crate::dns::DnsServer>>,
 }
 
 impl Node {
@@ -170,7 +188,7 @@ impl Node {
         };
         let state_dir = state_dir.into();
         let firewall = Firewall::new(netns.path(), &state_dir);
-        Ok(Self { netns, state_dir, firewall })
+        Ok(Self { netns, state_dir, firewall, records: Default::default(), dns: Default::default() })
     }
 
     fn net_dir(&self, name: &NetworkName) -> PathBuf {
@@ -247,6 +265,10 @@ impl Node {
             }
             return Err(e);
         }
+        // A network that existed already is being served, if DNS runs at all.
+        if created {
+            self.serve_dns_for(&cfg)?;
+        }
         Ok(cfg)
     }
 
@@ -276,6 +298,33 @@ impl Node {
         })
     }
 
+    /// Starts the DNS server: a listener on the gateway of every DNS-enabled network
+    /// (and of those created later), answering for the names members were attached
+    /// with. Runs on the caller's tokio runtime until the node is dropped.
+    pub fn serve_dns(&self) -> Result<(), NetworkError> {
+        let mut server = crate::dns::DnsServer::new();
+        for cfg in self.networks()?.into_iter().filter(|c| c.dns) {
+            self.records.set_network(&cfg.name, cfg.subnet, upstreams(&cfg));
+            for m in self.members(&cfg.name)? {
+                self.records.add(&cfg.name, &m.dns_names, m.ip);
+            }
+            server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone())?;
+        }
+        if let Ok(mut dns) = self.dns.lock() {
+            *dns = Some(server);
+        }
+        Ok(())
+    }
+
+    fn serve_dns_for(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+        let Ok(mut dns) = self.dns.lock() else { return Ok(()) };
+        if let (Some(server), true) = (dns.as_mut(), cfg.dns) {
+            self.records.set_network(&cfg.name, cfg.subnet, upstreams(cfg));
+            server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone())?;
+        }
+        Ok(())
+    }
+
     /// Members of network `name`.
     pub fn members(&self, name: &NetworkName) -> Result<Vec<Attachment>, NetworkError> {
         let dir = self.net_dir(name).join("members");
@@ -300,6 +349,9 @@ impl Node {
     /// gateway. Everything done is undone if a later step fails.
     pub async fn attach(&self, name: &NetworkName, req: AttachRequest) -> Result<Attachment, NetworkError> {
         let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
+        if let Some(bad) = req.dns_names.iter().find(|n| !is_dns_name(n)) {
+            return Err(NetworkError::BadDnsName(bad.clone()));
+        }
         let pod = Netns::open(&req.netns)?;
         let ipam = self.ipam(&cfg);
         if let Some(ip) = ipam.address_of(&req.owner)? {
@@ -326,6 +378,9 @@ impl Node {
             let _ = self.unwire(&attachment.host_ifname).await;
             let _ = ipam.release(&req.owner);
             return Err(e);
+        }
+        if cfg.dns {
+            self.records.add(name, &attachment.dns_names, attachment.ip);
         }
         Ok(attachment)
     }
@@ -376,6 +431,8 @@ impl Node {
             ifname: req.ifname.clone(),
             netns: req.netns.clone(),
             ports: req.ports.clone(),
+            dns_names: req.dns_names.clone(),
+            resolv_conf: resolv_conf(cfg),
         })
     }
 
@@ -410,7 +467,9 @@ impl Node {
     pub async fn detach_released(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
         let Some(cfg) = self.network(name)? else { return Ok(()) };
         self.firewall.unpublish(owner)?;
-        self.ipam(&cfg).release(owner)?;
+        if let Some(ip) = self.ipam(&cfg).release(owner)? {
+            self.records.remove(name, ip);
+        }
         let path = self.member_file(name, owner);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -470,6 +529,30 @@ impl Node {
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
+}
+
+fn upstreams(cfg: &NetworkConfig) -> Vec<SocketAddr> {
+    if cfg.dns_upstreams.is_empty() {
+        crate::dns::resolv_conf_upstreams()
+    } else {
+        cfg.dns_upstreams.clone()
+    }
+}
+
+fn resolv_conf(cfg: &NetworkConfig) -> String {
+    if cfg.dns {
+        return format!("nameserver {}\n", cfg.gateway());
+    }
+    upstreams(cfg).iter().map(|u| format!("nameserver {}\n", u.ip())).collect()
+}
+
+fn is_dns_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// What [`Node::gc`] removed.

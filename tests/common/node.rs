@@ -57,6 +57,8 @@ impl TestNode {
             ifname: IfName::new("eth0").unwrap(),
             ip: None,
             ports: vec![],
+            // Members resolve each other by owner name.
+            dns_names: vec![owner.to_string()],
         }
     }
 

@@ -1,0 +1,285 @@
+//! The embedded DNS server: one UDP listener per DNS-enabled network, on its gateway
+//! address inside the node namespace. It answers A and PTR for the names attached to
+//! that network, only to askers from that network's subnet (a pod never learns names
+//! of networks it is not on), and forwards everything else to the network's upstreams.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
+use ipnetwork::Ipv4Network;
+
+use crate::names::NetworkName;
+use crate::netns::{Netns, NetnsError};
+
+/// How long one upstream gets to answer a forwarded query.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+const TTL: u32 = 30;
+
+/// Starting the DNS server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("listening for DNS on {addr} (network {network})")]
+    Bind {
+        network: NetworkName,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The names one network answers for.
+#[derive(Debug, Default, Clone)]
+struct Zone {
+    subnet: Option<Ipv4Network>,
+    upstreams: Vec<SocketAddr>,
+    names: HashMap<String, Ipv4Addr>,
+    reverse: HashMap<Ipv4Addr, String>,
+}
+
+/// Records of every network, shared by the listeners; writers hold the lock only to
+/// insert or remove a name, never across I/O.
+#[derive(Debug, Default, Clone)]
+pub struct Records {
+    zones: Arc<RwLock<HashMap<NetworkName, Zone>>>,
+}
+
+fn normalise(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Records {
+    /// Declares a network (its subnet and upstreams); keeps names it already has.
+    pub fn set_network(&self, network: &NetworkName, subnet: Ipv4Network, upstreams: Vec<SocketAddr>) {
+        if let Ok(mut zones) = self.zones.write() {
+            let zone = zones.entry(network.clone()).or_default();
+            zone.subnet = Some(subnet);
+            zone.upstreams = upstreams;
+        }
+    }
+
+    /// Forgets a network.
+    pub fn remove_network(&self, network: &NetworkName) {
+        if let Ok(mut zones) = self.zones.write() {
+            zones.remove(network);
+        }
+    }
+
+    /// Adds `names` for `ip` on `network` (the first one answers PTR).
+    pub fn add(&self, network: &NetworkName, names: &[String], ip: Ipv4Addr) {
+        if let Ok(mut zones) = self.zones.write() {
+            let zone = zones.entry(network.clone()).or_default();
+            for n in names {
+                zone.names.insert(normalise(n), ip);
+            }
+            if let Some(first) = names.first() {
+                zone.reverse.insert(ip, normalise(first));
+            }
+        }
+    }
+
+    /// Removes every name pointing at `ip` on `network`.
+    pub fn remove(&self, network: &NetworkName, ip: Ipv4Addr) {
+        if let Ok(mut zones) = self.zones.write() {
+            if let Some(zone) = zones.get_mut(network) {
+                zone.names.retain(|_, v| *v != ip);
+                zone.reverse.remove(&ip);
+            }
+        }
+    }
+
+    fn zone(&self, network: &NetworkName) -> Option<Zone> {
+        self.zones.read().ok()?.get(network).cloned()
+    }
+}
+
+/// What to do with one query.
+enum Answer {
+    Reply(Vec<u8>),
+    Forward(Vec<SocketAddr>),
+    Drop,
+}
+
+fn answer(zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
+    let Ok(msg) = Message::from_vec(query) else { return Answer::Drop };
+    if msg.metadata.message_type != MessageType::Query {
+        return Answer::Drop;
+    }
+    let mut reply = Message::response(msg.metadata.id, msg.metadata.op_code);
+    reply.metadata.recursion_desired = msg.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.queries = msg.queries.clone();
+    let asker_inside = matches!((from, zone.subnet), (IpAddr::V4(ip), Some(net)) if net.contains(ip));
+    if !asker_inside {
+        reply.metadata.response_code = ResponseCode::Refused;
+        return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
+    }
+    let Some(q) = msg.queries.first() else { return Answer::Drop };
+    let name = normalise(&q.name().to_ascii());
+    let qtype = q.query_type();
+    if let Some(ip) = zone.names.get(&name) {
+        reply.metadata.authoritative = true;
+        if qtype == RecordType::A || qtype == RecordType::ANY {
+            reply.answers.push(Record::from_rdata(q.name().clone(), TTL, RData::A(rdata::A(*ip))));
+        }
+        // Other types (AAAA on an IPv4 network): the name exists, with no such data.
+        return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
+    }
+    if qtype == RecordType::PTR {
+        let member = zone.reverse.iter().find(|(ip, _)| normalise(&Name::from(**ip).to_ascii()) == name);
+        if let Some((_, target)) = member {
+            if let Ok(target) = Name::from_ascii(format!("{target}.")) {
+                reply.metadata.authoritative = true;
+                reply.answers.push(Record::from_rdata(q.name().clone(), TTL, RData::PTR(rdata::PTR(target))));
+                return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
+            }
+        }
+    }
+    if zone.upstreams.is_empty() {
+        reply.metadata.response_code = ResponseCode::ServFail;
+        return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
+    }
+    Answer::Forward(zone.upstreams.clone())
+}
+
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let msg = Message::from_vec(query).ok()?;
+    let mut reply = Message::error_msg(msg.metadata.id, msg.metadata.op_code, ResponseCode::ServFail);
+    reply.queries = msg.queries;
+    reply.to_vec().ok()
+}
+
+/// Listeners of one node; they stop when this is dropped.
+pub struct DnsServer {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl DnsServer {
+    /// No listeners yet.
+    pub fn new() -> Self {
+        Self { tasks: Vec::new() }
+    }
+
+    /// Listens on `gateway:53` inside `node` for `network`. Needs a tokio runtime.
+    pub fn listen(&mut self, node: &Netns, network: NetworkName, gateway: Ipv4Addr, records: Records) -> Result<(), DnsError> {
+        let addr = SocketAddr::new(gateway.into(), 53);
+        let bind = node.run(move || std::net::UdpSocket::bind(addr).and_then(|s| s.set_nonblocking(true).map(|()| s)))?;
+        let std_sock = bind.map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
+        let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
+        let sock = Arc::new(sock);
+        let node_path = node.path().to_path_buf();
+        self.tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((len, from)) = sock.recv_from(&mut buf).await else { continue };
+                let query = buf[..len].to_vec();
+                let Some(zone) = records.zone(&network) else { continue };
+                match answer(&zone, &query, from.ip()) {
+                    Answer::Reply(bytes) => {
+                        let _ = sock.send_to(&bytes, from).await;
+                    }
+                    Answer::Forward(upstreams) => {
+                        let sock = sock.clone();
+                        let node_path = node_path.clone();
+                        tokio::spawn(async move {
+                            let bytes = forward(&node_path, &query, &upstreams).await.or_else(|| servfail(&query));
+                            if let Some(bytes) = bytes {
+                                let _ = sock.send_to(&bytes, from).await;
+                            }
+                        });
+                    }
+                    Answer::Drop => {}
+                }
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Default for DnsServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Asks each upstream in turn, from a socket inside the node namespace.
+async fn forward(node: &std::path::Path, query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    let ns = Netns::open(node).ok()?;
+    for up in upstreams {
+        let local: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+        let Ok(Ok(std_sock)) = ns.run(move || std::net::UdpSocket::bind(local).and_then(|s| s.set_nonblocking(true).map(|()| s))) else {
+            continue;
+        };
+        let Ok(sock) = tokio::net::UdpSocket::from_std(std_sock) else { continue };
+        if sock.send_to(query, up).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((len, _))) = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_from(&mut buf)).await {
+            buf.truncate(len);
+            return Some(buf);
+        }
+    }
+    None
+}
+
+/// Nameservers of the node's /etc/resolv.conf (port 53).
+pub fn resolv_conf_upstreams() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::query();
+        m.queries.push(Query::query(Name::from_ascii(name).unwrap(), t));
+        m.to_vec().unwrap()
+    }
+
+    fn zone() -> Zone {
+        let mut z = Zone { subnet: Some("10.5.0.0/24".parse().unwrap()), ..Default::default() };
+        z.names.insert("web".into(), "10.5.0.2".parse().unwrap());
+        z.reverse.insert("10.5.0.2".parse().unwrap(), "web".into());
+        z
+    }
+
+    #[test]
+    fn members_get_a_and_ptr_others_are_refused_and_the_rest_is_forwarded() {
+        let z = zone();
+        let inside: IpAddr = "10.5.0.9".parse().unwrap();
+        let Answer::Reply(r) = answer(&z, &query("WEB.", RecordType::A), inside) else { panic!() };
+        let r = Message::from_vec(&r).unwrap();
+        assert_eq!(r.answers.len(), 1);
+        assert!(matches!(r.answers[0].data, RData::A(rdata::A(ip)) if ip == Ipv4Addr::new(10, 5, 0, 2)));
+        let Answer::Reply(r) = answer(&z, &query("2.0.5.10.in-addr.arpa.", RecordType::PTR), inside) else { panic!() };
+        assert_eq!(Message::from_vec(&r).unwrap().answers.len(), 1);
+        let Answer::Reply(r) = answer(&z, &query("web.", RecordType::A), "10.6.0.9".parse().unwrap()) else { panic!() };
+        assert_eq!(Message::from_vec(&r).unwrap().metadata.response_code, ResponseCode::Refused);
+        let Answer::Reply(r) = answer(&z, &query("example.test.", RecordType::A), inside) else { panic!() };
+        assert_eq!(Message::from_vec(&r).unwrap().metadata.response_code, ResponseCode::ServFail, "no upstream");
+        let z = Zone { upstreams: vec!["192.0.2.53:53".parse().unwrap()], ..zone() };
+        assert!(matches!(answer(&z, &query("example.test.", RecordType::A), inside), Answer::Forward(_)));
+    }
+}
