@@ -11,7 +11,8 @@ fi
 # runc, crun: the runtimes the benchmark compares against.
 # iproute2, procps: inspecting what tests leave behind.
 # nftables, conntrack: the node firewall (the tests run it inside their own namespaces).
-packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux ca-certificates)
+# iptables, containernetworking-plugins: the CNI chain the netstack benchmark compares against.
+packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
