@@ -74,13 +74,7 @@ fn term_is_the_default_signal_and_numbers_work() {
     let b = h.bundle(&["sh", "-c", "trap 'exit 42' TERM; touch /dev/shm/trapped; while true; do sleep 0.05; done"]);
     let id = h.create(&b, "term");
     assert!(h.minipod(&["start", &id]).status.success());
-    let pid = h.state(&id)["pid"].as_i64().unwrap();
-    let marker = format!("/proc/{pid}/root/dev/shm/trapped");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !std::path::Path::new(&marker).exists() {
-        assert!(std::time::Instant::now() < deadline, "the trap was never set");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    h.wait_for_file_in(&id, "/dev/shm/trapped");
     assert!(h.minipod(&["kill", &id]).status.success());
     h.wait_for_status(&id, "stopped");
     assert_eq!(h.state(&id)["exitCode"], 42);

@@ -239,12 +239,7 @@ fn run_forwards_its_signals_to_the_workload() {
     let dir = b.write().to_str().unwrap().to_string();
     let mut run = h.cmd(&["run", "--bundle", &dir, &id]).stdout(std::process::Stdio::null()).spawn().unwrap();
     h.wait_for_status(&id, "running");
-    let pid = h.state(&id)["pid"].as_i64().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !std::path::Path::new(&format!("/proc/{pid}/root/dev/shm/trapped")).exists() {
-        assert!(std::time::Instant::now() < deadline, "the trap was never set");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    h.wait_for_file_in(&id, "/dev/shm/trapped");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
     assert_eq!(run.wait().unwrap().code(), Some(9), "Ctrl-C on run reaches the container");

@@ -147,6 +147,18 @@ impl Harness {
         }
     }
 
+    /// Waits (5 s at most) until the running container `id` has created `path`, seen
+    /// from the host through its root: a workload saying it is ready.
+    pub fn wait_for_file_in(&self, id: &str, path: &str) {
+        let pid = self.state(id)["pid"].as_i64().expect("a running container has a pid");
+        let marker = format!("/proc/{pid}/root{path}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !Path::new(&marker).exists() {
+            assert!(std::time::Instant::now() < deadline, "{id} never created {path}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn state_dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }
