@@ -81,3 +81,20 @@ async fn a_published_port_is_reachable_from_outside_from_pods_and_from_node_loca
     let again = t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8080, 80)], ..t.request("other", &other) }).await;
     assert!(again.is_ok(), "the port is free again: {:?}", again.err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_firewalls_forward_drop_policy_is_reported_with_the_fix() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("fwdrop");
+    let net = t.node.create_network(t.network("blocked", "10.215.0.0/24")).await.unwrap();
+    assert!(t.node.problems(&net.name).unwrap().is_empty());
+    // What Docker does to iptables' FORWARD chain, in this node namespace only.
+    let docker_like = "nft add table ip filter && nft 'add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }'";
+    assert!(TestNode::in_ns(&t.node_ns(), &["sh", "-c", docker_like]).status.success());
+    let problems = t.node.problems(&net.name).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("ip filter FORWARD has a forward policy of drop"), "{}", problems[0]);
+    assert!(problems[0].contains(&format!("iptables -I FORWARD -i {} -j ACCEPT", net.bridge)), "{}", problems[0]);
+}

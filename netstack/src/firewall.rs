@@ -167,6 +167,27 @@ impl Firewall {
         Ok(())
     }
 
+    /// Chains of other tables that hook forward with a drop policy, as `family table
+    /// chain`. Such a policy drops pod traffic whatever our table accepts (nftables
+    /// runs every base chain of a hook; a drop anywhere is final).
+    pub fn forward_droppers(&self) -> Vec<String> {
+        let out = Command::new("nsenter").arg(format!("--net={}", self.netns.display())).args(["nft", "list", "ruleset"]).output();
+        let Ok(out) = out else { return vec![] };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut found = Vec::new();
+        let (mut table, mut chain) = (String::new(), String::new());
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("table ") {
+                table = rest.trim_end_matches(" {").to_string();
+            } else if let Some(rest) = line.strip_prefix("chain ") {
+                chain = rest.trim_end_matches(" {").to_string();
+            } else if line.contains("hook forward") && line.contains("policy drop") && table != "inet minipod" {
+                found.push(format!("{table} {chain}"));
+            }
+        }
+        found
+    }
+
     /// Adds a network's elements: its bridge, its CIDR, the pair that lets its members
     /// talk to each other, and masquerade or isolation as configured.
     pub fn add_network(&self, cfg: &NetworkConfig) -> Result<(), FirewallError> {

@@ -265,11 +265,22 @@ impl Node {
             }
             return Err(e);
         }
+        for chain in self.firewall.forward_droppers() {
+            tracing::warn!(network = %cfg.name, "{}", forward_drop_warning(&chain, &cfg));
+        }
         // A network that existed already is being served, if DNS runs at all.
         if created {
             self.serve_dns_for(&cfg)?;
         }
         Ok(cfg)
+    }
+
+    /// Problems outside minipod that will break network `name`'s traffic, each with
+    /// the fix: today, another firewall's forward chain with a drop policy (Docker
+    /// sets one on iptables' FORWARD).
+    pub fn problems(&self, name: &NetworkName) -> Result<Vec<String>, NetworkError> {
+        let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
+        Ok(self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect())
     }
 
     fn configure_network(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
@@ -529,6 +540,19 @@ impl Node {
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
+}
+
+fn forward_drop_warning(chain: &str, cfg: &NetworkConfig) -> String {
+    let br = &cfg.bridge;
+    let fix = if chain == "ip filter FORWARD" {
+        format!("iptables -I FORWARD -i {br} -j ACCEPT && iptables -I FORWARD -o {br} -j ACCEPT")
+    } else {
+        format!("nft insert rule {chain} iifname {br} accept && nft insert rule {chain} oifname {br} accept")
+    };
+    format!(
+        "{chain} has a forward policy of drop, which drops traffic of network {} whatever minipod allows; to let it through run: {fix}",
+        cfg.name
+    )
 }
 
 fn upstreams(cfg: &NetworkConfig) -> Vec<SocketAddr> {

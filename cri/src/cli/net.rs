@@ -91,6 +91,9 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
                 cfg.internal = c.internal;
                 cfg.masquerade = !c.no_masquerade;
                 let made = node.create_network(cfg).await?;
+                for problem in node.problems(&made.name)? {
+                    eprintln!("minipod: warning: {problem}");
+                }
                 println!("{}", made.name);
             }
             NetCommand::Ls { output } => {
