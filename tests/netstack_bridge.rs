@@ -146,7 +146,8 @@ async fn gc_after_a_crash_removes_everything_of_dead_owners_and_nothing_else() {
     let wa = t.node.attach(&net.name, AttachRequest { ports: ports(9001), ..t.request("alive", &a) }).await.unwrap();
     let wb = t.node.attach(&net.name, AttachRequest { ports: ports(9002), ..t.request("dead", &b) }).await.unwrap();
     // A crash between allocating an address and recording the member.
-    let half = minipod_netstack::ipam::Ipam::new(t.base.join("state/networks/gc/ipam"), "10.209.0.0/24".parse().unwrap(), net.gateway());
+    let half =
+        minipod_netstack::ipam::Ipam::new(t.base.join("state/networks/gc/ipam"), "10.209.0.0/24".parse().unwrap(), net.gateway().into());
     let orphan_ip = half.allocate(&OwnerId::new("crashed").unwrap(), None).unwrap();
     // A veth whose record was lost.
     TestNode::in_ns(&t.node_ns(), &["ip", "link", "add", "mp0123456789", "type", "veth", "peer", "name", "x0"]);

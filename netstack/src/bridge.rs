@@ -10,7 +10,14 @@ use crate::netlink::{Netlink, NetlinkError};
 /// Creates bridge `name` if it is missing, with the gateway address and MTU, and sets
 /// it up. An existing bridge is reused (after a restart, or a second process).
 /// Returns whether this call created it.
-pub async fn ensure(nl: &Netlink, name: &str, gateway: Ipv4Addr, cidr: Ipv4Network, mtu: u32) -> Result<bool, NetlinkError> {
+pub async fn ensure(
+    nl: &Netlink,
+    name: &str,
+    gateway: Ipv4Addr,
+    cidr: Ipv4Network,
+    v6: Option<(std::net::Ipv6Addr, u8)>,
+    mtu: u32,
+) -> Result<bool, NetlinkError> {
     let created = nl.link(name).await?.is_none();
     if created {
         let msg = LinkBridge::new(name).mtu(mtu).build();
@@ -22,6 +29,9 @@ pub async fn ensure(nl: &Netlink, name: &str, gateway: Ipv4Addr, cidr: Ipv4Netwo
     }
     let index = nl.index(name).await?;
     nl.add_address(index, gateway.into(), cidr.prefix(), &format!("adding {gateway}/{} to bridge {name}", cidr.prefix())).await?;
+    if let Some((gw6, prefix)) = v6 {
+        nl.add_address(index, gw6.into(), prefix, &format!("adding {gw6}/{prefix} to bridge {name}")).await?;
+    }
     nl.set_link(LinkUnspec::new_with_index(index).up().build(), &format!("setting bridge {name} up")).await?;
     Ok(created)
 }

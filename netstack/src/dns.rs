@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::names::NetworkName;
 use crate::netns::{Netns, NetnsError};
@@ -37,9 +37,10 @@ pub enum DnsError {
 #[derive(Debug, Default, Clone)]
 struct Zone {
     subnet: Option<Ipv4Network>,
+    subnet6: Option<Ipv6Network>,
     upstreams: Vec<SocketAddr>,
-    names: HashMap<String, Ipv4Addr>,
-    reverse: HashMap<Ipv4Addr, String>,
+    names: HashMap<String, Vec<IpAddr>>,
+    reverse: HashMap<IpAddr, String>,
 }
 
 /// Records of every network, shared by the listeners; writers hold the lock only to
@@ -55,10 +56,11 @@ fn normalise(name: &str) -> String {
 
 impl Records {
     /// Declares a network (its subnet and upstreams); keeps names it already has.
-    pub fn set_network(&self, network: &NetworkName, subnet: Ipv4Network, upstreams: Vec<SocketAddr>) {
+    pub fn set_network(&self, network: &NetworkName, subnet: Ipv4Network, subnet6: Option<Ipv6Network>, upstreams: Vec<SocketAddr>) {
         if let Ok(mut zones) = self.zones.write() {
             let zone = zones.entry(network.clone()).or_default();
             zone.subnet = Some(subnet);
+            zone.subnet6 = subnet6;
             zone.upstreams = upstreams;
         }
     }
@@ -71,11 +73,14 @@ impl Records {
     }
 
     /// Adds `names` for `ip` on `network` (the first one answers PTR).
-    pub fn add(&self, network: &NetworkName, names: &[String], ip: Ipv4Addr) {
+    pub fn add(&self, network: &NetworkName, names: &[String], ip: IpAddr) {
         if let Ok(mut zones) = self.zones.write() {
             let zone = zones.entry(network.clone()).or_default();
             for n in names {
-                zone.names.insert(normalise(n), ip);
+                let ips = zone.names.entry(normalise(n)).or_default();
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
             }
             if let Some(first) = names.first() {
                 zone.reverse.insert(ip, normalise(first));
@@ -84,10 +89,13 @@ impl Records {
     }
 
     /// Removes every name pointing at `ip` on `network`.
-    pub fn remove(&self, network: &NetworkName, ip: Ipv4Addr) {
+    pub fn remove(&self, network: &NetworkName, ip: IpAddr) {
         if let Ok(mut zones) = self.zones.write() {
             if let Some(zone) = zones.get_mut(network) {
-                zone.names.retain(|_, v| *v != ip);
+                for ips in zone.names.values_mut() {
+                    ips.retain(|v| *v != ip);
+                }
+                zone.names.retain(|_, v| !v.is_empty());
                 zone.reverse.remove(&ip);
             }
         }
@@ -114,7 +122,15 @@ fn answer(zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
     reply.metadata.recursion_desired = msg.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
     reply.queries = msg.queries.clone();
-    let asker_inside = matches!((from, zone.subnet), (IpAddr::V4(ip), Some(net)) if net.contains(ip));
+    // An IPv4 asker may also come as v4-mapped IPv6 on a dual-stack socket.
+    let from = match from {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(from),
+        v4 => v4,
+    };
+    let asker_inside = match from {
+        IpAddr::V4(ip) => zone.subnet.is_some_and(|n| n.contains(ip)),
+        IpAddr::V6(ip) => zone.subnet6.is_some_and(|n| n.contains(ip)),
+    };
     if !asker_inside {
         reply.metadata.response_code = ResponseCode::Refused;
         return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
@@ -122,12 +138,17 @@ fn answer(zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
     let Some(q) = msg.queries.first() else { return Answer::Drop };
     let name = normalise(&q.name().to_ascii());
     let qtype = q.query_type();
-    if let Some(ip) = zone.names.get(&name) {
+    if let Some(ips) = zone.names.get(&name) {
         reply.metadata.authoritative = true;
-        if qtype == RecordType::A || qtype == RecordType::ANY {
-            reply.answers.push(Record::from_rdata(q.name().clone(), TTL, RData::A(rdata::A(*ip))));
+        for ip in ips {
+            let data = match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(rdata::A(*v4)),
+                (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(rdata::AAAA(*v6)),
+                _ => continue,
+            };
+            reply.answers.push(Record::from_rdata(q.name().clone(), TTL, data));
         }
-        // Other types (AAAA on an IPv4 network): the name exists, with no such data.
+        // Other types (AAAA on an IPv4-only network): the name exists, with no such data.
         return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
     }
     if qtype == RecordType::PTR {
@@ -260,7 +281,7 @@ mod tests {
 
     fn zone() -> Zone {
         let mut z = Zone { subnet: Some("10.5.0.0/24".parse().unwrap()), ..Default::default() };
-        z.names.insert("web".into(), "10.5.0.2".parse().unwrap());
+        z.names.insert("web".into(), vec!["10.5.0.2".parse().unwrap()]);
         z.reverse.insert("10.5.0.2".parse().unwrap(), "web".into());
         z
     }

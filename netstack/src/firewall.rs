@@ -67,6 +67,8 @@ table inet minipod {
 	set bridge_pairs { type ifname . ifname; }
 	set nets4 { type ipv4_addr; flags interval; }
 	set masq_nets4 { type ipv4_addr; flags interval; }
+	set nets6 { type ipv6_addr; flags interval; }
+	set masq_nets6 { type ipv6_addr; flags interval; }
 	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
 	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 	chain forward {
@@ -95,6 +97,7 @@ table inet minipod {
 		ct status dnat ip saddr @nets4 oifname @bridges masquerade
 		ct status dnat ip saddr 127.0.0.0/8 masquerade
 		ip saddr @masq_nets4 oifname != @bridges masquerade
+		ip6 saddr @masq_nets6 oifname != @bridges masquerade
 	}
 }
 "#;
@@ -293,10 +296,16 @@ fn network_elements(verb: &str, cfg: &NetworkConfig) -> String {
         "{verb} element inet minipod bridges {{ {br} }}\n{verb} element inet minipod bridge_pairs {{ {br} . {br} }}\n{verb} element inet minipod nets4 {{ {} }}\n",
         cfg.subnet
     );
+    if let Some(v6) = cfg.subnet6 {
+        s.push_str(&format!("{verb} element inet minipod nets6 {{ {v6} }}\n"));
+    }
     if cfg.internal {
         s.push_str(&format!("{verb} element inet minipod internal_bridges {{ {br} }}\n"));
     } else if cfg.masquerade {
         s.push_str(&format!("{verb} element inet minipod masq_nets4 {{ {} }}\n", cfg.subnet));
+        if let Some(v6) = cfg.subnet6 {
+            s.push_str(&format!("{verb} element inet minipod masq_nets6 {{ {v6} }}\n"));
+        }
     }
     s
 }

@@ -1,4 +1,5 @@
-//! IPv4 address management for one network, shared by every process on the node.
+//! Address management for one subnet (IPv4 or IPv6) of a network, shared by every
+//! process on the node.
 //!
 //! State lives under the runtime state dir (tmpfs in production: a reboot frees
 //! everything, unlike CNI host-local): `ips/<addr>` holds the owner, `owners/<owner>`
@@ -8,10 +9,10 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::names::OwnerId;
@@ -20,13 +21,13 @@ use crate::names::OwnerId;
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("allocating an address in {cidr}: all {size} are taken; release some or use a larger network")]
-    Exhausted { cidr: Ipv4Network, size: u32 },
+    Exhausted { cidr: IpNetwork, size: u128 },
     #[error("{ip} is not a usable address of {cidr} (network, gateway and broadcast addresses are reserved)")]
-    NotUsable { ip: Ipv4Addr, cidr: Ipv4Network },
+    NotUsable { ip: IpAddr, cidr: IpNetwork },
     #[error("{ip} in {cidr} is already taken by {holder}")]
-    Taken { ip: Ipv4Addr, cidr: Ipv4Network, holder: String },
+    Taken { ip: IpAddr, cidr: IpNetwork, holder: String },
     #[error("{owner} already has {ip} in {cidr}: release it first")]
-    OwnerHasOne { owner: OwnerId, ip: Ipv4Addr, cidr: Ipv4Network },
+    OwnerHasOne { owner: OwnerId, ip: IpAddr, cidr: IpNetwork },
     #[error("IPAM state {path}")]
     Io {
         path: PathBuf,
@@ -43,33 +44,43 @@ fn ioerr(path: &Path) -> impl FnOnce(io::Error) -> IpamError + '_ {
 #[derive(Debug, Clone)]
 pub struct Ipam {
     dir: PathBuf,
-    cidr: Ipv4Network,
-    gateway: Ipv4Addr,
+    cidr: IpNetwork,
+    gateway: IpAddr,
 }
 
 impl Ipam {
     /// The pool for `cidr` with state in `dir` (created on first use).
-    pub fn new(dir: PathBuf, cidr: Ipv4Network, gateway: Ipv4Addr) -> Self {
+    pub fn new(dir: PathBuf, cidr: IpNetwork, gateway: IpAddr) -> Self {
         Self { dir, cidr, gateway }
     }
 
-    /// First and last host addresses (network and broadcast excluded).
-    fn range(&self) -> (u32, u32) {
-        let net = u32::from(self.cidr.network());
-        let last = u32::from(self.cidr.broadcast());
+    /// First and last host addresses as numbers (the network address and the last
+    /// one, broadcast in IPv4, excluded).
+    fn range(&self) -> (u128, u128) {
+        let net = to_num(self.cidr.network());
+        let last = match self.cidr {
+            IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())),
+            IpNetwork::V6(n) => net | (u128::MAX >> n.prefix()),
+        };
         (net + 1, last.saturating_sub(1))
     }
 
-    fn usable(&self, ip: Ipv4Addr) -> bool {
-        let (lo, hi) = self.range();
-        let n = u32::from(ip);
-        (lo..=hi).contains(&n) && ip != self.gateway
+    fn address(&self, n: u128) -> IpAddr {
+        match self.cidr {
+            IpNetwork::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
+            IpNetwork::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
+        }
     }
 
-    /// How many addresses pods can get.
-    pub fn capacity(&self) -> u32 {
+    fn usable(&self, ip: IpAddr) -> bool {
         let (lo, hi) = self.range();
-        (hi + 1).saturating_sub(lo).saturating_sub(u32::from(self.cidr.contains(self.gateway)))
+        ip.is_ipv4() == self.cidr.is_ipv4() && (lo..=hi).contains(&to_num(ip)) && ip != self.gateway
+    }
+
+    /// How many addresses members can get.
+    pub fn capacity(&self) -> u128 {
+        let (lo, hi) = self.range();
+        (hi + 1).saturating_sub(lo).saturating_sub(u128::from(self.cidr.contains(self.gateway)))
     }
 
     fn lock(&self) -> Result<Flock<fs::File>, IpamError> {
@@ -83,7 +94,7 @@ impl Ipam {
     }
 
     /// Gives `owner` an address: `want` if given and free, else the next free one.
-    pub fn allocate(&self, owner: &OwnerId, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(&self, owner: &OwnerId, want: Option<IpAddr>) -> Result<IpAddr, IpamError> {
         let _lock = self.lock()?;
         if let Some(ip) = self.address_of(owner)? {
             return Err(IpamError::OwnerHasOne { owner: owner.clone(), ip, cidr: self.cidr });
@@ -108,20 +119,21 @@ impl Ipam {
             return Err(ioerr(&owner_file)(e));
         }
         let next = self.dir.join("next");
-        let _ = fs::File::create(&next).and_then(|mut f| f.write_all((u32::from(ip) + 1).to_string().as_bytes()));
+        let _ = fs::File::create(&next).and_then(|mut f| f.write_all((to_num(ip) + 1).to_string().as_bytes()));
         Ok(ip)
     }
 
-    fn next_free(&self) -> Result<Ipv4Addr, IpamError> {
+    fn next_free(&self) -> Result<IpAddr, IpamError> {
         let (lo, hi) = self.range();
         let hint = fs::read_to_string(self.dir.join("next"))
             .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
+            .and_then(|s| s.trim().parse::<u128>().ok())
             .filter(|n| (lo..=hi).contains(n))
             .unwrap_or(lo);
         let size = hi.saturating_sub(lo) + 1;
-        for i in 0..size {
-            let ip = Ipv4Addr::from(lo + (hint - lo + i) % size);
+        // An IPv6 range is never scanned whole: a million probes means it is full enough.
+        for i in 0..size.min(1 << 20) {
+            let ip = self.address(lo + (hint - lo + i) % size);
             if ip != self.gateway && !self.dir.join("ips").join(ip.to_string()).exists() {
                 return Ok(ip);
             }
@@ -130,7 +142,7 @@ impl Ipam {
     }
 
     /// Frees `owner`'s address; returns it, or None if it had none (idempotent).
-    pub fn release(&self, owner: &OwnerId) -> Result<Option<Ipv4Addr>, IpamError> {
+    pub fn release(&self, owner: &OwnerId) -> Result<Option<IpAddr>, IpamError> {
         let _lock = self.lock()?;
         let Some(ip) = self.address_of(owner)? else { return Ok(None) };
         let ip_file = self.dir.join("ips").join(ip.to_string());
@@ -145,7 +157,7 @@ impl Ipam {
     }
 
     /// The address `owner` holds, if any.
-    pub fn address_of(&self, owner: &OwnerId) -> Result<Option<Ipv4Addr>, IpamError> {
+    pub fn address_of(&self, owner: &OwnerId) -> Result<Option<IpAddr>, IpamError> {
         let path = self.dir.join("owners").join(owner.as_str());
         match fs::read_to_string(&path) {
             Ok(s) => Ok(s.trim().parse().ok()),
@@ -154,7 +166,7 @@ impl Ipam {
         }
     }
 
-    fn holder(&self, ip: Ipv4Addr) -> Result<Option<String>, IpamError> {
+    fn holder(&self, ip: IpAddr) -> Result<Option<String>, IpamError> {
         let path = self.dir.join("ips").join(ip.to_string());
         match fs::read_to_string(&path) {
             Ok(s) => Ok(Some(s)),
@@ -164,7 +176,7 @@ impl Ipam {
     }
 
     /// Every owner with an address.
-    pub fn owners(&self) -> Result<Vec<(OwnerId, Ipv4Addr)>, IpamError> {
+    pub fn owners(&self) -> Result<Vec<(OwnerId, IpAddr)>, IpamError> {
         let dir = self.dir.join("owners");
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -182,6 +194,13 @@ impl Ipam {
     }
 }
 
+fn to_num(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,8 +208,9 @@ mod tests {
     fn pool(name: &str, cidr: &str) -> (Ipam, PathBuf) {
         let dir = std::env::temp_dir().join(format!("minipod-ipam-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let cidr: Ipv4Network = cidr.parse().unwrap();
-        let gw = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        let cidr: IpNetwork = cidr.parse().unwrap();
+        let probe = Ipam::new(dir.clone(), cidr, cidr.network());
+        let gw = probe.address(to_num(cidr.network()) + 1);
         (Ipam::new(dir.clone(), cidr, gw), dir)
     }
 
@@ -202,8 +222,8 @@ mod tests {
     fn skips_network_gateway_and_broadcast_and_reports_exhaustion() {
         let (ipam, dir) = pool("small", "10.1.0.0/29");
         assert_eq!(ipam.capacity(), 5);
-        let got: Vec<Ipv4Addr> = (0..5).map(|i| ipam.allocate(&owner(i), None).unwrap()).collect();
-        assert_eq!(got, ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"].map(|s| s.parse::<Ipv4Addr>().unwrap()));
+        let got: Vec<IpAddr> = (0..5).map(|i| ipam.allocate(&owner(i), None).unwrap()).collect();
+        assert_eq!(got, ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"].map(|s| s.parse::<IpAddr>().unwrap()));
         let err = ipam.allocate(&owner(9), None).unwrap_err().to_string();
         assert!(err.contains("10.1.0.0/29: all 5 are taken"), "{err}");
         fs::remove_dir_all(dir).unwrap();
@@ -213,7 +233,7 @@ mod tests {
     fn release_is_by_owner_idempotent_and_frees_for_reuse() {
         let (ipam, dir) = pool("release", "10.1.1.0/30");
         let ip = ipam.allocate(&owner(1), None).unwrap();
-        assert_eq!(ip, "10.1.1.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ip, "10.1.1.2".parse::<IpAddr>().unwrap());
         assert!(ipam.allocate(&owner(2), None).is_err());
         assert_eq!(ipam.release(&owner(1)).unwrap(), Some(ip));
         assert_eq!(ipam.release(&owner(1)).unwrap(), None);
@@ -224,7 +244,7 @@ mod tests {
     #[test]
     fn a_requested_address_is_given_or_refused_with_its_holder() {
         let (ipam, dir) = pool("want", "10.1.2.0/24");
-        let want: Ipv4Addr = "10.1.2.77".parse().unwrap();
+        let want: IpAddr = "10.1.2.77".parse().unwrap();
         assert_eq!(ipam.allocate(&owner(1), Some(want)).unwrap(), want);
         let err = ipam.allocate(&owner(2), Some(want)).unwrap_err().to_string();
         assert!(err.contains("already taken by pod-1"), "{err}");
@@ -237,7 +257,7 @@ mod tests {
     #[test]
     fn concurrent_allocations_from_many_threads_never_collide() {
         let (ipam, dir) = pool("threads", "10.1.4.0/22");
-        let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+        let ips: Vec<IpAddr> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..200)
                 .map(|i| {
                     let ipam = ipam.clone();
@@ -249,6 +269,24 @@ mod tests {
         let unique: std::collections::HashSet<_> = ips.iter().collect();
         assert_eq!(unique.len(), 200);
         assert_eq!(ipam.owners().unwrap().len(), 200);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod v6_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_pools_allocate_in_order_and_refuse_the_other_family() {
+        let dir = std::env::temp_dir().join(format!("minipod-ipam-v6-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let ipam = Ipam::new(dir.clone(), "fd00:10::/64".parse().unwrap(), "fd00:10::1".parse().unwrap());
+        let a = ipam.allocate(&OwnerId::new("a").unwrap(), None).unwrap();
+        let b = ipam.allocate(&OwnerId::new("b").unwrap(), None).unwrap();
+        assert_eq!((a.to_string(), b.to_string()), ("fd00:10::2".into(), "fd00:10::3".into()));
+        assert!(ipam.allocate(&OwnerId::new("c").unwrap(), Some("10.0.0.5".parse().unwrap())).is_err());
+        assert!(ipam.capacity() > u128::from(u32::MAX));
         fs::remove_dir_all(dir).unwrap();
     }
 }

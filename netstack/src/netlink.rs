@@ -136,8 +136,16 @@ impl Netlink {
     }
 
     /// Adds `addr/prefix` to link `index`; the same address already there is fine.
+    /// IPv6 addresses skip duplicate detection: minipod's IPAM already guarantees
+    /// uniqueness, and a tentative address would be unusable for about a second.
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8, what: &str) -> Result<(), NetlinkError> {
-        match self.handle.address().add(index, addr, prefix).execute().await.map_err(request(what)) {
+        let mut req = self.handle.address().add(index, addr, prefix);
+        if addr.is_ipv6() {
+            use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await.map_err(request(what)) {
             Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
             other => other,
         }
@@ -146,6 +154,12 @@ impl Netlink {
     /// Adds the IPv4 default route via `gateway`.
     pub async fn add_default_route(&self, gateway: Ipv4Addr, what: &str) -> Result<(), NetlinkError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle.route().add(route).execute().await.map_err(request(what))
+    }
+
+    /// Adds the IPv6 default route via `gateway`.
+    pub async fn add_default_route6(&self, gateway: std::net::Ipv6Addr, what: &str) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new().gateway(gateway).build();
         self.handle.route().add(route).execute().await.map_err(request(what))
     }
 

@@ -2,10 +2,10 @@
 //! IPv4 subnet and gateway in the node namespace; members are network namespaces,
 //! each wired with one veth pair and one address.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use crate::firewall::{Firewall, FirewallError, PortMapping};
@@ -20,12 +20,12 @@ use crate::{bridge, veth};
 pub enum NetworkError {
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("network {name}: {cidr} is too small: use a /30 or larger (a gateway and at least one pod)")]
-    TooSmall { name: NetworkName, cidr: Ipv4Network },
+    #[error("network {name}: {cidr} is too small: use a /30 (IPv4) or /126 (IPv6) or larger: a gateway and at least one pod")]
+    TooSmall { name: NetworkName, cidr: IpNetwork },
     #[error("network {name}: gateway {gateway} is not a host address of {cidr}")]
     BadGateway { name: NetworkName, gateway: Ipv4Addr, cidr: Ipv4Network },
     #[error("network {name}: {cidr} overlaps {other_cidr} of network {other}: pick a separate range")]
-    Overlap { name: NetworkName, cidr: Ipv4Network, other: NetworkName, other_cidr: Ipv4Network },
+    Overlap { name: NetworkName, cidr: IpNetwork, other: NetworkName, other_cidr: IpNetwork },
     #[error("network {name}: bridge {bridge} already carries network {other}: pick another bridge name")]
     BridgeTaken { name: NetworkName, bridge: IfName, other: NetworkName },
     #[error("network {name} exists with different settings ({what}): remove it first or use its settings")]
@@ -35,7 +35,7 @@ pub enum NetworkError {
     #[error("network {name} still has {count} member(s): detach them first")]
     InUse { name: NetworkName, count: usize },
     #[error("{owner} is already attached to network {name} with {ip}")]
-    AlreadyAttached { owner: OwnerId, name: NetworkName, ip: Ipv4Addr },
+    AlreadyAttached { owner: OwnerId, name: NetworkName, ip: IpAddr },
     #[error("{0:?} is not a DNS name: use labels of letters, digits and `-`, at most 63 bytes each")]
     BadDnsName(String),
     #[error(transparent)]
@@ -91,12 +91,26 @@ pub struct NetworkConfig {
     /// Where names that are not members go; the node's resolv.conf when empty.
     #[serde(default)]
     pub dns_upstreams: Vec<SocketAddr>,
+    /// An IPv6 subnet too (dual-stack); the gateway is its first host address.
+    #[serde(default)]
+    pub subnet6: Option<Ipv6Network>,
 }
 
 impl NetworkConfig {
     /// A network with defaults: masquerade on, not internal, DNS on.
     pub fn new(name: NetworkName, bridge: IfName, subnet: Ipv4Network) -> Self {
-        Self { name, bridge, subnet, gateway: None, mtu: None, masquerade: true, internal: false, dns: true, dns_upstreams: vec![] }
+        Self {
+            name,
+            bridge,
+            subnet,
+            gateway: None,
+            mtu: None,
+            masquerade: true,
+            internal: false,
+            dns: true,
+            dns_upstreams: vec![],
+            subnet6: None,
+        }
     }
 
     /// `minipod0` on 10.88.0.0/16, used when nothing else is configured.
@@ -113,9 +127,19 @@ impl NetworkConfig {
         self.gateway.unwrap_or_else(|| Ipv4Addr::from(u32::from(self.subnet.network()) + 1))
     }
 
+    /// The IPv6 gateway, when the network is dual-stack.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.subnet6.map(|n| Ipv6Addr::from(u128::from(n.network()) + 1))
+    }
+
     fn validate(&self) -> Result<(), NetworkError> {
         if self.subnet.prefix() > 30 {
-            return Err(NetworkError::TooSmall { name: self.name.clone(), cidr: self.subnet });
+            return Err(NetworkError::TooSmall { name: self.name.clone(), cidr: self.subnet.into() });
+        }
+        if let Some(v6) = self.subnet6 {
+            if v6.prefix() > 126 {
+                return Err(NetworkError::TooSmall { name: self.name.clone(), cidr: v6.into() });
+            }
         }
         let gw = self.gateway();
         if !self.subnet.contains(gw) || gw == self.subnet.network() || gw == self.subnet.broadcast() {
@@ -150,6 +174,9 @@ pub struct Attachment {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// The IPv6 address on a dual-stack network.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     pub mtu: u32,
     /// The host end of the veth, in the node namespace.
     pub host_ifname: String,
@@ -196,7 +223,11 @@ impl Node {
     }
 
     fn ipam(&self, cfg: &NetworkConfig) -> Ipam {
-        Ipam::new(self.net_dir(&cfg.name).join("ipam"), cfg.subnet, cfg.gateway())
+        Ipam::new(self.net_dir(&cfg.name).join("ipam"), cfg.subnet.into(), cfg.gateway().into())
+    }
+
+    fn ipam6(&self, cfg: &NetworkConfig) -> Option<Ipam> {
+        Some(Ipam::new(self.net_dir(&cfg.name).join("ipam6"), cfg.subnet6?.into(), cfg.gateway6()?.into()))
     }
 
     /// Every network recorded on this node.
@@ -246,10 +277,20 @@ impl Node {
                     if other.subnet.overlaps(cfg.subnet) {
                         return Err(NetworkError::Overlap {
                             name: cfg.name.clone(),
-                            cidr: cfg.subnet,
+                            cidr: cfg.subnet.into(),
                             other: other.name,
-                            other_cidr: other.subnet,
+                            other_cidr: other.subnet.into(),
                         });
+                    }
+                    if let (Some(a), Some(b)) = (cfg.subnet6, other.subnet6) {
+                        if a.overlaps(b) {
+                            return Err(NetworkError::Overlap {
+                                name: cfg.name.clone(),
+                                cidr: a.into(),
+                                other: other.name,
+                                other_cidr: b.into(),
+                            });
+                        }
                     }
                     if other.bridge == cfg.bridge {
                         return Err(NetworkError::BridgeTaken { name: cfg.name.clone(), bridge: cfg.bridge.clone(), other: other.name });
@@ -258,7 +299,8 @@ impl Node {
             }
         }
         let mtu = cfg.mtu.unwrap_or(1500);
-        let created = bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, mtu).await?;
+        let v6 = cfg.gateway6().zip(cfg.subnet6.map(|n| n.prefix()));
+        let created = bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, v6, mtu).await?;
         if let Err(e) = self.configure_network(&cfg) {
             if created {
                 let _ = bridge::remove(&nl, cfg.bridge.as_str()).await;
@@ -287,6 +329,9 @@ impl Node {
         // Routing between the bridge and the node's other links, and DNAT of the
         // node's own 127.0.0.1 to members (the kernel drops 127/8 on the wire without it).
         self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
+        if cfg.subnet6.is_some() {
+            self.sysctl(&self.netns, "net.ipv6.conf.all.forwarding", "1")?;
+        }
         self.sysctl(&self.netns, &format!("net.ipv4.conf.{}.route_localnet", cfg.bridge), "1")?;
         self.firewall.add_network(cfg)?;
         let dir = self.net_dir(&cfg.name);
@@ -315,9 +360,12 @@ impl Node {
     pub fn serve_dns(&self) -> Result<(), NetworkError> {
         let mut server = crate::dns::DnsServer::new();
         for cfg in self.networks()?.into_iter().filter(|c| c.dns) {
-            self.records.set_network(&cfg.name, cfg.subnet, upstreams(&cfg));
+            self.records.set_network(&cfg.name, cfg.subnet, cfg.subnet6, upstreams(&cfg));
             for m in self.members(&cfg.name)? {
-                self.records.add(&cfg.name, &m.dns_names, m.ip);
+                self.records.add(&cfg.name, &m.dns_names, m.ip.into());
+                if let Some(v6) = m.ip6 {
+                    self.records.add(&cfg.name, &m.dns_names, v6.into());
+                }
             }
             server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone())?;
         }
@@ -330,7 +378,7 @@ impl Node {
     fn serve_dns_for(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
         let Ok(mut dns) = self.dns.lock() else { return Ok(()) };
         if let (Some(server), true) = (dns.as_mut(), cfg.dns) {
-            self.records.set_network(&cfg.name, cfg.subnet, upstreams(cfg));
+            self.records.set_network(&cfg.name, cfg.subnet, cfg.subnet6, upstreams(cfg));
             server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone())?;
         }
         Ok(())
@@ -368,12 +416,27 @@ impl Node {
         if let Some(ip) = ipam.address_of(&req.owner)? {
             return Err(NetworkError::AlreadyAttached { owner: req.owner.clone(), name: name.clone(), ip });
         }
-        let ip = ipam.allocate(&req.owner, req.ip)?;
-        let wired = self.wire(&cfg, &req, &pod, ip).await;
+        let IpAddr::V4(ip) = ipam.allocate(&req.owner, req.ip.map(IpAddr::V4))? else { unreachable!("an IPv4 pool gives IPv4 addresses") };
+        let ipam6 = self.ipam6(&cfg);
+        let ip6 = match ipam6.as_ref().map(|p| p.allocate(&req.owner, None)).transpose() {
+            Ok(Some(IpAddr::V6(v6))) => Some(v6),
+            Ok(_) => None,
+            Err(e) => {
+                let _ = ipam.release(&req.owner);
+                return Err(e.into());
+            }
+        };
+        let release = || {
+            let _ = ipam.release(&req.owner);
+            if let Some(p) = &ipam6 {
+                let _ = p.release(&req.owner);
+            }
+        };
+        let wired = self.wire(&cfg, &req, &pod, ip, ip6).await;
         let attachment = match wired {
             Ok(a) => a,
             Err(e) => {
-                let _ = ipam.release(&req.owner);
+                release();
                 return Err(e);
             }
         };
@@ -387,16 +450,26 @@ impl Node {
         if let Err(e) = recorded {
             let _ = self.firewall.unpublish(&req.owner);
             let _ = self.unwire(&attachment.host_ifname).await;
-            let _ = ipam.release(&req.owner);
+            release();
             return Err(e);
         }
         if cfg.dns {
-            self.records.add(name, &attachment.dns_names, attachment.ip);
+            self.records.add(name, &attachment.dns_names, attachment.ip.into());
+            if let Some(v6) = attachment.ip6 {
+                self.records.add(name, &attachment.dns_names, v6.into());
+            }
         }
         Ok(attachment)
     }
 
-    async fn wire(&self, cfg: &NetworkConfig, req: &AttachRequest, pod: &Netns, ip: Ipv4Addr) -> Result<Attachment, NetworkError> {
+    async fn wire(
+        &self,
+        cfg: &NetworkConfig,
+        req: &AttachRequest,
+        pod: &Netns,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+    ) -> Result<Attachment, NetworkError> {
         let node = Netlink::open(&self.netns)?;
         let host_ifname = host_ifname(&cfg.name, &req.owner);
         if node.link(&host_ifname).await?.is_some() {
@@ -417,7 +490,9 @@ impl Node {
         let inside = async {
             // IPv4-only network: no IPv6 neighbour traffic from this interface
             // (on a bridge with a thousand ports it triples the per-pod cost).
-            self.sysctl(pod, &format!("net.ipv6.conf.{}.disable_ipv6", req.ifname), "1").ok();
+            if ip6.is_none() {
+                self.sysctl(pod, &format!("net.ipv6.conf.{}.disable_ipv6", req.ifname), "1").ok();
+            }
             let nl = Netlink::open(pod)?;
             let lo = nl.index("lo").await?;
             nl.up(lo, "setting lo up in the pod").await?;
@@ -425,6 +500,10 @@ impl Node {
             nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), &format!("adding {ip} to {}", req.ifname)).await?;
             nl.up(index, &format!("setting {} up", req.ifname)).await?;
             nl.add_default_route(cfg.gateway(), &format!("adding the default route via {}", cfg.gateway())).await?;
+            if let (Some(v6), Some(gw6), Some(net6)) = (ip6, cfg.gateway6(), cfg.subnet6) {
+                nl.add_address(index, v6.into(), net6.prefix(), &format!("adding {v6} to {}", req.ifname)).await?;
+                nl.add_default_route6(gw6, &format!("adding the IPv6 default route via {gw6}")).await?;
+            }
             Ok::<(), NetworkError>(())
         };
         if let Err(e) = inside.await {
@@ -437,6 +516,7 @@ impl Node {
             ip,
             prefix: cfg.subnet.prefix(),
             gateway: cfg.gateway(),
+            ip6,
             mtu,
             host_ifname,
             ifname: req.ifname.clone(),
@@ -481,6 +561,9 @@ impl Node {
         if let Some(ip) = self.ipam(&cfg).release(owner)? {
             self.records.remove(name, ip);
         }
+        if let Some(ip6) = self.ipam6(&cfg).map(|p| p.release(owner)).transpose()?.flatten() {
+            self.records.remove(name, ip6);
+        }
         let path = self.member_file(name, owner);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -506,8 +589,9 @@ impl Node {
                     report.members.push((cfg.name.clone(), m.owner));
                 }
             }
-            let ipam = self.ipam(&cfg);
-            for (owner, ip) in ipam.owners()? {
+            let pools = std::iter::once(self.ipam(&cfg)).chain(self.ipam6(&cfg));
+            let owners: Vec<(OwnerId, IpAddr)> = pools.map(|p| p.owners()).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+            for (owner, ip) in owners {
                 if !live.contains(&owner) {
                     self.detach(&cfg.name, &owner).await?;
                     report.addresses.push((cfg.name.clone(), ip));
@@ -585,7 +669,7 @@ pub struct GcReport {
     /// Members detached because their owner is gone.
     pub members: Vec<(NetworkName, OwnerId)>,
     /// Addresses freed that no member record held.
-    pub addresses: Vec<(NetworkName, Ipv4Addr)>,
+    pub addresses: Vec<(NetworkName, IpAddr)>,
     /// Host veth ends deleted that no record named.
     pub links: Vec<String>,
 }

@@ -143,6 +143,9 @@ impl TestNode {
         run(&node, &format!("ip link add up0 type veth peer name mpinet0 netns {holder}"));
         run(&node, "ip addr add 198.51.100.2/24 dev up0 && ip link set up0 up && ip route add default via 198.51.100.1");
         run(&inet, "ip link set lo up && ip addr add 198.51.100.1/24 dev mpinet0 && ip link set mpinet0 up");
+        // IPv6 too, from the documentation range 2001:db8::/32.
+        run(&node, "ip -6 addr add 2001:db8:1::2/64 dev up0 nodad && ip -6 route add default via 2001:db8:1::1");
+        run(&inet, "ip -6 addr add 2001:db8:1::1/64 dev mpinet0 nodad");
         inet
     }
 }
