@@ -30,7 +30,10 @@
 //!   that network, and forwards other names to the network's upstreams (the node's
 //!   resolv.conf by default). [`Attachment::resolv_conf`] is what the pod should use.
 //!
-//! Not built yet (see the netstack issue): IPv6 (dual-stack networks, AAAA).
+//! - **Dual-stack**: a network may carry an IPv6 subnet too ([`NetworkConfig::subnet6`]);
+//!   members then get an IPv6 address and route, masquerade and AAAA records.
+//!
+//! Not built yet: IPv6 published ports.
 //!
 //! # Example
 //!
