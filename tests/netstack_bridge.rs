@@ -42,6 +42,8 @@ async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
     assert!(inside.contains("mtu 1400"), "{inside}");
     let host = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "link", "show", &w.host_ifname]).stdout).unwrap();
     assert!(host.contains("mtu 1400") && host.contains(&format!("master {}", net.bridge)), "{host}");
+    let v6 = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-6", "addr", "show", "dev", &w.host_ifname]).stdout).unwrap();
+    assert!(!v6.contains("inet6"), "a bridge port has no IPv6 address of its own: {v6}");
     // No MTU given and no default route in a fresh node namespace: 1500.
     let net2 = t.node.create_network(t.network("dflt", "10.202.1.0/24")).await.unwrap();
     assert_eq!(net2.mtu, Some(1500));

@@ -477,16 +477,7 @@ impl Node {
         }
         let bridge = node.index(cfg.bridge.as_str()).await?;
         let mtu = cfg.mtu.unwrap_or(1500);
-        // IPv4-only network: no IPv6 link-local address, DAD or router solicitation on
-        // the host end either. Each would be flooded to every port of the bridge, which
-        // made the 1000th attach cost twice the first.
-        let ipv6_off = || {
-            self.netns
-                .write_sysctl(&format!("net.ipv6.conf.{host_ifname}.disable_ipv6"), "1")
-                .map_err(NetlinkError::from)?
-                .map_err(|source| NetlinkError::Request { what: format!("turning IPv6 off on {host_ifname}"), source })
-        };
-        veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu, ipv6_off).await?;
+        veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await?;
         let inside = async {
             // IPv4-only network: no IPv6 neighbour traffic from this interface
             // (on a bridge with a thousand ports it triples the per-pod cost).
