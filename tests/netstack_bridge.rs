@@ -169,3 +169,28 @@ async fn gc_after_a_crash_removes_everything_of_dead_owners_and_nothing_else() {
     assert!(TestNode::ping(&a, net.gateway()), "the live member still works");
     assert!(t.node.gc(&live).await.unwrap().is_empty(), "a second gc finds nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_network_comes_with_its_first_member_and_goes_with_its_last() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("dflt");
+    let name = minipod_netstack::NetworkConfig::default_network().name;
+    let (p, q) = (t.pod("p"), t.pod("q"));
+    let wp = t.node.attach(&name, t.request("pod-p", &p)).await.unwrap();
+    assert_eq!(wp.ip.to_string(), "10.88.0.2");
+    t.node.attach(&name, t.request("pod-q", &q)).await.unwrap();
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link", "show", "minipod0"]).stdout).unwrap();
+    assert!(links.contains("minipod0"), "the bridge exists: {links}");
+
+    t.node.detach(&name, &OwnerId::new("pod-p").unwrap()).await.unwrap();
+    assert!(t.node.network(&name).unwrap().is_some(), "one member left");
+    t.node.detach_released(&name, &OwnerId::new("pod-q").unwrap()).await.unwrap();
+    assert!(t.node.network(&name).unwrap().is_none(), "gone with its last member");
+    let links = TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link", "show", "minipod0"]);
+    assert!(!links.status.success(), "the bridge is gone too");
+    // And comes back on the next attach.
+    let again = t.node.attach(&name, t.request("pod-r", &t.pod("r"))).await.unwrap();
+    assert_eq!(again.network, name);
+}

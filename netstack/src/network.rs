@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::firewall::{Firewall, FirewallError, PortMapping};
@@ -94,6 +95,9 @@ pub struct NetworkConfig {
     /// An IPv6 subnet too (dual-stack); the gateway is its first host address.
     #[serde(default)]
     pub subnet6: Option<Ipv6Network>,
+    /// Created on first use (the default network): removed when its last member leaves.
+    #[serde(default)]
+    pub implicit: bool,
 }
 
 impl NetworkConfig {
@@ -110,16 +114,20 @@ impl NetworkConfig {
             dns: true,
             dns_upstreams: vec![],
             subnet6: None,
+            implicit: false,
         }
     }
 
-    /// `minipod0` on 10.88.0.0/16, used when nothing else is configured.
+    /// `minipod0` on 10.88.0.0/16, used when nothing else is configured. Attaching to
+    /// it creates it; it goes away again with its last member.
     pub fn default_network() -> Self {
-        Self::new(
+        let mut cfg = Self::new(
             NetworkName::new("minipod0").unwrap_or_else(|_| unreachable!("a valid literal")),
             IfName::new("minipod0").unwrap_or_else(|_| unreachable!("a valid literal")),
             Ipv4Network::new(Ipv4Addr::new(10, 88, 0, 0), 16).unwrap_or_else(|_| unreachable!("a valid literal")),
-        )
+        );
+        cfg.implicit = true;
+        cfg
     }
 
     /// The gateway address in use.
@@ -407,7 +415,14 @@ impl Node {
     /// inside the namespace as `req.ifname`), lo up, and a default route via the
     /// gateway. Everything done is undone if a later step fails.
     pub async fn attach(&self, name: &NetworkName, req: AttachRequest) -> Result<Attachment, NetworkError> {
-        let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
+        // Held shared for the whole attach, so that a network emptied meanwhile by
+        // another member's detach is not removed under us.
+        let _lock = self.network_lock(name, FlockArg::LockShared)?;
+        let cfg = match self.network(name)? {
+            Some(cfg) => cfg,
+            None if *name == NetworkConfig::default_network().name => self.create_network(NetworkConfig::default_network()).await?,
+            None => return Err(NetworkError::NoSuchNetwork(name.clone())),
+        };
         if let Some(bad) = req.dns_names.iter().find(|n| !is_dns_name(n)) {
             return Err(NetworkError::BadDnsName(bad.clone()));
         }
@@ -557,9 +572,48 @@ impl Node {
         }
         let path = self.member_file(name, owner);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(state_err(&path)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(state_err(&path)(e)),
+        }
+        if cfg.implicit {
+            self.remove_if_unused(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes an implicit network that has no members, unless an attach holds it.
+    async fn remove_if_unused(&self, name: &NetworkName) -> Result<(), NetworkError> {
+        let Some(_lock) = self.try_network_lock(name)? else { return Ok(()) };
+        if !self.members(name)?.is_empty() {
+            return Ok(());
+        }
+        match self.remove_network_locked(name).await {
+            Err(NetworkError::NoSuchNetwork(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn lock_file(&self, name: &NetworkName) -> Result<std::fs::File, NetworkError> {
+        // Outside the network's own directory, which removal deletes: a lock on a
+        // deleted file would guard nothing.
+        let dir = self.state_dir.join("network-locks");
+        std::fs::create_dir_all(&dir).map_err(state_err(&dir))?;
+        let path = dir.join(format!("{name}.lock"));
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(state_err(&path))
+    }
+
+    fn network_lock(&self, name: &NetworkName, how: FlockArg) -> Result<Flock<std::fs::File>, NetworkError> {
+        let f = self.lock_file(name)?;
+        Flock::lock(f, how).map_err(|(_, e)| NetworkError::State { path: self.state_dir.join("network-locks"), source: e.into() })
+    }
+
+    fn try_network_lock(&self, name: &NetworkName) -> Result<Option<Flock<std::fs::File>>, NetworkError> {
+        let f = self.lock_file(name)?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(NetworkError::State { path: self.state_dir.join("network-locks"), source: e.into() }),
         }
     }
 
@@ -604,6 +658,11 @@ impl Node {
 
     /// Removes network `name` and its bridge; refuses while it has members.
     pub async fn remove_network(&self, name: &NetworkName) -> Result<(), NetworkError> {
+        let _lock = self.network_lock(name, FlockArg::LockExclusive)?;
+        self.remove_network_locked(name).await
+    }
+
+    async fn remove_network_locked(&self, name: &NetworkName) -> Result<(), NetworkError> {
         let Some(cfg) = self.network(name)? else { return Err(NetworkError::NoSuchNetwork(name.clone())) };
         let members = self.members(name)?;
         if !members.is_empty() {
@@ -612,6 +671,7 @@ impl Node {
         self.firewall.remove_network(&cfg)?;
         let nl = Netlink::open(&self.netns)?;
         bridge::remove(&nl, cfg.bridge.as_str()).await?;
+        self.records.remove_network(name);
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
