@@ -6,7 +6,8 @@
 //!   default, or a throwaway one (tests, multi-node simulations) so that a whole node
 //!   runs without touching the host.
 //! - A **network** is a bridge with an IPv4 subnet and gateway ([`NetworkConfig`]),
-//!   recorded under the state dir. `minipod0` on 10.88.0.0/16 is the default.
+//!   recorded under the state dir. `minipod0` on 10.88.0.0/16 is the default: the
+//!   first attach to it creates it, and it is removed with its last member.
 //! - **Attaching** a namespace creates a veth pair whose peer is born inside the
 //!   namespace under its final name, gives it an address from the network's
 //!   [`ipam::Ipam`], sets lo and the interface up and routes via the gateway. A failed
