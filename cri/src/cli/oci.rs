@@ -68,7 +68,7 @@ pub struct ExecArgs {
     /// Working directory inside the container.
     #[arg(long)]
     cwd: Option<PathBuf>,
-    /// User as UID[:GID].
+    /// User as `UID[:GID]`.
     #[arg(short, long)]
     user: Option<String>,
     /// Container id.
