@@ -40,6 +40,8 @@ async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
     let w = t.node.attach(&net.name, t.request("pod-p", &p)).await.unwrap();
     let inside = String::from_utf8(TestNode::in_ns(&p, &["ip", "link", "show", "eth0"]).stdout).unwrap();
     assert!(inside.contains("mtu 1400"), "{inside}");
+    let inside6 = String::from_utf8(TestNode::in_ns(&p, &["ip", "-6", "addr", "show", "dev", "eth0"]).stdout).unwrap();
+    assert!(!inside6.contains("inet6"), "an IPv4-only pod interface has no IPv6 address: {inside6}");
     let host = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "link", "show", &w.host_ifname]).stdout).unwrap();
     assert!(host.contains("mtu 1400") && host.contains(&format!("master {}", net.bridge)), "{host}");
     let v6 = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-6", "addr", "show", "dev", &w.host_ifname]).stdout).unwrap();

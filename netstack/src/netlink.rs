@@ -122,6 +122,17 @@ impl Netlink {
         self.handle.link().set_port(msg).execute().await.map_err(request(what))
     }
 
+    /// Stops the kernel from giving link `index` any IPv6 address of its own (no
+    /// link-local, so no DAD, router solicitation or MLD from it). Over netlink on
+    /// purpose: the `disable_ipv6` sysctl runs the whole addrconf teardown, and its
+    /// /proc/sys path gets slower with every namespace that has an interface of the
+    /// same name (every pod's `eth0`).
+    pub async fn no_ipv6_addresses(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode};
+        let no_v6 = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
+        self.set_link(LinkUnspec::new_with_index(index).append_extra_attribute(no_v6).build(), what).await
+    }
+
     /// Sets link `index` up.
     pub async fn up(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
         self.set_link(LinkUnspec::new_with_index(index).up().build(), what).await

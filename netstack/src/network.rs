@@ -494,15 +494,15 @@ impl Node {
         let mtu = cfg.mtu.unwrap_or(1500);
         veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await?;
         let inside = async {
-            // IPv4-only network: no IPv6 neighbour traffic from this interface
-            // (on a bridge with a thousand ports it triples the per-pod cost).
-            if ip6.is_none() {
-                self.sysctl(pod, &format!("net.ipv6.conf.{}.disable_ipv6", req.ifname), "1").ok();
-            }
             let nl = Netlink::open(pod)?;
             let lo = nl.index("lo").await?;
             nl.up(lo, "setting lo up in the pod").await?;
             let index = nl.index(req.ifname.as_str()).await?;
+            if ip6.is_none() {
+                // IPv4-only network: no IPv6 neighbour traffic from this interface
+                // (on a bridge with a thousand ports it triples the per-pod cost).
+                nl.no_ipv6_addresses(index, &format!("turning IPv6 addresses off on {}", req.ifname)).await?;
+            }
             nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), &format!("adding {ip} to {}", req.ifname)).await?;
             nl.up(index, &format!("setting {} up", req.ifname)).await?;
             nl.add_default_route(cfg.gateway(), &format!("adding the default route via {}", cfg.gateway())).await?;

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsRawFd;
 
-use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridgePort, LinkUnspec, LinkVeth};
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -24,16 +24,9 @@ pub async fn create(node: &Netlink, host: &str, pod: &Netns, peer: &str, bridge:
     let wired = async {
         // Hairpin lets a pod reach itself through a published port on the node.
         node.set_port(LinkBridgePort::new(index).hairpin(true).build(), &format!("enabling hairpin on {host}")).await?;
-        // A bridge port needs no IPv6 address of its own. Without one there is no DAD,
-        // router solicitation or MLD from it, each of which the bridge floods to every
-        // port. Asked for over netlink: writing disable_ipv6 instead runs the whole
-        // addrconf teardown and took 1 ms at the 1000th port.
-        let no_v6 = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
-        node.set_link(
-            LinkUnspec::new_with_index(index).append_extra_attribute(no_v6).build(),
-            &format!("turning IPv6 addresses off on {host}"),
-        )
-        .await?;
+        // A bridge port needs no IPv6 address of its own: each DAD, router solicitation
+        // or MLD report from it would be flooded to every port of the bridge.
+        node.no_ipv6_addresses(index, &format!("turning IPv6 addresses off on {host}")).await?;
         node.up(index, &format!("setting {host} up")).await
     };
     if let Err(e) = wired.await {
