@@ -585,7 +585,10 @@ impl Node {
     /// Removes an implicit network that has no members, unless an attach holds it.
     async fn remove_if_unused(&self, name: &NetworkName) -> Result<(), NetworkError> {
         let Some(_lock) = self.try_network_lock(name)? else { return Ok(()) };
-        if !self.members(name)?.is_empty() {
+        // Whether any member is left, without reading them all: this runs on the pod
+        // teardown path of the default network.
+        let dir = self.net_dir(name).join("members");
+        if std::fs::read_dir(&dir).map_err(state_err(&dir))?.next().is_some() {
             return Ok(());
         }
         match self.remove_network_locked(name).await {
