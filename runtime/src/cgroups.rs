@@ -103,13 +103,21 @@ impl Cgroup {
             if self.unified {
                 enable_v2_controllers(path)?;
             }
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(|source| CgroupError::Create { path: parent.to_path_buf(), source })?;
-            }
-            match fs::create_dir(path) {
-                Ok(()) => made.push(path.clone()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CgroupError::Exists { path: path.clone() }),
-                Err(source) => return Err(CgroupError::Create { path: path.clone(), source }),
+            // A concurrent delete may remove the shared parent between our two mkdirs
+            // (see `remove`): then make it again.
+            for attempt in 0..3 {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(|source| CgroupError::Create { path: parent.to_path_buf(), source })?;
+                }
+                match fs::create_dir(path) {
+                    Ok(()) => {
+                        made.push(path.clone());
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CgroupError::Exists { path: path.clone() }),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 => continue,
+                    Err(source) => return Err(CgroupError::Create { path: path.clone(), source }),
+                }
             }
         }
         Ok(())
@@ -308,6 +316,12 @@ impl Cgroup {
         for path in &self.paths {
             if let Err(e) = remove_dir_waiting(path) {
                 first_err.get_or_insert(e);
+                continue;
+            }
+            // The default parent (`minipod`, right under a hierarchy root) is ours: take
+            // it away once empty. rmdir fails harmlessly while siblings remain.
+            if let Some(parent) = path.parent().filter(|p| p.ends_with(DEFAULT_PARENT) && p.parent().is_some_and(is_hierarchy_root)) {
+                let _ = fs::remove_dir(parent);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -330,6 +344,13 @@ pub fn join_self(files: &[OwnedFd]) -> Result<(), CgroupError> {
         })?;
     }
     Ok(())
+}
+
+/// The parent directory of containers whose spec sets no cgroupsPath.
+pub const DEFAULT_PARENT: &str = "minipod";
+
+fn is_hierarchy_root(p: &Path) -> bool {
+    p == Path::new(ROOT) || p.parent() == Some(Path::new(ROOT))
 }
 
 fn remove_dir_waiting(path: &Path) -> Result<(), CgroupError> {

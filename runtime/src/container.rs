@@ -204,7 +204,7 @@ impl Runtime {
 
     fn spawn_monitor(&self, id: &ContainerId, bundle: &Bundle, dir: &Path, opts: CreateOptions, start: bool) -> Result<(Created, Channel)> {
         let linux = bundle.spec.linux().clone().unwrap_or_default();
-        let cgroup = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("minipod").join(id.as_str()));
+        let cgroup = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from(crate::cgroups::DEFAULT_PARENT).join(id.as_str()));
         // Fail fast; the monitor's create_dir is what really guards against sharing.
         if let Some(taken) = Cgroup::at(&cgroup).paths().iter().find(|p| p.exists()) {
             return Err(CgroupError::Exists { path: taken.clone() }.into());
