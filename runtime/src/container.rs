@@ -205,10 +205,6 @@ impl Runtime {
     fn spawn_monitor(&self, id: &ContainerId, bundle: &Bundle, dir: &Path, opts: CreateOptions, start: bool) -> Result<(Created, Channel)> {
         let linux = bundle.spec.linux().clone().unwrap_or_default();
         let cgroup = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from(crate::cgroups::DEFAULT_PARENT).join(id.as_str()));
-        // Fail fast; the monitor's create_dir is what really guards against sharing.
-        if let Some(taken) = Cgroup::at(&cgroup).paths().iter().find(|p| p.exists()) {
-            return Err(CgroupError::Exists { path: taken.clone() }.into());
-        }
         let spec_json = serde_json::to_vec(&bundle.spec).map_err(|e| ContainerError::Io {
             what: "encoding spec for",
             path: dir.join(SPEC_COPY),
@@ -272,17 +268,16 @@ impl Runtime {
         }
         let chan = monitor::connect(&self.dir(id))
             .ok_or_else(|| ContainerError::Start { id: id.clone(), message: "its monitor is gone".into() })?;
-        Self::start_on(id, &chan).map(drop)
+        Self::start_on(id, &chan)
     }
 
-    /// Asks the monitor to start the workload; returns its exit status too if the
-    /// workload was so quick that the exit came in before the start reply.
-    fn start_on(id: &ContainerId, chan: &Channel) -> Result<Option<ExitStatus>> {
+    /// Asks the monitor to start the workload. A workload so quick that its exit
+    /// arrives before the start reply has started too.
+    fn start_on(id: &ContainerId, chan: &Channel) -> Result<()> {
         chan.send(&MonitorRequest::Start)?;
         loop {
             match chan.expect::<Report>()? {
-                Report::Started { .. } => return Ok(None),
-                Report::Exited(status) => return Ok(Some(status)),
+                Report::Started { .. } | Report::Exited(_) => return Ok(()),
                 Report::Failed(message) => return Err(ContainerError::Start { id: id.clone(), message }),
                 Report::Warning(_) | Report::Created { .. } => continue,
             }
