@@ -86,3 +86,22 @@ async fn pods_resolve_names_of_their_own_network_only_and_the_rest_is_forwarded(
     stop.store(true, Ordering::Relaxed);
     upstream.join().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_network_can_come_back_while_dns_is_served() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("dnsback");
+    t.node.serve_dns().unwrap();
+    let name = minipod_netstack::NetworkConfig::default_network().name;
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    t.node.attach(&name, t.request("pod-a", &a)).await.unwrap();
+    t.node.detach(&name, &minipod_netstack::OwnerId::new("pod-a").unwrap()).await.unwrap();
+    assert!(t.node.network(&name).unwrap().is_none(), "removed with its last member");
+    // Recreated on the next attach: its DNS listener must bind again.
+    t.node.attach(&name, t.request("pod-a2", &a)).await.unwrap();
+    let wb = t.node.attach(&name, t.request("pod-b", &b)).await.unwrap();
+    let found = lookup(&a, "pod-b", "10.88.0.1".parse().unwrap()).unwrap_or_default();
+    assert!(found.contains(&format!("Address: {}", wb.ip)), "{found}");
+}

@@ -18,12 +18,12 @@ pub async fn ensure(
     v6: Option<(std::net::Ipv6Addr, u8)>,
     mtu: u32,
 ) -> Result<bool, NetlinkError> {
-    let created = nl.link(name).await?.is_none();
+    let mut created = nl.link(name).await?.is_none();
     if created {
         let msg = LinkBridge::new(name).mtu(mtu).build();
         match nl.add_link(msg, &format!("creating bridge {name}")).await {
-            // Another process made it between our look-up and the add.
-            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            // Someone else made it between our look-up and the add: theirs, not ours.
+            Err(e) if e.errno() == Some(libc::EEXIST) => created = false,
             other => other?,
         }
     }

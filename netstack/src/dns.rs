@@ -177,12 +177,12 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
 
 /// Listeners of one node; they stop when this is dropped.
 pub struct DnsServer {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: HashMap<NetworkName, tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.values() {
             t.abort();
         }
     }
@@ -191,21 +191,37 @@ impl Drop for DnsServer {
 impl DnsServer {
     /// No listeners yet.
     pub fn new() -> Self {
-        Self { tasks: Vec::new() }
+        Self { tasks: HashMap::new() }
+    }
+
+    /// Stops the listener of `network` (it was removed), freeing its address.
+    pub fn stop(&mut self, network: &NetworkName) {
+        if let Some(t) = self.tasks.remove(network) {
+            t.abort();
+        }
     }
 
     /// Listens on `gateway:53` inside `node` for `network`. Needs a tokio runtime.
+    /// Does nothing if `network` is served already.
     pub fn listen(&mut self, node: &Netns, network: NetworkName, gateway: Ipv4Addr, records: Records) -> Result<(), DnsError> {
+        if self.tasks.contains_key(&network) {
+            return Ok(());
+        }
         let addr = SocketAddr::new(gateway.into(), 53);
         let bind = node.run(move || std::net::UdpSocket::bind(addr).and_then(|s| s.set_nonblocking(true).map(|()| s)))?;
         let std_sock = bind.map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
         let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
         let sock = Arc::new(sock);
         let node_path = node.path().to_path_buf();
-        self.tasks.push(tokio::spawn(async move {
+        let key = network.clone();
+        let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((len, from)) = sock.recv_from(&mut buf).await else { continue };
+                let Ok((len, from)) = sock.recv_from(&mut buf).await else {
+                    // A persistent socket error must not turn into a busy loop.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let query = buf[..len].to_vec();
                 let Some(zone) = records.zone(&network) else { continue };
                 match answer(&zone, &query, from.ip()) {
@@ -225,7 +241,8 @@ impl DnsServer {
                     Answer::Drop => {}
                 }
             }
-        }));
+        });
+        self.tasks.insert(key, task);
         Ok(())
     }
 }

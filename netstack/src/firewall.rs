@@ -225,15 +225,21 @@ impl Firewall {
                 return Err(FirewallError::PortTaken { proto: p.proto, port: p.host_port, host_ip: p.host_ip, holder });
             }
         }
-        let script: String = ports.iter().map(|p| map_element("add", p, Some(target))).collect();
-        self.nft(&script, &format!("publishing ports of {owner}"))?;
+        // The reservation first: if nft then fails it is removed again, whereas nft
+        // elements without a reservation would never be withdrawn.
         let owner_file = dir.join(format!("{owner}.json"));
         let records: Vec<Reservation> = ports
             .iter()
             .map(|p| Reservation { proto: p.proto, host_port: p.host_port, host_ip: p.host_ip, target, container_port: p.container_port })
             .collect();
         let data = serde_json::to_vec(&records).unwrap_or_default();
-        std::fs::write(&owner_file, data).map_err(|source| FirewallError::State { path: owner_file, source })
+        std::fs::write(&owner_file, data).map_err(|source| FirewallError::State { path: owner_file.clone(), source })?;
+        let script: String = ports.iter().map(|p| map_element("add", p, Some(target))).collect();
+        if let Err(e) = self.nft(&script, &format!("publishing ports of {owner}")) {
+            let _ = std::fs::remove_file(&owner_file);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Which owner holds the host port `p` would take, if any (a port on "any address"
@@ -281,7 +287,18 @@ impl Firewall {
             // `conntrack` exits 1 when there was nothing to delete; both are fine.
             let _ = Command::new("nsenter")
                 .arg(format!("--net={}", self.netns.display()))
-                .args(["conntrack", "-D", "-p", &r.proto.to_string(), "--orig-port-dst", &r.host_port.to_string()])
+                // Only this member's flows: other pods' outbound flows to the same
+                // port number must survive.
+                .args([
+                    "conntrack",
+                    "-D",
+                    "-p",
+                    &r.proto.to_string(),
+                    "--orig-port-dst",
+                    &r.host_port.to_string(),
+                    "--reply-src",
+                    &r.target.to_string(),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -275,7 +275,9 @@ impl Node {
         if cfg.mtu.is_none() {
             cfg.mtu = Some(nl.default_route_mtu().await?.unwrap_or(1500));
         }
-        match self.network(&cfg.name)? {
+        let existing = self.network(&cfg.name)?;
+        let is_new = existing.is_none();
+        match existing {
             Some(existing) if existing != cfg => {
                 return Err(NetworkError::Conflict { name: cfg.name.clone(), what: format!("{} on {}", existing.subnet, existing.bridge) });
             }
@@ -309,7 +311,7 @@ impl Node {
         let mtu = cfg.mtu.unwrap_or(1500);
         let v6 = cfg.gateway6().zip(cfg.subnet6.map(|n| n.prefix()));
         let created = bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, v6, mtu).await?;
-        if let Err(e) = self.configure_network(&cfg) {
+        if let Err(e) = self.configure_network(&cfg, is_new) {
             if created {
                 let _ = bridge::remove(&nl, cfg.bridge.as_str()).await;
             }
@@ -318,10 +320,8 @@ impl Node {
         for chain in self.firewall.forward_droppers() {
             tracing::warn!(network = %cfg.name, "{}", forward_drop_warning(&chain, &cfg));
         }
-        // A network that existed already is being served, if DNS runs at all.
-        if created {
-            self.serve_dns_for(&cfg)?;
-        }
+        // Served from now on if DNS runs at all (a no-op when it is served already).
+        self.serve_dns_for(&cfg)?;
         Ok(cfg)
     }
 
@@ -333,7 +333,9 @@ impl Node {
         Ok(self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect())
     }
 
-    fn configure_network(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+    /// `is_new`: no record of the network existed, so a failure may undo everything;
+    /// an existing network's elements and state belong to its members.
+    fn configure_network(&self, cfg: &NetworkConfig, is_new: bool) -> Result<(), NetworkError> {
         // Routing between the bridge and the node's other links, and DNAT of the
         // node's own 127.0.0.1 to members (the kernel drops 127/8 on the wire without it).
         self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
@@ -347,7 +349,7 @@ impl Node {
             .map_err(state_err(&dir))
             .and_then(|()| serde_json::to_vec_pretty(cfg).map_err(|e| state_err(&dir)(std::io::Error::other(e))))
             .and_then(|data| write_atomic(&dir.join("config.json"), &data));
-        if recorded.is_err() {
+        if recorded.is_err() && is_new {
             let _ = self.firewall.remove_network(cfg);
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -417,11 +419,24 @@ impl Node {
     pub async fn attach(&self, name: &NetworkName, req: AttachRequest) -> Result<Attachment, NetworkError> {
         // Held shared for the whole attach, so that a network emptied meanwhile by
         // another member's detach is not removed under us.
-        let _lock = self.network_lock(name, FlockArg::LockShared)?;
-        let cfg = match self.network(name)? {
-            Some(cfg) => cfg,
-            None if *name == NetworkConfig::default_network().name => self.create_network(NetworkConfig::default_network()).await?,
-            None => return Err(NetworkError::NoSuchNetwork(name.clone())),
+        let default = NetworkConfig::default_network();
+        // The default network is made on first use, under the exclusive lock so that
+        // two first attaches do not race to create it; then held shared as above.
+        // A detach may remove it again in between: try a few times.
+        let mut attempts = 0;
+        let (_lock, cfg) = loop {
+            if *name == default.name && self.network(name)?.is_none() {
+                let _create = self.network_lock(name, FlockArg::LockExclusive)?;
+                if self.network(name)?.is_none() {
+                    self.create_network(default.clone()).await?;
+                }
+            }
+            let lock = self.network_lock(name, FlockArg::LockShared)?;
+            match self.network(name)? {
+                Some(cfg) => break (lock, cfg),
+                None if *name == default.name && attempts < 3 => attempts += 1,
+                None => return Err(NetworkError::NoSuchNetwork(name.clone())),
+            }
         };
         if let Some(bad) = req.dns_names.iter().find(|n| !is_dns_name(n)) {
             return Err(NetworkError::BadDnsName(bad.clone()));
@@ -627,6 +642,10 @@ impl Node {
     /// no record names are deleted. Returns what was removed.
     pub async fn gc(&self, live: &std::collections::HashSet<OwnerId>) -> Result<GcReport, NetworkError> {
         let mut report = GcReport::default();
+        // Links first: an attach that starts after this snapshot allocates its address
+        // (and so shows in the state read below) before it makes its veth.
+        let node = Netlink::open(&self.netns)?;
+        let links = node.link_names().await?;
         let mut known_ifnames = std::collections::HashSet::new();
         for cfg in self.networks()? {
             for m in self.members(&cfg.name)? {
@@ -634,6 +653,8 @@ impl Node {
                     known_ifnames.insert(m.host_ifname.clone());
                 } else {
                     self.detach(&cfg.name, &m.owner).await?;
+                    // Handled here: not a stray in the link snapshot below.
+                    known_ifnames.insert(m.host_ifname.clone());
                     report.members.push((cfg.name.clone(), m.owner));
                 }
             }
@@ -643,14 +664,12 @@ impl Node {
                 if !live.contains(&owner) {
                     self.detach(&cfg.name, &owner).await?;
                     report.addresses.push((cfg.name.clone(), ip));
-                } else {
-                    known_ifnames.insert(host_ifname(&cfg.name, &owner));
                 }
+                known_ifnames.insert(host_ifname(&cfg.name, &owner));
             }
         }
         // Host ends are named `mp` + hash; any not accounted for is a leftover.
-        let node = Netlink::open(&self.netns)?;
-        for name in node.link_names().await? {
+        for name in links {
             if is_host_ifname(&name) && !known_ifnames.contains(&name) {
                 self.unwire(&name).await?;
                 report.links.push(name);
@@ -675,6 +694,11 @@ impl Node {
         let nl = Netlink::open(&self.netns)?;
         bridge::remove(&nl, cfg.bridge.as_str()).await?;
         self.records.remove_network(name);
+        if let Ok(mut dns) = self.dns.lock() {
+            if let Some(server) = dns.as_mut() {
+                server.stop(name);
+            }
+        }
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
@@ -752,7 +776,10 @@ pub fn host_ifname(network: &NetworkName, owner: &OwnerId) -> String {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), NetworkError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per call: two tasks of one process may write the same file at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         state_err(path)(e)

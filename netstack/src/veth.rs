@@ -20,7 +20,15 @@ pub async fn create(node: &Netlink, host: &str, pod: &Netns, peer: &str, bridge:
     // The bridge is named in the create message itself: one round trip fewer.
     let msg = LinkVeth::new(host, peer).mtu(mtu).controller(bridge).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).build();
     node.add_link(msg, &format!("creating veth {host} with {peer} in {}", pod.path().display())).await?;
-    let index = node.index(host).await?;
+    let index = match node.index(host).await {
+        Ok(i) => i,
+        Err(e) => {
+            if let Ok(Some(link)) = node.link(host).await {
+                let _ = node.delete_link(link.header.index, &format!("rolling back {host}")).await;
+            }
+            return Err(e);
+        }
+    };
     let wired = async {
         // Hairpin lets a pod reach itself through a published port on the node.
         node.set_port(LinkBridgePort::new(index).hairpin(true).build(), &format!("enabling hairpin on {host}")).await?;
