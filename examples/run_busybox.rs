@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let runtime = Runtime::new(base.join("state"))?;
     let id = ContainerId::new("example")?;
-    let result = runtime.run(&id, &bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: None });
+    let result = runtime.run(&id, &bundle, CreateOptions { stdio: Stdio::Inherit, ..Default::default() });
     std::fs::remove_dir_all(&base)?;
     let (_, status) = result?;
     println!("the container exited with code {}", status.shell_code());

@@ -60,7 +60,7 @@ fn run_returns_the_signal_and_stdio_fds_reach_the_workload() {
         false
     });
     let stdio = Stdio::Fds(null.into(), out.into(), err.into());
-    let (_, status) = rt.run(&id, b.write(), CreateOptions { stdio, pid_file: None }).unwrap();
+    let (_, status) = rt.run(&id, b.write(), CreateOptions { stdio, ..Default::default() }).unwrap();
     assert!(killer.join().unwrap());
     assert_eq!(status, ExitStatus::Signal(9));
     assert_eq!(status.shell_code(), 137);

@@ -64,14 +64,7 @@ impl Wiring for Minipod {
         "minipod"
     }
     fn attach(&mut self, id: &str, netns: &Path) {
-        let req = AttachRequest {
-            owner: OwnerId::new(id).expect("id"),
-            netns: netns.to_path_buf(),
-            ifname: IfName::new("eth0").expect("eth0"),
-            ip: None,
-            ports: vec![],
-            dns_names: vec![id.to_string()],
-        };
+        let req = AttachRequest { dns_names: vec![id.to_string()], ..AttachRequest::new(OwnerId::new(id).expect("id"), netns) };
         self.rt.block_on(self.node.attach(&self.net, req)).expect("minipod attach");
     }
     /// The pod teardown path: forget the member, release its namespace; the kernel

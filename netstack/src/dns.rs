@@ -101,6 +101,11 @@ impl Records {
         }
     }
 
+    /// Whether `network` was declared with [`Records::set_network`].
+    pub fn has_network(&self, network: &NetworkName) -> bool {
+        self.zones.read().is_ok_and(|z| z.get(network).is_some_and(|zone| zone.subnet.is_some()))
+    }
+
     fn zone(&self, network: &NetworkName) -> Option<Zone> {
         self.zones.read().ok()?.get(network).cloned()
     }
@@ -178,6 +183,8 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
 /// Listeners of one node; they stop when this is dropped.
 pub struct DnsServer {
     tasks: HashMap<NetworkName, tokio::task::JoinHandle<()>>,
+    /// Where the listeners run: not necessarily the runtime of whoever adds a network.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for DnsServer {
@@ -189,9 +196,9 @@ impl Drop for DnsServer {
 }
 
 impl DnsServer {
-    /// No listeners yet.
-    pub fn new() -> Self {
-        Self { tasks: HashMap::new() }
+    /// No listeners yet; those added later run on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+        Self { tasks: HashMap::new(), runtime }
     }
 
     /// Stops the listener of `network` (it was removed), freeing its address.
@@ -201,8 +208,8 @@ impl DnsServer {
         }
     }
 
-    /// Listens on `gateway:53` inside `node` for `network`. Needs a tokio runtime.
-    /// Does nothing if `network` is served already.
+    /// Listens on `gateway:53` inside `node` for `network`. Does nothing if `network`
+    /// is served already.
     pub fn listen(&mut self, node: &Netns, network: NetworkName, gateway: Ipv4Addr, records: Records) -> Result<(), DnsError> {
         if self.tasks.contains_key(&network) {
             return Ok(());
@@ -210,11 +217,12 @@ impl DnsServer {
         let addr = SocketAddr::new(gateway.into(), 53);
         let bind = node.run(move || std::net::UdpSocket::bind(addr).and_then(|s| s.set_nonblocking(true).map(|()| s)))?;
         let std_sock = bind.map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
+        let _entered = self.runtime.enter();
         let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
         let sock = Arc::new(sock);
         let node_path = node.path().to_path_buf();
         let key = network.clone();
-        let task = tokio::spawn(async move {
+        let task = self.runtime.spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((len, from)) = sock.recv_from(&mut buf).await else {
@@ -244,12 +252,6 @@ impl DnsServer {
         });
         self.tasks.insert(key, task);
         Ok(())
-    }
-}
-
-impl Default for DnsServer {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -40,12 +40,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use minipod_netstack::{AttachRequest, IfName, Node, NetworkConfig, OwnerId};
+//! use minipod_netstack::{AttachRequest, Node, NetworkConfig, OwnerId};
 //!
 //! let node = Node::new("/run/minipod", None)?;
 //! let net = node.create_network(NetworkConfig::default_network()).await?;
 //! let pod = minipod_netstack::netns::create_pinned("/run/minipod/netns/pod-1".as_ref())?;
-//! let req = AttachRequest { owner: OwnerId::new("pod-1")?, netns: pod.path().into(), ifname: IfName::new("eth0")?, ip: None, ports: vec![], dns_names: vec!["pod-1".into()] };
+//! let req = AttachRequest { dns_names: vec!["pod-1".into()], ..AttachRequest::new(OwnerId::new("pod-1")?, pod.path()) };
 //! let wired = node.attach(&net.name, req).await?;
 //! println!("pod-1 has {}", wired.ip);
 //! # Ok(())

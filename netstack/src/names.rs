@@ -93,6 +93,13 @@ name_type!(
     128
 );
 
+impl IfName {
+    /// `eth0`, the usual name of a pod's interface.
+    pub fn eth0() -> Self {
+        Self("eth0".to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

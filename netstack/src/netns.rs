@@ -98,25 +98,59 @@ impl AsFd for Netns {
 /// Creates a new network namespace and pins it at `path` (an empty file is created).
 /// The namespace lives until [`remove_pinned`], whatever process created it.
 pub fn create_pinned(path: &Path) -> Result<Netns, NetnsError> {
-    let target = path.to_path_buf();
-    std::fs::File::create(&target).map_err(|source| NetnsError::Open { path: target.clone(), source })?;
-    let t = target.clone();
-    let made = std::thread::spawn(move || -> Result<(), NetnsError> {
-        let err = |what| {
-            let path = t.clone();
-            move |source| NetnsError::Create { path, what, source }
+    create_pinned_set(&[("net", path)], || Ok(()))?;
+    Netns::open(path)
+}
+
+/// Creates new namespaces of the given kinds (`net`, `ipc`, `uts`) together, runs
+/// `inside` in them (to set a hostname, say) and pins each at its path. On failure
+/// nothing stays pinned.
+pub fn create_pinned_set(
+    pins: &[(&'static str, &Path)],
+    inside: impl FnOnce() -> nix::Result<()> + Send + 'static,
+) -> Result<(), NetnsError> {
+    let mut flags = CloneFlags::empty();
+    let mut targets = Vec::new();
+    for (kind, path) in pins {
+        flags |= match *kind {
+            "net" => CloneFlags::CLONE_NEWNET,
+            "ipc" => CloneFlags::CLONE_NEWIPC,
+            "uts" => CloneFlags::CLONE_NEWUTS,
+            _ => {
+                return Err(NetnsError::Create { path: path.to_path_buf(), what: "unsupported namespace kind", source: nix::Error::EINVAL })
+            }
         };
-        unshare(CloneFlags::CLONE_NEWNET).map_err(err("unshare"))?;
-        mount(Some("/proc/thread-self/ns/net"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err("bind mount"))
+        let target = path.to_path_buf();
+        if let Err(source) = File::create(&target) {
+            undo(&targets);
+            return Err(NetnsError::Open { path: target, source });
+        }
+        targets.push((*kind, target));
+    }
+    let inner = targets.clone();
+    let made = std::thread::spawn(move || -> Result<(), NetnsError> {
+        let first = inner.first().map(|(_, p)| p.clone()).unwrap_or_default();
+        unshare(flags).map_err(|source| NetnsError::Create { path: first.clone(), what: "unshare", source })?;
+        inside().map_err(|source| NetnsError::Create { path: first, what: "preparing the new namespaces", source })?;
+        for (kind, t) in &inner {
+            mount(Some(format!("/proc/thread-self/ns/{kind}").as_str()), t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|source| NetnsError::Create { path: t.clone(), what: "bind mount", source })?;
+        }
+        Ok(())
     })
     .join()
     .map_err(|_| NetnsError::Worker)
     .and_then(|r| r);
-    if let Err(e) = made {
-        let _ = std::fs::remove_file(&target);
-        return Err(e);
+    if made.is_err() {
+        undo(&targets);
     }
-    Netns::open(&target)
+    made
+}
+
+fn undo(targets: &[(&str, PathBuf)]) {
+    for (_, t) in targets {
+        let _ = remove_pinned(t);
+    }
 }
 
 /// Unpins a namespace made by [`create_pinned`]; a path already gone is fine. The

@@ -41,6 +41,8 @@ pub enum NetworkError {
     BadDnsName(String),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    #[error("serving DNS needs a tokio runtime: call this from inside one, or use serve_dns_on with a runtime handle")]
+    NoRuntime,
     #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
     LinkClash(String),
     #[error(transparent)]
@@ -172,6 +174,25 @@ pub struct AttachRequest {
     pub ports: Vec<PortMapping>,
     /// Names other members of the network can resolve it by (name, then aliases).
     pub dns_names: Vec<String>,
+    /// Route everything not on a connected subnet via this network's gateway. Only one
+    /// network of a namespace can do this: the others reach their own subnet only.
+    pub default_route: bool,
+}
+
+impl AttachRequest {
+    /// `netns` as `eth0`, next free address, no ports or names, default route.
+    pub fn new(owner: OwnerId, netns: impl Into<PathBuf>) -> Self {
+        Self {
+            owner,
+            netns: netns.into(),
+            // Valid by construction: 4 bytes of letters and digits.
+            ifname: IfName::eth0(),
+            ip: None,
+            ports: vec![],
+            dns_names: vec![],
+            default_route: true,
+        }
+    }
 }
 
 /// One member of a network, as recorded.
@@ -364,34 +385,50 @@ impl Node {
         })
     }
 
-    /// Starts the DNS server: a listener on the gateway of every DNS-enabled network
-    /// (and of those created later), answering for the names members were attached
-    /// with. Runs on the caller's tokio runtime until the node is dropped.
+    /// Starts the DNS server on the caller's tokio runtime: a listener on the gateway
+    /// of every DNS-enabled network (and of those created later), answering for the
+    /// names members were attached with, until the node is dropped.
     pub fn serve_dns(&self) -> Result<(), NetworkError> {
-        let mut server = crate::dns::DnsServer::new();
-        for cfg in self.networks()?.into_iter().filter(|c| c.dns) {
-            self.records.set_network(&cfg.name, cfg.subnet, cfg.subnet6, upstreams(&cfg));
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetworkError::NoRuntime)?;
+        self.serve_dns_on(runtime, true)
+    }
+
+    /// Starts the DNS server with its listeners on `runtime`: for every DNS-enabled
+    /// network now if `all`, else only for networks this node creates or joins from
+    /// now on (so that several processes can share a node, each serving its own).
+    pub fn serve_dns_on(&self, runtime: tokio::runtime::Handle, all: bool) -> Result<(), NetworkError> {
+        if let Ok(mut dns) = self.dns.lock() {
+            dns.get_or_insert_with(|| crate::dns::DnsServer::new(runtime));
+        }
+        if all {
+            for cfg in self.networks()?.into_iter().filter(|c| c.dns) {
+                self.serve_dns_for(&cfg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves network `cfg`'s names if the DNS server runs (a no-op when they are
+    /// served already). Another process serving them already is only a warning.
+    fn serve_dns_for(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+        let Ok(mut dns) = self.dns.lock() else { return Ok(()) };
+        let (Some(server), true) = (dns.as_mut(), cfg.dns) else { return Ok(()) };
+        if !self.records.has_network(&cfg.name) {
+            self.records.set_network(&cfg.name, cfg.subnet, cfg.subnet6, upstreams(cfg));
             for m in self.members(&cfg.name)? {
                 self.records.add(&cfg.name, &m.dns_names, m.ip.into());
                 if let Some(v6) = m.ip6 {
                     self.records.add(&cfg.name, &m.dns_names, v6.into());
                 }
             }
-            server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone())?;
         }
-        if let Ok(mut dns) = self.dns.lock() {
-            *dns = Some(server);
+        match server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone()) {
+            Err(crate::dns::DnsError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(network = %cfg.name, "another process serves DNS on {}:53; names attached here are not served", cfg.gateway());
+                Ok(())
+            }
+            other => Ok(other?),
         }
-        Ok(())
-    }
-
-    fn serve_dns_for(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
-        let Ok(mut dns) = self.dns.lock() else { return Ok(()) };
-        if let (Some(server), true) = (dns.as_mut(), cfg.dns) {
-            self.records.set_network(&cfg.name, cfg.subnet, cfg.subnet6, upstreams(cfg));
-            server.listen(&self.netns, cfg.name.clone(), cfg.gateway(), self.records.clone())?;
-        }
-        Ok(())
     }
 
     /// Members of network `name`.
@@ -483,6 +520,8 @@ impl Node {
             release();
             return Err(e);
         }
+        // Joining a network someone else created: serve it from here too.
+        self.serve_dns_for(&cfg)?;
         if cfg.dns {
             self.records.add(name, &attachment.dns_names, attachment.ip.into());
             if let Some(v6) = attachment.ip6 {
@@ -520,10 +559,14 @@ impl Node {
             }
             nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), &format!("adding {ip} to {}", req.ifname)).await?;
             nl.up(index, &format!("setting {} up", req.ifname)).await?;
-            nl.add_default_route(cfg.gateway(), &format!("adding the default route via {}", cfg.gateway())).await?;
+            if req.default_route {
+                nl.add_default_route(cfg.gateway(), &format!("adding the default route via {}", cfg.gateway())).await?;
+            }
             if let (Some(v6), Some(gw6), Some(net6)) = (ip6, cfg.gateway6(), cfg.subnet6) {
                 nl.add_address(index, v6.into(), net6.prefix(), &format!("adding {v6} to {}", req.ifname)).await?;
-                nl.add_default_route6(gw6, &format!("adding the IPv6 default route via {gw6}")).await?;
+                if req.default_route {
+                    nl.add_default_route6(gw6, &format!("adding the IPv6 default route via {gw6}")).await?;
+                }
             }
             Ok::<(), NetworkError>(())
         };
@@ -641,6 +684,12 @@ impl Node {
     /// member record (a crash mid-attach) are freed; and host veths of this node that
     /// no record names are deleted. Returns what was removed.
     pub async fn gc(&self, live: &std::collections::HashSet<OwnerId>) -> Result<GcReport, NetworkError> {
+        self.gc_with(|o| live.contains(o)).await
+    }
+
+    /// [`Node::gc`] asking `is_live` about each owner when it is met, so that an owner
+    /// made while this runs (whose record appears before its attachment) is kept.
+    pub async fn gc_with(&self, is_live: impl Fn(&OwnerId) -> bool) -> Result<GcReport, NetworkError> {
         let mut report = GcReport::default();
         // Links first: an attach that starts after this snapshot allocates its address
         // (and so shows in the state read below) before it makes its veth.
@@ -649,7 +698,7 @@ impl Node {
         let mut known_ifnames = std::collections::HashSet::new();
         for cfg in self.networks()? {
             for m in self.members(&cfg.name)? {
-                if live.contains(&m.owner) {
+                if is_live(&m.owner) {
                     known_ifnames.insert(m.host_ifname.clone());
                 } else {
                     self.detach(&cfg.name, &m.owner).await?;
@@ -661,7 +710,7 @@ impl Node {
             let pools = std::iter::once(self.ipam(&cfg)).chain(self.ipam6(&cfg));
             let owners: Vec<(OwnerId, IpAddr)> = pools.map(|p| p.owners()).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
             for (owner, ip) in owners {
-                if !live.contains(&owner) {
+                if !is_live(&owner) {
                     self.detach(&cfg.name, &owner).await?;
                     report.addresses.push((cfg.name.clone(), ip));
                 }

@@ -50,6 +50,8 @@ pub enum ContainerError {
     Start { id: ContainerId, message: String },
     #[error("exec in container {id}: {message}")]
     Exec { id: ContainerId, message: String },
+    #[error("exec in container {id}: the process ran longer than {secs} s and was killed")]
+    ExecTimeout { id: ContainerId, secs: f64 },
     #[error("the minipod helper exited without a report: a binary that embeds minipod-runtime must link it normally (see the crate docs)")]
     HelperVanished,
     #[error(transparent)]
@@ -91,6 +93,9 @@ pub enum Stdio {
     Inherit,
     /// These three descriptors.
     Fds(OwnedFd, OwnedFd, OwnedFd),
+    /// stdin /dev/null; stdout and stderr copied by the monitor into a CRI-format
+    /// log at this path ([`crate::logs`]). Only for containers, not exec.
+    Log(PathBuf),
 }
 
 impl Stdio {
@@ -105,7 +110,7 @@ impl Stdio {
             })
         };
         Ok(match self {
-            Stdio::Null => vec![],
+            Stdio::Null | Stdio::Log(_) => vec![],
             Stdio::Inherit => vec![dup(0)?, dup(1)?, dup(2)?],
             Stdio::Fds(a, b, c) => vec![dup(a.as_raw_fd())?, dup(b.as_raw_fd())?, dup(c.as_raw_fd())?],
         })
@@ -119,6 +124,8 @@ pub struct CreateOptions {
     pub stdio: Stdio,
     /// Write the workload's host PID here once created.
     pub pid_file: Option<PathBuf>,
+    /// Mount this overlay as the bundle's rootfs (inside the container only).
+    pub overlay: Option<crate::rootfs::Overlay>,
 }
 
 /// A container that [`Runtime::create`] made.
@@ -143,6 +150,9 @@ pub struct ExecOptions {
     pub user: Option<(u32, u32)>,
     /// The process's stdio.
     pub stdio: Stdio,
+    /// Kill the process with SIGKILL once it has run this long
+    /// ([`ContainerError::ExecTimeout`]).
+    pub timeout: Option<Duration>,
 }
 
 /// Containers under one state root (`/run/minipod` by default).
@@ -222,6 +232,11 @@ impl Runtime {
             cgroup,
             stdio: !stdio.is_empty(),
             start,
+            log: match &opts.stdio {
+                Stdio::Log(path) => Some(path.clone()),
+                _ => None,
+            },
+            overlay: opts.overlay.clone(),
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
@@ -279,7 +294,7 @@ impl Runtime {
             match chan.expect::<Report>()? {
                 Report::Started { .. } | Report::Exited(_) => return Ok(()),
                 Report::Failed(message) => return Err(ContainerError::Start { id: id.clone(), message }),
-                Report::Warning(_) | Report::Created { .. } => continue,
+                _ => continue,
             }
         }
     }
@@ -419,6 +434,26 @@ impl Runtime {
             .map_err(|source| ContainerError::Io { what: "removing state dir", path: dir, source })
     }
 
+    /// Asks the monitor to start a new log file at the container's log path (after a
+    /// rotator moved the old one away).
+    pub fn reopen_log(&self, id: &ContainerId) -> Result<()> {
+        let st = self.state(id)?;
+        let chan = monitor::connect(&self.dir(id)).ok_or_else(|| ContainerError::WrongState {
+            id: id.clone(),
+            op: "reopen the log of",
+            status: st.live_status(),
+            hint: ": its monitor is gone",
+        })?;
+        chan.send(&MonitorRequest::ReopenLog)?;
+        loop {
+            match chan.expect::<Report>()? {
+                Report::LogReopened => return Ok(()),
+                Report::Failed(message) => return Err(ContainerError::Exec { id: id.clone(), message }),
+                _ => continue,
+            }
+        }
+    }
+
     /// Runs a process inside a running container and returns its exit status.
     pub fn exec(&self, id: &ContainerId, opts: ExecOptions) -> Result<ExitStatus> {
         let st = self.state(id)?;
@@ -466,12 +501,16 @@ impl Runtime {
             cgroup_paths: st.cgroup_paths.clone(),
             process,
             stdio: !stdio.is_empty(),
+            timeout: opts.timeout,
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
         let outcome = loop {
             match chan.recv::<Report>() {
                 Ok(Some(Report::Exited(status))) => break Ok(status),
+                Ok(Some(Report::TimedOut)) => {
+                    break Err(ContainerError::ExecTimeout { id: id.clone(), secs: opts.timeout.unwrap_or_default().as_secs_f64() })
+                }
                 Ok(Some(Report::Failed(message))) => break Err(ContainerError::Exec { id: id.clone(), message }),
                 Ok(Some(_)) => continue,
                 Ok(None) => break Err(ContainerError::HelperVanished),

@@ -13,6 +13,8 @@
 //!   read-only paths), sets hostname, sysctls, rlimits, user, capabilities and
 //!   no_new_privs, then blocks before exec until [`Runtime::start`].
 //! - State lives in `<root>/<id>/state.json`, written atomically by the monitor only.
+//! - Images live in an [`ImageStore`]: imported OCI layouts, unpacked once per layer
+//!   into directories that containers stack read-only as overlayfs lower layers.
 //!
 //! # Example
 //!
@@ -37,8 +39,12 @@ pub mod busybox;
 pub mod capabilities;
 pub mod cgroups;
 mod container;
+pub mod embed;
 pub mod id;
+pub mod image;
+pub mod logs;
 pub mod pidfd;
+pub mod pod;
 mod process;
 pub mod rootfs;
 pub mod signal;
@@ -48,6 +54,8 @@ pub mod state;
 pub use bundle::{Bundle, BundleError};
 pub use container::{ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT};
 pub use id::{ContainerId, IdError};
+pub use image::{Image, ImageConfig, ImageError, ImageStore};
+pub use pod::{PodError, Pods, PodsOptions};
 pub use process::channel::ChannelError;
 pub use process::SpawnError;
 pub use signal::{Signal, SignalError};

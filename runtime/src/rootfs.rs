@@ -151,7 +151,13 @@ pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
 /// Everything up to and including `pivot_root`, except cgroup filesystems: those must
 /// be mounted from inside the container's cgroup namespace, which can only be created
 /// once the process is in its cgroup. They are returned for [`mount_cgroups`].
-pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String)) -> Result<DeferredCgroups, RootfsError> {
+pub fn prepare(
+    spec: &Spec,
+    bundle: &Path,
+    rootfs: &Path,
+    overlay: Option<&Overlay>,
+    warn: &dyn Fn(String),
+) -> Result<DeferredCgroups, RootfsError> {
     let linux = spec.linux().clone().unwrap_or_default();
     let propagation = match linux.rootfs_propagation().as_deref().unwrap_or("") {
         "" | "rslave" | "slave" => MsFlags::MS_SLAVE,
@@ -168,8 +174,17 @@ pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String))
     };
     // Nothing we mount may propagate back to the host.
     mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).map_err(merr("making / a slave mount"))?;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(merr(format!("bind-mounting the rootfs {}", rootfs.display())))?;
+    match overlay {
+        // Mounted in the container's own mount namespace: it goes away with the
+        // container, and a crash can leave no mount behind on the host.
+        Some(o) => mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(o.options().as_str())).map_err(merr(format!(
+            "mounting the overlay rootfs ({}) on {}",
+            o.options(),
+            rootfs.display()
+        )))?,
+        None => mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(merr(format!("bind-mounting the rootfs {}", rootfs.display())))?,
+    }
 
     let mounts = spec.mounts().clone().unwrap_or_default();
     let is_cgroup = |m: &Mount| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2"));
@@ -186,6 +201,25 @@ pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, warn: &dyn Fn(String))
     let hierarchies = if cgroup_mounts.is_empty() || crate::cgroups::is_unified() { vec![] } else { v1_hierarchies()? };
     pivot(rootfs)?;
     Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies })
+}
+
+/// A root filesystem stacked from read-only image layers and a writable upper dir.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Overlay {
+    /// Layer directories, top first (overlayfs' lowerdir order).
+    pub lower: Vec<PathBuf>,
+    /// The container's own changes.
+    pub upper: PathBuf,
+    /// overlayfs' scratch dir, on the same filesystem as `upper`.
+    pub work: PathBuf,
+}
+
+impl Overlay {
+    /// The mount data.
+    pub fn options(&self) -> String {
+        let lower: Vec<String> = self.lower.iter().map(|p| p.display().to_string()).collect();
+        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), self.upper.display(), self.work.display())
+    }
 }
 
 /// Cgroup mounts [`prepare`] left for after the process joined its cgroup namespace.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod pods;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

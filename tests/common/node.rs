@@ -54,11 +54,12 @@ impl TestNode {
         AttachRequest {
             owner: OwnerId::new(owner).unwrap(),
             netns: netns.to_path_buf(),
-            ifname: IfName::new("eth0").unwrap(),
+            ifname: IfName::eth0(),
             ip: None,
             ports: vec![],
             // Members resolve each other by owner name.
             dns_names: vec![owner.to_string()],
+            default_route: true,
         }
     }
 

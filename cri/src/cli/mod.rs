@@ -2,6 +2,7 @@
 
 mod net;
 mod oci;
+mod pod;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,12 @@ enum Command {
     Demo(oci::DemoArgs),
     /// Bridge networks: create, ls, inspect, rm, gc.
     Net(net::NetArgs),
+    /// Pods: run, ls, inspect, stop, rm.
+    Pod(pod::PodArgs),
+    /// Containers of pods: run, exec, logs, ls, stop, rm.
+    Ctr(pod::CtrArgs),
+    /// Local images: import, ls, rm.
+    Image(pod::ImageArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -92,6 +99,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Spec(a) => oci::spec(a),
         Command::Demo(a) => oci::demo(&root, a),
         Command::Net(a) => net::net(&root, a),
+        Command::Pod(a) => pod::pod(&root, a),
+        Command::Ctr(a) => pod::ctr(&root, a),
+        Command::Image(a) => pod::image(a),
     }
 }
 

@@ -114,7 +114,7 @@ fn report_warnings(warnings: &[String]) {
 
 pub fn create(root: &Path, a: CreateArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
-    let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file })?;
+    let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, ..Default::default() })?;
     report_warnings(&created.warnings);
     Ok(0)
 }
@@ -144,7 +144,7 @@ pub fn delete(root: &Path, a: DeleteArgs) -> anyhow::Result<i32> {
 pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
     if a.detach {
-        let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Null, pid_file: a.pid_file })?;
+        let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Null, pid_file: a.pid_file, ..Default::default() })?;
         report_warnings(&created.warnings);
         if let Err(e) = rt.start(&a.id) {
             let _ = rt.delete(&a.id, true);
@@ -153,7 +153,9 @@ pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let (created, status) =
-        rt.run_with(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file }, |c| forward_signals_to(c.pid))?;
+        rt.run_with(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, ..Default::default() }, |c| {
+            forward_signals_to(c.pid)
+        })?;
     report_warnings(&created.warnings);
     Ok(status.shell_code())
 }
@@ -192,7 +194,8 @@ fn forward_signals_to(pid: i32) {
 
 pub fn exec(root: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let user = a.user.as_deref().map(parse_user).transpose()?;
-    let status = open(root)?.exec(&a.id, ExecOptions { args: a.command, env: a.env, cwd: a.cwd, user, stdio: Stdio::Inherit })?;
+    let status =
+        open(root)?.exec(&a.id, ExecOptions { args: a.command, env: a.env, cwd: a.cwd, user, stdio: Stdio::Inherit, timeout: None })?;
     Ok(status.shell_code())
 }
 
@@ -251,7 +254,7 @@ pub fn demo(root: &Path, a: DemoArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
     let id = ContainerId::new(format!("demo-{}", std::process::id()))?;
     println!("$ minipod run --bundle {} {id}", a.dir.display());
-    let (created, status) = rt.run(&id, &a.dir, CreateOptions { stdio: Stdio::Inherit, pid_file: None })?;
+    let (created, status) = rt.run(&id, &a.dir, CreateOptions { stdio: Stdio::Inherit, pid_file: None, ..Default::default() })?;
     report_warnings(&created.warnings);
     println!("container {id} exited with {}", status.shell_code());
     Ok(status.shell_code())

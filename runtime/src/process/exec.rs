@@ -28,8 +28,12 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
 
 pub(super) fn run(chan: Channel, req: &ExecRequest, stdio: Vec<OwnedFd>) -> i32 {
     match join_and_fork(req, stdio) {
-        Ok(status) => {
+        Ok(Some(status)) => {
             let _ = chan.send(&Report::Exited(status));
+            0
+        }
+        Ok(None) => {
+            let _ = chan.send(&Report::TimedOut);
             0
         }
         Err(e) => {
@@ -39,7 +43,8 @@ pub(super) fn run(chan: Channel, req: &ExecRequest, stdio: Vec<OwnedFd>) -> i32 
     }
 }
 
-fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, InitError> {
+/// The process's exit status, or None when it ran past the timeout and was killed.
+fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitStatus>, InitError> {
     let sys = |what: &str| {
         let what = what.to_string();
         move |source| InitError::Sys { what, source }
@@ -91,7 +96,15 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
         ForkResult::Parent { child: pid } => {
             drop(child_end);
             drop(stdio);
+            let started = std::time::Instant::now();
             let failure = report.recv::<Report>().ok().flatten();
+            let mut timed_out = false;
+            if let Some(limit) = req.timeout {
+                timed_out = !wait_exit(pid, limit.saturating_sub(started.elapsed()))?;
+                if timed_out {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
             let status = loop {
                 match waitpid(pid, None) {
                     Err(Errno::EINTR) => continue,
@@ -105,8 +118,30 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<ExitStatus, I
             };
             match failure {
                 Some(Report::Failed(msg)) => Err(InitError::Sys { what: msg, source: Errno::ENOEXEC }),
-                _ => Ok(status),
+                _ if timed_out => Ok(None),
+                _ => Ok(Some(status)),
             }
+        }
+    }
+}
+
+/// Waits up to `limit` for child `pid` to exit, without reaping it: true if it did.
+fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, InitError> {
+    // SAFETY: pidfd_open with a PID of our own unreaped child, which cannot be reused.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })
+        .map_err(|source| InitError::Sys { what: "opening a pidfd for the exec'd process".into(), source })?;
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(source) => return Err(InitError::Sys { what: "waiting for the exec'd process".into(), source }),
         }
     }
 }

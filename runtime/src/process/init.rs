@@ -123,7 +123,7 @@ fn setup(
     }
     set_stdio(stdio)?;
 
-    let cgroup_mounts = rootfs::prepare(spec, &req.bundle, &req.rootfs, &warn)?;
+    let cgroup_mounts = rootfs::prepare(spec, &req.bundle, &req.rootfs, req.overlay.as_ref(), &warn)?;
     match chan.recv_with_fds::<ToInit>()? {
         Some((ToInit::CgroupReady, join)) => crate::cgroups::join_self(&join)?,
         Some((ToInit::Start, _)) => return Err(InitError::Protocol("start arrived before setup")),

@@ -28,6 +28,11 @@ pub struct CreateRequest {
     pub stdio: bool,
     /// Release the workload as soon as it is ready (`run`), saving a round trip.
     pub start: bool,
+    /// Stdout and stderr go through the monitor into this CRI-format log (stdin is
+    /// /dev/null); `stdio` is false then.
+    pub log: Option<PathBuf>,
+    /// Mount this overlay as the rootfs, inside the container's mount namespace only.
+    pub overlay: Option<crate::rootfs::Overlay>,
 }
 
 /// A process to start inside a running container.
@@ -38,6 +43,8 @@ pub struct ExecRequest {
     pub cgroup_paths: Vec<PathBuf>,
     pub process: oci_spec::runtime::Process,
     pub stdio: bool,
+    /// Kill the process (SIGKILL) if it runs longer than this.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Requests to a container's monitor, over its stdin channel or its control socket.
@@ -47,6 +54,8 @@ pub enum MonitorRequest {
     Start,
     /// Answer with `Exited` once the workload has exited.
     Wait,
+    /// Start a new log file at the same path (after rotation); answered with `LogReopened`.
+    ReopenLog,
 }
 
 /// What a helper (monitor or exec helper) tells the process that talks to it.
@@ -60,6 +69,10 @@ pub enum Report {
     Started { pid: i32 },
     /// The workload exited.
     Exited(ExitStatus),
+    /// An exec'd process ran past its timeout and was killed.
+    TimedOut,
+    /// The log file was reopened.
+    LogReopened,
     /// The request failed; the text carries the whole cause chain.
     Failed(String),
 }

@@ -17,6 +17,7 @@ use super::channel::{Channel, Listener};
 use super::messages::{CreateRequest, FromInit, MonitorRequest, Report, ToInit};
 use super::{chain, init};
 use crate::cgroups::{Cgroup, CgroupError};
+use crate::logs::{LineSplitter, LogWriter, Stream};
 use crate::state::{self, ContainerState, ExitStatus, Status};
 
 /// Name of the monitor's control socket in the container's state dir.
@@ -52,6 +53,12 @@ pub enum MonitorError {
     InitDied,
     #[error("recording the container's state")]
     State(#[from] state::StateError),
+    #[error("opening the container log {path}")]
+    Log {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Entry from the helper hook: detach, create, then serve until the workload exits.
@@ -93,15 +100,97 @@ struct Monitor {
     pid: Pid,
     sigchld: SignalFd,
     listener: Listener,
+    log: Option<Log>,
+}
+
+/// The workload's stdout and stderr pipes and the CRI log they are copied into.
+struct Log {
+    writer: LogWriter,
+    /// Read ends (non-blocking) with their line assembly; removed at EOF.
+    streams: Vec<(OwnedFd, LineSplitter)>,
+}
+
+impl Log {
+    /// Pipes for the workload: its stdio (null, stdout, stderr) and our side.
+    fn open(path: &Path) -> Result<(Self, Vec<OwnedFd>), MonitorError> {
+        let writer = LogWriter::open(path).map_err(|source| MonitorError::Log { path: path.display().to_string(), source })?;
+        let null = std::fs::File::options()
+            .read(true)
+            .open("/dev/null")
+            .map_err(|e| MonitorError::Setup("opening /dev/null", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        let mut stdio = vec![OwnedFd::from(null)];
+        let mut streams = Vec::new();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| MonitorError::Setup("creating a log pipe", e))?;
+            // Only our end is non-blocking: a workload writing into a full pipe waits.
+            nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+                .map_err(|e| MonitorError::Setup("setting up a log pipe", e))?;
+            stdio.push(w);
+            streams.push((r, LineSplitter::new(stream)));
+        }
+        Ok((Self { writer, streams }, stdio))
+    }
+
+    /// Copies what the pipes in `ready` hold into the log; drops a pipe at EOF.
+    /// Returns without blocking.
+    fn pump(&mut self, ready: &[bool]) {
+        let mut buf = [0u8; 16 * 1024];
+        let mut i = 0;
+        let mut ready = ready.iter();
+        while i < self.streams.len() {
+            if !ready.next().copied().unwrap_or(true) {
+                i += 1;
+                continue;
+            }
+            let (fd, splitter) = &mut self.streams[i];
+            let eof = loop {
+                match nix::unistd::read(&*fd, &mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        // A record that cannot be written is lost, not retried: the
+                        // workload must never block on a full disk.
+                        let _ = splitter.feed(&buf[..n], &mut self.writer);
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => break false,
+                    Err(_) => break true,
+                }
+            };
+            if eof {
+                let _ = splitter.finish(&mut self.writer);
+                self.streams.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// After the workload exited: take what is left. A process it left behind may
+    /// still hold a pipe open, so this reads what is there and does not wait for EOF.
+    fn drain(&mut self) {
+        self.pump(&[]);
+        for (_, splitter) in &mut self.streams {
+            let _ = splitter.finish(&mut self.writer);
+        }
+    }
 }
 
 fn create(
     chan: &Channel,
     req: &CreateRequest,
     cgroup: &Cgroup,
-    stdio: Vec<OwnedFd>,
+    mut stdio: Vec<OwnedFd>,
     cgroup_made: &mut bool,
 ) -> Result<Monitor, MonitorError> {
+    let log = match &req.log {
+        Some(path) => {
+            let (log, pipes) = Log::open(path)?;
+            stdio = pipes;
+            Some(log)
+        }
+        None => None,
+    };
     // SAFETY: prctl with integer arguments only.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
         .map_err(|e| MonitorError::Setup("becoming a subreaper", e))?;
@@ -206,7 +295,7 @@ fn create(
     let listener = Listener::bind(&req.state_dir.join(SOCKET)).map_err(|e| kill_init(e.into()))?;
     st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
     chan.send(&Report::Created { pid: pid.as_raw(), pid_start_time }).map_err(|e| kill_init(e.into()))?;
-    Ok(Monitor { state: st, state_dir: req.state_dir.clone(), init: to_init, pid, sigchld, listener })
+    Ok(Monitor { state: st, state_dir: req.state_dir.clone(), init: to_init, pid, sigchld, listener, log })
 }
 
 impl Monitor {
@@ -220,18 +309,26 @@ impl Monitor {
         // Every connected client hears `Exited` at the end; one that hangs up is dropped.
         let mut clients = vec![creator];
         let exit = loop {
-            let (sig_ready, listen_ready, ready) = {
+            let (sig_ready, listen_ready, ready, logs_ready) = {
                 let mut fds =
                     vec![PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN), PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+                let pipes = self.log.as_ref().map_or(&[][..], |l| &l.streams[..]);
+                fds.extend(pipes.iter().map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
                 fds.extend(clients.iter().map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
                 match nix::poll::poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(_) => break None,
                 }
                 let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                let ready: Vec<bool> = fds[2..].iter().map(hit).collect();
-                (hit(&fds[0]), hit(&fds[1]), ready)
+                let logs_ready: Vec<bool> = fds[2..2 + pipes.len()].iter().map(hit).collect();
+                let ready: Vec<bool> = fds[2 + pipes.len()..].iter().map(hit).collect();
+                (hit(&fds[0]), hit(&fds[1]), ready, logs_ready)
             };
+            if logs_ready.iter().any(|r| *r) {
+                if let Some(log) = &mut self.log {
+                    log.pump(&logs_ready);
+                }
+            }
             if sig_ready {
                 while self.sigchld.read_signal().ok().flatten().is_some() {}
                 if let Some(exit) = self.reap() {
@@ -266,11 +363,25 @@ impl Monitor {
                         }
                     }
                     Ok(Some(MonitorRequest::Wait)) => clients.push(client),
+                    Ok(Some(MonitorRequest::ReopenLog)) => {
+                        let reply = match self.log.as_mut().map(|l| l.writer.reopen()) {
+                            Some(Ok(())) => Report::LogReopened,
+                            Some(Err(e)) => Report::Failed(format!("reopening the container log: {e}")),
+                            None => Report::Failed(format!("container {} does not log to a file", self.state.id)),
+                        };
+                        if client.send(&reply).is_ok() {
+                            clients.push(client);
+                        }
+                    }
                     Ok(None) | Err(_) => {}
                 }
             }
         };
         let exit = exit.unwrap_or(ExitStatus::Code(255));
+        // Whoever waits for the exit then reads a complete log.
+        if let Some(log) = &mut self.log {
+            log.drain();
+        }
         self.state.status = Status::Stopped;
         self.state.exit = Some(exit);
         self.state.finished = Some(state::now_rfc3339());

@@ -1,0 +1,404 @@
+//! `minipod pod`, `minipod ctr` and `minipod image`: pods, their containers and local
+//! images for people. Pods made here outlive the command (scope `default`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use minipod_runtime::image::DEFAULT_DIR as DEFAULT_IMAGES;
+use minipod_runtime::netstack::{NetworkName, PortMapping, Proto};
+use minipod_runtime::pod::{BindMount, ContainerConfig, PodConfig, ProcessOverrides, RootfsSource};
+use minipod_runtime::{Pods, PodsOptions, Status};
+
+/// Options every pod, ctr and image command takes.
+#[derive(Args, Debug)]
+pub struct Common {
+    /// The node's network namespace (a pinned namespace file) for new pods; the current one by default.
+    #[arg(long, global = true)]
+    netns: Option<PathBuf>,
+    /// Image store.
+    #[arg(long, global = true, default_value = DEFAULT_IMAGES)]
+    images: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PodArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: PodCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PodCommand {
+    /// Create a pod (namespaces, network, /etc files); prints its id.
+    Run(PodRunArgs),
+    /// List pods.
+    #[command(visible_alias = "list")]
+    Ls(Output),
+    /// Show a pod and its containers as JSON.
+    Inspect { pod: String },
+    /// Stop a pod's containers (TERM, then KILL after --timeout) and detach its networks.
+    Stop {
+        pod: String,
+        /// Seconds between TERM and KILL.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Remove a pod; one with running containers needs --force. Removing a pod that is gone succeeds.
+    Rm {
+        pod: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Output {
+    /// Output format.
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+}
+
+#[derive(Args, Debug)]
+struct PodRunArgs {
+    name: String,
+    /// Network to join (repeat for several; the first carries the default route and ports). Default: minipod0.
+    #[arg(long)]
+    network: Vec<NetworkName>,
+    /// Publish a port: HOST_PORT:CONTAINER_PORT[/udp], or HOST_IP:HOST_PORT:CONTAINER_PORT[/udp].
+    #[arg(short, long)]
+    publish: Vec<String>,
+    /// Another DNS name for the pod.
+    #[arg(long)]
+    alias: Vec<String>,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// KEY=VALUE
+    #[arg(short, long)]
+    label: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CtrArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: CtrCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtrCommand {
+    /// Create and start a container in a pod; prints its id (with --wait, waits and exits with its code).
+    Run(CtrRunArgs),
+    /// Run a command in a running container; exits with its code.
+    Exec {
+        pod: String,
+        name: String,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a container's log (stdout and stderr lines).
+    Logs { pod: String, name: String },
+    /// List containers, of one pod or all.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long)]
+        pod: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Stop a container: TERM, then KILL after --timeout.
+    Stop {
+        pod: String,
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Remove a container; a running one needs --force.
+    Rm {
+        pod: String,
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct CtrRunArgs {
+    pod: String,
+    name: String,
+    /// Image reference or id from the store.
+    #[arg(long, conflicts_with = "rootfs", required_unless_present = "rootfs")]
+    image: Option<String>,
+    /// A directory to use as the (unchanged) root filesystem.
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// KEY=VALUE
+    #[arg(short, long)]
+    env: Vec<String>,
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// HOST_PATH:CONTAINER_PATH[:ro]
+    #[arg(short, long)]
+    mount: Vec<String>,
+    /// Wait for the container to exit and exit with its code.
+    #[arg(long)]
+    wait: bool,
+    /// The command; the image's entrypoint and cmd by default.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Import an OCI image layout directory or archive.
+    Import {
+        path: PathBuf,
+        /// Name to give it (default: the layout's ref.name annotation).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    #[command(visible_alias = "list")]
+    Ls(Output),
+    /// Remove an image (by reference or id).
+    Rm { image: String },
+}
+
+fn open(root: &Path, c: &Common) -> anyhow::Result<Pods> {
+    Ok(Pods::open(PodsOptions {
+        root: root.to_path_buf(),
+        images: c.images.clone(),
+        node_netns: c.netns.clone(),
+        keep_pods: true,
+        ..Default::default()
+    })?)
+}
+
+fn key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("{what} {kv:?}: write it as KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn parse_port(s: &str) -> anyhow::Result<PortMapping> {
+    let bad = || format!("port {s:?}: write it as HOST_PORT:CONTAINER_PORT[/udp] or HOST_IP:HOST_PORT:CONTAINER_PORT[/udp]");
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((spec, "tcp")) => (spec, Proto::Tcp),
+        Some((spec, "udp")) => (spec, Proto::Udp),
+        Some(_) => anyhow::bail!(bad()),
+        None => (s, Proto::Tcp),
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host_ip, host, ctr) = match parts[..] {
+        [h, c] => (None, h, c),
+        [ip, h, c] => (Some(ip.parse::<Ipv4Addr>().with_context(bad)?), h, c),
+        _ => anyhow::bail!(bad()),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).with_context(bad);
+    Ok(PortMapping { proto, host_port: port(host)?, host_ip, container_port: port(ctr)? })
+}
+
+pub fn pod(root: &Path, a: PodArgs) -> anyhow::Result<i32> {
+    let pods = open(root, &a.common)?;
+    match a.command {
+        PodCommand::Run(r) => {
+            let cfg = PodConfig {
+                name: r.name,
+                hostname: r.hostname,
+                labels: key_values(&r.label, "label")?,
+                networks: r.network,
+                ports: r.publish.iter().map(|p| parse_port(p)).collect::<anyhow::Result<_>>()?,
+                aliases: r.alias,
+                ..Default::default()
+            };
+            let pod = pods.create_pod(cfg)?;
+            println!("{}", pod.id);
+        }
+        PodCommand::Ls(o) => {
+            let all = pods.pods()?;
+            if o.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("{:<14}{:<24}{:<10}{:<18}{:<12}CREATED", "ID", "NAME", "STATUS", "IP", "CONTAINERS");
+                for p in all {
+                    let n = pods.containers(Some(&p.id))?.len();
+                    let ip = p.ip().map(|ip| ip.to_string()).unwrap_or_default();
+                    println!("{:<14}{:<24}{:<10}{:<18}{:<12}{}", p.id, p.name, p.status, ip, n, p.created);
+                }
+            }
+        }
+        PodCommand::Inspect { pod } => {
+            let p = pods.pod(&pod)?;
+            let containers: Vec<serde_json::Value> = pods
+                .containers(Some(&p.id))?
+                .into_iter()
+                .map(|c| {
+                    let st = pods.container_state(&c).ok();
+                    serde_json::json!({ "record": c, "state": st })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "pod": p, "containers": containers }))?);
+        }
+        PodCommand::Stop { pod, timeout } => {
+            pods.stop_pod(&pod, Duration::from_secs(timeout))?;
+        }
+        PodCommand::Rm { pod, force } => pods.remove_pod(&pod, force)?,
+    }
+    Ok(0)
+}
+
+fn parse_mount(s: &str) -> anyhow::Result<BindMount> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, ctr, readonly) = match parts[..] {
+        [h, c] => (h, c, false),
+        [h, c, "ro"] => (h, c, true),
+        [h, c, "rw"] => (h, c, false),
+        _ => anyhow::bail!("mount {s:?}: write it as HOST_PATH:CONTAINER_PATH[:ro]"),
+    };
+    Ok(BindMount { host: host.into(), container: ctr.into(), readonly })
+}
+
+pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
+    let pods = open(root, &a.common)?;
+    match a.command {
+        CtrCommand::Run(r) => {
+            let source = match (r.image, r.rootfs) {
+                (Some(i), _) => RootfsSource::Image(i),
+                (None, Some(d)) => RootfsSource::Dir(d),
+                (None, None) => anyhow::bail!("give --image REF or --rootfs DIR"),
+            };
+            let mut cfg = ContainerConfig::new(r.name, source);
+            cfg.process =
+                ProcessOverrides { args: (!r.command.is_empty()).then_some(r.command), env: r.env, workdir: r.workdir, user: None };
+            cfg.mounts = r.mount.iter().map(|m| parse_mount(m)).collect::<anyhow::Result<_>>()?;
+            let c = pods.create_container(&r.pod, cfg)?;
+            if let Err(e) = pods.start_container(&c) {
+                let _ = pods.remove_container_record(&c, true);
+                return Err(e.into());
+            }
+            if r.wait {
+                return Ok(pods.wait_container(&c)?.shell_code());
+            }
+            println!("{}", c.id);
+        }
+        CtrCommand::Exec { pod, name, timeout, command } => {
+            let c = pods.container(&pod, &name)?;
+            let out = pods.exec(&c, command, timeout.map(Duration::from_secs))?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out.stdout)?;
+            std::io::stderr().write_all(&out.stderr)?;
+            return Ok(out.status.shell_code());
+        }
+        CtrCommand::Logs { pod, name } => {
+            let c = pods.container(&pod, &name)?;
+            for l in pods.logs(&c)? {
+                match l.stream {
+                    minipod_runtime::logs::Stream::Stdout => println!("{}", l.text),
+                    minipod_runtime::logs::Stream::Stderr => eprintln!("{}", l.text),
+                }
+            }
+        }
+        CtrCommand::Ls { pod, output } => {
+            let pod_id = pod.map(|p| pods.pod(&p)).transpose()?.map(|p| p.id);
+            let all = pods.containers(pod_id.as_ref())?;
+            if output.output == "json" {
+                let rows: Vec<serde_json::Value> =
+                    all.iter().map(|c| serde_json::json!({ "record": c, "state": pods.container_state(c).ok() })).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<40}{:<16}{:<20}{:<10}{:<6}IMAGE", "ID", "POD", "NAME", "STATUS", "EXIT");
+                for c in all {
+                    let st = pods.container_state(&c).ok();
+                    let status = st.as_ref().map(|s| s.live_status().to_string()).unwrap_or_else(|| "unknown".into());
+                    let exit = st.and_then(|s| s.exit).map(|e| e.shell_code().to_string()).unwrap_or_default();
+                    let pod_name = pods.pod(c.pod.as_str()).map(|p| p.name).unwrap_or_default();
+                    let image = match &c.source {
+                        RootfsSource::Image(i) => i.clone(),
+                        RootfsSource::Dir(d) => d.display().to_string(),
+                    };
+                    println!("{:<40}{:<16}{:<20}{:<10}{:<6}{}", c.id, pod_name, c.name, status, exit, image);
+                }
+            }
+        }
+        CtrCommand::Stop { pod, name, timeout } => {
+            let c = pods.container(&pod, &name)?;
+            pods.stop_container_record(&c, Duration::from_secs(timeout))?;
+        }
+        CtrCommand::Rm { pod, name, force } => {
+            let c = match pods.container(&pod, &name) {
+                Ok(c) => c,
+                Err(minipod_runtime::PodError::NoSuchContainer { .. }) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            if !force && pods.container_state(&c).map(|s| s.live_status() == Status::Running).unwrap_or(false) {
+                anyhow::bail!("container {name} in pod {pod} is running: stop it first (`minipod ctr stop {pod} {name}`) or use --force");
+            }
+            pods.remove_container_record(&c, true)?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn image(a: ImageArgs) -> anyhow::Result<i32> {
+    let store = minipod_runtime::image::ImageStore::open(&a.common.images)?;
+    match a.command {
+        ImageCommand::Import { path, name } => {
+            let img = store.import(&path, name.as_deref())?;
+            println!("{}", img.id);
+        }
+        ImageCommand::Ls(o) => {
+            let all = store.list()?;
+            if o.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("{:<50}{:<22}SIZE", "REFERENCE", "ID");
+                for img in all {
+                    let short = img.id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+                    let tags = if img.repo_tags.is_empty() { vec!["<none>".to_string()] } else { img.repo_tags.clone() };
+                    for t in tags {
+                        println!("{:<50}{:<22}{}", t, short, img.size);
+                    }
+                }
+            }
+        }
+        ImageCommand::Rm { image } => store.remove(&image)?,
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_with_protocol_and_host_ip() {
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!((p.host_port, p.container_port, p.proto, p.host_ip), (8080, 80, Proto::Tcp, None));
+        let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
+        assert_eq!((p.host_port, p.container_port, p.proto, p.host_ip), (53, 5353, Proto::Udp, Some(Ipv4Addr::LOCALHOST)));
+        for bad in ["80", "0:80", "a:80", "1:2:3:4", "80:80/sctp"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mount("/a:/b:ro").unwrap().readonly);
+        assert!(parse_mount("/a").is_err());
+    }
+}

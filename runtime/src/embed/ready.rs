@@ -1,0 +1,204 @@
+//! Readiness waits: poll a condition until it holds or its timeout passes.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{blocking, Inner, Result};
+use crate::netstack::netns::Netns;
+use crate::pod::{ContainerRecord, PodError, PodRecord, Pods};
+
+/// How long a readiness wait lasts unless told otherwise.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time between two checks.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A condition to wait for, with its timeout.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    check: Check,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Check {
+    /// A TCP socket listening on the port inside the pod, read from the pod's own
+    /// socket table: no connection is made and no port needs publishing.
+    Port(u16),
+    /// A log line containing the text.
+    Log(String),
+    /// A command that exits 0 inside the container.
+    Exec(Vec<String>),
+    /// An HTTP GET of the path on the pod's IP and port answering 200.
+    Http(u16, String),
+}
+
+impl Ready {
+    fn new(check: Check) -> Self {
+        Self { check, timeout: DEFAULT_READY_TIMEOUT }
+    }
+
+    /// Something listens on TCP `port` in the pod.
+    pub fn port(port: u16) -> Self {
+        Self::new(Check::Port(port))
+    }
+
+    /// The container logged a line containing `text`.
+    pub fn log_line(text: &str) -> Self {
+        Self::new(Check::Log(text.into()))
+    }
+
+    /// `args` run inside the container exits 0.
+    pub fn exec<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
+        Self::new(Check::Exec(args.into_iter().map(Into::into).collect()))
+    }
+
+    /// GET `path` on the pod's IP and `port` answers 200.
+    pub fn http(port: u16, path: &str) -> Self {
+        Self::new(Check::Http(port, path.into()))
+    }
+
+    /// Gives up after `timeout` instead of 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn describe(&self) -> String {
+        match &self.check {
+            Check::Port(p) => format!("TCP port {p} listening"),
+            Check::Log(t) => format!("a log line containing {t:?}"),
+            Check::Exec(a) => format!("`{}` exiting 0", a.join(" ")),
+            Check::Http(p, path) => format!("HTTP 200 from port {p} path {path}"),
+        }
+    }
+}
+
+/// Waits for `ready` on `pod` (and `ctr`, which log and exec checks need).
+pub(super) async fn wait(rt: &Arc<Inner>, pod: &PodRecord, ctr: Option<&ContainerRecord>, ready: Ready) -> Result<()> {
+    let what = ready.describe();
+    let need_ctr = matches!(ready.check, Check::Log(_) | Check::Exec(_));
+    if need_ctr && ctr.is_none() {
+        return Err(PodError::Invalid(format!("waiting for {what} needs a container: call wait_for on the container")));
+    }
+    let deadline = Instant::now() + ready.timeout;
+    loop {
+        let (rt2, pod2, ctr2, check) = (rt.clone(), pod.clone(), ctr.cloned(), ready.check.clone());
+        let left = deadline.saturating_duration_since(Instant::now());
+        let outcome = blocking(move || Ok(check_once(&rt2.pods, &pod2, ctr2.as_ref(), &check, left))).await?;
+        let last = match outcome {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        };
+        if let Some(c) = ctr {
+            // A workload that exited will never become ready: say so now.
+            let (rt2, c2) = (rt.clone(), c.clone());
+            let st = blocking(move || rt2.pods.container_state(&c2)).await?;
+            if st.live_status() == crate::Status::Stopped {
+                return Err(PodError::NotReady {
+                    what,
+                    secs: ready.timeout.as_secs_f64(),
+                    last: format!("the container exited ({:?}) before that happened", st.exit),
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(PodError::NotReady { what, secs: ready.timeout.as_secs_f64(), last });
+        }
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// One check: Ok, or why not yet.
+fn check_once(pods: &Pods, pod: &PodRecord, ctr: Option<&ContainerRecord>, check: &Check, left: Duration) -> Result<(), String> {
+    match check {
+        Check::Port(port) => {
+            let ns = Netns::open(&pods.root().join("pods").join(pod.id.as_str()).join("ns/net")).map_err(|e| e.to_string())?;
+            let port = *port;
+            let tables = ns.run(move || {
+                let v4 = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
+                let v6 = std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default();
+                v4 + &v6
+            });
+            let tables = tables.map_err(|e| e.to_string())?;
+            if listening(&tables, port) {
+                Ok(())
+            } else {
+                Err(format!("nothing listens on port {port} yet"))
+            }
+        }
+        Check::Log(text) => {
+            let c = ctr.ok_or("no container")?;
+            let lines = pods.logs(c).map_err(|e| e.to_string())?;
+            if lines.iter().any(|l| l.text.contains(text.as_str())) {
+                Ok(())
+            } else {
+                Err(format!("{} log lines so far, none matching", lines.len()))
+            }
+        }
+        Check::Exec(args) => {
+            let c = ctr.ok_or("no container")?;
+            let out = pods.exec(c, args.clone(), Some(left.max(Duration::from_millis(100)))).map_err(|e| e.to_string())?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(format!("last run: {:?}, stderr {:?}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        }
+        Check::Http(port, path) => {
+            let ip = pod.ip().ok_or("the pod has no address")?;
+            match http_get(pods, SocketAddr::new(ip.into(), *port), path) {
+                Ok((200, _)) => Ok(()),
+                Ok((code, _)) => Err(format!("last answer: HTTP {code}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Whether a `/proc/net/tcp{,6}` table has a socket listening on `port`.
+fn listening(tables: &str, port: u16) -> bool {
+    tables.lines().skip_while(|l| l.trim_start().starts_with("sl")).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1).unwrap_or_default();
+        let state = f.nth(1).unwrap_or_default();
+        // 0A is TCP_LISTEN.
+        state == "0A" && local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+    })
+}
+
+/// A minimal HTTP/1.0 GET from the node namespace: (status, body).
+pub(super) fn http_get(pods: &Pods, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let io = |source| PodError::Io { what: "HTTP GET from", path: addr.to_string().into(), source };
+    let ns = match &pods.node_ref().netns {
+        Some(p) => Netns::open(p)?,
+        None => Netns::current()?,
+    };
+    let mut stream = ns.run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?.map_err(io)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| io(std::io::Error::other(format!("not an HTTP answer: {:?}", text.chars().take(80).collect::<String>()))))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listening_sockets_are_found_by_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n";
+        assert!(super::listening(table, 80));
+        assert!(!super::listening(table, 8080), "established, not listening");
+        assert!(!super::listening(table, 81));
+        let v6 = "  sl  local_address                         remote_address                        st\n   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0\n";
+        assert!(super::listening(v6, 8080));
+    }
+}

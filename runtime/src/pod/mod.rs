@@ -1,0 +1,961 @@
+//! Pods: pinned network, IPC and UTS namespaces with no infra process, wired to one or
+//! more networks, with their hostname, /etc/hosts and resolv.conf; and the containers
+//! that join them, made from images or directories through an overlay.
+//!
+//! [`Pods`] is the synchronous core shared by the async embedding API
+//! ([`crate::embed`]) and the CLI. Every record lives under `<root>/pods/<id>/`:
+//!
+//! ```text
+//! pod.json                  PodRecord
+//! ns/{net,ipc,uts}          the pinned namespaces
+//! etc/{hostname,hosts,resolv.conf}
+//! containers/<name>/        container.json, config.json (bundle), rootfs/, upper/, work/,
+//!                           container.log (unless a log path was given)
+//! ```
+//!
+//! Containers themselves are ordinary runtime containers (`<root>/<pod id>-<name>`),
+//! each with its monitor, so they outlive the process that made them.
+
+mod files;
+mod netthread;
+pub mod record;
+pub mod spec;
+mod sweep;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::image::{ImageError, ImageStore};
+use crate::logs::LogLine;
+use crate::netstack::{self, AttachRequest, IfName, NetworkConfig, NetworkError, NetworkName, Node, OwnerId, PortMapping};
+use crate::rootfs::Overlay;
+use crate::state::{self, ContainerState, ExitStatus, Status};
+use crate::{ContainerError, ContainerId, CreateOptions, ExecOptions, Runtime, Signal, Stdio};
+
+pub use netthread::NetThreadGone;
+pub use record::{BindMount, ContainerRecord, DnsConfig, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus, RootfsSource};
+pub use spec::ProcessOverrides;
+pub use sweep::SweepReport;
+
+/// The scope of pods made by the CLI and the daemon.
+pub const DEFAULT_SCOPE: &str = "default";
+/// How long `stop` waits after SIGTERM before SIGKILL, unless told otherwise.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const POD_FILE: &str = "pod.json";
+const CONTAINER_FILE: &str = "container.json";
+
+/// A pod or container operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("pod {name:?} already exists (id {id}): pick another name or remove it first")]
+    PodExists { name: String, id: PodId },
+    #[error("no pod {0:?}: `minipod pod ls` lists the pods")]
+    NoSuchPod(String),
+    #[error("pod name {name:?} is ambiguous: pods {ids:?} carry it; use an id")]
+    AmbiguousPod { name: String, ids: Vec<String> },
+    #[error("pod {pod} is {status}: {what}")]
+    PodNotReady { pod: String, status: PodStatus, what: &'static str },
+    #[error("pod {pod} has running containers ({names}): stop them first (`minipod pod stop {pod}`) or remove it with force")]
+    PodBusy { pod: String, names: String },
+    #[error("container {name:?} already exists in pod {pod}: pick another name or remove it first")]
+    ContainerExists { pod: String, name: String },
+    #[error("no container {name:?} in pod {pod}: `minipod ctr ls` lists the containers")]
+    NoSuchContainer { pod: String, name: String },
+    #[error("waited {secs} s for {what}: {last}")]
+    NotReady { what: String, secs: f64, last: String },
+    #[error("rootfs directory {0} does not exist or is not a directory")]
+    NoRootfs(PathBuf),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Name(#[from] netstack::NameError),
+    #[error(transparent)]
+    Id(#[from] crate::IdError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Netns(#[from] netstack::netns::NetnsError),
+    #[error(transparent)]
+    NetThread(#[from] NetThreadGone),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = PodError> = std::result::Result<T, E>;
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PodError + 'a {
+    move |source| PodError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// How to open [`Pods`].
+#[derive(Debug, Clone)]
+pub struct PodsOptions {
+    /// State root (default `/run/minipod`).
+    pub root: PathBuf,
+    /// Image store (default `/var/lib/minipod/images`).
+    pub images: PathBuf,
+    /// Node namespace holding the bridges; None is the caller's own.
+    pub node_netns: Option<PathBuf>,
+    /// A fresh node namespace of this runtime's own (lo up, no uplink), removed with
+    /// it: pods reach each other and the caller through [`Pods::node`], never the host.
+    pub private_node: bool,
+    /// Network for pods that name none. Default: with `keep_pods`, `minipod0`; else a
+    /// network of this runtime's own, removed with it.
+    pub network: Option<NetworkName>,
+    /// Subnet of the runtime's own network, or of `network` if it must be created.
+    pub cidr: Option<ipnetwork::Ipv4Network>,
+    /// Pod names are unique per scope. Default: unique to this runtime.
+    pub scope: Option<String>,
+    /// Pods outlive this process (CLI, daemon). Otherwise they belong to it, and the
+    /// next runtime opened after it died removes them.
+    pub keep_pods: bool,
+}
+
+impl Default for PodsOptions {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from(crate::DEFAULT_ROOT),
+            images: PathBuf::from(crate::image::DEFAULT_DIR),
+            node_netns: None,
+            private_node: false,
+            network: None,
+            cidr: None,
+            scope: None,
+            keep_pods: false,
+        }
+    }
+}
+
+/// What a pod is made from.
+#[derive(Debug, Clone, Default)]
+pub struct PodConfig {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Networks to join, the first carrying the default route and the ports; empty
+    /// means the runtime's default network.
+    pub networks: Vec<NetworkName>,
+    pub ports: Vec<PortMapping>,
+    /// DNS names besides the pod's name.
+    pub aliases: Vec<String>,
+    pub dns: Option<DnsConfig>,
+    pub log_dir: Option<PathBuf>,
+}
+
+/// What a container is made from.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub source: RootfsSource,
+    pub process: ProcessOverrides,
+    pub mounts: Vec<BindMount>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Log file; default: `<pod log dir>/<name>_<attempt>.log` or the container's dir.
+    pub log_path: Option<PathBuf>,
+    pub attempt: u32,
+}
+
+impl ContainerConfig {
+    pub fn new(name: impl Into<String>, source: RootfsSource) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            process: ProcessOverrides::default(),
+            mounts: vec![],
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            log_path: None,
+            attempt: 0,
+        }
+    }
+}
+
+/// What an exec printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    /// Whether the process exited with 0.
+    pub fn success(&self) -> bool {
+        self.status == ExitStatus::Code(0)
+    }
+
+    /// Stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// A record of this runtime instance, so that the next one can clean up after it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Instance {
+    scope: String,
+    owner: Owner,
+    /// A network this instance made for itself.
+    network: Option<NetworkName>,
+    node: NodeRef,
+    /// The private node namespace's pin, if any.
+    private_node: Option<PathBuf>,
+}
+
+/// Pods and containers under one state root, on one node.
+pub struct Pods {
+    root: PathBuf,
+    oci: Runtime,
+    images: ImageStore,
+    node: Arc<Node>,
+    node_ref: NodeRef,
+    net: netthread::NetThread,
+    scope: String,
+    default_network: NetworkName,
+    keep_pods: bool,
+    instance: Option<Instance>,
+}
+
+impl Pods {
+    /// Opens the runtime: state dirs, node, DNS server, and a sweep of whatever dead
+    /// processes left behind.
+    pub fn open(opts: PodsOptions) -> Result<Self> {
+        let oci = Runtime::new(&opts.root)?;
+        let root = oci.root().to_path_buf();
+        let images = ImageStore::open(&opts.images)?;
+        for d in ["pods", "instances"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        let net = netthread::NetThread::start().map_err(io_err("starting the network thread for", &root))?;
+        let scope = match &opts.scope {
+            Some(s) => {
+                record::check_name("scope", s).map_err(PodError::Invalid)?;
+                s.clone()
+            }
+            None if opts.keep_pods => DEFAULT_SCOPE.to_string(),
+            None => unique_scope(),
+        };
+        let owned_by_me = !opts.keep_pods || opts.private_node;
+        let private_node = if opts.private_node {
+            let dir = root.join("nodes").join(&scope);
+            std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+            let pin = dir.join("netns");
+            let ns = netstack::netns::create_pinned(&pin)?;
+            let up = net.block(async move {
+                let nl = netstack::netlink::Netlink::open(&ns)?;
+                let lo = nl.index("lo").await?;
+                nl.up(lo, "setting lo up in the private node").await
+            });
+            if let Err(e) = up.map_err(PodError::from).and_then(|r| r.map_err(|e| PodError::Network(e.into()))) {
+                let _ = netstack::netns::remove_pinned(&pin);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            Some(pin)
+        } else {
+            None
+        };
+        let node_ref = match &private_node {
+            Some(pin) => NodeRef { state_dir: pin.parent().unwrap_or(&root).to_path_buf(), netns: Some(pin.clone()) },
+            None => NodeRef { state_dir: root.clone(), netns: opts.node_netns.clone() },
+        };
+        let node = Arc::new(Node::new(&node_ref.state_dir, node_ref.netns.as_deref())?);
+        // Only the networks this runtime uses: another process may serve the others.
+        node.serve_dns_on(net.handle(), false)?;
+        let mut pods = Self {
+            root,
+            oci,
+            images,
+            node,
+            node_ref: node_ref.clone(),
+            net,
+            scope,
+            default_network: NetworkConfig::default_network().name,
+            keep_pods: opts.keep_pods,
+            instance: None,
+        };
+        if owned_by_me {
+            let inst = Instance { scope: pods.scope.clone(), owner: Owner::me(), network: None, node: node_ref, private_node };
+            pods.save_instance(&inst)?;
+            pods.instance = Some(inst);
+        }
+        let report = pods.sweep();
+        if !report.is_empty() {
+            tracing::info!(?report, "swept what dead processes left behind");
+        }
+        pods.default_network = pods.setup_default_network(&opts)?;
+        Ok(pods)
+    }
+
+    fn save_instance(&self, inst: &Instance) -> Result<()> {
+        write_json(&self.root.join("instances").join(format!("{}.json", inst.scope)), inst)
+    }
+
+    fn setup_default_network(&mut self, opts: &PodsOptions) -> Result<NetworkName> {
+        let default = NetworkConfig::default_network();
+        match &opts.network {
+            Some(name) if *name == default.name => return Ok(default.name),
+            Some(name) => {
+                if self.node.network(name)?.is_some() {
+                    let cfg = self.node.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
+                    self.create_network(cfg)?;
+                    return Ok(name.clone());
+                }
+                let Some(cidr) = opts.cidr else { return Err(NetworkError::NoSuchNetwork(name.clone()).into()) };
+                let cfg = NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr);
+                self.create_network(cfg)?;
+                return Ok(name.clone());
+            }
+            None if opts.keep_pods => return Ok(default.name),
+            None => {}
+        }
+        // A network of our own: pods of parallel runtimes never see each other.
+        let name = NetworkName::new(format!("mp-{}", self.scope))?;
+        let bridge = bridge_name(&format!("{}{}", self.root.display(), self.scope));
+        let cfg = match opts.cidr {
+            Some(cidr) => self.create_network(NetworkConfig::new(name.clone(), bridge, cidr))?,
+            None => self.create_network_auto(name.clone(), bridge)?,
+        };
+        if let Some(inst) = &mut self.instance {
+            inst.network = Some(cfg.name.clone());
+            let inst = inst.clone();
+            self.save_instance(&inst)?;
+        }
+        Ok(name)
+    }
+
+    fn create_network(&self, cfg: NetworkConfig) -> Result<NetworkConfig> {
+        let node = self.node.clone();
+        Ok(self.net.block(async move { node.create_network(cfg).await })??)
+    }
+
+    /// Creates network `name` on the first free /24 of 10.89.0.0/16.
+    fn create_network_auto(&self, name: NetworkName, bridge: IfName) -> Result<NetworkConfig> {
+        let lock_path = self.node_ref.state_dir.join("auto-subnet.lock");
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err("opening", &lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("locking", &lock_path)(io::Error::from(e)))?;
+        let taken: Vec<ipnetwork::Ipv4Network> = self.node.networks()?.into_iter().map(|n| n.subnet).collect();
+        for third in 0..=255u8 {
+            let Ok(subnet) = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, third, 0), 24) else { continue };
+            if taken.iter().any(|t| t.overlaps(subnet)) {
+                continue;
+            }
+            return self.create_network(NetworkConfig::new(name, bridge, subnet));
+        }
+        Err(PodError::Invalid("every /24 of 10.89.0.0/16 is taken by a network: give the runtime a CIDR".into()))
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The node: to inspect networks or open sockets in its namespace.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Where the node lives.
+    pub fn node_ref(&self) -> &NodeRef {
+        &self.node_ref
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The low-level container runtime on the same root.
+    pub fn runtime(&self) -> &Runtime {
+        &self.oci
+    }
+
+    /// Network pods join when they name none.
+    pub fn default_network(&self) -> &NetworkName {
+        &self.default_network
+    }
+
+    /// This runtime's scope (pod names are unique within it).
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    fn pod_dir(&self, id: &PodId) -> PathBuf {
+        self.root.join("pods").join(id.as_str())
+    }
+
+    /// Every pod under the root, of every scope, sorted by creation.
+    pub fn pods(&self) -> Result<Vec<PodRecord>> {
+        let dir = self.root.join("pods");
+        let entries = std::fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
+        let mut out: Vec<PodRecord> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| PodId::parse(&e.file_name().to_string_lossy()))
+            .filter_map(|id| record::read_json(&self.pod_dir(&id).join(POD_FILE)).ok())
+            .collect();
+        out.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(out)
+    }
+
+    /// A pod by id, or by name (this scope first, then any scope if unambiguous).
+    pub fn pod(&self, name_or_id: &str) -> Result<PodRecord> {
+        if let Some(id) = PodId::parse(name_or_id) {
+            if let Ok(p) = record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)) {
+                return Ok(p);
+            }
+        }
+        let all: Vec<PodRecord> = self.pods()?.into_iter().filter(|p| p.name == name_or_id).collect();
+        if let Some(mine) = all.iter().find(|p| p.scope == self.scope) {
+            return Ok(mine.clone());
+        }
+        match all.len() {
+            0 => Err(PodError::NoSuchPod(name_or_id.to_string())),
+            1 => Ok(all.into_iter().next().ok_or_else(|| PodError::NoSuchPod(name_or_id.to_string()))?),
+            _ => Err(PodError::AmbiguousPod { name: name_or_id.to_string(), ids: all.iter().map(|p| p.id.to_string()).collect() }),
+        }
+    }
+
+    fn save_pod(&self, pod: &PodRecord) -> Result<()> {
+        write_json(&self.pod_dir(&pod.id).join(POD_FILE), pod)
+    }
+
+    /// Creates a pod: namespaces, networks, /etc files. Undone completely on failure.
+    pub fn create_pod(&self, cfg: PodConfig) -> Result<PodRecord> {
+        record::check_name("pod", &cfg.name).map_err(PodError::Invalid)?;
+        let hostname = cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone());
+        if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
+            return Err(PodError::Invalid(format!("hostname {hostname:?} is not valid: use at most 64 characters, no spaces or slashes")));
+        }
+        for a in &cfg.aliases {
+            record::check_name("alias", a).map_err(PodError::Invalid)?;
+        }
+        let networks = if cfg.networks.is_empty() { vec![self.default_network.clone()] } else { cfg.networks.clone() };
+        for (i, n) in networks.iter().enumerate() {
+            if networks[..i].contains(n) {
+                return Err(PodError::Invalid(format!("network {n} is listed twice")));
+            }
+            if *n != NetworkConfig::default_network().name && self.node.network(n)?.is_none() {
+                return Err(NetworkError::NoSuchNetwork(n.clone()).into());
+            }
+        }
+        let id = PodId::random();
+        let dir = self.pod_dir(&id);
+        let mut pod = PodRecord {
+            id: id.clone(),
+            name: cfg.name.clone(),
+            scope: self.scope.clone(),
+            status: PodStatus::Creating,
+            hostname,
+            labels: cfg.labels.clone(),
+            annotations: cfg.annotations.clone(),
+            created: state::now_rfc3339(),
+            // Owned while being made, also when it is to outlive us: a crash mid-way
+            // leaves a pod the next sweep removes.
+            owner: Some(Owner::me()),
+            node: self.node_ref.clone(),
+            networks: vec![],
+            ports: cfg.ports.clone(),
+            aliases: cfg.aliases.clone(),
+            dns: cfg.dns.clone(),
+            log_dir: cfg.log_dir.clone(),
+        };
+        {
+            let _lock = self.pods_lock()?;
+            if let Some(other) = self.pods()?.into_iter().find(|p| p.name == cfg.name && p.scope == self.scope) {
+                return Err(PodError::PodExists { name: cfg.name, id: other.id });
+            }
+            std::fs::create_dir_all(dir.join("ns")).map_err(io_err("creating", &dir))?;
+            if let Err(e) = self.save_pod(&pod) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+        match self.setup_pod(&mut pod, &networks) {
+            Ok(()) => Ok(pod),
+            Err(e) => {
+                let _ = self.teardown(&pod);
+                Err(e)
+            }
+        }
+    }
+
+    fn setup_pod(&self, pod: &mut PodRecord, networks: &[NetworkName]) -> Result<()> {
+        let dir = self.pod_dir(&pod.id);
+        let (net, ipc, uts) = (dir.join("ns/net"), dir.join("ns/ipc"), dir.join("ns/uts"));
+        let hostname = pod.hostname.clone();
+        netstack::netns::create_pinned_set(&[("net", &net), ("ipc", &ipc), ("uts", &uts)], move || nix::unistd::sethostname(&hostname))?;
+        let owner = OwnerId::new(pod.id.as_str())?;
+        let mut names = vec![pod.name.clone()];
+        names.extend(pod.aliases.iter().cloned());
+        let mut resolv = String::new();
+        for (i, name) in networks.iter().enumerate() {
+            let req = AttachRequest {
+                ifname: IfName::new(format!("eth{i}"))?,
+                ports: if i == 0 { pod.ports.clone() } else { vec![] },
+                dns_names: names.clone(),
+                default_route: i == 0,
+                ..AttachRequest::new(owner.clone(), net.clone())
+            };
+            let node = self.node.clone();
+            let name2 = name.clone();
+            let wired = self.net.block(async move { node.attach(&name2, req).await })??;
+            if i == 0 {
+                resolv = wired.resolv_conf.clone();
+            }
+            pod.networks.push(PodNetwork { network: name.clone(), ip: wired.ip, ip6: wired.ip6, ifname: wired.ifname.to_string() });
+            // Recorded at once: a failure at the next network detaches this one.
+            self.save_pod(pod)?;
+        }
+        files::write(&dir.join("etc"), pod, &files::resolv_conf(pod.dns.as_ref(), &resolv))
+            .map_err(io_err("writing the /etc files of", &dir))?;
+        pod.status = PodStatus::Ready;
+        if self.keep_pods {
+            pod.owner = None;
+        }
+        self.save_pod(pod)
+    }
+
+    fn pods_lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        let path = self.root.join("pods").join(".lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", &path)(io::Error::from(e)))
+    }
+
+    /// Stops every container (SIGTERM, then SIGKILL after `timeout`) and detaches the
+    /// pod from its networks; its record stays until [`Pods::remove_pod`]. Idempotent.
+    pub fn stop_pod(&self, name_or_id: &str, timeout: Duration) -> Result<PodRecord> {
+        let mut pod = self.pod(name_or_id)?;
+        for c in self.containers(Some(&pod.id))? {
+            self.stop_container_record(&c, timeout)?;
+        }
+        if pod.status == PodStatus::Stopped {
+            return Ok(pod);
+        }
+        self.detach_all(&pod, false)?;
+        pod.status = PodStatus::Stopped;
+        self.save_pod(&pod)?;
+        Ok(pod)
+    }
+
+    fn detach_all(&self, pod: &PodRecord, released: bool) -> Result<()> {
+        let owner = OwnerId::new(pod.id.as_str())?;
+        let node = self.node_for(pod)?;
+        for n in &pod.networks {
+            let (node, name, owner) = (node.clone(), n.network.clone(), owner.clone());
+            self.net.block(async move {
+                if released {
+                    node.detach_released(&name, &owner).await
+                } else {
+                    node.detach(&name, &owner).await
+                }
+            })??;
+        }
+        Ok(())
+    }
+
+    fn node_for(&self, pod: &PodRecord) -> Result<Arc<Node>> {
+        if pod.node == self.node_ref {
+            return Ok(self.node.clone());
+        }
+        Ok(Arc::new(Node::new(&pod.node.state_dir, pod.node.netns.as_deref())?))
+    }
+
+    /// Removes a pod: containers, networks, namespaces, files. Refuses while a
+    /// container runs unless `force`. Removing a pod that is gone is not an error.
+    pub fn remove_pod(&self, name_or_id: &str, force: bool) -> Result<()> {
+        let pod = match self.pod(name_or_id) {
+            Ok(p) => p,
+            Err(PodError::NoSuchPod(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let containers = self.containers(Some(&pod.id))?;
+        if !force {
+            let running: Vec<&str> = containers
+                .iter()
+                .filter(|c| self.oci.state(&c.id).map(|s| s.live_status() == Status::Running).unwrap_or(false))
+                .map(|c| c.name.as_str())
+                .collect();
+            if !running.is_empty() {
+                return Err(PodError::PodBusy { pod: pod.name.clone(), names: running.join(", ") });
+            }
+        }
+        self.teardown(&pod)
+    }
+
+    /// Everything of `pod` goes, whatever state it is in.
+    fn teardown(&self, pod: &PodRecord) -> Result<()> {
+        let mut first_err = None;
+        for c in self.containers(Some(&pod.id)).unwrap_or_default() {
+            if let Err(e) = self.remove_container_record(&c, true) {
+                first_err.get_or_insert(e);
+            }
+        }
+        // The namespaces go right after: the kernel deletes the veths in the background.
+        if pod.status != PodStatus::Stopped {
+            if let Err(e) = self.detach_all(pod, true) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let dir = self.pod_dir(&pod.id);
+        for ns in ["net", "ipc", "uts"] {
+            if let Err(e) = netstack::netns::remove_pinned(&dir.join("ns").join(ns)) {
+                first_err.get_or_insert(e.into());
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn container_dir(&self, pod: &PodId, name: &str) -> PathBuf {
+        self.pod_dir(pod).join("containers").join(name)
+    }
+
+    /// Containers of one pod, or of all pods.
+    pub fn containers(&self, pod: Option<&PodId>) -> Result<Vec<ContainerRecord>> {
+        let pods: Vec<PodId> = match pod {
+            Some(p) => vec![p.clone()],
+            None => self.pods()?.into_iter().map(|p| p.id).collect(),
+        };
+        let mut out = Vec::new();
+        for p in pods {
+            let dir = self.pod_dir(&p).join("containers");
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if let Ok(c) = record::read_json::<ContainerRecord>(&e.path().join(CONTAINER_FILE)) {
+                    out.push(c);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(out)
+    }
+
+    /// A container by runtime id, or by name within `pod`.
+    pub fn container(&self, pod: &str, name: &str) -> Result<ContainerRecord> {
+        let p = self.pod(pod)?;
+        record::read_json(&self.container_dir(&p.id, name).join(CONTAINER_FILE))
+            .map_err(|_| PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() })
+    }
+
+    /// A container by its runtime id (`<pod id>-<name>`).
+    pub fn container_by_id(&self, id: &str) -> Result<ContainerRecord> {
+        let not_found = || PodError::NoSuchContainer { pod: "?".into(), name: id.to_string() };
+        let (pod, name) = id.split_at_checked(12).ok_or_else(not_found)?;
+        let pod = PodId::parse(pod).ok_or_else(not_found)?;
+        let name = name.strip_prefix('-').ok_or_else(not_found)?;
+        record::check_name("container", name).map_err(|_| not_found())?;
+        record::read_json(&self.container_dir(&pod, name).join(CONTAINER_FILE)).map_err(|_| not_found())
+    }
+
+    /// The runtime's view of a container (status, pid, exit).
+    pub fn container_state(&self, c: &ContainerRecord) -> Result<ContainerState> {
+        Ok(self.oci.state(&c.id)?)
+    }
+
+    /// Creates a container in a ready pod; its process waits for [`Pods::start_container`].
+    pub fn create_container(&self, pod: &str, cfg: ContainerConfig) -> Result<ContainerRecord> {
+        record::check_name("container", &cfg.name).map_err(PodError::Invalid)?;
+        let pod = self.pod(pod)?;
+        if pod.status != PodStatus::Ready {
+            return Err(PodError::PodNotReady { pod: pod.name, status: pod.status, what: "containers need a ready pod" });
+        }
+        let (lower, image) = match &cfg.source {
+            RootfsSource::Image(r) => {
+                let img = self.images.get(r)?;
+                (self.images.lower_dirs(&img), Some(img))
+            }
+            RootfsSource::Dir(d) => {
+                if !d.is_dir() {
+                    return Err(PodError::NoRootfs(d.clone()));
+                }
+                let d = std::path::absolute(d).map_err(io_err("resolving", d))?;
+                (vec![d], None)
+            }
+        };
+        let args = spec::args(&cfg.process, image.as_ref().map(|i| &i.config)).map_err(PodError::Invalid)?;
+        let dir = self.container_dir(&pod.id, &cfg.name);
+        std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io_err("creating", &dir))?;
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(PodError::ContainerExists { pod: pod.name, name: cfg.name });
+            }
+            r => r.map_err(io_err("creating", &dir))?,
+        }
+        let made = self.make_container(&pod, &dir, &cfg, args, lower, image.as_ref());
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        made
+    }
+
+    fn make_container(
+        &self,
+        pod: &PodRecord,
+        dir: &Path,
+        cfg: &ContainerConfig,
+        args: Vec<String>,
+        lower: Vec<PathBuf>,
+        image: Option<&crate::image::Image>,
+    ) -> Result<ContainerRecord> {
+        let log_path = match (&cfg.log_path, &pod.log_dir) {
+            (Some(p), _) => p.clone(),
+            (None, Some(d)) => d.join(format!("{}_{}.log", cfg.name, cfg.attempt)),
+            (None, None) => dir.join("container.log"),
+        };
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("creating the log directory", parent))?;
+        }
+        let rec = ContainerRecord {
+            name: cfg.name.clone(),
+            id: ContainerId::new(format!("{}-{}", pod.id, cfg.name))?,
+            pod: pod.id.clone(),
+            source: cfg.source.clone(),
+            image_id: image.map(|i| i.id.clone()),
+            args,
+            log_path: log_path.clone(),
+            labels: cfg.labels.clone(),
+            annotations: cfg.annotations.clone(),
+            created: state::now_rfc3339(),
+            attempt: cfg.attempt,
+        };
+        let pod_dir = self.pod_dir(&pod.id);
+        let spec =
+            spec::container_spec(pod, &pod_dir, &rec, &cfg.process, image.map(|i| &i.config), &cfg.mounts).map_err(PodError::Invalid)?;
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir(dir.join(d)).map_err(io_err("creating", &dir.join(d)))?;
+        }
+        write_json(&dir.join("config.json"), &spec)?;
+        write_json(&dir.join(CONTAINER_FILE), &rec)?;
+        let overlay = Overlay { lower, upper: dir.join("upper"), work: dir.join("work") };
+        self.oci.create(&rec.id, dir, CreateOptions { stdio: Stdio::Log(log_path), overlay: Some(overlay), ..Default::default() })?;
+        Ok(rec)
+    }
+
+    /// Releases a created container's process.
+    pub fn start_container(&self, c: &ContainerRecord) -> Result<()> {
+        Ok(self.oci.start(&c.id)?)
+    }
+
+    /// Stops a container: SIGTERM to its process, SIGKILL to all of them after
+    /// `timeout`. Stopping a stopped container is fine.
+    pub fn stop_container_record(&self, c: &ContainerRecord, timeout: Duration) -> Result<()> {
+        let st = match self.oci.state(&c.id) {
+            Ok(st) => st,
+            Err(ContainerError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if !matches!(st.live_status(), Status::Running | Status::Created) {
+            return Ok(());
+        }
+        if st.live_status() == Status::Running && !timeout.is_zero() {
+            let _ = self.oci.kill(&c.id, Signal::from_number(libc::SIGTERM).map_err(|e| PodError::Invalid(e.to_string()))?, false);
+            if let (Some(pid), Some(start)) = (st.pid, st.pid_start_time) {
+                if crate::pidfd::wait_gone(pid, start, timeout) {
+                    // Let the monitor record the exit before the caller reads it.
+                    crate::pidfd::wait_gone(st.monitor_pid, st.monitor_start_time, Duration::from_secs(2));
+                    return Ok(());
+                }
+            }
+        }
+        match self.oci.kill(&c.id, Signal::from_number(libc::SIGKILL).map_err(|e| PodError::Invalid(e.to_string()))?, true) {
+            Ok(()) | Err(ContainerError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let (Some(pid), Some(start)) = (st.pid, st.pid_start_time) {
+            crate::pidfd::wait_gone(pid, start, Duration::from_secs(10));
+        }
+        crate::pidfd::wait_gone(st.monitor_pid, st.monitor_start_time, Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Removes a container (killing it with `force`); removing one that is gone is fine.
+    pub fn remove_container_record(&self, c: &ContainerRecord, force: bool) -> Result<()> {
+        match self.oci.delete(&c.id, force) {
+            Ok(()) | Err(ContainerError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir = self.container_dir(&c.pod, &c.name);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for a container's process to exit.
+    pub fn wait_container(&self, c: &ContainerRecord) -> Result<ExitStatus> {
+        Ok(self.oci.wait(&c.id)?)
+    }
+
+    /// The container's log, line by line.
+    pub fn logs(&self, c: &ContainerRecord) -> Result<Vec<LogLine>> {
+        crate::logs::read(&c.log_path).map_err(io_err("reading the log", &c.log_path))
+    }
+
+    /// Runs `args` in a running container and collects its output; killed after `timeout`.
+    pub fn exec(&self, c: &ContainerRecord, args: Vec<String>, timeout: Option<Duration>) -> Result<ExecOutput> {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let null = std::fs::File::open("/dev/null").map_err(io_err("opening", Path::new("/dev/null")))?;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let done = done.clone();
+            std::thread::spawn(move || collect(out_r, err_r, &done))
+        };
+        let opts = ExecOptions { args, stdio: Stdio::Fds(null.into(), out_w, err_w), timeout, ..Default::default() };
+        let status = self.oci.exec(&c.id, opts);
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let (stdout, stderr) = reader.join().unwrap_or_default();
+        Ok(ExecOutput { status: status?, stdout, stderr })
+    }
+
+    /// Sends `signal` to a container's process.
+    pub fn kill(&self, c: &ContainerRecord, signal: Signal) -> Result<()> {
+        Ok(self.oci.kill(&c.id, signal, false)?)
+    }
+
+    /// Removes the pods this runtime owns and what it made for itself (its network,
+    /// its private node). The first error is returned after trying everything.
+    pub fn shutdown(&self) -> Result<()> {
+        let mut first_err = None;
+        if self.instance.is_some() && !self.keep_pods {
+            for pod in self.pods()?.into_iter().filter(|p| p.scope == self.scope && p.owner.is_some_and(|o| o == Owner::me())) {
+                if let Err(e) = self.teardown(&pod) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(inst) = &self.instance {
+            if let Err(e) = self.remove_instance(inst) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn remove_instance(&self, inst: &Instance) -> Result<()> {
+        if let Some(name) = inst.network.clone() {
+            let node = Arc::new(Node::new(&inst.node.state_dir, inst.node.netns.as_deref())?);
+            let r = self.net.block(async move { node.remove_network(&name).await })?;
+            match r {
+                Ok(()) | Err(NetworkError::NoSuchNetwork(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(pin) = &inst.private_node {
+            netstack::netns::remove_pinned(pin)?;
+            if let Some(dir) = pin.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        let path = self.root.join("instances").join(format!("{}.json", inst.scope));
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+}
+
+/// Writes a record atomically.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(|e| io_err("encoding", path)(io::Error::other(e)))?;
+    state::write_atomic(path, &data).map_err(|e| PodError::Container(e.into()))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("creating a pipe for", Path::new("exec"))(io::Error::from(e)))
+}
+
+/// Reads both pipes until EOF; once `done` is set (the process exited), gives what
+/// is left half a second, since a process it started in the background may hold
+/// the pipes open forever.
+fn collect(out: OwnedFd, err: OwnedFd, done: &std::sync::atomic::AtomicBool) -> (Vec<u8>, Vec<u8>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut bufs = (Vec::new(), Vec::new());
+    let mut open = [true, true];
+    let mut deadline: Option<std::time::Instant> = None;
+    let mut chunk = [0u8; 8192];
+    while open.iter().any(|o| *o) {
+        if deadline.is_none() && done.load(std::sync::atomic::Ordering::Acquire) {
+            deadline = Some(std::time::Instant::now() + Duration::from_millis(500));
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        let mut fds = vec![];
+        let mut which = vec![];
+        for (i, fd) in [&out, &err].into_iter().enumerate() {
+            if open[i] {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                which.push(i);
+            }
+        }
+        match nix::poll::poll(&mut fds, PollTimeout::from(100u8)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        for (k, i) in which.into_iter().enumerate() {
+            if !ready[k] {
+                continue;
+            }
+            let fd = if i == 0 { &out } else { &err };
+            match nix::unistd::read(fd, &mut chunk) {
+                Ok(0) | Err(_) => open[i] = false,
+                Ok(n) => {
+                    let buf = if i == 0 { &mut bufs.0 } else { &mut bufs.1 };
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+    bufs
+}
+
+/// A scope unique to this runtime instance: pid, start time and a counter.
+fn unique_scope() -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("p{}-{n}", std::process::id())
+}
+
+/// A bridge name derived from `seed`: `mpb` + 8 hex digits, within IFNAMSIZ.
+fn bridge_name(seed: &str) -> IfName {
+    let mut h: u32 = 0x811c9dc5;
+    for b in seed.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    // 11 bytes of letters and digits: always a valid interface name.
+    IfName::new(format!("mpb{h:08x}")).unwrap_or_else(|_| IfName::eth0())
+}
+
+/// The address of `pod` that is reachable from the node (its first network).
+pub fn pod_ip(pod: &PodRecord) -> Option<IpAddr> {
+    pod.ip().map(IpAddr::V4)
+}

@@ -1,0 +1,236 @@
+//! What is recorded about pods and their containers under `<root>/pods/`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::netstack::{NetworkName, PortMapping};
+use crate::ContainerId;
+
+/// A pod's id: 12 random hex digits, unique under a state root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodId(String);
+
+impl PodId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 6];
+        // SAFETY: fills a local buffer of the given length.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n != bytes.len() as isize {
+            // getrandom cannot fail for 6 bytes once the pool is up; a time-and-pid
+            // fallback still gives distinct ids within a boot.
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+            bytes.copy_from_slice(&(t ^ u64::from(std::process::id()) << 40).to_le_bytes()[..6]);
+        }
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Checks a text id (as given on a command line).
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then(|| Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PodId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("{s:?} is not a pod id (12 lowercase hex digits)"))
+    }
+}
+
+impl From<PodId> for String {
+    fn from(id: PodId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for PodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a pod or container name: it becomes a DNS name, a hostname and part of paths.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{kind} name {name:?} is not valid: use 1 to 63 lowercase letters, digits and `-`, not starting or ending with `-`"))
+    }
+}
+
+/// The process a pod belongs to while it exists; a pod whose owner is gone is swept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Owner {
+    /// The calling process.
+    pub fn me() -> Self {
+        let pid = std::process::id() as i32;
+        Self { pid, start_time: crate::state::process_start_time(pid).unwrap_or_default() }
+    }
+
+    /// Whether the owner still runs (and is the same process, not a reused PID).
+    pub fn alive(&self) -> bool {
+        crate::state::process_start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Where a pod's network lives: the netstack state dir and node namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub state_dir: PathBuf,
+    /// The node namespace; None is the namespace of whoever opened the runtime.
+    pub netns: Option<PathBuf>,
+}
+
+/// A pod's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodStatus {
+    /// Being set up; a crash here leaves a record the sweep finds.
+    Creating,
+    /// Namespaces and networks are up.
+    Ready,
+    /// Containers stopped and networks detached; only removal is left.
+    Stopped,
+}
+
+impl fmt::Display for PodStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PodStatus::Creating => "creating",
+            PodStatus::Ready => "ready",
+            PodStatus::Stopped => "stopped",
+        })
+    }
+}
+
+/// One network a pod is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetwork {
+    pub network: NetworkName,
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+    pub ifname: String,
+}
+
+/// DNS settings for the pod's resolv.conf instead of the network's (CRI DNSConfig).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// A pod as recorded in `<root>/pods/<id>/pod.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: PodId,
+    pub name: String,
+    /// Names are unique within a scope: one per embedding runtime, `default` for the CLI.
+    pub scope: String,
+    pub status: PodStatus,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub created: String,
+    /// None: the pod outlives whoever made it (CLI, daemon) until removed.
+    pub owner: Option<Owner>,
+    pub node: NodeRef,
+    /// First network first: it carries the default route and the published ports.
+    pub networks: Vec<PodNetwork>,
+    pub ports: Vec<PortMapping>,
+    /// DNS names besides `name`.
+    pub aliases: Vec<String>,
+    pub dns: Option<DnsConfig>,
+    /// Where container logs go by default (CRI log directory).
+    pub log_dir: Option<PathBuf>,
+}
+
+impl PodRecord {
+    /// The address on the pod's first network.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.networks.first().map(|n| n.ip)
+    }
+}
+
+/// How a container's root filesystem is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootfsSource {
+    /// An image in the store, by reference or id.
+    Image(String),
+    /// A directory used as the read-only bottom layer (an overlay keeps it unchanged).
+    Dir(PathBuf),
+}
+
+/// A host path mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub readonly: bool,
+}
+
+/// A container recorded in `<root>/pods/<pod>/containers/<name>/container.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub name: String,
+    /// The id under the runtime root (`<pod id>-<name>`).
+    pub id: ContainerId,
+    pub pod: PodId,
+    pub source: RootfsSource,
+    /// The image's id when made from an image.
+    pub image_id: Option<String>,
+    pub args: Vec<String>,
+    pub log_path: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub created: String,
+    /// How many times this name was created in the pod (CRI attempt).
+    pub attempt: u32,
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
+    let data = std::fs::read(path)?;
+    serde_json::from_slice(&data).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_hex_and_parse_back() {
+        let a = PodId::random();
+        assert_ne!(a, PodId::random());
+        assert_eq!(PodId::parse(a.as_str()), Some(a));
+        assert_eq!(PodId::parse("../../etc/x1"), None);
+        assert_eq!(PodId::parse("ABCDEF012345"), None);
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        assert!(check_name("pod", "web-1").is_ok());
+        for bad in ["", "Web", "a_b", "-a", "a-", "a/b", "..", &"x".repeat(64)] {
+            assert!(check_name("pod", bad).is_err(), "{bad:?}");
+        }
+    }
+}

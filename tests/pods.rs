@@ -1,0 +1,416 @@
+//! Pods through the embedding API: namespaces shared by a pod's containers, pods
+//! reaching each other by name, published ports, logs and exit codes, readiness waits,
+//! errors, and cleanup on drop, on panic and after SIGKILL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::not_root;
+use common::pods::PodEnv;
+use minipod_runtime::embed::{Minipod, Ready};
+use minipod_runtime::{ExitStatus, PodError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVE: &str = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_on_one_network_reach_each_other_by_name() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-byname");
+    let rt = env.open().await;
+    let web = rt.pod("web").start().await.unwrap();
+    web.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).wait_for(Ready::port(80)).start().await.unwrap();
+    let client = rt.pod("client").start().await.unwrap();
+    let c = client.container("curl").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    assert_ne!(web.ip(), client.ip());
+    let out = c.exec(["wget", "-qO-", "http://web/"]).await.unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "hello from web\n");
+    // By IP too, and the pod's own name resolves from inside itself.
+    let out = c.exec(["wget", "-qO-", &format!("http://{}/", web.ip())]).await.unwrap();
+    assert_eq!(out.stdout_text(), "hello from web\n");
+    let me = c.exec(["nslookup", "client"]).await.unwrap();
+    assert!(me.stdout_text().contains(&client.ip().to_string()), "{me:?}");
+    drop((web, client));
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_port_answers_the_test_process() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-publish");
+    let rt = env.open().await;
+    let pod = rt.pod("api").publish(18080, 80).start().await.unwrap();
+    pod.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).wait_for(Ready::http(80, "/")).start().await.unwrap();
+    let mut conn = rt.connect("127.0.0.1:18080".parse().unwrap()).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.") && answer.contains(" 200 "), "{answer}");
+    assert!(answer.ends_with("hello from api\n"), "{answer}");
+    // The pod IP directly, from the node.
+    let (code, body) = pod.http_get(80, "/").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello from api\n"));
+    drop(pod);
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn containers_of_a_pod_share_ip_hostname_and_localhost() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-share");
+    let rt = env.open().await;
+    let pod = rt.pod("duo").hostname("duo-host").start().await.unwrap();
+    let server = pod
+        .container("server")
+        .rootfs(&env.rootfs)
+        .cmd(["sh", "-c", "mkdir /www && echo local > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www"])
+        .wait_for(Ready::port(8080))
+        .start()
+        .await
+        .unwrap();
+    let side = pod.container("sidecar").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    let out = side.exec(["wget", "-qO-", "http://127.0.0.1:8080/"]).await.unwrap();
+    assert_eq!(out.stdout_text(), "local\n", "{out:?}");
+    let ip_of = |o: minipod_runtime::pod::ExecOutput| o.stdout_text();
+    let a = ip_of(server.exec(["sh", "-c", "ip -4 -o addr show eth0 | awk '{print $4}'; hostname"]).await.unwrap());
+    let b = ip_of(side.exec(["sh", "-c", "ip -4 -o addr show eth0 | awk '{print $4}'; hostname"]).await.unwrap());
+    assert_eq!(a, b);
+    assert_eq!(a, format!("{}/24\nduo-host\n", pod.ip()));
+    // Each container has its own filesystem and PID namespace.
+    side.exec(["touch", "/only-here"]).await.unwrap();
+    assert!(!server.exec(["test", "-e", "/only-here"]).await.unwrap().success());
+    assert_eq!(side.exec(["cat", "/proc/1/comm"]).await.unwrap().stdout_text(), "sleep\n");
+    // The pod's /etc files.
+    let hosts = side.exec(["cat", "/etc/hosts"]).await.unwrap().stdout_text();
+    assert!(hosts.contains(&format!("{}\tduo-host", pod.ip())), "{hosts}");
+    let resolv = side.exec(["cat", "/etc/resolv.conf"]).await.unwrap().stdout_text();
+    assert!(resolv.starts_with("nameserver 10.89."), "{resolv}");
+    drop(pod);
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_logs_and_sigkill() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-exit");
+    let rt = env.open().await;
+    let pod = rt.pod("jobs").start().await.unwrap();
+    let job = pod
+        .container("job")
+        .rootfs(&env.rootfs)
+        .cmd(["sh", "-c", "echo out-line; echo err-line >&2; printf no-newline; exit 3"])
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(job.wait().await.unwrap(), ExitStatus::Code(3));
+    let logs = job.logs().await.unwrap();
+    let texts: Vec<(&str, minipod_runtime::logs::Stream)> = logs.iter().map(|l| (l.text.as_str(), l.stream)).collect();
+    use minipod_runtime::logs::Stream::{Stderr, Stdout};
+    assert!(
+        texts.contains(&("out-line", Stdout)) && texts.contains(&("err-line", Stderr)) && texts.contains(&("no-newline", Stdout)),
+        "{logs:?}"
+    );
+    // The raw file is in the CRI format.
+    let raw = std::fs::read_to_string(&job.record().log_path).unwrap();
+    assert!(raw.lines().all(|l| l.split(' ').nth(1).is_some_and(|s| s == "stdout" || s == "stderr")), "{raw}");
+    let sleeper = pod.container("sleeper").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    sleeper.kill(minipod_runtime::Signal::from_number(9).unwrap()).await.unwrap();
+    assert_eq!(sleeper.wait().await.unwrap(), ExitStatus::Signal(9));
+    assert_eq!(sleeper.wait().await.unwrap().shell_code(), 137);
+    let err = sleeper.exec(["true"]).await.unwrap_err();
+    assert!(err.to_string().contains("stopped"), "{err}");
+    drop(pod);
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_and_logs_are_read_back_by_a_later_process() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-later");
+    let node = common::node::TestNode::new("later");
+    let ns = node.node_ns();
+    let images = env.h.base.join("images");
+    let cli = |args: &[&str]| {
+        let mut full = vec!["pod", "--images", images.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = env.h.minipod(&full);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, _, err) = cli(&["run", "--netns", ns.to_str().unwrap(), "batch"]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = env.h.minipod(&[
+        "ctr",
+        "run",
+        "--images",
+        images.to_str().unwrap(),
+        "--rootfs",
+        env.rootfs.to_str().unwrap(),
+        "batch",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        "echo done; exit 7",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The CLI has exited; a library runtime on the same root sees the container.
+    let rt = minipod_runtime::Pods::open(minipod_runtime::PodsOptions {
+        root: env.root().to_path_buf(),
+        images: images.clone(),
+        node_netns: Some(ns.clone()),
+        keep_pods: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let c = rt.container("batch", "job").unwrap();
+    assert_eq!(rt.wait_container(&c).unwrap(), ExitStatus::Code(7));
+    assert_eq!(rt.logs(&c).unwrap().iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), vec!["done"]);
+    let logs = env.h.minipod(&["ctr", "--images", images.to_str().unwrap(), "logs", "batch", "job"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "done\n");
+    let ls = env.h.minipod(&["ctr", "--images", images.to_str().unwrap(), "ls"]);
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("job") && ls.contains("stopped") && ls.contains("7"), "{ls}");
+    drop(rt);
+    let (code, _, err) = cli(&["rm", "batch"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["rm", "batch"]);
+    assert_eq!(code, Some(0), "removing twice is fine: {err}");
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pods_get_distinct_ips_and_reach_each_other_by_name() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-fifty");
+    let rt = env.open().await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (rt, rootfs) = (rt.clone(), env.rootfs.clone());
+        tasks.push(tokio::spawn(async move {
+            let pod = rt.pod(&format!("p{i}")).start().await?;
+            let c = pod.container("main").rootfs(rootfs).cmd(["sleep", "300"]).start().await?;
+            Ok::<_, PodError>((pod, c))
+        }));
+    }
+    let mut pods = Vec::new();
+    for t in tasks {
+        pods.push(t.await.unwrap().unwrap());
+    }
+    eprintln!("50 pods with a container each in {:?}", started.elapsed());
+    let mut ips: Vec<_> = pods.iter().map(|(p, _)| p.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 50);
+    // Every pod pings every pod by name. The kernel's ARP table is one table for all
+    // namespaces, capped host-wide (gc_thresh3, 1024 by default), and a full mesh of 50
+    // needs 2450 entries: so five sources at a time, flushing every pod's entries after
+    // each round. The host's sysctls are not ours to raise.
+    let script = (0..50).map(|i| format!("ping -c1 -W2 p{i} >/dev/null || echo p{i}")).collect::<Vec<_>>().join("; ");
+    for round in pods.chunks(5) {
+        let mut checks = Vec::new();
+        for (p, c) in round {
+            let (c, script, name) = (c.clone(), script.clone(), p.name().to_string());
+            checks.push(tokio::spawn(async move { (name, c.exec_timeout(["sh", "-c", &script], Duration::from_secs(120)).await) }));
+        }
+        for t in checks {
+            let (name, out) = t.await.unwrap();
+            let out = out.unwrap();
+            assert!(out.success() && out.stdout.is_empty(), "{name} could not reach: {}", out.stdout_text());
+        }
+        for (p, _) in &pods {
+            let ns = env.root().join("pods").join(p.id()).join("ns/net");
+            let flushed = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .args(["ip", "-4", "neigh", "flush", "all"])
+                .status()
+                .unwrap();
+            assert!(flushed.success());
+        }
+    }
+    drop(pods);
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_succeed_late_and_time_out_clearly() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-ready");
+    let rt = env.open().await;
+    let pod = rt.pod("slow").start().await.unwrap();
+    let slow = format!("sleep 1; echo server up; {SERVE}");
+    let started = Instant::now();
+    let c = pod.container("web").rootfs(&env.rootfs).cmd(["sh", "-c", &slow]).start().await.unwrap();
+    c.wait_for(Ready::port(80)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    c.wait_for(Ready::log_line("server up")).await.unwrap();
+    c.wait_for(Ready::exec(["wget", "-qO-", "http://127.0.0.1/"])).await.unwrap();
+    pod.wait_for(Ready::http(80, "/")).await.unwrap();
+
+    let never = rt.pod("never").start().await.unwrap();
+    let n = never.container("idle").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    let short = Duration::from_millis(600);
+    for (ready, expect) in [
+        (Ready::port(81).timeout(short), "TCP port 81 listening"),
+        (Ready::log_line("never printed").timeout(short), "a log line containing \"never printed\""),
+        (Ready::exec(["false"]).timeout(short), "`false` exiting 0"),
+    ] {
+        let t = Instant::now();
+        let err = n.wait_for(ready).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PodError::NotReady { .. }) && text.contains(expect), "{text}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{text}");
+    }
+    let err = never.wait_for(Ready::http(80, "/").timeout(short)).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 200 from port 80"), "{err}");
+    // A workload that exits is reported at once, not after the timeout.
+    let t = Instant::now();
+    let err = never.container("quits").rootfs(&env.rootfs).cmd(["true"]).wait_for(Ready::port(80)).start().await.unwrap_err();
+    assert!(err.to_string().contains("exited"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop((pod, never));
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_leave_nothing() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-errors");
+    let rt = env.open().await;
+    let pod = rt.pod("taken").publish(18081, 80).start().await.unwrap();
+    let err = rt.pod("taken").start().await.unwrap_err();
+    assert!(matches!(err, PodError::PodExists { .. }), "{err}");
+    let err = rt.pod("other").publish(18081, 80).start().await.unwrap_err();
+    assert!(err.to_string().contains("18081") && err.to_string().contains("already published"), "{err}");
+    let err = rt.pod("lost").network("no-such-net").start().await.unwrap_err();
+    assert!(err.to_string().contains("no-such-net") && err.to_string().contains("does not exist"), "{err}");
+    let err = rt.pod("Bad_Name").start().await.unwrap_err();
+    assert!(err.to_string().contains("Bad_Name"), "{err}");
+    let err = pod.container("x").image("no-such-image:1").start().await.unwrap_err();
+    assert!(err.to_string().contains("no-such-image"), "{err}");
+    let err = pod.container("x").rootfs(env.h.base.join("missing")).cmd(["true"]).start().await.unwrap_err();
+    assert!(matches!(err, PodError::NoRootfs(_)), "{err}");
+    let err = pod.container("x").rootfs(&env.rootfs).cmd(["/no/such/binary"]).start().await.unwrap_err();
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+    let run = pod.container("run").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    let err = pod.container("run").rootfs(&env.rootfs).cmd(["true"]).start().await.unwrap_err();
+    assert!(matches!(err, PodError::ContainerExists { .. }), "{err}");
+    let err = rt.pods().remove_pod("taken", false).unwrap_err();
+    assert!(matches!(err, PodError::PodBusy { .. }) && err.to_string().contains("run"), "{err}");
+    run.stop(Duration::from_secs(2)).await.unwrap();
+    let err = run.exec(["true"]).await.unwrap_err();
+    assert!(err.to_string().contains("stopped"), "{err}");
+    // Nothing of the failed pods or containers is left: only `taken` and `run`.
+    assert_eq!(rt.pods().pods().unwrap().len(), 1);
+    assert_eq!(rt.pods().containers(None).unwrap().len(), 1);
+    rt.pods().remove_pod("taken", false).unwrap();
+    let _ = pod.keep();
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+/// A plain #[test], no tokio: the handles still clean up on drop, also when the test
+/// body panics half-way.
+#[test]
+fn a_panicking_test_leaves_nothing_behind() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-panic");
+    let (root, images, rootfs) = (env.root().to_path_buf(), env.h.base.join("images"), env.rootfs.clone());
+    let outcome = std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (rt, pod, _c) = tokio.block_on(async {
+            let rt = Minipod::builder().state_dir(root).image_dir(images).private_node().open().await.unwrap();
+            let pod = rt.pod("doomed").publish(18082, 80).start().await.unwrap();
+            let c = pod.container("c").rootfs(rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+            (rt, pod, c)
+        });
+        let _keep = (rt, pod);
+        panic!("the test fails half-way");
+    })
+    .join();
+    assert!(outcome.is_err());
+    env.assert_clean();
+}
+
+/// Run by `a_sigkilled_owner_is_swept_by_the_next_runtime` in a child process.
+#[tokio::test]
+#[ignore = "helper: runs only in the child process of the SIGKILL test"]
+async fn sigkill_child() {
+    let Ok(root) = std::env::var("MINIPOD_TEST_ROOT") else { return };
+    let rootfs = std::env::var("MINIPOD_TEST_ROOTFS").unwrap();
+    let rt = Minipod::builder().state_dir(&root).image_dir(format!("{root}-images")).private_node().open().await.unwrap();
+    let mut keep = vec![];
+    for i in 0..3 {
+        let pod = rt.pod(&format!("orphan{i}")).publish(18090 + i, 80).start().await.unwrap();
+        pod.container("c").rootfs(&rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+        keep.push(pod);
+    }
+    println!("READY");
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-sigkill");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sigkill_child", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env("MINIPOD_TEST_ROOT", env.root())
+        .env("MINIPOD_TEST_ROOTFS", &env.rootfs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !line.contains("READY") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child never got ready");
+        }
+    }
+    let pods =
+        std::fs::read_dir(env.root().join("pods")).unwrap().flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count();
+    assert_eq!(pods, 3);
+    let pids: Vec<i32> = minipod_runtime::Runtime::new(env.root()).unwrap().list().unwrap().iter().filter_map(|c| c.pid).collect();
+    assert_eq!(pids.len(), 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its containers outlive it (each has its own monitor) until the next runtime opens.
+    assert!(pids.iter().all(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
+    let rt = env.open().await;
+    assert!(pids.iter().all(|p| minipod_runtime::state::process_start_time(*p).is_none()), "workloads still run");
+    assert!(rt.pods().pods().unwrap().is_empty());
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
