@@ -328,7 +328,10 @@ async fn bad_requests_get_clear_errors_and_leave_nothing() {
     assert_eq!(rt.pods().pods().unwrap().len(), 1);
     assert_eq!(rt.pods().containers(None).unwrap().len(), 1);
     rt.pods().remove_pod("taken", false).unwrap();
-    let _ = pod.keep();
+    // Removing it again (the handle's drop does) is fine.
+    rt.pods().remove_pod("taken", false).unwrap();
+    let err = pod.keep().await.unwrap_err();
+    assert!(err.to_string().contains("private node"), "{err}");
     rt.shutdown().await.unwrap();
     env.assert_clean();
 }
@@ -412,5 +415,64 @@ async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
     assert!(pids.iter().all(|p| minipod_runtime::state::process_start_time(*p).is_none()), "workloads still run");
     assert!(rt.pods().pods().unwrap().is_empty());
     rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_from_an_imported_image_with_their_own_upper_layer() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-image");
+    let layout = env.h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let rt = env.open().await;
+    let img = rt.import_image(&layout, None).await.unwrap();
+    assert_eq!(img.repo_tags, vec!["minipod.test/busybox:1"]);
+    let pod = rt.pod("img").start().await.unwrap();
+    let a = pod.container("a").image("minipod.test/busybox:1").cmd(["sleep", "300"]).start().await.unwrap();
+    let b = pod.container("b").image(&img.id).cmd(["sleep", "300"]).start().await.unwrap();
+    // The second layer's whiteouts hide what the first one had.
+    let seen = a.exec(["sh", "-c", "cat /etc/image-release; ls /opt/gone; test -e /etc/motd || echo no-motd"]).await.unwrap();
+    assert_eq!(seen.stdout_text(), "minipod test image\nnew\nno-motd\n", "{seen:?}");
+    // Writes land in each container's own upper dir, never in the shared layers.
+    a.exec(["sh", "-c", "echo mine > /etc/image-release"]).await.unwrap();
+    assert_eq!(b.exec(["cat", "/etc/image-release"]).await.unwrap().stdout_text(), "minipod test image\n");
+    // The image's default command runs when none is given (sh exits at once on /dev/null).
+    let dflt = pod.container("dflt").image("minipod.test/busybox:1").start().await.unwrap();
+    assert_eq!(dflt.wait().await.unwrap(), ExitStatus::Code(0));
+    drop(pod);
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runtimes_on_one_node_and_root_never_collide() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-two");
+    let node = common::node::TestNode::new("two");
+    let open = || Minipod::builder().state_dir(env.root()).image_dir(env.h.base.join("images")).node_netns(node.node_ns()).open();
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let serve = |who: &str| format!("mkdir /www && echo {who} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let wa = a.pod("web").start().await.unwrap();
+    wa.container("s").rootfs(&env.rootfs).cmd(["sh", "-c", &serve("a")]).wait_for(Ready::port(80)).start().await.unwrap();
+    // Same pod name in the other runtime: its own scope, network, subnet and DNS.
+    let wb = b.pod("web").start().await.unwrap();
+    wb.container("s").rootfs(&env.rootfs).cmd(["sh", "-c", &serve("b")]).wait_for(Ready::port(80)).start().await.unwrap();
+    assert_ne!(wa.record().networks[0].network, wb.record().networks[0].network);
+    assert_ne!(wa.ip().octets()[..3], wb.ip().octets()[..3], "{} and {}", wa.ip(), wb.ip());
+    for (rt, want) in [(&a, "a\n"), (&b, "b\n")] {
+        let client = rt.pod("client").start().await.unwrap();
+        let c = client.container("c").rootfs(&env.rootfs).cmd(["sleep", "60"]).start().await.unwrap();
+        assert_eq!(c.exec(["wget", "-qO-", "http://web/"]).await.unwrap().stdout_text(), want);
+    }
+    // Closing one leaves the other working.
+    drop(wa);
+    a.shutdown().await.unwrap();
+    assert_eq!(wb.http_get(80, "/").await.unwrap(), (200, "b\n".to_string()));
+    drop(wb);
+    b.shutdown().await.unwrap();
     env.assert_clean();
 }

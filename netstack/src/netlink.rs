@@ -101,6 +101,21 @@ impl Netlink {
         Ok(names)
     }
 
+    /// Every IPv4 address in the namespace with its prefix length.
+    pub async fn ipv4_addresses(&self) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let mut addrs = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await.map_err(request("listing addresses"))? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                    out.push((*v4, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The index of link `name`, or an error saying it does not exist.
     pub async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
         self.link(name).await?.map(|l| l.header.index).ok_or_else(|| NetlinkError::NoLink(name.to_string()))

@@ -463,12 +463,12 @@ impl Node {
         let mut attempts = 0;
         let (_lock, cfg) = loop {
             if *name == default.name && self.network(name)?.is_none() {
-                let _create = self.network_lock(name, FlockArg::LockExclusive)?;
+                let _create = self.network_lock(name, FlockArg::LockExclusive).await?;
                 if self.network(name)?.is_none() {
                     self.create_network(default.clone()).await?;
                 }
             }
-            let lock = self.network_lock(name, FlockArg::LockShared)?;
+            let lock = self.network_lock(name, FlockArg::LockShared).await?;
             match self.network(name)? {
                 Some(cfg) => break (lock, cfg),
                 None if *name == default.name && attempts < 3 => attempts += 1,
@@ -664,9 +664,22 @@ impl Node {
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(state_err(&path))
     }
 
-    fn network_lock(&self, name: &NetworkName, how: FlockArg) -> Result<Flock<std::fs::File>, NetworkError> {
-        let f = self.lock_file(name)?;
-        Flock::lock(f, how).map_err(|(_, e)| NetworkError::State { path: self.state_dir.join("network-locks"), source: e.into() })
+    /// Takes the network's lock without ever blocking the thread: attaches of one
+    /// process hold it across awaits, and a blocking flock on a single-threaded runtime
+    /// would wait for a holder that can then never run again.
+    async fn network_lock(&self, name: &NetworkName, how: FlockArg) -> Result<Flock<std::fs::File>, NetworkError> {
+        let nonblock = match how {
+            FlockArg::LockShared | FlockArg::LockSharedNonblock => FlockArg::LockSharedNonblock,
+            _ => FlockArg::LockExclusiveNonblock,
+        };
+        loop {
+            let f = self.lock_file(name)?;
+            match Flock::lock(f, nonblock) {
+                Ok(l) => return Ok(l),
+                Err((_, nix::Error::EWOULDBLOCK)) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                Err((_, e)) => return Err(NetworkError::State { path: self.state_dir.join("network-locks"), source: e.into() }),
+            }
+        }
     }
 
     fn try_network_lock(&self, name: &NetworkName) -> Result<Option<Flock<std::fs::File>>, NetworkError> {
@@ -684,12 +697,14 @@ impl Node {
     /// member record (a crash mid-attach) are freed; and host veths of this node that
     /// no record names are deleted. Returns what was removed.
     pub async fn gc(&self, live: &std::collections::HashSet<OwnerId>) -> Result<GcReport, NetworkError> {
-        self.gc_with(|o| live.contains(o)).await
+        self.gc_with(|o| live.contains(o), true).await
     }
 
     /// [`Node::gc`] asking `is_live` about each owner when it is met, so that an owner
     /// made while this runs (whose record appears before its attachment) is kept.
-    pub async fn gc_with(&self, is_live: impl Fn(&OwnerId) -> bool) -> Result<GcReport, NetworkError> {
+    /// Without `stray_links`, host veths that no record of this state dir names are
+    /// left alone: on a node that other state dirs share, they may be theirs.
+    pub async fn gc_with(&self, is_live: impl Fn(&OwnerId) -> bool, stray_links: bool) -> Result<GcReport, NetworkError> {
         let mut report = GcReport::default();
         // Links first: an attach that starts after this snapshot allocates its address
         // (and so shows in the state read below) before it makes its veth.
@@ -718,7 +733,7 @@ impl Node {
             }
         }
         // Host ends are named `mp` + hash; any not accounted for is a leftover.
-        for name in links {
+        for name in links.into_iter().filter(|_| stray_links) {
             if is_host_ifname(&name) && !known_ifnames.contains(&name) {
                 self.unwire(&name).await?;
                 report.links.push(name);
@@ -729,7 +744,7 @@ impl Node {
 
     /// Removes network `name` and its bridge; refuses while it has members.
     pub async fn remove_network(&self, name: &NetworkName) -> Result<(), NetworkError> {
-        let _lock = self.network_lock(name, FlockArg::LockExclusive)?;
+        let _lock = self.network_lock(name, FlockArg::LockExclusive).await?;
         self.remove_network_locked(name).await
     }
 

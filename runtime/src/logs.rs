@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
+
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -141,6 +142,17 @@ fn parse_record(line: &str) -> Option<(&str, Stream, bool, &str)> {
     Some((time, stream, partial, text))
 }
 
+/// Splits a record into its ASCII head (time, stream, tag) and its raw text.
+fn split_head(record: &[u8]) -> Option<(&str, &[u8])> {
+    let mut spaces = record.iter().enumerate().filter(|(_, b)| **b == b' ').map(|(i, _)| i);
+    let (_, _) = (spaces.next()?, spaces.next()?);
+    let (head, text) = match spaces.next() {
+        Some(i) => (&record[..i], &record[i + 1..]),
+        None => (record, &record[record.len()..]),
+    };
+    Some((std::str::from_utf8(head).ok()?, text))
+}
+
 /// Every line of the log at `path`, partial records joined per stream. A missing
 /// file is an empty log (nothing written yet); malformed records are skipped.
 pub fn read(path: &Path) -> io::Result<Vec<LogLine>> {
@@ -149,21 +161,29 @@ pub fn read(path: &Path) -> io::Result<Vec<LogLine>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e),
     };
+    // Bytes, not text: a workload may print anything, and a long line's pieces may
+    // split a character. Lines are decoded once whole.
     let mut out = Vec::new();
-    let mut open: [Option<LogLine>; 2] = [None, None];
-    for line in io::BufReader::new(file).lines() {
-        let line = line?;
-        let Some((time, stream, partial, text)) = parse_record(&line) else { continue };
+    let mut open: [Option<(String, Vec<u8>)>; 2] = [None, None];
+    let finish =
+        |stream: Stream, (time, bytes): (String, Vec<u8>)| LogLine { time, stream, text: String::from_utf8_lossy(&bytes).into_owned() };
+    for record in io::BufReader::new(file).split(b'\n') {
+        let record = record?;
+        let Some((head, text)) = split_head(&record) else { continue };
+        let Some((time, stream, partial, _)) = parse_record(head) else { continue };
         let slot = &mut open[stream as usize];
-        let entry = slot.get_or_insert_with(|| LogLine { time: time.to_string(), stream, text: String::new() });
-        entry.text.push_str(text);
+        slot.get_or_insert_with(|| (time.to_string(), Vec::new())).1.extend_from_slice(text);
         if !partial {
             if let Some(done) = slot.take() {
-                out.push(done);
+                out.push(finish(stream, done));
             }
         }
     }
-    out.extend(open.into_iter().flatten());
+    for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+        if let Some(left) = open[i].take() {
+            out.push(finish(stream, left));
+        }
+    }
     Ok(out)
 }
 
@@ -203,6 +223,24 @@ mod tests {
                 (Stream::Stdout, "last".into()),
             ]
         );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_do_not_break_reading() {
+        let path = tmp("binary");
+        let _ = std::fs::remove_file(&path);
+        let mut w = LogWriter::open(&path).unwrap();
+        let mut out = LineSplitter::new(Stream::Stdout);
+        out.feed(b"\xff\xfe bad\n", &mut w).unwrap();
+        // A 3-byte character cut by the record limit is whole again when read.
+        let mut long = vec![b'a'; MAX_RECORD - 1];
+        long.extend_from_slice("\u{20ac}\n".as_bytes());
+        out.feed(&long, &mut w).unwrap();
+        let lines = read(&path).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].text, "\u{fffd}\u{fffd} bad");
+        assert!(lines[1].text.ends_with('\u{20ac}') && lines[1].text.len() == MAX_RECORD + 2);
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -101,7 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Net(a) => net::net(&root, a),
         Command::Pod(a) => pod::pod(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
-        Command::Image(a) => pod::image(a),
+        Command::Image(a) => pod::image(&root, a),
     }
 }
 

@@ -358,7 +358,11 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn image(a: ImageArgs) -> anyhow::Result<i32> {
+pub fn image(root: &Path, a: ImageArgs) -> anyhow::Result<i32> {
+    if let ImageCommand::Rm { image } = &a.command {
+        open(root, &a.common)?.remove_image(image)?;
+        return Ok(0);
+    }
     let store = minipod_runtime::image::ImageStore::open(&a.common.images)?;
     match a.command {
         ImageCommand::Import { path, name } => {
@@ -380,7 +384,7 @@ pub fn image(a: ImageArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        ImageCommand::Rm { image } => store.remove(&image)?,
+        ImageCommand::Rm { .. } => {}
     }
     Ok(0)
 }

@@ -298,7 +298,8 @@ impl PodBuilder {
         let rt = self.rt.clone();
         let cfg = self.cfg;
         let record = blocking(move || rt.pods.create_pod(cfg)).await?;
-        Ok(Pod { rt: self.rt, record, cleanup: true })
+        let cleanup = !self.rt.pods.keeps_pods();
+        Ok(Pod { rt: self.rt, record, cleanup })
     }
 }
 
@@ -387,10 +388,14 @@ impl Pod {
         blocking(move || rt.pods.remove_pod(&id, true)).await
     }
 
-    /// Keeps the pod after this handle (and the process) is gone; returns its record.
-    pub fn keep(mut self) -> PodRecord {
+    /// Keeps the pod after this handle and this process are gone: neither drop, nor
+    /// shutdown, nor the next runtime's sweep removes it. Returns its record.
+    pub async fn keep(mut self) -> Result<PodRecord> {
+        let rt = self.rt.clone();
+        let id = self.record.id.clone();
+        let kept = blocking(move || rt.pods.disown(&id)).await?;
         self.cleanup = false;
-        self.record.clone()
+        Ok(kept)
     }
 }
 

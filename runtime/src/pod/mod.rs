@@ -237,9 +237,16 @@ impl Pods {
     /// Opens the runtime: state dirs, node, DNS server, and a sweep of whatever dead
     /// processes left behind.
     pub fn open(opts: PodsOptions) -> Result<Self> {
+        if opts.keep_pods && opts.private_node {
+            return Err(PodError::Invalid(
+                "pods that outlive this process cannot live on a private node, which goes with it: drop one of the two".into(),
+            ));
+        }
         let oci = Runtime::new(&opts.root)?;
         let root = oci.root().to_path_buf();
-        let images = ImageStore::open(&opts.images)?;
+        // The monitor and the container's init run from `/`: every path they get must be absolute.
+        let images_dir = std::path::absolute(&opts.images).map_err(io_err("resolving", &opts.images))?;
+        let images = ImageStore::open(&images_dir)?;
         for d in ["pods", "instances"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
@@ -248,74 +255,80 @@ impl Pods {
         let scope = match &opts.scope {
             Some(s) => {
                 record::check_name("scope", s).map_err(PodError::Invalid)?;
+                if s.len() > 40 {
+                    return Err(PodError::Invalid(format!("scope {s:?} is longer than 40 bytes")));
+                }
                 s.clone()
             }
             None if opts.keep_pods => DEFAULT_SCOPE.to_string(),
             None => unique_scope(),
         };
-        let owned_by_me = !opts.keep_pods || opts.private_node;
-        let private_node = if opts.private_node {
-            let dir = root.join("nodes").join(&scope);
-            std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-            let pin = dir.join("netns");
-            let ns = netstack::netns::create_pinned(&pin)?;
-            let up = net.block(async move {
-                let nl = netstack::netlink::Netlink::open(&ns)?;
-                let lo = nl.index("lo").await?;
-                nl.up(lo, "setting lo up in the private node").await
-            });
-            if let Err(e) = up.map_err(PodError::from).and_then(|r| r.map_err(|e| PodError::Network(e.into()))) {
-                let _ = netstack::netns::remove_pinned(&pin);
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-            Some(pin)
-        } else {
-            None
-        };
-        let node_ref = match &private_node {
+        let node_netns = opts.node_netns.as_ref().map(|p| std::path::absolute(p).map_err(io_err("resolving", p))).transpose()?;
+        let private_pin = opts.private_node.then(|| root.join("nodes").join(&scope).join("netns"));
+        let node_ref = match &private_pin {
             Some(pin) => NodeRef { state_dir: pin.parent().unwrap_or(&root).to_path_buf(), netns: Some(pin.clone()) },
-            None => NodeRef { state_dir: root.clone(), netns: opts.node_netns.clone() },
+            None => NodeRef { state_dir: root.clone(), netns: node_netns },
         };
-        let node = Arc::new(Node::new(&node_ref.state_dir, node_ref.netns.as_deref())?);
+        // Recorded before anything is made, with what will be made, so that a crash at
+        // any later point leaves something the next sweep can find and remove.
+        let own_network = (!opts.keep_pods && opts.network.is_none()).then(|| NetworkName::new(format!("mp-{scope}"))).transpose()?;
+        let instance = (!opts.keep_pods).then(|| Instance {
+            scope: scope.clone(),
+            owner: Owner::me(),
+            network: own_network.clone(),
+            node: node_ref.clone(),
+            private_node: private_pin.clone(),
+        });
+        if let Some(inst) = &instance {
+            write_json(&root.join("instances").join(format!("{}.json", inst.scope)), inst)?;
+        }
+        let undo = |e: PodError| {
+            if let Some(inst) = &instance {
+                let _ = remove_instance(&net, &root, inst);
+            }
+            e
+        };
+        if let Some(pin) = &private_pin {
+            make_private_node(&net, pin).map_err(undo)?;
+        }
+        let node = Node::new(&node_ref.state_dir, node_ref.netns.as_deref()).map_err(|e| undo(e.into()))?;
+        let node = Arc::new(node);
         // Only the networks this runtime uses: another process may serve the others.
-        node.serve_dns_on(net.handle(), false)?;
+        node.serve_dns_on(net.handle(), false).map_err(|e| undo(e.into()))?;
         let mut pods = Self {
-            root,
+            root: root.clone(),
             oci,
             images,
             node,
-            node_ref: node_ref.clone(),
+            node_ref,
             net,
             scope,
             default_network: NetworkConfig::default_network().name,
             keep_pods: opts.keep_pods,
-            instance: None,
+            instance,
         };
-        if owned_by_me {
-            let inst = Instance { scope: pods.scope.clone(), owner: Owner::me(), network: None, node: node_ref, private_node };
-            pods.save_instance(&inst)?;
-            pods.instance = Some(inst);
-        }
         let report = pods.sweep();
         if !report.is_empty() {
             tracing::info!(?report, "swept what dead processes left behind");
         }
-        pods.default_network = pods.setup_default_network(&opts)?;
+        match pods.setup_default_network(&opts, own_network) {
+            Ok(name) => pods.default_network = name,
+            Err(e) => {
+                // Drop would not: the instance is only torn down by shutdown.
+                let _ = pods.shutdown();
+                return Err(e);
+            }
+        }
         Ok(pods)
     }
 
-    fn save_instance(&self, inst: &Instance) -> Result<()> {
-        write_json(&self.root.join("instances").join(format!("{}.json", inst.scope)), inst)
-    }
-
-    fn setup_default_network(&mut self, opts: &PodsOptions) -> Result<NetworkName> {
+    fn setup_default_network(&mut self, opts: &PodsOptions, own: Option<NetworkName>) -> Result<NetworkName> {
         let default = NetworkConfig::default_network();
         match &opts.network {
             Some(name) if *name == default.name => return Ok(default.name),
             Some(name) => {
-                if self.node.network(name)?.is_some() {
-                    let cfg = self.node.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
+                if let Some(cfg) = self.node.network(name)? {
+                    // Joined, so that this runtime serves its names too.
                     self.create_network(cfg)?;
                     return Ok(name.clone());
                 }
@@ -324,21 +337,15 @@ impl Pods {
                 self.create_network(cfg)?;
                 return Ok(name.clone());
             }
-            None if opts.keep_pods => return Ok(default.name),
             None => {}
         }
         // A network of our own: pods of parallel runtimes never see each other.
-        let name = NetworkName::new(format!("mp-{}", self.scope))?;
+        let Some(name) = own else { return Ok(default.name) };
         let bridge = bridge_name(&format!("{}{}", self.root.display(), self.scope));
-        let cfg = match opts.cidr {
+        match opts.cidr {
             Some(cidr) => self.create_network(NetworkConfig::new(name.clone(), bridge, cidr))?,
             None => self.create_network_auto(name.clone(), bridge)?,
         };
-        if let Some(inst) = &mut self.instance {
-            inst.network = Some(cfg.name.clone());
-            let inst = inst.clone();
-            self.save_instance(&inst)?;
-        }
         Ok(name)
     }
 
@@ -354,7 +361,19 @@ impl Pods {
             std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err("opening", &lock_path))?;
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io_err("locking", &lock_path)(io::Error::from(e)))?;
-        let taken: Vec<ipnetwork::Ipv4Network> = self.node.networks()?.into_iter().map(|n| n.subnet).collect();
+        let mut taken: Vec<ipnetwork::Ipv4Network> = self.node.networks()?.into_iter().map(|n| n.subnet).collect();
+        // Addresses already on the node (its own links, other state roots' bridges on a
+        // shared node): a subnet that overlaps one would clash.
+        let netns = self.node_ref.netns.clone();
+        let present = self.net.block(async move {
+            let ns = match &netns {
+                Some(p) => netstack::netns::Netns::open(p)?,
+                None => netstack::netns::Netns::current()?,
+            };
+            netstack::netlink::Netlink::open(&ns)?.ipv4_addresses().await
+        })?;
+        let present = present.map_err(|e| PodError::Network(e.into()))?;
+        taken.extend(present.into_iter().filter_map(|(ip, prefix)| ipnetwork::Ipv4Network::new(ip, prefix).ok()));
         for third in 0..=255u8 {
             let Ok(subnet) = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, third, 0), 24) else { continue };
             if taken.iter().any(|t| t.overlaps(subnet)) {
@@ -443,8 +462,18 @@ impl Pods {
     pub fn create_pod(&self, cfg: PodConfig) -> Result<PodRecord> {
         record::check_name("pod", &cfg.name).map_err(PodError::Invalid)?;
         let hostname = cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone());
-        if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['/', '\0', ' ']) {
-            return Err(PodError::Invalid(format!("hostname {hostname:?} is not valid: use at most 64 characters, no spaces or slashes")));
+        let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if hostname.len() > 64 || !hostname.split('.').all(label_ok) {
+            return Err(PodError::Invalid(format!(
+                "hostname {hostname:?} is not valid: use DNS labels (letters, digits, `-`) separated by dots, at most 64 bytes"
+            )));
+        }
+        if let Some(dns) = &cfg.dns {
+            if let Some(bad) =
+                dns.servers.iter().chain(&dns.searches).chain(&dns.options).find(|v| v.is_empty() || v.contains(char::is_whitespace))
+            {
+                return Err(PodError::Invalid(format!("DNS setting {bad:?} is empty or has whitespace")));
+            }
         }
         for a in &cfg.aliases {
             record::check_name("alias", a).map_err(PodError::Invalid)?;
@@ -485,6 +514,7 @@ impl Pods {
                 return Err(PodError::PodExists { name: cfg.name, id: other.id });
             }
             std::fs::create_dir_all(dir.join("ns")).map_err(io_err("creating", &dir))?;
+            std::fs::create_dir(dir.join("containers")).map_err(io_err("creating", &dir))?;
             if let Err(e) = self.save_pod(&pod) {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
@@ -610,10 +640,21 @@ impl Pods {
                 first_err.get_or_insert(e);
             }
         }
+        if let Some(e) = first_err {
+            // A process that may still run keeps the namespace and the address: freeing
+            // the address now would hand it to the next pod twice.
+            return Err(e);
+        }
         // The namespaces go right after: the kernel deletes the veths in the background.
         if pod.status != PodStatus::Stopped {
-            if let Err(e) = self.detach_all(pod, true) {
-                first_err.get_or_insert(e);
+            match self.detach_all(pod, true) {
+                // The node namespace is gone, and with it the bridge, the veths and the
+                // rules: only records would be left, in a state dir that goes too.
+                Err(PodError::Network(NetworkError::Netns(_))) if pod.node.netns.as_ref().is_some_and(|p| !p.exists()) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok(()) => {}
             }
         }
         let dir = self.pod_dir(&pod.id);
@@ -646,8 +687,12 @@ impl Pods {
             let dir = self.pod_dir(&p).join("containers");
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
-                if let Ok(c) = record::read_json::<ContainerRecord>(&e.path().join(CONTAINER_FILE)) {
-                    out.push(c);
+                // A record is trusted no further than its names: they reach paths.
+                match record::read_json::<ContainerRecord>(&e.path().join(CONTAINER_FILE)) {
+                    Ok(c) if record::check_name("container", &c.name).is_ok() && c.pod == p && e.file_name() == c.name.as_str() => {
+                        out.push(c)
+                    }
+                    _ => {}
                 }
             }
         }
@@ -658,6 +703,9 @@ impl Pods {
     /// A container by runtime id, or by name within `pod`.
     pub fn container(&self, pod: &str, name: &str) -> Result<ContainerRecord> {
         let p = self.pod(pod)?;
+        if record::check_name("container", name).is_err() {
+            return Err(PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() });
+        }
         record::read_json(&self.container_dir(&p.id, name).join(CONTAINER_FILE))
             .map_err(|_| PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() })
     }
@@ -699,11 +747,12 @@ impl Pods {
         };
         let args = spec::args(&cfg.process, image.as_ref().map(|i| &i.config)).map_err(PodError::Invalid)?;
         let dir = self.container_dir(&pod.id, &cfg.name);
-        std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io_err("creating", &dir))?;
+        // Not create_dir_all: a pod removed meanwhile must not come back as a bare directory.
         match std::fs::create_dir(&dir) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(PodError::ContainerExists { pod: pod.name, name: cfg.name });
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PodError::NoSuchPod(pod.name)),
             r => r.map_err(io_err("creating", &dir))?,
         }
         let made = self.make_container(&pod, &dir, &cfg, args, lower, image.as_ref());
@@ -727,6 +776,8 @@ impl Pods {
             (None, Some(d)) => d.join(format!("{}_{}.log", cfg.name, cfg.attempt)),
             (None, None) => dir.join("container.log"),
         };
+        // The monitor writes it from `/`.
+        let log_path = std::path::absolute(&log_path).map_err(io_err("resolving", &log_path))?;
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("creating the log directory", parent))?;
         }
@@ -833,6 +884,39 @@ impl Pods {
         Ok(ExecOutput { status: status?, stdout, stderr })
     }
 
+    /// Removes an image from the store, unless a container uses it (its layers are
+    /// that container's root filesystem).
+    pub fn remove_image(&self, reference: &str) -> Result<()> {
+        let img = self.images.get(reference)?;
+        let users: Vec<String> = self
+            .containers(None)?
+            .into_iter()
+            .filter(|c| c.image_id.as_deref() == Some(img.id.as_str()))
+            .map(|c| c.id.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(PodError::Invalid(format!("image {reference} is used by container(s) {}: remove them first", users.join(", "))));
+        }
+        Ok(self.images.remove(reference)?)
+    }
+
+    /// Makes a pod outlive this process: it is no longer swept when the process is
+    /// gone. It stays on its network; a runtime's own network is then kept too.
+    pub fn disown(&self, id: &PodId) -> Result<PodRecord> {
+        if self.instance.as_ref().is_some_and(|i| i.private_node.is_some()) {
+            return Err(PodError::Invalid("a pod on a private node cannot outlive the runtime, whose node goes with it".into()));
+        }
+        let mut pod: PodRecord = record::read_json(&self.pod_dir(id).join(POD_FILE)).map_err(|_| PodError::NoSuchPod(id.to_string()))?;
+        pod.owner = None;
+        self.save_pod(&pod)?;
+        Ok(pod)
+    }
+
+    /// Whether pods of this runtime outlive it.
+    pub fn keeps_pods(&self) -> bool {
+        self.keep_pods
+    }
+
     /// Sends `signal` to a container's process.
     pub fn kill(&self, c: &ContainerRecord, signal: Signal) -> Result<()> {
         Ok(self.oci.kill(&c.id, signal, false)?)
@@ -843,7 +927,11 @@ impl Pods {
     pub fn shutdown(&self) -> Result<()> {
         let mut first_err = None;
         if self.instance.is_some() && !self.keep_pods {
-            for pod in self.pods()?.into_iter().filter(|p| p.scope == self.scope && p.owner.is_some_and(|o| o == Owner::me())) {
+            let pods = self.pods().unwrap_or_else(|e| {
+                first_err = Some(e);
+                vec![]
+            });
+            for pod in pods.into_iter().filter(|p| p.scope == self.scope && p.owner.is_some_and(|o| o == Owner::me())) {
                 if let Err(e) = self.teardown(&pod) {
                     first_err.get_or_insert(e);
                 }
@@ -858,24 +946,58 @@ impl Pods {
     }
 
     fn remove_instance(&self, inst: &Instance) -> Result<()> {
-        if let Some(name) = inst.network.clone() {
-            let node = Arc::new(Node::new(&inst.node.state_dir, inst.node.netns.as_deref())?);
-            let r = self.net.block(async move { node.remove_network(&name).await })?;
-            match r {
-                Ok(()) | Err(NetworkError::NoSuchNetwork(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if let Some(pin) = &inst.private_node {
-            netstack::netns::remove_pinned(pin)?;
-            if let Some(dir) = pin.parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        let path = self.root.join("instances").join(format!("{}.json", inst.scope));
-        let _ = std::fs::remove_file(path);
-        Ok(())
+        remove_instance(&self.net, &self.root, inst)
     }
+}
+
+/// Removes what runtime instance `inst` made for itself: its network, its private
+/// node, its record. Parts already gone are fine.
+fn remove_instance(net: &netthread::NetThread, root: &Path, inst: &Instance) -> Result<()> {
+    if let Some(name) = inst.network.clone() {
+        match Node::new(&inst.node.state_dir, inst.node.netns.as_deref()) {
+            Ok(node) => {
+                let r = net.block(async move { node.remove_network(&name).await })?;
+                match r {
+                    Ok(()) | Err(NetworkError::NoSuchNetwork(_)) => {}
+                    // Pods kept past this runtime (`disown`) still use it.
+                    Err(NetworkError::InUse { .. }) => {
+                        tracing::info!(network = %inst.network.as_ref().map(|n| n.to_string()).unwrap_or_default(), "kept: pods that outlive the runtime use it")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // The node namespace is gone, and its bridges with it.
+            Err(NetworkError::Netns(_)) if inst.private_node.is_some() || inst.node.netns.as_ref().is_some_and(|p| !p.exists()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(pin) = &inst.private_node {
+        netstack::netns::remove_pinned(pin)?;
+        if let Some(dir) = pin.parent() {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", dir)(e)),
+                _ => {}
+            }
+        }
+    }
+    let path = root.join("instances").join(format!("{}.json", inst.scope));
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Pins a fresh node namespace at `pin` with lo up.
+fn make_private_node(net: &netthread::NetThread, pin: &Path) -> Result<()> {
+    let dir = pin.parent().unwrap_or(pin);
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let ns = netstack::netns::create_pinned(pin)?;
+    let up = net.block(async move {
+        let nl = netstack::netlink::Netlink::open(&ns)?;
+        let lo = nl.index("lo").await?;
+        nl.up(lo, "setting lo up in the private node").await
+    })?;
+    up.map_err(|e| PodError::Network(e.into()))
 }
 
 /// Writes a record atomically.
@@ -937,11 +1059,13 @@ fn collect(out: OwnedFd, err: OwnedFd, done: &std::sync::atomic::AtomicBool) -> 
     bufs
 }
 
-/// A scope unique to this runtime instance: pid, start time and a counter.
+/// A scope unique to this runtime instance: pid, start time (a reused PID has
+/// another) and a counter.
 fn unique_scope() -> String {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("p{}-{n}", std::process::id())
+    let me = Owner::me();
+    format!("p{}-{}-{n}", me.pid, me.start_time)
 }
 
 /// A bridge name derived from `seed`: `mpb` + 8 hex digits, within IFNAMSIZ.

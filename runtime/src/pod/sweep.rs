@@ -66,12 +66,34 @@ impl Pods {
                 Err(e) => errors.push(format!("runtime instance {}: {}", inst.scope, chain(&e))),
             }
         }
+        // Private nodes whose instance record is gone (a crash between the two).
+        let nodes = self.root.join("nodes");
+        for e in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
+            let scope = e.file_name().to_string_lossy().into_owned();
+            if scope != self.scope && !dir.join(format!("{scope}.json")).exists() {
+                let pin = e.path().join("netns");
+                let removed = crate::netstack::netns::remove_pinned(&pin)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| std::fs::remove_dir_all(e.path()).map_err(|e| e.to_string()));
+                match removed {
+                    Ok(()) => report.instances.push(format!("node {scope}")),
+                    Err(why) => errors.push(format!("private node {}: {why}", e.path().display())),
+                }
+            }
+        }
         let node = self.node.clone();
         let pods_dir = self.root.join("pods");
+        // Links no record names are deleted only on a private node: a shared node may
+        // carry other state roots' pods.
+        let stray_links = self.node_ref.netns.as_ref().is_some_and(|p| p.starts_with(&nodes));
         let gc = self.net.block(async move {
             // Asked per owner as it is met: a pod made meanwhile has its directory
             // before its first attachment.
-            node.gc_with(|o: &OwnerId| PodId::parse(o.as_str()).is_none_or(|id| Path::new(&pods_dir).join(id.as_str()).exists())).await
+            node.gc_with(
+                |o: &OwnerId| PodId::parse(o.as_str()).is_none_or(|id| Path::new(&pods_dir).join(id.as_str()).exists()),
+                stray_links,
+            )
+            .await
         });
         match gc {
             Ok(Ok(r)) => {

@@ -132,9 +132,10 @@ impl Log {
         Ok((Self { writer, streams }, stdio))
     }
 
-    /// Copies what the pipes in `ready` hold into the log; drops a pipe at EOF.
-    /// Returns without blocking.
-    fn pump(&mut self, ready: &[bool]) {
+    /// Copies what the pipes in `ready` hold into the log, at most `budget` bytes a
+    /// pipe, so that a flood of output cannot keep the monitor from its other clients;
+    /// drops a pipe at EOF. Returns without blocking.
+    fn pump(&mut self, ready: &[bool], budget: usize) {
         let mut buf = [0u8; 16 * 1024];
         let mut i = 0;
         let mut ready = ready.iter();
@@ -144,10 +145,15 @@ impl Log {
                 continue;
             }
             let (fd, splitter) = &mut self.streams[i];
+            let mut taken = 0;
             let eof = loop {
+                if taken >= budget {
+                    break false;
+                }
                 match nix::unistd::read(&*fd, &mut buf) {
                     Ok(0) => break true,
                     Ok(n) => {
+                        taken += n;
                         // A record that cannot be written is lost, not retried: the
                         // workload must never block on a full disk.
                         let _ = splitter.feed(&buf[..n], &mut self.writer);
@@ -169,7 +175,7 @@ impl Log {
     /// After the workload exited: take what is left. A process it left behind may
     /// still hold a pipe open, so this reads what is there and does not wait for EOF.
     fn drain(&mut self) {
-        self.pump(&[]);
+        self.pump(&[], 4 << 20);
         for (_, splitter) in &mut self.streams {
             let _ = splitter.finish(&mut self.writer);
         }
@@ -326,7 +332,7 @@ impl Monitor {
             };
             if logs_ready.iter().any(|r| *r) {
                 if let Some(log) = &mut self.log {
-                    log.pump(&logs_ready);
+                    log.pump(&logs_ready, 256 << 10);
                 }
             }
             if sig_ready {
