@@ -1,5 +1,14 @@
 //! minipod's OCI runtime: runs OCI runtime-spec bundles the way runc does, keeps their
-//! state under a root directory, and is safe to embed in a tokio program or a test.
+//! state under a root directory, runs pods of containers from local OCI images, and is
+//! safe to embed in a tokio program or a test.
+//!
+//! Three levels, each built on the one before:
+//!
+//! - [`Runtime`]: the runc verbs on bundles (create, start, state, kill, delete, exec).
+//! - [`pod::Pods`]: pods (pinned namespaces on networks, /etc files) and their
+//!   containers from an [`ImageStore`] or a directory, CRI-format logs ([`logs`]),
+//!   and the sweep of what dead processes left; synchronous, shared by the CLI.
+//! - [`embed`]: the async API for test harnesses, whose handles clean up on drop.
 //!
 //! # Model
 //!
@@ -16,7 +25,7 @@
 //! - Images live in an [`ImageStore`]: imported OCI layouts, unpacked once per layer
 //!   into directories that containers stack read-only as overlayfs lower layers.
 //!
-//! # Example
+//! # Example (runc level)
 //!
 //! ```no_run
 //! use minipod_runtime::{ContainerId, CreateOptions, Runtime};

@@ -223,7 +223,7 @@ impl ImageStore {
         self.add_locked(manifest, manifest_digest, config, open_blob, reference)
     }
 
-    /// By reference (normalised the same way) or by id: full "sha256:<hex>", bare hex, or a unique hex prefix of at least 12.
+    /// By reference (normalised the same way) or by id: full `sha256:<hex>`, bare hex, or a unique hex prefix of at least 12.
     pub fn get(&self, reference: &str) -> Result<Image, ImageError> {
         self.resolve(reference).map(|(image, _)| image)
     }

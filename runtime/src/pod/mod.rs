@@ -443,6 +443,11 @@ impl Pods {
                 return Ok(p);
             }
         }
+        if let Some(p) =
+            self.name_index(&self.scope, name_or_id).and_then(|id| record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)).ok())
+        {
+            return Ok(p);
+        }
         let all: Vec<PodRecord> = self.pods()?.into_iter().filter(|p| p.name == name_or_id).collect();
         if let Some(mine) = all.iter().find(|p| p.scope == self.scope) {
             return Ok(mine.clone());
@@ -509,14 +514,16 @@ impl Pods {
             log_dir: cfg.log_dir.clone(),
         };
         {
-            let _lock = self.pods_lock()?;
-            if let Some(other) = self.pods()?.into_iter().find(|p| p.name == cfg.name && p.scope == self.scope) {
-                return Err(PodError::PodExists { name: cfg.name, id: other.id });
-            }
-            std::fs::create_dir_all(dir.join("ns")).map_err(io_err("creating", &dir))?;
-            std::fs::create_dir(dir.join("containers")).map_err(io_err("creating", &dir))?;
-            if let Err(e) = self.save_pod(&pod) {
+            // Claimed through the name index, so that the check costs the same with one
+            // pod or a thousand.
+            self.claim_name(&cfg.name, &id)?;
+            let made = std::fs::create_dir_all(dir.join("ns"))
+                .and_then(|()| std::fs::create_dir(dir.join("containers")))
+                .map_err(io_err("creating", &dir))
+                .and_then(|()| self.save_pod(&pod));
+            if let Err(e) = made {
                 let _ = std::fs::remove_dir_all(&dir);
+                self.release_name(&pod);
                 return Err(e);
             }
         }
@@ -565,10 +572,51 @@ impl Pods {
         self.save_pod(pod)
     }
 
-    fn pods_lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
-        let path = self.root.join("pods").join(".lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", &path)(io::Error::from(e)))
+    fn name_file(&self, scope: &str, name: &str) -> PathBuf {
+        self.root.join("pods").join(".names").join(scope).join(name)
+    }
+
+    /// The id a pod name of `scope` is claimed by, if any.
+    fn name_index(&self, scope: &str, name: &str) -> Option<PodId> {
+        record::check_name("pod", name).ok()?;
+        PodId::parse(std::fs::read_to_string(self.name_file(scope, name)).ok()?.trim())
+    }
+
+    /// Claims `name` in this scope for pod `id` (an exclusive create). A claim whose
+    /// pod is gone (a crash before its record) is taken over.
+    fn claim_name(&self, name: &str, id: &PodId) -> Result<()> {
+        use std::io::Write;
+        let path = self.name_file(&self.scope, name);
+        let dir = path.parent().unwrap_or(&path);
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => return f.write_all(id.as_str().as_bytes()).map_err(io_err("writing", &path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).ok().and_then(|t| PodId::parse(t.trim()));
+                    match holder {
+                        Some(other) if self.pod_dir(&other).exists() => {
+                            return Err(PodError::PodExists { name: name.to_string(), id: other })
+                        }
+                        // A claim being written right now reads as empty: never steal it.
+                        None if path.metadata().is_ok_and(|m| m.len() == 0) => {
+                            return Err(PodError::Invalid(format!("pod name {name:?} is being claimed by another process")))
+                        }
+                        _ => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(io_err("claiming the name in", &path)(e)),
+            }
+        }
+        Err(PodError::Invalid(format!("pod name {name:?} is contended: try again")))
+    }
+
+    fn release_name(&self, pod: &PodRecord) {
+        if self.name_index(&pod.scope, &pod.name).as_ref() == Some(&pod.id) {
+            let _ = std::fs::remove_file(self.name_file(&pod.scope, &pod.name));
+        }
     }
 
     /// Stops every container (SIGTERM, then SIGKILL after `timeout`) and detaches the
@@ -667,9 +715,11 @@ impl Pods {
             return Err(e);
         }
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &dir)(e)),
-            _ => Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", &dir)(e)),
+            _ => {}
         }
+        self.release_name(pod);
+        Ok(())
     }
 
     fn container_dir(&self, pod: &PodId, name: &str) -> PathBuf {
