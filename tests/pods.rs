@@ -127,6 +127,13 @@ async fn exit_codes_logs_and_sigkill() {
     let raw = std::fs::read_to_string(&job.record().log_path).unwrap();
     assert!(raw.lines().all(|l| l.split(' ').nth(1).is_some_and(|s| s == "stdout" || s == "stderr")), "{raw}");
     let sleeper = pod.container("sleeper").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    // A timed-out exec is killed with everything it started.
+    let t = Instant::now();
+    let err = sleeper.exec_timeout(["sh", "-c", "sleep 77 & sleep 78"], Duration::from_millis(500)).await.unwrap_err();
+    assert!(err.to_string().contains("longer than 0.5 s"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let ps = sleeper.exec(["ps", "-o", "args"]).await.unwrap().stdout_text();
+    assert!(!ps.contains("sleep 77") && !ps.contains("sleep 78"), "{ps}");
     sleeper.kill(minipod_runtime::Signal::from_number(9).unwrap()).await.unwrap();
     assert_eq!(sleeper.wait().await.unwrap(), ExitStatus::Signal(9));
     assert_eq!(sleeper.wait().await.unwrap().shell_code(), 137);

@@ -682,6 +682,7 @@ impl Pods {
 
     /// Everything of `pod` goes, whatever state it is in.
     fn teardown(&self, pod: &PodRecord) -> Result<()> {
+        let _lock = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)?;
         let mut first_err = None;
         for c in self.containers(Some(&pod.id)).unwrap_or_default() {
             if let Err(e) = self.remove_container_record(&c, true) {
@@ -775,10 +776,30 @@ impl Pods {
         Ok(self.oci.state(&c.id)?)
     }
 
+    /// The pod's lock, held while a container is made in it and while it is torn
+    /// down, so that no container starts in a pod being removed. None when the pod is
+    /// gone.
+    fn pod_lock(&self, id: &PodId, how: nix::fcntl::FlockArg) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+        let path = self.pod_dir(id).join("lock");
+        let f = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("opening", &path)(e)),
+        };
+        let lock = nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| io_err("locking", &path)(io::Error::from(e)))?;
+        // Removed while we waited: the lock guards a deleted file.
+        Ok(self.pod_dir(id).join(POD_FILE).exists().then_some(lock))
+    }
+
     /// Creates a container in a ready pod; its process waits for [`Pods::start_container`].
     pub fn create_container(&self, pod: &str, cfg: ContainerConfig) -> Result<ContainerRecord> {
         record::check_name("container", &cfg.name).map_err(PodError::Invalid)?;
         let pod = self.pod(pod)?;
+        // Exclusive: creates in one pod are serialised, which also makes a crashed
+        // create's leftovers safe to take over below.
+        let Some(_lock) = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)? else { return Err(PodError::NoSuchPod(pod.name)) };
+        // Re-read under the lock: a stop may have come first.
+        let pod = self.pod(pod.id.as_str())?;
         if pod.status != PodStatus::Ready {
             return Err(PodError::PodNotReady { pod: pod.name, status: pod.status, what: "containers need a ready pod" });
         }
@@ -798,7 +819,17 @@ impl Pods {
         let args = spec::args(&cfg.process, image.as_ref().map(|i| &i.config)).map_err(PodError::Invalid)?;
         let dir = self.container_dir(&pod.id, &cfg.name);
         // Not create_dir_all: a pod removed meanwhile must not come back as a bare directory.
-        match std::fs::create_dir(&dir) {
+        let mut made = std::fs::create_dir(&dir);
+        if matches!(&made, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) && !dir.join(CONTAINER_FILE).exists() {
+            // A create that crashed before its record (we hold the pod's lock, so no
+            // create is running): what it left has no process and is taken over.
+            if let Ok(id) = ContainerId::new(format!("{}-{}", pod.id, cfg.name)) {
+                let _ = self.oci.delete(&id, true);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            made = std::fs::create_dir(&dir);
+        }
+        match made {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(PodError::ContainerExists { pod: pod.name, name: cfg.name });
             }

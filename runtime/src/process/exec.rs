@@ -79,7 +79,7 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitSt
     match unsafe { nix::unistd::fork() }.map_err(sys("forking the exec'd process"))? {
         ForkResult::Child => {
             drop(report);
-            let code = match child(&req.process, stdio) {
+            let code = match child(&req.process, stdio, req.timeout.is_some()) {
                 Ok(prepared) => {
                     let err = init::exec(&prepared);
                     let _ = child_end.send(&Report::Failed(format!("starting {:?}: {err}", prepared.path)));
@@ -100,8 +100,18 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitSt
             let failure = report.recv::<Report>().ok().flatten();
             let mut timed_out = false;
             if let Some(limit) = req.timeout {
-                timed_out = !wait_exit(pid, limit.saturating_sub(started.elapsed()))?;
+                timed_out = match wait_exit(pid, limit.saturating_sub(started.elapsed())) {
+                    Ok(exited) => !exited,
+                    Err(e) => {
+                        // Unwatchable: do not leave it running past a limit we cannot enforce.
+                        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                        let _ = waitpid(pid, None);
+                        return Err(e);
+                    }
+                };
                 if timed_out {
+                    // The whole group: a shell's children would keep running otherwise.
+                    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 }
             }
@@ -146,7 +156,13 @@ fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, 
     }
 }
 
-fn child(process: &oci_spec::runtime::Process, stdio: Vec<OwnedFd>) -> Result<init::Prepared, InitError> {
+fn child(process: &oci_spec::runtime::Process, stdio: Vec<OwnedFd>, timed: bool) -> Result<init::Prepared, InitError> {
+    if timed {
+        // Its own process group, so that the timeout kills what it started too. Only
+        // then: a group of its own would be a background job on the caller's terminal.
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+            .map_err(|source| InitError::Sys { what: "making the exec'd process a group leader".into(), source })?;
+    }
     init::set_stdio(stdio)?;
     // The container's limits, not the caller's.
     init::set_rlimits(process, &|_| {})?;
