@@ -126,6 +126,9 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// Mount this overlay as the bundle's rootfs (inside the container only).
     pub overlay: Option<crate::rootfs::Overlay>,
+    /// Make the container's mount namespace from this one instead of the caller's (a
+    /// lean copy without thousands of namespace pins costs less to copy).
+    pub mount_template: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// A container that [`Runtime::create`] made.
@@ -222,7 +225,8 @@ impl Runtime {
         })?;
         state::write_atomic(&dir.join(SPEC_COPY), &spec_json)?;
         let stdio = opts.stdio.fds()?;
-        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let mut raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        raw.extend(opts.mount_template.as_ref().map(|t| t.as_raw_fd()));
         let request = HelperRequest::Create(Box::new(CreateRequest {
             id: id.clone(),
             bundle: bundle.dir.clone(),
@@ -237,6 +241,7 @@ impl Runtime {
                 _ => None,
             },
             overlay: opts.overlay.clone(),
+            mount_template: opts.mount_template.is_some(),
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);

@@ -17,6 +17,7 @@
 //! each with its monitor, so they outlive the process that made them.
 
 mod files;
+mod mount_template;
 mod netthread;
 pub mod record;
 pub mod spec;
@@ -231,6 +232,7 @@ pub struct Pods {
     default_network: NetworkName,
     keep_pods: bool,
     instance: Option<Instance>,
+    template: mount_template::MountTemplate,
 }
 
 impl Pods {
@@ -306,6 +308,7 @@ impl Pods {
             default_network: NetworkConfig::default_network().name,
             keep_pods: opts.keep_pods,
             instance,
+            template: mount_template::MountTemplate::new(&root),
         };
         let report = pods.sweep();
         if !report.is_empty() {
@@ -884,7 +887,13 @@ impl Pods {
         write_json(&dir.join("config.json"), &spec)?;
         write_json(&dir.join(CONTAINER_FILE), &rec)?;
         let overlay = Overlay { lower, upper: dir.join("upper"), work: dir.join("work") };
-        self.oci.create(&rec.id, dir, CreateOptions { stdio: Stdio::Log(log_path), overlay: Some(overlay), ..Default::default() })?;
+        let opts = CreateOptions {
+            stdio: Stdio::Log(log_path),
+            overlay: Some(overlay),
+            mount_template: self.template.get(),
+            ..Default::default()
+        };
+        self.oci.create(&rec.id, dir, opts)?;
         Ok(rec)
     }
 

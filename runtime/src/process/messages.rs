@@ -33,6 +33,9 @@ pub struct CreateRequest {
     pub log: Option<PathBuf>,
     /// Mount this overlay as the rootfs, inside the container's mount namespace only.
     pub overlay: Option<crate::rootfs::Overlay>,
+    /// A mount namespace descriptor travels last with the request: the container's
+    /// mount namespace is made from it rather than from the caller's.
+    pub mount_template: bool,
 }
 
 /// A process to start inside a running container.

@@ -62,7 +62,8 @@ pub enum MonitorError {
 }
 
 /// Entry from the helper hook: detach, create, then serve until the workload exits.
-pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>) -> i32 {
+pub(super) fn run(chan: Channel, req: &CreateRequest, mut stdio: Vec<OwnedFd>) -> i32 {
+    let template = if req.mount_template { stdio.pop() } else { None };
     // The caller reaps this process at once; the grandchild is the monitor, owned by
     // init (or the nearest subreaper) from now on, so no caller is left with a zombie.
     // SAFETY: the helper is single-threaded (checked by the hook).
@@ -84,7 +85,7 @@ pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>) -> i3
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let cgroup = Cgroup::at(&req.cgroup);
     let mut cgroup_made = false;
-    match create(&chan, req, &cgroup, stdio, &mut cgroup_made) {
+    match create(&chan, req, &cgroup, stdio, template, &mut cgroup_made) {
         Ok(monitor) => monitor.serve(chan, req.start),
         Err(e) => {
             // Undo everything this create made: the creator may be gone (Ctrl-C) and
@@ -193,6 +194,7 @@ fn create(
     req: &CreateRequest,
     cgroup: &Cgroup,
     mut stdio: Vec<OwnedFd>,
+    template: Option<OwnedFd>,
     cgroup_made: &mut bool,
 ) -> Result<Monitor, MonitorError> {
     let log = match &req.log {
@@ -238,6 +240,13 @@ fn create(
         }
     }
 
+    if let Some(t) = &template {
+        // Every path is resolved already or lives on a filesystem the template shares;
+        // the namespaces to join are open. The init's mount namespace is now a copy of
+        // the template's table instead of the host's.
+        nix::sched::setns(t, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| MonitorError::Setup("entering the mount template", e))?;
+    }
+    drop(template);
     let (to_init, init_end) = Channel::pair()?;
     // SAFETY: raw clone without CLONE_VM behaves like fork with new namespaces; this
     // process is single-threaded, so the child may run ordinary Rust.

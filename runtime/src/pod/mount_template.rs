@@ -1,0 +1,126 @@
+//! A lean mount namespace for containers to be copied from.
+//!
+//! Every pod pins three namespaces with bind mounts, so the host's mount table grows
+//! by three entries a pod, and every container's new mount namespace is a copy of
+//! that table: at 500 pods a container start paid ~5 ms more for copying 1500 mounts
+//! it can never use (and again for detaching them after `pivot_root`). The template is
+//! a copy of the host's table without namespace pins (nsfs mounts), made private
+//! first so that nothing done to it reaches the host. Containers keep joining the
+//! pod's namespaces through descriptors opened before the switch.
+//!
+//! A template does not see mounts the host makes after it; it is rebuilt when older
+//! than [`MAX_AGE`] or when the state root's filesystem changed under it.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+/// How long a template is used before the host's newer mounts are picked up.
+pub const MAX_AGE: Duration = Duration::from_secs(10);
+
+struct Made {
+    fd: Arc<OwnedFd>,
+    at: Instant,
+    root_dev: u64,
+}
+
+/// The current template of one runtime, rebuilt when stale.
+pub struct MountTemplate {
+    root: PathBuf,
+    current: Mutex<Option<Made>>,
+}
+
+impl MountTemplate {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf(), current: Mutex::new(None) }
+    }
+
+    /// A descriptor of a fresh enough template, or None (a warning is logged) when one
+    /// cannot be made: containers are then made from the host's table, as before.
+    pub fn get(&self) -> Option<Arc<OwnedFd>> {
+        let root_dev = std::fs::metadata(&self.root).ok()?.dev();
+        let mut current = self.current.lock().ok()?;
+        if let Some(m) = current.as_ref().filter(|m| m.at.elapsed() < MAX_AGE && m.root_dev == root_dev) {
+            return Some(m.fd.clone());
+        }
+        match build() {
+            Ok(fd) => {
+                let fd = Arc::new(fd);
+                *current = Some(Made { fd: fd.clone(), at: Instant::now(), root_dev });
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::warn!("making a lean mount namespace for containers failed ({e}); using the host's");
+                *current = None;
+                None
+            }
+        }
+    }
+}
+
+/// Makes the template on a thread of its own (a mount namespace is per thread once
+/// the thread stops sharing its filesystem context) and returns its descriptor.
+fn build() -> Result<OwnedFd, String> {
+    std::thread::spawn(|| -> Result<OwnedFd, String> {
+        unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
+        // Private before anything else: an unmount in a namespace that still shares
+        // propagation with the host would unmount the host's pins too.
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_PRIVATE | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| format!("making the copy private: {e}"))?;
+        let table = std::fs::read_to_string("/proc/thread-self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+        for point in nsfs_mount_points(&table) {
+            // Gone already when a pin was stacked twice or removed meanwhile.
+            let _ = umount2(point.as_str(), MntFlags::MNT_DETACH);
+        }
+        std::fs::File::open("/proc/thread-self/ns/mnt").map(OwnedFd::from).map_err(|e| format!("opening the namespace: {e}"))
+    })
+    .join()
+    .map_err(|_| "the template thread panicked".to_string())?
+}
+
+/// Mount points of nsfs mounts (namespace pins) in a mountinfo table, with the
+/// kernel's octal escapes (`\040` for a space) decoded.
+fn nsfs_mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            (rest.split_whitespace().next()? == "nsfs").then(|| unescape(fields.split_whitespace().nth(4)?))?
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 4]).ok()?, 8).ok()?);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn namespace_pins_are_found_and_unescaped() {
+        let table = "\
+36 35 98:0 / / rw,relatime shared:1 - ext4 /dev/root rw
+210 36 0:4 net:[4026532456] /run/minipod/pods/0123456789ab/ns/net rw shared:1 - nsfs nsfs rw
+211 36 0:4 net:[4026532457] /tmp/with\\040space/ns rw - nsfs nsfs rw
+212 36 0:22 / /proc rw - proc proc rw
+";
+        assert_eq!(super::nsfs_mount_points(table), vec!["/run/minipod/pods/0123456789ab/ns/net", "/tmp/with space/ns"]);
+    }
+}
