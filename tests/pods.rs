@@ -483,3 +483,28 @@ async fn two_runtimes_on_one_node_and_root_never_collide() {
     b.shutdown().await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_can_share_one_pid_namespace() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-sharepid");
+    let rt = env.open().await;
+    let pod = rt.pod("shared").share_pid().start().await.unwrap();
+    let holder = pod.record().pid_holder.expect("a PID 1 holds the shared namespace");
+    let a = pod.container("a").rootfs(&env.rootfs).cmd(["sleep", "301"]).start().await.unwrap();
+    let b = pod.container("b").rootfs(&env.rootfs).cmd(["sleep", "302"]).start().await.unwrap();
+    let ps = b.exec(["ps", "-o", "pid,args"]).await.unwrap().stdout_text();
+    assert!(ps.contains("sleep 301") && ps.contains("sleep 302"), "{ps}");
+    assert_eq!(b.exec(["cat", "/proc/1/comm"]).await.unwrap().stdout_text(), "minipod-pid1\n");
+    // One container ending does not take the namespace, or the other, with it.
+    a.kill(minipod_runtime::Signal::from_number(9).unwrap()).await.unwrap();
+    a.wait().await.unwrap();
+    assert!(b.exec(["true"]).await.unwrap().success());
+    pod.container("c").rootfs(&env.rootfs).cmd(["true"]).start().await.unwrap();
+    drop(pod);
+    assert!(minipod_runtime::state::process_start_time(holder.pid) != Some(holder.start_time), "the PID 1 holder outlived its pod");
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}

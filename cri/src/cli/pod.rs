@@ -80,6 +80,9 @@ struct PodRunArgs {
     /// KEY=VALUE
     #[arg(short, long)]
     label: Vec<String>,
+    /// One PID namespace for all the pod's containers.
+    #[arg(long)]
+    share_pid: bool,
 }
 
 #[derive(Args, Debug)]
@@ -228,6 +231,7 @@ pub fn pod(root: &Path, a: PodArgs) -> anyhow::Result<i32> {
                 networks: r.network,
                 ports: r.publish.iter().map(|p| parse_port(p)).collect::<anyhow::Result<_>>()?,
                 aliases: r.alias,
+                share_pid: r.share_pid,
                 ..Default::default()
             };
             let pod = pods.create_pod(cfg)?;

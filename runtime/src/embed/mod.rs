@@ -284,6 +284,13 @@ impl PodBuilder {
         self
     }
 
+    /// One PID namespace for all the pod's containers: they see each other's
+    /// processes (Kubernetes' shareProcessNamespace).
+    pub fn share_pid(mut self) -> Self {
+        self.cfg.share_pid = true;
+        self
+    }
+
     /// Where container logs go (`<dir>/<name>_<attempt>.log`).
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cfg.log_dir = Some(dir.into());

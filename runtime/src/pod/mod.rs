@@ -157,6 +157,9 @@ pub struct PodConfig {
     pub aliases: Vec<String>,
     pub dns: Option<DnsConfig>,
     pub log_dir: Option<PathBuf>,
+    /// One PID namespace for all containers of the pod (Kubernetes'
+    /// shareProcessNamespace), held by a small PID 1 of the pod's own.
+    pub share_pid: bool,
 }
 
 /// What a container is made from.
@@ -515,6 +518,7 @@ impl Pods {
             aliases: cfg.aliases.clone(),
             dns: cfg.dns.clone(),
             log_dir: cfg.log_dir.clone(),
+            pid_holder: None,
         };
         {
             // Claimed through the name index, so that the check costs the same with one
@@ -530,7 +534,7 @@ impl Pods {
                 return Err(e);
             }
         }
-        match self.setup_pod(&mut pod, &networks) {
+        match self.setup_pod(&mut pod, &networks, cfg.share_pid) {
             Ok(()) => Ok(pod),
             Err(e) => {
                 let _ = self.teardown(&pod);
@@ -539,8 +543,14 @@ impl Pods {
         }
     }
 
-    fn setup_pod(&self, pod: &mut PodRecord, networks: &[NetworkName]) -> Result<()> {
+    fn setup_pod(&self, pod: &mut PodRecord, networks: &[NetworkName], share_pid: bool) -> Result<()> {
         let dir = self.pod_dir(&pod.id);
+        if share_pid {
+            let (pid, start_time) =
+                crate::process::spawn_pod_init().map_err(|m| PodError::Invalid(format!("sharing a PID namespace: {m}")))?;
+            pod.pid_holder = Some(Owner { pid, start_time });
+            self.save_pod(pod)?;
+        }
         let (net, ipc, uts) = (dir.join("ns/net"), dir.join("ns/ipc"), dir.join("ns/uts"));
         let hostname = pod.hostname.clone();
         netstack::netns::create_pinned_set(&[("net", &net), ("ipc", &ipc), ("uts", &uts)], move || nix::unistd::sethostname(&hostname))?;
@@ -709,6 +719,11 @@ impl Pods {
                 Ok(()) => {}
             }
         }
+        if let Some(h) = pod.pid_holder {
+            // Its containers are gone; nothing else lives in the namespace.
+            let _ = crate::pidfd::signal(h.pid, h.start_time, libc::SIGKILL);
+            crate::pidfd::wait_gone(h.pid, h.start_time, Duration::from_secs(5));
+        }
         let dir = self.pod_dir(&pod.id);
         for ns in ["net", "ipc", "uts"] {
             if let Err(e) = netstack::netns::remove_pinned(&dir.join("ns").join(ns)) {
@@ -805,6 +820,13 @@ impl Pods {
         let pod = self.pod(pod.id.as_str())?;
         if pod.status != PodStatus::Ready {
             return Err(PodError::PodNotReady { pod: pod.name, status: pod.status, what: "containers need a ready pod" });
+        }
+        if pod.pid_holder.is_some_and(|h| !h.alive()) {
+            return Err(PodError::PodNotReady {
+                pod: pod.name,
+                status: pod.status,
+                what: "the PID 1 holding its shared PID namespace is gone (killed from outside): remove the pod and make it again",
+            });
         }
         let (lower, image) = match &cfg.source {
             RootfsSource::Image(r) => {

@@ -163,6 +163,9 @@ pub struct PodRecord {
     pub dns: Option<DnsConfig>,
     /// Where container logs go by default (CRI log directory).
     pub log_dir: Option<PathBuf>,
+    /// With a PID namespace shared by the containers: the process holding it as PID 1.
+    #[serde(default)]
+    pub pid_holder: Option<Owner>,
 }
 
 impl PodRecord {

@@ -116,8 +116,12 @@ pub fn container_spec(
         obj.remove("hostname");
     }
     let ns = |typ: &str| pod_dir.join("ns").join(typ).display().to_string();
+    let pid = match &pod.pid_holder {
+        Some(h) => serde_json::json!({ "type": "pid", "path": format!("/proc/{}/ns/pid", h.pid) }),
+        None => serde_json::json!({ "type": "pid" }),
+    };
     spec["linux"]["namespaces"] = serde_json::json!([
-        { "type": "pid" },
+        pid,
         { "type": "mount" },
         { "type": "cgroup" },
         { "type": "network", "path": ns("net") },

@@ -78,6 +78,7 @@ fn serve(chan: Channel, request: &HelperRequest, fds: Vec<OwnedFd>) -> i32 {
     match request {
         HelperRequest::Create(req) => super::monitor::run(chan, req, fds),
         HelperRequest::Exec(req) => super::exec::run(chan, req, fds),
+        HelperRequest::PodInit => super::pod_init::run(chan),
     }
 }
 

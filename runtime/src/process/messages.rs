@@ -13,6 +13,8 @@ pub enum HelperRequest {
     Create(Box<CreateRequest>),
     /// Run a process inside a running container.
     Exec(Box<ExecRequest>),
+    /// Start the PID 1 of a new PID namespace for a pod whose containers share one.
+    PodInit,
 }
 
 /// Everything the monitor needs to create a container.

@@ -8,6 +8,7 @@ pub(crate) mod hook;
 pub(crate) mod init;
 pub(crate) mod messages;
 pub(crate) mod monitor;
+pub(crate) mod pod_init;
 
 use std::os::fd::RawFd;
 use std::process::{Child, Command, Stdio};
@@ -38,6 +39,22 @@ impl Helper {
             Helper::Forked(pid) => drop(nix::sys::wait::waitpid(pid, None)),
         }
     }
+}
+
+/// Starts the PID 1 of a new PID namespace (see [`pod_init`]); returns its host PID
+/// and start time.
+pub(crate) fn spawn_pod_init() -> Result<(i32, u64), String> {
+    let (helper, chan) = spawn_helper(&HelperRequest::PodInit, &[]).map_err(|e| chain(&e))?;
+    let outcome = match chan.recv::<messages::Report>() {
+        Ok(Some(messages::Report::Started { pid })) => Ok(pid),
+        Ok(Some(messages::Report::Failed(m))) => Err(m),
+        Ok(_) => Err("the minipod helper exited without starting the pod's PID 1".to_string()),
+        Err(e) => Err(chain(&e)),
+    };
+    helper.reap();
+    let pid = outcome?;
+    let start = crate::state::process_start_time(pid).ok_or_else(|| format!("the pod's PID 1 (pid {pid}) exited at once"))?;
+    Ok((pid, start))
 }
 
 /// Starts a helper and sends it `request` with `fds`; returns it and our channel end.
