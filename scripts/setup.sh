@@ -12,7 +12,8 @@ fi
 # iproute2, procps: inspecting what tests leave behind.
 # nftables, conntrack: the node firewall (the tests run it inside their own namespaces).
 # iptables, containernetworking-plugins: the CNI chain the netstack benchmark compares against.
-packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates)
+# protobuf-compiler: protoc, which the CRI bindings (k8s-cri) are generated with.
+packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,4 +32,16 @@ fi
 if ! command -v cargo >/dev/null; then
     echo "setup.sh: no cargo found: install Rust 1.85 or newer (rustup) and run this again" >&2
     exit 1
+fi
+
+# The real crictl drives the CRI server in the end-to-end tests.
+CRICTL_VERSION=v1.37.0
+export PATH="$PATH:/usr/local/go/bin:/root/go/bin"
+if ! [ -x /root/go/bin/crictl ]; then
+    if ! command -v go >/dev/null; then
+        echo "setup.sh: no go found: install Go (only to build crictl) and run this again" >&2
+        exit 1
+    fi
+    echo "setup.sh: installing crictl $CRICTL_VERSION (go install)"
+    GOBIN=/root/go/bin go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 fi

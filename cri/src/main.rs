@@ -1,6 +1,8 @@
-//! `minipod`: the runc-compatible OCI verbs (and, as the CRI server grows, the daemon).
+//! `minipod`: the runc-compatible OCI verbs, pods, networks, images, and `serve`: the
+//! CRI daemon that crictl and the kubelet talk to.
 
 mod cli;
+mod server;
 
 fn main() {
     let code = cli::main();

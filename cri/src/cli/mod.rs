@@ -68,6 +68,21 @@ enum Command {
     Ctr(pod::CtrArgs),
     /// Local images: import, ls, rm.
     Image(pod::ImageArgs),
+    /// Serve the Kubernetes CRI (RuntimeService, ImageService) on a Unix socket.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The socket, as unix:///path or a path; created root-only (0660).
+    #[arg(long, default_value = crate::server::DEFAULT_SOCKET)]
+    socket: String,
+    /// The node's network namespace (a pinned namespace file); the current one by default.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Image store.
+    #[arg(long, default_value = minipod_runtime::image::DEFAULT_DIR)]
+    images: PathBuf,
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -102,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pod(a) => pod::pod(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
+        Command::Serve(a) => crate::server::serve(&root, &a.socket, a.netns, a.images),
     }
 }
 

@@ -1,0 +1,146 @@
+//! Between CRI messages and minipod's records: names, metadata, states, times and
+//! errors as gRPC codes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_cri::v1 as cri;
+use minipod_runtime::pod::{ContainerRecord, PodRecord, PodStatus};
+use minipod_runtime::{ContainerError, PodError, Status as CtrStatus};
+use tonic::Status;
+
+/// Annotation keys that keep the CRI metadata on minipod's records.
+pub const NAME: &str = "io.minipod.cri.name";
+pub const NAMESPACE: &str = "io.minipod.cri.namespace";
+pub const UID: &str = "io.minipod.cri.uid";
+pub const ATTEMPT: &str = "io.minipod.cri.attempt";
+
+/// A DNS label made of `s`: lowercase letters, digits and `-`, at most `max` bytes.
+pub fn label(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    out.truncate(max);
+    let out = out.trim_matches('-').to_string();
+    if out.is_empty() {
+        "x".into()
+    } else {
+        out
+    }
+}
+
+/// FNV-1a, hex: a short stable digest for names.
+pub fn short_hash(parts: &[&str]) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{h:08x}")
+}
+
+/// minipod's pod name for a sandbox: unique per (name, namespace, attempt), as the
+/// CRI asks, and a valid DNS label.
+pub fn pod_name(m: &cri::PodSandboxMetadata) -> String {
+    format!("{}-{}-{}", label(&m.name, 40), m.attempt, short_hash(&[&m.namespace, &m.name]))
+}
+
+/// minipod's container name for a container: unique per (name, attempt) in its pod.
+pub fn container_name(m: &cri::ContainerMetadata) -> String {
+    format!("{}-{}", label(&m.name, 50), m.attempt)
+}
+
+pub fn to_btree(m: &HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// User annotations, without the ones minipod keeps its metadata in.
+pub fn user_annotations(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().filter(|(k, _)| !k.starts_with("io.minipod.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+pub fn to_hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// RFC 3339 text to Unix nanoseconds (0 when absent or unreadable).
+pub fn nanos(t: Option<&str>) -> i64 {
+    t.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn pod_metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
+    let get = |k: &str| p.annotations.get(k).cloned().unwrap_or_default();
+    cri::PodSandboxMetadata {
+        name: p.annotations.get(NAME).cloned().unwrap_or_else(|| p.name.clone()),
+        uid: get(UID),
+        namespace: get(NAMESPACE),
+        attempt: get(ATTEMPT).parse().unwrap_or(0),
+    }
+}
+
+pub fn pod_state(p: &PodRecord) -> i32 {
+    match p.status {
+        PodStatus::Ready => cri::PodSandboxState::SandboxReady as i32,
+        PodStatus::Creating | PodStatus::Stopped => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+pub fn container_metadata(c: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: c.annotations.get(NAME).cloned().unwrap_or_else(|| c.name.clone()),
+        attempt: c.annotations.get(ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(c.attempt),
+    }
+}
+
+pub fn container_state(s: CtrStatus) -> i32 {
+    match s {
+        CtrStatus::Created => cri::ContainerState::ContainerCreated as i32,
+        CtrStatus::Running => cri::ContainerState::ContainerRunning as i32,
+        CtrStatus::Stopped => cri::ContainerState::ContainerExited as i32,
+    }
+}
+
+/// The gRPC status for a minipod error: the kind of failure, with the whole message.
+pub fn status(e: PodError) -> Status {
+    let text = chain(&e);
+    match e {
+        PodError::Invalid(_) | PodError::Name(_) | PodError::Id(_) | PodError::NoRootfs(_) => Status::invalid_argument(text),
+        PodError::PodExists { .. } | PodError::ContainerExists { .. } => Status::already_exists(text),
+        PodError::NoSuchPod(_) | PodError::NoSuchContainer { .. } => Status::not_found(text),
+        PodError::PodNotReady { .. } | PodError::PodBusy { .. } => Status::failed_precondition(text),
+        PodError::Image(minipod_runtime::ImageError::NotFound { .. }) => Status::not_found(text),
+        PodError::Container(ContainerError::NotFound { .. }) => Status::not_found(text),
+        PodError::Container(ContainerError::WrongState { .. } | ContainerError::StillRunning { .. }) => Status::failed_precondition(text),
+        PodError::Container(ContainerError::ExecTimeout { .. }) => Status::deadline_exceeded(text),
+        PodError::Network(minipod_runtime::netstack::NetworkError::Firewall(_)) => Status::already_exists(text),
+        _ => Status::internal(text),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels_and_unique_per_namespace_and_attempt() {
+        let m =
+            |name: &str, ns: &str, attempt| cri::PodSandboxMetadata { name: name.into(), namespace: ns.into(), uid: "u".into(), attempt };
+        let a = pod_name(&m("Web.Server_1", "default", 0));
+        assert!(a.starts_with("web-server-1-0-") && a.len() <= 63, "{a}");
+        assert_ne!(a, pod_name(&m("Web.Server_1", "other", 0)));
+        assert_ne!(a, pod_name(&m("Web.Server_1", "default", 1)));
+        assert_eq!(label("--", 10), "x");
+        assert_eq!(nanos(Some("2026-11-26T17:00:00.000000001Z")) % 1_000_000_000, 1);
+    }
+}

@@ -1,0 +1,75 @@
+//! CRI ImageService on minipod's image store.
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_server::ImageService;
+use minipod_runtime::{Image, ImageError, PodError};
+use tonic::{Request, Response, Status};
+
+use super::{blocking, Server};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn image(i: &Image) -> cri::Image {
+    cri::Image {
+        id: i.id.clone(),
+        repo_tags: i.repo_tags.clone(),
+        repo_digests: i.repo_digests.clone(),
+        size: i.size.max(1),
+        username: i.config.user.clone().filter(|u| u.parse::<u32>().is_err()).unwrap_or_default(),
+        uid: i.config.user.as_deref().and_then(|u| u.split(':').next()?.parse::<i64>().ok()).map(|value| cri::Int64Value { value }),
+        spec: Some(cri::ImageSpec { image: i.id.clone(), ..Default::default() }),
+        pinned: false,
+    }
+}
+
+fn reference(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
+    spec.map(|s| s.image).filter(|s| !s.is_empty()).ok_or_else(|| Status::invalid_argument("no image given"))
+}
+
+#[tonic::async_trait]
+impl ImageService for Server {
+    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Reply<cri::ListImagesResponse> {
+        // crictl sends an empty reference when it wants them all.
+        let want = req.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+        let images = blocking(&self.pods, move |p| match &want {
+            Some(r) => match p.images().get(r) {
+                Ok(i) => Ok(vec![i]),
+                Err(ImageError::NotFound { .. }) => Ok(vec![]),
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(p.images().list()?),
+        })
+        .await?;
+        Ok(Response::new(cri::ListImagesResponse { images: images.iter().map(image).collect() }))
+    }
+
+    async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Reply<cri::ImageStatusResponse> {
+        let r = reference(req.into_inner().image)?;
+        // An unknown image is no image, not an error (crictl then says "no such image").
+        let found = blocking(&self.pods, move |p| match p.images().get(&r) {
+            Ok(i) => Ok(Some(i)),
+            Err(ImageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await?;
+        Ok(Response::new(cri::ImageStatusResponse { image: found.as_ref().map(image), ..Default::default() }))
+    }
+
+    async fn pull_image(&self, _: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
+        Err(Status::unimplemented("pulling from a registry is not built yet: import the image with `minipod image import PATH`"))
+    }
+
+    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Reply<cri::RemoveImageResponse> {
+        let r = reference(req.into_inner().image)?;
+        blocking(&self.pods, move |p| match p.remove_image(&r) {
+            Ok(()) | Err(PodError::Image(ImageError::NotFound { .. })) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Response::new(cri::RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(&self, _: Request<cri::ImageFsInfoRequest>) -> Reply<cri::ImageFsInfoResponse> {
+        Ok(Response::new(cri::ImageFsInfoResponse::default()))
+    }
+}

@@ -1,0 +1,76 @@
+//! `minipod serve`: the CRI v1 RuntimeService and ImageService on a root-only Unix
+//! socket, on the same pods, containers and images as the library and the CLI.
+
+mod convert;
+mod image_service;
+mod runtime_service;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use minipod_runtime::{PodError, Pods, PodsOptions};
+use tonic::Status;
+
+/// Default socket, as `unix://` URL or path.
+pub const DEFAULT_SOCKET: &str = "unix:///run/minipod/minipod.sock";
+
+/// The state both services share.
+pub struct Server {
+    pods: Arc<Pods>,
+}
+
+/// Runs blocking pod work off the gRPC threads; errors become gRPC statuses.
+async fn blocking<T: Send + 'static>(pods: &Arc<Pods>, f: impl FnOnce(&Pods) -> Result<T, PodError> + Send + 'static) -> Result<T, Status> {
+    let pods = pods.clone();
+    match tokio::task::spawn_blocking(move || f(&pods)).await {
+        Ok(r) => r.map_err(convert::status),
+        Err(e) => Err(Status::internal(format!("the request's worker failed: {e}"))),
+    }
+}
+
+/// Serves until SIGINT or SIGTERM. Pods and containers stay when it stops: the next
+/// daemon (or the CLI) finds them in the state dir.
+pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf) -> anyhow::Result<i32> {
+    let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
+    let pods = Pods::open(PodsOptions { root: root.to_path_buf(), images, node_netns: netns, keep_pods: true, ..Default::default() })?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        // Names of every network, from now on, are served by this process.
+        pods.node().serve_dns_on(tokio::runtime::Handle::current(), true)?;
+        let parent = path.parent().context("the socket path has no directory")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            anyhow::bail!("another daemon already serves {}: stop it first", path.display());
+        }
+        // A socket file left by a daemon that was killed.
+        let _ = std::fs::remove_file(&path);
+        // Root-only from its first moment: no window where another user could connect.
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o117) };
+        let bound = tokio::net::UnixListener::bind(&path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("listening on {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+        eprintln!("minipod: serving CRI on unix://{}", path.display());
+        let server = Arc::new(Server { pods: Arc::new(pods) });
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_service(RuntimeServiceServer::from_arc(server.clone()))
+            .add_service(ImageServiceServer::from_arc(server))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+            .await?;
+        let _ = std::fs::remove_file(&path);
+        Ok(0)
+    })
+}

@@ -1,0 +1,439 @@
+//! CRI RuntimeService on [`Pods`]: sandboxes are pods, containers are pod containers.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use minipod_runtime::netstack::{PortMapping, Proto};
+use minipod_runtime::pod::{BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, ProcessOverrides, RootfsSource};
+use minipod_runtime::{PodError, Pods, Status as CtrStatus};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, ATTEMPT, NAME, NAMESPACE, UID};
+use super::{blocking, Server};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not served by minipod yet"))
+}
+
+fn need(id: &str, what: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is empty")));
+    }
+    Ok(())
+}
+
+fn sandbox(p: &PodRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: p.id.to_string(),
+        metadata: Some(convert::pod_metadata(p)),
+        state: convert::pod_state(p),
+        created_at: convert::nanos(Some(&p.created)),
+        labels: convert::to_hash(&p.labels),
+        annotations: convert::user_annotations(&p.annotations),
+        runtime_handler: String::new(),
+    }
+}
+
+fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
+    let image = match &c.source {
+        RootfsSource::Image(r) => r.clone(),
+        RootfsSource::Dir(d) => d.display().to_string(),
+    };
+    cri::ImageSpec { image: image.clone(), user_specified_image: image, ..Default::default() }
+}
+
+fn container_status(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStatus, PodError> {
+    let st = pods.container_state(c)?;
+    let status = st.live_status();
+    let exit = st.exit.map(|e| e.shell_code()).unwrap_or(0);
+    let reason = match (status, exit) {
+        (CtrStatus::Stopped, 0) => "Completed",
+        (CtrStatus::Stopped, _) => "Error",
+        _ => "",
+    };
+    Ok(cri::ContainerStatus {
+        id: c.id.to_string(),
+        metadata: Some(convert::container_metadata(c)),
+        state: convert::container_state(status),
+        created_at: convert::nanos(Some(&c.created)),
+        started_at: convert::nanos(st.started.as_deref()),
+        finished_at: convert::nanos(st.finished.as_deref()),
+        exit_code: exit,
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone().unwrap_or_else(|| image_spec(c).image),
+        image_id: c.image_id.clone().unwrap_or_default(),
+        reason: reason.into(),
+        labels: convert::to_hash(&c.labels),
+        annotations: convert::user_annotations(&c.annotations),
+        log_path: c.log_path.display().to_string(),
+        ..Default::default()
+    })
+}
+
+fn container(pods: &Pods, c: &ContainerRecord) -> cri::Container {
+    let state =
+        pods.container_state(c).map(|s| convert::container_state(s.live_status())).unwrap_or(cri::ContainerState::ContainerUnknown as i32);
+    cri::Container {
+        id: c.id.to_string(),
+        pod_sandbox_id: c.pod.to_string(),
+        metadata: Some(convert::container_metadata(c)),
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone().unwrap_or_else(|| image_spec(c).image),
+        image_id: c.image_id.clone().unwrap_or_default(),
+        state,
+        created_at: convert::nanos(Some(&c.created)),
+        labels: convert::to_hash(&c.labels),
+        annotations: convert::user_annotations(&c.annotations),
+    }
+}
+
+fn selects(labels: &BTreeMap<String, String>, selector: &std::collections::HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
+    let m = cfg.metadata.as_ref().ok_or_else(|| Status::invalid_argument("the sandbox config has no metadata"))?;
+    if m.name.is_empty() || m.namespace.is_empty() {
+        return Err(Status::invalid_argument("the sandbox metadata needs a name and a namespace"));
+    }
+    let mut annotations = convert::to_btree(&cfg.annotations);
+    annotations.insert(NAME.into(), m.name.clone());
+    annotations.insert(NAMESPACE.into(), m.namespace.clone());
+    annotations.insert(UID.into(), m.uid.clone());
+    annotations.insert(ATTEMPT.into(), m.attempt.to_string());
+    let mut ports = Vec::new();
+    for p in &cfg.port_mappings {
+        if p.host_port == 0 {
+            continue; // a container port without a host port publishes nothing
+        }
+        let proto = match p.protocol {
+            x if x == cri::Protocol::Tcp as i32 => Proto::Tcp,
+            x if x == cri::Protocol::Udp as i32 => Proto::Udp,
+            _ => return Err(Status::invalid_argument("only TCP and UDP ports can be published")),
+        };
+        let port = |n: i32, what: &str| {
+            u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("{what} {n} is not a port")))
+        };
+        let host_ip = match p.host_ip.as_str() {
+            "" | "0.0.0.0" => None,
+            ip => Some(ip.parse::<Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("host_ip {ip:?} is not an IPv4 address")))?),
+        };
+        ports.push(PortMapping {
+            proto,
+            host_port: port(p.host_port, "host_port")?,
+            host_ip,
+            container_port: port(p.container_port, "container_port")?,
+        });
+    }
+    let share_pid = cfg
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32);
+    Ok(PodConfig {
+        name: convert::pod_name(m),
+        hostname: Some(if cfg.hostname.is_empty() { convert::label(&m.name, 63) } else { cfg.hostname.clone() }),
+        labels: convert::to_btree(&cfg.labels),
+        annotations,
+        networks: vec![],
+        ports,
+        // Other pods find it by its Kubernetes name.
+        aliases: vec![convert::label(&m.name, 63)],
+        dns: cfg.dns_config.as_ref().map(|d| DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        log_dir: (!cfg.log_directory.is_empty()).then(|| PathBuf::from(&cfg.log_directory)),
+        share_pid,
+    })
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Server {
+    async fn version(&self, _: Request<cri::VersionRequest>) -> Reply<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "minipod".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn status(&self, _: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {
+        let cond = |t: &str| cri::RuntimeCondition { r#type: t.into(), status: true, ..Default::default() };
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
+            ..Default::default()
+        }))
+    }
+
+    async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Reply<cri::RunPodSandboxResponse> {
+        let cfg = req.into_inner().config.ok_or_else(|| Status::invalid_argument("no sandbox config"))?;
+        let cfg = pod_config(&cfg)?;
+        let pod = blocking(&self.pods, move |p| p.create_pod(cfg)).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: pod.id.to_string() }))
+    }
+
+    async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Reply<cri::StopPodSandboxResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        need(&id, "pod_sandbox_id")?;
+        // The kubelet stopped the containers with their grace periods already.
+        blocking(&self.pods, move |p| match p.stop_pod(&id, Duration::ZERO) {
+            Ok(_) | Err(PodError::NoSuchPod(_)) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Reply<cri::RemovePodSandboxResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        need(&id, "pod_sandbox_id")?;
+        blocking(&self.pods, move |p| p.remove_pod(&id, true)).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Reply<cri::PodSandboxStatusResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        need(&id, "pod_sandbox_id")?;
+        let pod = blocking(&self.pods, move |p| p.pod(&id)).await?;
+        let status = cri::PodSandboxStatus {
+            id: pod.id.to_string(),
+            metadata: Some(convert::pod_metadata(&pod)),
+            state: convert::pod_state(&pod),
+            created_at: convert::nanos(Some(&pod.created)),
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: pod.ip().map(|ip| ip.to_string()).unwrap_or_default(),
+                additional_ips: pod
+                    .networks
+                    .iter()
+                    .skip(1)
+                    .map(|n| n.ip.to_string())
+                    .chain(pod.networks.iter().filter_map(|n| n.ip6).map(|ip| ip.to_string()))
+                    .map(|ip| cri::PodIp { ip })
+                    .collect(),
+            }),
+            labels: convert::to_hash(&pod.labels),
+            annotations: convert::user_annotations(&pod.annotations),
+            ..Default::default()
+        };
+        Ok(Response::new(cri::PodSandboxStatusResponse { status: Some(status), ..Default::default() }))
+    }
+
+    async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Reply<cri::ListPodSandboxResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let pods = blocking(&self.pods, |p| p.pods()).await?;
+        let items = pods
+            .iter()
+            .filter(|p| filter.id.is_empty() || p.id.as_str().starts_with(&filter.id))
+            .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == convert::pod_state(p)))
+            .filter(|p| selects(&p.labels, &filter.label_selector))
+            .map(sandbox)
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> Reply<cri::CreateContainerResponse> {
+        let req = req.into_inner();
+        need(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let cfg = req.config.ok_or_else(|| Status::invalid_argument("no container config"))?;
+        let m = cfg.metadata.clone().ok_or_else(|| Status::invalid_argument("the container config has no metadata"))?;
+        if m.name.is_empty() {
+            return Err(Status::invalid_argument("the container metadata needs a name"));
+        }
+        let image = cfg.image.as_ref().map(|i| i.image.clone()).filter(|i| !i.is_empty());
+        let image = image.ok_or_else(|| Status::invalid_argument("the container config names no image"))?;
+        if cfg.tty || cfg.stdin {
+            return Err(Status::invalid_argument("tty and stdin are not supported yet"));
+        }
+        let pod_id = req.pod_sandbox_id.clone();
+        let created = blocking(&self.pods, move |pods| {
+            let pod = pods.pod(&pod_id)?;
+            let img = pods.images().get(&image)?;
+            // CRI: command replaces the entrypoint, args the cmd.
+            let args = match (cfg.command.is_empty(), cfg.args.is_empty()) {
+                (true, true) => None,
+                (false, _) => Some(cfg.command.iter().chain(&cfg.args).cloned().collect()),
+                (true, false) => Some(img.config.entrypoint.iter().chain(&cfg.args).cloned().collect()),
+            };
+            let mut annotations = convert::to_btree(&cfg.annotations);
+            annotations.insert(NAME.into(), m.name.clone());
+            annotations.insert(ATTEMPT.into(), m.attempt.to_string());
+            let log_path = match (&pod.log_dir, cfg.log_path.is_empty()) {
+                (Some(dir), false) => Some(dir.join(&cfg.log_path)),
+                _ => None,
+            };
+            let config = ContainerConfig {
+                name: convert::container_name(&m),
+                source: RootfsSource::Image(image.clone()),
+                process: ProcessOverrides {
+                    args,
+                    env: cfg.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect(),
+                    workdir: (!cfg.working_dir.is_empty()).then(|| cfg.working_dir.clone()),
+                    user: None,
+                },
+                mounts: cfg
+                    .mounts
+                    .iter()
+                    .map(|mnt| BindMount {
+                        host: mnt.host_path.clone().into(),
+                        container: mnt.container_path.clone().into(),
+                        readonly: mnt.readonly,
+                    })
+                    .collect(),
+                labels: convert::to_btree(&cfg.labels),
+                annotations,
+                log_path,
+                attempt: m.attempt,
+            };
+            pods.create_container(pod.id.as_str(), config)
+        })
+        .await?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id: created.id.to_string() }))
+    }
+
+    async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Reply<cri::StartContainerResponse> {
+        let id = req.into_inner().container_id;
+        need(&id, "container_id")?;
+        blocking(&self.pods, move |p| p.start_container(&p.container_by_id(&id)?)).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(&self, req: Request<cri::StopContainerRequest>) -> Reply<cri::StopContainerResponse> {
+        let req = req.into_inner();
+        need(&req.container_id, "container_id")?;
+        let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+        blocking(&self.pods, move |p| match p.container_by_id(&req.container_id) {
+            Ok(c) => p.stop_container_record(&c, timeout),
+            Err(PodError::NoSuchContainer { .. }) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Reply<cri::RemoveContainerResponse> {
+        let id = req.into_inner().container_id;
+        need(&id, "container_id")?;
+        blocking(&self.pods, move |p| match p.container_by_id(&id) {
+            Ok(c) => p.remove_container_record(&c, true),
+            Err(PodError::NoSuchContainer { .. }) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> Reply<cri::ListContainersResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let containers = blocking(&self.pods, move |p| {
+            let all = p.containers(None)?;
+            Ok(all
+                .iter()
+                .filter(|c| filter.id.is_empty() || c.id.as_str().starts_with(&filter.id))
+                .filter(|c| filter.pod_sandbox_id.is_empty() || c.pod.as_str().starts_with(&filter.pod_sandbox_id))
+                .filter(|c| selects(&c.labels, &filter.label_selector))
+                .map(|c| container(p, c))
+                .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(&self, req: Request<cri::ContainerStatusRequest>) -> Reply<cri::ContainerStatusResponse> {
+        let id = req.into_inner().container_id;
+        need(&id, "container_id")?;
+        let status = blocking(&self.pods, move |p| container_status(p, &p.container_by_id(&id)?)).await?;
+        Ok(Response::new(cri::ContainerStatusResponse { status: Some(status), ..Default::default() }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Reply<cri::UpdateContainerResourcesResponse> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(&self, req: Request<cri::ReopenContainerLogRequest>) -> Reply<cri::ReopenContainerLogResponse> {
+        let id = req.into_inner().container_id;
+        need(&id, "container_id")?;
+        blocking(&self.pods, move |p| Ok(p.runtime().reopen_log(&p.container_by_id(&id)?.id)?)).await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
+        let req = req.into_inner();
+        need(&req.container_id, "container_id")?;
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd is empty"));
+        }
+        let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
+        let out = blocking(&self.pods, move |p| p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)).await?;
+        Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.status.shell_code() }))
+    }
+
+    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        Err(unimplemented("Exec (streaming; use ExecSync)"))
+    }
+
+    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(&self, _: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(&self, _: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(&self, _: Request<cri::ListContainerStatsRequest>) -> Reply<cri::ListContainerStatsResponse> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(&self, _: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(&self, _: Request<cri::ListPodSandboxStatsRequest>) -> Reply<cri::ListPodSandboxStatsResponse> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(&self, _: Request<cri::UpdateRuntimeConfigRequest>) -> Reply<cri::UpdateRuntimeConfigResponse> {
+        // The pod CIDR the kubelet sends is the network's; minipod's networks carry
+        // their own subnets, so there is nothing to change.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn checkpoint_container(&self, _: Request<cri::CheckpointContainerRequest>) -> Reply<cri::CheckpointContainerResponse> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream = tonic::codegen::BoxStream<cri::ContainerEventResponse>;
+
+    async fn get_container_events(&self, _: Request<cri::GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(&self, _: Request<cri::ListMetricDescriptorsRequest>) -> Reply<cri::ListMetricDescriptorsResponse> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _: Request<cri::ListPodSandboxMetricsRequest>) -> Reply<cri::ListPodSandboxMetricsResponse> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(&self, _: Request<cri::RuntimeConfigRequest>) -> Reply<cri::RuntimeConfigResponse> {
+        Err(unimplemented("RuntimeConfig"))
+    }
+}

@@ -1,0 +1,230 @@
+//! The CRI server driven by the real `crictl` (installed by scripts/setup.sh) over its
+//! Unix socket, on a node namespace the test makes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::node::TestNode;
+use common::{minipod_bin, not_root, Harness};
+use serde_json::{json, Value};
+
+fn crictl_bin() -> PathBuf {
+    let candidates = ["/root/go/bin/crictl", "/usr/local/bin/crictl", "/usr/bin/crictl"];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("crictl is missing: run scripts/setup.sh (go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0)")
+}
+
+/// A daemon on a test root and node; Drop stops it and removes every pod it made.
+struct Daemon {
+    h: Harness,
+    sock: PathBuf,
+    images: PathBuf,
+    node: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(h: Harness, node: &Path) -> Self {
+        let sock = h.base.join("cri.sock");
+        let images = h.base.join("images");
+        let mut d = Daemon { h, sock, images, node: node.to_path_buf(), child: None };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.h.base.join("daemon.log")).unwrap();
+        let child = Command::new(minipod_bin())
+            .arg("--root")
+            .arg(&self.h.root)
+            .arg("serve")
+            .arg("--socket")
+            .arg(format!("unix://{}", self.sock.display()))
+            .arg("--netns")
+            .arg(&self.node)
+            .arg("--images")
+            .arg(&self.images)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::os::unix::net::UnixStream::connect(&self.sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never listened: {}",
+                std::fs::read_to_string(self.h.base.join("daemon.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, signal) };
+            let _ = c.wait();
+        }
+    }
+
+    fn crictl(&self, args: &[&str]) -> Output {
+        let ep = format!("unix://{}", self.sock.display());
+        Command::new(crictl_bin())
+            .args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--timeout", "20s", "--config", "/dev/null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs crictl and returns its stdout; fails the test with its stderr otherwise.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.crictl(args);
+        assert!(out.status.success(), "crictl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn write(&self, name: &str, v: &Value) -> String {
+        let p = self.h.base.join(name);
+        std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill(libc::SIGTERM);
+        let out = self.h.minipod(&["pod", "--images", self.images.to_str().unwrap_or_default(), "ls", "-o", "json"]);
+        let pods: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for p in pods {
+            if let Some(id) = p["id"].as_str() {
+                let _ = self.h.minipod(&["pod", "--images", self.images.to_str().unwrap_or_default(), "rm", "--force", id]);
+            }
+        }
+    }
+}
+
+fn pod_json(name: &str, logs: &Path, ports: Value) -> Value {
+    json!({
+        "metadata": { "name": name, "namespace": "default", "uid": format!("{name}-uid"), "attempt": 0 },
+        "log_directory": logs.join(name).display().to_string(),
+        "port_mappings": ports,
+        "labels": { "app": name },
+        "linux": {}
+    })
+}
+
+fn ctr_json(name: &str, cmd: &[&str]) -> Value {
+    json!({
+        "metadata": { "name": name, "attempt": 0 },
+        "image": { "image": "minipod.test/busybox:1" },
+        "command": cmd,
+        "log_path": format!("{name}.log"),
+        "linux": {}
+    })
+}
+
+#[test]
+fn crictl_drives_pods_containers_and_images() {
+    if not_root() {
+        return;
+    }
+    let node = TestNode::new("cri");
+    let h = Harness::new("cri");
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let mut d = Daemon::start(h, &node.node_ns());
+    let imported = d.h.minipod(&["image", "--images", d.images.to_str().unwrap(), "import", layout.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let logs = d.h.base.join("logs");
+
+    assert!(d.ok(&["version"]).contains("RuntimeName:  minipod"));
+    assert!(d.ok(&["info"]).contains("NetworkReady"));
+    assert!(d.ok(&["images"]).contains("minipod.test/busybox"));
+
+    // A web pod with a published port, and a client pod.
+    let web_pod = d.write("web-pod.json", &pod_json("web", &logs, json!([{ "container_port": 80, "host_port": 18086 }])));
+    let web = d.ok(&["runp", &web_pod]).trim().to_string();
+    let serve = "mkdir /www && echo hello-cri > /www/index.html && echo started && exec httpd -f -p 80 -h /www";
+    let httpd_cfg = d.write("httpd.json", &ctr_json("httpd", &["sh", "-c", serve]));
+    let httpd = d.ok(&["create", &web, &httpd_cfg, &web_pod]).trim().to_string();
+    d.ok(&["start", &httpd]);
+    let client_pod = d.write("client-pod.json", &pod_json("client", &logs, json!([])));
+    let client = d.ok(&["runp", &client_pod]).trim().to_string();
+    let sh_cfg = d.write("sh.json", &ctr_json("sh", &["sleep", "300"]));
+    let sh = d.ok(&["create", &client, &sh_cfg, &client_pod]).trim().to_string();
+    d.ok(&["start", &sh]);
+
+    let pods = d.ok(&["pods"]);
+    assert!(pods.contains("web") && pods.contains("client") && pods.contains("Ready"), "{pods}");
+    let ps = d.ok(&["ps"]);
+    assert!(ps.contains("httpd") && ps.contains("Running") && ps.contains(&httpd[..13]), "{ps}");
+    let inspect: Value = serde_json::from_str(&d.ok(&["inspectp", &web])).unwrap();
+    let web_ip = inspect["status"]["network"]["ip"].as_str().unwrap().to_string();
+    assert!(web_ip.starts_with("10.88."), "{inspect}");
+
+    // By IP, by name (the daemon serves DNS), and through the published port.
+    let wait_http = |d: &Daemon, url: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = d.crictl(&["exec", "-s", &sh, "wget", "-qO-", url]);
+            if out.status.success() {
+                // crictl adds blank lines after the output.
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "{url}: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(wait_http(&d, &format!("http://{web_ip}/")), "hello-cri");
+    assert_eq!(wait_http(&d, "http://web/"), "hello-cri");
+    assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
+    assert!(d.ok(&["logs", &httpd]).contains("started"));
+
+    // An exit code survives the daemon being killed; pods, IPs and ports too.
+    let job_cfg = d.write("job.json", &ctr_json("job", &["sh", "-c", "exit 3"]));
+    let job = d.ok(&["create", &client, &job_cfg, &client_pod]).trim().to_string();
+    d.ok(&["start", &job]);
+    d.kill(libc::SIGKILL);
+    d.spawn();
+    let again: Value = serde_json::from_str(&d.ok(&["inspectp", &web])).unwrap();
+    assert_eq!(again["status"]["network"]["ip"], inspect["status"]["network"]["ip"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s: Value = serde_json::from_str(&d.ok(&["inspect", &job])).unwrap();
+        if s["status"]["state"] == "CONTAINER_EXITED" || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["status"]["exitCode"], 3, "{status}");
+    assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
+    assert_eq!(wait_http(&d, "http://web/"), "hello-cri");
+
+    // Malformed and unknown requests get the right codes, not a crash.
+    let err = |args: &[&str]| String::from_utf8_lossy(&d.crictl(args).stderr).into_owned();
+    assert!(err(&["inspectp", "0123456789ab"]).contains("NotFound"));
+    assert!(err(&["inspect", "nosuchcontainer"]).contains("NotFound"));
+    assert!(err(&["runp", &web_pod]).contains("AlreadyExists"));
+    let bad = d.write("bad-pod.json", &json!({ "metadata": { "name": "x", "namespace": "" } }));
+    assert!(!d.crictl(&["runp", &bad]).status.success());
+
+    // Teardown, idempotent.
+    d.ok(&["stop", &httpd]);
+    d.ok(&["rm", &httpd]);
+    d.ok(&["stopp", &web]);
+    d.ok(&["stopp", &web]);
+    d.ok(&["rmp", &web]);
+    d.ok(&["rmp", "-f", &client]);
+    assert!(!d.ok(&["pods", "-q"]).contains(&web));
+    d.ok(&["rmi", "minipod.test/busybox:1"]);
+    assert!(!d.ok(&["images"]).contains("minipod.test/busybox"));
+}
