@@ -188,6 +188,11 @@ fn crictl_drives_pods_containers_and_images() {
     assert_eq!(wait_http(&d, "http://web/"), "hello-cri");
     assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
     assert!(d.ok(&["logs", &httpd]).contains("started"));
+    let stats = d.ok(&["stats", "-o", "json", &httpd]);
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    let s = &stats["stats"][0];
+    assert!(s["memory"]["workingSetBytes"]["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0) > 0, "{stats}");
+    assert!(s["cpu"]["usageCoreNanoSeconds"]["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0) > 0, "{stats}");
 
     // An exit code survives the daemon being killed; pods, IPs and ports too.
     let job_cfg = d.write("job.json", &ctr_json("job", &["sh", "-c", "exit 3"]));

@@ -59,6 +59,24 @@ pub struct Cgroup {
     unified: bool,
 }
 
+/// What a cgroup's processes use ([`Cgroup::usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, all CPUs, since the cgroup was made.
+    pub cpu_nanos: Option<u64>,
+    /// Memory charged, page cache included.
+    pub memory_bytes: Option<u64>,
+    /// Page cache that can be reclaimed without writeback.
+    pub inactive_file: Option<u64>,
+}
+
+impl Usage {
+    /// Memory minus reclaimable page cache: the kubelet's "working set".
+    pub fn working_set(&self) -> Option<u64> {
+        self.memory_bytes.map(|m| m.saturating_sub(self.inactive_file.unwrap_or(0)))
+    }
+}
+
 impl Cgroup {
     /// The cgroup at `relative` (e.g. `minipod/web-1`) in every hierarchy; creates nothing.
     pub fn at(relative: &Path) -> Self {
@@ -74,6 +92,29 @@ impl Cgroup {
     pub fn from_paths(paths: Vec<PathBuf>) -> Self {
         let unified = is_unified();
         Self { paths, unified }
+    }
+
+    /// CPU time and memory use of every process in the cgroup, as far as the host's
+    /// controllers tell (None where a controller is missing).
+    pub fn usage(&self) -> Usage {
+        let read = |p: PathBuf| fs::read_to_string(p).ok();
+        let stat = |text: Option<String>, key: &str| {
+            text.and_then(|t| t.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok())))
+        };
+        let mut u = Usage::default();
+        for dir in &self.paths {
+            if self.unified {
+                u.cpu_nanos = stat(read(dir.join("cpu.stat")), "usage_usec ").map(|us| us * 1000);
+                u.memory_bytes = read(dir.join("memory.current")).and_then(|t| t.trim().parse().ok());
+                u.inactive_file = stat(read(dir.join("memory.stat")), "inactive_file ");
+            } else if dir.join("cpuacct.usage").exists() {
+                u.cpu_nanos = read(dir.join("cpuacct.usage")).and_then(|t| t.trim().parse().ok());
+            } else if dir.join("memory.usage_in_bytes").exists() {
+                u.memory_bytes = read(dir.join("memory.usage_in_bytes")).and_then(|t| t.trim().parse().ok());
+                u.inactive_file = stat(read(dir.join("memory.stat")), "total_inactive_file ");
+            }
+        }
+        u
     }
 
     /// The directories, one per hierarchy.

@@ -93,6 +93,30 @@ fn container(pods: &Pods, c: &ContainerRecord) -> cri::Container {
     }
 }
 
+/// CPU and memory of a container's cgroup, now.
+fn stats(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStats, PodError> {
+    let st = pods.container_state(c)?;
+    let usage = minipod_runtime::cgroups::Cgroup::from_paths(st.cgroup_paths.clone()).usage();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
+    Ok(cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.to_string(),
+            metadata: Some(convert::container_metadata(c)),
+            labels: convert::to_hash(&c.labels),
+            annotations: convert::user_annotations(&c.annotations),
+        }),
+        cpu: Some(cri::CpuUsage { timestamp: now, usage_core_nano_seconds: value(usage.cpu_nanos), usage_nano_cores: None }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: value(usage.working_set()),
+            usage_bytes: value(usage.memory_bytes),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 fn selects(labels: &BTreeMap<String, String>, selector: &std::collections::HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -393,12 +417,30 @@ impl RuntimeService for Server {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, req: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
+        let id = req.into_inner().container_id;
+        need(&id, "container_id")?;
+        let stats = blocking(&self.pods, move |p| stats(p, &p.container_by_id(&id)?)).await?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
-    async fn list_container_stats(&self, _: Request<cri::ListContainerStatsRequest>) -> Reply<cri::ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+    async fn list_container_stats(&self, req: Request<cri::ListContainerStatsRequest>) -> Reply<cri::ListContainerStatsResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let stats = blocking(&self.pods, move |p| {
+            let mut out = Vec::new();
+            for c in p.containers(None)? {
+                let wanted = (filter.id.is_empty() || c.id.as_str().starts_with(&filter.id))
+                    && (filter.pod_sandbox_id.is_empty() || c.pod.as_str().starts_with(&filter.pod_sandbox_id))
+                    && selects(&c.labels, &filter.label_selector);
+                // Containers removed meanwhile simply drop out of the list.
+                if let (true, Ok(s)) = (wanted, stats(p, &c)) {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(&self, _: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
