@@ -70,5 +70,10 @@ pub use process::SpawnError;
 pub use signal::{Signal, SignalError};
 pub use state::{ContainerState, ExitStatus, Status};
 
+/// An error and its causes on one line: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    process::chain(e)
+}
+
 /// The networking crate, re-exported so embedders need one dependency.
 pub use minipod_netstack as netstack;

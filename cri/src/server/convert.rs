@@ -102,7 +102,7 @@ pub fn container_state(s: CtrStatus) -> i32 {
 
 /// The gRPC status for a minipod error: the kind of failure, with the whole message.
 pub fn status(e: PodError) -> Status {
-    let text = chain(&e);
+    let text = minipod_runtime::error_chain(&e);
     match e {
         PodError::Invalid(_) | PodError::Name(_) | PodError::Id(_) | PodError::NoRootfs(_) => Status::invalid_argument(text),
         PodError::PodExists { .. } | PodError::ContainerExists { .. } => Status::already_exists(text),
@@ -115,17 +115,6 @@ pub fn status(e: PodError) -> Status {
         PodError::Network(minipod_runtime::netstack::NetworkError::Firewall(_)) => Status::already_exists(text),
         _ => Status::internal(text),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
