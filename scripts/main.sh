@@ -10,7 +10,7 @@ cat <<'USAGE'
 minipod: the CRI daemon is starting. From another shell:
   crictl --runtime-endpoint unix:///run/minipod/minipod.sock version
   export CONTAINER_RUNTIME_ENDPOINT=unix:///run/minipod/minipod.sock IMAGE_SERVICE_ENDPOINT=unix:///run/minipod/minipod.sock
-  minipod image import ./some-oci-layout --name busybox:1     # images come from OCI layouts for now
+  crictl pull REGISTRY/IMAGE:TAG    # or: minipod image import ./some-oci-layout --name busybox:1
   crictl runp pod.json; crictl create POD ctr.json pod.json; crictl start CTR; crictl ps
 (crictl is installed at /root/go/bin/crictl.) A one-shot container without the daemon:
   ./target/release/minipod demo

@@ -45,3 +45,15 @@ if ! [ -x /root/go/bin/crictl ]; then
     echo "setup.sh: installing crictl $CRICTL_VERSION (go install)"
     GOBIN=/root/go/bin go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 fi
+
+# Debian's docker-registry serves the pull tests on loopback. Unpacked, not installed:
+# the package would start a registry service on port 5000.
+REGISTRY_DIR=/opt/minipod-test/docker-registry
+if ! [ -x "$REGISTRY_DIR/usr/bin/docker-registry" ]; then
+    echo "setup.sh: unpacking docker-registry into $REGISTRY_DIR"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download docker-registry >/dev/null 2>&1 || { apt-get update -qq && apt-get download docker-registry >/dev/null; }; })
+    mkdir -p "$REGISTRY_DIR"
+    dpkg-deb -x "$tmp"/docker-registry_*.deb "$REGISTRY_DIR"
+    rm -rf "$tmp"
+fi

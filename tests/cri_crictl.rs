@@ -233,3 +233,123 @@ fn crictl_drives_pods_containers_and_images() {
     d.ok(&["rmi", "minipod.test/busybox:1"]);
     assert!(!d.ok(&["images"]).contains("minipod.test/busybox"));
 }
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, headers, body).
+fn http(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    (status, headers, raw.get(split + 4..).unwrap_or_default().to_vec())
+}
+
+/// Pushes the image of an OCI layout to `repo:tag` on a registry, blob by blob.
+fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str) {
+    let blob = |digest: &str| std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let manifest_bytes = blob(&manifest_digest);
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
+    digests.extend(manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+    for d in digests {
+        let (code, headers, _) = http(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
+        assert_eq!(code, 202, "starting an upload of {d}");
+        let location = headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone()).unwrap();
+        let target = location.split_once(addr).map(|(_, t)| t.to_string()).unwrap_or(location);
+        let sep = if target.contains('?') { '&' } else { '?' };
+        let (code, _, body) =
+            http(addr, "PUT", &format!("{target}{sep}digest={d}"), &[("Content-Type", "application/octet-stream")], &blob(&d));
+        assert_eq!(code, 201, "uploading {d}: {}", String::from_utf8_lossy(&body));
+    }
+    let (code, _, body) = http(
+        addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &manifest_bytes,
+    );
+    assert_eq!(code, 201, "pushing the manifest: {}", String::from_utf8_lossy(&body));
+}
+
+/// Debian's docker-registry on a loopback port, storing under the test's dir.
+struct Registry(Child, String);
+
+impl Registry {
+    fn start(dir: &Path) -> Self {
+        let bin = Path::new("/opt/minipod-test/docker-registry/usr/bin/docker-registry");
+        assert!(bin.exists(), "{} is missing: run scripts/setup.sh", bin.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.join("registry.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}, secret: minipod-test}}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let child =
+            Command::new(bin).arg("serve").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let r = Registry(child, addr);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(&r.1).is_err() || http(&r.1, "GET", "/v2/", &[], b"").0 != 200 {
+            assert!(Instant::now() < deadline, "the registry never answered on {}", r.1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn crictl_pulls_from_a_registry_on_loopback() {
+    if not_root() {
+        return;
+    }
+    let node = TestNode::new("cripull");
+    let h = Harness::new("cri-pull");
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let registry = Registry::start(&h.base);
+    push_layout(&registry.1, &layout, "test/busybox", "1");
+    let d = Daemon::start(h, &node.node_ns());
+    let reference = format!("{}/test/busybox:1", registry.1);
+    let pulled = d.ok(&["pull", &reference]);
+    assert!(pulled.contains("Image is up to date for sha256:"), "{pulled}");
+    let images = d.ok(&["images"]);
+    assert!(images.contains(&format!("{}/test/busybox", registry.1)), "{images}");
+    // Pulling again is cheap and gives the same image.
+    assert_eq!(d.ok(&["pull", &reference]), pulled);
+    assert!(!d.crictl(&["pull", &format!("{}/test/nosuch:1", registry.1)]).status.success());
+
+    let logs = d.h.base.join("logs");
+    let pod = d.write("pod.json", &pod_json("pulled", &logs, json!([])));
+    let id = d.ok(&["runp", &pod]).trim().to_string();
+    let mut cfg = ctr_json("main", &["sleep", "300"]);
+    cfg["image"]["image"] = json!(reference);
+    let cfg = d.write("ctr.json", &cfg);
+    let c = d.ok(&["create", &id, &cfg, &pod]).trim().to_string();
+    d.ok(&["start", &c]);
+    assert_eq!(d.ok(&["exec", "-s", &c, "cat", "/etc/image-release"]).trim(), "minipod test image");
+    d.ok(&["rmp", "-f", &id]);
+}

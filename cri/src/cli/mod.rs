@@ -83,6 +83,9 @@ struct ServeArgs {
     /// Image store.
     #[arg(long, default_value = minipod_runtime::image::DEFAULT_DIR)]
     images: PathBuf,
+    /// A registry (host[:port]) to pull from over plain HTTP; loopback ones always are.
+    #[arg(long)]
+    insecure_registry: Vec<String>,
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -117,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pod(a) => pod::pod(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
-        Command::Serve(a) => crate::server::serve(&root, &a.socket, a.netns, a.images),
+        Command::Serve(a) => crate::server::serve(&root, &a.socket, a.netns, a.images, a.insecure_registry),
     }
 }
 

@@ -176,6 +176,12 @@ enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Pull an image from a registry (plain HTTP for loopback and --insecure-registry ones).
+    Pull {
+        reference: String,
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+    },
     /// List images.
     #[command(visible_alias = "list")]
     Ls(Output),
@@ -369,6 +375,12 @@ pub fn image(root: &Path, a: ImageArgs) -> anyhow::Result<i32> {
     }
     let store = minipod_runtime::image::ImageStore::open(&a.common.images)?;
     match a.command {
+        ImageCommand::Pull { reference, insecure_registry } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let opts = minipod_runtime::image::PullOptions { insecure_registries: insecure_registry };
+            let img = rt.block_on(minipod_runtime::image::pull(&store, &reference, &opts, &mut |line| eprintln!("{line}")))?;
+            println!("{}", img.id);
+        }
         ImageCommand::Import { path, name } => {
             let img = store.import(&path, name.as_deref())?;
             println!("{}", img.id);

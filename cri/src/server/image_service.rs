@@ -55,8 +55,14 @@ impl ImageService for Server {
         Ok(Response::new(cri::ImageStatusResponse { image: found.as_ref().map(image), ..Default::default() }))
     }
 
-    async fn pull_image(&self, _: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
-        Err(Status::unimplemented("pulling from a registry is not built yet: import the image with `minipod image import PATH`"))
+    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
+        let r = reference(req.into_inner().image)?;
+        let pulled = minipod_runtime::image::pull(self.pods.images(), &r, &self.pull, &mut |line| tracing::info!("{line}")).await;
+        match pulled {
+            Ok(img) => Ok(Response::new(cri::PullImageResponse { image_ref: img.id })),
+            Err(e @ ImageError::BadReference { .. }) => Err(Status::invalid_argument(minipod_runtime::error_chain(&e))),
+            Err(e) => Err(Status::unavailable(minipod_runtime::error_chain(&e))),
+        }
     }
 
     async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Reply<cri::RemoveImageResponse> {

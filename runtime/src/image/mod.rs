@@ -27,6 +27,9 @@
 //! ```
 
 mod layer;
+mod pull;
+
+pub use pull::{pull, PullOptions};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -71,6 +74,8 @@ pub enum ImageError {
     UnsupportedDigest { what: String, digest: String },
     #[error("blob {digest} is corrupt: its content hashes to {actual}; fetch or export the image again")]
     DigestMismatch { digest: String, actual: String },
+    #[error("pulling {reference}: {why}")]
+    Pull { reference: String, why: String },
     #[error("invalid image reference {reference:?}: {why}")]
     BadReference { reference: String, why: String },
     #[error("config blob {digest} is not an OCI image config")]
@@ -270,6 +275,11 @@ impl ImageStore {
             .filter(|d| seen.insert(d.as_str()))
             .map(|d| self.layers_dir().join(d.trim_start_matches("sha256:")))
             .collect()
+    }
+
+    /// Whether the layer blob `sha256:<hex>` is unpacked already.
+    pub fn has_layer(&self, hex: &str) -> bool {
+        !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) && self.dir.join("layers").join(hex).is_dir()
     }
 
     fn layers_dir(&self) -> PathBuf {
