@@ -79,6 +79,11 @@ async fn containers_of_a_pod_share_ip_hostname_and_localhost() {
         .await
         .unwrap();
     let side = pod.container("sidecar").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    // Monitors live in the host's mount namespace, not in the lean copy containers are
+    // made from (which would keep every host mount of its moment busy).
+    let monitor = side.state().await.unwrap().monitor_pid;
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_eq!(ns(monitor.to_string()), ns("self".into()));
     let out = side.exec(["wget", "-qO-", "http://127.0.0.1:8080/"]).await.unwrap();
     assert_eq!(out.stdout_text(), "local\n", "{out:?}");
     let ip_of = |o: minipod_runtime::pod::ExecOutput| o.stdout_text();

@@ -300,6 +300,7 @@ impl Pods {
         let node = Arc::new(node);
         // Only the networks this runtime uses: another process may serve the others.
         node.serve_dns_on(net.handle(), false).map_err(|e| undo(e.into()))?;
+        let timers = net.handle();
         let mut pods = Self {
             root: root.clone(),
             oci,
@@ -311,7 +312,7 @@ impl Pods {
             default_network: NetworkConfig::default_network().name,
             keep_pods: opts.keep_pods,
             instance,
-            template: mount_template::MountTemplate::new(&root),
+            template: mount_template::MountTemplate::new(&root, timers),
         };
         let report = pods.sweep();
         if !report.is_empty() {

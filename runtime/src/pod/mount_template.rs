@@ -9,7 +9,10 @@
 //! pod's namespaces through descriptors opened before the switch.
 //!
 //! A template does not see mounts the host makes after it; it is rebuilt when older
-//! than [`MAX_AGE`] or when the state root's filesystem changed under it.
+//! than [`MAX_AGE`] or when the state root's filesystem changed under it. Since it
+//! holds the host's mounts of its moment, it is dropped once stale even when unused,
+//! and monitors go back to the host's namespace right after cloning the init: only the
+//! container's copy is made from it, and that one detaches the old root.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -32,12 +35,14 @@ struct Made {
 /// The current template of one runtime, rebuilt when stale.
 pub struct MountTemplate {
     root: PathBuf,
-    current: Mutex<Option<Made>>,
+    current: Arc<Mutex<Option<Made>>>,
+    /// Where the timer that drops an unused template runs.
+    timers: tokio::runtime::Handle,
 }
 
 impl MountTemplate {
-    pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf(), current: Mutex::new(None) }
+    pub fn new(root: &Path, timers: tokio::runtime::Handle) -> Self {
+        Self { root: root.to_path_buf(), current: Default::default(), timers }
     }
 
     /// A descriptor of a fresh enough template, or None (a warning is logged) when one
@@ -51,7 +56,19 @@ impl MountTemplate {
         match build() {
             Ok(fd) => {
                 let fd = Arc::new(fd);
-                *current = Some(Made { fd: fd.clone(), at: Instant::now(), root_dev });
+                let at = Instant::now();
+                *current = Some(Made { fd: fd.clone(), at, root_dev });
+                // The template holds every host mount of its moment: an idle runtime
+                // must not keep an unmounted disk busy, so it goes when stale.
+                let cur = self.current.clone();
+                self.timers.spawn(async move {
+                    tokio::time::sleep(MAX_AGE).await;
+                    if let Ok(mut c) = cur.lock() {
+                        if c.as_ref().is_some_and(|m| m.at == at) {
+                            *c = None;
+                        }
+                    }
+                });
                 Some(fd)
             }
             Err(e) => {

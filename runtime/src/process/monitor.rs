@@ -240,6 +240,16 @@ fn create(
         }
     }
 
+    // The monitor's own mount namespace, to return to once the init is cloned: a
+    // monitor living in the template would keep every host mount of that moment busy
+    // (an unmounted disk could not be released) for as long as its container runs.
+    let home = match &template {
+        Some(_) => Some(
+            std::fs::File::open("/proc/self/ns/mnt")
+                .map_err(|e| MonitorError::Setup("opening its mount namespace", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?,
+        ),
+        None => None,
+    };
     if let Some(t) = &template {
         // Every path is resolved already or lives on a filesystem the template shares;
         // the namespaces to join are open. The init's mount namespace is now a copy of
@@ -254,9 +264,18 @@ fn create(
     let pid = Errno::result(ret).map_err(MonitorError::Clone)? as i32;
     if pid == 0 {
         drop(to_init);
+        drop(home);
         init::run(init_end, req, stdio, joins);
     }
     drop(init_end);
+    if let Some(home) = home {
+        // The init is cloned; its copy of the template is its own.
+        if let Err(e) = nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNS) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid as i32), None);
+            return Err(MonitorError::Setup("returning from the mount template", e));
+        }
+    }
     drop(stdio);
     let pid = Pid::from_raw(pid);
     let kill_init = |e: MonitorError| {
