@@ -26,14 +26,20 @@ struct Daemon {
     sock: PathBuf,
     images: PathBuf,
     node: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Daemon {
     fn start(h: Harness, node: &Path) -> Self {
+        Self::start_with(h, node, &[])
+    }
+
+    /// With further `minipod serve` arguments.
+    fn start_with(h: Harness, node: &Path, args: &[String]) -> Self {
         let sock = h.base.join("cri.sock");
         let images = h.base.join("images");
-        let mut d = Daemon { h, sock, images, node: node.to_path_buf(), child: None };
+        let mut d = Daemon { h, sock, images, node: node.to_path_buf(), args: args.to_vec(), child: None };
         d.spawn();
         d
     }
@@ -50,6 +56,7 @@ impl Daemon {
             .arg(&self.node)
             .arg("--images")
             .arg(&self.images)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -332,7 +339,11 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
     let registry = Registry::start(&h.base);
     push_layout(&registry.1, &layout, "test/busybox", "1");
-    let d = Daemon::start(h, &node.node_ns());
+    // A registry that exists only through its mirrors: the first mirror refuses
+    // connections, the second is the test's registry. 127.0.0.2:1 itself refuses too,
+    // so a pull that wrongly skipped the mirrors fails instead of leaving the machine.
+    let mirrored = "127.0.0.2:1";
+    let d = Daemon::start_with(h, &node.node_ns(), &["--registry-mirror".into(), format!("{mirrored}=127.0.0.1:1,{}", registry.1)]);
     let reference = format!("{}/test/busybox:1", registry.1);
     let pulled = d.ok(&["pull", &reference]);
     assert!(pulled.contains("Image is up to date for sha256:"), "{pulled}");
@@ -341,6 +352,12 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     // Pulling again is cheap and gives the same image.
     assert_eq!(d.ok(&["pull", &reference]), pulled);
     assert!(!d.crictl(&["pull", &format!("{}/test/nosuch:1", registry.1)]).status.success());
+    // Through the mirrors: the same image, under the name it was asked by.
+    assert_eq!(d.ok(&["pull", &format!("{mirrored}/test/busybox:1")]), pulled);
+    assert!(d.ok(&["images"]).contains(&format!("{mirrored}/test/busybox")));
+    let err = d.crictl(&["pull", &format!("{mirrored}/test/nosuch:1")]);
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(err.contains("127.0.0.1:1") && err.contains(&registry.1) && err.contains(mirrored), "every source is named: {err}");
 
     let logs = d.h.base.join("logs");
     let pod = d.write("pod.json", &pod_json("pulled", &logs, json!([])));

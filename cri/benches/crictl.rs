@@ -1,6 +1,10 @@
 //! `crictl runp` and `crictl create` + `start` latency against `minipod serve`, on a
 //! node namespace of its own. `cargo bench -p minipod-cri --bench crictl` (root, with
 //! crictl from scripts/setup.sh). Compares with containerd only where it is installed.
+//!
+//! The same requests are then made by a Rust gRPC client holding one connection: that
+//! is minipod's share of each crictl number, without crictl's process start (a 40 MB Go
+//! binary) and connection set-up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,6 +108,11 @@ fn main() {
     for id in &pods {
         let _ = cri(&["rmp", "-f", id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
+    let (runp, start) = rt.block_on(direct(&sock, n));
+    println!("the same over one gRPC connection (no crictl)");
+    stats("RunPodSandbox", runp);
+    stats("CreateContainer + StartContainer", start);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
@@ -114,4 +123,55 @@ fn main() {
     } else {
         println!("containerd + CNI: not installed on this machine (no packages here), so no side-by-side numbers");
     }
+}
+
+/// RunPodSandbox, then CreateContainer + StartContainer, `n` times over one connection;
+/// removes what it made.
+async fn direct(sock: &Path, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    use k8s_cri::v1 as cri;
+    let path = sock.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()));
+    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(channel);
+    let (mut runp, mut start, mut made) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata { name: format!("g{i}"), namespace: "bench".into(), uid: format!("g{i}"), attempt: 0 }),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let id = client
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+            .into_inner()
+            .pod_sandbox_id;
+        runp.push(t.elapsed());
+        let ctr = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: "bench/busybox:1".into(), ..Default::default() }),
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let c = client
+            .create_container(cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(config) })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+            .into_inner()
+            .container_id;
+        client.start_container(cri::StartContainerRequest { container_id: c }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
+        start.push(t.elapsed());
+        made.push(id);
+    }
+    for id in made {
+        let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await;
+        let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id }).await;
+    }
+    (runp, start)
 }

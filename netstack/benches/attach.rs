@@ -5,7 +5,7 @@
 //! Run as root: `cargo bench -p minipod-netstack --bench attach`. Everything happens
 //! inside a throwaway node namespace that this process enters first, so the host's
 //! interfaces and firewall are never touched. MINIPOD_NETBENCH_PROBES sets the probes
-//! per position (default 30).
+//! per position (default 30); MINIPOD_NETBENCH_NO_CNI=1 leaves out the CNI side.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -17,6 +17,7 @@ use minipod_netstack::netns::{create_pinned, remove_pinned};
 use minipod_netstack::{AttachRequest, IfName, NetworkConfig, NetworkName, Node, OwnerId};
 
 const POSITIONS: [usize; 3] = [1, 100, 1000];
+const BATCH: usize = 20;
 const CNI_PATH: &str = "/usr/lib/cni";
 
 struct Pods {
@@ -150,26 +151,32 @@ fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<Row> {
             w.attach(&id, &ns);
             filled += 1;
         }
-        // Attach all probes, then tear them all down: a teardown's background work
-        // (the kernel deleting veths of released namespaces) must not land on the
-        // next probe's attach.
-        let (mut attach, mut detach) = (Vec::new(), Vec::new());
-        let mut attached = Vec::new();
-        for i in 0..probes {
-            let id = format!("probe-{pos}-{i}");
-            let ns = pods.make(&format!("{}-probe-{pos}-{i}", w.name().len()));
-            let t = Instant::now();
-            w.attach(&id, &ns);
-            attach.push(t.elapsed());
-            attached.push((id, ns));
-        }
-        for (id, ns) in attached {
-            let t = Instant::now();
-            w.detach(&id, &ns);
-            detach.push(t.elapsed());
-        }
-        // Let the kernel finish deleting the released veths before the next fill.
+        // Probe a settled network, as at the 1st pod: the last fill attaches leave
+        // kernel work behind (link watch, neighbour timers) that would land on the probes.
         std::thread::sleep(Duration::from_millis(500));
+        // Probes go in batches: attach a batch, then tear it all down, so that a
+        // teardown's background work (the kernel deleting veths of released namespaces)
+        // does not land on the next probe's attach, and the bridge never holds more than
+        // pos + BATCH - 1 ports (a Linux bridge takes at most 1023).
+        let (mut attach, mut detach) = (Vec::new(), Vec::new());
+        for batch in (0..probes).collect::<Vec<_>>().chunks(BATCH) {
+            let mut attached = Vec::new();
+            for i in batch {
+                let id = format!("probe-{pos}-{i}");
+                let ns = pods.make(&format!("{}-probe-{pos}-{i}", w.name().len()));
+                let t = Instant::now();
+                w.attach(&id, &ns);
+                attach.push(t.elapsed());
+                attached.push((id, ns));
+            }
+            for (id, ns) in attached {
+                let t = Instant::now();
+                w.detach(&id, &ns);
+                detach.push(t.elapsed());
+            }
+            // Let the kernel finish deleting the released veths.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         rows.push(Row { pos, attach: stats(attach), detach: stats(detach) });
     }
     rows
@@ -183,6 +190,17 @@ fn main() {
     }
     let probes: usize = std::env::var("MINIPOD_NETBENCH_PROBES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let base = PathBuf::from(format!("/run/minipod-netbench-{}", std::process::id()));
+    std::fs::create_dir_all(&base).expect("bench dir");
+    // A mount namespace of our own, with the state on a tmpfs as DESIGN.md has it (on
+    // a disk filesystem, inode allocation for the state files is most of the cost and
+    // grows with the files' churn) and the namespace pins visible to this process
+    // only: when it exits, panicking or not, the kernel frees every namespace it made.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("a mount namespace for the benchmark");
+    nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>)
+        .expect("making the mount namespace private");
+    nix::mount::mount(Some("tmpfs"), &base, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("mode=0700"))
+        .expect("tmpfs for the benchmark");
+    let _host_dir = RemoveDir(base.clone());
     std::fs::create_dir_all(base.join("pods")).expect("bench dir");
     let node_path = base.join("node");
     let node_ns = create_pinned(&node_path).expect("node namespace");
@@ -209,7 +227,9 @@ fn main() {
         let mut m = Minipod { rt, node, net };
         results.push((m.name(), measure(&mut m, &mut pods, probes)));
     }
-    if Path::new(CNI_PATH).join("bridge").exists() && which("iptables") {
+    if std::env::var_os("MINIPOD_NETBENCH_NO_CNI").is_some() {
+        println!("skipping CNI: MINIPOD_NETBENCH_NO_CNI is set");
+    } else if Path::new(CNI_PATH).join("bridge").exists() && which("iptables") {
         let mut pods = Pods { dir: base.join("pods"), made: vec![] };
         let mut c = Cni { data_dir: base.join("cni-ipam") };
         results.push((c.name(), measure(&mut c, &mut pods, probes)));
@@ -227,12 +247,23 @@ fn main() {
         for (m, c) in ours.iter().zip(cni) {
             println!("pod #{}: CNI / minipod = {:.1}x attach, {:.1}x detach", m.pos, c.attach.0 / m.attach.0, c.detach.0 / m.detach.0);
         }
+    }
+    if let Some((_, ours)) = results.first() {
         let (first, last) = (ours[0].attach.0, ours[2].attach.0);
         println!("minipod attach, 1000th vs 1st pod: {:+.0}%", (last / first - 1.0) * 100.0);
     }
     drop(node_ns);
     let _ = remove_pinned(&node_path);
-    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Removes the benchmark's directory on the host, also when the benchmark panics.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 fn which(name: &str) -> bool {

@@ -43,6 +43,10 @@ pub enum NetworkError {
     Dns(#[from] crate::dns::DnsError),
     #[error("serving DNS needs a tokio runtime: call this from inside one, or use serve_dns_on with a runtime handle")]
     NoRuntime,
+    #[error(
+        "network {name}: bridge {bridge} has no free port: a Linux bridge takes at most 1023 members; put further pods on another network"
+    )]
+    BridgeFull { name: NetworkName, bridge: IfName },
     #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
     LinkClash(String),
     #[error(transparent)]
@@ -351,7 +355,13 @@ impl Node {
     /// sets one on iptables' FORWARD).
     pub fn problems(&self, name: &NetworkName) -> Result<Vec<String>, NetworkError> {
         let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
-        Ok(self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect())
+        let mut found: Vec<String> = self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect();
+        // Only the initial namespace shows the limit; elsewhere there is nothing to read.
+        let limit = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok().and_then(|v| v.trim().parse().ok());
+        if let Some(limit) = limit {
+            found.extend(neighbour_table_warning(self.members(name)?.len(), limit));
+        }
+        Ok(found)
     }
 
     /// `is_new`: no record of the network existed, so a failure may undo everything;
@@ -546,9 +556,14 @@ impl Node {
         }
         let bridge = node.index(cfg.bridge.as_str()).await?;
         let mtu = cfg.mtu.unwrap_or(1500);
-        veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await?;
+        veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await.map_err(|e| match e.errno() {
+            // The kernel's BR_MAX_PORTS: port numbers are 10 bits and 0 is reserved.
+            Some(libc::EXFULL) => NetworkError::BridgeFull { name: cfg.name.clone(), bridge: cfg.bridge.clone() },
+            _ => e.into(),
+        })?;
         let inside = async {
             let nl = Netlink::open(pod)?;
+
             let lo = nl.index("lo").await?;
             nl.up(lo, "setting lo up in the pod").await?;
             let index = nl.index(req.ifname.as_str()).await?;
@@ -711,32 +726,54 @@ impl Node {
         let node = Netlink::open(&self.netns)?;
         let links = node.link_names().await?;
         let mut known_ifnames = std::collections::HashSet::new();
+        // One failure (a veth the kernel refuses to delete, an unreadable record) must
+        // not keep the rest from being cleaned: it is reported and gc goes on.
         for cfg in self.networks()? {
-            for m in self.members(&cfg.name)? {
+            let members = match self.members(&cfg.name) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.failures.push((format!("reading the members of {}", cfg.name), e));
+                    continue;
+                }
+            };
+            for m in members {
+                // Handled here either way: not a stray in the link snapshot below.
+                known_ifnames.insert(m.host_ifname.clone());
                 if is_live(&m.owner) {
-                    known_ifnames.insert(m.host_ifname.clone());
-                } else {
-                    self.detach(&cfg.name, &m.owner).await?;
-                    // Handled here: not a stray in the link snapshot below.
-                    known_ifnames.insert(m.host_ifname.clone());
-                    report.members.push((cfg.name.clone(), m.owner));
+                    continue;
+                }
+                match self.detach(&cfg.name, &m.owner).await {
+                    Ok(()) => report.members.push((cfg.name.clone(), m.owner)),
+                    Err(e) => report.failures.push((format!("detaching {} from {}", m.owner, cfg.name), e)),
                 }
             }
-            let pools = std::iter::once(self.ipam(&cfg)).chain(self.ipam6(&cfg));
-            let owners: Vec<(OwnerId, IpAddr)> = pools.map(|p| p.owners()).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
-            for (owner, ip) in owners {
-                if !is_live(&owner) {
-                    self.detach(&cfg.name, &owner).await?;
-                    report.addresses.push((cfg.name.clone(), ip));
+            for pool in std::iter::once(self.ipam(&cfg)).chain(self.ipam6(&cfg)) {
+                let owners = match pool.owners() {
+                    Ok(o) => o,
+                    Err(e) => {
+                        report.failures.push((format!("reading the addresses of {}", cfg.name), e.into()));
+                        continue;
+                    }
+                };
+                for (owner, ip) in owners {
+                    known_ifnames.insert(host_ifname(&cfg.name, &owner));
+                    if is_live(&owner) {
+                        continue;
+                    }
+                    match self.detach(&cfg.name, &owner).await {
+                        Ok(()) => report.addresses.push((cfg.name.clone(), ip)),
+                        Err(e) => report.failures.push((format!("freeing {ip} of {owner} in {}", cfg.name), e)),
+                    }
                 }
-                known_ifnames.insert(host_ifname(&cfg.name, &owner));
             }
         }
         // Host ends are named `mp` + hash; any not accounted for is a leftover.
         for name in links.into_iter().filter(|_| stray_links) {
             if is_host_ifname(&name) && !known_ifnames.contains(&name) {
-                self.unwire(&name).await?;
-                report.links.push(name);
+                match self.unwire(&name).await {
+                    Ok(()) => report.links.push(name),
+                    Err(e) => report.failures.push((format!("deleting stray veth {name}"), e)),
+                }
             }
         }
         Ok(report)
@@ -766,6 +803,21 @@ impl Node {
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
+}
+
+/// The kernel keeps one neighbour (ARP) table for all namespaces, and past gc_thresh3
+/// entries it drops new ones ("neighbor table overflow"): packets are then lost. Every
+/// member and the gateway hold an entry for each other, and pods that talk to each
+/// other one more per peer.
+fn neighbour_table_warning(members: usize, limit: usize) -> Option<String> {
+    (2 * members > limit / 2).then(|| {
+        format!(
+            "{members} members need at least {} of the kernel's {limit} neighbour (ARP) table entries, shared by all namespaces, \
+             and one more per pair of pods that talk; past the limit packets are lost: raise \
+             net.ipv4.neigh.default.gc_thresh1/2/3 (e.g. 8192/32768/65536)",
+            2 * members
+        )
+    })
 }
 
 fn forward_drop_warning(chain: &str, cfg: &NetworkConfig) -> String {
@@ -805,8 +857,8 @@ fn is_dns_name(name: &str) -> bool {
             .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
-/// What [`Node::gc`] removed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What [`Node::gc`] removed, and what it could not.
+#[derive(Debug, Default)]
 pub struct GcReport {
     /// Members detached because their owner is gone.
     pub members: Vec<(NetworkName, OwnerId)>,
@@ -814,12 +866,14 @@ pub struct GcReport {
     pub addresses: Vec<(NetworkName, IpAddr)>,
     /// Host veth ends deleted that no record named.
     pub links: Vec<String>,
+    /// What could not be cleaned (what was tried, why it failed); the rest was.
+    pub failures: Vec<(String, NetworkError)>,
 }
 
 impl GcReport {
     /// Whether nothing was left to clean.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.addresses.is_empty() && self.links.is_empty()
+        self.members.is_empty() && self.addresses.is_empty() && self.links.is_empty() && self.failures.is_empty()
     }
 }
 
@@ -863,6 +917,13 @@ mod tests {
         assert!(a.len() <= 15 && a.starts_with("mp"));
         assert!(a != b && a != c);
         assert_eq!(a, host_ifname(&n, &OwnerId::new("pod-1").unwrap()));
+    }
+
+    #[test]
+    fn a_network_that_can_overflow_the_neighbour_table_is_warned_about() {
+        assert_eq!(neighbour_table_warning(100, 1024), None);
+        let w = neighbour_table_warning(300, 1024).unwrap();
+        assert!(w.contains("600 of the kernel's 1024") && w.contains("gc_thresh"), "{w}");
     }
 
     #[test]

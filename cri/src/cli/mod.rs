@@ -86,6 +86,10 @@ struct ServeArgs {
     /// A registry (host[:port]) to pull from over plain HTTP; loopback ones always are.
     #[arg(long)]
     insecure_registry: Vec<String>,
+    /// Mirrors of a registry, tried in order before it: HOST=MIRROR[,MIRROR...]
+    /// (e.g. docker.io=mirror.gcr.io). Repeat for other registries.
+    #[arg(long)]
+    registry_mirror: Vec<minipod_runtime::image::RegistryMirror>,
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -120,7 +124,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pod(a) => pod::pod(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
-        Command::Serve(a) => crate::server::serve(&root, &a.socket, a.netns, a.images, a.insecure_registry),
+        Command::Serve(a) => {
+            let pull = minipod_runtime::image::PullOptions { insecure_registries: a.insecure_registry, mirrors: a.registry_mirror };
+            crate::server::serve(&root, &a.socket, a.netns, a.images, pull)
+        }
     }
 }
 

@@ -119,6 +119,9 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
                     node.network(&name)?.ok_or_else(|| anyhow::anyhow!("network {name} does not exist: `minipod net ls` lists them"))?;
                 let members = node.members(&name)?;
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "network": cfg, "members": members }))?);
+                for problem in node.problems(&name)? {
+                    eprintln!("minipod: warning: {problem}");
+                }
             }
             NetCommand::Rm { name } => {
                 node.remove_network(&name).await?;
@@ -142,6 +145,12 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
                 }
                 for link in &report.links {
                     println!("deleted stray veth {link}");
+                }
+                for (what, e) in &report.failures {
+                    eprintln!("minipod: {what}: {}", minipod_runtime::error_chain(e));
+                }
+                if !report.failures.is_empty() {
+                    return Ok(1);
                 }
             }
         }

@@ -179,8 +179,12 @@ enum ImageCommand {
     /// Pull an image from a registry (plain HTTP for loopback and --insecure-registry ones).
     Pull {
         reference: String,
+        /// A registry (host[:port]) to pull from over plain HTTP; loopback ones always are.
         #[arg(long)]
         insecure_registry: Vec<String>,
+        /// Mirrors of a registry, tried in order before it: HOST=MIRROR[,MIRROR...].
+        #[arg(long)]
+        registry_mirror: Vec<minipod_runtime::image::RegistryMirror>,
     },
     /// List images.
     #[command(visible_alias = "list")]
@@ -375,9 +379,9 @@ pub fn image(root: &Path, a: ImageArgs) -> anyhow::Result<i32> {
     }
     let store = minipod_runtime::image::ImageStore::open(&a.common.images)?;
     match a.command {
-        ImageCommand::Pull { reference, insecure_registry } => {
+        ImageCommand::Pull { reference, insecure_registry, registry_mirror } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let opts = minipod_runtime::image::PullOptions { insecure_registries: insecure_registry };
+            let opts = minipod_runtime::image::PullOptions { insecure_registries: insecure_registry, mirrors: registry_mirror };
             let img = rt.block_on(minipod_runtime::image::pull(&store, &reference, &opts, &mut |line| eprintln!("{line}")))?;
             println!("{}", img.id);
         }

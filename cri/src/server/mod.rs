@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use minipod_runtime::image::PullOptions;
 use minipod_runtime::{PodError, Pods, PodsOptions};
 use tonic::Status;
 
@@ -35,7 +36,7 @@ async fn blocking<T: Send + 'static>(pods: &Arc<Pods>, f: impl FnOnce(&Pods) -> 
 
 /// Serves until SIGINT or SIGTERM. Pods and containers stay when it stops: the next
 /// daemon (or the CLI) finds them in the state dir.
-pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf, insecure: Vec<String>) -> anyhow::Result<i32> {
+pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf, pull: PullOptions) -> anyhow::Result<i32> {
     let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
     let pods = Pods::open(PodsOptions { root: root.to_path_buf(), images, node_netns: netns, keep_pods: true, ..Default::default() })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -58,7 +59,6 @@ pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf,
         let listener = bound.with_context(|| format!("listening on {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
-        let pull = minipod_runtime::image::PullOptions { insecure_registries: insecure };
         let server = Arc::new(Server { pods: Arc::new(pods), pull });
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -29,7 +29,7 @@
 mod layer;
 mod pull;
 
-pub use pull::{pull, PullOptions};
+pub use pull::{pull, PullOptions, RegistryMirror};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;

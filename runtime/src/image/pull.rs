@@ -1,6 +1,10 @@
 //! Pulling an image from an OCI distribution registry into the store: manifest and
 //! config first, then each layer blob the store lacks into a scratch file, then
 //! [`ImageStore::add`] verifies and unpacks them as for an import.
+//!
+//! A registry may have mirrors ([`RegistryMirror`]): they are tried in order, then the
+//! registry itself, as containerd does with `hosts.toml`. The image keeps the name
+//! it was asked by; its content is verified against the digests whoever served it.
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -16,6 +20,59 @@ use super::{normalize_reference, Image, ImageError, ImageStore};
 pub struct PullOptions {
     /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// Mirrors to try before a registry.
+    pub mirrors: Vec<RegistryMirror>,
+}
+
+/// Mirrors of one registry, parsed from `HOST=MIRROR[,MIRROR...]`, e.g.
+/// `docker.io=mirror.gcr.io` or `docker.io=127.0.0.1:5000,mirror.gcr.io`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryMirror {
+    /// The registry as it appears in references (`docker.io` for short names).
+    pub registry: String,
+    /// `host[:port]` of each mirror, in the order they are tried.
+    pub mirrors: Vec<String>,
+}
+
+impl std::str::FromStr for RegistryMirror {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "write HOST=MIRROR[,MIRROR...], e.g. docker.io=mirror.gcr.io";
+        let (registry, mirrors) = s.split_once('=').ok_or_else(|| format!("{s:?} has no `=`: {usage}"))?;
+        let host = |h: &str| !h.is_empty() && !h.contains(['/', ' ', '=', '@']);
+        if !host(registry) {
+            return Err(format!("{registry:?} is not a registry host[:port]: {usage}"));
+        }
+        let mirrors: Vec<String> = mirrors.split(',').map(|m| m.trim_start_matches("https://").to_string()).collect();
+        if let Some(bad) = mirrors.iter().find(|m| !host(m)) {
+            return Err(format!("mirror {bad:?} of {registry} is not a host[:port] (no scheme or path): {usage}"));
+        }
+        // Short references normalise to docker.io; accept the names people also use for it.
+        let registry = match registry {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io",
+            r => r,
+        };
+        Ok(RegistryMirror { registry: registry.to_string(), mirrors })
+    }
+}
+
+impl PullOptions {
+    /// Where to fetch `registry`'s content from, in order: its mirrors, then itself.
+    fn sources<'a>(&'a self, registry: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let mirrors = self.mirrors.iter().filter(move |m| m.registry == registry).flat_map(|m| m.mirrors.iter().map(String::as_str));
+        mirrors.chain(std::iter::once(registry))
+    }
+}
+
+/// `r` as served by `source`: same repository, tag and digest.
+fn at_source(r: &Reference, source: &str) -> Reference {
+    let (repo, source) = (r.repository().to_string(), source.to_string());
+    match (r.tag(), r.digest()) {
+        (Some(tag), Some(digest)) => Reference::with_tag_and_digest(source, repo, tag.to_string(), digest.to_string()),
+        (None, Some(digest)) => Reference::with_digest(source, repo, digest.to_string()),
+        (tag, None) => Reference::with_tag(source, repo, tag.unwrap_or("latest").to_string()),
+    }
 }
 
 fn is_loopback(registry: &str) -> bool {
@@ -37,14 +94,27 @@ pub async fn pull(
     // reqwest needs a process-wide TLS provider; a second install is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut plain: Vec<String> = opts.insecure_registries.clone();
-    if is_loopback(r.registry()) {
-        plain.push(r.registry().to_string());
-    }
+    plain.extend(opts.sources(r.registry()).filter(|s| is_loopback(s)).map(str::to_string));
     let client = Client::try_from(ClientConfig { protocol: ClientProtocol::HttpsExcept(plain), ..Default::default() })
         .map_err(|e| fail(format!("setting up the registry client: {e}")))?;
-    let (manifest, digest, config) =
-        client.pull_manifest_and_config(&r, &RegistryAuth::Anonymous).await.map_err(|e| fail(e.to_string()))?;
-    progress(format!("{normalized}: manifest {digest}, {} layer(s)", manifest.layers.len()));
+    let upstream = r.registry().to_string();
+    let mut failures = Vec::new();
+    let mut found = None;
+    for source in opts.sources(r.registry()) {
+        let at = at_source(&r, source);
+        match client.pull_manifest_and_config(&at, &RegistryAuth::Anonymous).await {
+            Ok(got) => {
+                found = Some((at, got));
+                break;
+            }
+            Err(e) => failures.push(format!("{source}: {e}")),
+        }
+    }
+    let Some((r, (manifest, digest, config))) = found else {
+        return Err(fail(if failures.len() == 1 { failures.remove(0) } else { format!("no source had it: {}", failures.join("; ")) }));
+    };
+    let from = if r.registry() == upstream { String::new() } else { format!(" from mirror {}", r.registry()) };
+    progress(format!("{normalized}: manifest {digest}{from}, {} layer(s)", manifest.layers.len()));
     // Not under the store's tmp/, which an import clears of what crashed imports left.
     let scratch = store.dir().join("pulls").join(format!("{}-{}", std::process::id(), digest.trim_start_matches("sha256:")));
     std::fs::create_dir_all(&scratch).map_err(|source| ImageError::Io { what: "creating".into(), path: scratch.clone(), source })?;
@@ -102,6 +172,22 @@ mod tests {
         }
         for r in ["docker.io", "10.0.0.1:5000", "registry.local:443"] {
             assert!(!super::is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn mirrors_are_tried_in_order_before_the_registry() {
+        let opts = super::PullOptions {
+            mirrors: vec!["index.docker.io=127.0.0.1:5000,mirror.gcr.io".parse().unwrap(), "quay.io=q.local".parse().unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(opts.sources("docker.io").collect::<Vec<_>>(), ["127.0.0.1:5000", "mirror.gcr.io", "docker.io"]);
+        assert_eq!(opts.sources("ghcr.io").collect::<Vec<_>>(), ["ghcr.io"]);
+        let r: super::Reference = "docker.io/library/busybox:1.36".parse().unwrap();
+        assert_eq!(super::at_source(&r, "mirror.gcr.io").whole(), "mirror.gcr.io/library/busybox:1.36");
+        for bad in ["docker.io", "=m", "docker.io=", "docker.io=http://m/x", "docker.io=a,,b"] {
+            let err = bad.parse::<super::RegistryMirror>().unwrap_err();
+            assert!(err.contains("HOST=MIRROR"), "{bad}: {err}");
         }
     }
 }

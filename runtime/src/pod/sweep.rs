@@ -100,6 +100,7 @@ impl Pods {
                 report.network.extend(r.members.iter().map(|(n, o)| format!("member {o} of {n}")));
                 report.network.extend(r.addresses.iter().map(|(n, ip)| format!("address {ip} of {n}")));
                 report.network.extend(r.links.iter().map(|l| format!("link {l}")));
+                errors.extend(r.failures.iter().map(|(what, e)| format!("network gc, {what}: {}", chain(e))));
             }
             Ok(Err(e)) => errors.push(format!("network gc: {}", chain(&e))),
             Err(e) => errors.push(e.to_string()),
