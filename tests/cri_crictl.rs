@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -239,6 +240,28 @@ fn crictl_drives_pods_containers_and_images() {
     assert!(!d.ok(&["pods", "-q"]).contains(&web));
     d.ok(&["rmi", "minipod.test/busybox:1"]);
     assert!(!d.ok(&["images"]).contains("minipod.test/busybox"));
+
+    // SIGTERM stops the daemon although a client (as a kubelet does) keeps an idle
+    // HTTP/2 connection open: a graceful stop alone would wait for it forever.
+    let mut idle = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let mut child = d.child.take().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        match child.try_wait().unwrap() {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(exited.is_some_and(|s| s.success()), "the daemon did not stop on SIGTERM: {exited:?}");
+    drop(idle);
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: (status, headers, body).

@@ -16,6 +16,9 @@ use minipod_runtime::image::PullOptions;
 use minipod_runtime::{PodError, Pods, PodsOptions};
 use tonic::Status;
 
+/// How long requests in flight get to finish once the daemon is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Default socket, as `unix://` URL or path.
 pub const DEFAULT_SOCKET: &str = "unix:///run/minipod/minipod.sock";
 
@@ -60,18 +63,35 @@ pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf,
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
         let server = Arc::new(Server { pods: Arc::new(pods), pull });
-        let shutdown = async {
+        let signalled = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
             }
         };
-        tonic::transport::Server::builder()
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopping = stop.clone();
+        let serving = tonic::transport::Server::builder()
             .add_service(RuntimeServiceServer::from_arc(server.clone()))
             .add_service(ImageServiceServer::from_arc(server))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
-            .await?;
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async move { stopping.notified().await },
+            );
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => served?,
+            () = signalled => {
+                stop.notify_one();
+                // A graceful stop waits for every connection to close, and a kubelet
+                // never closes its own: requests in flight get this long, then the
+                // daemon goes (pods and containers stay either way).
+                if let Ok(served) = tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
+                    served?;
+                }
+            }
+        }
         let _ = std::fs::remove_file(&path);
         Ok(0)
     })
