@@ -1,6 +1,9 @@
 //! `crictl runp` and `crictl create` + `start` latency against `minipod serve`, on a
 //! node namespace of its own. `cargo bench -p minipod-cri --bench crictl` (root, with
-//! crictl from scripts/setup.sh). Compares with containerd only where it is installed.
+//! crictl from scripts/setup.sh). Then the same against containerd with the CNI
+//! bridge, host-local and portmap plugins where containerd is installed
+//! (`apt-get install containerd`): a containerd of its own, on private directories and
+//! a socket of its own, inside the same throwaway node namespace.
 //!
 //! The same requests are then made by a Rust gRPC client holding one connection: that
 //! is minipod's share of each crictl number, without crictl's process start (a 40 MB Go
@@ -10,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn stats(label: &str, mut v: Vec<Duration>) {
+/// Prints the median and p99; returns the median in ms.
+fn stats(label: &str, mut v: Vec<Duration>) -> f64 {
     v.sort();
     let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
     println!("{label:<34} n={:<4} median {:>7.2} ms   p99 {:>7.2} ms", v.len(), pick(0.5), pick(0.99));
+    pick(0.5)
 }
 
 fn crictl() -> Option<PathBuf> {
@@ -24,6 +29,67 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// crictl against one runtime's socket.
+struct Crictl {
+    bin: PathBuf,
+    endpoint: String,
+    dir: PathBuf,
+}
+
+impl Crictl {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(["--runtime-endpoint", &self.endpoint, "--image-endpoint", &self.endpoint, "--config", "/dev/null", "--timeout", "60s"])
+            .args(args);
+        c
+    }
+
+    fn write(&self, name: &str, v: serde_json::Value) -> String {
+        let p = self.dir.join(name);
+        std::fs::write(&p, v.to_string()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        p.display().to_string()
+    }
+
+    /// `crictl version` n times, then n pods each with a container running `image`;
+    /// prints the latencies, removes the pods and returns the median `runp` in ms.
+    fn measure(&self, label: &str, image: &str, n: usize) -> f64 {
+        let ctr = self.write(
+            "ctr.json",
+            serde_json::json!({ "metadata": { "name": "main" }, "image": { "image": image }, "command": ["sleep", "3600"], "linux": {} }),
+        );
+        // crictl's own cost: a process start, a connection and one Version call.
+        let mut bare = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            run(&mut self.cmd(&["version"]));
+            bare.push(t.elapsed());
+        }
+        let (mut runp, mut start, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let pod = self.write(
+                &format!("pod-{i}.json"),
+                serde_json::json!({ "metadata": { "name": format!("p{i}"), "namespace": "bench", "uid": format!("u{i}") }, "linux": {} }),
+            );
+            let t = Instant::now();
+            let id = run(&mut self.cmd(&["runp", &pod]));
+            runp.push(t.elapsed());
+            let t = Instant::now();
+            let c = run(&mut self.cmd(&["create", &id, &ctr, &pod]));
+            run(&mut self.cmd(&["start", &c]));
+            start.push(t.elapsed());
+            pods.push(id);
+        }
+        println!("{label}, driven by crictl ({}), {n} pods", self.bin.display());
+        stats("crictl version (crictl's own cost)", bare);
+        let runp_median = stats("crictl runp", runp);
+        stats("crictl create + start", start);
+        for id in &pods {
+            let _ = self.cmd(&["rmp", "-f", id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        runp_median
+    }
 }
 
 fn main() {
@@ -42,12 +108,13 @@ fn main() {
     std::fs::create_dir_all(&base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
     let node = base.join("node");
     minipod_runtime::netstack::netns::create_pinned(&node).unwrap_or_else(|e| panic!("node namespace: {e}"));
+    let _cleanup = Cleanup { node: node.clone(), base: base.clone() };
     run(Command::new("nsenter").arg(format!("--net={}", node.display())).args(["ip", "link", "set", "lo", "up"]));
     let (root, images, sock) = (base.join("state"), base.join("images"), base.join("cri.sock"));
     let layout = base.join("layout");
     minipod_runtime::busybox::write_oci_layout(&layout, "bench/busybox:1").unwrap_or_else(|e| panic!("image: {e}"));
     run(Command::new(&minipod).arg("--root").arg(&root).args(["image", "--images"]).arg(&images).arg("import").arg(&layout));
-    let mut daemon = Command::new(&minipod)
+    let daemon = Command::new(&minipod)
         .arg("--root")
         .arg(&root)
         .args(["serve", "--socket"])
@@ -60,70 +127,73 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("minipod serve: {e}"));
+    let daemon = Daemon { child: daemon, minipod: minipod.clone(), root: root.clone(), images: images.clone() };
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let ep = format!("unix://{}", sock.display());
-    let cri = |args: &[&str]| {
-        let mut c = Command::new(&crictl);
-        c.args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--config", "/dev/null", "--timeout", "20s"]).args(args);
-        c
-    };
-    let write = |name: &str, v: serde_json::Value| -> String {
-        let p = base.join(name);
-        std::fs::write(&p, v.to_string()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        p.display().to_string()
-    };
-    let ctr = write(
-        "ctr.json",
-        serde_json::json!({ "metadata": { "name": "main" }, "image": { "image": "bench/busybox:1" }, "command": ["sleep", "3600"], "linux": {} }),
-    );
-    let (mut runp, mut start) = (Vec::new(), Vec::new());
-    let mut pods = Vec::new();
-    // crictl's own cost: a process start, a connection and one Version call.
-    let mut bare = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        run(&mut cri(&["version"]));
-        bare.push(t.elapsed());
-    }
-    for i in 0..n {
-        let pod = write(
-            &format!("pod-{i}.json"),
-            serde_json::json!({ "metadata": { "name": format!("p{i}"), "namespace": "bench", "uid": format!("u{i}") }, "linux": {} }),
-        );
-        let t = Instant::now();
-        let id = run(&mut cri(&["runp", &pod]));
-        runp.push(t.elapsed());
-        let t = Instant::now();
-        let c = run(&mut cri(&["create", &id, &ctr, &pod]));
-        run(&mut cri(&["start", &c]));
-        start.push(t.elapsed());
-        pods.push(id);
-    }
-    println!("minipod serve, driven by crictl ({}), {n} pods", crictl.display());
-    stats("crictl version (crictl's own cost)", bare);
-    stats("crictl runp", runp);
-    stats("crictl create + start", start);
-    for id in &pods {
-        let _ = cri(&["rmp", "-f", id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
+    let c = Crictl { bin: crictl.clone(), endpoint: format!("unix://{}", sock.display()), dir: base.clone() };
+    let ours = c.measure("minipod serve", "bench/busybox:1", n);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
     let (runp, start) = rt.block_on(direct(&sock, n));
+    drop(rt);
     println!("the same over one gRPC connection (no crictl)");
     stats("RunPodSandbox", runp);
     stats("CreateContainer + StartContainer", start);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
-    let _ = minipod_runtime::netstack::netns::remove_pinned(&node);
-    let _ = std::fs::remove_dir_all(&base);
-    if Path::new("/usr/bin/containerd").exists() || Path::new("/usr/local/bin/containerd").exists() {
-        println!("containerd is installed, but this benchmark does not drive it yet");
-    } else {
-        println!("containerd + CNI: not installed on this machine (no packages here), so no side-by-side numbers");
+    drop(daemon);
+
+    match which("containerd") {
+        Some(containerd) => {
+            let theirs = containerd::measure(&containerd, &crictl, &base, &node, n);
+            println!("crictl runp: containerd + CNI / minipod = {:.1}x", theirs / ours);
+        }
+        None => println!("containerd + CNI: not installed (apt-get install containerd), so no side-by-side numbers"),
     }
 }
+
+/// `minipod serve`; stopped when dropped, and whatever pods a failed step left removed.
+struct Daemon {
+    child: std::process::Child,
+    minipod: PathBuf,
+    root: PathBuf,
+    images: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let minipod = |args: &[&str]| {
+            Command::new(&self.minipod).arg("--root").arg(&self.root).args(["pod", "--images"]).arg(&self.images).args(args).output()
+        };
+        let listed = minipod(&["ls", "-o", "json"]).map(|o| o.stdout).unwrap_or_default();
+        let pods: Vec<serde_json::Value> = serde_json::from_slice(&listed).unwrap_or_default();
+        for id in pods.iter().filter_map(|p| p["id"].as_str()) {
+            let _ = minipod(&["rm", "--force", id]);
+        }
+    }
+}
+
+/// Releases the node namespace and removes the benchmark's directory, also when a
+/// step panics.
+struct Cleanup {
+    node: PathBuf,
+    base: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = minipod_runtime::netstack::netns::remove_pinned(&self.node);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+}
+
+#[path = "crictl/containerd.rs"]
+mod containerd;
 
 /// RunPodSandbox, then CreateContainer + StartContainer, `n` times over one connection;
 /// removes what it made.

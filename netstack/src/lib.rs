@@ -7,7 +7,9 @@
 //!   runs without touching the host.
 //! - A **network** is a bridge with an IPv4 subnet and gateway ([`NetworkConfig`]),
 //!   recorded under the state dir. `minipod0` on 10.88.0.0/16 is the default: the
-//!   first attach to it creates it, and it is removed with its last member.
+//!   first attach to it creates it, and it is removed with its last member. The
+//!   bridge has a fixed MAC (derived from its name) and no multicast snooping, and
+//!   holds at most 1023 members (the kernel's port limit: [`NetworkError::BridgeFull`]).
 //! - **Attaching** a namespace creates a veth pair whose peer is born inside the
 //!   namespace under its final name, gives it an address from the network's
 //!   [`ipam::Ipam`], sets lo and the interface up and routes via the gateway. A failed
@@ -24,7 +26,8 @@
 //!   no firewall state.
 //!
 //! - **Garbage collection** ([`Node::gc`]) takes the set of live owners and removes
-//!   every member, address, published port and host veth of owners that are gone.
+//!   every member, address, published port and host veth of owners that are gone; what
+//!   it cannot remove is listed in [`GcReport::failures`] and does not stop the rest.
 //!
 //! - **DNS** ([`Node::serve_dns`]): a server on each DNS-enabled network's gateway
 //!   answers A/PTR for the names members were attached with, only to askers from

@@ -87,6 +87,11 @@ const IMAGE_MTIME: u64 = 1_700_000_000;
 /// Every entry is owned by 0:0 with a fixed mtime whoever runs it, so the same host
 /// busybox always gives the same digests.
 pub fn write_oci_layout(dir: &Path, reference: &str) -> Result<(), BusyboxError> {
+    write_oci_layout_with_cmd(dir, reference, &["sh"])
+}
+
+/// [`write_oci_layout`] with another Cmd, e.g. a long `sleep` for a pod's pause image.
+pub fn write_oci_layout_with_cmd(dir: &Path, reference: &str, cmd: &[&str]) -> Result<(), BusyboxError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BusyboxError::Write { path, source }
@@ -119,7 +124,7 @@ pub fn write_oci_layout(dir: &Path, reference: &str) -> Result<(), BusyboxError>
     let config = serde_json::json!({
         "architecture": oci_spec::image::Arch::default().to_string(),
         "os": "linux",
-        "config": { "Cmd": ["sh"], "Env": [IMAGE_PATH], "WorkingDir": "/" },
+        "config": { "Cmd": cmd, "Env": [IMAGE_PATH], "WorkingDir": "/" },
         "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&base), sha256_digest(&top)] },
     });
     let manifest = serde_json::json!({

@@ -1,5 +1,6 @@
 //! The local image store: OCI images imported from image layouts (a directory, or a
-//! tar archive of one) and kept as unpacked layers that containers stack read-only with
+//! tar archive of one) or pulled from registries ([`pull`], with per-registry mirrors:
+//! [`RegistryMirror`]), kept as unpacked layers that containers stack read-only with
 //! overlayfs.
 //!
 //! # Layout
