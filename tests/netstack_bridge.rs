@@ -183,6 +183,19 @@ async fn gc_after_a_crash_removes_everything_of_dead_owners_and_nothing_else() {
     assert_eq!(t.node.members(&net.name).unwrap().len(), 1);
     assert!(TestNode::ping(&a, net.gateway()), "the live member still works");
     assert!(t.node.gc(&live).await.unwrap().is_empty(), "a second gc finds nothing");
+
+    // An unreadable member record is reported, and while it is there no veth counts as
+    // stray (it could be that member's); the rest of gc still runs.
+    let broken = t.base.join("state/networks/gc/members/broken.json");
+    std::fs::write(&broken, b"{ not json").unwrap();
+    TestNode::in_ns(&t.node_ns(), &["ip", "link", "add", "mp9876543210", "type", "veth", "peer", "name", "x1"]);
+    let report = t.node.gc(&live).await.unwrap();
+    assert!(report.failures.iter().any(|(what, _)| what.contains("members of gc")), "{report:?}");
+    assert!(report.links.is_empty(), "{report:?}");
+    std::fs::remove_file(&broken).unwrap();
+    assert_eq!(t.node.gc(&live).await.unwrap().links, vec!["mp9876543210".to_string()]);
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link"]).stdout).unwrap();
+    assert!(links.contains(&wa.host_ifname), "{links}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

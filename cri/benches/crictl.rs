@@ -127,7 +127,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("minipod serve: {e}"));
-    let daemon = Daemon { child: daemon, minipod: minipod.clone(), root: root.clone(), images: images.clone() };
+    let daemon = Daemon { child: daemon, minipod: minipod.clone(), root: root.clone(), images: images.clone(), node: node.clone() };
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -156,6 +156,7 @@ struct Daemon {
     minipod: PathBuf,
     root: PathBuf,
     images: PathBuf,
+    node: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -164,7 +165,16 @@ impl Drop for Daemon {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let minipod = |args: &[&str]| {
-            Command::new(&self.minipod).arg("--root").arg(&self.root).args(["pod", "--images"]).arg(&self.images).args(args).output()
+            // On the benchmark's node: never the host's network.
+            Command::new(&self.minipod)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["pod", "--netns"])
+                .arg(&self.node)
+                .arg("--images")
+                .arg(&self.images)
+                .args(args)
+                .output()
         };
         let listed = minipod(&["ls", "-o", "json"]).map(|o| o.stdout).unwrap_or_default();
         let pods: Vec<serde_json::Value> = serde_json::from_slice(&listed).unwrap_or_default();

@@ -351,8 +351,9 @@ impl Node {
     }
 
     /// Problems outside minipod that will break network `name`'s traffic, each with
-    /// the fix: today, another firewall's forward chain with a drop policy (Docker
-    /// sets one on iptables' FORWARD).
+    /// the fix: another firewall's forward chain with a drop policy (Docker sets one on
+    /// iptables' FORWARD), and more members than the kernel's neighbour table is sized
+    /// for (counted for this network; the table is shared by all of them).
     pub fn problems(&self, name: &NetworkName) -> Result<Vec<String>, NetworkError> {
         let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
         let mut found: Vec<String> = self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect();
@@ -727,13 +728,17 @@ impl Node {
         let links = node.link_names().await?;
         let mut known_ifnames = std::collections::HashSet::new();
         // One failure (a veth the kernel refuses to delete, an unreadable record) must
-        // not keep the rest from being cleaned: it is reported and gc goes on.
+        // not keep the rest from being cleaned: it is reported and gc goes on. But a
+        // record that could not be read may be a live pod's: then no link counts as
+        // stray, as a veth's name does not say which network it is of.
+        let mut unread = false;
         for cfg in self.networks()? {
             let members = match self.members(&cfg.name) {
                 Ok(m) => m,
                 Err(e) => {
                     report.failures.push((format!("reading the members of {}", cfg.name), e));
-                    continue;
+                    unread = true;
+                    vec![]
                 }
             };
             for m in members {
@@ -752,6 +757,7 @@ impl Node {
                     Ok(o) => o,
                     Err(e) => {
                         report.failures.push((format!("reading the addresses of {}", cfg.name), e.into()));
+                        unread = true;
                         continue;
                     }
                 };
@@ -768,7 +774,7 @@ impl Node {
             }
         }
         // Host ends are named `mp` + hash; any not accounted for is a leftover.
-        for name in links.into_iter().filter(|_| stray_links) {
+        for name in links.into_iter().filter(|_| stray_links && !unread) {
             if is_host_ifname(&name) && !known_ifnames.contains(&name) {
                 match self.unwire(&name).await {
                     Ok(()) => report.links.push(name),

@@ -23,10 +23,14 @@ struct Containerd {
     child: Child,
     dir: PathBuf,
     made: Vec<&'static str>,
+    crictl: Crictl,
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Pods a failed step left: their shims, pause and workload processes outlive
+        // containerd, and their namespaces are pinned on the host.
+        let _ = self.crictl.cmd(&["rmp", "-fa"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
@@ -106,7 +110,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         .stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display())))
         .spawn()
         .unwrap_or_else(|e| panic!("starting containerd: {e}"));
-    let _containerd = Containerd { child, dir: dir.clone(), made };
+    let crictl = Crictl { bin: crictl.to_path_buf(), endpoint: format!("unix://{}", sock.display()), dir: dir.clone() };
+    let containerd = Containerd { child, dir: dir.clone(), made, crictl };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "containerd never listened: {}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -125,6 +130,5 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             .args(["-n", "k8s.io", "images", "import", "--base-name", name.split(':').next().unwrap_or(name)])
             .arg(&archive));
     }
-    let c = Crictl { bin: crictl.to_path_buf(), endpoint: format!("unix://{}", sock.display()), dir: dir.clone() };
-    c.measure("containerd + CNI (bridge, host-local, portmap)", IMAGE, n)
+    containerd.crictl.measure("containerd + CNI (bridge, host-local, portmap)", IMAGE, n)
 }

@@ -16,7 +16,8 @@ use minipod_runtime::image::PullOptions;
 use minipod_runtime::{PodError, Pods, PodsOptions};
 use tonic::Status;
 
-/// How long requests in flight get to finish once the daemon is told to stop.
+/// How long connections get to finish their requests once the daemon is told to stop;
+/// pod work already handed to a blocking thread still runs to its end.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Default socket, as `unix://` URL or path.
@@ -87,8 +88,9 @@ pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf,
                 // A graceful stop waits for every connection to close, and a kubelet
                 // never closes its own: requests in flight get this long, then the
                 // daemon goes (pods and containers stay either way).
-                if let Ok(served) = tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
-                    served?;
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
+                    Ok(served) => served?,
+                    Err(_) => tracing::info!("stopping with clients still connected after {SHUTDOWN_GRACE:?}"),
                 }
             }
         }

@@ -44,6 +44,9 @@ impl std::str::FromStr for RegistryMirror {
         if !host(registry) {
             return Err(format!("{registry:?} is not a registry host[:port]: {usage}"));
         }
+        // Host names are case-insensitive (and matched so in `sources`).
+        let (registry, mirrors) = (registry.to_ascii_lowercase(), mirrors.to_ascii_lowercase());
+        let registry = registry.as_str();
         let mirrors: Vec<String> = mirrors.split(',').map(|m| m.trim_start_matches("https://").to_string()).collect();
         if let Some(bad) = mirrors.iter().find(|m| !host(m)) {
             return Err(format!("mirror {bad:?} of {registry} is not a host[:port] (no scheme or path): {usage}"));
@@ -60,8 +63,21 @@ impl std::str::FromStr for RegistryMirror {
 impl PullOptions {
     /// Where to fetch `registry`'s content from, in order: its mirrors, then itself.
     fn sources<'a>(&'a self, registry: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        let mirrors = self.mirrors.iter().filter(move |m| m.registry == registry).flat_map(|m| m.mirrors.iter().map(String::as_str));
+        let mirrors = self
+            .mirrors
+            .iter()
+            .filter(move |m| m.registry.eq_ignore_ascii_case(registry))
+            .flat_map(|m| m.mirrors.iter().map(String::as_str));
         mirrors.chain(std::iter::once(registry))
+    }
+}
+
+/// One source's error as it is; several as a list.
+fn one_or_all(mut failures: Vec<String>) -> String {
+    if failures.len() == 1 {
+        failures.remove(0)
+    } else {
+        format!("no source had it: {}", failures.join("; "))
     }
 }
 
@@ -95,25 +111,35 @@ pub async fn pull(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut plain: Vec<String> = opts.insecure_registries.clone();
     plain.extend(opts.sources(r.registry()).filter(|s| is_loopback(s)).map(str::to_string));
-    let client = Client::try_from(ClientConfig { protocol: ClientProtocol::HttpsExcept(plain), ..Default::default() })
-        .map_err(|e| fail(format!("setting up the registry client: {e}")))?;
+    let client = Client::try_from(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(plain),
+        // A mirror that drops packets must not hold the pull until TCP gives up: the
+        // next source is tried instead.
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .map_err(|e| fail(format!("setting up the registry client: {e}")))?;
     let upstream = r.registry().to_string();
+    let mut sources: Vec<Reference> = opts.sources(r.registry()).map(|s| at_source(&r, s)).collect();
     let mut failures = Vec::new();
     let mut found = None;
-    for source in opts.sources(r.registry()) {
-        let at = at_source(&r, source);
-        match client.pull_manifest_and_config(&at, &RegistryAuth::Anonymous).await {
+    for (i, at) in sources.iter().enumerate() {
+        match client.pull_manifest_and_config(at, &RegistryAuth::Anonymous).await {
             Ok(got) => {
-                found = Some((at, got));
+                found = Some((i, got));
                 break;
             }
-            Err(e) => failures.push(format!("{source}: {e}")),
+            Err(e) => failures.push(format!("{}: {e}", at.registry())),
         }
     }
-    let Some((r, (manifest, digest, config))) = found else {
-        return Err(fail(if failures.len() == 1 { failures.remove(0) } else { format!("no source had it: {}", failures.join("; ")) }));
+    let Some((i, (manifest, digest, config))) = found else {
+        return Err(fail(one_or_all(failures)));
     };
-    let from = if r.registry() == upstream { String::new() } else { format!(" from mirror {}", r.registry()) };
+    // Blobs from the source that served the manifest first, then from the others: a
+    // pull-through cache may have the manifest and not yet a blob.
+    sources[..=i].rotate_right(1);
+    let from = if sources[0].registry() == upstream { String::new() } else { format!(" from mirror {}", sources[0].registry()) };
     progress(format!("{normalized}: manifest {digest}{from}, {} layer(s)", manifest.layers.len()));
     // Not under the store's tmp/, which an import clears of what crashed imports left.
     let scratch = store.dir().join("pulls").join(format!("{}-{}", std::process::id(), digest.trim_start_matches("sha256:")));
@@ -126,12 +152,24 @@ pub async fn pull(
                 continue;
             }
             let path = scratch.join(&hex);
-            let file = tokio::fs::File::create(&path).await.map_err(|source| ImageError::Io {
-                what: "creating".into(),
-                path: path.clone(),
-                source,
-            })?;
-            client.pull_blob(&r, layer, file).await.map_err(|e| fail(format!("layer {}: {e}", layer.digest)))?;
+            let mut failures = Vec::new();
+            for at in &sources {
+                let file = tokio::fs::File::create(&path).await.map_err(|source| ImageError::Io {
+                    what: "creating".into(),
+                    path: path.clone(),
+                    source,
+                })?;
+                match client.pull_blob(at, layer, file).await {
+                    Ok(()) => {
+                        failures.clear();
+                        break;
+                    }
+                    Err(e) => failures.push(format!("{}: {e}", at.registry())),
+                }
+            }
+            if !failures.is_empty() {
+                return Err(fail(format!("layer {}: {}", layer.digest, one_or_all(failures))));
+            }
             progress(format!("{}: {} bytes", layer.digest, layer.size));
         }
         let json = serde_json::to_vec(&manifest).map_err(|e| fail(e.to_string()))?;
@@ -183,6 +221,7 @@ mod tests {
         };
         assert_eq!(opts.sources("docker.io").collect::<Vec<_>>(), ["127.0.0.1:5000", "mirror.gcr.io", "docker.io"]);
         assert_eq!(opts.sources("ghcr.io").collect::<Vec<_>>(), ["ghcr.io"]);
+        assert_eq!(opts.sources("Quay.IO").collect::<Vec<_>>(), ["q.local", "Quay.IO"]);
         let r: super::Reference = "docker.io/library/busybox:1.36".parse().unwrap();
         assert_eq!(super::at_source(&r, "mirror.gcr.io").whole(), "mirror.gcr.io/library/busybox:1.36");
         for bad in ["docker.io", "=m", "docker.io=", "docker.io=http://m/x", "docker.io=a,,b"] {
