@@ -285,8 +285,9 @@ fn http(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: 
     (status, headers, raw.get(split + 4..).unwrap_or_default().to_vec())
 }
 
-/// Pushes the image of an OCI layout to `repo:tag` on a registry, blob by blob.
-fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str) {
+/// Pushes the image of an OCI layout to `repo:tag` on a registry, blob by blob, with
+/// `extra` headers (credentials) on every request.
+fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str, extra: &[(&str, &str)]) {
     let blob = |digest: &str| std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
@@ -295,20 +296,25 @@ fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str) {
     let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
     digests.extend(manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
     for d in digests {
-        let (code, headers, _) = http(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
+        let (code, headers, _) = http(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), extra, b"");
         assert_eq!(code, 202, "starting an upload of {d}");
         let location = headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone()).unwrap();
         let target = location.split_once(addr).map(|(_, t)| t.to_string()).unwrap_or(location);
         let sep = if target.contains('?') { '&' } else { '?' };
-        let (code, _, body) =
-            http(addr, "PUT", &format!("{target}{sep}digest={d}"), &[("Content-Type", "application/octet-stream")], &blob(&d));
+        let (code, _, body) = http(
+            addr,
+            "PUT",
+            &format!("{target}{sep}digest={d}"),
+            &[extra, &[("Content-Type", "application/octet-stream")]].concat(),
+            &blob(&d),
+        );
         assert_eq!(code, 201, "uploading {d}: {}", String::from_utf8_lossy(&body));
     }
     let (code, _, body) = http(
         addr,
         "PUT",
         &format!("/v2/{repo}/manifests/{tag}"),
-        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &[extra, &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")]].concat(),
         &manifest_bytes,
     );
     assert_eq!(code, 201, "pushing the manifest: {}", String::from_utf8_lossy(&body));
@@ -317,26 +323,35 @@ fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str) {
 /// Debian's docker-registry on a loopback port, storing under the test's dir.
 struct Registry(Child, String);
 
+/// The test registry's one user, and the bcrypt hash of its password for htpasswd.
+const REGISTRY_USER: &str = "minipod";
+const REGISTRY_PASSWORD: &str = "s3cret-test";
+const REGISTRY_HTPASSWD: &str = "minipod:$2b$05$ddf2GR.tjD.hQ3g9jLrU1OVOKrsdpX7J1j4gVjGKTPy.wMKpmnNhG";
+
 impl Registry {
-    fn start(dir: &Path) -> Self {
+    /// With `auth`, only [`REGISTRY_USER`] may pull or push (HTTP basic).
+    fn start(dir: &Path, auth: bool) -> Self {
         let bin = Path::new("/opt/minipod-test/docker-registry/usr/bin/docker-registry");
         assert!(bin.exists(), "{} is missing: run scripts/setup.sh", bin.display());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let cfg = dir.join("registry.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}, secret: minipod-test}}\n",
-                dir.join("registry").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}, secret: minipod-test}}\n",
+            dir.join("registry").display()
+        );
+        if auth {
+            let htpasswd = dir.join("htpasswd");
+            std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n")).unwrap();
+            yaml.push_str(&format!("auth: {{htpasswd: {{realm: minipod-test, path: {}}}}}\n", htpasswd.display()));
+        }
+        std::fs::write(&cfg, yaml).unwrap();
         let child =
             Command::new(bin).arg("serve").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let r = Registry(child, addr);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&r.1).is_err() || http(&r.1, "GET", "/v2/", &[], b"").0 != 200 {
+        // 401 is an answer too: the registry asks for credentials.
+        while std::net::TcpStream::connect(&r.1).is_err() || ![200, 401].contains(&http(&r.1, "GET", "/v2/", &[], b"").0) {
             assert!(Instant::now() < deadline, "the registry never answered on {}", r.1);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -360,8 +375,8 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     let h = Harness::new("cri-pull");
     let layout = h.base.join("layout");
     minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
-    let registry = Registry::start(&h.base);
-    push_layout(&registry.1, &layout, "test/busybox", "1");
+    let registry = Registry::start(&h.base, false);
+    push_layout(&registry.1, &layout, "test/busybox", "1", &[]);
     // A registry that exists only through its mirrors: the first mirror refuses
     // connections, the second is the test's registry. 127.0.0.2:1 itself refuses too,
     // so a pull that wrongly skipped the mirrors fails instead of leaving the machine.
@@ -392,4 +407,34 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     d.ok(&["start", &c]);
     assert_eq!(d.ok(&["exec", "-s", &c, "cat", "/etc/image-release"]).trim(), "minipod test image");
     d.ok(&["rmp", "-f", &id]);
+}
+
+#[test]
+fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
+    if not_root() {
+        return;
+    }
+    use base64::Engine;
+    let node = TestNode::new("criauth");
+    let h = Harness::new("cri-auth");
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let registry = Registry::start(&h.base, true);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    push_layout(&registry.1, &layout, "private/busybox", "1", &[("Authorization", &format!("Basic {basic}"))]);
+    let d = Daemon::start(h, &node.node_ns());
+    let reference = format!("{}/private/busybox:1", registry.1);
+    let refused = d.crictl(&["pull", &reference]);
+    assert!(!refused.status.success(), "pulled without credentials");
+    let wrong = d.crictl(&["pull", "--creds", &format!("{REGISTRY_USER}:wrong"), &reference]);
+    assert!(!wrong.status.success(), "pulled with a wrong password");
+    assert!(!d.ok(&["images"]).contains("private/busybox"));
+    let pulled = d.ok(&["pull", "--creds", &format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"), &reference]);
+    assert!(pulled.contains("Image is up to date for sha256:"), "{pulled}");
+    // A Docker config's `auth` (base64 of user:password), as image pull secrets carry it.
+    d.ok(&["rmi", &reference]);
+    assert!(d.ok(&["pull", "--auth", &basic, &reference]).contains("Image is up to date"));
+    assert!(d.ok(&["images"]).contains("private/busybox"));
+    let bad = d.crictl(&["pull", "--auth", "not base64!", &reference]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

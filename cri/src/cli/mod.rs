@@ -125,7 +125,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
         Command::Serve(a) => {
-            let pull = minipod_runtime::image::PullOptions { insecure_registries: a.insecure_registry, mirrors: a.registry_mirror };
+            let pull = minipod_runtime::image::PullOptions {
+                insecure_registries: a.insecure_registry,
+                mirrors: a.registry_mirror,
+                credentials: Default::default(),
+            };
             crate::server::serve(&root, &a.socket, a.netns, a.images, pull)
         }
     }

@@ -185,6 +185,10 @@ enum ImageCommand {
         /// Mirrors of a registry, tried in order before it: HOST=MIRROR[,MIRROR...].
         #[arg(long)]
         registry_mirror: Vec<minipod_runtime::image::RegistryMirror>,
+        /// USER:PASSWORD for the image's registry (not sent to mirrors); MINIPOD_REGISTRY_CREDS
+        /// keeps it out of the process list.
+        #[arg(long, env = "MINIPOD_REGISTRY_CREDS", hide_env_values = true)]
+        creds: Option<String>,
     },
     /// List images.
     #[command(visible_alias = "list")]
@@ -379,9 +383,17 @@ pub fn image(root: &Path, a: ImageArgs) -> anyhow::Result<i32> {
     }
     let store = minipod_runtime::image::ImageStore::open(&a.common.images)?;
     match a.command {
-        ImageCommand::Pull { reference, insecure_registry, registry_mirror } => {
+        ImageCommand::Pull { reference, insecure_registry, registry_mirror, creds } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let opts = minipod_runtime::image::PullOptions { insecure_registries: insecure_registry, mirrors: registry_mirror };
+            let credentials = match creds {
+                None => minipod_runtime::image::Credentials::Anonymous,
+                Some(c) => {
+                    let (username, password) = c.split_once(':').context("--creds takes USER:PASSWORD")?;
+                    minipod_runtime::image::Credentials::Basic { username: username.into(), password: password.into() }
+                }
+            };
+            let opts =
+                minipod_runtime::image::PullOptions { insecure_registries: insecure_registry, mirrors: registry_mirror, credentials };
             let img = rt.block_on(minipod_runtime::image::pull(&store, &reference, &opts, &mut |line| eprintln!("{line}")))?;
             println!("{}", img.id);
         }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_cri::v1 as cri;
+use minipod_runtime::image::Credentials;
 use minipod_runtime::pod::{ContainerRecord, PodRecord, PodStatus};
 use minipod_runtime::{ContainerError, PodError, Status as CtrStatus};
 use tonic::Status;
@@ -24,6 +25,36 @@ pub fn label(s: &str, max: usize) -> String {
     } else {
         out
     }
+}
+
+/// A PullImage's credentials, as a kubelet fills them from an image pull secret:
+/// username and password, or `auth` (base64 of `user:password`, as in a Docker
+/// config), or a registry token.
+pub fn credentials(auth: Option<cri::AuthConfig>) -> Result<Credentials, Status> {
+    use base64::Engine;
+    let Some(a) = auth else { return Ok(Credentials::Anonymous) };
+    if !a.username.is_empty() || !a.password.is_empty() {
+        return Ok(Credentials::Basic { username: a.username, password: a.password });
+    }
+    if !a.auth.is_empty() {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(a.auth.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .ok_or_else(|| Status::invalid_argument("auth is not base64 of user:password"))?;
+        let (username, password) =
+            decoded.split_once(':').ok_or_else(|| Status::invalid_argument("auth decodes to no user:password pair"))?;
+        return Ok(Credentials::Basic { username: username.into(), password: password.into() });
+    }
+    if !a.registry_token.is_empty() {
+        return Ok(Credentials::Bearer(a.registry_token));
+    }
+    if !a.identity_token.is_empty() {
+        return Err(Status::invalid_argument(
+            "identity_token (an OAuth refresh token) is not supported: pass a registry_token or a password",
+        ));
+    }
+    Ok(Credentials::Anonymous)
 }
 
 /// FNV-1a, hex: a short stable digest for names.
@@ -120,6 +151,30 @@ pub fn status(e: PodError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_credentials_come_from_any_of_the_cri_forms() {
+        let auth = |f: fn(&mut cri::AuthConfig)| {
+            let mut a = cri::AuthConfig::default();
+            f(&mut a);
+            credentials(Some(a))
+        };
+        let basic = Credentials::Basic { username: "u".into(), password: "p:w".into() };
+        assert_eq!(
+            auth(|a| {
+                a.username = "u".into();
+                a.password = "p:w".into()
+            })
+            .unwrap(),
+            basic
+        );
+        assert_eq!(auth(|a| a.auth = "dTpwOnc=".into()).unwrap(), basic);
+        assert_eq!(auth(|a| a.registry_token = "t".into()).unwrap(), Credentials::Bearer("t".into()));
+        assert_eq!(credentials(None).unwrap(), Credentials::Anonymous);
+        assert_eq!(auth(|a| a.identity_token = "r".into()).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(auth(|a| a.auth = "dXNlcg==".into()).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(!format!("{basic:?}").contains("p:w"), "secrets stay out of logs");
+    }
 
     #[test]
     fn names_are_dns_labels_and_unique_per_namespace_and_attempt() {

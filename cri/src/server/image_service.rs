@@ -5,7 +5,7 @@ use k8s_cri::v1::image_service_server::ImageService;
 use minipod_runtime::{Image, ImageError, PodError};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, Server};
+use super::{blocking, convert, Server};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -56,8 +56,10 @@ impl ImageService for Server {
     }
 
     async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
-        let r = reference(req.into_inner().image)?;
-        let pulled = minipod_runtime::image::pull(self.pods.images(), &r, &self.pull, &mut |line| tracing::info!("{line}")).await;
+        let req = req.into_inner();
+        let r = reference(req.image)?;
+        let opts = minipod_runtime::image::PullOptions { credentials: convert::credentials(req.auth)?, ..self.pull.clone() };
+        let pulled = minipod_runtime::image::pull(self.pods.images(), &r, &opts, &mut |line| tracing::info!("{line}")).await;
         match pulled {
             Ok(img) => Ok(Response::new(cri::PullImageResponse { image_ref: img.id })),
             Err(e @ ImageError::BadReference { .. }) => Err(Status::invalid_argument(minipod_runtime::error_chain(&e))),

@@ -30,7 +30,7 @@
 mod layer;
 mod pull;
 
-pub use pull::{pull, PullOptions, RegistryMirror};
+pub use pull::{pull, Credentials, PullOptions, RegistryMirror};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;

@@ -22,6 +22,42 @@ pub struct PullOptions {
     pub insecure_registries: Vec<String>,
     /// Mirrors to try before a registry.
     pub mirrors: Vec<RegistryMirror>,
+    /// Credentials for the image's own registry (a kubelet passes those of the pod's
+    /// image pull secret). Mirrors are asked anonymously: they must not see them.
+    pub credentials: Credentials,
+}
+
+/// How to authenticate to a registry.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    #[default]
+    Anonymous,
+    /// HTTP basic, or the token flow a registry's challenge asks for, with these.
+    Basic { username: String, password: String },
+    /// A registry token used as it is.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never the secret itself: options are logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    fn for_source(&self, source: &str, upstream: &str) -> RegistryAuth {
+        match self {
+            _ if source != upstream => RegistryAuth::Anonymous,
+            Credentials::Anonymous => RegistryAuth::Anonymous,
+            Credentials::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+            Credentials::Bearer(token) => RegistryAuth::Bearer(token.clone()),
+        }
+    }
 }
 
 /// Mirrors of one registry, parsed from `HOST=MIRROR[,MIRROR...]`, e.g.
@@ -125,7 +161,7 @@ pub async fn pull(
     let mut failures = Vec::new();
     let mut found = None;
     for (i, at) in sources.iter().enumerate() {
-        match client.pull_manifest_and_config(at, &RegistryAuth::Anonymous).await {
+        match client.pull_manifest_and_config(at, &opts.credentials.for_source(at.registry(), &upstream)).await {
             Ok(got) => {
                 found = Some((i, got));
                 break;
@@ -159,6 +195,8 @@ pub async fn pull(
                     path: path.clone(),
                     source,
                 })?;
+                // A source other than the manifest's has not been authenticated yet.
+                client.store_auth_if_needed(at.resolve_registry(), &opts.credentials.for_source(at.registry(), &upstream)).await;
                 match client.pull_blob(at, layer, file).await {
                     Ok(()) => {
                         failures.clear();
