@@ -4,7 +4,7 @@ mod common;
 
 use common::node::TestNode;
 use common::not_root;
-use minipod_netstack::OwnerId;
+use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
@@ -42,4 +42,107 @@ async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
         String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ls", t.base.join("state/networks/dual/ipam6/ips").to_str().unwrap()]).stdout)
             .unwrap();
     assert_eq!(inside.trim(), "fd00:240::2", "b's IPv6 address is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_port_answers_on_the_nodes_ipv6_addresses_too() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("v6ports");
+    let inet = t.internet();
+    let mut cfg = t.network("dualp", "10.241.0.0/24");
+    cfg.subnet6 = Some("fd00:241::/64".parse().unwrap());
+    let net = t.node.create_network(cfg).await.unwrap();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    let ports = vec![PortMapping { proto: Proto::Tcp, host_port: 8087, host_ip: None, container_port: 80 }];
+    t.node.attach(&net.name, AttachRequest { ports, ..t.request("pod-a", &a) }).await.unwrap();
+    t.node.attach(&net.name, t.request("pod-b", &b)).await.unwrap();
+    t.http_server(&a, 80, "hello-v6");
+
+    let url6 = "http://[2001:db8:1::2]:8087/";
+    assert_eq!(TestNode::fetch(&inet, url6).as_deref(), Some("hello-v6"), "from the internet over IPv6");
+    assert_eq!(TestNode::fetch(&inet, "http://198.51.100.2:8087/").as_deref(), Some("hello-v6"), "and over IPv4");
+    assert_eq!(TestNode::fetch(&b, url6).as_deref(), Some("hello-v6"), "from another pod through the node");
+    assert_eq!(TestNode::fetch(&a, url6).as_deref(), Some("hello-v6"), "from the pod itself (hairpin)");
+    assert_eq!(TestNode::fetch(&t.node_ns(), url6).as_deref(), Some("hello-v6"), "from the node itself");
+
+    t.node.detach(&net.name, &OwnerId::new("pod-a").unwrap()).await.unwrap();
+    let map = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "map", "inet", "minipod", "ports6"]).stdout).unwrap();
+    assert!(!map.contains("8087"), "withdrawn on detach: {map}");
+    assert_eq!(TestNode::fetch(&inet, url6), None);
+}
+
+/// The table as minipod made it before IPv6 published ports.
+const TABLE_BEFORE_IPV6_PORTS: &str = r#"
+table inet minipod {
+	set bridges { type ifname; }
+	set internal_bridges { type ifname; }
+	set bridge_pairs { type ifname . ifname; }
+	set nets4 { type ipv4_addr; flags interval; }
+	set masq_nets4 { type ipv4_addr; flags interval; }
+	set nets6 { type ipv6_addr; flags interval; }
+	set masq_nets6 { type ipv6_addr; flags interval; }
+	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
+	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		iifname . oifname @bridge_pairs accept
+		iifname @bridges oifname @bridges drop
+		iifname @internal_bridges drop
+		oifname @internal_bridges drop
+		iifname @bridges accept
+		oifname @bridges ct status dnat accept
+		oifname @bridges drop
+	}
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
+		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
+	}
+	chain output {
+		type nat hook output priority -100; policy accept;
+		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
+		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ct status dnat ip saddr @nets4 oifname @bridges masquerade
+		ct status dnat ip saddr 127.0.0.0/8 masquerade
+		ip saddr @masq_nets4 oifname != @bridges masquerade
+		ip6 saddr @masq_nets6 oifname != @bridges masquerade
+	}
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_from_before_ipv6_ports_is_upgraded_in_place() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("v6upgrade");
+    let mut nft = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", t.node_ns().display()))
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), TABLE_BEFORE_IPV6_PORTS.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success());
+    let mut cfg = t.network("dualu", "10.242.0.0/24");
+    cfg.subnet6 = Some("fd00:242::/64".parse().unwrap());
+    let net = t.node.create_network(cfg).await.unwrap();
+    let a = t.pod("a");
+    let ports = vec![PortMapping { proto: Proto::Tcp, host_port: 8088, host_ip: None, container_port: 80 }];
+    t.node.attach(&net.name, AttachRequest { ports, ..t.request("pod-a", &a) }).await.unwrap();
+    let table = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "table", "inet", "minipod"]).stdout).unwrap();
+    assert!(table.contains("map ports6") && table.contains("tcp . 8088 : fd00:242::2 . 80"), "{table}");
+    assert_eq!(table.matches("@ports6").count(), 2, "the rules are added once: {table}");
+    // A second node on the same namespace finds it upgraded and adds nothing.
+    let again = minipod_netstack::Node::new(t.base.join("state2"), Some(&t.node_ns())).unwrap();
+    again.create_network(t.network("other", "10.242.1.0/24")).await.unwrap();
+    let table = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "table", "inet", "minipod"]).stdout).unwrap();
+    assert_eq!(table.matches("@ports6").count(), 2, "{table}");
+    again.remove_network(&minipod_netstack::NetworkName::new("other").unwrap()).await.unwrap();
 }

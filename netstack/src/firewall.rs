@@ -4,7 +4,7 @@
 //! `nft -f -` transaction, run inside the node namespace.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -71,6 +71,7 @@ table inet minipod {
 	set masq_nets6 { type ipv6_addr; flags interval; }
 	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
 	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+	map ports6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
@@ -86,20 +87,31 @@ table inet minipod {
 		type nat hook prerouting priority dstnat; policy accept;
 		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
+		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
 	}
 	chain output {
 		type nat hook output priority -100; policy accept;
 		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
+		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		ct status dnat ip saddr @nets4 oifname @bridges masquerade
+		ct status dnat ip6 saddr @nets6 oifname @bridges masquerade
 		ct status dnat ip saddr 127.0.0.0/8 masquerade
 		ip saddr @masq_nets4 oifname != @bridges masquerade
 		ip6 saddr @masq_nets6 oifname != @bridges masquerade
 	}
 }
+"#;
+
+/// What a table made before IPv6 published ports lacks.
+const UPGRADE_IPV6_PORTS: &str = r#"
+add map inet minipod ports6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
+add rule inet minipod prerouting fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
+add rule inet minipod output fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
+insert rule inet minipod postrouting ct status dnat ip6 saddr @nets6 oifname @bridges masquerade
 "#;
 
 /// The firewall of one node.
@@ -115,6 +127,10 @@ struct Reservation {
     host_port: u16,
     host_ip: Option<Ipv4Addr>,
     target: Ipv4Addr,
+    /// The member's IPv6 address on a dual-stack network: the port is published on
+    /// the node's IPv6 addresses too (unless bound to an IPv4 host address).
+    #[serde(default)]
+    target6: Option<Ipv6Addr>,
     container_port: u16,
 }
 
@@ -165,6 +181,9 @@ impl Firewall {
         // when nft says it is not there.
         if self.nft("list table inet minipod", "checking the table").is_err() {
             self.nft(TABLE, "creating table inet minipod")?;
+        } else if self.nft("list map inet minipod ports6", "checking for IPv6 ports").is_err() {
+            // A table made by an older minipod: add what it lacks, once (under the lock).
+            self.nft(UPGRADE_IPV6_PORTS, "adding IPv6 published ports to table inet minipod")?;
         }
         self.ensured.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -211,9 +230,16 @@ impl Firewall {
         Ok(())
     }
 
-    /// Publishes `ports` of `owner` (at `target`) in one batch; refuses a host port
-    /// another owner holds, and reserves nothing if any is taken.
-    pub fn publish(&self, owner: &OwnerId, target: Ipv4Addr, ports: &[PortMapping]) -> Result<(), FirewallError> {
+    /// Publishes `ports` of `owner` (at `target`, and at `target6` for the node's IPv6
+    /// addresses on a dual-stack network) in one batch; refuses a host port another
+    /// owner holds, and reserves nothing if any is taken.
+    pub fn publish(
+        &self,
+        owner: &OwnerId,
+        target: Ipv4Addr,
+        target6: Option<Ipv6Addr>,
+        ports: &[PortMapping],
+    ) -> Result<(), FirewallError> {
         if ports.is_empty() {
             return Ok(());
         }
@@ -230,11 +256,18 @@ impl Firewall {
         let owner_file = dir.join(format!("{owner}.json"));
         let records: Vec<Reservation> = ports
             .iter()
-            .map(|p| Reservation { proto: p.proto, host_port: p.host_port, host_ip: p.host_ip, target, container_port: p.container_port })
+            .map(|p| Reservation {
+                proto: p.proto,
+                host_port: p.host_port,
+                host_ip: p.host_ip,
+                target,
+                target6: target6.filter(|_| p.host_ip.is_none()),
+                container_port: p.container_port,
+            })
             .collect();
         let data = serde_json::to_vec(&records).unwrap_or_default();
         std::fs::write(&owner_file, data).map_err(|source| FirewallError::State { path: owner_file.clone(), source })?;
-        let script: String = ports.iter().map(|p| map_element("add", p, Some(target))).collect();
+        let script: String = records.iter().map(|r| r.elements("add", true)).collect();
         if let Err(e) = self.nft(&script, &format!("publishing ports of {owner}")) {
             let _ = std::fs::remove_file(&owner_file);
             return Err(e);
@@ -273,17 +306,16 @@ impl Firewall {
             Err(source) => return Err(FirewallError::State { path: owner_file, source }),
         };
         let records: Vec<Reservation> = serde_json::from_slice(&data).unwrap_or_default();
-        let mappings: Vec<PortMapping> = records
-            .iter()
-            .map(|r| PortMapping { proto: r.proto, host_port: r.host_port, host_ip: r.host_ip, container_port: r.container_port })
-            .collect();
-        let script: String = mappings.iter().map(|p| map_element("delete", p, None)).collect();
+        let script: String = records.iter().map(|r| r.elements("delete", false)).collect();
         if self.nft(&script, "withdrawing ports").is_err() {
             for line in script.lines() {
                 let _ = self.nft(line, "withdrawing a port");
             }
         }
-        for r in &records {
+        let targets = records
+            .iter()
+            .flat_map(|r| std::iter::once((r, "ipv4", r.target.to_string())).chain(r.target6.map(|t| (r, "ipv6", t.to_string()))));
+        for (r, family, target) in targets {
             // `conntrack` exits 1 when there was nothing to delete; both are fine.
             let _ = Command::new("nsenter")
                 .arg(format!("--net={}", self.netns.display()))
@@ -292,12 +324,14 @@ impl Firewall {
                 .args([
                     "conntrack",
                     "-D",
+                    "-f",
+                    family,
                     "-p",
                     &r.proto.to_string(),
                     "--orig-port-dst",
                     &r.host_port.to_string(),
                     "--reply-src",
-                    &r.target.to_string(),
+                    &target,
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -327,11 +361,20 @@ fn network_elements(verb: &str, cfg: &NetworkConfig) -> String {
     s
 }
 
-fn map_element(verb: &str, p: &PortMapping, target: Option<Ipv4Addr>) -> String {
-    let value = target.map(|t| format!(" : {t} . {}", p.container_port)).unwrap_or_default();
-    match p.host_ip {
-        Some(ip) => format!("{verb} element inet minipod hostports4 {{ {ip} . {} . {}{value} }}\n", p.proto, p.host_port),
-        None => format!("{verb} element inet minipod ports4 {{ {} . {}{value} }}\n", p.proto, p.host_port),
+impl Reservation {
+    /// The map elements of this port, as lines of an nft script; with their targets
+    /// (`add`) or keys only (`delete`).
+    fn elements(&self, verb: &str, with_targets: bool) -> String {
+        let (proto, port, to) = (self.proto, self.host_port, self.container_port);
+        let value = |t: &dyn std::fmt::Display| if with_targets { format!(" : {t} . {to}") } else { String::new() };
+        let mut s = match self.host_ip {
+            Some(ip) => format!("{verb} element inet minipod hostports4 {{ {ip} . {proto} . {port}{} }}\n", value(&self.target)),
+            None => format!("{verb} element inet minipod ports4 {{ {proto} . {port}{} }}\n", value(&self.target)),
+        };
+        if let Some(t6) = self.target6 {
+            s.push_str(&format!("{verb} element inet minipod ports6 {{ {proto} . {port}{} }}\n", value(&t6)));
+        }
+        s
     }
 }
 
@@ -348,11 +391,20 @@ mod tests {
         cfg.internal = true;
         let add = network_elements("add", &cfg);
         assert!(add.contains("internal_bridges { br-n }") && !add.contains("masq_nets4"));
-        let p = PortMapping { proto: Proto::Udp, host_port: 5353, host_ip: Some("127.0.0.1".parse().unwrap()), container_port: 53 };
+        let mut r = Reservation {
+            proto: Proto::Udp,
+            host_port: 5353,
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            target: "10.3.0.2".parse().unwrap(),
+            target6: None,
+            container_port: 53,
+        };
+        assert_eq!(r.elements("add", true), "add element inet minipod hostports4 { 127.0.0.1 . udp . 5353 : 10.3.0.2 . 53 }\n");
+        assert_eq!(r.elements("delete", false), "delete element inet minipod hostports4 { 127.0.0.1 . udp . 5353 }\n");
+        (r.host_ip, r.target6) = (None, Some("fd00::2".parse().unwrap()));
         assert_eq!(
-            map_element("add", &p, Some("10.3.0.2".parse().unwrap())),
-            "add element inet minipod hostports4 { 127.0.0.1 . udp . 5353 : 10.3.0.2 . 53 }\n"
+            r.elements("add", true),
+            "add element inet minipod ports4 { udp . 5353 : 10.3.0.2 . 53 }\nadd element inet minipod ports6 { udp . 5353 : fd00::2 . 53 }\n"
         );
-        assert_eq!(map_element("delete", &p, None), "delete element inet minipod hostports4 { 127.0.0.1 . udp . 5353 }\n");
     }
 }

@@ -35,9 +35,10 @@
 //!   resolv.conf by default). [`Attachment::resolv_conf`] is what the pod should use.
 //!
 //! - **Dual-stack**: a network may carry an IPv6 subnet too ([`NetworkConfig::subnet6`]);
-//!   members then get an IPv6 address and route, masquerade and AAAA records.
-//!
-//! Not built yet: IPv6 published ports.
+//!   members then get an IPv6 address and route, masquerade and AAAA records, and
+//!   their published ports (those not bound to an IPv4 host address) answer on the
+//!   node's IPv6 addresses too, except `[::1]`, which the kernel does not let be
+//!   DNAT'd. A table made by an older minipod gains the IPv6 map and rules in place.
 //!
 //! # Example
 //!

@@ -521,7 +521,7 @@ impl Node {
         let path = self.member_file(name, &req.owner);
         let recorded = self
             .firewall
-            .publish(&req.owner, ip, &req.ports)
+            .publish(&req.owner, ip, ip6, &req.ports)
             .map_err(NetworkError::from)
             .and_then(|()| serde_json::to_vec_pretty(&attachment).map_err(|e| state_err(&path)(std::io::Error::other(e))))
             .and_then(|d| write_atomic(&path, &d));

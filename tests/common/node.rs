@@ -103,10 +103,11 @@ impl TestNode {
         std::fs::write(&cgi, "#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n").unwrap();
         std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let pid = self.spawn_in(ns, &["busybox", "httpd", "-f", "-p", &port.to_string(), "-h", root.to_str().unwrap()]);
-        // Wait until it listens (its socket shows in the namespace's table).
+        // Wait until it listens (its socket shows in the namespace's table; an IPv6
+        // socket, which takes IPv4 too, only in tcp6).
         let hex = format!(":{port:04X} ");
         for _ in 0..200 {
-            let tcp = String::from_utf8(Self::in_ns(ns, &["cat", "/proc/net/tcp"]).stdout).unwrap_or_default();
+            let tcp = String::from_utf8(Self::in_ns(ns, &["cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout).unwrap_or_default();
             if tcp.lines().any(|l| l.contains(&hex) && l.split_whitespace().nth(3) == Some("0A")) {
                 break;
             }
