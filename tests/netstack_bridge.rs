@@ -144,6 +144,13 @@ async fn bad_configs_and_clashes_are_refused_with_nothing_made() {
     let rolled_back = std::net::Ipv4Addr::from(u32::from(w.ip) + 1);
     let next = t.node.attach(&net.name, AttachRequest { ip: Some(rolled_back), ..t.request("pod-r", &t.pod("r")) }).await.unwrap();
     assert_eq!(next.ip, rolled_back, "the rolled-back address was released");
+    // The host end's name is taken by a link that is not ours: refused, and it stays.
+    let taken = minipod_netstack::host_ifname(&net.name, &OwnerId::new("pod-s").unwrap());
+    assert!(TestNode::in_ns(&t.node_ns(), &["ip", "link", "add", &taken, "type", "veth", "peer", "name", "x2"]).status.success());
+    let clash = t.node.attach(&net.name, t.request("pod-s", &t.pod("s"))).await.unwrap_err();
+    assert!(matches!(&clash, NetworkError::LinkClash(name) if *name == taken), "{clash}");
+    assert!(TestNode::in_ns(&t.node_ns(), &["ip", "link", "show", &taken]).status.success(), "the other link is left alone");
+    assert!(TestNode::in_ns(&t.node_ns(), &["ip", "link", "del", &taken]).status.success());
     let busy = t.node.remove_network(&net.name).await.unwrap_err();
     assert!(busy.to_string().contains("2 member(s)"), "{busy}");
     assert!(matches!(t.node.attach(&NetworkName::new("nope").unwrap(), t.request("x", &p)).await, Err(NetworkError::NoSuchNetwork(_))));

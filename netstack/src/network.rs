@@ -552,21 +552,23 @@ impl Node {
     ) -> Result<Attachment, NetworkError> {
         let node = Netlink::open(&self.netns)?;
         let host_ifname = host_ifname(&cfg.name, &req.owner);
-        if node.link(&host_ifname).await?.is_some() {
-            return Err(NetworkError::LinkClash(host_ifname));
-        }
         let bridge = node.index(cfg.bridge.as_str()).await?;
         let mtu = cfg.mtu.unwrap_or(1500);
-        veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await.map_err(|e| match e.errno() {
-            // The kernel's BR_MAX_PORTS: port numbers are 10 bits and 0 is reserved.
-            Some(libc::EXFULL) => NetworkError::BridgeFull { name: cfg.name.clone(), bridge: cfg.bridge.clone() },
-            _ => e.into(),
-        })?;
+        // No look-up first: the create fails on a clash, and only then is it worth
+        // asking which end clashed.
+        let created = veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await;
+        if let Err(e) = created {
+            return Err(match e.errno() {
+                // The kernel's BR_MAX_PORTS: port numbers are 10 bits and 0 is reserved.
+                Some(libc::EXFULL) => NetworkError::BridgeFull { name: cfg.name.clone(), bridge: cfg.bridge.clone() },
+                Some(libc::EEXIST) if node.link(&host_ifname).await.ok().flatten().is_some() => NetworkError::LinkClash(host_ifname),
+                _ => e.into(),
+            });
+        }
         let inside = async {
             let nl = Netlink::open(pod)?;
-
-            let lo = nl.index("lo").await?;
-            nl.up(lo, "setting lo up in the pod").await?;
+            // Loopback is the first link of every namespace: index 1, no look-up needed.
+            nl.up(1, "setting lo up in the pod").await?;
             let index = nl.index(req.ifname.as_str()).await?;
             if ip6.is_none() {
                 // IPv4-only network: no IPv6 neighbour traffic from this interface
