@@ -59,6 +59,8 @@ async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
     assert!(host.contains("mtu 1400") && host.contains(&format!("master {}", net.bridge)), "{host}");
     let v6 = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-6", "addr", "show", "dev", &w.host_ifname]).stdout).unwrap();
     assert!(!v6.contains("inet6"), "a bridge port has no IPv6 address of its own: {v6}");
+    let off = TestNode::in_ns(&t.node_ns(), &["cat", &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", w.host_ifname)]);
+    assert_eq!(String::from_utf8_lossy(&off.stdout).trim(), "1", "nor IPv6 at all");
     // No MTU given and no default route in a fresh node namespace: 1500.
     let net2 = t.node.create_network(t.network("dflt", "10.202.1.0/24")).await.unwrap();
     assert_eq!(net2.mtu, Some(1500));

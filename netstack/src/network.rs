@@ -56,6 +56,8 @@ pub enum NetworkError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
+    Veth(#[from] crate::veth::VethError),
+    #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error("setting {key} in {netns}")]
     Sysctl {
@@ -556,7 +558,7 @@ impl Node {
         let mtu = cfg.mtu.unwrap_or(1500);
         // No look-up first: the create fails on a clash, and only then is it worth
         // asking which end clashed.
-        let created = veth::create(&node, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await;
+        let created = veth::create(&node, &self.netns, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await;
         if let Err(e) = created {
             return Err(match e.errno() {
                 // The kernel's BR_MAX_PORTS: port numbers are 10 bits and 0 is reserved.
