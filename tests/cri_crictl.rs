@@ -201,6 +201,14 @@ fn crictl_drives_pods_containers_and_images() {
     let s = &stats["stats"][0];
     assert!(s["memory"]["workingSetBytes"]["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0) > 0, "{stats}");
     assert!(s["cpu"]["usageCoreNanoSeconds"]["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0) > 0, "{stats}");
+    // Pod stats: the containers', and the traffic the web pod has served.
+    let podstats: Value = serde_json::from_str(&d.ok(&["statsp", "-o", "json", "--id", &web])).unwrap();
+    let p = &podstats["stats"][0]["linux"];
+    let num = |v: &Value| v["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0);
+    assert_eq!(p["network"]["defaultInterface"]["name"], "eth0", "{podstats}");
+    assert!(num(&p["network"]["defaultInterface"]["rxBytes"]) > 0 && num(&p["network"]["defaultInterface"]["txBytes"]) > 0, "{podstats}");
+    assert!(num(&p["memory"]["workingSetBytes"]) > 0, "{podstats}");
+    assert_eq!(p["containers"][0]["attributes"]["id"], httpd.as_str(), "{podstats}");
 
     // An exit code survives the daemon being killed; pods, IPs and ports too.
     let job_cfg = d.write("job.json", &ctr_json("job", &["sh", "-c", "exit 3"]));

@@ -41,6 +41,42 @@ pub enum NetnsError {
     },
     #[error("a namespace worker thread panicked")]
     Worker,
+    #[error("reading the interface counters of {path}")]
+    Counters {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Traffic counters of one interface, as the kernel keeps them since it was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+/// The interfaces of a `/proc/net/dev` table, lo left out.
+fn parse_net_dev(table: &str) -> Vec<InterfaceCounters> {
+    table
+        .lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let n: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+            // Receive: bytes packets errs ...(8 columns); transmit: bytes packets errs ...
+            (n.len() >= 11 && name.trim() != "lo").then(|| InterfaceCounters {
+                name: name.trim().to_string(),
+                rx_bytes: n[0],
+                rx_errors: n[2],
+                tx_bytes: n[8],
+                tx_errors: n[10],
+            })
+        })
+        .collect()
 }
 
 /// An open network namespace.
@@ -78,6 +114,13 @@ impl Netns {
         })
         .join()
         .map_err(|_| NetnsError::Worker)?
+    }
+
+    /// The traffic counters of this namespace's interfaces (lo left out).
+    pub fn interface_counters(&self) -> Result<Vec<InterfaceCounters>, NetnsError> {
+        // thread-self: the table of the worker's namespace, not of the process's.
+        let table = self.run(|| std::fs::read_to_string("/proc/thread-self/net/dev"))?;
+        table.map(|t| parse_net_dev(&t)).map_err(|source| NetnsError::Counters { path: self.path.clone(), source })
     }
 
     /// Writes a sysctl under /proc/sys/net as seen from inside this namespace.
@@ -164,5 +207,23 @@ pub fn remove_pinned(path: &Path) -> Result<(), NetnsError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(NetnsError::Remove { path: path.to_path_buf(), source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn net_dev_tables_give_counters_per_interface_without_lo() {
+        let table = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
+  eth0:    5012      40    1    0    0     0          0         0     2096      24    3    0    0     0       0          0
+";
+        let got = super::parse_net_dev(table);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].name.as_str(), got[0].rx_bytes, got[0].rx_errors, got[0].tx_bytes, got[0].tx_errors),
+            ("eth0", 5012, 1, 2096, 3)
+        );
     }
 }

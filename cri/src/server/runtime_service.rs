@@ -8,7 +8,9 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use minipod_runtime::netstack::{PortMapping, Proto};
-use minipod_runtime::pod::{BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, ProcessOverrides, RootfsSource};
+use minipod_runtime::pod::{
+    BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, PodStatus, ProcessOverrides, RootfsSource,
+};
 use minipod_runtime::{PodError, Pods, Status as CtrStatus};
 use tonic::{Request, Response, Status};
 
@@ -114,6 +116,58 @@ fn stats(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStats, PodErr
             ..Default::default()
         }),
         ..Default::default()
+    })
+}
+
+/// A pod's stats: its containers', their CPU and memory summed, and its interfaces'
+/// traffic (the first network's interface is the default one).
+fn pod_stats(pods: &Pods, pod: &PodRecord) -> Result<cri::PodSandboxStats, PodError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    // Containers removed meanwhile simply drop out.
+    let containers: Vec<cri::ContainerStats> = pods.containers(Some(&pod.id))?.iter().filter_map(|c| stats(pods, c).ok()).collect();
+    let sum = |f: fn(&cri::ContainerStats) -> Option<u64>| {
+        let values: Vec<u64> = containers.iter().filter_map(f).collect();
+        (!values.is_empty()).then(|| cri::UInt64Value { value: values.iter().sum() })
+    };
+    let interface = |c: &minipod_runtime::netstack::netns::InterfaceCounters| cri::NetworkInterfaceUsage {
+        name: c.name.clone(),
+        rx_bytes: Some(cri::UInt64Value { value: c.rx_bytes }),
+        rx_errors: Some(cri::UInt64Value { value: c.rx_errors }),
+        tx_bytes: Some(cri::UInt64Value { value: c.tx_bytes }),
+        tx_errors: Some(cri::UInt64Value { value: c.tx_errors }),
+    };
+    // A stopped pod has no namespace any more: no network stats, not an error.
+    let counters = if pod.status == PodStatus::Ready { pods.network_counters(pod).unwrap_or_default() } else { vec![] };
+    let default_ifname = pod.networks.first().map(|n| n.ifname.as_str());
+    let network = (!counters.is_empty()).then(|| cri::NetworkUsage {
+        timestamp: now,
+        default_interface: counters.iter().find(|c| Some(c.name.as_str()) == default_ifname).map(interface),
+        interfaces: counters.iter().map(interface).collect(),
+    });
+    Ok(cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: pod.id.to_string(),
+            metadata: Some(convert::pod_metadata(pod)),
+            labels: convert::to_hash(&pod.labels),
+            annotations: convert::user_annotations(&pod.annotations),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cri::CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: sum(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)),
+                usage_nano_cores: None,
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: now,
+                working_set_bytes: sum(|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)),
+                usage_bytes: sum(|c| c.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value)),
+                ..Default::default()
+            }),
+            network,
+            process: None,
+            containers,
+        }),
+        windows: None,
     })
 }
 
@@ -443,12 +497,24 @@ impl RuntimeService for Server {
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
-    async fn pod_sandbox_stats(&self, _: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, req: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        need(&id, "pod_sandbox_id")?;
+        let stats = blocking(&self.pods, move |p| pod_stats(p, &p.pod(&id)?)).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
-    async fn list_pod_sandbox_stats(&self, _: Request<cri::ListPodSandboxStatsRequest>) -> Reply<cri::ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+    async fn list_pod_sandbox_stats(&self, req: Request<cri::ListPodSandboxStatsRequest>) -> Reply<cri::ListPodSandboxStatsResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let stats = blocking(&self.pods, move |p| {
+            let wanted = |pod: &PodRecord| {
+                (filter.id.is_empty() || pod.id.as_str().starts_with(&filter.id)) && selects(&pod.labels, &filter.label_selector)
+            };
+            // Pods removed meanwhile simply drop out of the list.
+            Ok(p.pods()?.iter().filter(|pod| wanted(pod)).filter_map(|pod| pod_stats(p, pod).ok()).collect())
+        })
+        .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(&self, _: Request<cri::UpdateRuntimeConfigRequest>) -> Reply<cri::UpdateRuntimeConfigResponse> {

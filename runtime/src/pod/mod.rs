@@ -426,6 +426,11 @@ impl Pods {
         &self.scope
     }
 
+    /// Traffic counters of the pod's interfaces (lo left out), for stats.
+    pub fn network_counters(&self, pod: &PodRecord) -> Result<Vec<netstack::netns::InterfaceCounters>> {
+        Ok(netstack::netns::Netns::open(&self.pod_dir(&pod.id).join("ns/net"))?.interface_counters()?)
+    }
+
     fn pod_dir(&self, id: &PodId) -> PathBuf {
         self.root.join("pods").join(id.as_str())
     }
