@@ -267,7 +267,7 @@ impl Firewall {
             .collect();
         let data = serde_json::to_vec(&records).unwrap_or_default();
         std::fs::write(&owner_file, data).map_err(|source| FirewallError::State { path: owner_file.clone(), source })?;
-        let script: String = records.iter().map(|r| r.elements("add", true)).collect();
+        let script: String = records.iter().map(|r| r.elements("add")).collect();
         if let Err(e) = self.nft(&script, &format!("publishing ports of {owner}")) {
             let _ = std::fs::remove_file(&owner_file);
             return Err(e);
@@ -306,7 +306,7 @@ impl Firewall {
             Err(source) => return Err(FirewallError::State { path: owner_file, source }),
         };
         let records: Vec<Reservation> = serde_json::from_slice(&data).unwrap_or_default();
-        let script: String = records.iter().map(|r| r.elements("delete", false)).collect();
+        let script: String = records.iter().map(|r| r.elements("delete")).collect();
         if self.nft(&script, "withdrawing ports").is_err() {
             for line in script.lines() {
                 let _ = self.nft(line, "withdrawing a port");
@@ -362,11 +362,11 @@ fn network_elements(verb: &str, cfg: &NetworkConfig) -> String {
 }
 
 impl Reservation {
-    /// The map elements of this port, as lines of an nft script; with their targets
-    /// (`add`) or keys only (`delete`).
-    fn elements(&self, verb: &str, with_targets: bool) -> String {
+    /// The map elements of this port, as lines of an nft script: with their targets
+    /// for `add`, keys only for `delete`.
+    fn elements(&self, verb: &str) -> String {
         let (proto, port, to) = (self.proto, self.host_port, self.container_port);
-        let value = |t: &dyn std::fmt::Display| if with_targets { format!(" : {t} . {to}") } else { String::new() };
+        let value = |t: &dyn std::fmt::Display| if verb == "add" { format!(" : {t} . {to}") } else { String::new() };
         let mut s = match self.host_ip {
             Some(ip) => format!("{verb} element inet minipod hostports4 {{ {ip} . {proto} . {port}{} }}\n", value(&self.target)),
             None => format!("{verb} element inet minipod ports4 {{ {proto} . {port}{} }}\n", value(&self.target)),
@@ -399,11 +399,11 @@ mod tests {
             target6: None,
             container_port: 53,
         };
-        assert_eq!(r.elements("add", true), "add element inet minipod hostports4 { 127.0.0.1 . udp . 5353 : 10.3.0.2 . 53 }\n");
-        assert_eq!(r.elements("delete", false), "delete element inet minipod hostports4 { 127.0.0.1 . udp . 5353 }\n");
+        assert_eq!(r.elements("add"), "add element inet minipod hostports4 { 127.0.0.1 . udp . 5353 : 10.3.0.2 . 53 }\n");
+        assert_eq!(r.elements("delete"), "delete element inet minipod hostports4 { 127.0.0.1 . udp . 5353 }\n");
         (r.host_ip, r.target6) = (None, Some("fd00::2".parse().unwrap()));
         assert_eq!(
-            r.elements("add", true),
+            r.elements("add"),
             "add element inet minipod ports4 { udp . 5353 : 10.3.0.2 . 53 }\nadd element inet minipod ports6 { udp . 5353 : fd00::2 . 53 }\n"
         );
     }

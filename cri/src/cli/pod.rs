@@ -387,10 +387,7 @@ pub fn image(root: &Path, a: ImageArgs) -> anyhow::Result<i32> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let credentials = match creds {
                 None => minipod_runtime::image::Credentials::Anonymous,
-                Some(c) => {
-                    let (username, password) = c.split_once(':').context("--creds takes USER:PASSWORD")?;
-                    minipod_runtime::image::Credentials::Basic { username: username.into(), password: password.into() }
-                }
+                Some(c) => minipod_runtime::image::Credentials::from_pair(&c).context("--creds takes USER:PASSWORD")?,
             };
             let opts =
                 minipod_runtime::image::PullOptions { insecure_registries: insecure_registry, mirrors: registry_mirror, credentials };

@@ -42,9 +42,7 @@ pub fn credentials(auth: Option<cri::AuthConfig>) -> Result<Credentials, Status>
             .ok()
             .and_then(|d| String::from_utf8(d).ok())
             .ok_or_else(|| Status::invalid_argument("auth is not base64 of user:password"))?;
-        let (username, password) =
-            decoded.split_once(':').ok_or_else(|| Status::invalid_argument("auth decodes to no user:password pair"))?;
-        return Ok(Credentials::Basic { username: username.into(), password: password.into() });
+        return Credentials::from_pair(&decoded).ok_or_else(|| Status::invalid_argument("auth decodes to no user:password pair"));
     }
     if !a.registry_token.is_empty() {
         return Ok(Credentials::Bearer(a.registry_token));

@@ -50,6 +50,13 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Basic credentials from `user:password` (the password may hold `:`), as a
+    /// Docker config's `auth` decodes and as `--creds` takes them.
+    pub fn from_pair(pair: &str) -> Option<Self> {
+        let (username, password) = pair.split_once(':')?;
+        Some(Credentials::Basic { username: username.into(), password: password.into() })
+    }
+
     fn for_source(&self, source: &str, upstream: &str) -> RegistryAuth {
         match self {
             _ if source != upstream => RegistryAuth::Anonymous,
