@@ -36,8 +36,16 @@ async fn two_pods_on_one_network_reach_each_other_and_the_gateway() {
     assert!(TestNode::ping(&a, wb.ip), "a -> b");
     assert!(TestNode::ping(&b, wa.ip), "b -> a");
     assert!(TestNode::ping(&a, net.gateway()), "a -> gateway");
+    // Routed: everything, the pod's own subnet too, goes via the gateway, whose MAC
+    // the pod is told (no ARP, no entry in the kernel's shared neighbour table).
     let route = String::from_utf8(TestNode::in_ns(&a, &["ip", "route"]).stdout).unwrap();
-    assert!(route.contains("default via 10.201.0.1 dev eth0"), "{route}");
+    assert_eq!(route.trim(), "default via 10.201.0.1 dev eth0 proto static onlink", "{route}");
+    let neigh = String::from_utf8(TestNode::in_ns(&a, &["ip", "neigh"]).stdout).unwrap();
+    assert_eq!(neigh.trim(), "10.201.0.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee PERMANENT", "{neigh}");
+    let addr = String::from_utf8(TestNode::in_ns(&a, &["ip", "-4", "-o", "addr", "show", "eth0"]).stdout).unwrap();
+    assert!(addr.contains("10.201.0.2/24") && addr.contains("noprefixroute"), "{addr}");
+    let node_neigh = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "neigh", "show", "10.201.0.3"]).stdout).unwrap();
+    assert!(node_neigh.contains(&format!("dev {} lladdr 02:6d:0a:c9:00:03 PERMANENT", wb.host_ifname)), "{node_neigh}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,9 +64,11 @@ async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
     let inside6 = String::from_utf8(TestNode::in_ns(&p, &["ip", "-6", "addr", "show", "dev", "eth0"]).stdout).unwrap();
     assert!(!inside6.contains("inet6"), "an IPv4-only pod interface has no IPv6 address: {inside6}");
     let host = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "link", "show", &w.host_ifname]).stdout).unwrap();
-    assert!(host.contains("mtu 1400") && host.contains(&format!("master {}", net.bridge)), "{host}");
+    // A routed link in the network's group, which the firewall matches on; not a
+    // bridge port.
+    assert!(host.contains("mtu 1400") && host.contains(&format!("group {}", net.group())) && !host.contains("master"), "{host}");
     let v6 = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-6", "addr", "show", "dev", &w.host_ifname]).stdout).unwrap();
-    assert!(!v6.contains("inet6"), "a bridge port has no IPv6 address of its own: {v6}");
+    assert!(!v6.contains("inet6"), "a host end has no IPv6 address of its own: {v6}");
     let off = TestNode::in_ns(&t.node_ns(), &["cat", &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", w.host_ifname)]);
     assert_eq!(String::from_utf8_lossy(&off.stdout).trim(), "1", "nor IPv6 at all");
     // No MTU given and no default route in a fresh node namespace: 1500.

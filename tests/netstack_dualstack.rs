@@ -73,7 +73,8 @@ async fn a_published_port_answers_on_the_nodes_ipv6_addresses_too() {
     assert_eq!(TestNode::fetch(&inet, url6), None);
 }
 
-/// The table as minipod made it before IPv6 published ports.
+/// The table as minipod made it before IPv6 published ports, when members were ports
+/// of their network's bridge and the rules matched on bridge names.
 const TABLE_BEFORE_IPV6_PORTS: &str = r#"
 table inet minipod {
 	set bridges { type ifname; }
@@ -117,32 +118,57 @@ table inet minipod {
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_from_before_ipv6_ports_is_upgraded_in_place() {
+async fn a_table_from_an_older_minipod_is_rebuilt_with_the_recorded_networks_and_ports() {
     if not_root() {
         return;
     }
     let t = TestNode::new("v6upgrade");
+    let inet = t.internet();
+    let mut cfg = t.network("dualu", "10.242.0.0/24");
+    cfg.subnet6 = Some("fd00:242::/64".parse().unwrap());
+    let net = t.node.create_network(cfg.clone()).await.unwrap();
+    let a = t.pod("a");
+    let ports = vec![PortMapping { proto: Proto::Tcp, host_port: 8088, host_ip: None, container_port: 80 }];
+    let wa = t.node.attach(&net.name, AttachRequest { ports, ..t.request("pod-a", &a) }).await.unwrap();
+    t.http_server(&a, 80, "hello-after-upgrade");
+    // A member as an older minipod wired it: a port of the bridge, on-link with the
+    // whole subnet.
+    let c = t.pod("c");
+    let old_member = format!(
+        "ip link add mpoldmember0 type veth peer name eth0 netns {c} && ip link set mpoldmember0 master {br} up && \
+         nsenter --net={c} sh -c 'ip link set lo up && ip addr add 10.242.0.50/24 dev eth0 && ip link set eth0 up && ip route add default via 10.242.0.1'",
+        c = c.display(),
+        br = net.bridge
+    );
+    assert!(TestNode::in_ns(&t.node_ns(), &["sh", "-c", &old_member]).status.success());
+    // That minipod's table, which matched on bridge names, in place of ours.
+    let old_table = format!("delete table inet minipod\n{TABLE_BEFORE_IPV6_PORTS}");
     let mut nft = std::process::Command::new("nsenter")
         .arg(format!("--net={}", t.node_ns().display()))
         .args(["nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), TABLE_BEFORE_IPV6_PORTS.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), old_table.as_bytes()).unwrap();
     assert!(nft.wait().unwrap().success());
-    let mut cfg = t.network("dualu", "10.242.0.0/24");
-    cfg.subnet6 = Some("fd00:242::/64".parse().unwrap());
-    let net = t.node.create_network(cfg).await.unwrap();
-    let a = t.pod("a");
-    let ports = vec![PortMapping { proto: Proto::Tcp, host_port: 8088, host_ip: None, container_port: 80 }];
-    t.node.attach(&net.name, AttachRequest { ports, ..t.request("pod-a", &a) }).await.unwrap();
+
+    // The next minipod on this state finds the old table and rebuilds it whole.
+    let again = minipod_netstack::Node::new(t.base.join("state"), Some(&t.node_ns())).unwrap();
+    again.create_network(cfg).await.unwrap();
     let table = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "table", "inet", "minipod"]).stdout).unwrap();
-    assert!(table.contains("map ports6") && table.contains("tcp . 8088 : fd00:242::2 . 80"), "{table}");
-    assert_eq!(table.matches("@ports6").count(), 2, "the rules are added once: {table}");
-    // A second node on the same namespace finds it upgraded and adds nothing.
-    let again = minipod_netstack::Node::new(t.base.join("state2"), Some(&t.node_ns())).unwrap();
-    again.create_network(t.network("other", "10.242.1.0/24")).await.unwrap();
+    assert!(table.contains("set groups") && !table.contains("set bridges"), "{table}");
+    assert!(table.contains("tcp . 8088 : fd00:242::2 . 80"), "the recorded port is back: {table}");
+    assert_eq!(table.matches("@ports6").count(), 2, "the rules are there once: {table}");
+    assert_eq!(TestNode::fetch(&inet, "http://198.51.100.2:8088/").as_deref(), Some("hello-after-upgrade"));
+    assert_eq!(TestNode::fetch(&inet, "http://[2001:db8:1::2]:8088/").as_deref(), Some("hello-after-upgrade"));
+    // The old member and the routed one reach each other: the bridge answers ARP for
+    // the routed one.
+    assert!(TestNode::ping(&c, wa.ip), "old member -> routed member");
+    assert!(TestNode::ping(&a, "10.242.0.50".parse().unwrap()), "routed member -> old member");
+    // Another state dir on the same node finds the table current and adds only its own.
+    let other = minipod_netstack::Node::new(t.base.join("state2"), Some(&t.node_ns())).unwrap();
+    other.create_network(t.network("other", "10.242.1.0/24")).await.unwrap();
     let table = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "table", "inet", "minipod"]).stdout).unwrap();
-    assert_eq!(table.matches("@ports6").count(), 2, "{table}");
-    again.remove_network(&minipod_netstack::NetworkName::new("other").unwrap()).await.unwrap();
+    assert!(table.contains("tcp . 8088 : fd00:242::2 . 80") && table.contains("10.242.1.0/24"), "{table}");
+    other.remove_network(&minipod_netstack::NetworkName::new("other").unwrap()).await.unwrap();
 }

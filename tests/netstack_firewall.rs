@@ -96,5 +96,6 @@ async fn another_firewalls_forward_drop_policy_is_reported_with_the_fix() {
     let problems = t.node.problems(&net.name).unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("ip filter FORWARD has a forward policy of drop"), "{}", problems[0]);
-    assert!(problems[0].contains(&format!("iptables -I FORWARD -i {} -j ACCEPT", net.bridge)), "{}", problems[0]);
+    let fix = format!("iptables -I FORWARD -m devgroup --src-group {:#x} -j ACCEPT", net.group());
+    assert!(problems[0].contains(&fix), "{}", problems[0]);
 }

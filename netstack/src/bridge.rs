@@ -1,6 +1,10 @@
-//! The bridge that carries one network in the node namespace.
+//! The bridge of one network in the node namespace. Members are not its ports (they
+//! are routed, see `veth`): it holds the network's gateway addresses, which the DNS
+//! server listens on and hairpin traffic comes from, and names the network in
+//! `ip link`. A member attached by a minipod from before routed members is a port of
+//! it, and keeps working: the bridge answers ARP for routed members on its behalf.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::link::InfoBridge;
@@ -8,29 +12,33 @@ use rtnetlink::{LinkBridge, LinkUnspec};
 
 use crate::netlink::{Netlink, NetlinkError};
 
-/// Creates bridge `name` if it is missing, with the gateway address and MTU, and sets
-/// it up. An existing bridge is reused (after a restart, or a second process).
-/// Returns whether this call created it.
-pub async fn ensure(
-    nl: &Netlink,
-    name: &str,
-    gateway: Ipv4Addr,
-    cidr: Ipv4Network,
-    v6: Option<(std::net::Ipv6Addr, u8)>,
-    mtu: u32,
-) -> Result<bool, NetlinkError> {
+/// What a network's bridge carries.
+pub struct BridgeSpec<'a> {
+    pub name: &'a str,
+    pub gateway: Ipv4Addr,
+    pub subnet: Ipv4Network,
+    /// The IPv6 gateway and prefix length, on a dual-stack network.
+    pub v6: Option<(Ipv6Addr, u8)>,
+    pub mtu: u32,
+    /// The interface group of the network's links, which the firewall matches on.
+    pub group: u32,
+}
+
+/// Creates the bridge if it is missing, with the gateway addresses, MTU and group, and
+/// sets it up. An existing bridge is reused (after a restart, or a second process) and
+/// given the group. Returns whether this call created it.
+pub async fn ensure(nl: &Netlink, spec: &BridgeSpec<'_>) -> Result<bool, NetlinkError> {
+    let name = spec.name;
     let mut created = nl.link(name).await?.is_none();
     if created {
         // Without multicast snooping: with it, every port added or removed re-arms
-        // query timers on every other port (br_port_state_selection), a cost that grows
-        // with the number of pods. Pods' multicast (IPv6 neighbour discovery included)
-        // is then flooded, as by a plain switch.
-        // And with an address of its own: a bridge without one takes the lowest of its
-        // ports' addresses, re-computed over all ports on every add or remove, and the
-        // gateway's MAC then changes under the pods whenever that port comes or goes.
+        // query timers on every other port. And with an address of its own: a bridge
+        // without one takes the lowest of its ports' addresses, and the gateway's MAC
+        // then changes under ports whenever that port comes or goes.
         let msg = LinkBridge::new(name)
-            .mtu(mtu)
+            .mtu(spec.mtu)
             .address(bridge_mac(name).to_vec())
+            .link_group(spec.group)
             .append_info_data(InfoBridge::MulticastSnooping(false))
             .build();
         match nl.add_link(msg, &format!("creating bridge {name}")).await {
@@ -40,20 +48,20 @@ pub async fn ensure(
         }
     }
     let index = nl.index(name).await?;
-    nl.add_address(index, gateway.into(), cidr.prefix(), &format!("adding {gateway}/{} to bridge {name}", cidr.prefix())).await?;
-    if let Some((gw6, prefix)) = v6 {
-        nl.add_address(index, gw6.into(), prefix, &format!("adding {gw6}/{prefix} to bridge {name}")).await?;
+    let prefix = spec.subnet.prefix();
+    nl.add_address(index, spec.gateway.into(), prefix, true, &format!("adding {}/{prefix} to bridge {name}", spec.gateway)).await?;
+    if let Some((gw6, prefix)) = spec.v6 {
+        nl.add_address(index, IpAddr::V6(gw6), prefix, true, &format!("adding {gw6}/{prefix} to bridge {name}")).await?;
     }
-    nl.set_link(LinkUnspec::new_with_index(index).up().build(), &format!("setting bridge {name} up")).await?;
+    let up = LinkUnspec::new_with_index(index).up().link_group(spec.group).build();
+    nl.set_link(up, &format!("setting bridge {name} up in group {:#x}", spec.group)).await?;
     Ok(created)
 }
 
 /// A locally administered unicast address derived from the bridge's name: stable
-/// across re-creation, so pods' ARP entries for the gateway stay right.
+/// across re-creation, so ARP entries for the gateway stay right.
 fn bridge_mac(name: &str) -> [u8; 6] {
-    // FNV-1a: a fixed function, unlike std's hasher, whose output may change.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let b = h.to_be_bytes();
+    let b = crate::names::stable_hash([name]).to_be_bytes();
     [0x02, b[3], b[4], b[5], b[6], b[7]]
 }
 
@@ -62,5 +70,14 @@ pub async fn remove(nl: &Netlink, name: &str) -> Result<(), NetlinkError> {
     match nl.link(name).await? {
         Some(link) => nl.delete_link(link.header.index, &format!("deleting bridge {name}")).await,
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bridge_mac_is_the_one_earlier_releases_gave() {
+        // Pods attached before keep an ARP entry for it.
+        assert_eq!(super::bridge_mac("minipod0"), [0x02, 0x8e, 0x5c, 0xd5, 0x8b, 0x6f]);
     }
 }

@@ -1,6 +1,6 @@
 //! The `inet minipod` nftables table. Its rules are fixed and match on sets and maps:
-//! networks add elements (their bridge, CIDR, same-bridge pair), published ports add
-//! map elements. Nothing here lists or rewrites the ruleset; every change is one
+//! networks add elements (their interface group, CIDR, gateway, same-network pair),
+//! published ports add map elements. Nothing here lists or rewrites the ruleset; every change is one
 //! `nft -f -` transaction, run inside the node namespace.
 
 use std::io::Write;
@@ -60,28 +60,32 @@ pub struct PortMapping {
     pub container_port: u16,
 }
 
+/// Members' host ends and the bridges are in their network's interface group, which
+/// the rules match on: a network adds its group, not each link.
 const TABLE: &str = r#"
 table inet minipod {
-	set bridges { type ifname; }
-	set internal_bridges { type ifname; }
-	set bridge_pairs { type ifname . ifname; }
+	set groups { type devgroup; }
+	set internal_groups { type devgroup; }
+	set group_pairs { type devgroup . devgroup; }
 	set nets4 { type ipv4_addr; flags interval; }
 	set masq_nets4 { type ipv4_addr; flags interval; }
 	set nets6 { type ipv6_addr; flags interval; }
 	set masq_nets6 { type ipv6_addr; flags interval; }
+	map gateways4 { type ipv4_addr : ipv4_addr; flags interval; }
+	map gateways6 { type ipv6_addr : ipv6_addr; flags interval; }
 	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
 	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 	map ports6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
-		iifname . oifname @bridge_pairs accept
-		iifname @bridges oifname @bridges drop
-		iifname @internal_bridges drop
-		oifname @internal_bridges drop
-		iifname @bridges accept
-		oifname @bridges ct status dnat accept
-		oifname @bridges drop
+		meta iifgroup . meta oifgroup @group_pairs accept
+		meta iifgroup @groups meta oifgroup @groups drop
+		meta iifgroup @internal_groups drop
+		meta oifgroup @internal_groups drop
+		meta iifgroup @groups accept
+		meta oifgroup @groups ct status dnat accept
+		meta oifgroup @groups drop
 	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -97,21 +101,13 @@ table inet minipod {
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat ip saddr @nets4 oifname @bridges masquerade
-		ct status dnat ip6 saddr @nets6 oifname @bridges masquerade
-		ct status dnat ip saddr 127.0.0.0/8 masquerade
-		ip saddr @masq_nets4 oifname != @bridges masquerade
-		ip6 saddr @masq_nets6 oifname != @bridges masquerade
+		ct status dnat ip saddr @nets4 snat ip to ip daddr map @gateways4
+		ct status dnat ip saddr 127.0.0.0/8 snat ip to ip daddr map @gateways4
+		ct status dnat ip6 saddr @nets6 snat ip6 to ip6 daddr map @gateways6
+		ip saddr @masq_nets4 meta oifgroup != @groups masquerade
+		ip6 saddr @masq_nets6 meta oifgroup != @groups masquerade
 	}
 }
-"#;
-
-/// What a table made before IPv6 published ports lacks.
-const UPGRADE_IPV6_PORTS: &str = r#"
-add map inet minipod ports6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
-add rule inet minipod prerouting fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
-add rule inet minipod output fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
-insert rule inet minipod postrouting ct status dnat ip6 saddr @nets6 oifname @bridges masquerade
 "#;
 
 /// The firewall of one node.
@@ -170,23 +166,47 @@ impl Firewall {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| FirewallError::State { path, source: e.into() })
     }
 
-    /// Creates the table if it is missing. Checked once per `Firewall`; other
-    /// processes wait on the lock meanwhile.
-    pub fn ensure(&self) -> Result<(), FirewallError> {
+    /// Makes sure the table is there and current. Checked once per `Firewall`; other
+    /// processes wait on the lock meanwhile. A missing table (flushed by someone, or
+    /// never made) or one made by an older minipod is built anew in one transaction,
+    /// with the elements of the `recorded` networks and of every published port.
+    pub fn ensure(&self, recorded: impl FnOnce() -> Vec<NetworkConfig>) -> Result<(), FirewallError> {
         if self.ensured.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         let _lock = self.lock()?;
-        // Re-declaring an existing table would append its rules again: only create it
-        // when nft says it is not there.
-        if self.nft("list table inet minipod", "checking the table").is_err() {
-            self.nft(TABLE, "creating table inet minipod")?;
-        } else if self.nft("list map inet minipod ports6", "checking for IPv6 ports").is_err() {
-            // A table made by an older minipod: add what it lacks, once (under the lock).
-            self.nft(UPGRADE_IPV6_PORTS, "adding IPv6 published ports to table inet minipod")?;
+        // The set the current rules need; an older table lacks it.
+        if self.nft("list set inet minipod groups", "checking the table").is_err() {
+            // `add` first so that `delete` cannot fail on a missing table.
+            let mut script = format!("add table inet minipod\ndelete table inet minipod\n{TABLE}");
+            for cfg in recorded() {
+                script.push_str(&network_elements("add", &cfg));
+            }
+            for r in self.reservations()?.into_iter().flat_map(|(_, records)| records) {
+                script.push_str(&r.elements("add"));
+            }
+            self.nft(&script, "creating table inet minipod")?;
         }
         self.ensured.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Every owner's published ports, as recorded.
+    fn reservations(&self) -> Result<Vec<(String, Vec<Reservation>)>, FirewallError> {
+        let dir = self.state_dir.join("ports");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(FirewallError::State { path: dir, source }),
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(owner) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            let Ok(data) = std::fs::read(&path) else { continue };
+            out.push((owner.to_string(), serde_json::from_slice(&data).unwrap_or_default()));
+        }
+        Ok(out)
     }
 
     /// Chains of other tables that hook forward with a drop policy, as `family table
@@ -210,10 +230,10 @@ impl Firewall {
         found
     }
 
-    /// Adds a network's elements: its bridge, its CIDR, the pair that lets its members
+    /// Adds a network's elements: its group, its CIDR, the pair that lets its members
     /// talk to each other, and masquerade or isolation as configured.
+    /// Call [`Firewall::ensure`] first.
     pub fn add_network(&self, cfg: &NetworkConfig) -> Result<(), FirewallError> {
-        self.ensure()?;
         self.nft(&network_elements("add", cfg), &format!("adding network {}", cfg.name))
     }
 
@@ -243,7 +263,6 @@ impl Firewall {
         if ports.is_empty() {
             return Ok(());
         }
-        self.ensure()?;
         let _lock = self.lock()?;
         let dir = self.state_dir.join("ports");
         for p in ports {
@@ -278,21 +297,10 @@ impl Firewall {
     /// Which owner holds the host port `p` would take, if any (a port on "any address"
     /// clashes with every address, and the other way round).
     fn holder(&self, p: &PortMapping) -> Result<Option<String>, FirewallError> {
-        let dir = self.state_dir.join("ports");
-        let entries = std::fs::read_dir(&dir).map_err(|source| FirewallError::State { path: dir.clone(), source })?;
-        for e in entries.flatten() {
-            let path = e.path();
-            let Some(owner) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-            let Ok(data) = std::fs::read(&path) else { continue };
-            let records: Vec<Reservation> = serde_json::from_slice(&data).unwrap_or_default();
-            let clash = records.iter().any(|r| {
-                r.proto == p.proto && r.host_port == p.host_port && (r.host_ip.is_none() || p.host_ip.is_none() || r.host_ip == p.host_ip)
-            });
-            if clash {
-                return Ok(Some(owner.to_string()));
-            }
-        }
-        Ok(None)
+        let clash = |r: &Reservation| {
+            r.proto == p.proto && r.host_port == p.host_port && (r.host_ip.is_none() || p.host_ip.is_none() || r.host_ip == p.host_ip)
+        };
+        Ok(self.reservations()?.into_iter().find(|(_, records)| records.iter().any(clash)).map(|(owner, _)| owner))
     }
 
     /// Withdraws every port `owner` published and forgets the flows that used them
@@ -341,17 +349,25 @@ impl Firewall {
     }
 }
 
+/// A network's elements, as lines of an nft script: map elements with their values
+/// for `add`, keys only for `delete`.
 fn network_elements(verb: &str, cfg: &NetworkConfig) -> String {
-    let br = cfg.bridge.as_str();
+    let g = cfg.group();
+    let value = |v: &dyn std::fmt::Display| if verb == "add" { format!(" : {v}") } else { String::new() };
     let mut s = format!(
-        "{verb} element inet minipod bridges {{ {br} }}\n{verb} element inet minipod bridge_pairs {{ {br} . {br} }}\n{verb} element inet minipod nets4 {{ {} }}\n",
-        cfg.subnet
+        "{verb} element inet minipod groups {{ {g:#x} }}\n{verb} element inet minipod group_pairs {{ {g:#x} . {g:#x} }}\n\
+         {verb} element inet minipod nets4 {{ {net} }}\n{verb} element inet minipod gateways4 {{ {net}{} }}\n",
+        value(&cfg.gateway()),
+        net = cfg.subnet,
     );
-    if let Some(v6) = cfg.subnet6 {
-        s.push_str(&format!("{verb} element inet minipod nets6 {{ {v6} }}\n"));
+    if let (Some(v6), Some(gw6)) = (cfg.subnet6, cfg.gateway6()) {
+        s.push_str(&format!(
+            "{verb} element inet minipod nets6 {{ {v6} }}\n{verb} element inet minipod gateways6 {{ {v6}{} }}\n",
+            value(&gw6)
+        ));
     }
     if cfg.internal {
-        s.push_str(&format!("{verb} element inet minipod internal_bridges {{ {br} }}\n"));
+        s.push_str(&format!("{verb} element inet minipod internal_groups {{ {g:#x} }}\n"));
     } else if cfg.masquerade {
         s.push_str(&format!("{verb} element inet minipod masq_nets4 {{ {} }}\n", cfg.subnet));
         if let Some(v6) = cfg.subnet6 {
@@ -386,11 +402,14 @@ mod tests {
     #[test]
     fn scripts_name_only_typed_values() {
         let mut cfg = NetworkConfig::new(NetworkName::new("n").unwrap(), IfName::new("br-n").unwrap(), "10.3.0.0/24".parse().unwrap());
+        let g = cfg.group();
         let add = network_elements("add", &cfg);
-        assert!(add.contains("bridge_pairs { br-n . br-n }") && add.contains("masq_nets4 { 10.3.0.0/24 }"));
+        assert!(add.contains(&format!("group_pairs {{ {g:#x} . {g:#x} }}")) && add.contains("masq_nets4 { 10.3.0.0/24 }"), "{add}");
+        assert!(add.contains("gateways4 { 10.3.0.0/24 : 10.3.0.1 }"), "{add}");
+        assert!(network_elements("delete", &cfg).contains("delete element inet minipod gateways4 { 10.3.0.0/24 }\n"));
         cfg.internal = true;
         let add = network_elements("add", &cfg);
-        assert!(add.contains("internal_bridges { br-n }") && !add.contains("masq_nets4"));
+        assert!(add.contains(&format!("internal_groups {{ {g:#x} }}")) && !add.contains("masq_nets4"), "{add}");
         let mut r = Reservation {
             proto: Proto::Udp,
             host_port: 5353,

@@ -100,6 +100,21 @@ impl IfName {
     }
 }
 
+/// FNV-1a over `parts` joined by NULs: a fixed function (unlike std's hasher, whose
+/// output may change between builds), for names and addresses derived from names
+/// that must come out the same in every process and release.
+pub(crate) fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
+    let step = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            h = step(h, 0);
+        }
+        h = part.bytes().fold(h, step);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

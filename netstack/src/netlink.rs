@@ -7,6 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnetwork::IpNetwork;
+
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -38,6 +40,10 @@ impl NetlinkError {
             _ => None,
         }
     }
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> NetlinkError {
+    NetlinkError::Request { what: what.to_string(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()) }
 }
 
 fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
@@ -162,14 +168,23 @@ impl Netlink {
     }
 
     /// Adds `addr/prefix` to link `index`; the same address already there is fine.
-    /// IPv6 addresses skip duplicate detection: minipod's IPAM already guarantees
-    /// uniqueness, and a tentative address would be unusable for about a second.
-    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8, what: &str) -> Result<(), NetlinkError> {
+    /// Without `prefix_route` the kernel adds no route to the prefix: a member reaches
+    /// its subnet through the gateway, not on the link. IPv6 addresses skip duplicate
+    /// detection: minipod's IPAM already guarantees uniqueness, and a tentative address
+    /// would be unusable for about a second.
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8, prefix_route: bool, what: &str) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
         let mut req = self.handle.address().add(index, addr, prefix);
+        let mut flags = AddressFlags::empty();
         if addr.is_ipv6() {
-            use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
             req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
-            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            flags |= AddressFlags::Nodad;
+        }
+        if !prefix_route {
+            flags |= AddressFlags::Noprefixroute;
+        }
+        if !flags.is_empty() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(flags));
         }
         match req.execute().await.map_err(request(what)) {
             Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
@@ -177,16 +192,43 @@ impl Netlink {
         }
     }
 
-    /// Adds the IPv4 default route via `gateway`.
-    pub async fn add_default_route(&self, gateway: Ipv4Addr, what: &str) -> Result<(), NetlinkError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+    /// Routes `dest` (everything when `None`) via `gateway` out of link `index`, the
+    /// gateway taken as on the link whatever the link's addresses say.
+    pub async fn add_route_via(&self, dest: Option<IpNetwork>, gateway: IpAddr, index: u32, what: &str) -> Result<(), NetlinkError> {
+        let (net, prefix) = match (dest, gateway) {
+            (Some(d), _) => (d.network(), d.prefix()),
+            (None, IpAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED.into(), 0),
+            (None, IpAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
+        };
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(net, prefix)
+            .and_then(|r| r.gateway(gateway))
+            .map_err(|e| invalid(what, e))?
+            .output_interface(index)
+            .onlink()
+            .build();
         self.handle.route().add(route).execute().await.map_err(request(what))
     }
 
-    /// Adds the IPv6 default route via `gateway`.
-    pub async fn add_default_route6(&self, gateway: std::net::Ipv6Addr, what: &str) -> Result<(), NetlinkError> {
-        let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new().gateway(gateway).build();
+    /// Routes the single address `dest` out of link `index`, with `source` as the
+    /// node's address towards it.
+    pub async fn add_host_route(&self, dest: IpAddr, index: u32, source: IpAddr, what: &str) -> Result<(), NetlinkError> {
+        let len = if dest.is_ipv4() { 32 } else { 128 };
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dest, len)
+            .and_then(|r| r.pref_source(source))
+            .map_err(|e| invalid(what, e))?
+            .output_interface(index)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build();
         self.handle.route().add(route).execute().await.map_err(request(what))
+    }
+
+    /// Records that `ip` is at `mac` on link `index`, for good: no ARP or neighbour
+    /// discovery for it, and (being permanent) no slot in the kernel's neighbour table,
+    /// which is shared by all namespaces and capped by gc_thresh3.
+    pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6], what: &str) -> Result<(), NetlinkError> {
+        self.handle.neighbours().add(index, ip).link_layer_address(&mac).execute().await.map_err(request(what))
     }
 
     /// The MTU of the link that carries the IPv4 default route, if there is one.

@@ -125,9 +125,20 @@ impl Netns {
 
     /// Writes a sysctl under /proc/sys/net as seen from inside this namespace.
     pub fn write_sysctl(&self, key: &str, value: &str) -> Result<io::Result<()>, NetnsError> {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        let value = value.to_string();
-        self.run(move || std::fs::write(path, value))
+        Ok(self.write_sysctls(&[(key.to_string(), value.to_string())])?.map_err(|(_, e)| e))
+    }
+
+    /// Writes sysctls in order from one thread inside this namespace, stopping at the
+    /// first that fails, which is returned with its key.
+    pub fn write_sysctls(&self, pairs: &[(String, String)]) -> Result<Result<(), (String, io::Error)>, NetnsError> {
+        let pairs = pairs.to_vec();
+        self.run(move || {
+            for (key, value) in pairs {
+                let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+                std::fs::write(path, value).map_err(|e| (key, e))?;
+            }
+            Ok(())
+        })
     }
 }
 

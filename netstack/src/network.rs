@@ -43,10 +43,8 @@ pub enum NetworkError {
     Dns(#[from] crate::dns::DnsError),
     #[error("serving DNS needs a tokio runtime: call this from inside one, or use serve_dns_on with a runtime handle")]
     NoRuntime,
-    #[error(
-        "network {name}: bridge {bridge} has no free port: a Linux bridge takes at most 1023 members; put further pods on another network"
-    )]
-    BridgeFull { name: NetworkName, bridge: IfName },
+    #[error("network {name}: bridge {bridge} gives interface group {group:#x}, which network {other} has: pick another bridge name")]
+    GroupTaken { name: NetworkName, bridge: IfName, group: u32, other: NetworkName },
     #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
     LinkClash(String),
     #[error(transparent)]
@@ -141,6 +139,14 @@ impl NetworkConfig {
     /// The gateway address in use.
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway.unwrap_or_else(|| Ipv4Addr::from(u32::from(self.subnet.network()) + 1))
+    }
+
+    /// The interface group of the network's links (its bridge and its members' host
+    /// ends), which the firewall's rules match on: derived from the bridge's name.
+    pub fn group(&self) -> u32 {
+        // 0x6d ('m') on top: clear of the default group 0 and of the small numbers
+        // people pick by hand, and positive where `ip` prints it as a signed number.
+        0x6d00_0000 | (crate::names::stable_hash([self.bridge.as_str()]) as u32 & 0x00ff_ffff)
     }
 
     /// The IPv6 gateway, when the network is dual-stack.
@@ -332,12 +338,26 @@ impl Node {
                     if other.bridge == cfg.bridge {
                         return Err(NetworkError::BridgeTaken { name: cfg.name.clone(), bridge: cfg.bridge.clone(), other: other.name });
                     }
+                    if other.group() == cfg.group() {
+                        return Err(NetworkError::GroupTaken {
+                            name: cfg.name.clone(),
+                            bridge: cfg.bridge.clone(),
+                            group: cfg.group(),
+                            other: other.name,
+                        });
+                    }
                 }
             }
         }
-        let mtu = cfg.mtu.unwrap_or(1500);
-        let v6 = cfg.gateway6().zip(cfg.subnet6.map(|n| n.prefix()));
-        let created = bridge::ensure(&nl, cfg.bridge.as_str(), cfg.gateway(), cfg.subnet, v6, mtu).await?;
+        let spec = bridge::BridgeSpec {
+            name: cfg.bridge.as_str(),
+            gateway: cfg.gateway(),
+            subnet: cfg.subnet,
+            v6: cfg.gateway6().zip(cfg.subnet6.map(|n| n.prefix())),
+            mtu: cfg.mtu.unwrap_or(1500),
+            group: cfg.group(),
+        };
+        let created = bridge::ensure(&nl, &spec).await?;
         if let Err(e) = self.configure_network(&cfg, is_new) {
             if created {
                 let _ = bridge::remove(&nl, cfg.bridge.as_str()).await;
@@ -354,29 +374,29 @@ impl Node {
 
     /// Problems outside minipod that will break network `name`'s traffic, each with
     /// the fix: another firewall's forward chain with a drop policy (Docker sets one on
-    /// iptables' FORWARD), and more members than the kernel's neighbour table is sized
-    /// for (counted for this network; the table is shared by all of them).
+    /// iptables' FORWARD).
     pub fn problems(&self, name: &NetworkName) -> Result<Vec<String>, NetworkError> {
         let cfg = self.network(name)?.ok_or_else(|| NetworkError::NoSuchNetwork(name.clone()))?;
-        let mut found: Vec<String> = self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect();
-        // Only the initial namespace shows the limit; elsewhere there is nothing to read.
-        let limit = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok().and_then(|v| v.trim().parse().ok());
-        if let Some(limit) = limit {
-            found.extend(neighbour_table_warning(self.members(name)?.len(), limit));
-        }
-        Ok(found)
+        Ok(self.firewall.forward_droppers().iter().map(|chain| forward_drop_warning(chain, &cfg)).collect())
     }
 
     /// `is_new`: no record of the network existed, so a failure may undo everything;
     /// an existing network's elements and state belong to its members.
     fn configure_network(&self, cfg: &NetworkConfig, is_new: bool) -> Result<(), NetworkError> {
-        // Routing between the bridge and the node's other links, and DNAT of the
-        // node's own 127.0.0.1 to members (the kernel drops 127/8 on the wire without it).
+        // Members are routed: forwarding on.
         self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
         if cfg.subnet6.is_some() {
             self.sysctl(&self.netns, "net.ipv6.conf.all.forwarding", "1")?;
         }
-        self.sysctl(&self.netns, &format!("net.ipv4.conf.{}.route_localnet", cfg.bridge), "1")?;
+        // For members that an older minipod made ports of the bridge: DNAT of the
+        // node's 127.0.0.1 to them, and ARP answers for routed members, which they
+        // think are on their link (at once: the default proxy delay is random, up to
+        // 0.8 s).
+        let br = &cfg.bridge;
+        self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
+        self.sysctl(&self.netns, &format!("net.ipv4.neigh.{br}.proxy_delay"), "0")?;
+        self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.proxy_arp"), "1")?;
+        self.ensure_firewall()?;
         self.firewall.add_network(cfg)?;
         let dir = self.net_dir(&cfg.name);
         let recorded = std::fs::create_dir_all(dir.join("members"))
@@ -388,6 +408,17 @@ impl Node {
             let _ = std::fs::remove_dir_all(&dir);
         }
         recorded
+    }
+
+    /// The table, made or brought up to date (with every recorded network's elements)
+    /// the first time this node needs it.
+    fn ensure_firewall(&self) -> Result<(), FirewallError> {
+        self.firewall.ensure(|| {
+            self.networks().unwrap_or_else(|e| {
+                tracing::warn!("rebuilding the firewall without the networks whose records cannot be read: {e}");
+                vec![]
+            })
+        })
     }
 
     fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<(), NetworkError> {
@@ -521,9 +552,9 @@ impl Node {
             }
         };
         let path = self.member_file(name, &req.owner);
-        let recorded = self
-            .firewall
-            .publish(&req.owner, ip, ip6, &req.ports)
+        let ports = if req.ports.is_empty() { Ok(()) } else { self.ensure_firewall() };
+        let recorded = ports
+            .and_then(|()| self.firewall.publish(&req.owner, ip, ip6, &req.ports))
             .map_err(NetworkError::from)
             .and_then(|()| serde_json::to_vec_pretty(&attachment).map_err(|e| state_err(&path)(std::io::Error::other(e))))
             .and_then(|d| write_atomic(&path, &d));
@@ -554,43 +585,67 @@ impl Node {
     ) -> Result<Attachment, NetworkError> {
         let node = Netlink::open(&self.netns)?;
         let host_ifname = host_ifname(&cfg.name, &req.owner);
-        let bridge = node.index(cfg.bridge.as_str()).await?;
         let mtu = cfg.mtu.unwrap_or(1500);
+        let gateway = cfg.gateway();
+        let mac = veth::member_mac(ip);
+        let spec = veth::VethSpec {
+            host: &host_ifname,
+            pod,
+            peer: req.ifname.as_str(),
+            peer_mac: mac,
+            mtu,
+            group: cfg.group(),
+            ipv6: ip6.is_some(),
+        };
         // No look-up first: the create fails on a clash, and only then is it worth
         // asking which end clashed.
-        let created = veth::create(&node, &self.netns, &host_ifname, pod, req.ifname.as_str(), bridge, mtu).await;
-        if let Err(e) = created {
-            return Err(match e.errno() {
-                // The kernel's BR_MAX_PORTS: port numbers are 10 bits and 0 is reserved.
-                Some(libc::EXFULL) => NetworkError::BridgeFull { name: cfg.name.clone(), bridge: cfg.bridge.clone() },
-                Some(libc::EEXIST) if node.link(&host_ifname).await.ok().flatten().is_some() => NetworkError::LinkClash(host_ifname),
-                _ => e.into(),
-            });
-        }
+        let host = match veth::create(&node, &self.netns, &spec).await {
+            Ok(index) => index,
+            Err(e) => {
+                return Err(match e.errno() {
+                    Some(libc::EEXIST) if node.link(&host_ifname).await.ok().flatten().is_some() => NetworkError::LinkClash(host_ifname),
+                    _ => e.into(),
+                });
+            }
+        };
+        // The node reaches the member through its own link, and knows its MAC.
+        let node_side = async {
+            node.add_host_route(ip.into(), host, gateway.into(), &format!("routing {ip} to {host_ifname}")).await?;
+            node.add_neighbour(host, ip.into(), mac, &format!("adding {ip}'s MAC on {host_ifname}")).await?;
+            if let (Some(v6), Some(gw6)) = (ip6, cfg.gateway6()) {
+                node.add_host_route(v6.into(), host, gw6.into(), &format!("routing {v6} to {host_ifname}")).await?;
+                node.add_neighbour(host, v6.into(), mac, &format!("adding {v6}'s MAC on {host_ifname}")).await?;
+            }
+            Ok::<(), NetworkError>(())
+        };
+        // The member has its address with the network's prefix, but no route to the
+        // prefix on its link: everything, its own subnet too, goes via the gateway,
+        // whose MAC (the host end's) it is told.
         let inside = async {
             let nl = Netlink::open(pod)?;
             // Loopback is the first link of every namespace: index 1, no look-up needed.
             nl.up(1, "setting lo up in the pod").await?;
             let index = nl.index(req.ifname.as_str()).await?;
             if ip6.is_none() {
-                // IPv4-only network: no IPv6 neighbour traffic from this interface
-                // (on a bridge with a thousand ports it triples the per-pod cost).
+                // IPv4-only network: no IPv6 neighbour traffic from this interface.
                 nl.no_ipv6_addresses(index, &format!("turning IPv6 addresses off on {}", req.ifname)).await?;
             }
-            nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), &format!("adding {ip} to {}", req.ifname)).await?;
+            nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), false, &format!("adding {ip} to {}", req.ifname)).await?;
             nl.up(index, &format!("setting {} up", req.ifname)).await?;
-            if req.default_route {
-                nl.add_default_route(cfg.gateway(), &format!("adding the default route via {}", cfg.gateway())).await?;
-            }
+            nl.add_neighbour(index, gateway.into(), veth::HOST_MAC, &format!("adding the gateway's MAC on {}", req.ifname)).await?;
+            let dest = (!req.default_route).then_some(IpNetwork::V4(cfg.subnet));
+            nl.add_route_via(dest, gateway.into(), index, &format!("routing via {gateway} on {}", req.ifname)).await?;
             if let (Some(v6), Some(gw6), Some(net6)) = (ip6, cfg.gateway6(), cfg.subnet6) {
-                nl.add_address(index, v6.into(), net6.prefix(), &format!("adding {v6} to {}", req.ifname)).await?;
-                if req.default_route {
-                    nl.add_default_route6(gw6, &format!("adding the IPv6 default route via {gw6}")).await?;
-                }
+                nl.add_address(index, v6.into(), net6.prefix(), false, &format!("adding {v6} to {}", req.ifname)).await?;
+                nl.add_neighbour(index, gw6.into(), veth::HOST_MAC, &format!("adding the IPv6 gateway's MAC on {}", req.ifname)).await?;
+                let dest = (!req.default_route).then_some(IpNetwork::V6(net6));
+                nl.add_route_via(dest, gw6.into(), index, &format!("routing via {gw6} on {}", req.ifname)).await?;
             }
             Ok::<(), NetworkError>(())
         };
-        if let Err(e) = inside.await {
+        // Both sides at once: they are different namespaces, and their requests are
+        // independent until the first packet.
+        if let Err(e) = futures::future::try_join(node_side, inside).await {
             let _ = self.unwire(&host_ifname).await;
             return Err(e);
         }
@@ -599,7 +654,7 @@ impl Node {
             owner: req.owner.clone(),
             ip,
             prefix: cfg.subnet.prefix(),
-            gateway: cfg.gateway(),
+            gateway,
             ip6,
             mtu,
             host_ifname,
@@ -815,27 +870,14 @@ impl Node {
     }
 }
 
-/// The kernel keeps one neighbour (ARP) table for all namespaces, and past gc_thresh3
-/// entries it drops new ones ("neighbor table overflow"): packets are then lost. Every
-/// member and the gateway hold an entry for each other, and pods that talk to each
-/// other one more per peer.
-fn neighbour_table_warning(members: usize, limit: usize) -> Option<String> {
-    (2 * members > limit / 2).then(|| {
-        format!(
-            "{members} members need at least {} of the kernel's {limit} neighbour (ARP) table entries, shared by all namespaces, \
-             and one more per pair of pods that talk; past the limit packets are lost: raise \
-             net.ipv4.neigh.default.gc_thresh1/2/3 (e.g. 8192/32768/65536)",
-            2 * members
-        )
-    })
-}
-
 fn forward_drop_warning(chain: &str, cfg: &NetworkConfig) -> String {
-    let br = &cfg.bridge;
+    let g = cfg.group();
     let fix = if chain == "ip filter FORWARD" {
-        format!("iptables -I FORWARD -i {br} -j ACCEPT && iptables -I FORWARD -o {br} -j ACCEPT")
+        format!(
+            "iptables -I FORWARD -m devgroup --src-group {g:#x} -j ACCEPT && iptables -I FORWARD -m devgroup --dst-group {g:#x} -j ACCEPT"
+        )
     } else {
-        format!("nft insert rule {chain} iifname {br} accept && nft insert rule {chain} oifname {br} accept")
+        format!("nft insert rule {chain} meta iifgroup {g:#x} accept && nft insert rule {chain} meta oifgroup {g:#x} accept")
     };
     format!(
         "{chain} has a forward policy of drop, which drops traffic of network {} whatever minipod allows; to let it through run: {fix}",
@@ -894,12 +936,7 @@ fn is_host_ifname(name: &str) -> bool {
 /// The host end's name: short (it must fit 15 bytes), stable for a (network, owner)
 /// pair so that detach and GC find it without state.
 pub fn host_ifname(network: &NetworkName, owner: &OwnerId) -> String {
-    // FNV-1a: tiny, stable across builds and platforms.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in network.as_str().bytes().chain([0]).chain(owner.as_str().bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let h = crate::names::stable_hash([network.as_str(), owner.as_str()]);
     format!("mp{:010x}", h & 0xff_ffff_ffff)
 }
 
@@ -927,13 +964,9 @@ mod tests {
         assert!(a.len() <= 15 && a.starts_with("mp"));
         assert!(a != b && a != c);
         assert_eq!(a, host_ifname(&n, &OwnerId::new("pod-1").unwrap()));
-    }
-
-    #[test]
-    fn a_network_that_can_overflow_the_neighbour_table_is_warned_about() {
-        assert_eq!(neighbour_table_warning(100, 1024), None);
-        let w = neighbour_table_warning(300, 1024).unwrap();
-        assert!(w.contains("600 of the kernel's 1024") && w.contains("gc_thresh"), "{w}");
+        // Detach and gc find the veths of members attached by earlier releases by
+        // this name: it must not change.
+        assert_eq!(a, "mp58bb032d2f");
     }
 
     #[test]

@@ -1,13 +1,23 @@
-//! veth pairs: the host end on a bridge in the node namespace, the peer created
+//! veth pairs of members: the host end in the node namespace, the peer created
 //! directly inside the pod's namespace under its final name (no rename, no move).
+//!
+//! Host ends are routed links, not bridge ports: a bridge walks all of its ports on
+//! every port added (adjacency lists, port numbers, features, MTU) and again when a
+//! port's carrier comes up, so that attaching the 1000th pod cost ~1.7x the 1st.
+//! A routed link costs the same whatever the number of pods.
 
 use std::os::fd::AsRawFd;
 
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{LinkBridgePort, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkUnspec, LinkVeth};
 
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{Netns, NetnsError};
+
+/// The MAC of every host end. Each host end is a link of its own with one member on
+/// the far side, so they can all share it, and members can be told it up front (a
+/// permanent neighbour entry for the gateway) instead of asking with ARP.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
 
 /// Making a veth pair failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +26,9 @@ pub enum VethError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("turning IPv6 off on {link}")]
-    NoIpv6 {
-        link: String,
+    #[error("setting {key} on the host end")]
+    Sysctl {
+        key: String,
         #[source]
         source: std::io::Error,
     },
@@ -34,17 +44,37 @@ impl VethError {
     }
 }
 
-/// Creates `host` (in `node`, the namespace `node_ns`) paired with `peer` inside
-/// `pod`, both with `mtu`, with `host` on bridge `bridge` from birth, hairpin on and
-/// IPv6 off, and sets it up. Returns the host end's index. On failure nothing is left:
-/// deleting the host end takes the peer with it.
-pub async fn create(node: &Netlink, node_ns: &Netns, host: &str, pod: &Netns, peer: &str, bridge: u32, mtu: u32) -> Result<u32, VethError> {
+/// One pair to make.
+pub struct VethSpec<'a> {
+    /// The host end's name, in the node namespace.
+    pub host: &'a str,
+    /// The member's namespace, and the peer's name and MAC in it.
+    pub pod: &'a Netns,
+    pub peer: &'a str,
+    pub peer_mac: [u8; 6],
+    pub mtu: u32,
+    /// The host end's interface group: the network's, which the firewall matches on.
+    pub group: u32,
+    /// Whether the host end carries IPv6 (a dual-stack network). It gets no IPv6
+    /// address of its own either way.
+    pub ipv6: bool,
+}
+
+/// Creates the pair and sets the host end up. Returns the host end's index. On failure
+/// nothing is left: deleting the host end takes the peer with it.
+pub async fn create(node: &Netlink, node_ns: &Netns, spec: &VethSpec<'_>) -> Result<u32, VethError> {
+    let (host, pod) = (spec.host, spec.pod);
     let pod_fd = std::fs::File::open(pod.path())
         .map_err(|e| NetlinkError::Request { what: format!("opening {}", pod.path().display()), source: e })?;
-    let peer_msg = LinkUnspec::new_with_name(peer).mtu(mtu).setns_by_fd(pod_fd.as_raw_fd()).build();
-    // The bridge is named in the create message itself: one round trip fewer.
-    let msg = LinkVeth::new(host, peer).mtu(mtu).controller(bridge).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).build();
-    node.add_link(msg, &format!("creating veth {host} with {peer} in {}", pod.path().display())).await?;
+    let peer_msg =
+        LinkUnspec::new_with_name(spec.peer).mtu(spec.mtu).address(spec.peer_mac.to_vec()).setns_by_fd(pod_fd.as_raw_fd()).build();
+    let msg = LinkVeth::new(host, spec.peer)
+        .mtu(spec.mtu)
+        .address(HOST_MAC.to_vec())
+        .link_group(spec.group)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build();
+    node.add_link(msg, &format!("creating veth {host} with {} in {}", spec.peer, pod.path().display())).await?;
     let index = match node.index(host).await {
         Ok(i) => i,
         Err(e) => {
@@ -55,17 +85,30 @@ pub async fn create(node: &Netlink, node_ns: &Netns, host: &str, pod: &Netns, pe
         }
     };
     let wired = async {
-        // Hairpin lets a pod reach itself through a published port on the node.
-        node.set_port(LinkBridgePort::new(index).hairpin(true).build(), &format!("enabling hairpin on {host}")).await?;
-        // A bridge port needs no IPv6 of its own (it bridges IPv6 frames all the same):
-        // each DAD, router solicitation or MLD report from it would be flooded to every
-        // port, and the multicast route each IPv6 link gets sits in one list of the
-        // node's routing table that every new link walks.
-        let key = format!("net.ipv6.conf.{host}.disable_ipv6");
-        match node_ns.write_sysctl(&key, "1")? {
-            // A kernel without IPv6 has nothing to turn off.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new("/proc/sys/net/ipv6").exists() => {}
-            other => other.map_err(|source| VethError::NoIpv6 { link: host.to_string(), source })?,
+        let mut sysctls = vec![
+            // The node's own 127.0.0.1:hostPort, DNAT'd to the member, leaves through
+            // this link, and the kernel drops 127/8 sources on a link without it.
+            (format!("net.ipv4.conf.{host}.route_localnet"), "1".to_string()),
+        ];
+        if spec.ipv6 {
+            // IPv6 must be on to carry the member's IPv6, but the link needs no
+            // address: the member is told the gateway's MAC, so no neighbour
+            // discovery runs across it.
+            sysctls.push((format!("net.ipv6.conf.{host}.addr_gen_mode"), "1".to_string()));
+        } else {
+            // Fully off, not just without addresses: the multicast route every IPv6
+            // link gets sits in one list of the node's routing table that every new
+            // link walks.
+            sysctls.push((format!("net.ipv6.conf.{host}.disable_ipv6"), "1".to_string()));
+        }
+        match node_ns.write_sysctls(&sysctls)? {
+            Ok(()) => {}
+            // A kernel without IPv6 has nothing to turn off (and carries none).
+            Err((key, e))
+                if key.starts_with("net.ipv6.")
+                    && e.kind() == std::io::ErrorKind::NotFound
+                    && !std::path::Path::new("/proc/sys/net/ipv6").exists() => {}
+            Err((key, source)) => return Err(VethError::Sysctl { key, source }),
         }
         node.up(index, &format!("setting {host} up")).await?;
         Ok::<(), VethError>(())
@@ -75,4 +118,11 @@ pub async fn create(node: &Netlink, node_ns: &Netns, host: &str, pod: &Netns, pe
         return Err(e);
     }
     Ok(index)
+}
+
+/// The MAC a member's interface gets: locally administered, derived from its IPv4
+/// address, so that the node can be told it before the member says anything.
+pub fn member_mac(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x6d, o[0], o[1], o[2], o[3]]
 }

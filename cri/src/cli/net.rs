@@ -118,7 +118,12 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
                 let cfg =
                     node.network(&name)?.ok_or_else(|| anyhow::anyhow!("network {name} does not exist: `minipod net ls` lists them"))?;
                 let members = node.members(&name)?;
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "network": cfg, "members": members }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "network": cfg, "group": format!("{:#x}", cfg.group()), "members": members })
+                    )?
+                );
                 for problem in node.problems(&name)? {
                     eprintln!("minipod: warning: {problem}");
                 }
