@@ -5,7 +5,9 @@
 //! Run as root: `cargo bench -p minipod-netstack --bench attach`. Everything happens
 //! inside a throwaway node namespace that this process enters first, so the host's
 //! interfaces and firewall are never touched. MINIPOD_NETBENCH_PROBES sets the probes
-//! per position (default 30); MINIPOD_NETBENCH_NO_CNI set (to anything) leaves out the CNI side.
+//! per position (default 30); MINIPOD_NETBENCH_POSITIONS the pod numbers to probe at
+//! (default `1,100,1000`; the CNI side stops at 1000, as its bridge takes at most 1023
+//! ports); MINIPOD_NETBENCH_NO_CNI set (to anything) leaves out the CNI side.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -17,6 +19,8 @@ use minipod_netstack::netns::{create_pinned, remove_pinned};
 use minipod_netstack::{AttachRequest, IfName, NetworkConfig, NetworkName, Node, OwnerId};
 
 const POSITIONS: [usize; 3] = [1, 100, 1000];
+/// A Linux bridge's port limit is 1023: CNI's bridge plugin cannot go further.
+const CNI_MAX: usize = 1000;
 const BATCH: usize = 20;
 const CNI_PATH: &str = "/usr/lib/cni";
 
@@ -141,10 +145,18 @@ struct Row {
 }
 
 /// Fills the network up to each position and probes attach+detach there.
-fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<Row> {
+fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize, positions: &[usize]) -> Vec<Row> {
     let mut rows = Vec::new();
+    // A warm-up batch, not counted: the first attaches of a process pay for page
+    // faults, thread pools and caches, which would land on the 1st pod only.
+    for i in 0..BATCH {
+        let (id, ns) = (format!("warmup-{i}"), pods.make(&format!("{}-warmup-{i}", w.name().len())));
+        w.attach(&id, &ns);
+        w.detach(&id, &ns);
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let mut filled = 0;
-    for pos in POSITIONS {
+    for &pos in positions {
         while filled < pos - 1 {
             let id = format!("{}-fill-{filled}", w.name().len());
             let ns = pods.make(&format!("{}-fill-{filled}", w.name().len()));
@@ -156,8 +168,8 @@ fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize) -> Vec<Row> {
         std::thread::sleep(Duration::from_millis(500));
         // Probes go in batches: attach a batch, then tear it all down, so that a
         // teardown's background work (the kernel deleting veths of released namespaces)
-        // does not land on the next probe's attach, and the bridge never holds more than
-        // pos + BATCH - 1 ports (a Linux bridge takes at most 1023).
+        // does not land on the next probe's attach, and a network never holds more than
+        // pos + BATCH - 1 members (CNI's bridge takes at most 1023).
         let (mut attach, mut detach) = (Vec::new(), Vec::new());
         for batch in (0..probes).collect::<Vec<_>>().chunks(BATCH) {
             let mut attached = Vec::new();
@@ -189,6 +201,14 @@ fn main() {
         return;
     }
     let probes: usize = std::env::var("MINIPOD_NETBENCH_PROBES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let mut positions: Vec<usize> = match std::env::var("MINIPOD_NETBENCH_POSITIONS") {
+        Ok(v) => v.split(',').map(|p| p.trim().parse().expect("MINIPOD_NETBENCH_POSITIONS: pod numbers, like 1,100,1000")).collect(),
+        Err(_) => POSITIONS.to_vec(),
+    };
+    positions.retain(|p| *p > 0);
+    positions.sort();
+    positions.dedup();
+    assert!(!positions.is_empty(), "MINIPOD_NETBENCH_POSITIONS: give at least one pod number");
     let base = PathBuf::from(format!("/run/minipod-netbench-{}", std::process::id()));
     std::fs::create_dir_all(&base).expect("bench dir");
     let _host_dir = RemoveDir(base.clone());
@@ -225,14 +245,15 @@ fn main() {
     {
         let mut pods = Pods { dir: base.join("pods"), made: vec![] };
         let mut m = Minipod { rt, node, net };
-        results.push((m.name(), measure(&mut m, &mut pods, probes)));
+        results.push((m.name(), measure(&mut m, &mut pods, probes, &positions)));
     }
     if std::env::var_os("MINIPOD_NETBENCH_NO_CNI").is_some() {
         println!("skipping CNI: MINIPOD_NETBENCH_NO_CNI is set");
     } else if Path::new(CNI_PATH).join("bridge").exists() && which("iptables") {
         let mut pods = Pods { dir: base.join("pods"), made: vec![] };
         let mut c = Cni { data_dir: base.join("cni-ipam") };
-        results.push((c.name(), measure(&mut c, &mut pods, probes)));
+        let cni_positions: Vec<usize> = positions.iter().copied().filter(|p| *p <= CNI_MAX).collect();
+        results.push((c.name(), measure(&mut c, &mut pods, probes, &cni_positions)));
     } else {
         println!("skipping CNI: install containernetworking-plugins and iptables");
     }
@@ -248,9 +269,8 @@ fn main() {
             println!("pod #{}: CNI / minipod = {:.1}x attach, {:.1}x detach", m.pos, c.attach.0 / m.attach.0, c.detach.0 / m.detach.0);
         }
     }
-    if let Some((_, ours)) = results.first() {
-        let (first, last) = (ours[0].attach.0, ours[2].attach.0);
-        println!("minipod attach, 1000th vs 1st pod: {:+.0}%", (last / first - 1.0) * 100.0);
+    if let Some((_, [first, .., last])) = results.first().map(|(n, rows)| (n, &rows[..])) {
+        println!("minipod attach, pod #{} vs pod #{}: {:+.0}%", last.pos, first.pos, (last.attach.0 / first.attach.0 - 1.0) * 100.0);
     }
     drop(node_ns);
     let _ = remove_pinned(&node_path);

@@ -133,14 +133,8 @@ impl Netlink {
     }
 
     /// Sends a prepared RTM_SETLINK.
-    pub async fn set_link(&self, msg: LinkMessage, what: &str) -> Result<(), NetlinkError> {
+    pub async fn set_link(&self, msg: LinkMessage, what: impl Into<String>) -> Result<(), NetlinkError> {
         self.handle.link().set(msg).execute().await.map_err(request(what))
-    }
-
-    /// Sets bridge-port attributes (RTM_NEWLINK without create flags: RTM_SETLINK
-    /// silently ignores them).
-    pub async fn set_port(&self, msg: LinkMessage, what: &str) -> Result<(), NetlinkError> {
-        self.handle.link().set_port(msg).execute().await.map_err(request(what))
     }
 
     /// Stops the kernel from giving link `index` any IPv6 address of its own (no
@@ -148,14 +142,22 @@ impl Netlink {
     /// purpose: the `disable_ipv6` sysctl runs the whole addrconf teardown, and its
     /// /proc/sys path gets slower with every namespace that has an interface of the
     /// same name (every pod's `eth0`).
-    pub async fn no_ipv6_addresses(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
+    pub async fn no_ipv6_addresses(&self, index: u32, what: impl Into<String>) -> Result<(), NetlinkError> {
         use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode};
         let no_v6 = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
         self.set_link(LinkUnspec::new_with_index(index).append_extra_attribute(no_v6).build(), what).await
     }
 
+    /// Sends every request before waiting for any answer, and returns the first
+    /// failure. The kernel handles a socket's requests one by one in the order sent,
+    /// so a request may rely on the ones before it; a round trip saved per request.
+    pub async fn pipelined(requests: Vec<futures::future::BoxFuture<'_, Result<(), NetlinkError>>>) -> Result<(), NetlinkError> {
+        // join_all polls them in order, and each sends on its first poll.
+        futures::future::join_all(requests).await.into_iter().collect()
+    }
+
     /// Sets link `index` up.
-    pub async fn up(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
+    pub async fn up(&self, index: u32, what: impl Into<String>) -> Result<(), NetlinkError> {
         self.set_link(LinkUnspec::new_with_index(index).up().build(), what).await
     }
 
@@ -172,7 +174,14 @@ impl Netlink {
     /// its subnet through the gateway, not on the link. IPv6 addresses skip duplicate
     /// detection: minipod's IPAM already guarantees uniqueness, and a tentative address
     /// would be unusable for about a second.
-    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8, prefix_route: bool, what: &str) -> Result<(), NetlinkError> {
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+        prefix_route: bool,
+        what: impl Into<String>,
+    ) -> Result<(), NetlinkError> {
         use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
         let mut req = self.handle.address().add(index, addr, prefix);
         let mut flags = AddressFlags::empty();
@@ -194,7 +203,14 @@ impl Netlink {
 
     /// Routes `dest` (everything when `None`) via `gateway` out of link `index`, the
     /// gateway taken as on the link whatever the link's addresses say.
-    pub async fn add_route_via(&self, dest: Option<IpNetwork>, gateway: IpAddr, index: u32, what: &str) -> Result<(), NetlinkError> {
+    pub async fn add_route_via(
+        &self,
+        dest: Option<IpNetwork>,
+        gateway: IpAddr,
+        index: u32,
+        what: impl Into<String>,
+    ) -> Result<(), NetlinkError> {
+        let what = what.into();
         let (net, prefix) = match (dest, gateway) {
             (Some(d), _) => (d.network(), d.prefix()),
             (None, IpAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED.into(), 0),
@@ -203,7 +219,7 @@ impl Netlink {
         let route = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(net, prefix)
             .and_then(|r| r.gateway(gateway))
-            .map_err(|e| invalid(what, e))?
+            .map_err(|e| invalid(&what, e))?
             .output_interface(index)
             .onlink()
             .build();
@@ -212,12 +228,13 @@ impl Netlink {
 
     /// Routes the single address `dest` out of link `index`, with `source` as the
     /// node's address towards it.
-    pub async fn add_host_route(&self, dest: IpAddr, index: u32, source: IpAddr, what: &str) -> Result<(), NetlinkError> {
+    pub async fn add_host_route(&self, dest: IpAddr, index: u32, source: IpAddr, what: impl Into<String>) -> Result<(), NetlinkError> {
+        let what = what.into();
         let len = if dest.is_ipv4() { 32 } else { 128 };
         let route = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dest, len)
             .and_then(|r| r.pref_source(source))
-            .map_err(|e| invalid(what, e))?
+            .map_err(|e| invalid(&what, e))?
             .output_interface(index)
             .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .build();
@@ -227,7 +244,7 @@ impl Netlink {
     /// Records that `ip` is at `mac` on link `index`, for good: no ARP or neighbour
     /// discovery for it, and (being permanent) no slot in the kernel's neighbour table,
     /// which is shared by all namespaces and capped by gc_thresh3.
-    pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6], what: &str) -> Result<(), NetlinkError> {
+    pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6], what: impl Into<String>) -> Result<(), NetlinkError> {
         self.handle.neighbours().add(index, ip).link_layer_address(&mac).execute().await.map_err(request(what))
     }
 

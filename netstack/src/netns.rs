@@ -1,11 +1,12 @@
 //! Network namespaces as handles: the current one, or one pinned at a path (a bind
 //! mount of a namespace file, the CRI-O `pinns` idea). Work that must happen inside
-//! a namespace runs on a short-lived thread that entered it, never in the caller's
-//! thread and never after a fork.
+//! a namespace runs on a short-lived thread that entered it, never after a fork; in
+//! the caller's thread only when that thread is in the namespace already.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -84,6 +85,8 @@ fn parse_net_dev(table: &str) -> Vec<InterfaceCounters> {
 pub struct Netns {
     fd: OwnedFd,
     path: PathBuf,
+    /// The namespace's identity (device and inode of its nsfs file).
+    id: (u64, u64),
 }
 
 impl Netns {
@@ -94,8 +97,10 @@ impl Netns {
 
     /// The namespace at `path` (a pinned namespace or `/proc/PID/ns/net`).
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
-        let f = File::open(path).map_err(|source| NetnsError::Open { path: path.to_path_buf(), source })?;
-        Ok(Self { fd: f.into(), path: path.to_path_buf() })
+        let err = |source| NetnsError::Open { path: path.to_path_buf(), source };
+        let f = File::open(path).map_err(err)?;
+        let meta = f.metadata().map_err(err)?;
+        Ok(Self { fd: f.into(), path: path.to_path_buf(), id: (meta.dev(), meta.ino()) })
     }
 
     /// Where it was opened from.
@@ -103,9 +108,15 @@ impl Netns {
         &self.path
     }
 
-    /// Runs `f` on a fresh thread that has entered this namespace. Sockets `f` opens
-    /// stay bound to the namespace after the thread ends.
+    /// Runs `f` inside this namespace: on a fresh thread that has entered it, or on the
+    /// calling thread if that is in it already (the node namespace is usually the
+    /// caller's own, and a thread costs more than the work). Sockets `f` opens stay
+    /// bound to the namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+        let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| (m.dev(), m.ino()));
+        if here.is_ok_and(|id| id == self.id) {
+            return Ok(f());
+        }
         let fd = self.fd.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?;
         let path = self.path.clone();
         std::thread::spawn(move || {

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use futures::future::{BoxFuture, FutureExt};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -599,8 +600,8 @@ impl Node {
         };
         // No look-up first: the create fails on a clash, and only then is it worth
         // asking which end clashed.
-        let host = match veth::create(&node, &self.netns, &spec).await {
-            Ok(index) => index,
+        let pair = match veth::create(&node, &self.netns, &spec).await {
+            Ok(pair) => pair,
             Err(e) => {
                 return Err(match e.errno() {
                     Some(libc::EEXIST) if node.link(&host_ifname).await.ok().flatten().is_some() => NetworkError::LinkClash(host_ifname),
@@ -609,45 +610,50 @@ impl Node {
             }
         };
         // The node reaches the member through its own link, and knows its MAC.
-        let node_side = async {
-            node.add_host_route(ip.into(), host, gateway.into(), &format!("routing {ip} to {host_ifname}")).await?;
-            node.add_neighbour(host, ip.into(), mac, &format!("adding {ip}'s MAC on {host_ifname}")).await?;
-            if let (Some(v6), Some(gw6)) = (ip6, cfg.gateway6()) {
-                node.add_host_route(v6.into(), host, gw6.into(), &format!("routing {v6} to {host_ifname}")).await?;
-                node.add_neighbour(host, v6.into(), mac, &format!("adding {v6}'s MAC on {host_ifname}")).await?;
-            }
-            Ok::<(), NetworkError>(())
-        };
+        let host = pair.host;
+        let mut node_side: Vec<BoxFuture<'_, Result<(), NetlinkError>>> = vec![
+            node.up(host, format!("setting {host_ifname} up")).boxed(),
+            node.add_host_route(ip.into(), host, gateway.into(), format!("routing {ip} to {host_ifname}")).boxed(),
+            node.add_neighbour(host, ip.into(), mac, format!("adding {ip}'s MAC on {host_ifname}")).boxed(),
+        ];
+        if let (Some(v6), Some(gw6)) = (ip6, cfg.gateway6()) {
+            node_side.push(node.add_host_route(v6.into(), host, gw6.into(), format!("routing {v6} to {host_ifname}")).boxed());
+            node_side.push(node.add_neighbour(host, v6.into(), mac, format!("adding {v6}'s MAC on {host_ifname}")).boxed());
+        }
         // The member has its address with the network's prefix, but no route to the
         // prefix on its link: everything, its own subnet too, goes via the gateway,
         // whose MAC (the host end's) it is told.
         let inside = async {
             let nl = Netlink::open(pod)?;
-            // Loopback is the first link of every namespace: index 1, no look-up needed.
-            nl.up(1, "setting lo up in the pod").await?;
-            let index = nl.index(req.ifname.as_str()).await?;
+            let (index, ifname) = (pair.peer, &req.ifname);
+            // Loopback is the first link of every namespace: index 1.
+            let mut steps: Vec<BoxFuture<'_, Result<(), NetlinkError>>> = vec![nl.up(1, "setting lo up in the pod").boxed()];
             if ip6.is_none() {
                 // IPv4-only network: no IPv6 neighbour traffic from this interface.
-                nl.no_ipv6_addresses(index, &format!("turning IPv6 addresses off on {}", req.ifname)).await?;
+                steps.push(nl.no_ipv6_addresses(index, format!("turning IPv6 addresses off on {ifname}")).boxed());
             }
-            nl.add_address(index, IpAddr::V4(ip), cfg.subnet.prefix(), false, &format!("adding {ip} to {}", req.ifname)).await?;
-            nl.up(index, &format!("setting {} up", req.ifname)).await?;
-            nl.add_neighbour(index, gateway.into(), veth::HOST_MAC, &format!("adding the gateway's MAC on {}", req.ifname)).await?;
+            let prefix = cfg.subnet.prefix();
+            steps.push(nl.add_address(index, ip.into(), prefix, false, format!("adding {ip} to {ifname}")).boxed());
+            steps.push(nl.up(index, format!("setting {ifname} up")).boxed());
+            steps.push(nl.add_neighbour(index, gateway.into(), veth::HOST_MAC, format!("adding the gateway's MAC on {ifname}")).boxed());
             let dest = (!req.default_route).then_some(IpNetwork::V4(cfg.subnet));
-            nl.add_route_via(dest, gateway.into(), index, &format!("routing via {gateway} on {}", req.ifname)).await?;
+            steps.push(nl.add_route_via(dest, gateway.into(), index, format!("routing via {gateway} on {ifname}")).boxed());
             if let (Some(v6), Some(gw6), Some(net6)) = (ip6, cfg.gateway6(), cfg.subnet6) {
-                nl.add_address(index, v6.into(), net6.prefix(), false, &format!("adding {v6} to {}", req.ifname)).await?;
-                nl.add_neighbour(index, gw6.into(), veth::HOST_MAC, &format!("adding the IPv6 gateway's MAC on {}", req.ifname)).await?;
+                steps.push(nl.add_address(index, v6.into(), net6.prefix(), false, format!("adding {v6} to {ifname}")).boxed());
+                steps.push(
+                    nl.add_neighbour(index, gw6.into(), veth::HOST_MAC, format!("adding the IPv6 gateway's MAC on {ifname}")).boxed(),
+                );
                 let dest = (!req.default_route).then_some(IpNetwork::V6(net6));
-                nl.add_route_via(dest, gw6.into(), index, &format!("routing via {gw6} on {}", req.ifname)).await?;
+                steps.push(nl.add_route_via(dest, gw6.into(), index, format!("routing via {gw6} on {ifname}")).boxed());
             }
-            Ok::<(), NetworkError>(())
+            Netlink::pipelined(steps).await
         };
         // Both sides at once: they are different namespaces, and their requests are
         // independent until the first packet.
-        if let Err(e) = futures::future::try_join(node_side, inside).await {
+        let (node_done, inside_done) = futures::future::join(Netlink::pipelined(node_side), inside).await;
+        if let Err(e) = node_done.and(inside_done) {
             let _ = self.unwire(&host_ifname).await;
-            return Err(e);
+            return Err(e.into());
         }
         Ok(Attachment {
             network: cfg.name.clone(),

@@ -8,7 +8,7 @@
 
 use std::os::fd::AsRawFd;
 
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -60,9 +60,17 @@ pub struct VethSpec<'a> {
     pub ipv6: bool,
 }
 
-/// Creates the pair and sets the host end up. Returns the host end's index. On failure
-/// nothing is left: deleting the host end takes the peer with it.
-pub async fn create(node: &Netlink, node_ns: &Netns, spec: &VethSpec<'_>) -> Result<u32, VethError> {
+/// The two ends of a pair just made.
+pub struct Pair {
+    /// The host end's index in the node namespace.
+    pub host: u32,
+    /// The peer's index inside the member's namespace.
+    pub peer: u32,
+}
+
+/// Creates the pair, both ends down, the host end's sysctls set. On failure nothing is
+/// left: deleting the host end takes the peer with it.
+pub async fn create(node: &Netlink, node_ns: &Netns, spec: &VethSpec<'_>) -> Result<Pair, VethError> {
     let (host, pod) = (spec.host, spec.pod);
     let pod_fd = std::fs::File::open(pod.path())
         .map_err(|e| NetlinkError::Request { what: format!("opening {}", pod.path().display()), source: e })?;
@@ -75,8 +83,10 @@ pub async fn create(node: &Netlink, node_ns: &Netns, spec: &VethSpec<'_>) -> Res
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .build();
     node.add_link(msg, &format!("creating veth {host} with {} in {}", spec.peer, pod.path().display())).await?;
-    let index = match node.index(host).await {
-        Ok(i) => i,
+    // One look-up gives both indexes: a veth's link attribute is its peer's index in
+    // the peer's namespace.
+    let found = match node.link(host).await {
+        Ok(found) => found,
         Err(e) => {
             if let Ok(Some(link)) = node.link(host).await {
                 let _ = node.delete_link(link.header.index, &format!("rolling back {host}")).await;
@@ -84,40 +94,54 @@ pub async fn create(node: &Netlink, node_ns: &Netns, spec: &VethSpec<'_>) -> Res
             return Err(e.into());
         }
     };
-    let wired = async {
-        let mut sysctls = vec![
-            // The node's own 127.0.0.1:hostPort, DNAT'd to the member, leaves through
-            // this link, and the kernel drops 127/8 sources on a link without it.
-            (format!("net.ipv4.conf.{host}.route_localnet"), "1".to_string()),
-        ];
-        if spec.ipv6 {
-            // IPv6 must be on to carry the member's IPv6, but the link needs no
-            // address: the member is told the gateway's MAC, so no neighbour
-            // discovery runs across it.
-            sysctls.push((format!("net.ipv6.conf.{host}.addr_gen_mode"), "1".to_string()));
-        } else {
-            // Fully off, not just without addresses: the multicast route every IPv6
-            // link gets sits in one list of the node's routing table that every new
-            // link walks.
-            sysctls.push((format!("net.ipv6.conf.{host}.disable_ipv6"), "1".to_string()));
+    let pair = match found {
+        Some(link) => {
+            let peer = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(i) => Some(*i),
+                _ => None,
+            });
+            let Some(peer) = peer else {
+                let _ = node.delete_link(link.header.index, &format!("rolling back {host}")).await;
+                return Err(NetlinkError::NoLink(format!("the peer of {host}")).into());
+            };
+            Pair { host: link.header.index, peer }
         }
-        match node_ns.write_sysctls(&sysctls)? {
-            Ok(()) => {}
-            // A kernel without IPv6 has nothing to turn off (and carries none).
-            Err((key, e))
-                if key.starts_with("net.ipv6.")
-                    && e.kind() == std::io::ErrorKind::NotFound
-                    && !std::path::Path::new("/proc/sys/net/ipv6").exists() => {}
-            Err((key, source)) => return Err(VethError::Sysctl { key, source }),
-        }
-        node.up(index, &format!("setting {host} up")).await?;
-        Ok::<(), VethError>(())
+        None => return Err(NetlinkError::NoLink(host.to_string()).into()),
     };
-    if let Err(e) = wired.await {
-        let _ = node.delete_link(index, &format!("rolling back {host}")).await;
+    if let Err(e) = host_sysctls(node_ns, host, spec.ipv6) {
+        let _ = node.delete_link(pair.host, &format!("rolling back {host}")).await;
         return Err(e);
     }
-    Ok(index)
+    Ok(pair)
+}
+
+fn host_sysctls(node_ns: &Netns, host: &str, ipv6: bool) -> Result<(), VethError> {
+    let mut sysctls = vec![
+        // The node's own 127.0.0.1:hostPort, DNAT'd to the member, leaves through this
+        // link, and the kernel drops 127/8 sources on a link without it.
+        (format!("net.ipv4.conf.{host}.route_localnet"), "1".to_string()),
+    ];
+    if ipv6 {
+        // IPv6 must be on to carry the member's IPv6, but the link needs no address:
+        // the member is told the gateway's MAC, so no neighbour discovery runs across it.
+        sysctls.push((format!("net.ipv6.conf.{host}.addr_gen_mode"), "1".to_string()));
+    } else {
+        // Fully off, not just without addresses: the multicast route every IPv6 link
+        // gets sits in one list of the node's routing table that every new link walks.
+        sysctls.push((format!("net.ipv6.conf.{host}.disable_ipv6"), "1".to_string()));
+    }
+    match node_ns.write_sysctls(&sysctls)? {
+        Ok(()) => Ok(()),
+        // A kernel without IPv6 has nothing to turn off (and carries none).
+        Err((key, e))
+            if key.starts_with("net.ipv6.")
+                && e.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        Err((key, source)) => Err(VethError::Sysctl { key, source }),
+    }
 }
 
 /// The MAC a member's interface gets: locally administered, derived from its IPv4
