@@ -1,4 +1,4 @@
-//! Bridge networks inside a throwaway node namespace, with plain network namespaces as
+//! Networks inside a throwaway node namespace, with plain network namespaces as
 //! pods: reachability, MTU, clean detach, concurrent attaches, validation.
 
 mod common;
@@ -240,4 +240,23 @@ async fn the_default_network_comes_with_its_first_member_and_goes_with_its_last(
     // And comes back on the next attach.
     let again = t.node.attach(&name, t.request("pod-r", &t.pod("r"))).await.unwrap();
     assert_eq!(again.network, name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_is_given_again_while_its_former_link_lingers() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("reuse");
+    let net = t.node.create_network(t.network("reuse", "10.207.0.0/24")).await.unwrap();
+    let (old, new, peer) = (t.pod("old"), t.pod("new"), t.pod("peer"));
+    let w = t.node.attach(&net.name, t.request("old", &old)).await.unwrap();
+    // The pod teardown path frees the address and leaves the veth (and its route) to
+    // the kernel, which deletes it with the namespace: here something still holds it.
+    t.node.detach_released(&net.name, &OwnerId::new("old").unwrap()).await.unwrap();
+    let again = AttachRequest { ip: Some(w.ip), ..t.request("new", &new) };
+    let w2 = t.node.attach(&net.name, again).await.unwrap();
+    assert_eq!(w2.ip, w.ip);
+    t.node.attach(&net.name, t.request("peer", &peer)).await.unwrap();
+    assert!(TestNode::ping(&peer, w2.ip), "the address leads to its new holder");
 }

@@ -126,7 +126,7 @@ async fn a_table_from_an_older_minipod_is_rebuilt_with_the_recorded_networks_and
     let inet = t.internet();
     let mut cfg = t.network("dualu", "10.242.0.0/24");
     cfg.subnet6 = Some("fd00:242::/64".parse().unwrap());
-    let net = t.node.create_network(cfg.clone()).await.unwrap();
+    let net = t.node.create_network(cfg).await.unwrap();
     let a = t.pod("a");
     let ports = vec![PortMapping { proto: Proto::Tcp, host_port: 8088, host_ip: None, container_port: 80 }];
     let wa = t.node.attach(&net.name, AttachRequest { ports, ..t.request("pod-a", &a) }).await.unwrap();
@@ -152,9 +152,17 @@ async fn a_table_from_an_older_minipod_is_rebuilt_with_the_recorded_networks_and
     std::io::Write::write_all(&mut nft.stdin.take().unwrap(), old_table.as_bytes()).unwrap();
     assert!(nft.wait().unwrap().success());
 
-    // The next minipod on this state finds the old table and rebuilds it whole.
+    // And its bridge, in the default group and answering no ARP for others.
+    let old_bridge = format!("ip link set {br} group default && echo 0 > /proc/sys/net/ipv4/conf/{br}/proxy_arp", br = net.bridge);
+    assert!(TestNode::in_ns(&t.node_ns(), &["sh", "-c", &old_bridge]).status.success());
+
+    // The next minipod on this state mends all that at its first attach (no ports,
+    // no network created).
     let again = minipod_netstack::Node::new(t.base.join("state"), Some(&t.node_ns())).unwrap();
-    again.create_network(cfg).await.unwrap();
+    let d = t.pod("d");
+    let wd = again.attach(&net.name, t.request("pod-d", &d)).await.unwrap();
+    let link = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "link", "show", net.bridge.as_str()]).stdout).unwrap();
+    assert!(link.contains(&format!("group {}", net.group())), "{link}");
     let table = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["nft", "list", "table", "inet", "minipod"]).stdout).unwrap();
     assert!(table.contains("set groups") && !table.contains("set bridges"), "{table}");
     assert!(table.contains("tcp . 8088 : fd00:242::2 . 80"), "the recorded port is back: {table}");
@@ -165,6 +173,7 @@ async fn a_table_from_an_older_minipod_is_rebuilt_with_the_recorded_networks_and
     // the routed one.
     assert!(TestNode::ping(&c, wa.ip), "old member -> routed member");
     assert!(TestNode::ping(&a, "10.242.0.50".parse().unwrap()), "routed member -> old member");
+    assert!(TestNode::ping(&d, wa.ip) && TestNode::ping(&a, wd.ip), "the new member and the others reach each other");
     // Another state dir on the same node finds the table current and adds only its own.
     let other = minipod_netstack::Node::new(t.base.join("state2"), Some(&t.node_ns())).unwrap();
     other.create_network(t.network("other", "10.242.1.0/24")).await.unwrap();

@@ -99,3 +99,47 @@ async fn another_firewalls_forward_drop_policy_is_reported_with_the_fix() {
     let fix = format!("iptables -I FORWARD -m devgroup --src-group {:#x} -j ACCEPT", net.group());
     assert!(problems[0].contains(&fix), "{}", problems[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_can_neither_reach_the_nodes_localhost_nor_pose_as_another_pod() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("guard");
+    let net = t.node.create_network(t.network("guarded", "10.216.0.0/24")).await.unwrap();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    let wa = t.node.attach(&net.name, t.request("a", &a)).await.unwrap();
+    let wb = t.node.attach(&net.name, t.request("b", &b)).await.unwrap();
+
+    // A service on the node's loopback only.
+    let www = t.base.join("www-local");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "node-local").unwrap();
+    t.spawn_in(&t.node_ns(), &["busybox", "httpd", "-f", "-p", "127.0.0.1:9097", "-h", www.to_str().unwrap()]);
+    let up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        TestNode::fetch(&t.node_ns(), "http://127.0.0.1:9097/").is_some()
+    });
+    assert!(up, "the node reaches its own localhost service");
+    // Pod a, root in its namespace (as a container with NET_ADMIN, or any with
+    // NET_RAW crafting frames), sends to 127.0.0.1 through the gateway. The host end
+    // lets 127/8 through for the node's own 127.0.0.1:hostPort; the guard must not.
+    let hostile = format!(
+        "ip addr flush dev lo && ip route add 127.0.0.0/8 via {gw} dev eth0 onlink && echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet",
+        gw = net.gateway()
+    );
+    assert!(TestNode::in_ns(&a, &["sh", "-c", &hostile]).status.success());
+    assert_eq!(TestNode::fetch(&a, "http://127.0.0.1:9097/"), None, "a pod reached the node's localhost");
+
+    // Pod a takes b's address and pings the gateway from it: the packet must be
+    // dropped before conntrack sees it; a's own ping (the control) is seen.
+    let spoof = format!("ip addr add {}/32 dev eth0 && busybox ping -c 1 -W 1 -I {} {}", wb.ip, wb.ip, net.gateway());
+    TestNode::in_ns(&a, &["sh", "-c", &spoof]);
+    assert!(TestNode::ping(&a, net.gateway()), "a's own address works");
+    let flows = |src: std::net::Ipv4Addr| {
+        let out = TestNode::in_ns(&t.node_ns(), &["conntrack", "-L", "-p", "icmp", "-s", &src.to_string()]);
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(flows(wa.ip), 1, "conntrack sees a's ping");
+    assert_eq!(flows(wb.ip), 0, "a posed as b");
+}

@@ -7,7 +7,11 @@
 //! interfaces and firewall are never touched. MINIPOD_NETBENCH_PROBES sets the probes
 //! per position (default 30); MINIPOD_NETBENCH_POSITIONS the pod numbers to probe at
 //! (default `1,100,1000`; the CNI side stops at 1000, as its bridge takes at most 1023
-//! ports); MINIPOD_NETBENCH_NO_CNI set (to anything) leaves out the CNI side.
+//! ports); MINIPOD_NETBENCH_RUNS how many times the minipod side is measured, each
+//! time on a fresh network (default 3: this VM's run-to-run spread is ±15%, so one
+//! run says little about a 10% bound; the table shows the median of the runs);
+//! MINIPOD_NETBENCH_IPV6 set makes the networks dual-stack; MINIPOD_NETBENCH_NO_CNI
+//! set (to anything) leaves out the CNI side.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -145,12 +149,12 @@ struct Row {
 }
 
 /// Fills the network up to each position and probes attach+detach there.
-fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize, positions: &[usize]) -> Vec<Row> {
+fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize, positions: &[usize], tag: &str) -> Vec<Row> {
     let mut rows = Vec::new();
     // A warm-up batch, not counted: the first attaches of a process pay for page
     // faults, thread pools and caches, which would land on the 1st pod only.
     for i in 0..BATCH {
-        let (id, ns) = (format!("warmup-{i}"), pods.make(&format!("{}-warmup-{i}", w.name().len())));
+        let (id, ns) = (format!("warmup-{i}"), pods.make(&format!("{tag}-warmup-{i}")));
         w.attach(&id, &ns);
         w.detach(&id, &ns);
     }
@@ -159,7 +163,7 @@ fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize, positions: &[usiz
     for &pos in positions {
         while filled < pos - 1 {
             let id = format!("{}-fill-{filled}", w.name().len());
-            let ns = pods.make(&format!("{}-fill-{filled}", w.name().len()));
+            let ns = pods.make(&format!("{tag}-fill-{filled}"));
             w.attach(&id, &ns);
             filled += 1;
         }
@@ -175,7 +179,7 @@ fn measure(w: &mut dyn Wiring, pods: &mut Pods, probes: usize, positions: &[usiz
             let mut attached = Vec::new();
             for i in batch {
                 let id = format!("probe-{pos}-{i}");
-                let ns = pods.make(&format!("{}-probe-{pos}-{i}", w.name().len()));
+                let ns = pods.make(&format!("{tag}-probe-{pos}-{i}"));
                 let t = Instant::now();
                 w.attach(&id, &ns);
                 attach.push(t.elapsed());
@@ -229,31 +233,43 @@ fn main() {
     nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the node namespace");
     let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
 
+    let runs: usize = std::env::var("MINIPOD_NETBENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).clamp(1, 20);
+    let dual_stack = std::env::var_os("MINIPOD_NETBENCH_IPV6").is_some();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
     let node = Node::new(base.join("state"), None).expect("node");
-    let cfg = NetworkConfig::new(
-        NetworkName::new("bench").expect("name"),
-        IfName::new("mpbench0").expect("bridge"),
-        "10.90.0.0/16".parse().expect("cidr"),
-    );
-    let net = rt.block_on(node.create_network(cfg)).expect("network").name;
+    let mut m = Minipod { rt, node, net: NetworkName::new("bench0").expect("name") };
 
     println!(
-        "attach + detach of a pod netns at the Nth pod of one network ({probes} probes per position), inside a throwaway node namespace"
+        "attach + detach of a pod netns at the Nth pod of one network ({probes} probes per position, minipod: {runs} runs{}), \
+         inside a throwaway node namespace",
+        if dual_stack { ", dual-stack" } else { "" }
     );
-    let mut results = Vec::new();
-    {
+    let mut minipod_runs = Vec::new();
+    for run in 0..runs {
+        let mut cfg = NetworkConfig::new(
+            NetworkName::new(format!("bench{run}")).expect("name"),
+            IfName::new(format!("mpbench{run}")).expect("bridge"),
+            format!("10.{}.0.0/16", 100 + run).parse().expect("cidr"),
+        );
+        if dual_stack {
+            cfg.subnet6 = Some(format!("fd00:{}::/64", 100 + run).parse().expect("cidr"));
+        }
+        m.net = m.rt.block_on(m.node.create_network(cfg)).expect("network").name;
         let mut pods = Pods { dir: base.join("pods"), made: vec![] };
-        let mut m = Minipod { rt, node, net };
-        results.push((m.name(), measure(&mut m, &mut pods, probes, &positions)));
+        minipod_runs.push(measure(&mut m, &mut pods, probes, &positions, &format!("m{run}")));
+        drop(pods);
+        // The kernel deletes the released pods' veths in the background: let it finish
+        // before the next run.
+        wait_for_no_veths(Duration::from_secs(120));
     }
+    let mut results = vec![(m.name(), median_rows(&minipod_runs))];
     if std::env::var_os("MINIPOD_NETBENCH_NO_CNI").is_some() {
         println!("skipping CNI: MINIPOD_NETBENCH_NO_CNI is set");
     } else if Path::new(CNI_PATH).join("bridge").exists() && which("iptables") {
         let mut pods = Pods { dir: base.join("pods"), made: vec![] };
         let mut c = Cni { data_dir: base.join("cni-ipam") };
         let cni_positions: Vec<usize> = positions.iter().copied().filter(|p| *p <= CNI_MAX).collect();
-        results.push((c.name(), measure(&mut c, &mut pods, probes, &cni_positions)));
+        results.push((c.name(), measure(&mut c, &mut pods, probes, &cni_positions, "cni")));
     } else {
         println!("skipping CNI: install containernetworking-plugins and iptables");
     }
@@ -269,11 +285,53 @@ fn main() {
             println!("pod #{}: CNI / minipod = {:.1}x attach, {:.1}x detach", m.pos, c.attach.0 / m.attach.0, c.detach.0 / m.detach.0);
         }
     }
-    if let Some((_, [first, .., last])) = results.first().map(|(n, rows)| (n, &rows[..])) {
-        println!("minipod attach, pod #{} vs pod #{}: {:+.0}%", last.pos, first.pos, (last.attach.0 / first.attach.0 - 1.0) * 100.0);
+    let growth: Vec<f64> = minipod_runs
+        .iter()
+        .filter_map(|rows| match &rows[..] {
+            [first, .., last] => Some((last.attach.0 / first.attach.0 - 1.0) * 100.0),
+            _ => None,
+        })
+        .collect();
+    if let (Some(first), Some(last)) = (positions.first(), positions.last()) {
+        if !growth.is_empty() {
+            let each: Vec<String> = growth.iter().map(|g| format!("{g:+.0}%")).collect();
+            println!(
+                "minipod attach p50, pod #{last} vs pod #{first}, per run: {} (median {:+.0}%)",
+                each.join(", "),
+                median(growth.clone())
+            );
+        }
     }
     drop(node_ns);
     let _ = remove_pinned(&node_path);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each position's figures, the median over the runs.
+fn median_rows(runs: &[Vec<Row>]) -> Vec<Row> {
+    let pick = |i: usize, f: &dyn Fn(&Row) -> f64| median(runs.iter().map(|r| f(&r[i])).collect());
+    (0..runs[0].len())
+        .map(|i| Row {
+            pos: runs[0][i].pos,
+            attach: (pick(i, &|r| r.attach.0), pick(i, &|r| r.attach.1)),
+            detach: (pick(i, &|r| r.detach.0), pick(i, &|r| r.detach.1)),
+        })
+        .collect()
+}
+
+fn wait_for_no_veths(limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let out = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output();
+        if out.map(|o| o.stdout.is_empty()).unwrap_or(true) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Removes the benchmark's directory on the host, also when the benchmark panics.

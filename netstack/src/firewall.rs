@@ -23,6 +23,12 @@ pub enum FirewallError {
     NoNft(#[source] std::io::Error),
     #[error("host port {proto}/{port}{} is already published by {holder}", host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default())]
     PortTaken { proto: Proto, port: u16, host_ip: Option<Ipv4Addr>, holder: String },
+    #[error("the port record {path} cannot be read: restore it, or remove it to give up its ports (then withdraw them with `nft delete element inet minipod ports4 ...`)")]
+    BadRecord {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("firewall state {path}")]
     State {
         path: PathBuf,
@@ -62,6 +68,12 @@ pub struct PortMapping {
 
 /// Members' host ends and the bridges are in their network's interface group, which
 /// the rules match on: a network adds its group, not each link.
+///
+/// `guard` runs before anything else sees a member's packet. Host ends let 127/8
+/// through (route_localnet, which the node's 127.0.0.1:hostPort needs), so a member
+/// could otherwise reach the node's localhost services (the CVE-2020-8558 class); and
+/// a member may only send from addresses routed to its own link (strict reverse path,
+/// whatever the node's rp_filter says), so it cannot pose as another pod or the node.
 const TABLE: &str = r#"
 table inet minipod {
 	set groups { type devgroup; }
@@ -76,6 +88,11 @@ table inet minipod {
 	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
 	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 	map ports6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
+	chain guard {
+		type filter hook prerouting priority raw; policy accept;
+		meta iifgroup @groups ip daddr 127.0.0.0/8 drop
+		meta iifgroup @groups fib saddr . iif oif 0 drop
+	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
@@ -166,33 +183,41 @@ impl Firewall {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| FirewallError::State { path, source: e.into() })
     }
 
-    /// Makes sure the table is there and current. Checked once per `Firewall`; other
-    /// processes wait on the lock meanwhile. A missing table (flushed by someone, or
-    /// never made) or one made by an older minipod is built anew in one transaction,
-    /// with the elements of the `recorded` networks and of every published port.
+    /// Makes sure the table is there and current, with this state dir's elements in it.
+    /// Done once per `Firewall`; other processes wait on the lock meanwhile. A missing
+    /// table (flushed by someone, or never made) or one an older minipod made is built
+    /// anew in one transaction with the elements of the `recorded` networks and of every
+    /// published port; a current one gets them added again (adding is idempotent), in
+    /// case a minipod with another state dir on the same node rebuilt it.
     pub fn ensure(&self, recorded: impl FnOnce() -> Vec<NetworkConfig>) -> Result<(), FirewallError> {
         if self.ensured.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         let _lock = self.lock()?;
-        // The set the current rules need; an older table lacks it.
-        if self.nft("list set inet minipod groups", "checking the table").is_err() {
+        let mut elements = String::new();
+        for cfg in recorded() {
+            elements.push_str(&network_elements("add", &cfg));
+        }
+        for (owner, records) in self.reservations()? {
+            match records {
+                Ok(records) => records.iter().for_each(|r| elements.push_str(&r.elements("add"))),
+                Err(e) => tracing::warn!("the ports of {owner} are not published again: {e}"),
+            }
+        }
+        // The newest chain: a table without it is older than this minipod.
+        if self.nft("list chain inet minipod guard", "checking the table").is_err() {
             // `add` first so that `delete` cannot fail on a missing table.
-            let mut script = format!("add table inet minipod\ndelete table inet minipod\n{TABLE}");
-            for cfg in recorded() {
-                script.push_str(&network_elements("add", &cfg));
-            }
-            for r in self.reservations()?.into_iter().flat_map(|(_, records)| records) {
-                script.push_str(&r.elements("add"));
-            }
+            let script = format!("add table inet minipod\ndelete table inet minipod\n{TABLE}{elements}");
             self.nft(&script, "creating table inet minipod")?;
+        } else if !elements.is_empty() {
+            self.nft(&elements, "adding this node's networks and ports to table inet minipod")?;
         }
         self.ensured.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// Every owner's published ports, as recorded.
-    fn reservations(&self) -> Result<Vec<(String, Vec<Reservation>)>, FirewallError> {
+    /// Every owner's published ports as recorded, or why they cannot be read.
+    fn reservations(&self) -> Result<Vec<(String, OwnerPorts)>, FirewallError> {
         let dir = self.state_dir.join("ports");
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -203,8 +228,11 @@ impl Firewall {
         for e in entries.flatten() {
             let path = e.path();
             let Some(owner) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-            let Ok(data) = std::fs::read(&path) else { continue };
-            out.push((owner.to_string(), serde_json::from_slice(&data).unwrap_or_default()));
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let records = read_record(&path);
+            out.push((owner.to_string(), records));
         }
         Ok(out)
     }
@@ -234,11 +262,13 @@ impl Firewall {
     /// talk to each other, and masquerade or isolation as configured.
     /// Call [`Firewall::ensure`] first.
     pub fn add_network(&self, cfg: &NetworkConfig) -> Result<(), FirewallError> {
+        let _lock = self.lock()?;
         self.nft(&network_elements("add", cfg), &format!("adding network {}", cfg.name))
     }
 
     /// Removes a network's elements; missing ones are fine.
     pub fn remove_network(&self, cfg: &NetworkConfig) -> Result<(), FirewallError> {
+        let _lock = self.lock()?;
         let script = network_elements("delete", cfg);
         if self.nft(&script, "removing network elements").is_ok() {
             return Ok(());
@@ -300,7 +330,14 @@ impl Firewall {
         let clash = |r: &Reservation| {
             r.proto == p.proto && r.host_port == p.host_port && (r.host_ip.is_none() || p.host_ip.is_none() || r.host_ip == p.host_ip)
         };
-        Ok(self.reservations()?.into_iter().find(|(_, records)| records.iter().any(clash)).map(|(owner, _)| owner))
+        for (owner, records) in self.reservations()? {
+            // A record that cannot be read may hold this very port: refuse rather than
+            // publish it twice.
+            if records?.iter().any(clash) {
+                return Ok(Some(owner));
+            }
+        }
+        Ok(None)
     }
 
     /// Withdraws every port `owner` published and forgets the flows that used them
@@ -308,12 +345,10 @@ impl Firewall {
     pub fn unpublish(&self, owner: &OwnerId) -> Result<(), FirewallError> {
         let _lock = self.lock()?;
         let owner_file = self.state_dir.join("ports").join(format!("{owner}.json"));
-        let data = match std::fs::read(&owner_file) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(FirewallError::State { path: owner_file, source }),
-        };
-        let records: Vec<Reservation> = serde_json::from_slice(&data).unwrap_or_default();
+        if !owner_file.exists() {
+            return Ok(());
+        }
+        let records = read_record(&owner_file)?;
         let script: String = records.iter().map(|r| r.elements("delete")).collect();
         if self.nft(&script, "withdrawing ports").is_err() {
             for line in script.lines() {
@@ -347,6 +382,15 @@ impl Firewall {
         }
         std::fs::remove_file(&owner_file).map_err(|source| FirewallError::State { path: owner_file, source })
     }
+}
+
+/// One owner's recorded ports, or why they cannot be read.
+type OwnerPorts = Result<Vec<Reservation>, FirewallError>;
+
+fn read_record(path: &Path) -> Result<Vec<Reservation>, FirewallError> {
+    std::fs::read(path)
+        .and_then(|data| serde_json::from_slice(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        .map_err(|source| FirewallError::BadRecord { path: path.to_path_buf(), source })
 }
 
 /// A network's elements, as lines of an nft script: map elements with their values

@@ -1,29 +1,43 @@
-//! minipod's node networking: bridge networks with IPAM for network namespaces.
+//! minipod's node networking: routed networks with IPAM for network namespaces.
 //!
 //! # Model
 //!
-//! - A **node** is the network namespace that holds the bridges: the caller's own by
+//! - A **node** is the network namespace that holds the networks: the caller's own by
 //!   default, or a throwaway one (tests, multi-node simulations) so that a whole node
 //!   runs without touching the host.
-//! - A **network** is a bridge with an IPv4 subnet and gateway ([`NetworkConfig`]),
-//!   recorded under the state dir. `minipod0` on 10.88.0.0/16 is the default: the
-//!   first attach to it creates it, and it is removed with its last member. The
-//!   bridge has a fixed MAC (derived from its name) and no multicast snooping, and
-//!   holds at most 1023 members (the kernel's port limit: [`NetworkError::BridgeFull`]).
+//! - A **network** has an IPv4 subnet and gateway ([`NetworkConfig`]) and a bridge that
+//!   holds the gateway addresses, recorded under the state dir. `minipod0` on
+//!   10.88.0.0/16 is the default: the first attach to it creates it, and it is removed
+//!   with its last member. Its links (bridge and members' host ends) share an
+//!   interface group ([`NetworkConfig::group`]), which the firewall matches on.
 //! - **Attaching** a namespace creates a veth pair whose peer is born inside the
 //!   namespace under its final name, gives it an address from the network's
 //!   [`ipam::Ipam`], sets lo and the interface up and routes via the gateway. A failed
 //!   attach undoes what it did; detach is idempotent and works when the namespace is
 //!   already gone.
+//! - Members are **routed, not bridged**: the host end is a link of its own with a /32
+//!   route to the member and a permanent neighbour entry for it; the member has its
+//!   address with the network's prefix but no on-link route, and a permanent entry for
+//!   the gateway's MAC (`ee:ee:ee:ee:ee:ee`, every host end's). Everything, the
+//!   member's own subnet included, goes through the node, which forwards between
+//!   members of one network and nowhere else. So attaching costs the same at the
+//!   1000th member as at the 1st (a Linux bridge walks all its ports on every port
+//!   added), a network has no member limit (a bridge takes 1023 ports), and no member
+//!   ever takes a dynamic entry in the kernel's neighbour table, which all namespaces
+//!   share (gc_thresh3). Members that a minipod from before this made ports of the
+//!   bridge keep working beside routed ones.
 //! - This crate knows nothing about containers: it takes a namespace path and an
 //!   owner id.
 //!
 //! - The **firewall** is one nftables `inet minipod` table whose fixed rules match on
-//!   sets and maps: a network adds its bridge and CIDR (masquerade towards non-bridge
-//!   links, isolation from other networks, no egress when internal); published ports
-//!   are map elements for traffic to any local address (from other hosts, from pods
-//!   through hairpin, from the node's own 127.0.0.1). A member without ports changes
-//!   no firewall state.
+//!   sets and maps: a network adds its interface group, CIDR and gateway (masquerade
+//!   towards links outside every network, isolation from other networks, no egress
+//!   when internal); published ports are map elements for traffic to any local
+//!   address (from other hosts, from pods through hairpin, from the node's own
+//!   127.0.0.1), whose source is then the target network's gateway where the reply
+//!   would otherwise not come back through the node. A member without ports changes
+//!   no firewall state. A missing table, or one an older minipod made, is rebuilt in
+//!   one transaction from the recorded networks and ports.
 //!
 //! - **Garbage collection** ([`Node::gc`]) takes the set of live owners and removes
 //!   every member, address, published port and host veth of owners that are gone; what

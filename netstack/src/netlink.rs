@@ -227,7 +227,9 @@ impl Netlink {
     }
 
     /// Routes the single address `dest` out of link `index`, with `source` as the
-    /// node's address towards it.
+    /// node's address towards it. Replaces a route to `dest` that is there: IPAM gives
+    /// an address to one member at a time, so such a route is a former member's, whose
+    /// link the kernel has not deleted yet.
     pub async fn add_host_route(&self, dest: IpAddr, index: u32, source: IpAddr, what: impl Into<String>) -> Result<(), NetlinkError> {
         let what = what.into();
         let len = if dest.is_ipv4() { 32 } else { 128 };
@@ -238,14 +240,15 @@ impl Netlink {
             .output_interface(index)
             .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .build();
-        self.handle.route().add(route).execute().await.map_err(request(what))
+        self.handle.route().add(route).replace().execute().await.map_err(request(what))
     }
 
     /// Records that `ip` is at `mac` on link `index`, for good: no ARP or neighbour
     /// discovery for it, and (being permanent) no slot in the kernel's neighbour table,
-    /// which is shared by all namespaces and capped by gc_thresh3.
+    /// which is shared by all namespaces and capped by gc_thresh3. Replaces an entry
+    /// for `ip` on that link.
     pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6], what: impl Into<String>) -> Result<(), NetlinkError> {
-        self.handle.neighbours().add(index, ip).link_layer_address(&mac).execute().await.map_err(request(what))
+        self.handle.neighbours().add(index, ip).link_layer_address(&mac).replace().execute().await.map_err(request(what))
     }
 
     /// The MTU of the link that carries the IPv4 default route, if there is one.

@@ -1,6 +1,7 @@
-//! Networks on a node: validate -> apply -> roll back. A network is a bridge with an
-//! IPv4 subnet and gateway in the node namespace; members are network namespaces,
-//! each wired with one veth pair and one address.
+//! Networks on a node: validate -> apply -> roll back. A network is an IPv4 subnet
+//! (and optionally an IPv6 one) with a gateway held by a bridge in the node namespace;
+//! members are network namespaces, each wired with one routed veth pair and one
+//! address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -82,13 +83,14 @@ fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
 pub struct NetworkConfig {
     /// Its name.
     pub name: NetworkName,
-    /// The bridge interface in the node namespace.
+    /// The bridge interface in the node namespace: it holds the gateway addresses
+    /// (members are routed, not its ports) and its name gives the network's group.
     pub bridge: IfName,
     /// The IPv4 subnet pods get addresses from.
     pub subnet: Ipv4Network,
     /// The bridge's address and the pods' default route; the first host address by default.
     pub gateway: Option<Ipv4Addr>,
-    /// MTU of the bridge and veths; the node's default-route link's, or 1500, by default.
+    /// MTU of the veths; the node's default-route link's, or 1500, by default.
     pub mtu: Option<u32>,
     /// Masquerade traffic leaving the network (default on).
     pub masquerade: bool,
@@ -236,7 +238,7 @@ pub struct Attachment {
     pub resolv_conf: String,
 }
 
-/// A node: the namespace that holds the bridges, and the state dir for its networks.
+/// A node: the namespace that holds the networks, and the state dir for them.
 ///
 /// A node namespace is expected to look like a host: `lo` up (published ports on
 /// 127.0.0.1 go through it) and, for egress, a default route.
@@ -246,6 +248,8 @@ pub struct Node {
     firewall: Firewall,
     records: crate::dns::Records,
     dns: std::sync::Mutex<Option<crate::dns::DnsServer>>,
+    /// Networks whose bridge, sysctls and firewall this process has checked.
+    ready: std::sync::Mutex<std::collections::HashSet<NetworkName>>,
 }
 
 impl Node {
@@ -257,7 +261,7 @@ impl Node {
         };
         let state_dir = state_dir.into();
         let firewall = Firewall::new(netns.path(), &state_dir);
-        Ok(Self { netns, state_dir, firewall, records: Default::default(), dns: Default::default() })
+        Ok(Self { netns, state_dir, firewall, records: Default::default(), dns: Default::default(), ready: Default::default() })
     }
 
     fn net_dir(&self, name: &NetworkName) -> PathBuf {
@@ -350,20 +354,23 @@ impl Node {
                 }
             }
         }
-        let spec = bridge::BridgeSpec {
-            name: cfg.bridge.as_str(),
-            gateway: cfg.gateway(),
-            subnet: cfg.subnet,
-            v6: cfg.gateway6().zip(cfg.subnet6.map(|n| n.prefix())),
-            mtu: cfg.mtu.unwrap_or(1500),
-            group: cfg.group(),
+        let created = match self.prepare(&nl, &cfg).await {
+            Ok(created) => created,
+            Err((created, e)) => {
+                if created {
+                    let _ = bridge::remove(&nl, cfg.bridge.as_str()).await;
+                }
+                return Err(e);
+            }
         };
-        let created = bridge::ensure(&nl, &spec).await?;
         if let Err(e) = self.configure_network(&cfg, is_new) {
             if created {
                 let _ = bridge::remove(&nl, cfg.bridge.as_str()).await;
             }
             return Err(e);
+        }
+        if let Ok(mut ready) = self.ready.lock() {
+            ready.insert(cfg.name.clone());
         }
         for chain in self.firewall.forward_droppers() {
             tracing::warn!(network = %cfg.name, "{}", forward_drop_warning(&chain, &cfg));
@@ -384,19 +391,6 @@ impl Node {
     /// `is_new`: no record of the network existed, so a failure may undo everything;
     /// an existing network's elements and state belong to its members.
     fn configure_network(&self, cfg: &NetworkConfig, is_new: bool) -> Result<(), NetworkError> {
-        // Members are routed: forwarding on.
-        self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
-        if cfg.subnet6.is_some() {
-            self.sysctl(&self.netns, "net.ipv6.conf.all.forwarding", "1")?;
-        }
-        // For members that an older minipod made ports of the bridge: DNAT of the
-        // node's 127.0.0.1 to them, and ARP answers for routed members, which they
-        // think are on their link (at once: the default proxy delay is random, up to
-        // 0.8 s).
-        let br = &cfg.bridge;
-        self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
-        self.sysctl(&self.netns, &format!("net.ipv4.neigh.{br}.proxy_delay"), "0")?;
-        self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.proxy_arp"), "1")?;
         self.ensure_firewall()?;
         self.firewall.add_network(cfg)?;
         let dir = self.net_dir(&cfg.name);
@@ -411,14 +405,72 @@ impl Node {
         recorded
     }
 
+    /// The network's bridge (made if missing, with its addresses and group) and the
+    /// sysctls routing its members needs. On failure, also says whether the bridge was
+    /// made by this call.
+    async fn prepare(&self, nl: &Netlink, cfg: &NetworkConfig) -> Result<bool, (bool, NetworkError)> {
+        let spec = bridge::BridgeSpec {
+            name: cfg.bridge.as_str(),
+            gateway: cfg.gateway(),
+            subnet: cfg.subnet,
+            v6: cfg.gateway6().zip(cfg.subnet6.map(|n| n.prefix())),
+            mtu: cfg.mtu.unwrap_or(1500),
+            group: cfg.group(),
+        };
+        let created = bridge::ensure(nl, &spec).await.map_err(|e| (false, e.into()))?;
+        let sysctls = || {
+            // Members are routed: forwarding on.
+            self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
+            if cfg.subnet6.is_some() {
+                self.sysctl(&self.netns, "net.ipv6.conf.all.forwarding", "1")?;
+            }
+            // For members that an older minipod made ports of the bridge: DNAT of the
+            // node's 127.0.0.1 to them, and ARP answers for routed members, which they
+            // think are on their link (at once: the default proxy delay is random, up
+            // to 0.8 s).
+            let br = &cfg.bridge;
+            self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
+            self.sysctl(&self.netns, &format!("net.ipv4.neigh.{br}.proxy_delay"), "0")?;
+            self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.proxy_arp"), "1")
+        };
+        sysctls().map_err(|e| (created, e))?;
+        Ok(created)
+    }
+
+    /// Once per process and network, before its first attach: the bridge and sysctls
+    /// as [`Node::create_network`] leaves them, and the firewall table current. What a
+    /// minipod from before routed members, a reboot of the bridge or a flushed
+    /// ruleset left is mended here, not only when someone creates the network again.
+    async fn ensure_ready(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+        if self.ready.lock().map(|r| r.contains(&cfg.name)).unwrap_or(false) {
+            return Ok(());
+        }
+        let nl = Netlink::open(&self.netns)?;
+        self.prepare(&nl, cfg).await.map_err(|(_, e)| e)?;
+        self.ensure_firewall()?;
+        if let Ok(mut ready) = self.ready.lock() {
+            ready.insert(cfg.name.clone());
+        }
+        Ok(())
+    }
+
     /// The table, made or brought up to date (with every recorded network's elements)
-    /// the first time this node needs it.
+    /// the first time this process needs it. A record that cannot be read is left
+    /// out, and said so, rather than leaving every network without its rules.
     fn ensure_firewall(&self) -> Result<(), FirewallError> {
         self.firewall.ensure(|| {
-            self.networks().unwrap_or_else(|e| {
-                tracing::warn!("rebuilding the firewall without the networks whose records cannot be read: {e}");
-                vec![]
-            })
+            let dir = self.state_dir.join("networks");
+            let names = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+            let names = names.filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok());
+            names
+                .filter_map(|name| match self.network(&name) {
+                    Ok(cfg) => cfg,
+                    Err(e) => {
+                        tracing::warn!("the firewall rules of network {name} are not restored: {e}");
+                        None
+                    }
+                })
+                .collect()
         })
     }
 
@@ -523,6 +575,7 @@ impl Node {
         if let Some(bad) = req.dns_names.iter().find(|n| !is_dns_name(n)) {
             return Err(NetworkError::BadDnsName(bad.clone()));
         }
+        self.ensure_ready(&cfg).await?;
         let pod = Netns::open(&req.netns)?;
         let ipam = self.ipam(&cfg);
         if let Some(ip) = ipam.address_of(&req.owner)? {
@@ -553,9 +606,9 @@ impl Node {
             }
         };
         let path = self.member_file(name, &req.owner);
-        let ports = if req.ports.is_empty() { Ok(()) } else { self.ensure_firewall() };
-        let recorded = ports
-            .and_then(|()| self.firewall.publish(&req.owner, ip, ip6, &req.ports))
+        let recorded = self
+            .firewall
+            .publish(&req.owner, ip, ip6, &req.ports)
             .map_err(NetworkError::from)
             .and_then(|()| serde_json::to_vec_pretty(&attachment).map_err(|e| state_err(&path)(std::io::Error::other(e))))
             .and_then(|d| write_atomic(&path, &d));
