@@ -29,6 +29,13 @@ async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
     assert!(ping6.status.success(), "a -> b over IPv6: {}", String::from_utf8_lossy(&ping6.stdout));
     let route = String::from_utf8(TestNode::in_ns(&a, &["ip", "-6", "route"]).stdout).unwrap();
     assert!(route.contains("default via fd00:240::1 dev eth0"), "{route}");
+    // Members' multicast stops at their host end (they are told every MAC they need):
+    // nothing on the node answers all-nodes.
+    // (The pod itself answers: it is one of them.)
+    let all_nodes = TestNode::in_ns(&a, &["busybox", "ping", "-6", "-c", "2", "-W", "1", "-I", "eth0", "ff02::1"]);
+    let replies = String::from_utf8_lossy(&all_nodes.stdout);
+    let others = replies.lines().filter(|l| l.contains("bytes from") && !l.contains(&format!("from {a6}:"))).count();
+    assert_eq!(others, 0, "{replies}");
 
     let seen = TestNode::fetch(&a, "http://[2001:db8:1::1]/cgi-bin/ip").unwrap_or_default();
     assert_eq!(seen.trim_start_matches('[').trim_end_matches(']'), "2001:db8:1::2", "IPv6 egress leaves with the node's address");

@@ -74,6 +74,10 @@ pub struct PortMapping {
 /// could otherwise reach the node's localhost services (the CVE-2020-8558 class); and
 /// a member may only send from addresses routed to its own link (strict reverse path,
 /// whatever the node's rp_filter says), so it cannot pose as another pod or the node.
+/// Members' IPv6 multicast (duplicate address detection, MLD reports) is not for the
+/// node, which tells them every MAC they need and routes no multicast: the kernel
+/// would look each packet up among one multicast route per IPv6 link before dropping
+/// it, a cost that grows with the number of members.
 const TABLE: &str = r#"
 table inet minipod {
 	set groups { type devgroup; }
@@ -91,6 +95,7 @@ table inet minipod {
 	chain guard {
 		type filter hook prerouting priority raw; policy accept;
 		meta iifgroup @groups ip daddr 127.0.0.0/8 drop
+		meta iifgroup @groups ip6 daddr ff00::/8 drop
 		meta iifgroup @groups fib saddr . iif oif 0 drop
 	}
 	chain forward {

@@ -60,7 +60,7 @@ enum Command {
     Spec(oci::SpecArgs),
     /// Build a busybox bundle and run it: a first look at minipod.
     Demo(oci::DemoArgs),
-    /// Bridge networks: create, ls, inspect, rm, gc.
+    /// Networks: create, ls, inspect, rm, gc.
     Net(net::NetArgs),
     /// Pods: run, ls, inspect, stop, rm.
     Pod(pod::PodArgs),

@@ -19,7 +19,7 @@ pub struct NetArgs {
 
 #[derive(Subcommand, Debug)]
 enum NetCommand {
-    /// Create a bridge network.
+    /// Create a network (a bridge holds its gateway; members are routed).
     Create(CreateArgs),
     /// List networks.
     #[command(visible_alias = "list")]
@@ -42,7 +42,7 @@ struct CreateArgs {
     /// IPv4 subnet, e.g. 10.89.0.0/24.
     #[arg(long)]
     subnet: ipnetwork_arg::Cidr,
-    /// Bridge interface name (at most 15 bytes); the network name by default.
+    /// Bridge interface name (at most 15 bytes), which holds the gateway and gives the network its interface group; the network name by default.
     #[arg(long)]
     bridge: Option<IfName>,
     /// Gateway address; the subnet's first host address by default.
