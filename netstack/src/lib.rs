@@ -36,8 +36,11 @@
 //!   address (from other hosts, from pods through hairpin, from the node's own
 //!   127.0.0.1), whose source is then the target network's gateway where the reply
 //!   would otherwise not come back through the node. A member without ports changes
-//!   no firewall state. A missing table, or one an older minipod made, is rebuilt in
-//!   one transaction from the recorded networks and ports.
+//!   no firewall state. Before anything else, a guard drops what members send to
+//!   127/8 (the node's localhost services), from addresses not routed to their own
+//!   link (posing as another pod) and to IPv6 multicast. A missing table, or one an
+//!   older minipod made, is rebuilt in one transaction from the recorded networks and
+//!   ports, at the first attach or network creation of a process.
 //!
 //! - **Garbage collection** ([`Node::gc`]) takes the set of live owners and removes
 //!   every member, address, published port and host veth of owners that are gone; what
