@@ -23,7 +23,26 @@ struct Containerd {
     child: Child,
     dir: PathBuf,
     made: Vec<&'static str>,
+    /// No `k8s.io` cgroup existed before: the one runc makes under each cgroup v1
+    /// controller for containerd's namespace (it outlives the pods) is ours to remove.
+    made_cgroups: bool,
     crictl: Crictl,
+}
+
+/// The `k8s.io` cgroup of every controller, whichever exist.
+fn k8s_cgroups() -> Vec<PathBuf> {
+    let controllers = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten();
+    controllers.map(|c| c.path().join("k8s.io")).filter(|d| d.is_dir()).collect()
+}
+
+/// Removes an empty cgroup and its empty children, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl Drop for Containerd {
@@ -46,6 +65,9 @@ impl Drop for Containerd {
         for d in &self.made {
             // Pod namespaces of a failed run may still be pinned there: only if empty.
             let _ = if *d == "/var/run/netns" { std::fs::remove_dir(d) } else { std::fs::remove_dir_all(d) };
+        }
+        if self.made_cgroups {
+            k8s_cgroups().iter().for_each(|d| remove_cgroup_tree(d));
         }
     }
 }
@@ -100,6 +122,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("containerd config: {e}"));
     let log = dir.join("containerd.log");
     let made = HOST_DIRS.into_iter().filter(|d| !Path::new(d).exists()).collect();
+    let made_cgroups = k8s_cgroups().is_empty();
     let child = Command::new("nsenter")
         .arg(format!("--net={}", node.display()))
         .arg(containerd)
@@ -111,7 +134,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         .spawn()
         .unwrap_or_else(|e| panic!("starting containerd: {e}"));
     let crictl = Crictl { bin: crictl.to_path_buf(), endpoint: format!("unix://{}", sock.display()), dir: dir.clone() };
-    let containerd = Containerd { child, dir: dir.clone(), made, crictl };
+    let containerd = Containerd { child, dir: dir.clone(), made, made_cgroups, crictl };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "containerd never listened: {}", std::fs::read_to_string(&log).unwrap_or_default());
