@@ -251,12 +251,32 @@ async fn an_address_is_given_again_while_its_former_link_lingers() {
     let net = t.node.create_network(t.network("reuse", "10.207.0.0/24")).await.unwrap();
     let (old, new, peer) = (t.pod("old"), t.pod("new"), t.pod("peer"));
     let w = t.node.attach(&net.name, t.request("old", &old)).await.unwrap();
-    // The pod teardown path frees the address and leaves the veth (and its route) to
-    // the kernel, which deletes it with the namespace: here something still holds it.
+    // The pod teardown path frees the address and leaves the veth to the kernel,
+    // which deletes it with the namespace: here something still holds it.
     t.node.detach_released(&net.name, &OwnerId::new("old").unwrap()).await.unwrap();
     let again = AttachRequest { ip: Some(w.ip), ..t.request("new", &new) };
     let w2 = t.node.attach(&net.name, again).await.unwrap();
     assert_eq!(w2.ip, w.ip);
     t.node.attach(&net.name, t.request("peer", &peer)).await.unwrap();
     assert!(TestNode::ping(&peer, w2.ip), "the address leads to its new holder");
+
+    // A route to the next address that is not ours (another state dir handing out the
+    // same subnet on this node): refused, said so, nothing left, the route untouched.
+    let next = std::net::Ipv4Addr::from(u32::from(w2.ip) + 2);
+    let foreign = format!("ip route add {next}/32 dev {}", net.bridge);
+    assert!(TestNode::in_ns(&t.node_ns(), &["sh", "-c", &foreign]).status.success());
+    let err = t.node.attach(&net.name, AttachRequest { ip: Some(next), ..t.request("clash", &t.pod("clash")) }).await.unwrap_err();
+    assert!(matches!(err, NetworkError::AddressRouted { .. }) && err.to_string().contains("its own network and subnet"), "{err}");
+    let links = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "-o", "link", "show", "type", "veth"]).stdout).unwrap();
+    assert_eq!(links.lines().count(), 3, "old, new and peer only: {links}");
+    let route = String::from_utf8(TestNode::in_ns(&t.node_ns(), &["ip", "route", "show", &next.to_string()]).stdout).unwrap();
+    assert!(route.contains(&format!("dev {}", net.bridge)), "{route}");
+    assert!(t.node.members(&net.name).unwrap().iter().all(|m| m.ip != next));
+
+    // Ports on a network that does not carry the default route could not answer.
+    let ports =
+        vec![minipod_netstack::PortMapping { proto: minipod_netstack::Proto::Tcp, host_port: 8093, host_ip: None, container_port: 80 }];
+    let side = AttachRequest { ports, default_route: false, ..t.request("side", &t.pod("side")) };
+    let err = t.node.attach(&net.name, side).await.unwrap_err();
+    assert!(matches!(err, NetworkError::PortsOffDefaultRoute(_)), "{err}");
 }

@@ -143,3 +143,24 @@ async fn a_pod_can_neither_reach_the_nodes_localhost_nor_pose_as_another_pod() {
     assert_eq!(flows(wa.ip), 1, "conntrack sees a's ping");
     assert_eq!(flows(wb.ip), 0, "a posed as b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_port_record_blocks_neither_detach_nor_other_ports() {
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("badrec");
+    let net = t.node.create_network(t.network("rec", "10.217.0.0/24")).await.unwrap();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8094, 80)], ..t.request("a", &a) }).await.unwrap();
+    let record = t.base.join("state/firewall/ports/a.json");
+    std::fs::write(&record, "{ not json").unwrap();
+    // While it is there, nobody can tell which ports it holds: publishing is refused,
+    // with what to do.
+    let err = t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8095, 80)], ..t.request("b", &b) }).await.unwrap_err();
+    assert!(err.to_string().contains("a.json cannot be read: restore it, or remove it"), "{err}");
+    // Its owner's detach goes through and keeps the record aside.
+    t.node.detach(&net.name, &OwnerId::new("a").unwrap()).await.unwrap();
+    assert!(!record.exists() && record.with_extension("json.unreadable").exists());
+    t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8095, 80)], ..t.request("b", &b) }).await.unwrap();
+}

@@ -2,7 +2,8 @@
 //! are routed, see `veth`): it holds the network's gateway addresses, which the DNS
 //! server listens on and hairpin traffic comes from, and names the network in
 //! `ip link`. A member attached by a minipod from before routed members is a port of
-//! it, and keeps working: the bridge answers ARP for routed members on its behalf.
+//! it, and keeps working over IPv4: the bridge answers ARP for routed members on its
+//! behalf (IPv6 neighbour discovery it does not proxy).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -47,14 +48,23 @@ pub async fn ensure(nl: &Netlink, spec: &BridgeSpec<'_>) -> Result<bool, Netlink
             other => other?,
         }
     }
-    let index = nl.index(name).await?;
-    let prefix = spec.subnet.prefix();
-    nl.add_address(index, spec.gateway.into(), prefix, true, &format!("adding {}/{prefix} to bridge {name}", spec.gateway)).await?;
-    if let Some((gw6, prefix)) = spec.v6 {
-        nl.add_address(index, IpAddr::V6(gw6), prefix, true, &format!("adding {gw6}/{prefix} to bridge {name}")).await?;
+    let configured = async {
+        let index = nl.index(name).await?;
+        let prefix = spec.subnet.prefix();
+        nl.add_address(index, spec.gateway.into(), prefix, true, &format!("adding {}/{prefix} to bridge {name}", spec.gateway)).await?;
+        if let Some((gw6, prefix)) = spec.v6 {
+            nl.add_address(index, IpAddr::V6(gw6), prefix, true, &format!("adding {gw6}/{prefix} to bridge {name}")).await?;
+        }
+        let up = LinkUnspec::new_with_index(index).up().link_group(spec.group).build();
+        nl.set_link(up, &format!("setting bridge {name} up in group {:#x}", spec.group)).await
+    };
+    if let Err(e) = configured.await {
+        // Only one this call made is ours to take back.
+        if created {
+            let _ = remove(nl, name).await;
+        }
+        return Err(e);
     }
-    let up = LinkUnspec::new_with_index(index).up().link_group(spec.group).build();
-    nl.set_link(up, &format!("setting bridge {name} up in group {:#x}", spec.group)).await?;
     Ok(created)
 }
 

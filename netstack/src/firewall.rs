@@ -23,7 +23,10 @@ pub enum FirewallError {
     NoNft(#[source] std::io::Error),
     #[error("host port {proto}/{port}{} is already published by {holder}", host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default())]
     PortTaken { proto: Proto, port: u16, host_ip: Option<Ipv4Addr>, holder: String },
-    #[error("the port record {path} cannot be read: restore it, or remove it to give up its ports (then withdraw them with `nft delete element inet minipod ports4 ...`)")]
+    #[error(
+        "the port record {path} cannot be read: restore it, or remove it to give up its ports (then withdraw them from the \
+         ports4, hostports4 and ports6 maps with `nft delete element inet minipod MAP {{ KEY }}`)"
+    )]
     BadRecord {
         path: PathBuf,
         #[source]
@@ -66,6 +69,9 @@ pub struct PortMapping {
     pub container_port: u16,
 }
 
+/// The empty set that marks the table's layout (see [`Firewall::ensure`]).
+const TABLE_VERSION: &str = "version_2";
+
 /// Members' host ends and the bridges are in their network's interface group, which
 /// the rules match on: a network adds its group, not each link.
 ///
@@ -80,6 +86,7 @@ pub struct PortMapping {
 /// it, a cost that grows with the number of members.
 const TABLE: &str = r#"
 table inet minipod {
+	set version_2 { type mark; }
 	set groups { type devgroup; }
 	set internal_groups { type devgroup; }
 	set group_pairs { type devgroup . devgroup; }
@@ -209,13 +216,20 @@ impl Firewall {
                 Err(e) => tracing::warn!("the ports of {owner} are not published again: {e}"),
             }
         }
-        // The newest chain: a table without it is older than this minipod.
-        if self.nft("list chain inet minipod guard", "checking the table").is_err() {
+        // The table's version is the name of an empty set in it: a table without this
+        // one is older (or newer) than this minipod. Change both with any rule.
+        if self.nft(&format!("list set inet minipod {TABLE_VERSION}"), "checking the table").is_err() {
             // `add` first so that `delete` cannot fail on a missing table.
             let script = format!("add table inet minipod\ndelete table inet minipod\n{TABLE}{elements}");
             self.nft(&script, "creating table inet minipod")?;
-        } else if !elements.is_empty() {
-            self.nft(&elements, "adding this node's networks and ports to table inet minipod")?;
+        } else if !elements.is_empty() && self.nft(&elements, "adding this node's networks and ports again").is_err() {
+            // One element that clashes (a port another state dir published meanwhile)
+            // fails the batch: add the rest one by one, and say which could not be.
+            for line in elements.lines() {
+                if let Err(e) = self.nft(line, "adding an element again") {
+                    tracing::warn!("not restored: {e}");
+                }
+            }
         }
         self.ensured.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -320,7 +334,13 @@ impl Firewall {
             })
             .collect();
         let data = serde_json::to_vec(&records).unwrap_or_default();
-        std::fs::write(&owner_file, data).map_err(|source| FirewallError::State { path: owner_file.clone(), source })?;
+        // Whole or not at all: a half-written record (a full /run) would read as
+        // corrupt and block every later publish.
+        let tmp = owner_file.with_extension("json.tmp");
+        std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, &owner_file)).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            FirewallError::State { path: owner_file.clone(), source }
+        })?;
         let script: String = records.iter().map(|r| r.elements("add")).collect();
         if let Err(e) = self.nft(&script, &format!("publishing ports of {owner}")) {
             let _ = std::fs::remove_file(&owner_file);
@@ -353,7 +373,16 @@ impl Firewall {
         if !owner_file.exists() {
             return Ok(());
         }
-        let records = read_record(&owner_file)?;
+        let records = match read_record(&owner_file) {
+            Ok(r) => r,
+            Err(e) => {
+                // Its elements cannot be known: say so, and keep the record aside
+                // rather than letting it block this owner's detach and every publish.
+                let aside = owner_file.with_extension("json.unreadable");
+                tracing::warn!("{e}; kept as {} and not withdrawn", aside.display());
+                return std::fs::rename(&owner_file, &aside).map_err(|source| FirewallError::State { path: owner_file, source });
+            }
+        };
         let script: String = records.iter().map(|r| r.elements("delete")).collect();
         if self.nft(&script, "withdrawing ports").is_err() {
             for line in script.lines() {
@@ -447,6 +476,11 @@ impl Reservation {
 mod tests {
     use super::*;
     use crate::names::{IfName, NetworkName};
+
+    #[test]
+    fn the_table_carries_the_version_ensure_checks_for() {
+        assert!(TABLE.contains(&format!("set {TABLE_VERSION} {{ type mark; }}")));
+    }
 
     #[test]
     fn scripts_name_only_typed_values() {

@@ -25,7 +25,7 @@
 //!   added), a network has no member limit (a bridge takes 1023 ports), and no member
 //!   ever takes a dynamic entry in the kernel's neighbour table, which all namespaces
 //!   share (gc_thresh3). Members that a minipod from before this made ports of the
-//!   bridge keep working beside routed ones.
+//!   bridge keep working beside routed ones, over IPv4.
 //! - This crate knows nothing about containers: it takes a namespace path and an
 //!   owner id.
 //!

@@ -148,12 +148,29 @@ impl Netlink {
         self.set_link(LinkUnspec::new_with_index(index).append_extra_attribute(no_v6).build(), what).await
     }
 
-    /// Sends every request before waiting for any answer, and returns the first
-    /// failure. The kernel handles a socket's requests one by one in the order sent,
-    /// so a request may rely on the ones before it; a round trip saved per request.
+    /// Queues every request before waiting for any answer, and returns the first
+    /// failure. They reach the kernel in the order queued (the connection sends one
+    /// when the previous is answered), so a request may rely on the ones before it;
+    /// what is saved is a wake-up of the caller per request.
     pub async fn pipelined(requests: Vec<futures::future::BoxFuture<'_, Result<(), NetlinkError>>>) -> Result<(), NetlinkError> {
         // join_all polls them in order, and each sends on its first poll.
         futures::future::join_all(requests).await.into_iter().collect()
+    }
+
+    /// Deletes the route to the single address `dest`; none there is fine.
+    pub async fn delete_host_route(&self, dest: IpAddr, what: impl Into<String>) -> Result<(), NetlinkError> {
+        let what = what.into();
+        let len = if dest.is_ipv4() { 32 } else { 128 };
+        // Scope "nowhere" matches a route of any scope, as `ip route del` does.
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dest, len)
+            .map_err(|e| invalid(&what, e))?
+            .scope(rtnetlink::packet_route::route::RouteScope::NoWhere)
+            .build();
+        match self.handle.route().del(route).execute().await.map_err(request(what)) {
+            Err(e) if matches!(e.errno(), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Sets link `index` up.
@@ -227,9 +244,8 @@ impl Netlink {
     }
 
     /// Routes the single address `dest` out of link `index`, with `source` as the
-    /// node's address towards it. Replaces a route to `dest` that is there: IPAM gives
-    /// an address to one member at a time, so such a route is a former member's, whose
-    /// link the kernel has not deleted yet.
+    /// node's address towards it. A route to `dest` already there is an error
+    /// (EEXIST): the address is someone else's.
     pub async fn add_host_route(&self, dest: IpAddr, index: u32, source: IpAddr, what: impl Into<String>) -> Result<(), NetlinkError> {
         let what = what.into();
         let len = if dest.is_ipv4() { 32 } else { 128 };
@@ -240,7 +256,7 @@ impl Netlink {
             .output_interface(index)
             .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .build();
-        self.handle.route().add(route).replace().execute().await.map_err(request(what))
+        self.handle.route().add(route).execute().await.map_err(request(what))
     }
 
     /// Records that `ip` is at `mac` on link `index`, for good: no ARP or neighbour

@@ -40,7 +40,7 @@ pub enum NetnsError {
         #[source]
         source: nix::Error,
     },
-    #[error("a namespace worker thread panicked")]
+    #[error("work inside a network namespace panicked")]
     Worker,
     #[error("reading the interface counters of {path}")]
     Counters {
@@ -115,7 +115,8 @@ impl Netns {
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
         let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| (m.dev(), m.ino()));
         if here.is_ok_and(|id| id == self.id) {
-            return Ok(f());
+            // A panic in `f` is an error, as it is from a worker thread.
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| NetnsError::Worker);
         }
         let fd = self.fd.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?;
         let path = self.path.clone();

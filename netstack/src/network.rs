@@ -47,6 +47,16 @@ pub enum NetworkError {
     NoRuntime,
     #[error("network {name}: bridge {bridge} gives interface group {group:#x}, which network {other} has: pick another bridge name")]
     GroupTaken { name: NetworkName, bridge: IfName, group: u32, other: NetworkName },
+    #[error(
+        "network {0}: published ports need the network that carries the namespace's default route (replies leave by it, and \
+         the node drops a reply from an address of another link): publish them on that network"
+    )]
+    PortsOffDefaultRoute(NetworkName),
+    #[error(
+        "network {network}: {ip} is routed to another link on the node already: another minipod state dir (or a tool) hands out \
+         the same subnet here; give each its own network and subnet, or remove the stale route"
+    )]
+    AddressRouted { network: NetworkName, ip: IpAddr },
     #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
     LinkClash(String),
     #[error(transparent)]
@@ -575,6 +585,9 @@ impl Node {
         if let Some(bad) = req.dns_names.iter().find(|n| !is_dns_name(n)) {
             return Err(NetworkError::BadDnsName(bad.clone()));
         }
+        if !req.ports.is_empty() && !req.default_route {
+            return Err(NetworkError::PortsOffDefaultRoute(name.clone()));
+        }
         self.ensure_ready(&cfg).await?;
         let pod = Netns::open(&req.netns)?;
         let ipam = self.ipam(&cfg);
@@ -706,6 +719,10 @@ impl Node {
         let (node_done, inside_done) = futures::future::join(Netlink::pipelined(node_side), inside).await;
         if let Err(e) = node_done.and(inside_done) {
             let _ = self.unwire(&host_ifname).await;
+            // The only request of these that can clash is a route to the member.
+            if e.errno() == Some(libc::EEXIST) {
+                return Err(NetworkError::AddressRouted { network: cfg.name.clone(), ip: ip.into() });
+            }
             return Err(e.into());
         }
         Ok(Attachment {
@@ -756,6 +773,16 @@ impl Node {
     pub async fn detach_released(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
         let Some(cfg) = self.network(name)? else { return Ok(()) };
         self.firewall.unpublish(owner)?;
+        // The routes to the member go now, not with its veth, whose namespace may be
+        // held on for a while: its address may be handed out again at once. Before the
+        // address is freed, so that no new holder's route is taken.
+        let addresses = [self.ipam(&cfg).address_of(owner)?, self.ipam6(&cfg).map(|p| p.address_of(owner)).transpose()?.flatten()];
+        if addresses.iter().any(Option::is_some) {
+            let node = Netlink::open(&self.netns)?;
+            for ip in addresses.into_iter().flatten() {
+                node.delete_host_route(ip, format!("deleting the route to {ip} of {owner}")).await?;
+            }
+        }
         if let Some(ip) = self.ipam(&cfg).release(owner)? {
             self.records.remove(name, ip);
         }
@@ -915,9 +942,24 @@ impl Node {
         if !members.is_empty() {
             return Err(NetworkError::InUse { name: name.clone(), count: members.len() });
         }
-        self.firewall.remove_network(&cfg)?;
-        let nl = Netlink::open(&self.netns)?;
-        bridge::remove(&nl, cfg.bridge.as_str()).await?;
+        // The record goes aside first: a process starting meanwhile puts back the
+        // firewall elements of every recorded network, and would revive these.
+        let record = self.net_dir(name).join("config.json");
+        let aside = record.with_extension("json.removing");
+        std::fs::rename(&record, &aside).map_err(state_err(&record))?;
+        let removed = async {
+            self.firewall.remove_network(&cfg)?;
+            let nl = Netlink::open(&self.netns)?;
+            bridge::remove(&nl, cfg.bridge.as_str()).await?;
+            Ok::<(), NetworkError>(())
+        };
+        if let Err(e) = removed.await {
+            let _ = std::fs::rename(&aside, &record);
+            return Err(e);
+        }
+        if let Ok(mut ready) = self.ready.lock() {
+            ready.remove(name);
+        }
         self.records.remove_network(name);
         if let Ok(mut dns) = self.dns.lock() {
             if let Some(server) = dns.as_mut() {
