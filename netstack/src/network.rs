@@ -288,21 +288,24 @@ impl Node {
 
     /// Every network recorded on this node.
     pub fn networks(&self) -> Result<Vec<NetworkConfig>, NetworkError> {
-        let dir = self.state_dir.join("networks");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(state_err(&dir)(e)),
-        };
         let mut out = Vec::new();
-        for e in entries.flatten() {
-            let Ok(name) = NetworkName::new(e.file_name().to_string_lossy().into_owned()) else { continue };
-            if let Some(cfg) = self.network(&name)? {
-                out.push(cfg);
-            }
+        for name in self.network_names()? {
+            out.extend(self.network(&name)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The names of the networks recorded on this node.
+    fn network_names(&self) -> Result<Vec<NetworkName>, NetworkError> {
+        let dir = self.state_dir.join("networks");
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                Ok(entries.flatten().filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok()).collect())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(state_err(&dir)(e)),
+        }
     }
 
     /// The recorded config of network `name`.
@@ -469,10 +472,12 @@ impl Node {
     /// out, and said so, rather than leaving every network without its rules.
     fn ensure_firewall(&self) -> Result<(), FirewallError> {
         self.firewall.ensure(|| {
-            let dir = self.state_dir.join("networks");
-            let names = std::fs::read_dir(&dir).into_iter().flatten().flatten();
-            let names = names.filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok());
+            let names = self.network_names().unwrap_or_else(|e| {
+                tracing::warn!("no network's firewall rules are restored: {e}");
+                vec![]
+            });
             names
+                .into_iter()
                 .filter_map(|name| match self.network(&name) {
                     Ok(cfg) => cfg,
                     Err(e) => {
