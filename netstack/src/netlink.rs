@@ -157,8 +157,9 @@ impl Netlink {
         futures::future::join_all(requests).await.into_iter().collect()
     }
 
-    /// Deletes the route to the single address `dest`; none there is fine.
-    pub async fn delete_host_route(&self, dest: IpAddr, what: impl Into<String>) -> Result<(), NetlinkError> {
+    /// Deletes the route to the single address `dest` out of link `index`; none there
+    /// is fine.
+    pub async fn delete_host_route(&self, dest: IpAddr, index: u32, what: impl Into<String>) -> Result<(), NetlinkError> {
         let what = what.into();
         let len = if dest.is_ipv4() { 32 } else { 128 };
         // Scope "nowhere" matches a route of any scope, as `ip route del` does.
@@ -166,6 +167,7 @@ impl Netlink {
             .destination_prefix(dest, len)
             .map_err(|e| invalid(&what, e))?
             .scope(rtnetlink::packet_route::route::RouteScope::NoWhere)
+            .output_interface(index)
             .build();
         match self.handle.route().del(route).execute().await.map_err(request(what)) {
             Err(e) if matches!(e.errno(), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),

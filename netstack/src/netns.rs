@@ -135,13 +135,8 @@ impl Netns {
         table.map(|t| parse_net_dev(&t)).map_err(|source| NetnsError::Counters { path: self.path.clone(), source })
     }
 
-    /// Writes a sysctl under /proc/sys/net as seen from inside this namespace.
-    pub fn write_sysctl(&self, key: &str, value: &str) -> Result<io::Result<()>, NetnsError> {
-        Ok(self.write_sysctls(&[(key.to_string(), value.to_string())])?.map_err(|(_, e)| e))
-    }
-
-    /// Writes sysctls in order from one thread inside this namespace, stopping at the
-    /// first that fails, which is returned with its key.
+    /// Writes sysctls (keys as in `sysctl`, under /proc/sys) in order from inside this
+    /// namespace, stopping at the first that fails, which is returned with its key.
     pub fn write_sysctls(&self, pairs: &[(String, String)]) -> Result<Result<(), (String, io::Error)>, NetnsError> {
         let pairs = pairs.to_vec();
         self.run(move || {

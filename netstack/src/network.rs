@@ -431,22 +431,24 @@ impl Node {
             group: cfg.group(),
         };
         let created = bridge::ensure(nl, &spec).await.map_err(|e| (false, e.into()))?;
-        let sysctls = || {
-            // Members are routed: forwarding on.
-            self.sysctl(&self.netns, "net.ipv4.ip_forward", "1")?;
-            if cfg.subnet6.is_some() {
-                self.sysctl(&self.netns, "net.ipv6.conf.all.forwarding", "1")?;
-            }
-            // For members that an older minipod made ports of the bridge: DNAT of the
-            // node's 127.0.0.1 to them, and ARP answers for routed members, which they
-            // think are on their link (at once: the default proxy delay is random, up
-            // to 0.8 s).
-            let br = &cfg.bridge;
-            self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
-            self.sysctl(&self.netns, &format!("net.ipv4.neigh.{br}.proxy_delay"), "0")?;
-            self.sysctl(&self.netns, &format!("net.ipv4.conf.{br}.proxy_arp"), "1")
-        };
-        sysctls().map_err(|e| (created, e))?;
+        // Members are routed: forwarding on.
+        let mut sysctls = vec![("net.ipv4.ip_forward".to_string(), "1".to_string())];
+        if cfg.subnet6.is_some() {
+            sysctls.push(("net.ipv6.conf.all.forwarding".into(), "1".into()));
+        }
+        // For members that an older minipod made ports of the bridge: DNAT of the
+        // node's 127.0.0.1 to them, and ARP answers for routed members, which they
+        // think are on their link (at once: the default proxy delay is random, up to
+        // 0.8 s).
+        let br = &cfg.bridge;
+        sysctls.push((format!("net.ipv4.conf.{br}.route_localnet"), "1".into()));
+        sysctls.push((format!("net.ipv4.neigh.{br}.proxy_delay"), "0".into()));
+        sysctls.push((format!("net.ipv4.conf.{br}.proxy_arp"), "1".into()));
+        let written =
+            self.netns.write_sysctls(&sysctls).map_err(NetworkError::from).and_then(|r| {
+                r.map_err(|(key, source)| NetworkError::Sysctl { key, netns: self.netns.path().display().to_string(), source })
+            });
+        written.map_err(|e| (created, e))?;
         Ok(created)
     }
 
@@ -486,14 +488,6 @@ impl Node {
                     }
                 })
                 .collect()
-        })
-    }
-
-    fn sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<(), NetworkError> {
-        ns.write_sysctl(key, value)?.map_err(|source| NetworkError::Sysctl {
-            key: key.to_string(),
-            netns: ns.path().display().to_string(),
-            source,
         })
     }
 
@@ -763,11 +757,10 @@ impl Node {
     /// address, forgets the member. Works when the member's namespace is gone, and
     /// when there is nothing to undo.
     pub async fn detach(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
-        if self.network(name)?.is_none() {
-            return Ok(());
-        }
+        let Some(cfg) = self.network(name)? else { return Ok(()) };
+        // The member's routes go with its veth.
         self.unwire(&host_ifname(name, owner)).await?;
-        self.detach_released(name, owner).await
+        self.forget(&cfg, owner).await
     }
 
     /// Detach for a member whose namespace is about to be destroyed: withdraws its
@@ -777,21 +770,29 @@ impl Node {
     /// the veth later.
     pub async fn detach_released(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
         let Some(cfg) = self.network(name)? else { return Ok(()) };
-        self.firewall.unpublish(owner)?;
         // The routes to the member go now, not with its veth, whose namespace may be
-        // held on for a while: its address may be handed out again at once. Before the
-        // address is freed, so that no new holder's route is taken.
-        let addresses = [self.ipam(&cfg).address_of(owner)?, self.ipam6(&cfg).map(|p| p.address_of(owner)).transpose()?.flatten()];
-        if addresses.iter().any(Option::is_some) {
-            let node = Netlink::open(&self.netns)?;
+        // held on for a while: its address may be handed out again at once. Only the
+        // routes through its own link (a route to the same address elsewhere is not
+        // ours), and before the address is freed, so that no new holder's is taken.
+        let node = Netlink::open(&self.netns)?;
+        if let Some(link) = node.link(&host_ifname(name, owner)).await? {
+            let addresses = [self.ipam(&cfg).address_of(owner)?, self.ipam6(&cfg).map(|p| p.address_of(owner)).transpose()?.flatten()];
             for ip in addresses.into_iter().flatten() {
-                node.delete_host_route(ip, format!("deleting the route to {ip} of {owner}")).await?;
+                node.delete_host_route(ip, link.header.index, format!("deleting the route to {ip} of {owner}")).await?;
             }
         }
-        if let Some(ip) = self.ipam(&cfg).release(owner)? {
+        self.forget(&cfg, owner).await
+    }
+
+    /// The bookkeeping half of a detach: ports withdrawn, addresses freed, the member's
+    /// record and names gone, an emptied implicit network removed.
+    async fn forget(&self, cfg: &NetworkConfig, owner: &OwnerId) -> Result<(), NetworkError> {
+        let name = &cfg.name;
+        self.firewall.unpublish(owner)?;
+        if let Some(ip) = self.ipam(cfg).release(owner)? {
             self.records.remove(name, ip);
         }
-        if let Some(ip6) = self.ipam6(&cfg).map(|p| p.release(owner)).transpose()?.flatten() {
+        if let Some(ip6) = self.ipam6(cfg).map(|p| p.release(owner)).transpose()?.flatten() {
             self.records.remove(name, ip6);
         }
         let path = self.member_file(name, owner);
