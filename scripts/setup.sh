@@ -13,7 +13,8 @@ fi
 # nftables, conntrack: the node firewall (the tests run it inside their own namespaces).
 # iptables, containernetworking-plugins: the CNI chain the netstack benchmark compares against.
 # protobuf-compiler: protoc, which the CRI bindings (k8s-cri) are generated with.
-packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates protobuf-compiler)
+# libseccomp-dev, pkg-config: the seccomp filters containers get are compiled by libseccomp.
+packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates protobuf-compiler libseccomp-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

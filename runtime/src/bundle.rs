@@ -112,17 +112,36 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return Err("hostname is set but there is no uts namespace: add one or drop the hostname".into());
     }
-    let own_net = namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none());
+    // A namespace is the container's own when it is new, or joined and not the host's
+    // (a pod's pinned one), as runc decides.
+    let own = |t: LinuxNamespaceType, proc_name: &str| {
+        namespaces.iter().filter(|n| n.typ() == t).any(|n| match n.path() {
+            None => true,
+            Some(p) => {
+                use std::os::unix::fs::MetadataExt;
+                let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+                id(p).is_some() && id(p) != id(&Path::new("/proc/self/ns").join(proc_name))
+            }
+        })
+    };
+    let (own_net, own_ipc, own_uts) =
+        (own(LinuxNamespaceType::Network, "net"), own(LinuxNamespaceType::Ipc, "ipc"), own(LinuxNamespaceType::Uts, "uts"));
     for (key, _) in linux.sysctl().clone().unwrap_or_default() {
         if key.is_empty() || key.contains("..") || key.contains('\0') || key.starts_with('/') || key.contains('/') {
             return Err(format!("linux.sysctl key {key:?} is not a sysctl name"));
         }
-        check_sysctl(&key, own_net, has(LinuxNamespaceType::Ipc), has(LinuxNamespaceType::Uts))?;
+        check_sysctl(&key, own_net, own_ipc, own_uts)?;
     }
     for mount in spec.mounts().clone().unwrap_or_default() {
         if !mount.destination().is_absolute() {
             return Err(format!("mount destination {} is not absolute", mount.destination().display()));
         }
+    }
+    if let Some(r) = linux.resources() {
+        crate::cgroups::check_resources(r).map_err(|e| e.to_string())?;
+    }
+    if let Some(profile) = linux.seccomp() {
+        crate::seccomp::check(profile).map_err(|e| crate::error_chain(&e))?;
     }
     if let Some(cg) = linux.cgroups_path() {
         if cg.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
@@ -157,7 +176,7 @@ fn check_sysctl(key: &str, own_net: bool, own_ipc: bool, own_uts: bool) -> Resul
     if allowed {
         Ok(())
     } else {
-        Err(format!("linux.sysctl {key} needs the container's own namespace for it (a new, not joined, one)"))
+        Err(format!("linux.sysctl {key} needs a namespace of the container's own for it (a new one, or a pod's), not the host's"))
     }
 }
 

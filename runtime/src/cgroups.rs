@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::LinuxResources;
 
 const ROOT: &str = "/sys/fs/cgroup";
-/// v1 hierarchies a container gets a directory in. cpuset is left out: it needs its
-/// cpus/mems copied down every level and minipod sets no cpuset limits.
-const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "systemd"];
+/// v1 hierarchies a container gets a directory in (those the host mounts).
+const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "hugetlb", "systemd"];
 
 /// A cgroup operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +36,8 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("{setting} cannot be applied on this host: {why}")]
+    Unsupported { setting: String, why: String },
     #[error("removing cgroup {path}: it still holds processes after 2 s")]
     Busy { path: PathBuf },
     #[error("removing cgroup {path}")]
@@ -117,6 +118,18 @@ impl Cgroup {
         u
     }
 
+    /// How many processes of the cgroup the OOM killer has killed.
+    pub fn oom_kills(&self) -> u64 {
+        let (dir, file) = if self.unified {
+            (self.paths.first(), "memory.events")
+        } else {
+            (self.paths.iter().find(|p| p.starts_with(Path::new(ROOT).join("memory"))), "memory.oom_control")
+        };
+        dir.and_then(|d| fs::read_to_string(d.join(file)).ok())
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
+            .unwrap_or(0)
+    }
+
     /// The directories, one per hierarchy.
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
@@ -148,11 +161,18 @@ impl Cgroup {
             // (see `remove`): then make it again.
             for attempt in 0..3 {
                 if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(|source| CgroupError::Create { path: parent.to_path_buf(), source })?;
+                    if self.is_v1_cpuset(path) {
+                        create_cpuset_dirs(parent)?;
+                    } else {
+                        fs::create_dir_all(parent).map_err(|source| CgroupError::Create { path: parent.to_path_buf(), source })?;
+                    }
                 }
                 match fs::create_dir(path) {
                     Ok(()) => {
                         made.push(path.clone());
+                        if self.is_v1_cpuset(path) {
+                            inherit_cpuset(path)?;
+                        }
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CgroupError::Exists { path: path.clone() }),
@@ -162,6 +182,10 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    fn is_v1_cpuset(&self, path: &Path) -> bool {
+        !self.unified && path.starts_with(Path::new(ROOT).join("cpuset"))
     }
 
     fn file(&self, controller: &str, name: &str) -> Option<PathBuf> {
@@ -174,22 +198,37 @@ impl Cgroup {
         Some(dir.join(name))
     }
 
+    /// Writes a limit; a controller or file the host lacks is an error naming it.
     fn write(&self, controller: &str, name: &str, value: String) -> Result<(), CgroupError> {
-        let Some(file) = self.file(controller, name) else {
-            return Ok(());
-        };
+        let file = self.file(controller, name).filter(|f| f.exists()).ok_or_else(|| CgroupError::Unsupported {
+            setting: name.to_string(),
+            why: if self.unified {
+                format!("the cgroup v2 tree has no {name} (is the {controller} controller enabled?)")
+            } else {
+                format!("no cgroup v1 {controller} hierarchy with {name} is mounted")
+            },
+        })?;
         fs::write(&file, &value).map_err(|source| CgroupError::Write { file, value, source })
     }
 
+    /// Applies limits to an existing cgroup (a running container's too).
+    pub fn update(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        self.apply(r)
+    }
+
     fn apply(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        refuse_unsupported(r, self.unified)?;
         let memory = r.memory().as_ref();
         let limit = memory.and_then(|m| m.limit());
         let swap = memory.and_then(|m| m.swap());
+        let reservation = memory.and_then(|m| m.reservation());
         let pids = r.pids().map(|p| p.limit());
         let cpu = r.cpu().as_ref();
         let shares = cpu.and_then(|c| c.shares());
         let quota = cpu.and_then(|c| c.quota());
         let period = cpu.and_then(|c| c.period());
+        let cpus = cpu.and_then(|c| c.cpus().clone()).filter(|c| !c.is_empty());
+        let mems = cpu.and_then(|c| c.mems().clone()).filter(|c| !c.is_empty());
         let max = |v: i64| {
             if v <= 0 {
                 "max".to_string()
@@ -197,14 +236,20 @@ impl Cgroup {
                 v.to_string()
             }
         };
+        let hugepages = r.hugepage_limits().clone().unwrap_or_default();
         if self.unified {
             if let Some(l) = limit {
                 self.write("", "memory.max", max(l))?;
             }
+            if let Some(l) = reservation {
+                self.write("", "memory.low", l.max(0).to_string())?;
+            }
             if let (Some(s), Some(l)) = (swap, limit) {
                 // v1 counts memory+swap, v2 swap alone; runc converts the same way.
                 let v = if s < 0 { "max".into() } else { (s - l.max(0)).max(0).to_string() };
-                self.write("", "memory.swap.max", v)?;
+                if s != 0 && (s != l || host_has_swap()) {
+                    self.write("", "memory.swap.max", v)?;
+                }
             }
             if let Some(p) = pids {
                 self.write("", "pids.max", max(p))?;
@@ -217,15 +262,45 @@ impl Cgroup {
                 let q = quota.filter(|q| *q > 0).map_or("max".to_string(), |q| q.to_string());
                 self.write("", "cpu.max", format!("{q} {}", period.unwrap_or(100_000)))?;
             }
+            if let Some(c) = cpus {
+                self.write("", "cpuset.cpus", c)?;
+            }
+            if let Some(m) = mems {
+                self.write("", "cpuset.mems", m)?;
+            }
+            for h in &hugepages {
+                self.write("", &format!("hugetlb.{}.max", h.page_size()), h.limit().to_string())?;
+            }
+            for (k, v) in r.unified().clone().unwrap_or_default() {
+                if k.contains('/') || k.starts_with('.') {
+                    return Err(CgroupError::Unsupported { setting: format!("unified {k}"), why: "not a cgroup file name".into() });
+                }
+                self.write("", &k, v)?;
+            }
             return Ok(());
         }
         if let Some(l) = limit {
             self.write("memory", "memory.limit_in_bytes", l.to_string())?;
         }
+        if let Some(l) = reservation {
+            self.write("memory", "memory.soft_limit_in_bytes", l.to_string())?;
+        }
         if let Some(s) = swap {
             if self.file("memory", "memory.memsw.limit_in_bytes").is_some_and(|f| f.exists()) {
                 self.write("memory", "memory.memsw.limit_in_bytes", s.to_string())?;
+            } else if host_has_swap() && s != -1 {
+                // Without swap on the host, no swap limit has anything to limit.
+                return Err(CgroupError::Unsupported {
+                    setting: "memory swap limit".into(),
+                    why: "the host has swap but its kernel does not account it (boot with swapaccount=1)".into(),
+                });
             }
+        }
+        if let Some(sw) = memory.and_then(|m| m.swappiness()) {
+            self.write("memory", "memory.swappiness", sw.to_string())?;
+        }
+        if memory.and_then(|m| m.disable_oom_killer()) == Some(true) {
+            self.write("memory", "memory.oom_control", "1".into())?;
         }
         if let Some(p) = pids {
             self.write("pids", "pids.max", max(p))?;
@@ -238,6 +313,18 @@ impl Cgroup {
         }
         if let Some(q) = quota {
             self.write("cpu", "cpu.cfs_quota_us", q.to_string())?;
+        }
+        if let Some(c) = cpus {
+            self.write("cpuset", "cpuset.cpus", c)?;
+        }
+        if let Some(m) = mems {
+            self.write("cpuset", "cpuset.mems", m)?;
+        }
+        for h in &hugepages {
+            self.write("hugetlb", &format!("hugetlb.{}.limit_in_bytes", h.page_size()), h.limit().to_string())?;
+        }
+        if let Some(w) = r.block_io().as_ref().and_then(|b| b.weight()) {
+            self.write("blkio", "blkio.weight", w.to_string())?;
         }
         self.apply_v1_devices(r)
     }
@@ -411,14 +498,102 @@ fn remove_dir_waiting(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Settings of `linux.resources` that minipod does not apply: refused by name, as runc
+/// refuses what the host cannot do, rather than dropped.
+pub fn check_resources(r: &LinuxResources) -> Result<(), CgroupError> {
+    refuse_unsupported(r, is_unified())
+}
+
+fn refuse_unsupported(r: &LinuxResources, unified: bool) -> Result<(), CgroupError> {
+    let refuse = |setting: &str, why: &str| Err(CgroupError::Unsupported { setting: setting.into(), why: why.into() });
+    let memory = r.memory().as_ref();
+    if memory.and_then(|m| m.kernel()).is_some() || memory.and_then(|m| m.kernel_tcp()).is_some() {
+        return refuse("linux.resources.memory.kernel/kernelTCP", "kernel memory limits are gone from current kernels");
+    }
+    if unified && memory.and_then(|m| m.swappiness()).is_some() {
+        return refuse("linux.resources.memory.swappiness", "cgroup v2 has no per-cgroup swappiness");
+    }
+    if unified && memory.and_then(|m| m.disable_oom_killer()) == Some(true) {
+        return refuse("linux.resources.memory.disableOOMKiller", "cgroup v2 cannot turn the OOM killer off");
+    }
+    if !unified && r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        return refuse("linux.resources.unified", "the host has cgroup v1; unified settings need cgroup v2");
+    }
+    if let Some(b) = r.block_io() {
+        let devices = [b.weight_device().as_ref().map(|v| v.len()), b.throttle_read_bps_device().as_ref().map(|v| v.len())]
+            .into_iter()
+            .chain([b.throttle_write_bps_device().as_ref().map(|v| v.len()), b.throttle_read_iops_device().as_ref().map(|v| v.len())])
+            .chain([b.throttle_write_iops_device().as_ref().map(|v| v.len())])
+            .flatten()
+            .sum::<usize>();
+        if devices > 0 || b.leaf_weight().is_some() {
+            return refuse("linux.resources.blockIO (per-device and leaf settings)", "minipod applies only blockIO.weight");
+        }
+        if unified && b.weight().is_some() {
+            return refuse("linux.resources.blockIO.weight", "minipod applies it on cgroup v1 only");
+        }
+    }
+    if r.network().is_some() {
+        return refuse("linux.resources.network", "the net_cls and net_prio hierarchies are not used by minipod");
+    }
+    if r.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
+        return refuse("linux.resources.rdma", "minipod does not manage the rdma controller");
+    }
+    let cpu = r.cpu().as_ref();
+    if cpu.and_then(|c| c.realtime_runtime()).is_some() || cpu.and_then(|c| c.realtime_period()).is_some() {
+        return refuse("linux.resources.cpu.realtimeRuntime/realtimePeriod", "minipod does not give containers realtime CPU time");
+    }
+    Ok(())
+}
+
+fn host_has_swap() -> bool {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("SwapTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_string())))
+        .is_some_and(|v| v != "0")
+}
+
+/// Makes the v1 cpuset directories down to `path`, each given its parent's CPUs and
+/// memory nodes: a cpuset with none cannot take a process.
+fn create_cpuset_dirs(path: &Path) -> Result<(), CgroupError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        create_cpuset_dirs(parent)?;
+    }
+    match fs::create_dir(path) {
+        Ok(()) => inherit_cpuset(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => inherit_cpuset(path),
+        Err(source) => Err(CgroupError::Create { path: path.to_path_buf(), source }),
+    }
+}
+
+fn inherit_cpuset(path: &Path) -> Result<(), CgroupError> {
+    let Some(parent) = path.parent() else { return Ok(()) };
+    for name in ["cpuset.cpus", "cpuset.mems"] {
+        let file = path.join(name);
+        if fs::read_to_string(&file).is_ok_and(|v| !v.trim().is_empty()) {
+            continue;
+        }
+        let value = fs::read_to_string(parent.join(name)).map_err(|source| CgroupError::Read { file: parent.join(name), source })?;
+        let value = value.trim().to_string();
+        fs::write(&file, &value).map_err(|source| CgroupError::Write { file, value, source })?;
+    }
+    Ok(())
+}
+
 /// On v2 a controller's files appear in a child only if every ancestor delegates it.
 fn enable_v2_controllers(path: &Path) -> Result<(), CgroupError> {
     let mut dir = PathBuf::from(ROOT);
     let rel = path.strip_prefix(ROOT).unwrap_or(path);
     for part in rel.components() {
         let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-        let wanted: Vec<String> =
-            ["memory", "pids", "cpu"].iter().filter(|c| available.split_whitespace().any(|a| a == **c)).map(|c| format!("+{c}")).collect();
+        let wanted: Vec<String> = ["memory", "pids", "cpu", "cpuset", "hugetlb", "io"]
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
         if !wanted.is_empty() {
             // Fails harmlessly where the controller is already on or cannot be delegated.
             let _ = fs::write(dir.join("cgroup.subtree_control"), wanted.join(" "));

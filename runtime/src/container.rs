@@ -505,6 +505,8 @@ impl Runtime {
             pid_start_time,
             cgroup_paths: st.cgroup_paths.clone(),
             process,
+            // An exec is filtered as the container's own process is.
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             stdio: !stdio.is_empty(),
             timeout: opts.timeout,
         }));
@@ -534,9 +536,6 @@ fn unsupported_features(spec: &oci_spec::runtime::Spec) -> Vec<String> {
         out.push("OCI hooks are not run yet: the hooks section was ignored".to_string());
     }
     let linux = spec.linux().clone().unwrap_or_default();
-    if linux.seccomp().is_some() {
-        out.push("seccomp is not applied yet: the container runs without a syscall filter".to_string());
-    }
     let process = spec.process().clone().unwrap_or_default();
     if process.apparmor_profile().is_some() || process.selinux_label().is_some() || linux.mount_label().is_some() {
         out.push("AppArmor and SELinux labels are not applied yet and were ignored".to_string());

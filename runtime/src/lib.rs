@@ -56,6 +56,7 @@ pub mod pidfd;
 pub mod pod;
 mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod signal;
 pub mod spec;
 pub mod state;

@@ -114,6 +114,9 @@ pub struct ContainerState {
     pub finished: Option<String>,
     /// How it exited, if it did.
     pub exit: Option<ExitStatus>,
+    /// Whether the kernel's OOM killer killed a process of it (its memory limit hit).
+    #[serde(default)]
+    pub oom_killed: bool,
     /// Annotations from the spec.
     pub annotations: HashMap<String, String>,
 }

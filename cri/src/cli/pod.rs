@@ -292,7 +292,7 @@ fn parse_mount(s: &str) -> anyhow::Result<BindMount> {
         [h, c, "rw"] => (h, c, false),
         _ => anyhow::bail!("mount {s:?}: write it as HOST_PATH:CONTAINER_PATH[:ro]"),
     };
-    Ok(BindMount { host: host.into(), container: ctr.into(), readonly })
+    Ok(BindMount { host: host.into(), container: ctr.into(), readonly, propagation: Default::default() })
 }
 
 pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
@@ -305,8 +305,13 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
                 (None, None) => anyhow::bail!("give --image REF or --rootfs DIR"),
             };
             let mut cfg = ContainerConfig::new(r.name, source);
-            cfg.process =
-                ProcessOverrides { args: (!r.command.is_empty()).then_some(r.command), env: r.env, workdir: r.workdir, user: None };
+            cfg.process = ProcessOverrides {
+                args: (!r.command.is_empty()).then_some(r.command),
+                env: r.env,
+                workdir: r.workdir,
+                user: None,
+                oom_score_adj: None,
+            };
             cfg.mounts = r.mount.iter().map(|m| parse_mount(m)).collect::<anyhow::Result<_>>()?;
             let c = pods.create_container(&r.pod, cfg)?;
             if let Err(e) = pods.start_container(&c) {

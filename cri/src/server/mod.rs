@@ -4,6 +4,7 @@
 mod convert;
 mod image_service;
 mod runtime_service;
+mod security;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -9,13 +9,13 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use minipod_runtime::netstack::{PortMapping, Proto};
 use minipod_runtime::pod::{
-    BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, PodStatus, ProcessOverrides, RootfsSource,
+    BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, PodStatus, ProcessOverrides, Propagation, RootfsSource,
 };
 use minipod_runtime::{PodError, Pods, Status as CtrStatus};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, ATTEMPT, NAME, NAMESPACE, UID};
-use super::{blocking, Server};
+use super::{blocking, security, Server};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -171,6 +171,30 @@ fn pod_stats(pods: &Pods, pod: &PodRecord) -> Result<cri::PodSandboxStats, PodEr
     })
 }
 
+/// A CRI mount as a bind mount, or the reason it cannot be made.
+fn mount(m: &cri::Mount) -> Result<BindMount, Status> {
+    let what = format!("mount {}", m.container_path);
+    if m.image.is_some() {
+        return Err(Status::unimplemented(format!("{what}: image volumes are not supported by minipod yet")));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{what}: id-mapped mounts need user namespaces, which minipod does not support yet"
+        )));
+    }
+    if m.recursive_read_only {
+        return Err(Status::failed_precondition(format!("{what}: recursive read-only mounts are not supported by minipod yet")));
+    }
+    // selinux_relabel: nothing to relabel on a node without SELinux.
+    let propagation = match m.propagation {
+        x if x == cri::MountPropagation::PropagationPrivate as i32 => Propagation::Private,
+        x if x == cri::MountPropagation::PropagationHostToContainer as i32 => Propagation::HostToContainer,
+        x if x == cri::MountPropagation::PropagationBidirectional as i32 => Propagation::Bidirectional,
+        x => return Err(Status::invalid_argument(format!("{what}: propagation {x} is unknown"))),
+    };
+    Ok(BindMount { host: m.host_path.clone().into(), container: m.container_path.clone().into(), readonly: m.readonly, propagation })
+}
+
 fn selects(labels: &BTreeMap<String, String>, selector: &std::collections::HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -209,12 +233,10 @@ fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
             container_port: port(p.container_port, "container_port")?,
         });
     }
-    let share_pid = cfg
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32);
+    let opts = security::sandbox(cfg)?;
+    if opts.privileged {
+        annotations.insert(security::PRIVILEGED.into(), "true".into());
+    }
     Ok(PodConfig {
         name: convert::pod_name(m),
         hostname: Some(if cfg.hostname.is_empty() { convert::label(&m.name, 63) } else { cfg.hostname.clone() }),
@@ -230,7 +252,10 @@ fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
             options: d.options.clone(),
         }),
         log_dir: (!cfg.log_directory.is_empty()).then(|| PathBuf::from(&cfg.log_directory)),
-        share_pid,
+        share_pid: opts.share_pid,
+        cgroup_parent: opts.cgroup_parent,
+        host_ipc: opts.host_ipc,
+        sysctls: opts.sysctls,
     })
 }
 
@@ -333,8 +358,19 @@ impl RuntimeService for Server {
             return Err(Status::invalid_argument("tty and stdin are not supported yet"));
         }
         let pod_id = req.pod_sandbox_id.clone();
+        let pod = blocking(&self.pods, move |p| p.pod(&pod_id)).await?;
+        let target_pid = match security::target_id(&cfg) {
+            Some(target) => {
+                let target = target.to_string();
+                let state = blocking(&self.pods, move |p| p.container_state(&p.container_by_id(&target)?)).await?;
+                state.pid.filter(|_| state.live_status() == CtrStatus::Running)
+            }
+            None => None,
+        };
+        let privileged = pod.annotations.get(security::PRIVILEGED).is_some_and(|v| v == "true");
+        let (sec, resources, oom) = security::container(&cfg, privileged, target_pid)?;
+        let mounts = cfg.mounts.iter().map(mount).collect::<Result<Vec<_>, _>>()?;
         let created = blocking(&self.pods, move |pods| {
-            let pod = pods.pod(&pod_id)?;
             let img = pods.images().get(&image)?;
             // CRI: command replaces the entrypoint, args the cmd.
             let args = match (cfg.command.is_empty(), cfg.args.is_empty()) {
@@ -357,16 +393,11 @@ impl RuntimeService for Server {
                     env: cfg.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect(),
                     workdir: (!cfg.working_dir.is_empty()).then(|| cfg.working_dir.clone()),
                     user: None,
+                    oom_score_adj: oom,
                 },
-                mounts: cfg
-                    .mounts
-                    .iter()
-                    .map(|mnt| BindMount {
-                        host: mnt.host_path.clone().into(),
-                        container: mnt.container_path.clone().into(),
-                        readonly: mnt.readonly,
-                    })
-                    .collect(),
+                mounts,
+                security: sec,
+                resources,
                 labels: convert::to_btree(&cfg.labels),
                 annotations,
                 log_path,

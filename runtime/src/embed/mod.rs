@@ -453,13 +453,18 @@ impl ContainerBuilder {
 
     /// Bind-mounts host path `host` at `container`, writable.
     pub fn mount(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
-        self.cfg.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: false });
+        self.cfg.mounts.push(BindMount {
+            host: host.into(),
+            container: container.into(),
+            readonly: false,
+            propagation: Default::default(),
+        });
         self
     }
 
     /// Bind-mounts host path `host` at `container`, read-only.
     pub fn mount_ro(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
-        self.cfg.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: true });
+        self.cfg.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: true, propagation: Default::default() });
         self
     }
 

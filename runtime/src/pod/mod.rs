@@ -20,6 +20,8 @@ mod files;
 mod mount_template;
 mod netthread;
 pub mod record;
+pub mod resources;
+pub mod security;
 pub mod spec;
 mod sweep;
 
@@ -39,7 +41,11 @@ use crate::state::{self, ContainerState, ExitStatus, Status};
 use crate::{ContainerError, ContainerId, CreateOptions, ExecOptions, Runtime, Signal, Stdio};
 
 pub use netthread::NetThreadGone;
-pub use record::{BindMount, ContainerRecord, DnsConfig, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus, RootfsSource};
+pub use record::{
+    BindMount, ContainerRecord, DnsConfig, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus, Propagation, RootfsSource,
+};
+pub use resources::Resources;
+pub use security::{GroupsPolicy, PidNamespace, RunAs, Seccomp, Security, SecurityError};
 pub use spec::ProcessOverrides;
 pub use sweep::SweepReport;
 
@@ -160,6 +166,13 @@ pub struct PodConfig {
     /// One PID namespace for all containers of the pod (Kubernetes'
     /// shareProcessNamespace), held by a small PID 1 of the pod's own.
     pub share_pid: bool,
+    /// The cgroup that holds the pod's containers (a kubelet's
+    /// `/kubepods/burstable/pod<uid>`); default: each container under `minipod/`.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Containers use the node's IPC namespace instead of the pod's.
+    pub host_ipc: bool,
+    /// Namespaced sysctls set in the pod's namespaces (by each container as it starts).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// What a container is made from.
@@ -174,6 +187,8 @@ pub struct ContainerConfig {
     /// Log file; default: `<pod log dir>/<name>_<attempt>.log` or the container's dir.
     pub log_path: Option<PathBuf>,
     pub attempt: u32,
+    pub security: Security,
+    pub resources: Resources,
 }
 
 impl ContainerConfig {
@@ -187,6 +202,8 @@ impl ContainerConfig {
             annotations: BTreeMap::new(),
             log_path: None,
             attempt: 0,
+            security: Security::default(),
+            resources: Resources::default(),
         }
     }
 }
@@ -495,6 +512,16 @@ impl Pods {
         for a in &cfg.aliases {
             record::check_name("alias", a).map_err(PodError::Invalid)?;
         }
+        if let Some(parent) = &cfg.cgroup_parent {
+            if parent.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir))
+                || parent.as_os_str().len() > 4096
+            {
+                return Err(PodError::Invalid(format!(
+                    "cgroup parent {} must be a plain path under the cgroup root (no `.` or `..`)",
+                    parent.display()
+                )));
+            }
+        }
         let networks = if cfg.networks.is_empty() { vec![self.default_network.clone()] } else { cfg.networks.clone() };
         for (i, n) in networks.iter().enumerate() {
             if networks[..i].contains(n) {
@@ -525,6 +552,9 @@ impl Pods {
             dns: cfg.dns.clone(),
             log_dir: cfg.log_dir.clone(),
             pid_holder: None,
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            host_ipc: cfg.host_ipc,
+            sysctls: cfg.sysctls.clone(),
         };
         {
             // Claimed through the name index, so that the check costs the same with one
@@ -800,6 +830,22 @@ impl Pods {
         Ok(self.oci.state(&c.id)?)
     }
 
+    /// Changes a container's cgroup limits (running or not) and records them; the
+    /// settings not given stay as they were.
+    pub fn update_container_resources(&self, c: &ContainerRecord, resources: &Resources) -> Result<ContainerRecord> {
+        let oci = resources.to_oci().map_err(PodError::Invalid)?;
+        crate::cgroups::check_resources(&oci).map_err(|e| PodError::Invalid(e.to_string()))?;
+        let st = self.container_state(c)?;
+        if st.live_status() == Status::Stopped {
+            return Err(PodError::Invalid(format!("container {} has exited: its limits can no longer change", c.name)));
+        }
+        crate::cgroups::Cgroup::from_paths(st.cgroup_paths.clone()).update(&oci).map_err(|e| PodError::Invalid(crate::error_chain(&e)))?;
+        let mut rec = c.clone();
+        rec.resources = merge_resources(&c.resources, resources);
+        write_json(&self.container_dir(&c.pod, &c.name).join(CONTAINER_FILE), &rec)?;
+        Ok(rec)
+    }
+
     /// The pod's lock, held while a container is made in it and while it is torn
     /// down, so that no container starts in a pod being removed. None when the pod is
     /// gone.
@@ -905,10 +951,12 @@ impl Pods {
             annotations: cfg.annotations.clone(),
             created: state::now_rfc3339(),
             attempt: cfg.attempt,
+            mounts: cfg.mounts.clone(),
+            resources: cfg.resources.clone(),
         };
         let pod_dir = self.pod_dir(&pod.id);
-        let spec =
-            spec::container_spec(pod, &pod_dir, &rec, &cfg.process, image.map(|i| &i.config), &cfg.mounts).map_err(PodError::Invalid)?;
+        let inputs = spec::SpecInputs { config: cfg, image: image.map(|i| &i.config), layers: &lower };
+        let spec = spec::container_spec(pod, &pod_dir, &rec, &inputs).map_err(PodError::Invalid)?;
         for d in ["rootfs", "upper", "work"] {
             std::fs::create_dir(dir.join(d)).map_err(io_err("creating", &dir.join(d)))?;
         }
@@ -1119,6 +1167,26 @@ fn make_private_node(net: &netthread::NetThread, pin: &Path) -> Result<()> {
 }
 
 /// Writes a record atomically.
+/// `new` over `old`, field by field.
+fn merge_resources(old: &Resources, new: &Resources) -> Resources {
+    let mut hugepages = old.hugepages.clone();
+    hugepages.extend(new.hugepages.clone());
+    let mut unified = old.unified.clone();
+    unified.extend(new.unified.clone());
+    Resources {
+        cpu_shares: new.cpu_shares.or(old.cpu_shares),
+        cpu_quota: new.cpu_quota.or(old.cpu_quota),
+        cpu_period: new.cpu_period.or(old.cpu_period),
+        cpuset_cpus: new.cpuset_cpus.clone().or_else(|| old.cpuset_cpus.clone()),
+        cpuset_mems: new.cpuset_mems.clone().or_else(|| old.cpuset_mems.clone()),
+        memory_limit: new.memory_limit.or(old.memory_limit),
+        memory_swap: new.memory_swap.or(old.memory_swap),
+        hugepages,
+        unified,
+        pids: new.pids.or(old.pids),
+    }
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(|e| io_err("encoding", path)(io::Error::other(e)))?;
     state::write_atomic(path, &data).map_err(|e| PodError::Container(e.into()))

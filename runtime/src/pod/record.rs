@@ -166,6 +166,15 @@ pub struct PodRecord {
     /// With a PID namespace shared by the containers: the process holding it as PID 1.
     #[serde(default)]
     pub pid_holder: Option<Owner>,
+    /// The cgroup (relative to each hierarchy's root) that holds the pod's containers.
+    #[serde(default)]
+    pub cgroup_parent: Option<PathBuf>,
+    /// Containers use the node's IPC namespace.
+    #[serde(default)]
+    pub host_ipc: bool,
+    /// Set in the pod's namespaces by each container as it starts.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl PodRecord {
@@ -190,6 +199,31 @@ pub struct BindMount {
     pub host: PathBuf,
     pub container: PathBuf,
     pub readonly: bool,
+    #[serde(default)]
+    pub propagation: Propagation,
+}
+
+/// Whether mounts made under a bind mount's source or target show on the other side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Propagation {
+    /// Neither way.
+    #[default]
+    Private,
+    /// Mounts the node makes under the source appear in the container (rslave).
+    HostToContainer,
+    /// Both ways (rshared; the source must be on a shared mount of the node).
+    Bidirectional,
+}
+
+impl Propagation {
+    /// The OCI mount option.
+    pub fn option(self) -> &'static str {
+        match self {
+            Self::Private => "rprivate",
+            Self::HostToContainer => "rslave",
+            Self::Bidirectional => "rshared",
+        }
+    }
 }
 
 /// A container recorded in `<root>/pods/<pod>/containers/<name>/container.json`.
@@ -209,6 +243,12 @@ pub struct ContainerRecord {
     pub created: String,
     /// How many times this name was created in the pod (CRI attempt).
     pub attempt: u32,
+    /// The node paths mounted into it.
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+    /// Its cgroup limits, as last set.
+    #[serde(default)]
+    pub resources: super::Resources,
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {

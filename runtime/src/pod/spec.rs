@@ -2,12 +2,14 @@
 //! namespaces, with the CRI default capabilities, the pod's /etc files and the
 //! image's process settings under the caller's overrides.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
 use super::files::FILES;
-use super::record::{BindMount, ContainerRecord, PodRecord};
+use super::record::{ContainerRecord, PodRecord};
+use super::security::{self, AccountFiles, Credentials, PidNamespace};
+use super::ContainerConfig;
 use crate::image::ImageConfig;
 
 /// Capabilities containerd and CRI-O give a container by default.
@@ -39,8 +41,10 @@ pub struct ProcessOverrides {
     /// `KEY=VALUE`, added to (or replacing) the image's.
     pub env: Vec<String>,
     pub workdir: Option<String>,
-    /// `(uid, gid)`.
+    /// `(uid, gid)`; [`Security::user`] wins over it.
     pub user: Option<(u32, u32)>,
+    /// The kernel's OOM-killer preference (-1000..1000).
+    pub oom_score_adj: Option<i32>,
 }
 
 /// The command a container runs: the caller's, else the image's entrypoint + cmd.
@@ -54,19 +58,6 @@ pub fn args(over: &ProcessOverrides, image: Option<&ImageConfig>) -> Result<Vec<
         return Err("no command: give one (the image has no entrypoint or cmd, or there is no image)".into());
     }
     Ok(args)
-}
-
-fn user(over: &ProcessOverrides, image: Option<&ImageConfig>) -> Result<(u32, u32), String> {
-    if let Some(u) = over.user {
-        return Ok(u);
-    }
-    let Some(spec) = image.and_then(|i| i.user.as_deref()).filter(|u| !u.is_empty()) else { return Ok((0, 0)) };
-    let (u, g) = spec.split_once(':').unwrap_or((spec, ""));
-    let uid = u
-        .parse::<u32>()
-        .map_err(|_| format!("the image's user {spec:?} is a name: only numeric users are supported yet; give a uid:gid explicitly"))?;
-    let gid = if g.is_empty() { uid } else { g.parse::<u32>().map_err(|_| format!("the image's group in {spec:?} is not numeric"))? };
-    Ok((uid, gid))
 }
 
 /// Merges `KEY=VALUE` lists: later keys win, order of first appearance kept.
@@ -83,17 +74,25 @@ pub fn merge_env<'a>(lists: impl IntoIterator<Item = &'a String>) -> Vec<String>
     out
 }
 
+/// What the spec of a container is made from, besides its pod.
+pub struct SpecInputs<'a> {
+    pub config: &'a ContainerConfig,
+    pub image: Option<&'a ImageConfig>,
+    /// The root filesystem's layers, top first (users and groups are looked up there).
+    pub layers: &'a [PathBuf],
+}
+
 /// The spec for container `ctr` of `pod`, whose shared files are under `pod_dir/etc`.
-pub fn container_spec(
-    pod: &PodRecord,
-    pod_dir: &Path,
-    ctr: &ContainerRecord,
-    over: &ProcessOverrides,
-    image: Option<&ImageConfig>,
-    mounts: &[BindMount],
-) -> Result<Spec, String> {
+pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, inputs: &SpecInputs) -> Result<Spec, String> {
+    let (cfg, image) = (inputs.config, inputs.image);
+    let (over, sec) = (&cfg.process, &cfg.security);
     let mut spec = serde_json::to_value(crate::spec::default_spec()).map_err(|e| e.to_string())?;
-    let (uid, gid) = user(over, image)?;
+    let image_user = image.and_then(|i| i.user.clone()).filter(|u| !u.is_empty());
+    let creds = match over.user {
+        // The embedding API's explicit uid:gid.
+        Some((uid, gid)) if sec.user.is_none() => Credentials { uid, gid, additional_gids: vec![gid] },
+        _ => security::credentials(sec, image_user.as_deref(), &AccountFiles::new(inputs.layers)).map_err(|e| e.to_string())?,
+    };
     let default_path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string();
     let image_env = image.map(|i| i.env.clone()).unwrap_or_default();
     let env = merge_env(
@@ -101,34 +100,90 @@ pub fn container_spec(
     );
     let cwd =
         over.workdir.clone().or_else(|| image.and_then(|i| i.working_dir.clone())).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+    let (caps, ambient) = security::capabilities(sec).map_err(|e| e.to_string())?;
     spec["process"] = serde_json::json!({
         "terminal": false,
-        "user": { "uid": uid, "gid": gid },
+        "user": { "uid": creds.uid, "gid": creds.gid, "additionalGids": creds.additional_gids },
         "args": ctr.args,
         "env": env,
         "cwd": cwd,
-        "capabilities": { "bounding": CRI_DEFAULT_CAPS, "effective": CRI_DEFAULT_CAPS, "permitted": CRI_DEFAULT_CAPS },
-        "noNewPrivileges": true
+        "capabilities": { "bounding": caps, "effective": caps, "permitted": caps, "inheritable": ambient, "ambient": ambient },
+        "noNewPrivileges": sec.no_new_privs
     });
-    spec["root"] = serde_json::json!({ "path": "rootfs", "readonly": false });
+    if let Some(adj) = over.oom_score_adj {
+        spec["process"]["oomScoreAdj"] = adj.into();
+    }
+    spec["root"] = serde_json::json!({ "path": "rootfs", "readonly": sec.readonly_rootfs });
     if let Some(obj) = spec.as_object_mut() {
         // The pod's UTS namespace already carries its hostname.
         obj.remove("hostname");
     }
     let ns = |typ: &str| pod_dir.join("ns").join(typ).display().to_string();
-    let pid = match &pod.pid_holder {
-        Some(h) => serde_json::json!({ "type": "pid", "path": format!("/proc/{}/ns/pid", h.pid) }),
-        None => serde_json::json!({ "type": "pid" }),
-    };
-    spec["linux"]["namespaces"] = serde_json::json!([
-        pid,
-        { "type": "mount" },
-        { "type": "cgroup" },
-        { "type": "network", "path": ns("net") },
-        { "type": "ipc", "path": ns("ipc") },
-        { "type": "uts", "path": ns("uts") },
-    ]);
+    let pid_ns =
+        match (sec.pid, &pod.pid_holder) {
+            (Some(PidNamespace::Pod) | None, Some(h)) => Some(format!("/proc/{}/ns/pid", h.pid)),
+            (Some(PidNamespace::Pod), None) => return Err(
+                "the container asks for the pod's PID namespace, and the pod has none to share: make the pod with a shared PID namespace"
+                    .into(),
+            ),
+            (Some(PidNamespace::Target(pid)), _) => Some(format!("/proc/{pid}/ns/pid")),
+            (Some(PidNamespace::Container) | None, None) | (Some(PidNamespace::Container), Some(_)) => Some(String::new()),
+            (Some(PidNamespace::Node), _) => None,
+        };
+    let mut namespaces = vec![
+        serde_json::json!({ "type": "mount" }),
+        serde_json::json!({ "type": "cgroup" }),
+        serde_json::json!({ "type": "network", "path": ns("net") }),
+        serde_json::json!({ "type": "uts", "path": ns("uts") }),
+    ];
+    if !pod.host_ipc {
+        namespaces.push(serde_json::json!({ "type": "ipc", "path": ns("ipc") }));
+    }
+    match pid_ns.as_deref() {
+        Some("") => namespaces.insert(0, serde_json::json!({ "type": "pid" })),
+        Some(path) => namespaces.insert(0, serde_json::json!({ "type": "pid", "path": path })),
+        None => {}
+    }
+    spec["linux"]["namespaces"] = namespaces.into();
+    let sysctls: std::collections::BTreeMap<&String, &String> = pod.sysctls.iter().chain(&sec.sysctls).collect();
+    if !sysctls.is_empty() {
+        spec["linux"]["sysctl"] = serde_json::to_value(&sysctls).map_err(|e| e.to_string())?;
+    }
+    let mut resources = cfg.resources.to_oci_json();
+    if sec.privileged {
+        // Every device of the node, usable: what `docker run --privileged` gives.
+        spec["linux"]["devices"] = security::host_devices().into();
+        resources["devices"] = serde_json::json!([{ "allow": true, "access": "rwm" }]);
+        spec["linux"]["maskedPaths"] = serde_json::json!([]);
+        spec["linux"]["readonlyPaths"] = serde_json::json!([]);
+    } else {
+        resources["devices"] = spec["linux"]["resources"]["devices"].clone();
+        if let Some(paths) = &sec.masked_paths {
+            spec["linux"]["maskedPaths"] = serde_json::to_value(paths).map_err(|e| e.to_string())?;
+        }
+        if let Some(paths) = &sec.readonly_paths {
+            spec["linux"]["readonlyPaths"] = serde_json::to_value(paths).map_err(|e| e.to_string())?;
+        }
+    }
+    spec["linux"]["resources"] = resources;
+    if let Some(parent) = &pod.cgroup_parent {
+        spec["linux"]["cgroupsPath"] = parent.join(ctr.id.as_str()).display().to_string().into();
+    }
+    // A privileged container runs unfiltered, as with containerd.
+    if !sec.privileged {
+        if let Some(profile) = crate::seccomp::profile_json(&sec.seccomp, &caps).map_err(|e| crate::error_chain(&e))? {
+            spec["linux"]["seccomp"] = profile;
+        }
+    }
     let list = spec["mounts"].as_array_mut().ok_or("the default spec has no mounts")?;
+    if sec.privileged {
+        // Writable /sys and cgroup tree, as runc gives a privileged container.
+        for m in list.iter_mut() {
+            if let Some(opts) = m["options"].as_array_mut() {
+                opts.retain(|o| o != "ro");
+            }
+        }
+    }
     for f in FILES {
         list.push(serde_json::json!({
             "destination": format!("/etc/{f}"),
@@ -137,7 +192,7 @@ pub fn container_spec(
             "options": ["rbind", "rprivate", "rw"]
         }));
     }
-    for m in mounts {
+    for m in &cfg.mounts {
         if !m.container.is_absolute() {
             return Err(format!("mount destination {} is not an absolute path", m.container.display()));
         }
@@ -146,7 +201,7 @@ pub fn container_spec(
             "destination": m.container.display().to_string(),
             "type": "bind",
             "source": m.host.display().to_string(),
-            "options": ["rbind", "rprivate", if m.readonly { "ro" } else { "rw" }]
+            "options": ["rbind", m.propagation.option(), if m.readonly { "ro" } else { "rw" }]
         }));
     }
     let mut annotations: serde_json::Map<String, serde_json::Value> =
@@ -170,13 +225,5 @@ mod tests {
         assert!(args(&ProcessOverrides::default(), None).is_err());
         let env = merge_env(&["A=1".to_string(), "B=2".to_string(), "A=3".to_string()]);
         assert_eq!(env, vec!["A=3", "B=2"]);
-    }
-
-    #[test]
-    fn numeric_image_users_only() {
-        let img = |u: &str| ImageConfig { user: Some(u.into()), ..Default::default() };
-        assert_eq!(user(&ProcessOverrides::default(), Some(&img("1000"))).unwrap(), (1000, 1000));
-        assert_eq!(user(&ProcessOverrides::default(), Some(&img("1:2"))).unwrap(), (1, 2));
-        assert!(user(&ProcessOverrides::default(), Some(&img("nginx"))).is_err());
     }
 }

@@ -79,10 +79,10 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitSt
     match unsafe { nix::unistd::fork() }.map_err(sys("forking the exec'd process"))? {
         ForkResult::Child => {
             drop(report);
-            let code = match child(&req.process, stdio, req.timeout.is_some()) {
+            let code = match child(&req.process, req.seccomp.as_ref(), stdio, req.timeout.is_some()) {
                 Ok(prepared) => {
                     let err = init::exec(&prepared);
-                    let _ = child_end.send(&Report::Failed(format!("starting {:?}: {err}", prepared.path)));
+                    let _ = child_end.send(&Report::Failed(err));
                     127
                 }
                 Err(e) => {
@@ -156,7 +156,12 @@ fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, 
     }
 }
 
-fn child(process: &oci_spec::runtime::Process, stdio: Vec<OwnedFd>, timed: bool) -> Result<init::Prepared, InitError> {
+fn child(
+    process: &oci_spec::runtime::Process,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    stdio: Vec<OwnedFd>,
+    timed: bool,
+) -> Result<init::Prepared, InitError> {
     if timed {
         // Its own process group, so that the timeout kills what it started too. Only
         // then: a group of its own would be a background job on the caller's terminal.
@@ -170,17 +175,23 @@ fn child(process: &oci_spec::runtime::Process, stdio: Vec<OwnedFd>, timed: bool)
         // SAFETY: umask cannot fail.
         unsafe { libc::umask(mask as libc::mode_t) };
     }
-    let prepared = init::prepare_exec(process)?;
+    let mut prepared = init::prepare_exec(process)?;
+    let filter = seccomp.map(crate::seccomp::compile).transpose()?;
+    let nnp = process.no_new_privileges() == Some(true);
+    if let (Some(f), false) = (&filter, nnp) {
+        crate::seccomp::load(f)?;
+    }
     let cwd = process.cwd().clone();
     let early = nix::unistd::chdir(&cwd);
     capabilities::apply(process, &|_| {})?;
     if let Err(e) = early {
         nix::unistd::chdir(&cwd).map_err(|_| InitError::Cwd(cwd.clone(), e))?;
     }
-    if process.no_new_privileges() == Some(true) {
+    if nnp {
         // SAFETY: prctl with integer arguments.
         Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
             .map_err(|source| InitError::Sys { what: "setting no_new_privs".into(), source })?;
+        prepared.seccomp = filter;
     }
     init::reset_signals();
     Ok(prepared)

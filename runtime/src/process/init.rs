@@ -55,6 +55,8 @@ pub enum InitError {
     Protocol(&'static str),
     #[error("{0:?} is not a valid argument or environment entry: it contains a NUL byte")]
     Nul(String),
+    #[error("applying the seccomp profile")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
@@ -67,6 +69,9 @@ pub(crate) struct Prepared {
     pub path: CString,
     pub args: Vec<CString>,
     pub env: Vec<CString>,
+    /// A filter still to load right before exec (with no_new_privs, as runc does, so
+    /// that it need not allow what the setup does).
+    pub seccomp: Option<libseccomp::ScmpFilterContext>,
 }
 
 /// Runs in the cloned child; never returns.
@@ -76,7 +81,7 @@ pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>, joins
             Ok(Some(ToInit::Start)) => {
                 let _ = chan.send(&FromInit::Execing);
                 let err = exec(&prepared);
-                let _ = chan.send(&FromInit::Failed(format!("starting {:?}: {err}", prepared.path)));
+                let _ = chan.send(&FromInit::Failed(err));
                 127
             }
             _ => 1,
@@ -148,7 +153,13 @@ fn setup(
     rootfs::finish(spec)?;
     set_rlimits(&process, &warn)?;
 
-    let prepared = prepare_exec(&process)?;
+    let mut prepared = prepare_exec(&process)?;
+    let filter = linux.seccomp().as_ref().map(crate::seccomp::compile).transpose()?;
+    let nnp = process.no_new_privileges() == Some(true);
+    if let (Some(f), false) = (&filter, nnp) {
+        // Without no_new_privs only CAP_SYS_ADMIN may load a filter: before the drop.
+        crate::seccomp::load(f)?;
+    }
     let cwd = process.cwd().clone();
     let early_cwd = nix::unistd::chdir(&cwd);
     capabilities::apply(&process, &warn)?;
@@ -158,7 +169,8 @@ fn setup(
     }
     // Changing credentials cleared the parent-death signal.
     set_parent_death_signal()?;
-    if process.no_new_privileges() == Some(true) {
+    if nnp {
+        prepared.seccomp = filter;
         // SAFETY: prctl with integer arguments.
         Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(sys("setting no_new_privs"))?;
     }
@@ -294,6 +306,7 @@ pub(crate) fn prepare_exec(process: &Process) -> Result<Prepared, InitError> {
         path: cstr(&path)?,
         args: args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         env: env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
+        seccomp: None,
     })
 }
 
@@ -315,9 +328,15 @@ pub(crate) fn reset_signals() {
 }
 
 /// Replaces this process with the workload; returns only on failure.
-pub(crate) fn exec(p: &Prepared) -> Errno {
+/// Loads the filter still pending, then execs; returns only with what went wrong.
+pub(crate) fn exec(p: &Prepared) -> String {
+    if let Some(filter) = &p.seccomp {
+        if let Err(e) = crate::seccomp::load(filter) {
+            return chain(&e);
+        }
+    }
     match nix::unistd::execve(&p.path, &p.args, &p.env) {
-        Err(e) => e,
+        Err(e) => format!("starting {:?}: {e}", p.path),
         Ok(never) => match never {},
     }
 }

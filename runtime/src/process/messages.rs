@@ -47,6 +47,8 @@ pub struct ExecRequest {
     pub pid_start_time: u64,
     pub cgroup_paths: Vec<PathBuf>,
     pub process: oci_spec::runtime::Process,
+    /// The container's system-call filter.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     pub stdio: bool,
     /// Kill the process (SIGKILL) if it runs longer than this.
     pub timeout: Option<std::time::Duration>,

@@ -330,6 +330,7 @@ fn create(
         started: None,
         finished: None,
         exit: None,
+        oom_killed: false,
         annotations: req.spec.annotations().clone().unwrap_or_default(),
     };
     let listener = Listener::bind(&req.state_dir.join(SOCKET)).map_err(|e| kill_init(e.into()))?;
@@ -429,6 +430,7 @@ impl Monitor {
         }
         self.state.status = Status::Stopped;
         self.state.exit = Some(exit);
+        self.state.oom_killed = crate::cgroups::Cgroup::from_paths(self.state.cgroup_paths.clone()).oom_kills() > 0;
         self.state.finished = Some(state::now_rfc3339());
         // The state dir may already be gone (delete --force); nothing to record then.
         let _ = self.state.save(&self.state_dir);

@@ -1,0 +1,600 @@
+//! System-call filters: the OCI `linux.seccomp` section compiled with libseccomp and
+//! loaded by the container's init, and the runtime's default profile, the allow-list
+//! that Docker and containerd give a container (`RuntimeDefault` in Kubernetes), with
+//! the same additions for the capabilities the container holds.
+
+use std::collections::BTreeSet;
+
+use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
+
+use crate::pod::Seccomp;
+
+/// A profile that cannot be read or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("reading seccomp profile {path}: give the path of a profile on the node")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("seccomp profile {path} is not an OCI/Docker seccomp profile: {message}")]
+    Parse { path: std::path::PathBuf, message: String },
+    #[error("seccomp: {what}")]
+    Filter {
+        what: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("seccomp: {0}")]
+    Unsupported(String),
+}
+
+fn filter_err(what: impl Into<String>) -> impl FnOnce(libseccomp::error::SeccompError) -> SeccompError {
+    let what = what.into();
+    move |source| SeccompError::Filter { what, source }
+}
+
+/// System calls every container may make (Docker's default profile, unconditional part).
+const ALLOWED: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
+    "adjtimex",
+    "alarm",
+    "arch_prctl",
+    "bind",
+    "brk",
+    "cachestat",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "chown32",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "clock_getres",
+    "clock_getres_time64",
+    "clock_gettime",
+    "clock_gettime64",
+    "clock_nanosleep",
+    "clock_nanosleep_time64",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "epoll_wait_old",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fadvise64_64",
+    "fallocate",
+    "fanotify_mark",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "fchown",
+    "fchown32",
+    "fchownat",
+    "fcntl",
+    "fcntl64",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstat64",
+    "fstatat64",
+    "fstatfs",
+    "fstatfs64",
+    "fsync",
+    "ftruncate",
+    "ftruncate64",
+    "futex",
+    "futex_requeue",
+    "futex_time64",
+    "futex_wait",
+    "futex_waitv",
+    "futex_wake",
+    "futimesat",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "getegid32",
+    "geteuid",
+    "geteuid32",
+    "getgid",
+    "getgid32",
+    "getgroups",
+    "getgroups32",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresgid32",
+    "getresuid",
+    "getresuid32",
+    "getrlimit",
+    "get_robust_list",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "get_thread_area",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getuid32",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "ioctl",
+    "io_destroy",
+    "io_getevents",
+    "io_pgetevents",
+    "io_pgetevents_time64",
+    "ioprio_get",
+    "ioprio_set",
+    "io_setup",
+    "io_submit",
+    "ipc",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lchown32",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "_llseek",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "lstat64",
+    "madvise",
+    "map_shadow_stack",
+    "membarrier",
+    "memfd_create",
+    "memfd_secret",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "mmap2",
+    "modify_ldt",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedreceive_time64",
+    "mq_timedsend",
+    "mq_timedsend_time64",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "name_to_handle_at",
+    "nanosleep",
+    "newfstatat",
+    "_newselect",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "ppoll_time64",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "process_mrelease",
+    "pselect6",
+    "pselect6_time64",
+    "ptrace",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmmsg_time64",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_sigtimedwait_time64",
+    "rt_tgsigqueueinfo",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_rr_get_interval_time64",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semtimedop_time64",
+    "send",
+    "sendfile",
+    "sendfile64",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "setfsgid",
+    "setfsgid32",
+    "setfsuid",
+    "setfsuid32",
+    "setgid",
+    "setgid32",
+    "setgroups",
+    "setgroups32",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setregid32",
+    "setresgid",
+    "setresgid32",
+    "setresuid",
+    "setresuid32",
+    "setreuid",
+    "setreuid32",
+    "setrlimit",
+    "set_robust_list",
+    "setsid",
+    "setsockopt",
+    "set_thread_area",
+    "set_tid_address",
+    "setuid",
+    "setuid32",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "sigprocmask",
+    "sigreturn",
+    "socketcall",
+    "socketpair",
+    "splice",
+    "stat",
+    "stat64",
+    "statfs",
+    "statfs64",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_gettime64",
+    "timer_settime",
+    "timer_settime64",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_gettime64",
+    "timerfd_settime",
+    "timerfd_settime64",
+    "times",
+    "tkill",
+    "truncate",
+    "truncate64",
+    "ugetrlimit",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimensat_time64",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "waitpid",
+    "write",
+    "writev",
+];
+
+/// System calls allowed only to a container holding a capability (as Docker's profile).
+const BY_CAPABILITY: &[(&str, &[&str])] = &[
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    ("CAP_SYS_CHROOT", &["chroot"]),
+    ("CAP_SYS_MODULE", &["delete_module", "init_module", "finit_module"]),
+    ("CAP_SYS_PACCT", &["acct"]),
+    ("CAP_SYS_PTRACE", &["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev"]),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    ("CAP_SYS_TIME", &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    ("CAP_SYS_NICE", &["get_mempolicy", "mbind", "set_mempolicy", "set_mempolicy_home_node"]),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
+];
+
+/// The namespace flags `clone` may not carry without CAP_SYS_ADMIN.
+const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+
+/// The `linux.seccomp` JSON for `profile`, given the capabilities the container holds;
+/// `None` for no filter.
+pub fn profile_json(profile: &Seccomp, caps: &BTreeSet<String>) -> Result<Option<serde_json::Value>, SeccompError> {
+    match profile {
+        Seccomp::Unconfined => Ok(None),
+        Seccomp::RuntimeDefault => Ok(Some(default_profile(caps))),
+        Seccomp::Profile(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| SeccompError::Read { path: path.clone(), source })?;
+            let parsed: LinuxSeccomp =
+                serde_json::from_str(&text).map_err(|e| SeccompError::Parse { path: path.clone(), message: e.to_string() })?;
+            // Compiled once here so that a bad profile fails at create, not in the init.
+            compile(&parsed)?;
+            serde_json::to_value(&parsed).map(Some).map_err(|e| SeccompError::Parse { path: path.clone(), message: e.to_string() })
+        }
+    }
+}
+
+/// Docker's and containerd's default profile, for a container holding `caps`.
+pub fn default_profile(caps: &BTreeSet<String>) -> serde_json::Value {
+    let mut names: Vec<&str> = ALLOWED.to_vec();
+    for (cap, calls) in BY_CAPABILITY {
+        if caps.contains(*cap) {
+            names.extend(*calls);
+        }
+    }
+    let mut syscalls = vec![
+        serde_json::json!({ "names": names, "action": "SCMP_ACT_ALLOW" }),
+        // Only the personalities programs use for themselves (no READ_IMPLIES_EXEC etc.).
+        serde_json::json!({ "names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 0, "op": "SCMP_CMP_EQ" }] }),
+        serde_json::json!({ "names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 8, "op": "SCMP_CMP_EQ" }] }),
+        serde_json::json!({ "names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 0x20000, "op": "SCMP_CMP_EQ" }] }),
+        serde_json::json!({ "names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 0x20008, "op": "SCMP_CMP_EQ" }] }),
+        serde_json::json!({ "names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 0xffff_ffffu32, "op": "SCMP_CMP_EQ" }] }),
+        // Every socket family but AF_VSOCK, which reaches past the network namespace.
+        serde_json::json!({ "names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 40, "op": "SCMP_CMP_NE" }] }),
+    ];
+    if !caps.contains("CAP_SYS_ADMIN") {
+        // clone without namespace flags; clone3 hides its flags in memory, so it is
+        // refused with ENOSYS and the C library falls back to clone.
+        syscalls.push(serde_json::json!({
+            "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }]
+        }));
+        syscalls.push(serde_json::json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS }));
+    }
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": libc::EPERM,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "syscalls": syscalls
+    })
+}
+
+fn action(a: LinuxSeccompAction, errno: Option<u32>, default_errno: u32) -> Result<ScmpAction, SeccompError> {
+    Ok(match a {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => ScmpAction::KillThread,
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(default_errno) as i32),
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(default_errno) as u16),
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(SeccompError::Unsupported("SCMP_ACT_NOTIFY needs a listener: use another action".into()))
+        }
+    })
+}
+
+fn arch(a: &oci_spec::runtime::Arch) -> Option<ScmpArch> {
+    use oci_spec::runtime::Arch;
+    Some(match a {
+        Arch::ScmpArchX86 => ScmpArch::X86,
+        Arch::ScmpArchX86_64 => ScmpArch::X8664,
+        Arch::ScmpArchX32 => ScmpArch::X32,
+        Arch::ScmpArchArm => ScmpArch::Arm,
+        Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
+        _ => return None,
+    })
+}
+
+/// A filter for `profile`, ready to load. System calls this libseccomp does not know
+/// are skipped, as runc does: a profile written for a newer kernel still loads.
+pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, SeccompError> {
+    const EPERM: u32 = libc::EPERM as u32;
+    let default_errno = profile.default_errno_ret().unwrap_or(EPERM);
+    let mut ctx = ScmpFilterContext::new(action(profile.default_action(), Some(default_errno), default_errno)?)
+        .map_err(filter_err("creating the filter"))?;
+    for a in profile.architectures().iter().flatten() {
+        if let Some(a) = arch(a) {
+            // Architectures this machine cannot run are simply not added.
+            if a != ScmpArch::native() {
+                let _ = ctx.add_arch(a);
+            }
+        }
+    }
+    // Without this, libseccomp refuses a rule whose action equals the default one.
+    ctx.set_ctl_nnp(false).map_err(filter_err("leaving no_new_privs to the runtime"))?;
+    for rule in profile.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret(), default_errno)?;
+        let conds: Vec<ScmpArgCompare> = rule
+            .args()
+            .iter()
+            .flatten()
+            .map(|a| {
+                let op = match a.op() {
+                    LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+                    LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
+                    LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+                    LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+                    LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+                    LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
+                    LinuxSeccompOperator::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(a.value()),
+                };
+                let datum = if matches!(a.op(), LinuxSeccompOperator::ScmpCmpMaskedEq) { a.value_two().unwrap_or(0) } else { a.value() };
+                ScmpArgCompare::new(a.index() as u32, op, datum)
+            })
+            .collect();
+        for name in rule.names() {
+            let Ok(call) = ScmpSyscall::from_name(name) else { continue };
+            if act == action(profile.default_action(), Some(default_errno), default_errno)? && conds.is_empty() {
+                continue;
+            }
+            let added = if conds.is_empty() { ctx.add_rule(act, call) } else { ctx.add_rule_conditional(act, call, &conds) };
+            added.map_err(filter_err(format!("adding a rule for {name}")))?;
+        }
+    }
+    Ok(ctx)
+}
+
+/// Reads and checks a profile for `minipod create` bundles; fails like a bad spec would.
+pub fn check(profile: &LinuxSeccomp) -> Result<(), SeccompError> {
+    compile(profile).map(drop)
+}
+
+/// Loads a compiled filter into this process (and all it executes).
+pub fn load(ctx: &ScmpFilterContext) -> Result<(), SeccompError> {
+    ctx.load().map_err(filter_err("loading the filter"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_profile_compiles_and_grows_with_capabilities() {
+        let plain: BTreeSet<String> = ["CAP_CHOWN".to_string()].into();
+        let json = default_profile(&plain);
+        let parsed: LinuxSeccomp = serde_json::from_value(json.clone()).unwrap();
+        compile(&parsed).unwrap();
+        let text = json.to_string();
+        assert!(!text.contains("\"mount\"") && text.contains("SCMP_CMP_MASKED_EQ"));
+        let admin: BTreeSet<String> = ["CAP_SYS_ADMIN".to_string()].into();
+        let text = default_profile(&admin).to_string();
+        assert!(text.contains("\"mount\"") && !text.contains("SCMP_CMP_MASKED_EQ"));
+    }
+}
