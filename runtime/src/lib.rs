@@ -48,6 +48,7 @@ pub mod busybox;
 pub mod capabilities;
 pub mod cgroups;
 mod container;
+pub mod disk;
 pub mod embed;
 pub mod id;
 pub mod image;

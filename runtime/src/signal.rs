@@ -58,6 +58,17 @@ impl Signal {
         self.0
     }
 
+    /// Whether process `pid` has a handler for this signal now (`SigCgt` in its
+    /// status). A PID namespace's init only receives the signals it handles, so a
+    /// signal sent before its program installed the handler was dropped.
+    pub fn caught_by(self, pid: i32) -> bool {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return false;
+        };
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+        mask.is_some_and(|m| m & (1u64 << (self.0 - 1)) != 0)
+    }
+
     /// Wraps a raw number, checking the range.
     pub fn from_number(n: i32) -> Result<Self, SignalError> {
         if (1..=64).contains(&n) {

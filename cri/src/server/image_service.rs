@@ -78,6 +78,18 @@ impl ImageService for Server {
     }
 
     async fn image_fs_info(&self, _: Request<cri::ImageFsInfoRequest>) -> Reply<cri::ImageFsInfoResponse> {
-        Ok(Response::new(cri::ImageFsInfoResponse::default()))
+        let (images, layers) = blocking(&self.pods, |p| {
+            let mut layers = minipod_runtime::disk::DiskUsage::default();
+            // Containers removed meanwhile simply drop out.
+            for c in p.containers(None)? {
+                layers = layers + p.writable_layer_usage(&c).unwrap_or_default();
+            }
+            Ok((
+                super::runtime_service::fs_usage(p.images().dir(), p.image_fs_usage()?),
+                super::runtime_service::fs_usage(&p.writable_layers_dir(), layers),
+            ))
+        })
+        .await?;
+        Ok(Response::new(cri::ImageFsInfoResponse { image_filesystems: vec![images], container_filesystems: vec![layers] }))
     }
 }

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
+use minipod_runtime::disk::DiskUsage;
 use minipod_runtime::netstack::{PortMapping, Proto};
 use minipod_runtime::pod::{
-    BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, PodStatus, ProcessOverrides, Propagation, RootfsSource,
+    BindMount, ContainerConfig, ContainerRecord, DnsConfig, PodConfig, PodRecord, PodStatus, ProcessOverrides, Propagation, Resources,
+    RootfsSource,
 };
 use minipod_runtime::{PodError, Pods, Status as CtrStatus};
 use tonic::{Request, Response, Status};
@@ -55,10 +57,16 @@ fn container_status(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerSt
     let status = st.live_status();
     let exit = st.exit.map(|e| e.shell_code()).unwrap_or(0);
     let reason = match (status, exit) {
+        // The kernel's count, not a guess from the exit code: a process can die of
+        // SIGKILL for other reasons, and one OOM kill of a child can leave init alive.
+        (CtrStatus::Stopped, _) if st.oom_killed => "OOMKilled",
         (CtrStatus::Stopped, 0) => "Completed",
         (CtrStatus::Stopped, _) => "Error",
         _ => "",
     };
+    let (uid, gid, groups) = pods.container_user(c)?;
+    let user =
+        cri::LinuxContainerUser { uid: uid.into(), gid: gid.into(), supplemental_groups: groups.into_iter().map(i64::from).collect() };
     Ok(cri::ContainerStatus {
         id: c.id.to_string(),
         metadata: Some(convert::container_metadata(c)),
@@ -74,8 +82,56 @@ fn container_status(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerSt
         labels: convert::to_hash(&c.labels),
         annotations: convert::user_annotations(&c.annotations),
         log_path: c.log_path.display().to_string(),
+        mounts: c.mounts.iter().map(cri_mount).collect(),
+        resources: Some(cri::ContainerResources { linux: Some(cri_resources(&c.resources)), windows: None }),
+        user: Some(cri::ContainerUser { linux: Some(user) }),
         ..Default::default()
     })
+}
+
+fn cri_mount(m: &BindMount) -> cri::Mount {
+    let propagation = match m.propagation {
+        Propagation::Private => cri::MountPropagation::PropagationPrivate,
+        Propagation::HostToContainer => cri::MountPropagation::PropagationHostToContainer,
+        Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+    };
+    cri::Mount {
+        container_path: m.container.display().to_string(),
+        host_path: m.host.display().to_string(),
+        readonly: m.readonly,
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
+/// The limits as last set; 0 where a setting was left to the kernel.
+fn cri_resources(r: &Resources) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        cpu_period: r.cpu_period.unwrap_or(0) as i64,
+        cpu_quota: r.cpu_quota.unwrap_or(0),
+        cpu_shares: r.cpu_shares.unwrap_or(0) as i64,
+        memory_limit_in_bytes: r.memory_limit.unwrap_or(0),
+        memory_swap_limit_in_bytes: r.memory_swap.unwrap_or(0),
+        cpuset_cpus: r.cpuset_cpus.clone().unwrap_or_default(),
+        cpuset_mems: r.cpuset_mems.clone().unwrap_or_default(),
+        hugepage_limits: r.hugepages.iter().map(|(page_size, &limit)| cri::HugepageLimit { page_size: page_size.clone(), limit }).collect(),
+        unified: r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..Default::default()
+    }
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// A filesystem use as the kubelet reads it; `mountpoint` is the directory measured.
+pub(super) fn fs_usage(mountpoint: &std::path::Path, u: DiskUsage) -> cri::FilesystemUsage {
+    cri::FilesystemUsage {
+        timestamp: now_nanos(),
+        fs_id: Some(cri::FilesystemIdentifier { mountpoint: mountpoint.display().to_string() }),
+        used_bytes: Some(cri::UInt64Value { value: u.bytes }),
+        inodes_used: Some(cri::UInt64Value { value: u.inodes }),
+    }
 }
 
 fn container(pods: &Pods, c: &ContainerRecord) -> cri::Container {
@@ -99,7 +155,8 @@ fn container(pods: &Pods, c: &ContainerRecord) -> cri::Container {
 fn stats(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStats, PodError> {
     let st = pods.container_state(c)?;
     let usage = minipod_runtime::cgroups::Cgroup::from_paths(st.cgroup_paths.clone()).usage();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let now = now_nanos();
+    let layer = pods.writable_layer_usage(c)?;
     let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
     Ok(cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -115,6 +172,7 @@ fn stats(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStats, PodErr
             usage_bytes: value(usage.memory_bytes),
             ..Default::default()
         }),
+        writable_layer: Some(fs_usage(&pods.writable_layers_dir(), layer)),
         ..Default::default()
     })
 }
@@ -122,7 +180,7 @@ fn stats(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStats, PodErr
 /// A pod's stats: its containers', their CPU and memory summed, and its interfaces'
 /// traffic (the first network's interface is the default one).
 fn pod_stats(pods: &Pods, pod: &PodRecord) -> Result<cri::PodSandboxStats, PodError> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let now = now_nanos();
     // Containers removed meanwhile simply drop out.
     let containers: Vec<cri::ContainerStats> = pods.containers(Some(&pod.id))?.iter().filter_map(|c| stats(pods, c).ok()).collect();
     let sum = |f: fn(&cri::ContainerStats) -> Option<u64>| {
@@ -259,6 +317,27 @@ fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
     })
 }
 
+/// Why the runtime cannot work, if it cannot: its state dir is unreadable.
+fn runtime_problem(pods: &Pods) -> Option<String> {
+    pods.pods().err().map(|e| minipod_runtime::error_chain(&e))
+}
+
+/// Why pods' networking will not work, if it will not: the default network is gone
+/// or unreadable, or something outside minipod drops its traffic.
+fn network_problem(pods: &Pods) -> Option<(&'static str, String)> {
+    let name = pods.default_network();
+    let problems = match pods.node().network(name) {
+        Ok(Some(_)) => pods.node().problems(name),
+        Ok(None) => return Some(("NoNetwork", format!("network {name} does not exist; it is made when the daemon starts: restart it"))),
+        Err(e) => Err(e),
+    };
+    match problems {
+        Ok(p) if p.is_empty() => None,
+        Ok(p) => Some(("NetworkBlocked", p.join("; "))),
+        Err(e) => Some(("NetworkUnreadable", minipod_runtime::error_chain(&e))),
+    }
+}
+
 #[tonic::async_trait]
 impl RuntimeService for Server {
     async fn version(&self, _: Request<cri::VersionRequest>) -> Reply<cri::VersionResponse> {
@@ -271,9 +350,22 @@ impl RuntimeService for Server {
     }
 
     async fn status(&self, _: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {
-        let cond = |t: &str| cri::RuntimeCondition { r#type: t.into(), status: true, ..Default::default() };
+        let (runtime, network) = blocking(&self.pods, |p| Ok((runtime_problem(p), network_problem(p)))).await?;
+        let cond = |t: &str, problem: Option<(&str, String)>| cri::RuntimeCondition {
+            r#type: t.into(),
+            status: problem.is_none(),
+            reason: problem.as_ref().map(|p| p.0.to_string()).unwrap_or_default(),
+            message: problem.map(|p| p.1).unwrap_or_default(),
+        };
         Ok(Response::new(cri::StatusResponse {
-            status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![cond("RuntimeReady", runtime.map(|m| ("StateUnreadable", m))), cond("NetworkReady", network)],
+            }),
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            }],
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
             ..Default::default()
         }))
     }
@@ -467,9 +559,18 @@ impl RuntimeService for Server {
 
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = req.into_inner();
+        need(&req.container_id, "container_id")?;
+        let linux = req.linux.ok_or_else(|| Status::invalid_argument("linux: no resources to update"))?;
+        let (resources, oom_score_adj) = security::resources(&linux)?;
+        if oom_score_adj.is_some_and(|v| v != 0) {
+            // The score belongs to the container's processes, set when each starts.
+            return Err(Status::invalid_argument("linux.oom_score_adj: a running container's OOM score cannot be changed; recreate it"));
+        }
+        blocking(&self.pods, move |p| p.update_container_resources(&p.container_by_id(&req.container_id)?, &resources)).await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(&self, req: Request<cri::ReopenContainerLogRequest>) -> Reply<cri::ReopenContainerLogResponse> {
@@ -573,6 +674,10 @@ impl RuntimeService for Server {
     }
 
     async fn runtime_config(&self, _: Request<cri::RuntimeConfigRequest>) -> Reply<cri::RuntimeConfigResponse> {
-        Err(unimplemented("RuntimeConfig"))
+        // Cgroups are directories minipod makes under each controller, as cgroupfs does;
+        // no systemd units.
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+        }))
     }
 }

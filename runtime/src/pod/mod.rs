@@ -846,6 +846,32 @@ impl Pods {
         Ok(rec)
     }
 
+    /// The uid, gid and supplementary gids a container's processes run with, as its
+    /// spec resolved them (image user names, merged image groups).
+    pub fn container_user(&self, c: &ContainerRecord) -> Result<(u32, u32, Vec<u32>)> {
+        let path = self.container_dir(&c.pod, &c.name).join("config.json");
+        let spec: oci_spec::runtime::Spec = record::read_json(&path).map_err(io_err("reading", &path))?;
+        let user = spec.process().as_ref().map(|p| p.user().clone()).unwrap_or_default();
+        Ok((user.uid(), user.gid(), user.additional_gids().clone().unwrap_or_default()))
+    }
+
+    /// What the image store uses on disk (its unpacked layers, blobs and indexes).
+    pub fn image_fs_usage(&self) -> Result<crate::disk::DiskUsage> {
+        let dir = self.images.dir();
+        crate::disk::usage(dir).map_err(io_err("measuring", dir))
+    }
+
+    /// The directory that holds every container's writable layer.
+    pub fn writable_layers_dir(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
+    /// What one container has written to its root filesystem (its overlay upper dir).
+    pub fn writable_layer_usage(&self, c: &ContainerRecord) -> Result<crate::disk::DiskUsage> {
+        let upper = self.container_dir(&c.pod, &c.name).join("upper");
+        crate::disk::usage(&upper).map_err(io_err("measuring", &upper))
+    }
+
     /// The pod's lock, held while a container is made in it and while it is torn
     /// down, so that no container starts in a pod being removed. None when the pod is
     /// gone.
@@ -990,16 +1016,15 @@ impl Pods {
             return Ok(());
         }
         if st.live_status() == Status::Running && !timeout.is_zero() {
-            let _ = self.oci.kill(&c.id, Signal::from_number(libc::SIGTERM).map_err(|e| PodError::Invalid(e.to_string()))?, false);
             if let (Some(pid), Some(start)) = (st.pid, st.pid_start_time) {
-                if crate::pidfd::wait_gone(pid, start, timeout) {
+                if self.terminate(c, pid, start, timeout) {
                     // Let the monitor record the exit before the caller reads it.
                     crate::pidfd::wait_gone(st.monitor_pid, st.monitor_start_time, Duration::from_secs(2));
                     return Ok(());
                 }
             }
         }
-        match self.oci.kill(&c.id, Signal::from_number(libc::SIGKILL).map_err(|e| PodError::Invalid(e.to_string()))?, true) {
+        match self.oci.kill(&c.id, Signal::KILL, true) {
             Ok(()) | Err(ContainerError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -1008,6 +1033,30 @@ impl Pods {
         }
         crate::pidfd::wait_gone(st.monitor_pid, st.monitor_start_time, Duration::from_secs(2));
         Ok(())
+    }
+
+    /// Sends SIGTERM to a container's init and waits up to `timeout` for it to exit.
+    /// A container stopped just after it started may get the signal before its program
+    /// installed a handler; as a PID namespace's init it then drops it, so the signal
+    /// is sent again once the handler is there (never twice to a program that had one).
+    fn terminate(&self, c: &ContainerRecord, pid: i32, start: u64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut handled = Signal::TERM.caught_by(pid);
+        let _ = self.oci.kill(&c.id, Signal::TERM, false);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let slice = if handled { left } else { left.min(Duration::from_millis(100)) };
+            if crate::pidfd::wait_gone(pid, start, slice) {
+                return true;
+            }
+            if !handled && Signal::TERM.caught_by(pid) {
+                handled = true;
+                let _ = self.oci.kill(&c.id, Signal::TERM, false);
+            }
+        }
     }
 
     /// Removes a container (killing it with `force`); removing one that is gone is fine.

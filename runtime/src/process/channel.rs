@@ -10,8 +10,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 /// Largest message accepted; a spec is a few KiB.
 const MAX_MESSAGE: usize = 1 << 20;
-/// Most descriptors one message carries (stdio).
-const MAX_FDS: usize = 8;
+/// Most descriptors one message carries: stdio, or one cgroup join file per v1
+/// hierarchy (a host mounts a dozen or so).
+const MAX_FDS: usize = 32;
 
 /// A message could not be sent or received.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum ChannelError {
     Send(#[source] nix::Error),
     #[error("receiving a message from the peer process")]
     Recv(#[source] nix::Error),
+    #[error("{0} descriptors in one message; at most {MAX_FDS} fit")]
+    TooManyFds(usize),
     #[error("a message from the peer process was larger than {MAX_MESSAGE} bytes")]
     Truncated,
     #[error("encoding or decoding a message")]
@@ -76,6 +79,9 @@ impl Channel {
 
     /// Sends one message with descriptors attached.
     pub fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
+        if fds.len() > MAX_FDS {
+            return Err(ChannelError::TooManyFds(fds.len()));
+        }
         let data = serde_json::to_vec(msg).map_err(ChannelError::Codec)?;
         let iov = [IoSlice::new(&data)];
         let cmsg = [ControlMessage::ScmRights(fds)];

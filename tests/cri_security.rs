@@ -1,0 +1,318 @@
+//! What a pod's security context and limits ask for, applied or refused, as a kubelet
+//! would send them: the real `crictl` against `minipod serve` on a node namespace the
+//! test makes.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::cri::{ctr_json, pod_json, Daemon};
+use common::node::TestNode;
+use common::{not_root, Harness};
+use serde_json::{json, Value};
+
+fn daemon(name: &str) -> (TestNode, Daemon) {
+    let node = TestNode::new(name);
+    let d = Daemon::start(Harness::new(name), &node.node_ns());
+    d.import_busybox();
+    (node, d)
+}
+
+/// A pod from `pod_json` with `linux` set; returns (id, config path).
+fn run_pod(d: &Daemon, name: &str, linux: Value) -> (String, String) {
+    let mut pod = pod_json(name, &d.h.base.join("logs"), json!([]));
+    pod["linux"] = linux;
+    let path = d.write(&format!("{name}-pod.json"), &pod);
+    (d.ok(&["runp", &path]).trim().to_string(), path)
+}
+
+/// Creates and starts a container whose `linux` section is `linux`.
+fn run_ctr(d: &Daemon, pod: &(String, String), name: &str, cmd: &[&str], linux: Value) -> String {
+    let mut cfg = ctr_json(name, cmd);
+    cfg["linux"] = linux;
+    let path = d.write(&format!("{name}.json"), &cfg);
+    let id = d.ok(&["create", &pod.0, &path, &pod.1]).trim().to_string();
+    d.ok(&["start", &id]);
+    id
+}
+
+/// `crictl exec -s` output, trimmed; panics when the command fails.
+fn exec(d: &Daemon, id: &str, cmd: &[&str]) -> String {
+    d.ok(&[&["exec", "-s", id][..], cmd].concat()).trim().to_string()
+}
+
+fn status_line(d: &Daemon, id: &str, field: &str) -> String {
+    let status = exec(d, id, &["cat", "/proc/self/status"]);
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn a_pod_run_as_user_1000_on_a_read_only_root_cannot_write_it() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("crisec");
+    let pod = run_pod(&d, "locked", json!({}));
+    let locked = run_ctr(
+        &d,
+        &pod,
+        "locked",
+        &["sleep", "300"],
+        json!({ "security_context": {
+            "run_as_user": { "value": 1000 },
+            "readonly_rootfs": true,
+            "no_new_privs": true,
+            "capabilities": { "drop_capabilities": ["ALL"] },
+        }}),
+    );
+    assert_eq!(exec(&d, &locked, &["id", "-u"]), "1000");
+    // The image's /etc/passwd gives user 1000 its group.
+    assert_eq!(exec(&d, &locked, &["id", "-g"]), "1000");
+    let write = d.crictl(&["exec", "-s", &locked, "touch", "/probe"]);
+    assert!(!write.status.success(), "wrote to a read-only root");
+    let said = String::from_utf8_lossy(&write.stderr).into_owned() + &String::from_utf8_lossy(&write.stdout);
+    assert!(said.contains("Read-only file system"), "{said}");
+    assert_eq!(status_line(&d, &locked, "CapEff:"), "0000000000000000");
+    assert_eq!(status_line(&d, &locked, "NoNewPrivs:"), "1");
+
+    // By name from the image, with supplementary groups; a root container keeps the
+    // default capability set but for the dropped one and gains the added one.
+    let named = run_ctr(
+        &d,
+        &pod,
+        "named",
+        &["sleep", "300"],
+        json!({ "security_context": {
+            "run_as_username": "nobody",
+            "supplemental_groups": [1234, 5678],
+        }}),
+    );
+    assert_eq!(exec(&d, &named, &["id", "-u"]), "65534");
+    let groups: Vec<String> = exec(&d, &named, &["id", "-G"]).split_whitespace().map(String::from).collect();
+    assert_eq!(groups, ["65534", "1234", "5678"]);
+    let inspect: Value = serde_json::from_str(&d.ok(&["inspect", &named])).unwrap();
+    assert_eq!(inspect["status"]["user"]["linux"]["uid"], "65534", "{inspect}");
+    let root = run_ctr(
+        &d,
+        &pod,
+        "root",
+        &["sleep", "300"],
+        json!({ "security_context": { "capabilities": { "drop_capabilities": ["CHOWN"], "add_capabilities": ["SYS_TIME"] } } }),
+    );
+    let caps = u64::from_str_radix(&status_line(&d, &root, "CapEff:"), 16).unwrap();
+    let (chown, kill, sys_time, sys_admin) = (1 << 0, 1 << 5, 1 << 25, 1 << 21);
+    assert_eq!(caps & (chown | kill | sys_time | sys_admin), kill | sys_time, "CapEff {caps:x}");
+    assert_eq!(status_line(&d, &root, "NoNewPrivs:"), "0", "no_new_privs was not asked for");
+    d.ok(&["rmp", "-f", &pod.0]);
+}
+
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed_and_reported_so() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("crioom");
+    let pod = run_pod(&d, "hungry", json!({}));
+    let limit = 32 << 20;
+    // A shell variable that grows to 200 MB: the shell itself outgrows the limit.
+    let hungry = run_ctr(
+        &d,
+        &pod,
+        "hungry",
+        &["sh", "-c", "x=$(yes | head -c 200000000); echo survived"],
+        json!({ "resources": { "memory_limit_in_bytes": limit, "memory_swap_limit_in_bytes": limit } }),
+    );
+    let status = d.wait_exited(&hungry);
+    assert_eq!(status["status"]["state"], "CONTAINER_EXITED", "{status}");
+    assert_eq!(status["status"]["reason"], "OOMKilled", "{status}");
+    assert_eq!(status["status"]["exitCode"], 137, "{status}");
+    assert!(!d.ok(&["logs", &hungry]).contains("survived"));
+
+    // One that stays under its limit exits as it chose to.
+    let frugal = run_ctr(
+        &d,
+        &pod,
+        "frugal",
+        &["sh", "-c", "x=$(yes | head -c 1000000); exit 3"],
+        json!({ "resources": { "memory_limit_in_bytes": limit } }),
+    );
+    let status = d.wait_exited(&frugal);
+    assert_eq!(status["status"]["reason"], "Error", "{status}");
+    assert_eq!(status["status"]["exitCode"], 3, "{status}");
+    d.ok(&["rmp", "-f", &pod.0]);
+}
+
+#[test]
+fn runtime_default_seccomp_refuses_what_unconfined_allows() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("criseccomp");
+    let pod = run_pod(&d, "filtered", json!({}));
+    // profile_type 0 is RuntimeDefault, 1 Unconfined.
+    let filtered = run_ctr(&d, &pod, "filtered", &["sleep", "300"], json!({ "security_context": { "seccomp": { "profile_type": 0 } } }));
+    let open = run_ctr(&d, &pod, "open", &["sleep", "300"], json!({ "security_context": { "seccomp": { "profile_type": 1 } } }));
+    assert_eq!(status_line(&d, &filtered, "Seccomp:"), "2", "filter mode");
+    assert_eq!(status_line(&d, &open, "Seccomp:"), "0");
+    // A user namespace needs no capability, so only the filter stands in the way:
+    // containerd's and Docker's default profile allow unshare only with CAP_SYS_ADMIN.
+    assert_eq!(exec(&d, &open, &["unshare", "-U", "echo", "in-userns"]), "in-userns");
+    let refused = d.crictl(&["exec", "-s", &filtered, "unshare", "-U", "echo", "in-userns"]);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned() + &String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success() && said.contains("Operation not permitted"), "{said}");
+
+    // A profile from the node, as Localhost: this one makes mkdir fail with EPERM.
+    let profile = d.h.base.join("no-mkdir.json");
+    let rules = json!({ "defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO" }] });
+    std::fs::write(&profile, serde_json::to_vec(&rules).unwrap()).unwrap();
+    let local = run_ctr(
+        &d,
+        &pod,
+        "local",
+        &["sleep", "300"],
+        json!({ "security_context": { "seccomp": { "profile_type": 2, "localhost_ref": profile.display().to_string() } } }),
+    );
+    let mkdir = d.crictl(&["exec", "-s", &local, "mkdir", "/tmp/d"]);
+    assert!(!mkdir.status.success(), "mkdir passed the node's profile");
+    assert_eq!(exec(&d, &local, &["touch", "/tmp/f"]), "");
+    d.ok(&["rmp", "-f", &pod.0]);
+}
+
+#[test]
+fn fields_that_cannot_be_honoured_are_refused_by_name_and_leave_nothing() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("crirefuse");
+    let hostnet = pod_json("hostnet", &d.h.base.join("logs"), json!([]));
+    let mut hostnet = hostnet;
+    hostnet["linux"] = json!({ "security_context": { "namespace_options": { "network": 2 } } });
+    let path = d.write("hostnet-pod.json", &hostnet);
+    let err = d.fails(&["runp", &path]);
+    assert!(err.contains("FailedPrecondition") && err.contains("network"), "{err}");
+    let mut systemd = pod_json("slice", &d.h.base.join("logs"), json!([]));
+    systemd["linux"] = json!({ "cgroup_parent": "kubepods.slice" });
+    let err = d.fails(&["runp", &d.write("slice-pod.json", &systemd)]);
+    assert!(err.contains("cgroup_parent"), "{err}");
+    assert_eq!(d.ok(&["pods", "-q"]).trim(), "", "a refused pod was left");
+
+    let pod = run_pod(&d, "strict", json!({}));
+    let create = |name: &str, linux: Value, extra: Value| {
+        let mut cfg = ctr_json(name, &["sleep", "300"]);
+        cfg["linux"] = linux;
+        if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
+            cfg.extend(extra.clone());
+        }
+        d.fails(&["create", &pod.0, &d.write(&format!("{name}.json"), &cfg), &pod.1])
+    };
+    let cases = [
+        ("group", json!({ "security_context": { "run_as_group": { "value": 5 } } }), json!({}), "InvalidArgument", "run_as_group"),
+        (
+            "cap",
+            json!({ "security_context": { "capabilities": { "add_capabilities": ["NOT_A_CAP"] } } }),
+            json!({}),
+            "InvalidArgument",
+            "NOT_A_CAP",
+        ),
+        ("priv", json!({ "security_context": { "privileged": true } }), json!({}), "privileged", "sandbox"),
+        (
+            "dev",
+            json!({}),
+            json!({ "devices": [{ "container_path": "/dev/x", "host_path": "/dev/null", "permissions": "rwm" }] }),
+            "FailedPrecondition",
+            "devices",
+        ),
+        ("user", json!({ "security_context": { "run_as_username": "nosuchuser" } }), json!({}), "nosuchuser", "passwd"),
+        (
+            "seccomp",
+            json!({ "security_context": { "seccomp": { "profile_type": 2, "localhost_ref": "/nonexistent/profile.json" } } }),
+            json!({}),
+            "/nonexistent/profile.json",
+            "seccomp",
+        ),
+        ("huge", json!({ "resources": { "hugepage_limits": [{ "page_size": "2MB", "limit": 2097152 }] } }), json!({}), "hugetlb", ""),
+    ];
+    for (name, linux, extra, want, also) in cases {
+        // hugetlb is refused only where the host has no hugetlb controller.
+        if name == "huge" && std::path::Path::new("/sys/fs/cgroup/hugetlb").exists() {
+            continue;
+        }
+        let err = create(name, linux, extra);
+        assert!(err.contains(want) && err.contains(also), "{name}: {err}");
+    }
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "", "a refused container was left");
+    d.ok(&["rmp", "-f", &pod.0]);
+}
+
+/// Cgroup directories a test made under a kubelet-style parent; removed on drop,
+/// deepest first, in every hierarchy.
+struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let top = self.0.split('/').next().unwrap_or_default().to_string();
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            let mut stack = vec![hierarchy.path().join(&top)];
+            while let Some(p) = stack.pop() {
+                if p.is_dir() {
+                    stack.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                    dirs.push(p);
+                }
+            }
+            for dir in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+#[test]
+fn limits_land_in_the_pods_cgroup_and_change_on_update() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("crilimits");
+    let parent = CgroupParent(format!("minipod-test-kubepods-{}/pod-a", std::process::id()));
+    let pod = run_pod(&d, "limited", json!({ "cgroup_parent": parent.0 }));
+    let c = run_ctr(
+        &d,
+        &pod,
+        "limited",
+        &["sleep", "300"],
+        json!({ "resources": { "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512, "memory_limit_in_bytes": 64 << 20, "pids_limit": 50 } }),
+    );
+    let cgroup = |controller: &str, file: &str| {
+        let p = PathBuf::from("/sys/fs/cgroup").join(controller).join(&parent.0).join(&c).join(file);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string()
+    };
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+    assert_ne!(cgroup("memory", "cgroup.procs"), "", "the container's process is in its cgroup");
+
+    d.ok(&["update", "--memory", &(128u64 << 20).to_string(), &c]);
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), (128u64 << 20).to_string());
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000", "settings not given stay");
+    let inspect: Value = serde_json::from_str(&d.ok(&["inspect", &c])).unwrap();
+    let linux = &inspect["status"]["resources"]["linux"];
+    assert_eq!(linux["memoryLimitInBytes"], (128u64 << 20).to_string(), "{inspect}");
+    assert_eq!(linux["cpuQuota"], "50000", "{inspect}");
+
+    // What the kubelet's eviction manager and image GC read.
+    let fs: Value = serde_json::from_str(&d.ok(&["imagefsinfo", "-o", "json"])).unwrap();
+    let images = &fs["status"]["imageFilesystems"][0];
+    let used = images["usedBytes"]["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0);
+    assert!(used > 100_000, "the busybox image takes space: {fs}");
+    assert!(images["fsId"]["mountpoint"].as_str().is_some_and(|m| m.ends_with("images")), "{fs}");
+    exec(&d, &c, &["dd", "if=/dev/zero", "of=/written", "bs=1024", "count=512"]);
+    let stats: Value = serde_json::from_str(&d.ok(&["stats", "-o", "json", &c])).unwrap();
+    let layer = stats["stats"][0]["writableLayer"]["usedBytes"]["value"].as_str().unwrap_or("0").parse::<u64>().unwrap_or(0);
+    assert!(layer >= 512 * 1024, "{stats}");
+    let info: Value = serde_json::from_str(&d.ok(&["info", "-o", "json"])).unwrap();
+    let conditions = info["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(conditions.iter().all(|c| c["status"] == true), "{info}");
+
+    d.ok(&["rmp", "-f", &pod.0]);
+    drop(parent);
+}
