@@ -127,3 +127,47 @@ fn the_same_id_under_two_roots_cannot_share_a_cgroup() {
     assert_eq!(first.state(&id)["status"], "created", "the first container is untouched");
     assert!(first.minipod(&["delete", &id]).status.success());
 }
+
+#[test]
+fn settings_the_host_cannot_honour_are_refused_by_name_and_seccomp_is_applied() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("unhonoured");
+    let refused = |name: &str, key: &str, value: serde_json::Value, needle: &str| {
+        let mut b = h.bundle(&["true"]);
+        b.config["linux"]["resources"] = json!({ key: value });
+        let (code, _, err) = h.run(&b, name);
+        assert_ne!(code, 0, "{name} ran");
+        assert!(err.contains(needle), "{name}: {err}");
+    };
+    refused("netcls", "network", json!({"classID": 1048577}), "linux.resources.network");
+    refused("blkdev", "blockIO", json!({"weightDevice": [{"major": 8, "minor": 0, "weight": 100}]}), "blockIO");
+    refused("kmem", "memory", json!({"kernel": 1048576}), "kernel memory");
+    if !std::path::Path::new("/sys/fs/cgroup/hugetlb").exists() && !minipod_runtime::cgroups::is_unified() {
+        refused("huge", "hugepageLimits", json!([{"pageSize": "2MB", "limit": 2097152}]), "hugetlb");
+    }
+    let mut b = h.bundle(&["true"]);
+    b.config["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
+    let (code, _, err) = h.run(&b, "hooks");
+    assert_ne!(code, 0);
+    assert!(err.contains("hooks.prestart"), "{err}");
+
+    // cpuset applies: the container may use CPU 0 only.
+    let mut b = h.bundle(&["sh", "-c", "grep Cpus_allowed_list /proc/self/status"]);
+    b.config["linux"]["resources"] = json!({"cpu": {"cpus": "0"}});
+    let (code, out, err) = h.run(&b, "cpuset");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().ends_with("\t0"), "{out}");
+
+    // A seccomp filter from the bundle: mkdir fails, the rest works.
+    let mut b = h.bundle(&["sh", "-c", "touch /tmp/f && mkdir /tmp/d; echo $?"]);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let (code, out, err) = h.run(&b, "seccomp");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "1", "mkdir must fail under the filter: {out} {err}");
+}
