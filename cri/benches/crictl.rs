@@ -36,6 +36,23 @@ struct Crictl {
     bin: PathBuf,
     endpoint: String,
     dir: PathBuf,
+    last_start_median: std::cell::Cell<f64>,
+}
+
+/// A container as a hardened Kubernetes pod asks for it: a non-root user, a read-only
+/// root, no capabilities, no privilege escalation, RuntimeDefault seccomp, memory and
+/// CPU limits.
+fn hardened() -> serde_json::Value {
+    serde_json::json!({
+        "security_context": {
+            "run_as_user": { "value": 1000 },
+            "readonly_rootfs": true,
+            "no_new_privs": true,
+            "capabilities": { "drop_capabilities": ["ALL"] },
+            "seccomp": { "profile_type": 0 }
+        },
+        "resources": { "memory_limit_in_bytes": 67108864, "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512 }
+    })
 }
 
 impl Crictl {
@@ -52,12 +69,22 @@ impl Crictl {
         p.display().to_string()
     }
 
-    /// `crictl version` n times, then n pods each with a container running `image`;
-    /// prints the latencies, removes the pods and returns the median `runp` in ms.
+    /// `crictl version` n times, then n pods each with a container running `image`,
+    /// plain, then n more whose container has [`hardened`] security and limits; prints
+    /// the latencies, removes the pods and returns the median `runp` in ms.
     fn measure(&self, label: &str, image: &str, n: usize) -> f64 {
+        let runp = self.measure_pods(label, image, n, "plain", serde_json::json!({}));
+        let plain = self.last_start_median.get();
+        self.measure_pods(label, image, n, "hardened", hardened());
+        let extra = self.last_start_median.get() - plain;
+        println!("{label}: the hardened container costs {extra:+.2} ms more to create + start than the plain one");
+        runp
+    }
+
+    fn measure_pods(&self, label: &str, image: &str, n: usize, kind: &str, linux: serde_json::Value) -> f64 {
         let ctr = self.write(
-            "ctr.json",
-            serde_json::json!({ "metadata": { "name": "main" }, "image": { "image": image }, "command": ["sleep", "3600"], "linux": {} }),
+            &format!("ctr-{kind}.json"),
+            serde_json::json!({ "metadata": { "name": "main" }, "image": { "image": image }, "command": ["sleep", "3600"], "linux": linux }),
         );
         // crictl's own cost: a process start, a connection and one Version call.
         let mut bare = Vec::new();
@@ -69,8 +96,8 @@ impl Crictl {
         let (mut runp, mut start, mut pods) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
             let pod = self.write(
-                &format!("pod-{i}.json"),
-                serde_json::json!({ "metadata": { "name": format!("p{i}"), "namespace": "bench", "uid": format!("u{i}") }, "linux": {} }),
+                &format!("pod-{kind}-{i}.json"),
+                serde_json::json!({ "metadata": { "name": format!("{kind}{i}"), "namespace": "bench", "uid": format!("{kind}{i}") }, "linux": {} }),
             );
             let t = Instant::now();
             let id = run(&mut self.cmd(&["runp", &pod]));
@@ -81,10 +108,10 @@ impl Crictl {
             start.push(t.elapsed());
             pods.push(id);
         }
-        println!("{label}, driven by crictl ({}), {n} pods", self.bin.display());
+        println!("{label}, driven by crictl ({}), {n} {kind} pods", self.bin.display());
         stats("crictl version (crictl's own cost)", bare);
         let runp_median = stats("crictl runp", runp);
-        stats("crictl create + start", start);
+        self.last_start_median.set(stats(&format!("crictl create + start ({kind})"), start));
         for id in &pods {
             let _ = self.cmd(&["rmp", "-f", id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
@@ -131,7 +158,12 @@ fn main() {
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let c = Crictl { bin: crictl.clone(), endpoint: format!("unix://{}", sock.display()), dir: base.clone() };
+    let c = Crictl {
+        bin: crictl.clone(),
+        endpoint: format!("unix://{}", sock.display()),
+        dir: base.clone(),
+        last_start_median: Default::default(),
+    };
     let ours = c.measure("minipod serve", "bench/busybox:1", n);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
     let (runp, start) = rt.block_on(direct(&sock, n));

@@ -67,6 +67,11 @@ impl Bundle {
     }
 }
 
+/// Whether the kernel has AppArmor turned on.
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y")
+}
+
 /// Checks the parts of a spec that minipod relies on; returns `root.path`.
 pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
     let root = spec.root().as_ref().ok_or("no `root` section: set root.path to the rootfs directory")?;
@@ -95,6 +100,18 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
         }
     }
     let linux = spec.linux().as_ref().ok_or("no `linux` section: minipod runs Linux containers only")?;
+    // Confinement the spec asks for and this kernel cannot give is refused, never
+    // dropped: the container would run with less protection than its author chose.
+    if process.apparmor_profile().as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(if apparmor_enabled() {
+            "process.apparmorProfile: minipod does not load AppArmor profiles yet: remove it".into()
+        } else {
+            "process.apparmorProfile: this kernel has no AppArmor: remove the profile".into()
+        });
+    }
+    if process.selinux_label().as_ref().is_some_and(|l| !l.is_empty()) || linux.mount_label().as_ref().is_some_and(|l| !l.is_empty()) {
+        return Err("process.selinuxLabel/linux.mountLabel: minipod does not apply SELinux labels: remove them".into());
+    }
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
     if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Mount && n.path().is_some()) {

@@ -245,10 +245,7 @@ impl Runtime {
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
-        let mut warnings = unsupported_features(&bundle.spec);
-        for w in &warnings {
-            tracing::warn!(container = %id, "{w}");
-        }
+        let mut warnings = Vec::new();
         let outcome = loop {
             match chan.recv::<Report>() {
                 Ok(Some(Report::Warning(w))) => {
@@ -527,18 +524,4 @@ impl Runtime {
         helper.reap();
         outcome
     }
-}
-
-/// Parts of a valid spec that minipod does not apply yet: said out loud, not dropped silently.
-fn unsupported_features(spec: &oci_spec::runtime::Spec) -> Vec<String> {
-    let mut out = Vec::new();
-    if spec.hooks().is_some() {
-        out.push("OCI hooks are not run yet: the hooks section was ignored".to_string());
-    }
-    let linux = spec.linux().clone().unwrap_or_default();
-    let process = spec.process().clone().unwrap_or_default();
-    if process.apparmor_profile().is_some() || process.selinux_label().is_some() || linux.mount_label().is_some() {
-        out.push("AppArmor and SELinux labels are not applied yet and were ignored".to_string());
-    }
-    out
 }

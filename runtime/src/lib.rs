@@ -20,7 +20,12 @@
 //!   exits, recording the exit status in the state dir. The caller may exit at once.
 //! - The init builds the root filesystem (mounts, /dev, `pivot_root`, masked and
 //!   read-only paths), sets hostname, sysctls, rlimits, user, capabilities and
-//!   no_new_privs, then blocks before exec until [`Runtime::start`].
+//!   no_new_privs, then blocks before exec until [`Runtime::start`]; the spec's
+//!   seccomp filter ([`seccomp`], compiled by libseccomp) is loaded last, right before
+//!   exec when no_new_privs allows it.
+//! - What a spec asks for and the host cannot give (hooks, user namespaces, AppArmor
+//!   or SELinux labels, cgroup settings with no file on this host) is refused at
+//!   create, naming the setting, never skipped.
 //! - State lives in `<root>/<id>/state.json`, written atomically by the monitor only.
 //! - Images live in an [`ImageStore`]: imported OCI layouts, unpacked once per layer
 //!   into directories that containers stack read-only as overlayfs lower layers.

@@ -133,7 +133,12 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         .stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display())))
         .spawn()
         .unwrap_or_else(|e| panic!("starting containerd: {e}"));
-    let crictl = Crictl { bin: crictl.to_path_buf(), endpoint: format!("unix://{}", sock.display()), dir: dir.clone() };
+    let crictl = Crictl {
+        bin: crictl.to_path_buf(),
+        endpoint: format!("unix://{}", sock.display()),
+        dir: dir.clone(),
+        last_start_median: Default::default(),
+    };
     let containerd = Containerd { child, dir: dir.clone(), made, made_cgroups, crictl };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {

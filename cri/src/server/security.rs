@@ -55,11 +55,6 @@ fn check_selinux(opts: &Option<cri::SeLinuxOption>, what: &str) -> Result<(), St
     }
 }
 
-/// The kernel's AppArmor, as the kubelet would find it.
-fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y")
-}
-
 fn check_apparmor(profile: &Option<cri::SecurityProfile>, deprecated: &str, what: &str) -> Result<(), Status> {
     let localhost = match profile {
         Some(p) if p.profile_type == cri::security_profile::ProfileType::Localhost as i32 => Some(p.localhost_ref.clone()),
@@ -70,7 +65,7 @@ fn check_apparmor(profile: &Option<cri::SecurityProfile>, deprecated: &str, what
         // Unconfined, or the runtime default: with no AppArmor in the kernel, running
         // unconfined is what the runtime default is (as containerd does).
         None => Ok(()),
-        Some(name) if !apparmor_enabled() => Err(precondition(format!(
+        Some(name) if !minipod_runtime::bundle::apparmor_enabled() => Err(precondition(format!(
             "{what}.apparmor: profile {name:?} cannot be applied: this node's kernel has no AppArmor (use Unconfined or RuntimeDefault)"
         ))),
         Some(name) => Err(precondition(format!(

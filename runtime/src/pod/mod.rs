@@ -15,6 +15,12 @@
 //!
 //! Containers themselves are ordinary runtime containers (`<root>/<pod id>-<name>`),
 //! each with its monitor, so they outlive the process that made them.
+//!
+//! A container's [`Security`] (user and groups resolved in its image, capabilities,
+//! privileged, read-only root, seccomp, PID namespace) and [`Resources`] (cgroup
+//! limits, changeable later with [`Pods::update_container_resources`]) become its OCI
+//! spec in [`spec`]; a pod's `cgroup_parent` holds its containers' cgroups, as a
+//! kubelet's cgroupfs layout expects.
 
 mod files;
 mod mount_template;

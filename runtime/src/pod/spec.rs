@@ -41,7 +41,7 @@ pub struct ProcessOverrides {
     /// `KEY=VALUE`, added to (or replacing) the image's.
     pub env: Vec<String>,
     pub workdir: Option<String>,
-    /// `(uid, gid)`; [`Security::user`] wins over it.
+    /// `(uid, gid)`; [`super::Security::user`] wins over it.
     pub user: Option<(u32, u32)>,
     /// The kernel's OOM-killer preference (-1000..1000).
     pub oom_score_adj: Option<i32>,
