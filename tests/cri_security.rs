@@ -316,3 +316,29 @@ fn limits_land_in_the_pods_cgroup_and_change_on_update() {
     d.ok(&["rmp", "-f", &pod.0]);
     drop(parent);
 }
+
+#[test]
+fn host_pod_and_container_pid_namespaces() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("cripid");
+    // NamespaceMode: POD 0, CONTAINER 1, NODE 2.
+    let host = run_pod(&d, "hostpid", json!({ "security_context": { "namespace_options": { "pid": 2 } } }));
+    // A kubelet repeats the pod's namespace modes in each container's config.
+    let c = run_ctr(&d, &host, "sees-host", &["sleep", "300"], json!({ "security_context": { "namespace_options": { "pid": 2 } } }));
+    let me = std::process::id().to_string();
+    assert_eq!(exec(&d, &c, &["sh", "-c", &format!("test -d /proc/{me} && echo visible")]), "visible", "the node's processes are visible");
+    d.ok(&["rmp", "-f", &host.0]);
+
+    let shared = run_pod(&d, "podpid", json!({ "security_context": { "namespace_options": { "pid": 0 } } }));
+    let a = run_ctr(&d, &shared, "a", &["sleep", "301"], json!({}));
+    let b = run_ctr(&d, &shared, "b", &["sleep", "302"], json!({}));
+    assert!(exec(&d, &b, &["ps"]).contains("sleep 301"), "b sees a's process");
+    let own = run_pod(&d, "ctrpid", json!({ "security_context": { "namespace_options": { "pid": 1 } } }));
+    let lonely = run_ctr(&d, &own, "lonely", &["sleep", "303"], json!({}));
+    assert_eq!(exec(&d, &lonely, &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]), "sleep 303");
+    let _ = a;
+    d.ok(&["rmp", "-f", &shared.0]);
+    d.ok(&["rmp", "-f", &own.0]);
+}

@@ -279,9 +279,13 @@ fn create(
     drop(stdio);
     let pid = Pid::from_raw(pid);
     let kill_init = |e: MonitorError| {
+        // Killed first: an init still alive (waiting for its next message) would never
+        // close the channel, and reading it below would block for ever.
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
         // A channel error usually means the init failed and left: its own report,
         // still queued on the channel, says why far better than "channel closed".
-        let e = match e {
+        match e {
             MonitorError::Channel(_) => loop {
                 match to_init.recv::<FromInit>() {
                     Ok(Some(FromInit::Failed(msg))) => break MonitorError::Init(msg),
@@ -290,10 +294,7 @@ fn create(
                 }
             },
             other => other,
-        };
-        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-        let _ = waitpid(pid, None);
-        e
+        }
     };
     // While the init builds its rootfs (which needs no cgroup), create the cgroup and
     // hand the init the files through which it moves itself in (the cheap way in).
