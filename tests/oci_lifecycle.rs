@@ -160,3 +160,24 @@ fn cpu_memory_and_pids_limits_land_in_the_cgroup_and_go_with_delete() {
     assert!(h.minipod(&["delete", &id]).status.success());
     assert!(cgroup_dirs(&id).iter().all(|d| !d.exists()));
 }
+
+#[test]
+fn a_long_id_under_a_deep_root_still_has_its_monitor_socket() {
+    if not_root() {
+        return;
+    }
+    // The monitor's socket path is longer than a sockaddr_un can hold (108 bytes), as
+    // a CRI container id under a kubelet-style root easily is.
+    let h = Harness::new("long-id-under-a-root-deep-enough-to-overflow-sun-path");
+    let id = h.id(&"x".repeat(100));
+    assert!(h.state_dir(&id).join("monitor.sock").as_os_str().len() > 108);
+    let b = h.bundle(&["sleep", "300"]);
+    let created = h.cmd(&["create", "--bundle", b.dir.to_str().unwrap(), &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(created.unwrap().success());
+    assert!(h.minipod(&["start", &id]).status.success());
+    assert_eq!(status_of(&h, &id), "running");
+    assert!(h.minipod(&["kill", &id, "SIGKILL"]).status.success());
+    h.wait_for_status(&id, "stopped");
+    assert!(h.minipod(&["delete", &id]).status.success());
+    assert!(!h.state_dir(&id).exists());
+}

@@ -57,7 +57,7 @@ impl Channel {
     pub fn connect(path: &Path) -> Result<Channel, ChannelError> {
         let err = |source| ChannelError::Connect { path: path.display().to_string(), source };
         let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
-        let addr = UnixAddr::new(path).map_err(err)?;
+        let (addr, _dir) = unix_addr(path).map_err(err)?;
         socket::connect(fd.as_raw_fd(), &addr).map_err(err)?;
         Ok(Channel { fd })
     }
@@ -150,13 +150,31 @@ pub struct Listener {
     fd: OwnedFd,
 }
 
+/// The address of a socket at `path`. A path longer than `sun_path` holds (108 bytes;
+/// a long container id under a deep root reaches that) is reached through its open
+/// directory, `/proc/self/fd/N/NAME`, which the returned descriptor keeps valid.
+fn unix_addr(path: &Path) -> nix::Result<(UnixAddr, Option<OwnedFd>)> {
+    const SUN_PATH: usize = 107;
+    if path.as_os_str().len() <= SUN_PATH {
+        return Ok((UnixAddr::new(path)?, None));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return Err(nix::Error::ENAMETOOLONG) };
+    let dir = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+    Ok((UnixAddr::new(&short)?, Some(dir)))
+}
+
 impl Listener {
     /// Binds and listens at `path`, owner-only.
     pub fn bind(path: &Path) -> Result<Listener, ChannelError> {
         let err = |source| ChannelError::Connect { path: path.display().to_string(), source };
         let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
             .map_err(err)?;
-        let addr = UnixAddr::new(path).map_err(err)?;
+        let (addr, _dir) = unix_addr(path).map_err(err)?;
         let _ = std::fs::remove_file(path);
         socket::bind(fd.as_raw_fd(), &addr).map_err(err)?;
         socket::listen(&fd, socket::Backlog::new(16).map_err(err)?).map_err(err)?;
