@@ -11,12 +11,13 @@
 #     every image critest pulls, under their upstream paths. The images are rebuilt only when
 #     build-images.sh or make-rootfs.sh change (a stamp holds their hash);
 #  4. starts `minipod serve` in a fresh temp dir, mirroring registry.k8s.io, gcr.io and
-#     k8s.gcr.io to that registry, in this network namespace (the Networking and host-network
-#     specs connect to pods from critest's own namespace);
+#     k8s.gcr.io to that registry; the registry, the daemon and critest share a network
+#     namespace this script makes (the Networking specs connect to pods from critest's own
+#     namespace), so nothing on the machine's own network changes;
 #  5. runs critest, parses its JUnit report, prints the counts and the failed specs;
 #  6. at exit, even on failure: stops the daemon and the registry, removes every pod the run
-#     left (so no netns, veth, mount, cgroup or process stays), its networks and the firewall
-#     table if this run made it, and the temp dir.
+#     left (so no netns, mount, cgroup or process stays), its networks and the temp dir; the
+#     bridge, veths and firewall table go with the run's network namespace.
 #
 # Exit status: non-zero if a spec listed in scripts/critest/must-pass.txt did not pass
 # (failed, skipped or missing) or the run itself broke; other failures are only reported.
@@ -26,6 +27,9 @@
 #   FOCUS=RE            only specs matching RE (--ginkgo.focus), e.g. '\[k8s\.io\] Security Context'
 #   EXTRA_SKIP=RE       skip these specs too (joined to the built-in skip with |)
 #   CRITEST_TIMEOUT=D   the whole suite's --ginkgo.timeout (default 40m)
+#   CRITEST_REQUEST_TIMEOUT=D  each CRI call's deadline (default 2m, the kubelet's
+#                       --runtime-request-timeout; critest's own default is 5m, so one hung
+#                       call would cost a spec 5 minutes, and its cleanup 5 more)
 #   CRITEST_RECORD=1    rewrite must-pass.txt with the specs that passed in this run
 #   REPORT_DIR=dir      where junit.xml, critest.log and minipod.log go
 #                       (default /opt/minipod-test/critest/report; emptied first)
@@ -112,6 +116,17 @@ if ! [ -x "$CRITEST" ]; then
     mv "$CRITEST.tmp" "$CRITEST"
 fi
 
+# ---- a network namespace of the run's own -------------------------------------------------
+# Everything from here on (the registry, the daemon, its bridge, veths and nftables table,
+# critest, which connects to pods and host ports) lives in a fresh network namespace that
+# ends with this script: the machine's own interfaces, routes and firewall are never
+# touched, and with no uplink in it no packet can leave (the pods' DNS has no upstream to
+# ask). Packages and critest's module come first, from the host's namespace.
+if [ -z "${MINIPOD_CRITEST_NETNS:-}" ]; then
+    exec unshare --net -- env MINIPOD_CRITEST_NETNS=1 MINIPOD="$MINIPOD" bash "$0" "$@"
+fi
+ip link set lo up
+
 # ---- state for the run and its cleanup ----------------------------------------------------
 T=$(mktemp -d /tmp/minipod-test-critest.XXXX)
 R=$T/root
@@ -120,8 +135,6 @@ SOCK=unix://$R/cri.sock
 DAEMON_PID=
 REGISTRY_PID=
 # What existed before this run, so that the cleanup removes only what the run made.
-had_fw_table=0
-nft list table inet minipod >/dev/null 2>&1 && had_fw_table=1
 cgroups_before=$T/cgroups.before
 find /sys/fs/cgroup -mindepth 2 -type d -path '*/minipod*' 2>/dev/null | sort >"$cgroups_before" || true
 
@@ -167,14 +180,6 @@ cleanup() {
     fi
     if [ -n "$REGISTRY_PID" ]; then
         stop_pid "$REGISTRY_PID" "docker-registry"
-    fi
-    # The node firewall table, if this run's daemon made it and no other daemon runs.
-    if [ "$had_fw_table" = 0 ] && nft list table inet minipod >/dev/null 2>&1; then
-        if pgrep -f ' serve( |$)' -a 2>/dev/null | grep -q minipod; then
-            log "warning: leaving nft table inet minipod: another minipod daemon runs"
-        else
-            nft delete table inet minipod
-        fi
     fi
     # Cgroups the run made and left empty (deepest first); a parent made by this run too.
     find /sys/fs/cgroup -mindepth 2 -type d -path '*/minipod*' 2>/dev/null | sort -r | while read -r d; do
@@ -272,6 +277,7 @@ TMPDIR=$T/tmp "$CRITEST" --config /dev/null --runtime-endpoint "$SOCK" --image-e
     --test-images-file "$HERE/images.yaml" \
     --ginkgo.skip "$SKIP" ${FOCUS:+--ginkgo.focus "$FOCUS"} \
     --ginkgo.no-color --ginkgo.timeout="${CRITEST_TIMEOUT:-40m}" \
+    --runtime-service-timeout="${CRITEST_REQUEST_TIMEOUT:-2m}" --image-service-timeout="${CRITEST_REQUEST_TIMEOUT:-2m}" \
     --ginkgo.junit-report "$JUNIT" --report-dir "$REPORT_DIR" "$@" 2>&1 \
     | tee "$REPORT_DIR/critest.log" || critest_rc=$?
 log "critest exited with $critest_rc after $(( $(date +%s) - start ))s"
@@ -289,8 +295,30 @@ import xml.etree.ElementTree as ET
 
 junit, must_pass_file, record, filtered = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
 FAILED = {"failed", "timedout", "interrupted", "aborted", "panicked"}
+
+
+def brief(msg):
+    """The failure's lines without gomega's dump of the error value (the {...} block and
+    the <*type | 0x...> line): what was expected, and the error got."""
+    out, depth = [], 0
+    for line in msg.splitlines():
+        t = line.strip()
+        if depth:
+            depth += t.count("{") - t.count("}")
+            continue
+        if t == "{":
+            depth = 1
+            continue
+        if t.startswith("<*") and t.endswith(":"):
+            continue
+        if t:
+            out.append(t)
+    return out
+
+
 status = {}      # spec name -> passed | failed | skipped
 failures = {}    # spec name -> first lines of the failure
+interrupted = False  # the suite stopped early (interrupt, --ginkgo.timeout, abort)
 unselected = set()  # skipped by --ginkgo.focus/skip (message just "skipped"), not by the spec
 for tc in ET.parse(junit).getroot().iter("testcase"):
     name = tc.get("name", "")
@@ -298,6 +326,8 @@ for tc in ET.parse(junit).getroot().iter("testcase"):
         continue   # suite setup nodes ([BeforeSuite], [ReportAfterSuite], ...)
     name = name[len("[It] "):]
     st = tc.get("status", "")
+    if st in ("interrupted", "aborted"):
+        interrupted = True
     if st in FAILED or tc.find("failure") is not None or tc.find("error") is not None:
         st = "failed"
         el = tc.find("failure")
@@ -306,7 +336,7 @@ for tc in ET.parse(junit).getroot().iter("testcase"):
         msg = (el.get("message") or "").strip() if el is not None else ""
         if not msg and el is not None:
             msg = (el.text or "").strip()
-        failures[name] = "\n".join(msg.splitlines()[:8])
+        failures[name] = "\n".join(brief(msg)[:6])
     elif st in ("skipped", "pending") or tc.find("skipped") is not None:
         st = "skipped"
         el = tc.find("skipped")
@@ -329,6 +359,9 @@ passed = sorted(n for n, s in status.items() if s == "passed")
 if record and filtered:
     print(f"\nnot recording {must_pass_file}: FOCUS, EXTRA_SKIP or extra critest arguments narrowed the run")
     sys.exit(0)
+if record and interrupted:
+    print(f"\nnot recording {must_pass_file}: the run was interrupted or timed out before its end")
+    sys.exit(1)
 if record:
     with open(must_pass_file, "w") as f:
         f.write("# Specs scripts/critest.sh requires to pass: one ginkgo full name a line, as the JUnit\n")

@@ -342,3 +342,71 @@ fn host_pod_and_container_pid_namespaces() {
     d.ok(&["rmp", "-f", &shared.0]);
     d.ok(&["rmp", "-f", &own.0]);
 }
+
+/// A mount the test made on the node; unmounted (lazily) on drop.
+struct NodeMount(PathBuf);
+
+impl NodeMount {
+    fn tmpfs(at: &std::path::Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        assert!(std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(at).status().unwrap().success());
+        NodeMount(at.to_path_buf())
+    }
+
+    /// `at` bound onto itself and made a shared mount, as a kubelet's volume dirs are.
+    fn shared(at: &std::path::Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        assert!(std::process::Command::new("mount").args(["--bind"]).arg(at).arg(at).status().unwrap().success());
+        let guard = NodeMount(at.to_path_buf());
+        assert!(std::process::Command::new("mount").args(["--make-rshared"]).arg(at).status().unwrap().success());
+        guard
+    }
+}
+
+impl Drop for NodeMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn volumes_mounted_just_before_create_and_after_start_reach_the_container() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("crivol");
+    let pod = run_pod(&d, "vol", json!({}));
+    let vol = d.h.base.join("volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    let mount = |host: &std::path::Path, propagation: i32| json!([{ "container_path": "/vol", "host_path": host.display().to_string(), "propagation": propagation }]);
+    let with_mounts = |name: &str, mounts: Value| {
+        let mut cfg = ctr_json(name, &["sleep", "300"]);
+        cfg["mounts"] = mounts;
+        let id = d.ok(&["create", &pod.0, &d.write(&format!("{name}.json"), &cfg), &pod.1]).trim().to_string();
+        d.ok(&["start", &id]);
+        id
+    };
+    // The first container makes the runtime's mount template; a volume the node mounts
+    // right after must still be in the next container.
+    with_mounts("first", mount(&vol, 0));
+    let _tmpfs = NodeMount::tmpfs(&vol.join("disk"));
+    std::fs::write(vol.join("disk/flag"), "mounted").unwrap();
+    let second = with_mounts("second", mount(&vol, 0));
+    assert_eq!(exec(&d, &second, &["cat", "/vol/disk/flag"]), "mounted");
+
+    // HostToContainer (rslave): what the node mounts later shows in the container.
+    let shared = d.h.base.join("shared");
+    let _shared = NodeMount::shared(&shared);
+    let slave = with_mounts("slave", mount(&shared, 1));
+    let _later = NodeMount::tmpfs(&shared.join("later"));
+    std::fs::write(shared.join("later/flag"), "propagated").unwrap();
+    assert_eq!(exec(&d, &slave, &["cat", "/vol/later/flag"]), "propagated");
+    let inspect: Value = serde_json::from_str(&d.ok(&["inspect", &slave])).unwrap();
+    assert_eq!(inspect["status"]["mounts"][0]["propagation"], "PROPAGATION_HOST_TO_CONTAINER", "{inspect}");
+    // Bidirectional is refused, not half done.
+    let mut cfg = ctr_json("both", &["sleep", "300"]);
+    cfg["mounts"] = mount(&shared, 2);
+    let err = d.fails(&["create", &pod.0, &d.write("both.json", &cfg), &pod.1]);
+    assert!(err.contains("bidirectional"), "{err}");
+    d.ok(&["rmp", "-f", &pod.0]);
+}

@@ -10,13 +10,17 @@ use super::{blocking, convert, Server};
 type Reply<T> = Result<Response<T>, Status>;
 
 fn image(i: &Image) -> cri::Image {
+    // `USER[:GROUP]`: a numeric user is the uid, a name the username; the group is not
+    // the image status's business.
+    let user = i.config.user.as_deref().and_then(|u| u.split(':').next()).filter(|u| !u.is_empty());
+    let uid = user.and_then(|u| u.parse::<i64>().ok());
     cri::Image {
         id: i.id.clone(),
         repo_tags: i.repo_tags.clone(),
         repo_digests: i.repo_digests.clone(),
         size: i.size.max(1),
-        username: i.config.user.clone().filter(|u| u.parse::<u32>().is_err()).unwrap_or_default(),
-        uid: i.config.user.as_deref().and_then(|u| u.split(':').next()?.parse::<i64>().ok()).map(|value| cri::Int64Value { value }),
+        username: user.filter(|_| uid.is_none()).unwrap_or_default().to_string(),
+        uid: uid.map(|value| cri::Int64Value { value }),
         spec: Some(cri::ImageSpec { image: i.id.clone(), ..Default::default() }),
         pinned: false,
     }

@@ -322,13 +322,14 @@ fn runtime_problem(pods: &Pods) -> Option<String> {
     pods.pods().err().map(|e| minipod_runtime::error_chain(&e))
 }
 
-/// Why pods' networking will not work, if it will not: the default network is gone
-/// or unreadable, or something outside minipod drops its traffic.
+/// Why pods' networking will not work, if it will not: the default network's record
+/// is unreadable, or something outside minipod drops its traffic.
 fn network_problem(pods: &Pods) -> Option<(&'static str, String)> {
     let name = pods.default_network();
     let problems = match pods.node().network(name) {
         Ok(Some(_)) => pods.node().problems(name),
-        Ok(None) => return Some(("NoNetwork", format!("network {name} does not exist; it is made when the daemon starts: restart it"))),
+        // Made with the first pod that joins it.
+        Ok(None) => return None,
         Err(e) => Err(e),
     };
     match problems {

@@ -912,6 +912,14 @@ impl Pods {
                 what: "the PID 1 holding its shared PID namespace is gone (killed from outside): remove the pod and make it again",
             });
         }
+        if let Some(m) = cfg.mounts.iter().find(|m| m.propagation == Propagation::Bidirectional) {
+            // Mounts made in the container reach the node only through a shared root,
+            // which would also push the container's own rootfs mounts out to the node.
+            return Err(PodError::Invalid(format!(
+                "mount {}: bidirectional propagation needs a shared container root, which minipod does not support yet: use HostToContainer",
+                m.container.display()
+            )));
+        }
         let (lower, image) = match &cfg.source {
             RootfsSource::Image(r) => {
                 let img = self.images.get(r)?;
@@ -998,7 +1006,10 @@ impl Pods {
         let opts = CreateOptions {
             stdio: Stdio::Log(log_path),
             overlay: Some(overlay),
-            mount_template: self.template.get(),
+            // A mount that receives the node's later mounts must be bound from the node's
+            // own table: the template is a copy from an earlier moment, in which a source
+            // made shared since is a plain directory with no peer on the node.
+            mount_template: if cfg.mounts.iter().all(|m| m.propagation == Propagation::Private) { self.template.get() } else { None },
             ..Default::default()
         };
         self.oci.create(&rec.id, dir, opts)?;

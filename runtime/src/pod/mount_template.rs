@@ -8,8 +8,11 @@
 //! first so that nothing done to it reaches the host. Containers keep joining the
 //! pod's namespaces through descriptors opened before the switch.
 //!
-//! A template does not see mounts the host makes after it; it is rebuilt when older
-//! than [`MAX_AGE`] or when the state root's filesystem changed under it. Since it
+//! A template does not see mounts the host makes after it, so it is rebuilt as soon as
+//! the host's table changes other than by namespace pins (the kernel flags
+//! `/proc/self/mountinfo`; a volume mounted right before a container is created must
+//! be in the container), when older than [`MAX_AGE`], or when the state root's
+//! filesystem changed under it. Since it
 //! holds the host's mounts of its moment, it is dropped once stale even when unused,
 //! and monitors go back to the host's namespace right after cloning the init: only the
 //! container's copy is made from it, and that one detaches the old root.
@@ -30,6 +33,37 @@ struct Made {
     fd: Arc<OwnedFd>,
     at: Instant,
     root_dev: u64,
+    /// The host's mountinfo, open: the kernel flags it (POLLPRI) once the host's table
+    /// changes, and re-reading it clears the flag.
+    watch: std::fs::File,
+    /// A hash of the host's table without namespace pins, as the template copied it.
+    table: u64,
+}
+
+/// The host's mount table as seen through `watch`, from its start, without namespace
+/// pins (which the template leaves out anyway, and which every pod adds): its hash.
+fn table_hash(watch: &mut std::fs::File) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::io::{Read, Seek};
+    watch.rewind().ok()?;
+    let mut table = String::new();
+    watch.read_to_string(&mut table).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.lines().filter(|l| l.split_once(" - ").is_none_or(|(_, rest)| !rest.starts_with("nsfs "))).for_each(|l| l.hash(&mut h));
+    Some(h.finish())
+}
+
+/// Whether the host mounted or unmounted anything (but namespace pins) since `m` was
+/// made: a volume a kubelet mounts right before it creates a container must be in it.
+fn host_changed(m: &mut Made) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(m.watch.as_fd(), nix::poll::PollFlags::POLLPRI)];
+    let flagged = match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+        Ok(0) => false,
+        Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(nix::poll::PollFlags::POLLPRI | nix::poll::PollFlags::POLLERR)),
+        Err(_) => true,
+    };
+    flagged && table_hash(&mut m.watch) != Some(m.table)
 }
 
 /// The current template of one runtime, rebuilt when stale.
@@ -50,14 +84,20 @@ impl MountTemplate {
     pub fn get(&self) -> Option<Arc<OwnedFd>> {
         let root_dev = std::fs::metadata(&self.root).ok()?.dev();
         let mut current = self.current.lock().ok()?;
-        if let Some(m) = current.as_ref().filter(|m| m.at.elapsed() < MAX_AGE && m.root_dev == root_dev) {
-            return Some(m.fd.clone());
+        if let Some(m) = current.as_mut().filter(|m| m.at.elapsed() < MAX_AGE && m.root_dev == root_dev) {
+            if !host_changed(m) {
+                return Some(m.fd.clone());
+            }
         }
+        // Opened and read before the copy is made: a change in between shows as one
+        // more flag later, never as a missed one.
+        let mut watch = std::fs::File::open("/proc/self/mountinfo").ok()?;
+        let table = table_hash(&mut watch)?;
         match build() {
             Ok(fd) => {
                 let fd = Arc::new(fd);
                 let at = Instant::now();
-                *current = Some(Made { fd: fd.clone(), at, root_dev });
+                *current = Some(Made { fd: fd.clone(), at, root_dev, watch, table });
                 // The template holds every host mount of its moment: an idle runtime
                 // must not keep an unmounted disk busy, so it goes when stale.
                 let cur = self.current.clone();

@@ -26,6 +26,8 @@ pub enum SecurityError {
     UnknownCapability { name: String },
     #[error("{what} is not supported: {why}")]
     Unsupported { what: String, why: String },
+    #[error("capability {name} is not in this node's bounding set, so no container here can have it: drop it from the request")]
+    NotGranted { name: String },
 }
 
 /// Who the workload runs as.
@@ -256,7 +258,12 @@ fn is_all(name: &str) -> bool {
 /// added or dropped, then the named additions, then the named drops (a drop wins, as
 /// in containerd). Returns (bounding = effective = permitted, ambient = inheritable).
 pub fn capabilities(sec: &Security) -> Result<(BTreeSet<String>, BTreeSet<String>), SecurityError> {
-    let all = || caps::all().into_iter().map(|c| c.to_string()).collect::<BTreeSet<String>>();
+    // ALL (and privileged) means every capability this node can give, as containerd
+    // takes the runtime's own: a host whose root lacks some (CAP_SYS_RESOURCE on some VMs)
+    // could not set them.
+    let granted: BTreeSet<String> =
+        caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all()).into_iter().map(|c| c.to_string()).collect();
+    let all = || granted.clone();
     let mut set: BTreeSet<String> = if sec.privileged { all() } else { CRI_DEFAULT_CAPS.iter().map(|c| c.to_string()).collect() };
     if sec.add_capabilities.iter().any(|c| is_all(c)) {
         set = all();
@@ -265,7 +272,11 @@ pub fn capabilities(sec: &Security) -> Result<(BTreeSet<String>, BTreeSet<String
         set.clear();
     }
     for c in sec.add_capabilities.iter().filter(|c| !is_all(c)) {
-        set.insert(capability(c)?.to_string());
+        let c = capability(c)?.to_string();
+        if !granted.contains(&c) {
+            return Err(SecurityError::NotGranted { name: c });
+        }
+        set.insert(c);
     }
     for c in sec.drop_capabilities.iter().filter(|c| !is_all(c)) {
         set.remove(&capability(c)?.to_string());
