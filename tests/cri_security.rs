@@ -184,12 +184,19 @@ fn fields_that_cannot_be_honoured_are_refused_by_name_and_leave_nothing() {
         return;
     }
     let (_node, d) = daemon("crirefuse");
-    let hostnet = pod_json("hostnet", &d.h.base.join("logs"), json!([]));
-    let mut hostnet = hostnet;
+    let mut userns = pod_json("userns", &d.h.base.join("logs"), json!([]));
+    // A user namespace of the pod's own (mode POD).
+    userns["linux"] = json!({ "security_context": { "namespace_options": { "userns_options": { "mode": 0 } } } });
+    let err = d.fails(&["runp", &d.write("userns-pod.json", &userns)]);
+    assert!(err.contains("FailedPrecondition") && err.contains("userns_options"), "{err}");
+    let mut selinux = pod_json("selinux", &d.h.base.join("logs"), json!([]));
+    selinux["linux"] = json!({ "security_context": { "selinux_options": { "type": "spc_t" } } });
+    let err = d.fails(&["runp", &d.write("selinux-pod.json", &selinux)]);
+    assert!(err.contains("FailedPrecondition") && err.contains("selinux_options"), "{err}");
+    let mut hostnet = pod_json("hostnet-ports", &d.h.base.join("logs"), json!([{ "container_port": 80, "host_port": 8080 }]));
     hostnet["linux"] = json!({ "security_context": { "namespace_options": { "network": 2 } } });
-    let path = d.write("hostnet-pod.json", &hostnet);
-    let err = d.fails(&["runp", &path]);
-    assert!(err.contains("FailedPrecondition") && err.contains("network"), "{err}");
+    let err = d.fails(&["runp", &d.write("hostnet-pod.json", &hostnet)]);
+    assert!(err.contains("InvalidArgument") && err.contains("host port must equal"), "{err}");
     let mut systemd = pod_json("slice", &d.h.base.join("logs"), json!([]));
     systemd["linux"] = json!({ "cgroup_parent": "kubepods.slice" });
     let err = d.fails(&["runp", &d.write("slice-pod.json", &systemd)]);
@@ -409,4 +416,43 @@ fn volumes_mounted_just_before_create_and_after_start_reach_the_container() {
     let err = d.fails(&["create", &pod.0, &d.write("both.json", &cfg), &pod.1]);
     assert!(err.contains("bidirectional"), "{err}");
     d.ok(&["rmp", "-f", &pod.0]);
+}
+
+#[test]
+fn a_host_network_pod_serves_on_the_nodes_own_addresses() {
+    if not_root() {
+        return;
+    }
+    let (node, d) = daemon("crihostnet");
+    // NamespaceMode NODE for the network, as a kubelet sends hostNetwork: true.
+    let hostnet = json!({ "security_context": { "namespace_options": { "network": 2 } } });
+    let mut pod = pod_json("hostweb", &d.h.base.join("logs"), json!([{ "container_port": 18090, "host_port": 18090 }]));
+    pod["linux"] = hostnet.clone();
+    let path = d.write("hostweb-pod.json", &pod);
+    let id = d.ok(&["runp", &path]).trim().to_string();
+    let serve = "mkdir /www && echo hello-host > /www/index.html && exec httpd -f -p 18090 -h /www";
+    let web = run_ctr(
+        &d,
+        &(id.clone(), path),
+        "web",
+        &["sh", "-c", serve],
+        json!({ "security_context": { "namespace_options": { "network": 2 } } }),
+    );
+    // The node namespace's loopback is the pod's: no DNAT, no address of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        match TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18090/") {
+            Some(b) => break b,
+            None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(100)),
+            None => panic!("the host-network pod never answered on the node's 127.0.0.1:18090"),
+        }
+    };
+    assert_eq!(body, "hello-host");
+    let links = exec(&d, &web, &["ip", "-o", "link"]);
+    assert!(links.contains("lo:") && !links.contains("eth0"), "the node namespace's links, not a pod's: {links}");
+    let inspect: Value = serde_json::from_str(&d.ok(&["inspectp", &id])).unwrap();
+    assert_eq!(inspect["status"]["network"]["ip"], "", "{inspect}");
+    d.ok(&["rmp", "-f", &id]);
+    // The node namespace is untouched by the removal.
+    assert!(TestNode::in_ns(&node.node_ns(), &["ip", "link", "show", "lo"]).status.success());
 }

@@ -297,13 +297,19 @@ fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
     }
     Ok(PodConfig {
         name: convert::pod_name(m),
-        hostname: Some(if cfg.hostname.is_empty() { convert::label(&m.name, 63) } else { cfg.hostname.clone() }),
+        // A host-network pod has the node's name; an empty one means just that.
+        hostname: match (cfg.hostname.is_empty(), opts.host_network) {
+            (true, true) => None,
+            (true, false) => Some(convert::label(&m.name, 63)),
+            (false, _) => Some(cfg.hostname.clone()),
+        },
         labels: convert::to_btree(&cfg.labels),
         annotations,
         networks: vec![],
         ports,
-        // Other pods find it by its Kubernetes name.
-        aliases: vec![convert::label(&m.name, 63)],
+        // Other pods find it by its Kubernetes name (a host-network pod is on no
+        // network to be found on).
+        aliases: if opts.host_network { vec![] } else { vec![convert::label(&m.name, 63)] },
         dns: cfg.dns_config.as_ref().map(|d| DnsConfig {
             servers: d.servers.clone(),
             searches: d.searches.clone(),
@@ -313,6 +319,7 @@ fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
         share_pid: opts.share_pid,
         cgroup_parent: opts.cgroup_parent,
         host_ipc: opts.host_ipc,
+        host_network: opts.host_network,
         sysctls: opts.sysctls,
     })
 }
@@ -461,7 +468,7 @@ impl RuntimeService for Server {
             None => None,
         };
         let privileged = pod.annotations.get(security::PRIVILEGED).is_some_and(|v| v == "true");
-        let (sec, resources, oom) = security::container(&cfg, privileged, target_pid)?;
+        let (sec, resources, oom) = security::container(&cfg, privileged, pod.host_network, target_pid)?;
         let mounts = cfg.mounts.iter().map(mount).collect::<Result<Vec<_>, _>>()?;
         let created = blocking(&self.pods, move |pods| {
             let img = pods.images().get(&image)?;

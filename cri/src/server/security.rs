@@ -28,6 +28,7 @@ fn precondition(msg: impl Into<String>) -> Status {
 pub struct SandboxOptions {
     pub share_pid: bool,
     pub host_ipc: bool,
+    pub host_network: bool,
     pub privileged: bool,
     pub sysctls: BTreeMap<String, String>,
     pub cgroup_parent: Option<PathBuf>,
@@ -118,14 +119,11 @@ pub fn sandbox(cfg: &cri::PodSandboxConfig) -> Result<SandboxOptions, Status> {
         check_selinux(&sc.selinux_options, WHAT)?;
         if let Some(ns) = &sc.namespace_options {
             check_userns(ns, WHAT)?;
-            if is_mode(ns.network, cri::NamespaceMode::Node) {
-                return Err(precondition(format!(
-                    "{WHAT}.namespace_options.network NODE (hostNetwork): host-network pods are not supported by minipod yet"
-                )));
-            }
-            if !is_mode(ns.network, cri::NamespaceMode::Pod) {
-                return Err(invalid(format!("{WHAT}.namespace_options.network must be POD or NODE")));
-            }
+            out.host_network = match ns.network {
+                x if is_mode(x, cri::NamespaceMode::Node) => true,
+                x if is_mode(x, cri::NamespaceMode::Pod) => false,
+                _ => return Err(invalid(format!("{WHAT}.namespace_options.network must be POD or NODE"))),
+            };
             out.host_ipc = match ns.ipc {
                 x if is_mode(x, cri::NamespaceMode::Node) => true,
                 x if is_mode(x, cri::NamespaceMode::Pod) => false,
@@ -187,6 +185,7 @@ pub fn target_id(cfg: &cri::ContainerConfig) -> Option<&str> {
 pub fn container(
     cfg: &cri::ContainerConfig,
     pod_privileged: bool,
+    pod_host_network: bool,
     target_pid: Option<i32>,
 ) -> Result<(Security, Resources, Option<i32>), Status> {
     if !cfg.devices.is_empty() {
@@ -244,8 +243,11 @@ pub fn container(
     check_apparmor(&sc.apparmor, &sc.apparmor_profile, WHAT)?;
     if let Some(ns) = &sc.namespace_options {
         check_userns(ns, WHAT)?;
-        if is_mode(ns.network, cri::NamespaceMode::Node) {
-            return Err(precondition(format!("{WHAT}.namespace_options.network NODE (hostNetwork) is not supported by minipod yet")));
+        // The network namespace is the pod's choice; a container can only repeat it.
+        if is_mode(ns.network, cri::NamespaceMode::Node) && !pod_host_network {
+            return Err(invalid(format!(
+                "{WHAT}.namespace_options.network NODE: the sandbox is not a host-network one; containers share the pod's network"
+            )));
         }
         sec.pid = Some(match ns.pid {
             x if is_mode(x, cri::NamespaceMode::Container) => PidNamespace::Container,
@@ -291,29 +293,29 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (sec, _, _) = container(&ctr(sc.clone()), false, None).unwrap();
+        let (sec, _, _) = container(&ctr(sc.clone()), false, false, None).unwrap();
         assert_eq!(sec.user, Some(RunAs::Uid(1000)));
         assert_eq!(sec.group, Some(2000));
         assert!(sec.readonly_rootfs && sec.no_new_privs);
         assert_eq!(sec.seccomp, Seccomp::RuntimeDefault);
 
         let group_only = cri::LinuxContainerSecurityContext { run_as_user: None, ..sc.clone() };
-        assert_eq!(container(&ctr(group_only), false, None).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(container(&ctr(group_only), false, false, None).unwrap_err().code(), tonic::Code::InvalidArgument);
         let privileged = cri::LinuxContainerSecurityContext { privileged: true, ..sc.clone() };
-        assert!(container(&ctr(privileged.clone()), false, None).is_err());
-        assert!(container(&ctr(privileged), true, None).unwrap().0.privileged);
+        assert!(container(&ctr(privileged.clone()), false, false, None).is_err());
+        assert!(container(&ctr(privileged), true, false, None).unwrap().0.privileged);
         let selinux = cri::LinuxContainerSecurityContext {
             selinux_options: Some(cri::SeLinuxOption { r#type: "spc_t".into(), ..Default::default() }),
             ..sc.clone()
         };
-        assert_eq!(container(&ctr(selinux), false, None).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(container(&ctr(selinux), false, false, None).unwrap_err().code(), tonic::Code::FailedPrecondition);
         let relative = cri::LinuxContainerSecurityContext { seccomp_profile_path: "localhost/x.json".into(), seccomp: None, ..sc };
-        assert!(container(&ctr(relative), false, None).is_err());
+        assert!(container(&ctr(relative), false, false, None).is_err());
     }
 
     #[test]
     fn no_security_context_means_unconfined_and_escalation_allowed() {
-        let (sec, res, oom) = container(&cri::ContainerConfig::default(), false, None).unwrap();
+        let (sec, res, oom) = container(&cri::ContainerConfig::default(), false, false, None).unwrap();
         assert_eq!(sec.seccomp, Seccomp::Unconfined);
         assert!(!sec.no_new_privs && res.is_empty() && oom.is_none());
     }

@@ -177,6 +177,11 @@ pub struct PodConfig {
     pub cgroup_parent: Option<PathBuf>,
     /// Containers use the node's IPC namespace instead of the pod's.
     pub host_ipc: bool,
+    /// Containers use the node's network namespace (the one this runtime's pods are
+    /// wired in) and the node's hostname: a kubelet's `hostNetwork` pod. It joins no
+    /// network, so it takes no networks, aliases or port mappings but identity ones
+    /// (host port = container port), which the node's own stack serves as they are.
+    pub host_network: bool,
     /// Namespaced sysctls set in the pod's namespaces (by each container as it starts).
     pub sysctls: BTreeMap<String, String>,
 }
@@ -451,6 +456,10 @@ impl Pods {
 
     /// Traffic counters of the pod's interfaces (lo left out), for stats.
     pub fn network_counters(&self, pod: &PodRecord) -> Result<Vec<netstack::netns::InterfaceCounters>> {
+        if pod.host_network {
+            // The node's interfaces are not the pod's to report.
+            return Ok(vec![]);
+        }
         Ok(netstack::netns::Netns::open(&self.pod_dir(&pod.id).join("ns/net"))?.interface_counters()?)
     }
 
@@ -501,7 +510,17 @@ impl Pods {
     /// Creates a pod: namespaces, networks, /etc files. Undone completely on failure.
     pub fn create_pod(&self, cfg: PodConfig) -> Result<PodRecord> {
         record::check_name("pod", &cfg.name).map_err(PodError::Invalid)?;
-        let hostname = cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone());
+        let hostname = if cfg.host_network {
+            // The node's UTS namespace: its name is the pod's.
+            let node = nix::unistd::gethostname().map_err(|e| PodError::Invalid(format!("reading the node's hostname: {e}")))?;
+            let node = node.to_string_lossy().into_owned();
+            if cfg.hostname.as_ref().is_some_and(|h| *h != node) {
+                return Err(PodError::Invalid(format!("a host-network pod has the node's hostname {node:?}: give no other")));
+            }
+            node
+        } else {
+            cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone())
+        };
         let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if hostname.len() > 64 || !hostname.split('.').all(label_ok) {
             return Err(PodError::Invalid(format!(
@@ -528,7 +547,29 @@ impl Pods {
                 )));
             }
         }
-        let networks = if cfg.networks.is_empty() { vec![self.default_network.clone()] } else { cfg.networks.clone() };
+        if cfg.host_network {
+            if !cfg.networks.is_empty() || !cfg.aliases.is_empty() {
+                return Err(PodError::Invalid("a host-network pod joins no network: give it no networks or aliases".into()));
+            }
+            if let Some(p) = cfg.ports.iter().find(|p| p.host_port != p.container_port) {
+                return Err(PodError::Invalid(format!(
+                    "port mapping {}->{}: a host-network pod's ports are the node's own, so the host port must equal the container port",
+                    p.host_port, p.container_port
+                )));
+            }
+            if let Some(key) = cfg.sysctls.keys().find(|k| k.starts_with("net.")) {
+                return Err(PodError::Invalid(format!(
+                    "sysctl {key}: the pod uses the node's network namespace, so it would change the node"
+                )));
+            }
+        }
+        let networks = if cfg.host_network {
+            vec![]
+        } else if cfg.networks.is_empty() {
+            vec![self.default_network.clone()]
+        } else {
+            cfg.networks.clone()
+        };
         for (i, n) in networks.iter().enumerate() {
             if networks[..i].contains(n) {
                 return Err(PodError::Invalid(format!("network {n} is listed twice")));
@@ -560,6 +601,7 @@ impl Pods {
             pid_holder: None,
             cgroup_parent: cfg.cgroup_parent.clone(),
             host_ipc: cfg.host_ipc,
+            host_network: cfg.host_network,
             sysctls: cfg.sysctls.clone(),
         };
         {
@@ -595,7 +637,13 @@ impl Pods {
         }
         let (net, ipc, uts) = (dir.join("ns/net"), dir.join("ns/ipc"), dir.join("ns/uts"));
         let hostname = pod.hostname.clone();
-        netstack::netns::create_pinned_set(&[("net", &net), ("ipc", &ipc), ("uts", &uts)], move || nix::unistd::sethostname(&hostname))?;
+        if pod.host_network {
+            netstack::netns::create_pinned_set(&[("ipc", &ipc)], || Ok(()))?;
+        } else {
+            netstack::netns::create_pinned_set(&[("net", &net), ("ipc", &ipc), ("uts", &uts)], move || {
+                nix::unistd::sethostname(&hostname)
+            })?;
+        }
         let owner = OwnerId::new(pod.id.as_str())?;
         let mut names = vec![pod.name.clone()];
         names.extend(pod.aliases.iter().cloned());
@@ -617,6 +665,10 @@ impl Pods {
             pod.networks.push(PodNetwork { network: name.clone(), ip: wired.ip, ip6: wired.ip6, ifname: wired.ifname.to_string() });
             // Recorded at once: a failure at the next network detaches this one.
             self.save_pod(pod)?;
+        }
+        if pod.host_network {
+            // The node's resolver, as a kubelet gives a host-network pod.
+            resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         }
         files::write(&dir.join("etc"), pod, &files::resolv_conf(pod.dns.as_ref(), &resolv))
             .map_err(io_err("writing the /etc files of", &dir))?;

@@ -172,6 +172,10 @@ pub struct PodRecord {
     /// Containers use the node's IPC namespace.
     #[serde(default)]
     pub host_ipc: bool,
+    /// Containers use the node's network and UTS namespaces: no networks, no address
+    /// of the pod's own.
+    #[serde(default)]
+    pub host_network: bool,
     /// Set in the pod's namespaces by each container as it starts.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,

@@ -130,12 +130,17 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
             (Some(PidNamespace::Container) | None, None) | (Some(PidNamespace::Container), Some(_)) => Some(String::new()),
             (Some(PidNamespace::Node), _) => None,
         };
-    let mut namespaces = vec![
-        serde_json::json!({ "type": "mount" }),
-        serde_json::json!({ "type": "cgroup" }),
-        serde_json::json!({ "type": "network", "path": ns("net") }),
-        serde_json::json!({ "type": "uts", "path": ns("uts") }),
-    ];
+    let mut namespaces = vec![serde_json::json!({ "type": "mount" }), serde_json::json!({ "type": "cgroup" })];
+    if pod.host_network {
+        // The node's network and UTS namespaces: the runtime's node namespace when it
+        // has one, else the one of the process that runs the container (none listed).
+        if let Some(node) = &pod.node.netns {
+            namespaces.push(serde_json::json!({ "type": "network", "path": node.display().to_string() }));
+        }
+    } else {
+        namespaces.push(serde_json::json!({ "type": "network", "path": ns("net") }));
+        namespaces.push(serde_json::json!({ "type": "uts", "path": ns("uts") }));
+    }
     if !pod.host_ipc {
         namespaces.push(serde_json::json!({ "type": "ipc", "path": ns("ipc") }));
     }
