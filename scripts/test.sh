@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test (as root: real namespaces, cgroups
-# and mounts; each test works in its own state dir and cleans up after itself).
+# and mounts; each test works in its own state dir and cleans up after itself), then
+# the Kubernetes CRI validation suite (critest) against `minipod serve`, gated on
+# scripts/critest/must-pass.txt. Arguments go to `cargo test` and skip critest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo test --workspace "$@"
+if [ "$#" -eq 0 ]; then
+    MINIPOD=target/debug/minipod bash scripts/critest.sh
+fi
