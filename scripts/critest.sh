@@ -69,29 +69,12 @@ fi
 log() { echo "critest.sh: $*" >&2; }
 
 # ---- 1. packages ------------------------------------------------------------------------
-# umoci, skopeo: build OCI layouts and push them to the registry; gcc, libc6-dev: the static
-# fake nginx and nonewprivs binaries; python3: the JUnit report; curl: registry readiness.
-packages=(umoci skopeo gcc libc6-dev python3 curl)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-# Debian's docker-registry, unpacked (not installed: the package would start a registry
-# service on port 5000), as scripts/setup.sh does.
-if ! [ -x "$REGISTRY_BIN" ]; then
-    log "unpacking docker-registry into /opt/minipod-test/docker-registry"
-    tmp=$(mktemp -d)
-    (cd "$tmp" && { apt-get download docker-registry >/dev/null 2>&1 || { apt-get update -qq && apt-get download docker-registry >/dev/null; }; })
-    mkdir -p /opt/minipod-test/docker-registry
-    dpkg-deb -x "$tmp"/docker-registry_*.deb /opt/minipod-test/docker-registry
-    rm -rf "$tmp"
-fi
+# What the tests need (scripts/setup.sh: Debian packages, crictl, the unpacked
+# docker-registry), and the image builders: umoci, skopeo (OCI layouts, pushed to the
+# registry), gcc, libc6-dev (the static fake nginx and nonewprivs binaries), python3 (the
+# JUnit report), curl (registry readiness).
+source "$REPO/scripts/setup.sh"
+apt_install umoci skopeo gcc libc6-dev python3 curl
 
 # ---- 2. critest -------------------------------------------------------------------------
 mkdir -p "$CRITEST_DIR"

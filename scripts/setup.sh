@@ -15,15 +15,19 @@ fi
 # protobuf-compiler: protoc, which the CRI bindings (k8s-cri) are generated with.
 # libseccomp-dev, pkg-config: the seccomp filters containers get are compiled by libseccomp.
 packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates protobuf-compiler libseccomp-dev pkg-config)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "setup.sh: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Installs the Debian packages given that are missing (scripts/critest.sh uses it too).
+apt_install() {
+    local p missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "setup.sh: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+apt_install "${packages[@]}"
 
 if ! command -v cargo >/dev/null; then
     for dir in /root/.cargo/bin "$HOME/.cargo/bin"; do

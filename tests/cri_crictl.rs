@@ -319,3 +319,70 @@ fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
     let bad = d.crictl(&["pull", "--auth", "not base64!", &reference]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn crictl_events_streams_each_containers_lifecycle_once_in_order() {
+    if not_root() {
+        return;
+    }
+    use std::io::BufRead;
+    let node = TestNode::new("crievents");
+    let d = Daemon::start(Harness::new("cri-events"), &node.node_ns());
+    d.import_busybox();
+    let ep = format!("unix://{}", d.sock.display());
+    // The event stream as a kubelet's evented PLEG reads it; one JSON object per event.
+    let mut watcher = Command::new(common::cri::crictl_bin())
+        .args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--config", "/dev/null", "events", "-o", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = watcher.stdout.take().unwrap();
+    let _watcher = Kill(watcher);
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        // crictl prints each event as indented JSON: gather lines until one parses.
+        let mut buf = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            buf.push_str(&line);
+            if let Ok(v) = serde_json::from_str::<Value>(&buf) {
+                buf.clear();
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // The stream is open once the daemon has a listener; give crictl its start.
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = d.h.base.join("logs");
+    let pod = d.write("pod.json", &pod_json("events", &logs, json!([])));
+    let id = d.ok(&["runp", &pod]).trim().to_string();
+    let job = d.write("job.json", &ctr_json("job", &["sh", "-c", "sleep 1; exit 3"]));
+    let c = d.ok(&["create", &id, &job, &pod]).trim().to_string();
+    d.ok(&["start", &c]);
+    // It exits by itself: the sweep tells it.
+    d.wait_exited(&c);
+    d.ok(&["rm", &c]);
+    let mut kinds = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while kinds.len() < 4 && Instant::now() < deadline {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(200)) {
+            if e["containerId"] == c.as_str() {
+                assert_eq!(e["podSandboxStatus"]["id"], id.as_str(), "{e}");
+                // The enum's zero (created) may be left out of the JSON.
+                kinds.push(e["containerEventType"].as_str().unwrap_or("CONTAINER_CREATED_EVENT").to_string());
+            }
+        }
+    }
+    assert_eq!(kinds, ["CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT", "CONTAINER_STOPPED_EVENT", "CONTAINER_DELETED_EVENT"]);
+    d.ok(&["rmp", "-f", &id]);
+}

@@ -2,6 +2,7 @@
 //! socket, on the same pods, containers and images as the library and the CLI.
 
 mod convert;
+mod events;
 mod image_service;
 mod runtime_service;
 mod security;
@@ -28,6 +29,7 @@ pub const DEFAULT_SOCKET: &str = "unix:///run/minipod/minipod.sock";
 pub struct Server {
     pods: Arc<Pods>,
     pull: minipod_runtime::image::PullOptions,
+    events: Arc<events::Events>,
 }
 
 /// Runs blocking pod work off the gRPC threads; errors become gRPC statuses.
@@ -64,7 +66,10 @@ pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf,
         let listener = bound.with_context(|| format!("listening on {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
-        let server = Arc::new(Server { pods: Arc::new(pods), pull });
+        let pods = Arc::new(pods);
+        let events = events::Events::new();
+        events.clone().sweep(pods.clone());
+        let server = Arc::new(Server { pods, pull, events });
         let signalled = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

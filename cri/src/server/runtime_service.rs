@@ -52,7 +52,7 @@ fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
     cri::ImageSpec { image: image.clone(), user_specified_image: image, ..Default::default() }
 }
 
-fn container_status(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStatus, PodError> {
+pub(super) fn container_status(pods: &Pods, c: &ContainerRecord) -> Result<cri::ContainerStatus, PodError> {
     let st = pods.container_state(c)?;
     let status = st.live_status();
     let exit = st.exit.map(|e| e.shell_code()).unwrap_or(0);
@@ -120,7 +120,7 @@ fn cri_resources(r: &Resources) -> cri::LinuxContainerResources {
     }
 }
 
-fn now_nanos() -> i64 {
+pub(super) fn now_nanos() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
@@ -253,6 +253,12 @@ fn mount(m: &cri::Mount) -> Result<BindMount, Status> {
     Ok(BindMount { host: m.host_path.clone().into(), container: m.container_path.clone().into(), readonly: m.readonly, propagation })
 }
 
+/// The ids of a pod's containers (none when the pod is gone).
+fn pod_container_ids(pods: &Pods, pod: &str) -> Vec<String> {
+    let Ok(pod) = pods.pod(pod) else { return vec![] };
+    pods.containers(Some(&pod.id)).unwrap_or_default().iter().map(|c| c.id.to_string()).collect()
+}
+
 fn selects(labels: &BTreeMap<String, String>, selector: &std::collections::HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -324,6 +330,29 @@ fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
     })
 }
 
+pub(super) fn sandbox_status(pod: &PodRecord) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: pod.id.to_string(),
+        metadata: Some(convert::pod_metadata(pod)),
+        state: convert::pod_state(pod),
+        created_at: convert::nanos(Some(&pod.created)),
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: pod.ip().map(|ip| ip.to_string()).unwrap_or_default(),
+            additional_ips: pod
+                .networks
+                .iter()
+                .skip(1)
+                .map(|n| n.ip.to_string())
+                .chain(pod.networks.iter().filter_map(|n| n.ip6).map(|ip| ip.to_string()))
+                .map(|ip| cri::PodIp { ip })
+                .collect(),
+        }),
+        labels: convert::to_hash(&pod.labels),
+        annotations: convert::user_annotations(&pod.annotations),
+        ..Default::default()
+    }
+}
+
 /// Why the runtime cannot work, if it cannot: its state dir is unreadable.
 fn runtime_problem(pods: &Pods) -> Option<String> {
     pods.pods().err().map(|e| minipod_runtime::error_chain(&e))
@@ -389,9 +418,15 @@ impl RuntimeService for Server {
         let id = req.into_inner().pod_sandbox_id;
         need(&id, "pod_sandbox_id")?;
         // The kubelet stopped the containers with their grace periods already.
-        blocking(&self.pods, move |p| match p.stop_pod(&id, Duration::ZERO) {
-            Ok(_) | Err(PodError::NoSuchPod(_)) => Ok(()),
-            Err(e) => Err(e),
+        let events = self.events.clone();
+        blocking(&self.pods, move |p| {
+            let ids = pod_container_ids(p, &id);
+            let stopped = match p.stop_pod(&id, Duration::ZERO) {
+                Ok(_) | Err(PodError::NoSuchPod(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+            ids.iter().for_each(|c| events.changed(p, c));
+            stopped
         })
         .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
@@ -400,7 +435,14 @@ impl RuntimeService for Server {
     async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Reply<cri::RemovePodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
         need(&id, "pod_sandbox_id")?;
-        blocking(&self.pods, move |p| p.remove_pod(&id, true)).await?;
+        let events = self.events.clone();
+        blocking(&self.pods, move |p| {
+            let ids = pod_container_ids(p, &id);
+            let removed = p.remove_pod(&id, true);
+            ids.iter().for_each(|c| events.changed(p, c));
+            removed
+        })
+        .await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -408,27 +450,7 @@ impl RuntimeService for Server {
         let id = req.into_inner().pod_sandbox_id;
         need(&id, "pod_sandbox_id")?;
         let pod = blocking(&self.pods, move |p| p.pod(&id)).await?;
-        let status = cri::PodSandboxStatus {
-            id: pod.id.to_string(),
-            metadata: Some(convert::pod_metadata(&pod)),
-            state: convert::pod_state(&pod),
-            created_at: convert::nanos(Some(&pod.created)),
-            network: Some(cri::PodSandboxNetworkStatus {
-                ip: pod.ip().map(|ip| ip.to_string()).unwrap_or_default(),
-                additional_ips: pod
-                    .networks
-                    .iter()
-                    .skip(1)
-                    .map(|n| n.ip.to_string())
-                    .chain(pod.networks.iter().filter_map(|n| n.ip6).map(|ip| ip.to_string()))
-                    .map(|ip| cri::PodIp { ip })
-                    .collect(),
-            }),
-            labels: convert::to_hash(&pod.labels),
-            annotations: convert::user_annotations(&pod.annotations),
-            ..Default::default()
-        };
-        Ok(Response::new(cri::PodSandboxStatusResponse { status: Some(status), ..Default::default() }))
+        Ok(Response::new(cri::PodSandboxStatusResponse { status: Some(sandbox_status(&pod)), ..Default::default() }))
     }
 
     async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Reply<cri::ListPodSandboxResponse> {
@@ -470,6 +492,7 @@ impl RuntimeService for Server {
         let privileged = pod.annotations.get(security::PRIVILEGED).is_some_and(|v| v == "true");
         let (sec, resources, oom) = security::container(&cfg, privileged, pod.host_network, target_pid)?;
         let mounts = cfg.mounts.iter().map(mount).collect::<Result<Vec<_>, _>>()?;
+        let events = self.events.clone();
         let created = blocking(&self.pods, move |pods| {
             let img = pods.images().get(&image)?;
             // CRI: command replaces the entrypoint, args the cmd.
@@ -503,7 +526,7 @@ impl RuntimeService for Server {
                 log_path,
                 attempt: m.attempt,
             };
-            pods.create_container(pod.id.as_str(), config)
+            pods.create_container(pod.id.as_str(), config).inspect(|c| events.changed(pods, c.id.as_str()))
         })
         .await?;
         Ok(Response::new(cri::CreateContainerResponse { container_id: created.id.to_string() }))
@@ -512,7 +535,8 @@ impl RuntimeService for Server {
     async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Reply<cri::StartContainerResponse> {
         let id = req.into_inner().container_id;
         need(&id, "container_id")?;
-        blocking(&self.pods, move |p| p.start_container(&p.container_by_id(&id)?)).await?;
+        let events = self.events.clone();
+        blocking(&self.pods, move |p| p.start_container(&p.container_by_id(&id)?).inspect(|()| events.changed(p, &id))).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -520,8 +544,9 @@ impl RuntimeService for Server {
         let req = req.into_inner();
         need(&req.container_id, "container_id")?;
         let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+        let events = self.events.clone();
         blocking(&self.pods, move |p| match p.container_by_id(&req.container_id) {
-            Ok(c) => p.stop_container_record(&c, timeout),
+            Ok(c) => p.stop_container_record(&c, timeout).inspect(|()| events.changed(p, &req.container_id)),
             Err(PodError::NoSuchContainer { .. }) => Ok(()),
             Err(e) => Err(e),
         })
@@ -532,8 +557,9 @@ impl RuntimeService for Server {
     async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Reply<cri::RemoveContainerResponse> {
         let id = req.into_inner().container_id;
         need(&id, "container_id")?;
+        let events = self.events.clone();
         blocking(&self.pods, move |p| match p.container_by_id(&id) {
-            Ok(c) => p.remove_container_record(&c, true),
+            Ok(c) => p.remove_container_record(&c, true).inspect(|()| events.changed(p, &id)),
             Err(PodError::NoSuchContainer { .. }) => Ok(()),
             Err(e) => Err(e),
         })
@@ -670,7 +696,17 @@ impl RuntimeService for Server {
     type GetContainerEventsStream = tonic::codegen::BoxStream<cri::ContainerEventResponse>;
 
     async fn get_container_events(&self, _: Request<cri::GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        use tokio_stream::StreamExt;
+        let events = self.events.clone();
+        let rx = blocking(&self.pods, move |p| Ok(events.subscribe(p))).await?;
+        // A listener that fell behind lost events: the stream ends with that said, and
+        // the kubelet relists, as it does when the stream breaks.
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|e| {
+            e.map_err(|tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| {
+                Status::data_loss(format!("{n} container events were dropped while this listener fell behind: list the containers again"))
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(&self, _: Request<cri::ListMetricDescriptorsRequest>) -> Reply<cri::ListMetricDescriptorsResponse> {
