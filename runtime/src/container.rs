@@ -32,6 +32,8 @@ pub enum ContainerError {
     Id(#[from] IdError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error("the spec's seccomp filter")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("container {id} already exists in {root}: pick another id or remove it with `minipod delete {id}`")]
     AlreadyExists { id: ContainerId, root: PathBuf },
     #[error("container {id} does not exist in {root}: `minipod list` shows the containers there")]
@@ -242,6 +244,8 @@ impl Runtime {
             },
             overlay: opts.overlay.clone(),
             mount_template: opts.mount_template.is_some(),
+            // Compiled by the bundle check already: a cache hit.
+            seccomp: bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::seccomp::program).transpose()?,
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
@@ -503,7 +507,7 @@ impl Runtime {
             cgroup_paths: st.cgroup_paths.clone(),
             process,
             // An exec is filtered as the container's own process is.
-            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::seccomp::program).transpose()?,
             stdio: !stdio.is_empty(),
             timeout: opts.timeout,
         }));

@@ -158,7 +158,7 @@ fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, 
 
 fn child(
     process: &oci_spec::runtime::Process,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Option<&crate::seccomp::Program>,
     stdio: Vec<OwnedFd>,
     timed: bool,
 ) -> Result<init::Prepared, InitError> {
@@ -176,10 +176,10 @@ fn child(
         unsafe { libc::umask(mask as libc::mode_t) };
     }
     let mut prepared = init::prepare_exec(process)?;
-    let filter = seccomp.map(crate::seccomp::compile).transpose()?;
+    let filter = seccomp.cloned();
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(f), false) = (&filter, nnp) {
-        crate::seccomp::load(f)?;
+        crate::seccomp::install(f)?;
     }
     let cwd = process.cwd().clone();
     let early = nix::unistd::chdir(&cwd);

@@ -71,7 +71,7 @@ pub(crate) struct Prepared {
     pub env: Vec<CString>,
     /// A filter still to load right before exec (with no_new_privs, as runc does, so
     /// that it need not allow what the setup does).
-    pub seccomp: Option<libseccomp::ScmpFilterContext>,
+    pub seccomp: Option<crate::seccomp::Program>,
 }
 
 /// Runs in the cloned child; never returns.
@@ -154,11 +154,11 @@ fn setup(
     set_rlimits(&process, &warn)?;
 
     let mut prepared = prepare_exec(&process)?;
-    let filter = linux.seccomp().as_ref().map(crate::seccomp::compile).transpose()?;
+    let filter = req.seccomp.clone();
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(f), false) = (&filter, nnp) {
         // Without no_new_privs only CAP_SYS_ADMIN may load a filter: before the drop.
-        crate::seccomp::load(f)?;
+        crate::seccomp::install(f)?;
     }
     let cwd = process.cwd().clone();
     let early_cwd = nix::unistd::chdir(&cwd);
@@ -331,7 +331,7 @@ pub(crate) fn reset_signals() {
 /// Loads the filter still pending, then execs; returns only with what went wrong.
 pub(crate) fn exec(p: &Prepared) -> String {
     if let Some(filter) = &p.seccomp {
-        if let Err(e) = crate::seccomp::load(filter) {
+        if let Err(e) = crate::seccomp::install(filter) {
             return chain(&e);
         }
     }

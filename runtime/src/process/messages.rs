@@ -35,6 +35,8 @@ pub struct CreateRequest {
     pub log: Option<PathBuf>,
     /// Mount this overlay as the rootfs, inside the container's mount namespace only.
     pub overlay: Option<crate::rootfs::Overlay>,
+    /// The spec's seccomp filter, compiled.
+    pub seccomp: Option<crate::seccomp::Program>,
     /// A mount namespace descriptor travels last with the request: the container's
     /// mount namespace is made from it rather than from the caller's.
     pub mount_template: bool,
@@ -47,8 +49,8 @@ pub struct ExecRequest {
     pub pid_start_time: u64,
     pub cgroup_paths: Vec<PathBuf>,
     pub process: oci_spec::runtime::Process,
-    /// The container's system-call filter.
-    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The container's system-call filter, compiled.
+    pub seccomp: Option<crate::seccomp::Program>,
     pub stdio: bool,
     /// Kill the process (SIGKILL) if it runs longer than this.
     pub timeout: Option<std::time::Duration>,
