@@ -147,11 +147,6 @@ fn settings_the_host_cannot_honour_are_refused_by_name_and_seccomp_is_applied() 
     if !std::path::Path::new("/sys/fs/cgroup/hugetlb").exists() && !minipod_runtime::cgroups::is_unified() {
         refused("huge", "hugepageLimits", json!([{"pageSize": "2MB", "limit": 2097152}]), "hugetlb");
     }
-    let mut b = h.bundle(&["true"]);
-    b.config["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
-    let (code, _, err) = h.run(&b, "hooks");
-    assert_ne!(code, 0);
-    assert!(err.contains("hooks.prestart"), "{err}");
 
     // cpuset applies: the container may use CPU 0 only.
     let mut b = h.bundle(&["sh", "-c", "grep Cpus_allowed_list /proc/self/status"]);
@@ -170,4 +165,85 @@ fn settings_the_host_cannot_honour_are_refused_by_name_and_seccomp_is_applied() 
     let (code, out, err) = h.run(&b, "seccomp");
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "1", "mkdir must fail under the filter: {out} {err}");
+}
+
+#[test]
+fn oci_hooks_run_in_order_with_the_state_and_a_failing_one_leaves_nothing() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("hooks");
+    let log = h.base.join("hooks.log");
+    let log_s = log.to_str().unwrap().to_string();
+    // Each runtime-side hook appends its name, its mount namespace and the state it read.
+    let logging = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c",
+            format!("printf '%s %s ' {name} $(readlink /proc/self/ns/mnt) >> {log_s}; cat >> {log_s}; echo >> {log_s}")]})
+    };
+    let mut b = h.bundle(&["sh", "-c", "cat /start-state; echo; readlink /proc/self/ns/mnt"]);
+    b.config["root"]["readonly"] = json!(false);
+    b.config["hooks"] = json!({
+        "prestart": [logging("prestart")],
+        "createRuntime": [logging("createRuntime")],
+        "createContainer": [logging("createContainer")],
+        // Resolved and run in the container, after pivot_root: it writes into its root.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /start-state"]}],
+        "poststart": [logging("poststart"), {"path": "/bin/false"}],
+        "poststop": [{"path": "/bin/false"}, logging("poststop")],
+    });
+    let (code, out, err) = h.run(&b, "all");
+    assert_eq!(code, 0, "a failing poststart or poststop hook is a warning only: {err}");
+    let (start_state, container_mnt) = out.trim().split_once('\n').unwrap();
+    let start_state: serde_json::Value = serde_json::from_str(start_state).unwrap();
+    assert_eq!(start_state["status"], "created", "{start_state}");
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, &str, serde_json::Value)> = text
+        .lines()
+        .map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let (name, mnt) = (parts.next().unwrap(), parts.next().unwrap());
+            (name, mnt, serde_json::from_str(parts.next().unwrap()).unwrap())
+        })
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|l| l.0).collect();
+    assert_eq!(names, ["prestart", "createRuntime", "createContainer", "poststart", "poststop"], "{text}");
+    let pid = lines[0].2["pid"].as_i64().unwrap();
+    assert!(pid > 1, "{text}");
+    for (name, mnt, state) in &lines {
+        assert_eq!(state["id"], start_state["id"], "{name}: {state}");
+        assert_eq!(state["bundle"], b.dir.to_str().unwrap(), "{name}: {state}");
+        let (want_status, want_mnt) = match *name {
+            "prestart" | "createRuntime" => ("creating", host_mnt.as_str()),
+            "createContainer" => ("creating", container_mnt),
+            "poststart" => ("running", host_mnt.as_str()),
+            _ => ("stopped", host_mnt.as_str()),
+        };
+        assert_eq!(state["status"], want_status, "{name}: {state}");
+        assert_eq!(*mnt, want_mnt, "{name} ran in the wrong mount namespace");
+        if *name != "poststop" {
+            assert_eq!(state["pid"].as_i64(), Some(pid), "{name}: {state}");
+        }
+    }
+
+    // A hook that fails or overruns its timeout before the workload runs fails the
+    // container, says which hook and why, and leaves no state or cgroup behind.
+    let failing = [
+        ("prestart", json!({"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}), "no network for you"),
+        ("createRuntime", json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}), "timeout of 1 s"),
+        ("createContainer", json!({"path": "/nonexistent/hook"}), "could not be started"),
+        ("startContainer", json!({"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}), "exit status: 4"),
+    ];
+    for (point, hook, needle) in failing {
+        let mut b = h.bundle(&["true"]);
+        b.config["hooks"] = json!({ point: [hook] });
+        let id = h.id(point);
+        let out = h.minipod(&["run", "--bundle", b.write().to_str().unwrap(), &id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{point}: a failing hook must fail the container");
+        assert!(err.contains(&format!("{point} hook")) && err.contains(needle), "{point}: {err}");
+        assert!(!h.state_dir(&id).exists(), "{point}: state left behind");
+        assert!(!cgroup_dirs(&id).iter().any(|d| d.exists()), "{point}: cgroup left behind");
+    }
 }

@@ -82,23 +82,6 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
     if process.terminal() == Some(true) {
         return Err("process.terminal is true, and minipod does not allocate terminals yet: set it to false".into());
     }
-    if let Some(hooks) = spec.hooks() {
-        let named = [
-            ("prestart", hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())),
-            ("createRuntime", hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty())),
-            ("createContainer", hooks.create_container().as_ref().is_some_and(|h| !h.is_empty())),
-            ("startContainer", hooks.start_container().as_ref().is_some_and(|h| !h.is_empty())),
-            ("poststart", hooks.poststart().as_ref().is_some_and(|h| !h.is_empty())),
-            ("poststop", hooks.poststop().as_ref().is_some_and(|h| !h.is_empty())),
-        ];
-        // Running a container without the hooks its spec names would skip whatever they
-        // set up (networking, devices, GPU drivers); refusing is the honest answer.
-        if let Some((name, _)) = named.iter().find(|(_, set)| *set) {
-            return Err(format!(
-                "hooks.{name}: minipod does not run OCI hooks yet: remove the hooks section or run them yourself around create and start"
-            ));
-        }
-    }
     let linux = spec.linux().as_ref().ok_or("no `linux` section: minipod runs Linux containers only")?;
     // Confinement the spec asks for and this kernel cannot give is refused, never
     // dropped: the container would run with less protection than its author chose.

@@ -162,7 +162,11 @@ impl Cgroup {
             for attempt in 0..3 {
                 if let Some(parent) = path.parent() {
                     if self.is_v1_cpuset(path) {
-                        create_cpuset_dirs(parent)?;
+                        match create_cpuset_dirs(parent) {
+                            // Removed by that delete while we filled it in.
+                            Err(_) if !parent.exists() && attempt < 2 => continue,
+                            other => other?,
+                        }
                     } else {
                         fs::create_dir_all(parent).map_err(|source| CgroupError::Create { path: parent.to_path_buf(), source })?;
                     }
@@ -556,28 +560,36 @@ fn host_has_swap() -> bool {
 /// Makes the v1 cpuset directories down to `path`, each given its parent's CPUs and
 /// memory nodes: a cpuset with none cannot take a process.
 fn create_cpuset_dirs(path: &Path) -> Result<(), CgroupError> {
-    if path.exists() {
-        return Ok(());
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            create_cpuset_dirs(parent)?;
+        }
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path: path.to_path_buf(), source }),
+        }
     }
-    if let Some(parent) = path.parent() {
-        create_cpuset_dirs(parent)?;
-    }
-    match fs::create_dir(path) {
-        Ok(()) => inherit_cpuset(path),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => inherit_cpuset(path),
-        Err(source) => Err(CgroupError::Create { path: path.to_path_buf(), source }),
-    }
+    // Also when it exists: a concurrent create may have made it a moment ago and not
+    // yet filled it in, and a child of an empty cpuset cannot be joined (ENOSPC).
+    inherit_cpuset(path)
 }
 
+/// Fills a v1 cpuset's empty `cpus` and `mems` from its parent (filling the parent
+/// first when a concurrent create left it empty too).
 fn inherit_cpuset(path: &Path) -> Result<(), CgroupError> {
     let Some(parent) = path.parent() else { return Ok(()) };
+    let read = |file: PathBuf| fs::read_to_string(&file).map(|v| v.trim().to_string()).map_err(|source| CgroupError::Read { file, source });
     for name in ["cpuset.cpus", "cpuset.mems"] {
         let file = path.join(name);
         if fs::read_to_string(&file).is_ok_and(|v| !v.trim().is_empty()) {
             continue;
         }
-        let value = fs::read_to_string(parent.join(name)).map_err(|source| CgroupError::Read { file: parent.join(name), source })?;
-        let value = value.trim().to_string();
+        let mut value = read(parent.join(name))?;
+        if value.is_empty() && !is_hierarchy_root(parent) {
+            inherit_cpuset(parent)?;
+            value = read(parent.join(name))?;
+        }
         fs::write(&file, &value).map_err(|source| CgroupError::Write { file, value, source })?;
     }
     Ok(())

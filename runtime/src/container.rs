@@ -300,6 +300,7 @@ impl Runtime {
             match chan.expect::<Report>()? {
                 Report::Started { .. } | Report::Exited(_) => return Ok(()),
                 Report::Failed(message) => return Err(ContainerError::Start { id: id.clone(), message }),
+                Report::Warning(w) => tracing::warn!(container = %id, "{w}"),
                 _ => continue,
             }
         }
@@ -327,6 +328,7 @@ impl Runtime {
             match chan.expect::<Report>() {
                 Ok(Report::Exited(status)) => break Ok(status),
                 Ok(Report::Failed(message)) => break Err(ContainerError::Start { id: id.clone(), message }),
+                Ok(Report::Warning(w)) => tracing::warn!(container = %id, "{w}"),
                 Ok(_) => continue,
                 Err(e) => break Err(e.into()),
             }
@@ -429,6 +431,7 @@ impl Runtime {
                 // Let the monitor record the exit and leave before its directory goes.
                 crate::pidfd::wait_gone(st.monitor_pid, st.monitor_start_time, KILL_WAIT);
                 removed?;
+                Self::poststop(&dir, &st);
             }
             // A create that crashed half-way left no state.json; nothing runs for it.
             Err(StateError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
@@ -438,6 +441,17 @@ impl Runtime {
         fs::remove_dir_all(&dir)
             .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .map_err(|source| ContainerError::Io { what: "removing state dir", path: dir, source })
+    }
+
+    /// The spec's `poststop` hooks, once the container is gone. The runtime spec makes
+    /// their failure a warning: the delete goes on.
+    fn poststop(dir: &Path, st: &ContainerState) {
+        let Ok(spec) = oci_spec::runtime::Spec::load(dir.join(SPEC_COPY)) else { return };
+        let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()) else { return };
+        let state = crate::hooks::state(st.id.as_str(), "stopped", None, &st.bundle, Some(&st.annotations));
+        for e in crate::hooks::run_each("poststop", Some(hooks), &state) {
+            tracing::warn!(container = %st.id, "{} (the container is deleted all the same)", crate::process::chain(&e));
+        }
     }
 
     /// Asks the monitor to start a new log file at the container's log path (after a

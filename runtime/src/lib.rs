@@ -23,7 +23,14 @@
 //!   no_new_privs, then blocks before exec until [`Runtime::start`]; the spec's
 //!   seccomp filter ([`seccomp`], compiled by libseccomp) is loaded last, right before
 //!   exec when no_new_privs allows it.
-//! - What a spec asks for and the host cannot give (hooks, user namespaces, AppArmor
+//! - The spec's OCI [`hooks`] run where the runtime spec puts them, each with the
+//!   container's state on stdin and killed at its timeout: `prestart` and
+//!   `createRuntime` by the monitor and `createContainer` by the init, once the init
+//!   is in its cgroup with its mounts made and before `pivot_root`; `startContainer` in
+//!   the container right before exec; `poststart` before `start` returns; `poststop`
+//!   at `delete`. A failing hook before the workload runs fails create (or start),
+//!   leaving nothing; `poststart` and `poststop` failures are warnings.
+//! - What a spec asks for and the host cannot give (user namespaces, AppArmor
 //!   or SELinux labels, cgroup settings with no file on this host) is refused at
 //!   create, naming the setting, never skipped.
 //! - State lives in `<root>/<id>/state.json`, written atomically by the monitor only.
@@ -55,6 +62,7 @@ pub mod cgroups;
 mod container;
 pub mod disk;
 pub mod embed;
+pub mod hooks;
 pub mod id;
 pub mod image;
 pub mod logs;

@@ -148,9 +148,10 @@ pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
     Ok(root.join(resolved))
 }
 
-/// Everything up to and including `pivot_root`, except cgroup filesystems: those must
-/// be mounted from inside the container's cgroup namespace, which can only be created
-/// once the process is in its cgroup. They are returned for [`mount_cgroups`].
+/// Every mount of the new root, before [`pivot`] (which waits for the cgroup and the
+/// OCI hooks that run before it), except cgroup filesystems: those must be mounted
+/// from inside the container's cgroup namespace, which can only be created once the
+/// process is in its cgroup. They are returned for [`mount_cgroups`].
 pub fn prepare(
     spec: &Spec,
     bundle: &Path,
@@ -199,7 +200,6 @@ pub fn prepare(
     let cgroup_mounts: Vec<Mount> = mounts.into_iter().filter(is_cgroup).collect();
     // The host's v1 hierarchies are only visible in mountinfo before the root switch.
     let hierarchies = if cgroup_mounts.is_empty() || crate::cgroups::is_unified() { vec![] } else { v1_hierarchies()? };
-    pivot(rootfs)?;
     Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies })
 }
 
@@ -450,7 +450,8 @@ fn make_device(path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, owne
     }
 }
 
-fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
+/// Makes `rootfs` the process's root and detaches the old one.
+pub fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
     nix::unistd::chdir(rootfs).map_err(merr(format!("entering {}", rootfs.display())))?;
     // Stacking the old root under the new one and detaching it avoids needing a
     // writable directory for it inside a (possibly read-only) rootfs.

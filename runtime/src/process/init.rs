@@ -57,6 +57,8 @@ pub enum InitError {
     Nul(String),
     #[error("applying the seccomp profile")]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
@@ -72,6 +74,8 @@ pub(crate) struct Prepared {
     /// A filter still to load right before exec (with no_new_privs, as runc does, so
     /// that it need not allow what the setup does).
     pub seccomp: Option<crate::seccomp::Program>,
+    /// The state `startContainer` hooks read, when the spec has any.
+    pub start_state: Option<String>,
 }
 
 /// Runs in the cloned child; never returns.
@@ -79,6 +83,14 @@ pub(super) fn run(chan: Channel, req: &CreateRequest, stdio: Vec<OwnedFd>, joins
     let code = match setup(&chan, req, stdio, joins) {
         Ok(prepared) => match chan.recv::<ToInit>() {
             Ok(Some(ToInit::Start)) => {
+                let hooks = req.spec.hooks().as_ref().and_then(|h| h.start_container().as_ref());
+                if let (Some(state), Some(_)) = (&prepared.start_state, hooks) {
+                    if let Err(e) = crate::hooks::run("startContainer", hooks, state) {
+                        let _ = chan.send(&FromInit::Failed(chain(&e)));
+                        // SAFETY: leave without unwinding into the monitor's copy of the stack.
+                        unsafe { libc::_exit(1) }
+                    }
+                }
                 let _ = chan.send(&FromInit::Execing);
                 let err = exec(&prepared);
                 let _ = chan.send(&FromInit::Failed(err));
@@ -131,9 +143,24 @@ fn setup(
     let cgroup_mounts = rootfs::prepare(spec, &req.bundle, &req.rootfs, req.overlay.as_ref(), &warn)?;
     match chan.recv_with_fds::<ToInit>()? {
         Some((ToInit::CgroupReady, join)) => crate::cgroups::join_self(&join)?,
-        Some((ToInit::Start, _)) => return Err(InitError::Protocol("start arrived before setup")),
+        Some(_) => return Err(InitError::Protocol("expected the cgroup first")),
         None => return Err(InitError::Channel(super::channel::ChannelError::Closed)),
     }
+    // The runtime spec puts prestart, createRuntime and createContainer after the
+    // environment is made and before pivot_root: they may still mount into the rootfs.
+    let mut start_state = None;
+    if crate::hooks::any_before_start(spec) {
+        chan.send(&FromInit::Hooks)?;
+        match chan.recv::<ToInit>()? {
+            Some(ToInit::HooksDone { creating, created }) => {
+                crate::hooks::run("createContainer", spec.hooks().as_ref().and_then(|h| h.create_container().as_ref()), &creating)?;
+                start_state = Some(created);
+            }
+            Some(_) => return Err(InitError::Protocol("expected the hooks' outcome")),
+            None => return Err(InitError::Channel(super::channel::ChannelError::Closed)),
+        }
+    }
+    rootfs::pivot(&req.rootfs)?;
     if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()) {
         // Only now: the namespace's root is the cgroup the process is in when it unshares.
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("creating the cgroup namespace"))?;
@@ -154,6 +181,7 @@ fn setup(
     set_rlimits(&process, &warn)?;
 
     let mut prepared = prepare_exec(&process)?;
+    prepared.start_state = start_state;
     let filter = req.seccomp.clone();
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(f), false) = (&filter, nnp) {
@@ -307,6 +335,7 @@ pub(crate) fn prepare_exec(process: &Process) -> Result<Prepared, InitError> {
         args: args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         env: env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
         seccomp: None,
+        start_state: None,
     })
 }
 

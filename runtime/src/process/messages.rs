@@ -91,6 +91,9 @@ pub enum Report {
 pub enum ToInit {
     /// The cgroup exists; its join files come along (see `Cgroup::open_join_files`).
     CgroupReady,
+    /// The monitor ran the `prestart` and `createRuntime` hooks; the states (JSON) that
+    /// the init's own `createContainer` and `startContainer` hooks read.
+    HooksDone { creating: String, created: String },
     /// Exec the workload.
     Start,
 }
@@ -99,6 +102,9 @@ pub enum ToInit {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromInit {
     Warning(String),
+    /// In its cgroup, mounts made, before `pivot_root`: run the runtime-side hooks and
+    /// answer `HooksDone` (sent only when the spec has hooks that run before start).
+    Hooks,
     /// Setup done; blocked until `Start`.
     Ready,
     /// `Start` received; execve follows (EOF after this means it succeeded).

@@ -49,6 +49,8 @@ pub enum MonitorError {
     Channel(#[from] super::channel::ChannelError),
     #[error("{0}")]
     Init(String),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     #[error("the container's init process exited during setup without saying why")]
     InitDied,
     #[error("recording the container's state")]
@@ -108,6 +110,7 @@ struct Monitor {
     sigchld: SignalFd,
     listener: Listener,
     log: Option<Log>,
+    hooks: oci_spec::runtime::Hooks,
 }
 
 /// The workload's stdout and stderr pipes and the CRI log they are copied into.
@@ -309,6 +312,16 @@ fn create(
             Some(FromInit::Warning(w)) => {
                 let _ = chan.send(&Report::Warning(w));
             }
+            Some(FromInit::Hooks) => {
+                let hooks = req.spec.hooks().clone().unwrap_or_default();
+                let state =
+                    |status| crate::hooks::state(req.id.as_str(), status, Some(pid.as_raw()), &req.bundle, req.spec.annotations().as_ref());
+                let creating = state("creating");
+                crate::hooks::run("prestart", hooks.prestart().as_ref(), &creating)
+                    .and_then(|()| crate::hooks::run("createRuntime", hooks.create_runtime().as_ref(), &creating))
+                    .map_err(|e| kill_init(e.into()))?;
+                to_init.send(&ToInit::HooksDone { creating, created: state("created") }).map_err(|e| kill_init(e.into()))?;
+            }
             Some(FromInit::Ready) => break,
             Some(FromInit::Failed(msg)) => return Err(kill_init(MonitorError::Init(msg))),
             Some(FromInit::Execing) | None => return Err(kill_init(MonitorError::InitDied)),
@@ -337,7 +350,8 @@ fn create(
     let listener = Listener::bind(&req.state_dir.join(SOCKET)).map_err(|e| kill_init(e.into()))?;
     st.save(&req.state_dir).map_err(|e| kill_init(e.into()))?;
     chan.send(&Report::Created { pid: pid.as_raw(), pid_start_time }).map_err(|e| kill_init(e.into()))?;
-    Ok(Monitor { state: st, state_dir: req.state_dir.clone(), init: to_init, pid, sigchld, listener, log })
+    let hooks = req.spec.hooks().clone().unwrap_or_default();
+    Ok(Monitor { state: st, state_dir: req.state_dir.clone(), init: to_init, pid, sigchld, listener, log, hooks })
 }
 
 impl Monitor {
@@ -350,8 +364,7 @@ impl Monitor {
         // SAFETY: malloc_trim only releases free memory of this single-threaded process.
         unsafe { libc::malloc_trim(0) };
         if start_now {
-            let reply = self.start();
-            let _ = creator.send(&reply);
+            self.start_for(&creator);
         }
         // Every connected client hears `Exited` at the end; one that hangs up is dropped.
         let mut clients = vec![creator];
@@ -404,8 +417,7 @@ impl Monitor {
                 let client = clients.remove(i);
                 match client.recv::<MonitorRequest>() {
                     Ok(Some(MonitorRequest::Start)) => {
-                        let reply = self.start();
-                        if client.send(&reply).is_ok() {
+                        if self.start_for(&client) {
                             clients.push(client);
                         }
                     }
@@ -441,6 +453,18 @@ impl Monitor {
         0
     }
 
+    /// Starts the workload and runs the `poststart` hooks before telling `client`,
+    /// as the runtime spec orders them; false when the client is gone.
+    fn start_for(&mut self, client: &Channel) -> bool {
+        let reply = self.start();
+        if matches!(reply, Report::Started { .. }) {
+            if let Some(warning) = self.poststart() {
+                let _ = client.send(&Report::Warning(warning));
+            }
+        }
+        client.send(&reply).is_ok()
+    }
+
     fn start(&mut self) -> Report {
         if self.state.status != Status::Created {
             return Report::Failed(format!(
@@ -458,7 +482,7 @@ impl Monitor {
             match self.init.recv::<FromInit>() {
                 Ok(Some(FromInit::Execing)) => execing = true,
                 Ok(Some(FromInit::Failed(msg))) => return Report::Failed(msg),
-                Ok(Some(FromInit::Warning(_) | FromInit::Ready)) => continue,
+                Ok(Some(FromInit::Warning(_) | FromInit::Ready | FromInit::Hooks)) => continue,
                 Ok(None) | Err(_) => break,
             }
         }
@@ -471,6 +495,16 @@ impl Monitor {
             return Report::Failed(chain(&e));
         }
         Report::Started { pid: self.pid.as_raw() }
+    }
+
+    /// The `poststart` hooks, once the workload runs. The runtime spec makes their
+    /// failure a warning: the container keeps running.
+    fn poststart(&self) -> Option<String> {
+        let hooks = self.hooks.poststart().as_ref()?;
+        let st = &self.state;
+        let state = crate::hooks::state(st.id.as_str(), "running", st.pid, &st.bundle, Some(&st.annotations));
+        let failed: Vec<String> = crate::hooks::run_each("poststart", Some(hooks), &state).iter().map(|e| chain(e)).collect();
+        (!failed.is_empty()).then(|| format!("{} (the container keeps running)", failed.join("; ")))
     }
 
     /// Reaps every exited child (orphans re-parent to us as subreaper); returns the
