@@ -7,7 +7,9 @@
 //!
 //! The same requests are then made by a Rust gRPC client holding one connection: that
 //! is minipod's share of each crictl number, without crictl's process start (a 40 MB Go
-//! binary) and connection set-up.
+//! binary) and connection set-up. That client also creates containers with each part of
+//! the hardened security context on its own, interleaved with plain ones, and prints
+//! what each part adds.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 fn stats(label: &str, mut v: Vec<Duration>) -> f64 {
     v.sort();
     let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-    println!("{label:<34} n={:<4} median {:>7.2} ms   p99 {:>7.2} ms", v.len(), pick(0.5), pick(0.99));
+    println!("{label:<44} n={:<4} median {:>7.2} ms   p99 {:>7.2} ms", v.len(), pick(0.5), pick(0.99));
     pick(0.5)
 }
 
@@ -166,11 +168,8 @@ fn main() {
     };
     let ours = c.measure("minipod serve", "bench/busybox:1", n);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
-    let (runp, start) = rt.block_on(direct(&sock, n));
+    rt.block_on(direct(&sock, n));
     drop(rt);
-    println!("the same over one gRPC connection (no crictl)");
-    stats("RunPodSandbox", runp);
-    stats("CreateContainer + StartContainer", start);
     drop(daemon);
 
     match which("containerd") {
@@ -237,9 +236,52 @@ fn which(name: &str) -> Option<PathBuf> {
 #[path = "crictl/containerd.rs"]
 mod containerd;
 
-/// RunPodSandbox, then CreateContainer + StartContainer, `n` times over one connection;
-/// removes what it made.
-async fn direct(sock: &Path, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+/// The parts of [`hardened`], one at a time and all together, as CRI messages.
+fn hardening_parts() -> Vec<(&'static str, k8s_cri::v1::LinuxContainerConfig)> {
+    use k8s_cri::v1 as cri;
+    let sc = |f: &dyn Fn(&mut cri::LinuxContainerSecurityContext)| {
+        let mut c = cri::LinuxContainerSecurityContext::default();
+        f(&mut c);
+        cri::LinuxContainerConfig { security_context: Some(c), ..Default::default() }
+    };
+    let user = |c: &mut cri::LinuxContainerSecurityContext| c.run_as_user = Some(cri::Int64Value { value: 1000 });
+    let ro = |c: &mut cri::LinuxContainerSecurityContext| c.readonly_rootfs = true;
+    let caps = |c: &mut cri::LinuxContainerSecurityContext| {
+        c.no_new_privs = true;
+        c.capabilities = Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
+    };
+    let seccomp = |c: &mut cri::LinuxContainerSecurityContext| {
+        c.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
+    };
+    let limits = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        ..Default::default()
+    };
+    let mut all = sc(&|c| {
+        user(c);
+        ro(c);
+        caps(c);
+        seccomp(c);
+    });
+    all.resources = Some(limits.clone());
+    vec![
+        ("plain", cri::LinuxContainerConfig::default()),
+        ("runAsUser 1000", sc(&user)),
+        ("read-only root", sc(&ro)),
+        ("drop ALL + no_new_privs", sc(&caps)),
+        ("seccomp RuntimeDefault", sc(&seccomp)),
+        ("memory + CPU limits", cri::LinuxContainerConfig { resources: Some(limits), ..Default::default() }),
+        ("hardened (all of the above)", all),
+    ]
+}
+
+/// RunPodSandbox, then CreateContainer + StartContainer for each of
+/// [`hardening_parts`] in turn (interleaved, so that drift hits every kind alike),
+/// over one connection; prints a line per kind and what it adds to the plain one.
+async fn direct(sock: &Path, n: usize) {
     use k8s_cri::v1 as cri;
     let path = sock.to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
@@ -250,40 +292,63 @@ async fn direct(sock: &Path, n: usize) -> (Vec<Duration>, Vec<Duration>) {
         .await
         .unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()));
     let mut client = cri::runtime_service_client::RuntimeServiceClient::new(channel);
-    let (mut runp, mut start, mut made) = (Vec::new(), Vec::new(), Vec::new());
+    let parts = hardening_parts();
+    let (mut runp, mut made) = (Vec::new(), Vec::new());
+    let mut start: Vec<Vec<Duration>> = vec![Vec::new(); parts.len()];
     for i in 0..n {
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: format!("g{i}"), namespace: "bench".into(), uid: format!("g{i}"), attempt: 0 }),
-            ..Default::default()
-        };
-        let t = Instant::now();
-        let id = client
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-            .into_inner()
-            .pod_sandbox_id;
-        runp.push(t.elapsed());
-        let ctr = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: "bench/busybox:1".into(), ..Default::default() }),
-            command: vec!["sleep".into(), "3600".into()],
-            ..Default::default()
-        };
-        let t = Instant::now();
-        let c = client
-            .create_container(cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(config) })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-            .into_inner()
-            .container_id;
-        client.start_container(cri::StartContainerRequest { container_id: c }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
-        start.push(t.elapsed());
-        made.push(id);
+        for (k, (_, linux)) in parts.iter().enumerate() {
+            let name = format!("g{i}-{k}");
+            let config = cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata { name: name.clone(), namespace: "bench".into(), uid: name, attempt: 0 }),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let id = client
+                .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+                .await
+                .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+                .into_inner()
+                .pod_sandbox_id;
+            runp.push(t.elapsed());
+            let ctr = cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
+                image: Some(cri::ImageSpec { image: "bench/busybox:1".into(), ..Default::default() }),
+                command: vec!["sleep".into(), "3600".into()],
+                linux: Some(linux.clone()),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let c = client
+                .create_container(cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(config) })
+                .await
+                .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+                .into_inner()
+                .container_id;
+            client.start_container(cri::StartContainerRequest { container_id: c }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
+            start[k].push(t.elapsed());
+            made.push(id);
+        }
+        // Keep the node as small as in the crictl runs: n pods at most.
+        if made.len() >= n {
+            for id in made.drain(..) {
+                let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await;
+                let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id }).await;
+            }
+        }
     }
     for id in made {
         let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await;
         let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id }).await;
     }
-    (runp, start)
+    println!("the same over one gRPC connection (no crictl)");
+    stats("RunPodSandbox", runp);
+    let mut plain = 0.0;
+    for (k, ((label, _), v)) in parts.iter().zip(start).enumerate() {
+        let median = stats(&format!("Create + Start: {label}"), v);
+        if k == 0 {
+            plain = median;
+        } else {
+            println!("{:<44} {:+.2} ms over plain", "", median - plain);
+        }
+    }
 }
