@@ -247,3 +247,71 @@ fn oci_hooks_run_in_order_with_the_state_and_a_failing_one_leaves_nothing() {
         assert!(!cgroup_dirs(&id).iter().any(|d| d.exists()), "{point}: cgroup left behind");
     }
 }
+
+#[test]
+fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("cgv2");
+    let mnt = h.base.join("cgroup2");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    // The node's cgroup2 hierarchy (on a v1 node it holds the controllers no v1
+    // hierarchy has bound), mounted in a mount namespace of the test's own: minipod
+    // sees a v2 node at MINIPOD_CGROUP_ROOT and the node's mounts do not change.
+    let in_v2 = |script: &str| -> (String, String) {
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-euc"])
+            .arg(format!("mount -t cgroup2 none {mnt_s}\nbefore=$(cat {mnt_s}/cgroup.subtree_control)\n{script}\n\
+                 # Put back the delegation minipod turned on, as it was (a cgroup left\n\
+                 # behind keeps it on and fails the test).\n\
+                 for c in $(cat {mnt_s}/cgroup.subtree_control); do case \" $before \" in *\" $c \"*) ;; *) echo -$c > {mnt_s}/cgroup.subtree_control || true;; esac; done"))
+            .env("MINIPOD_CGROUP_ROOT", &mnt)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (controllers, err) = in_v2(&format!("cat {mnt_s}/cgroup.controllers"));
+    assert!(err.is_empty(), "{err}");
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    let minipod = common::minipod_bin().display().to_string();
+    let root = h.root.display().to_string();
+    let run = |b: &common::TestBundle, name: &str| {
+        let id = h.id(name);
+        let dir = b.write().display().to_string();
+        in_v2(&format!(
+            "rc=0; {minipod} --root {root} run --bundle {dir} {id} || rc=$?; echo rc=$rc; test -e {mnt_s}/minipod && echo LEFT || true"
+        ))
+    };
+
+    // The container's /sys/fs/cgroup is its own cgroup2 (not v1 hierarchies), and
+    // a limit of a controller the hierarchy has is applied there.
+    let (file, value, resources) = if has("memory") {
+        ("memory.max", "67108864", json!({"memory": {"limit": 67108864}}))
+    } else if has("pids") {
+        ("pids.max", "42", json!({"pids": {"limit": 42}}))
+    } else if has("hugetlb") && std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists() {
+        ("hugetlb.2MB.max", "4194304", json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}))
+    } else {
+        ("cgroup.max.depth", "max", json!({}))
+    };
+    let mut b = h.bundle(&["sh", "-c", &format!("grep ^0:: /proc/self/cgroup; cat /sys/fs/cgroup/{file}")]);
+    b.config["linux"]["resources"] = resources;
+    let (out, err) = run(&b, "limited");
+    assert!(out.contains("rc=0"), "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0::/", "a cgroup namespace rooted at the container's cgroup: {out}");
+    assert_eq!(lines[1], value, "{file}: {out}");
+    assert!(!out.contains("LEFT"), "the cgroup outlived the container: {out}");
+
+    // A controller this v2 hierarchy lacks is refused by name, leaving nothing.
+    if !has("memory") {
+        let mut b = h.bundle(&["true"]);
+        b.config["linux"]["resources"] = json!({"memory": {"limit": 67108864}});
+        let (out, err) = run(&b, "nomem");
+        assert!(!out.contains("rc=0") && !out.contains("LEFT"), "{out} {err}");
+        assert!(err.contains("memory.max"), "{err}");
+    }
+}

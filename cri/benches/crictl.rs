@@ -251,7 +251,8 @@ fn hardening_parts() -> Vec<(&'static str, k8s_cri::v1::LinuxContainerConfig)> {
         c.capabilities = Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
     };
     let seccomp = |c: &mut cri::LinuxContainerSecurityContext| {
-        c.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
+        c.seccomp =
+            Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
     };
     let limits = cri::LinuxContainerResources {
         memory_limit_in_bytes: 64 << 20,
@@ -319,7 +320,11 @@ async fn direct(sock: &Path, n: usize) {
             };
             let t = Instant::now();
             let c = client
-                .create_container(cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(config) })
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: id.clone(),
+                    config: Some(ctr),
+                    sandbox_config: Some(config),
+                })
                 .await
                 .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
                 .into_inner()

@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 
-const ROOT: &str = "/sys/fs/cgroup";
+/// Where the node mounts its cgroup hierarchies unless `MINIPOD_CGROUP_ROOT` says
+/// otherwise (a node whose cgroupfs lives elsewhere, or a test that mounts a cgroup2
+/// hierarchy of its own in a mount namespace of its own).
+const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+fn root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| std::env::var_os("MINIPOD_CGROUP_ROOT").map_or_else(|| PathBuf::from(DEFAULT_ROOT), PathBuf::from))
+}
 /// v1 hierarchies a container gets a directory in (those the host mounts).
 const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "hugetlb", "systemd"];
 
@@ -48,9 +56,9 @@ pub enum CgroupError {
     },
 }
 
-/// Whether the host mounts cgroup v2 at /sys/fs/cgroup.
+/// Whether the host mounts cgroup v2 at /sys/fs/cgroup (or `MINIPOD_CGROUP_ROOT`).
 pub fn is_unified() -> bool {
-    nix::sys::statfs::statfs(ROOT).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    nix::sys::statfs::statfs(root()).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// The directories of one container's cgroup, one per hierarchy (one on v2).
@@ -83,9 +91,9 @@ impl Cgroup {
     pub fn at(relative: &Path) -> Self {
         let relative = relative.strip_prefix("/").unwrap_or(relative);
         if is_unified() {
-            return Self { paths: vec![Path::new(ROOT).join(relative)], unified: true };
+            return Self { paths: vec![root().join(relative)], unified: true };
         }
-        let paths = V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c)).filter(|p| p.is_dir()).map(|p| p.join(relative)).collect();
+        let paths = V1_CONTROLLERS.iter().map(|c| root().join(c)).filter(|p| p.is_dir()).map(|p| p.join(relative)).collect();
         Self { paths, unified: false }
     }
 
@@ -123,7 +131,7 @@ impl Cgroup {
         let (dir, file) = if self.unified {
             (self.paths.first(), "memory.events")
         } else {
-            (self.paths.iter().find(|p| p.starts_with(Path::new(ROOT).join("memory"))), "memory.oom_control")
+            (self.paths.iter().find(|p| p.starts_with(root().join("memory"))), "memory.oom_control")
         };
         dir.and_then(|d| fs::read_to_string(d.join(file)).ok())
             .and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
@@ -146,7 +154,9 @@ impl Cgroup {
         });
         if result.is_err() {
             for dir in made.iter().rev() {
-                let _ = remove_dir_waiting(dir);
+                if remove_dir_waiting(dir).is_ok() {
+                    remove_default_parent(dir);
+                }
             }
         }
         result
@@ -189,14 +199,14 @@ impl Cgroup {
     }
 
     fn is_v1_cpuset(&self, path: &Path) -> bool {
-        !self.unified && path.starts_with(Path::new(ROOT).join("cpuset"))
+        !self.unified && path.starts_with(root().join("cpuset"))
     }
 
     fn file(&self, controller: &str, name: &str) -> Option<PathBuf> {
         let dir = if self.unified {
             self.paths.first()?
         } else {
-            let hierarchy = Path::new(ROOT).join(controller);
+            let hierarchy = root().join(controller);
             self.paths.iter().find(|p| p.starts_with(&hierarchy))?
         };
         Some(dir.join(name))
@@ -207,7 +217,13 @@ impl Cgroup {
         let file = self.file(controller, name).filter(|f| f.exists()).ok_or_else(|| CgroupError::Unsupported {
             setting: name.to_string(),
             why: if self.unified {
-                format!("the cgroup v2 tree has no {name} (is the {controller} controller enabled?)")
+                let controller = name.split('.').next().unwrap_or(name);
+                let available =
+                    self.paths.first().and_then(|d| d.parent()).and_then(|p| fs::read_to_string(p.join("cgroup.controllers")).ok());
+                format!(
+                    "the cgroup v2 tree has no {name}: the {controller} controller is not available to it (available: {})",
+                    available.as_deref().map(str::trim).filter(|a| !a.is_empty()).unwrap_or("none")
+                )
             } else {
                 format!("no cgroup v1 {controller} hierarchy with {name} is mounted")
             },
@@ -408,7 +424,7 @@ impl Cgroup {
             let Some(f) = self.paths.first().map(|p| p.join("cgroup.freeze")) else { return false };
             (f, if on { "1" } else { "0" }, None)
         } else {
-            let hierarchy = Path::new(ROOT).join("freezer");
+            let hierarchy = root().join("freezer");
             let Some(dir) = self.paths.iter().find(|p| p.starts_with(&hierarchy)) else { return false };
             (dir.join("freezer.state"), if on { "FROZEN" } else { "THAWED" }, Some(if on { "FROZEN" } else { "THAWED" }))
         };
@@ -450,13 +466,18 @@ impl Cgroup {
                 first_err.get_or_insert(e);
                 continue;
             }
-            // The default parent (`minipod`, right under a hierarchy root) is ours: take
-            // it away once empty. rmdir fails harmlessly while siblings remain.
-            if let Some(parent) = path.parent().filter(|p| p.ends_with(DEFAULT_PARENT) && p.parent().is_some_and(is_hierarchy_root)) {
-                let _ = fs::remove_dir(parent);
-            }
+            remove_default_parent(path);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// The default parent (`minipod`, right under a hierarchy root) is ours: taken away
+/// once its last container's cgroup `path` is gone. rmdir fails harmlessly while
+/// siblings remain.
+fn remove_default_parent(path: &Path) {
+    if let Some(parent) = path.parent().filter(|p| p.ends_with(DEFAULT_PARENT) && p.parent().is_some_and(is_hierarchy_root)) {
+        let _ = fs::remove_dir(parent);
     }
 }
 
@@ -482,7 +503,7 @@ pub fn join_self(files: &[OwnedFd]) -> Result<(), CgroupError> {
 pub const DEFAULT_PARENT: &str = "minipod";
 
 fn is_hierarchy_root(p: &Path) -> bool {
-    p == Path::new(ROOT) || p.parent() == Some(Path::new(ROOT))
+    p == root() || p.parent() == Some(root())
 }
 
 fn remove_dir_waiting(path: &Path) -> Result<(), CgroupError> {
@@ -597,8 +618,8 @@ fn inherit_cpuset(path: &Path) -> Result<(), CgroupError> {
 
 /// On v2 a controller's files appear in a child only if every ancestor delegates it.
 fn enable_v2_controllers(path: &Path) -> Result<(), CgroupError> {
-    let mut dir = PathBuf::from(ROOT);
-    let rel = path.strip_prefix(ROOT).unwrap_or(path);
+    let mut dir = root().to_path_buf();
+    let rel = path.strip_prefix(root()).unwrap_or(path);
     for part in rel.components() {
         let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
         let wanted: Vec<String> = ["memory", "pids", "cpu", "cpuset", "hugetlb", "io"]

@@ -199,8 +199,10 @@ pub fn prepare(
     }
     let cgroup_mounts: Vec<Mount> = mounts.into_iter().filter(is_cgroup).collect();
     // The host's v1 hierarchies are only visible in mountinfo before the root switch.
-    let hierarchies = if cgroup_mounts.is_empty() || crate::cgroups::is_unified() { vec![] } else { v1_hierarchies()? };
-    Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies })
+    // Asked here too: after the root switch the node's cgroup mount is out of sight.
+    let unified = crate::cgroups::is_unified();
+    let hierarchies = if cgroup_mounts.is_empty() || unified { vec![] } else { v1_hierarchies()? };
+    Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies, unified })
 }
 
 /// A root filesystem stacked from read-only image layers and a writable upper dir.
@@ -228,6 +230,8 @@ pub struct DeferredCgroups {
     mounts: Vec<Mount>,
     /// (directory name, mount data) of each v1 hierarchy on the host.
     hierarchies: Vec<(String, String)>,
+    /// Whether the node runs cgroup v2.
+    unified: bool,
 }
 
 fn v1_hierarchies() -> Result<Vec<(String, String)>, RootfsError> {
@@ -257,7 +261,7 @@ pub fn mount_cgroups(deferred: &DeferredCgroups) -> Result<(), RootfsError> {
         let name = m.destination().display().to_string();
         let dest = secure_join(Path::new("/"), m.destination()).map_err(ioerr(format!("resolving mount destination {name}")))?;
         fs::create_dir_all(&dest).map_err(ioerr(format!("creating mount point {name}")))?;
-        mount_cgroup(&dest, parse_options(m.options().as_deref().unwrap_or_default()).flags, &deferred.hierarchies)?;
+        mount_cgroup(&dest, parse_options(m.options().as_deref().unwrap_or_default()).flags, deferred)?;
     }
     Ok(())
 }
@@ -349,9 +353,10 @@ fn remount_bind(dest: &Path, flags: MsFlags) -> Result<(), Errno> {
 
 /// A cgroup filesystem for the container: cgroup2 on a unified host; on v1 a tmpfs
 /// holding each hierarchy, each showing the container's cgroup namespace as its root.
-fn mount_cgroup(dest: &Path, flags: MsFlags, hierarchies: &[(String, String)]) -> Result<(), RootfsError> {
+fn mount_cgroup(dest: &Path, flags: MsFlags, deferred: &DeferredCgroups) -> Result<(), RootfsError> {
     let flags = flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if crate::cgroups::is_unified() {
+    let hierarchies = &deferred.hierarchies;
+    if deferred.unified {
         return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
             .map_err(merr(format!("mounting cgroup2 on {}", dest.display())));
     }

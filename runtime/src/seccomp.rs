@@ -621,7 +621,7 @@ pub fn program(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
 /// no_new_privs or CAP_SYS_ADMIN, as any filter does.
 pub fn install(p: &Program) -> Result<(), SeccompError> {
     let bytes: Vec<u8> = (0..p.0.len() / 2).filter_map(|i| u8::from_str_radix(p.0.get(2 * i..2 * i + 2)?, 16).ok()).collect();
-    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() != p.0.len() / 2 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() != p.0.len() / 2 {
         return Err(SeccompError::Export(std::io::Error::other("the filter program is garbled")));
     }
     let filter: Vec<libc::sock_filter> = bytes
