@@ -1,5 +1,10 @@
 //! Container cgroups on v1 hierarchies (as on these machines) or a v2 unified tree:
 //! create with limits, place a process, list members, remove.
+//!
+//! The hierarchies are found at `/sys/fs/cgroup`, or where `MINIPOD_CGROUP_ROOT`
+//! (read once per process) says: a node whose cgroupfs is mounted elsewhere, or a
+//! test that mounts a cgroup2 hierarchy in a mount namespace of its own. A limit
+//! whose file the host lacks is refused, naming it, never skipped.
 
 use std::fs;
 use std::io::{self, Write};
