@@ -410,11 +410,37 @@ fn volumes_mounted_just_before_create_and_after_start_reach_the_container() {
     assert_eq!(exec(&d, &slave, &["cat", "/vol/later/flag"]), "propagated");
     let inspect: Value = serde_json::from_str(&d.ok(&["inspect", &slave])).unwrap();
     assert_eq!(inspect["status"]["mounts"][0]["propagation"], "PROPAGATION_HOST_TO_CONTAINER", "{inspect}");
-    // Bidirectional is refused, not half done.
+    // Bidirectional (rshared): what the container mounts shows on the node, and its
+    // own root and system mounts do not.
+    let privileged = run_pod(&d, "volpriv", json!({ "security_context": { "privileged": true } }));
     let mut cfg = ctr_json("both", &["sleep", "300"]);
     cfg["mounts"] = mount(&shared, 2);
-    let err = d.fails(&["create", &pod.0, &d.write("both.json", &cfg), &pod.1]);
-    assert!(err.contains("bidirectional"), "{err}");
+    cfg["linux"] = json!({ "security_context": { "privileged": true } });
+    let both = d.ok(&["create", &privileged.0, &d.write("both.json", &cfg), &privileged.1]).trim().to_string();
+    d.ok(&["start", &both]);
+    exec(&d, &both, &["sh", "-c", "mkdir -p /vol/made && mount -t tmpfs made /vol/made && echo from-the-container > /vol/made/f"]);
+    assert_eq!(std::fs::read_to_string(shared.join("made/f")).unwrap().trim(), "from-the-container");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked: Vec<&str> = table
+        .lines()
+        .filter(|l| {
+            l.split(" - ").nth(1).is_some_and(|t| ["overlay ", "proc ", "devpts ", "mqueue ", "sysfs "].iter().any(|f| t.starts_with(f)))
+        })
+        .filter(|l| l.contains(d.h.base.to_str().unwrap()))
+        .collect();
+    assert!(leaked.is_empty(), "the container's own mounts reached the node: {leaked:?}");
+    let inspect: Value = serde_json::from_str(&d.ok(&["inspect", &both])).unwrap();
+    assert_eq!(inspect["status"]["mounts"][0]["propagation"], "PROPAGATION_BIDIRECTIONAL", "{inspect}");
+    // From a private mount it could not reach the node: refused, saying how to fix it.
+    let private = d.h.base.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let _private = NodeMount::tmpfs(&private);
+    assert!(std::process::Command::new("mount").arg("--make-private").arg(&private).status().unwrap().success());
+    cfg["mounts"] = mount(&private, 2);
+    cfg["metadata"]["name"] = json!("lonely");
+    let err = d.fails(&["create", &privileged.0, &d.write("private.json", &cfg), &privileged.1]);
+    assert!(err.contains("needs its source") && err.contains("mount --make-rshared"), "{err}");
+    d.ok(&["rmp", "-f", &privileged.0]);
     d.ok(&["rmp", "-f", &pod.0]);
 }
 

@@ -44,7 +44,7 @@ fn an_image_dev_symlink_cannot_make_device_nodes_on_the_host() {
 }
 
 #[test]
-fn host_wide_sysctls_shared_propagation_and_joined_mount_namespaces_are_refused() {
+fn host_wide_sysctls_unbindable_roots_and_joined_mount_namespaces_are_refused() {
     if not_root() {
         return;
     }
@@ -56,10 +56,10 @@ fn host_wide_sysctls_shared_propagation_and_joined_mount_namespaces_are_refused(
     assert!(err.contains("kernel.core_pattern is not namespaced"), "{err}");
 
     let mut b = h.bundle(&["true"]);
-    b.config["linux"]["rootfsPropagation"] = json!("rshared");
-    let (code, _, err) = h.run(&b, "shared");
+    b.config["linux"]["rootfsPropagation"] = json!("runbindable");
+    let (code, _, err) = h.run(&b, "unbindable");
     assert_ne!(code, 0);
-    assert!(err.contains("\"rshared\" is not supported yet"), "{err}");
+    assert!(err.contains("\"runbindable\" cannot hold a container root"), "{err}");
 
     let mut b = h.bundle(&["true"]);
     for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
@@ -314,4 +314,45 @@ fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
         assert!(!out.contains("rc=0") && !out.contains("LEFT"), "{out} {err}");
         assert!(err.contains("memory.max"), "{err}");
     }
+}
+
+/// A directory bound onto itself on the node and made shared, as a kubelet's volume
+/// dirs are; unmounted (lazily, with whatever propagated into it) on drop.
+struct SharedNodeDir(std::path::PathBuf);
+
+impl Drop for SharedNodeDir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_shared_root_carries_a_containers_mounts_to_the_node_and_nothing_else() {
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("rshared");
+    let vol = h.base.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let sh = |cmd: &str| assert!(std::process::Command::new("sh").args(["-c", cmd]).status().unwrap().success(), "{cmd}");
+    sh(&format!("mount --bind {0} {0}", vol.display()));
+    let _guard = SharedNodeDir(vol.clone());
+    sh(&format!("mount --make-rshared {}", vol.display()));
+
+    let mut b = h.bundle(&["sh", "-c", "mkdir -p /vol/made && mount -t tmpfs made /vol/made && echo from-the-container > /vol/made/f"]);
+    b.config["linux"]["rootfsPropagation"] = json!("rshared");
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/vol", "type": "bind", "source": vol.display().to_string(), "options": ["rbind", "rshared", "rw"]
+    }));
+    for set in ["bounding", "effective", "permitted"] {
+        b.config["process"]["capabilities"][set].as_array_mut().unwrap().push(json!("CAP_SYS_ADMIN"));
+    }
+    let (code, _, err) = h.run(&b, "both");
+    assert_eq!(code, 0, "{err}");
+    // The container's mount reached the node through the shared volume...
+    assert_eq!(std::fs::read_to_string(vol.join("made/f")).unwrap().trim(), "from-the-container");
+    // ...and its rootfs, /proc, /dev and the rest did not.
+    let rootfs = b.dir.join("rootfs");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!table.contains(rootfs.to_str().unwrap()), "the container's own mounts reached the node:\n{table}");
 }

@@ -117,9 +117,9 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
         }
     }
     match linux.rootfs_propagation().as_deref().unwrap_or("") {
-        "" | "rslave" | "slave" | "rprivate" | "private" => {}
-        other @ ("rshared" | "shared" | "runbindable" | "unbindable") => {
-            return Err(format!("linux.rootfsPropagation {other:?} is not supported yet: use rslave or rprivate"))
+        "" | "rslave" | "slave" | "rprivate" | "private" | "rshared" | "shared" => {}
+        other @ ("runbindable" | "unbindable") => {
+            return Err(format!("linux.rootfsPropagation {other:?} cannot hold a container root: use rslave, rprivate or rshared"))
         }
         other => return Err(format!("linux.rootfsPropagation {other:?} is not a propagation mode")),
     }

@@ -163,18 +163,28 @@ pub fn prepare(
     let propagation = match linux.rootfs_propagation().as_deref().unwrap_or("") {
         "" | "rslave" | "slave" => MsFlags::MS_SLAVE,
         "rprivate" | "private" => MsFlags::MS_PRIVATE,
-        // Shared would propagate every container mount into the host (and leave them
-        // there if setup fails); unbindable breaks the rootfs bind. Refuse, clearly.
-        other @ ("rshared" | "shared" | "runbindable" | "unbindable") => {
+        "rshared" | "shared" => MsFlags::MS_SHARED,
+        // Unbindable breaks the rootfs bind. Refuse, clearly.
+        other @ ("runbindable" | "unbindable") => {
             return Err(RootfsError::Spec(
                 "/".into(),
-                format!("linux.rootfsPropagation {other:?} is not supported yet: use rslave or rprivate"),
+                format!("linux.rootfsPropagation {other:?} cannot hold a container root: use rslave, rprivate or rshared"),
             ))
         }
         other => return Err(RootfsError::Spec("/".into(), format!("linux.rootfsPropagation {other:?} is not a propagation mode"))),
     };
-    // Nothing we mount may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).map_err(merr("making / a slave mount"))?;
+    // Nothing we mount may propagate back to the host (but through a shared root).
+    mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>)
+        .map_err(merr(format!("setting the propagation of / ({propagation:?})")))?;
+    if propagation == MsFlags::MS_SHARED {
+        // As runc does: the mount that holds the rootfs goes private, so the rootfs
+        // and all that setup mounts under it stay in this namespace; only binds of the
+        // node's shared mounts (Bidirectional volumes) keep their peers on the node.
+        if let Some((point, _)) = mount_holding(rootfs) {
+            mount(None::<&str>, &point, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(merr(format!("making {}, which holds the rootfs, private", point.display())))?;
+        }
+    }
     match overlay {
         // Mounted in the container's own mount namespace: it goes away with the
         // container, and a crash can leave no mount behind on the host.
@@ -203,6 +213,42 @@ pub fn prepare(
     let unified = crate::cgroups::is_unified();
     let hierarchies = if cgroup_mounts.is_empty() || unified { vec![] } else { v1_hierarchies()? };
     Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies, unified })
+}
+
+/// A mountinfo field with the kernel's octal escapes (`\040` for a space) decoded.
+pub(crate) fn unescape_mountinfo(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 4]).ok()?, 8).ok()?);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The mount that holds `path` in this process's mount table (the deepest mount
+/// point above it, the top one where mounts are stacked): its mount point and
+/// whether it is shared with a peer group.
+pub(crate) fn mount_holding(path: &Path) -> Option<(PathBuf, bool)> {
+    let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let path = fs::canonicalize(path).ok()?;
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in table.lines() {
+        let Some((left, _)) = line.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let Some(point) = fields.get(4).and_then(|p| unescape_mountinfo(p)).map(PathBuf::from) else { continue };
+        let deeper = best.as_ref().is_none_or(|(b, _)| point.components().count() >= b.components().count());
+        if path.starts_with(&point) && deeper {
+            best = Some((point, fields.iter().skip(6).any(|f| f.starts_with("shared:"))));
+        }
+    }
+    best
 }
 
 /// A root filesystem stacked from read-only image layers and a writable upper dir.
@@ -457,10 +503,18 @@ fn make_device(path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, owne
 
 /// Makes `rootfs` the process's root and detaches the old one.
 pub fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
+    let old_root =
+        nix::fcntl::open("/", nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(merr("opening the old root"))?;
     nix::unistd::chdir(rootfs).map_err(merr(format!("entering {}", rootfs.display())))?;
     // Stacking the old root under the new one and detaching it avoids needing a
     // writable directory for it inside a (possibly read-only) rootfs.
     nix::unistd::pivot_root(".", ".").map_err(merr("pivot_root"))?;
+    // Only the old root's tree goes slave (so detaching it unmounts nothing on the
+    // node): "." is the new root after pivot_root, and a recursive change there would
+    // cut the container's Bidirectional volumes off their peers on the node.
+    nix::unistd::fchdir(&old_root).map_err(merr("entering the old root"))?;
+    drop(old_root);
     mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
         .map_err(merr("making the old root a slave"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(merr("detaching the old root"))?;

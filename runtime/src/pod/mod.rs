@@ -964,13 +964,29 @@ impl Pods {
                 what: "the PID 1 holding its shared PID namespace is gone (killed from outside): remove the pod and make it again",
             });
         }
-        if let Some(m) = cfg.mounts.iter().find(|m| m.propagation == Propagation::Bidirectional) {
-            // Mounts made in the container reach the node only through a shared root,
-            // which would also push the container's own rootfs mounts out to the node.
-            return Err(PodError::Invalid(format!(
-                "mount {}: bidirectional propagation needs a shared container root, which minipod does not support yet: use HostToContainer",
-                m.container.display()
-            )));
+        for m in cfg.mounts.iter().filter(|m| m.propagation == Propagation::Bidirectional) {
+            // Mounts made in the container reach the node only through a mount that has
+            // peers on the node: from a private one they would silently stay inside.
+            match crate::rootfs::mount_holding(&m.host) {
+                Some((_, true)) => {}
+                Some((point, false)) => {
+                    return Err(PodError::Invalid(format!(
+                        "mount {}: bidirectional propagation needs its source {} on a shared mount of the node, and {} is not: \
+                         make it shared (mount --make-rshared {}) or use HostToContainer",
+                        m.container.display(),
+                        m.host.display(),
+                        point.display(),
+                        point.display()
+                    )))
+                }
+                None => {
+                    return Err(PodError::Invalid(format!(
+                        "mount {}: source {} not found on the node",
+                        m.container.display(),
+                        m.host.display()
+                    )))
+                }
+            }
         }
         let (lower, image) = match &cfg.source {
             RootfsSource::Image(r) => {

@@ -147,25 +147,9 @@ fn nsfs_mount_points(mountinfo: &str) -> Vec<String> {
         .lines()
         .filter_map(|line| {
             let (fields, rest) = line.split_once(" - ")?;
-            (rest.split_whitespace().next()? == "nsfs").then(|| unescape(fields.split_whitespace().nth(4)?))?
+            (rest.split_whitespace().next()? == "nsfs").then(|| crate::rootfs::unescape_mountinfo(fields.split_whitespace().nth(4)?))?
         })
         .collect()
-}
-
-fn unescape(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 4]).ok()?, 8).ok()?);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use super::files::FILES;
-use super::record::{ContainerRecord, PodRecord};
+use super::record::{ContainerRecord, PodRecord, Propagation};
 use super::security::{self, AccountFiles, Credentials, PidNamespace};
 use super::ContainerConfig;
 use crate::image::ImageConfig;
@@ -208,6 +208,11 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
             "source": m.host.display().to_string(),
             "options": ["rbind", m.propagation.option(), if m.readonly { "ro" } else { "rw" }]
         }));
+    }
+    if cfg.mounts.iter().any(|m| m.propagation == Propagation::Bidirectional) {
+        // As containerd: a container's mounts reach the node only from a shared root
+        // (the rootfs itself is kept private to the container, see rootfs::prepare).
+        spec["linux"]["rootfsPropagation"] = "rshared".into();
     }
     let mut annotations: serde_json::Map<String, serde_json::Value> =
         ctr.annotations.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
