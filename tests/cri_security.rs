@@ -482,3 +482,49 @@ fn a_host_network_pod_serves_on_the_nodes_own_addresses() {
     // The node namespace is untouched by the removal.
     assert!(TestNode::in_ns(&node.node_ns(), &["ip", "link", "show", "lo"]).status.success());
 }
+
+#[test]
+fn node_devices_reach_the_container_with_the_permissions_asked_for() {
+    if not_root() {
+        return;
+    }
+    // /dev/net/tun is in no default allow-list and opens without capabilities: a write
+    // open the device cgroup refuses fails with EPERM, one it allows gets past it.
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("skipped: this node has no /dev/net/tun");
+        return;
+    }
+    let (_node, d) = daemon("cridev");
+    let pod = run_pod(&d, "dev", json!({}));
+    let with_devices = |name: &str, devices: Value| {
+        let mut cfg = ctr_json(name, &["sleep", "300"]);
+        cfg["devices"] = devices;
+        d.write(&format!("{name}.json"), &cfg)
+    };
+    let tun = |path: &str, perms: &str| json!({ "container_path": path, "host_path": "/dev/net/tun", "permissions": perms });
+    // The device cgroup knows devices by number, not path: one container each.
+    let start = |name: &str, devices: Value| {
+        let id = d.ok(&["create", &pod.0, &with_devices(name, devices), &pod.1]).trim().to_string();
+        d.ok(&["start", &id]);
+        id
+    };
+    let write = |id: &str, path: &str| exec(&d, id, &["sh", "-c", &format!("exec 2>&1; echo x > {path}; true")]);
+    let rw = start("rw", json!([tun("/dev/tun-rw", "rw")]));
+    let allowed = write(&rw, "/dev/tun-rw");
+    assert!(allowed.contains("File descriptor in bad state"), "rw: the write open must reach the device: {allowed}");
+    let r = start("r", json!([tun("/dev/net/tun-r", "r")]));
+    let denied = write(&r, "/dev/net/tun-r");
+    assert!(denied.contains("Operation not permitted"), "r only, yet: {denied}");
+    assert_eq!(exec(&d, &r, &["stat", "-c", "%t:%T", "/dev/net/tun-r"]), "a:c8", "10:200 in hex");
+
+    // What cannot be a device, or a permission that does not exist, is refused by name.
+    for (devices, needle) in [
+        (json!([{ "container_path": "/dev/x", "host_path": "/etc/hostname", "permissions": "rw" }]), "is not a character or block device"),
+        (json!([tun("/dev/x", "rwx")]), "use some of r, w and m"),
+        (json!([{ "container_path": "/dev/x", "host_path": "/dev/no-such-device", "permissions": "r" }]), "not found on the node"),
+    ] {
+        let err = d.fails(&["create", &pod.0, &with_devices("bad", devices), &pod.1]);
+        assert!(err.contains(needle), "{err}");
+    }
+    d.ok(&["rmp", "-f", &pod.0]);
+}

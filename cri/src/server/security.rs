@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_cri::v1 as cri;
-use minipod_runtime::pod::{GroupsPolicy, PidNamespace, Resources, RunAs, Seccomp, Security};
+use minipod_runtime::pod::{DeviceMapping, GroupsPolicy, PidNamespace, Resources, RunAs, Seccomp, Security};
 use tonic::Status;
 
 /// Annotation marking a sandbox whose security context is privileged.
@@ -188,13 +188,19 @@ pub fn container(
     pod_host_network: bool,
     target_pid: Option<i32>,
 ) -> Result<(Security, Resources, Option<i32>), Status> {
-    if !cfg.devices.is_empty() {
-        return Err(precondition("devices: host devices for containers are not supported by minipod yet"));
-    }
     if !cfg.cdi_devices.is_empty() {
         return Err(precondition("CDI_devices: CDI devices are not supported by minipod"));
     }
-    let mut sec = Security { no_new_privs: false, ..Default::default() };
+    let devices = cfg
+        .devices
+        .iter()
+        .map(|d| DeviceMapping {
+            host: d.host_path.clone().into(),
+            container: d.container_path.clone().into(),
+            access: d.permissions.clone(),
+        })
+        .collect();
+    let mut sec = Security { no_new_privs: false, devices, ..Default::default() };
     let mut resources = Resources::default();
     let mut oom = None;
     let Some(linux) = &cfg.linux else { return Ok((sec, resources, oom)) };

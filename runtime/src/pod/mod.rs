@@ -51,7 +51,7 @@ pub use record::{
     BindMount, ContainerRecord, DnsConfig, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus, Propagation, RootfsSource,
 };
 pub use resources::Resources;
-pub use security::{GroupsPolicy, PidNamespace, RunAs, Seccomp, Security, SecurityError};
+pub use security::{DeviceMapping, GroupsPolicy, PidNamespace, RunAs, Seccomp, Security, SecurityError};
 pub use spec::ProcessOverrides;
 pub use sweep::SweepReport;
 

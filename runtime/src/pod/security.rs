@@ -28,6 +28,20 @@ pub enum SecurityError {
     Unsupported { what: String, why: String },
     #[error("capability {name} is not in this node's bounding set, so no container here can have it: drop it from the request")]
     NotGranted { name: String },
+    #[error("device {host}: {why}")]
+    Device { host: PathBuf, why: String },
+}
+
+/// A device of the node the container gets (the CRI's `devices`, as a kubelet's
+/// device plugins ask for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMapping {
+    /// A device node of the node, or a directory of them (taken whole, as containerd does).
+    pub host: PathBuf,
+    /// Where it appears in the container; empty: the host path.
+    pub container: PathBuf,
+    /// Some of `r`, `w`, `m` (mknod); empty: all three.
+    pub access: String,
 }
 
 /// Who the workload runs as.
@@ -101,6 +115,8 @@ pub struct Security {
     pub sysctls: BTreeMap<String, String>,
     /// `None`: the pod's when it shares one, else the container's own.
     pub pid: Option<PidNamespace>,
+    /// Node devices made in the container's /dev and allowed by its device cgroup.
+    pub devices: Vec<DeviceMapping>,
 }
 
 impl Default for Security {
@@ -121,6 +137,7 @@ impl Default for Security {
             seccomp: Seccomp::Unconfined,
             sysctls: BTreeMap::new(),
             pid: None,
+            devices: vec![],
         }
     }
 }
@@ -290,10 +307,76 @@ pub fn capabilities(sec: &Security) -> Result<(BTreeSet<String>, BTreeSet<String
     Ok((set, ambient))
 }
 
+/// The OCI `linux.devices` entries and device cgroup rules of `mappings`.
+pub fn mapped_devices(mappings: &[DeviceMapping]) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>), SecurityError> {
+    let (mut nodes, mut rules) = (Vec::new(), Vec::new());
+    for m in mappings {
+        let err = |why: String| SecurityError::Device { host: m.host.clone(), why };
+        let access = if m.access.is_empty() { "rwm" } else { m.access.as_str() };
+        if !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(err(format!("permissions {access:?}: use some of r, w and m")));
+        }
+        let container = if m.container.as_os_str().is_empty() { &m.host } else { &m.container };
+        if !m.host.is_absolute() || !container.is_absolute() {
+            return Err(err(format!("host and container paths must be absolute (container path {})", container.display())));
+        }
+        let md = std::fs::metadata(&m.host).map_err(|e| err(format!("not found on the node ({e})")))?;
+        let found = if md.is_dir() {
+            let mut found = Vec::new();
+            walk_devices(&m.host, &mut found);
+            found.into_iter().filter_map(|(path, node)| Some((container.join(path.strip_prefix(&m.host).ok()?), node))).collect()
+        } else {
+            let node = device_node(&m.host, &md).ok_or_else(|| err("is not a character or block device".into()))?;
+            vec![(container.clone(), node)]
+        };
+        for (path, mut node) in found {
+            rules.push(serde_json::json!({ "allow": true, "type": node["type"], "major": node["major"], "minor": node["minor"], "access": access }));
+            node["path"] = path.display().to_string().into();
+            nodes.push(node);
+        }
+    }
+    Ok((nodes, rules))
+}
+
+/// A device node as an OCI `linux.devices` entry (its path still to be set).
+fn device_node(path: &std::path::Path, md: &std::fs::Metadata) -> Option<serde_json::Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let typ = if md.file_type().is_char_device() {
+        "c"
+    } else if md.file_type().is_block_device() {
+        "b"
+    } else {
+        return None;
+    };
+    let rdev = md.rdev();
+    Some(serde_json::json!({
+        "path": path.display().to_string(),
+        "type": typ,
+        "major": libc::major(rdev),
+        "minor": libc::minor(rdev),
+        "fileMode": md.mode() & 0o7777,
+        "uid": md.uid(),
+        "gid": md.gid(),
+    }))
+}
+
+/// Every device node under `dir` (not following symlinks), with its entry.
+fn walk_devices(dir: &std::path::Path, out: &mut Vec<(PathBuf, serde_json::Value)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&path) else { continue };
+        if md.is_dir() {
+            walk_devices(&path, out);
+        } else if let Some(node) = device_node(&path, &md) {
+            out.push((path, node));
+        }
+    }
+}
+
 /// Every device node under the node's `/dev` (pseudo-terminals and shared memory
 /// aside), for a privileged container, as OCI `linux.devices` entries.
 pub fn host_devices() -> Vec<serde_json::Value> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = Vec::new();
     let mut dirs = vec![PathBuf::from("/dev")];
     while let Some(dir) = dirs.pop() {
@@ -301,8 +384,7 @@ pub fn host_devices() -> Vec<serde_json::Value> {
         for e in entries.flatten() {
             let path = e.path();
             let Ok(md) = std::fs::symlink_metadata(&path) else { continue };
-            let ft = md.file_type();
-            if ft.is_dir() {
+            if md.is_dir() {
                 if !matches!(path.to_str(), Some("/dev/pts" | "/dev/shm" | "/dev/mqueue" | "/dev/fd")) {
                     dirs.push(path);
                 }
@@ -312,23 +394,7 @@ pub fn host_devices() -> Vec<serde_json::Value> {
             if matches!(path.to_str(), Some("/dev/console" | "/dev/ptmx")) {
                 continue;
             }
-            let typ = if ft.is_char_device() {
-                "c"
-            } else if ft.is_block_device() {
-                "b"
-            } else {
-                continue;
-            };
-            let rdev = md.rdev();
-            out.push(serde_json::json!({
-                "path": path.display().to_string(),
-                "type": typ,
-                "major": libc::major(rdev),
-                "minor": libc::minor(rdev),
-                "fileMode": md.mode() & 0o7777,
-                "uid": md.uid(),
-                "gid": md.gid(),
-            }));
+            out.extend(device_node(&path, &md));
         }
     }
     out

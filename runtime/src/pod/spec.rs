@@ -170,6 +170,17 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
             spec["linux"]["readonlyPaths"] = serde_json::to_value(paths).map_err(|e| e.to_string())?;
         }
     }
+    if !sec.devices.is_empty() {
+        let (nodes, rules) = security::mapped_devices(&sec.devices).map_err(|e| e.to_string())?;
+        let mut all = spec["linux"]["devices"].as_array().cloned().unwrap_or_default();
+        // A privileged container has the node's devices at their own paths already.
+        let taken: Vec<serde_json::Value> = all.iter().map(|d| d["path"].clone()).collect();
+        all.extend(nodes.into_iter().filter(|n| !taken.contains(&n["path"])));
+        spec["linux"]["devices"] = all.into();
+        if let Some(list) = resources["devices"].as_array_mut() {
+            list.extend(rules);
+        }
+    }
     spec["linux"]["resources"] = resources;
     if let Some(parent) = &pod.cgroup_parent {
         spec["linux"]["cgroupsPath"] = parent.join(ctr.id.as_str()).display().to_string().into();
