@@ -222,13 +222,7 @@ fn fields_that_cannot_be_honoured_are_refused_by_name_and_leave_nothing() {
             "NOT_A_CAP",
         ),
         ("priv", json!({ "security_context": { "privileged": true } }), json!({}), "privileged", "sandbox"),
-        (
-            "dev",
-            json!({}),
-            json!({ "devices": [{ "container_path": "/dev/x", "host_path": "/dev/null", "permissions": "rwm" }] }),
-            "FailedPrecondition",
-            "devices",
-        ),
+        ("dev", json!({}), json!({ "CDI_devices": [{ "name": "vendor.com/gpu=0" }] }), "FailedPrecondition", "CDI devices"),
         ("user", json!({ "security_context": { "run_as_username": "nosuchuser" } }), json!({}), "nosuchuser", "passwd"),
         (
             "seccomp",

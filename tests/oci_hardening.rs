@@ -260,13 +260,22 @@ fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
     // The node's cgroup2 hierarchy (on a v1 node it holds the controllers no v1
     // hierarchy has bound), mounted in a mount namespace of the test's own: minipod
     // sees a v2 node at MINIPOD_CGROUP_ROOT and the node's mounts do not change.
+    // On a v2 node that hierarchy is the node's own, shared with the other tests and
+    // the node's services: its delegation is left alone and only our cgroup checked.
+    let node_v2 = minipod_runtime::cgroups::is_unified();
+    let restore = if node_v2 {
+        String::new()
+    } else {
+        format!(
+            "# Put back the delegation minipod turned on, as it was (a cgroup left\n\
+             # behind keeps it on and fails the test).\n\
+             for c in $(cat {mnt_s}/cgroup.subtree_control); do case \" $before \" in *\" $c \"*) ;; *) echo -$c > {mnt_s}/cgroup.subtree_control || true;; esac; done"
+        )
+    };
     let in_v2 = |script: &str| -> (String, String) {
         let out = std::process::Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-euc"])
-            .arg(format!("mount -t cgroup2 none {mnt_s}\nbefore=$(cat {mnt_s}/cgroup.subtree_control)\n{script}\n\
-                 # Put back the delegation minipod turned on, as it was (a cgroup left\n\
-                 # behind keeps it on and fails the test).\n\
-                 for c in $(cat {mnt_s}/cgroup.subtree_control); do case \" $before \" in *\" $c \"*) ;; *) echo -$c > {mnt_s}/cgroup.subtree_control || true;; esac; done"))
+            .arg(format!("mount -t cgroup2 none {mnt_s}\nbefore=$(cat {mnt_s}/cgroup.subtree_control)\n{script}\n{restore}"))
             .env("MINIPOD_CGROUP_ROOT", &mnt)
             .stdin(std::process::Stdio::null())
             .output()
@@ -281,9 +290,8 @@ fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
     let run = |b: &common::TestBundle, name: &str| {
         let id = h.id(name);
         let dir = b.write().display().to_string();
-        in_v2(&format!(
-            "rc=0; {minipod} --root {root} run --bundle {dir} {id} || rc=$?; echo rc=$rc; test -e {mnt_s}/minipod && echo LEFT || true"
-        ))
+        let left = if node_v2 { format!("{mnt_s}/minipod/{id}") } else { format!("{mnt_s}/minipod") };
+        in_v2(&format!("rc=0; {minipod} --root {root} run --bundle {dir} {id} || rc=$?; echo rc=$rc; test -e {left} && echo LEFT || true"))
     };
 
     // The container's /sys/fs/cgroup is its own cgroup2 (not v1 hierarchies), and
@@ -355,4 +363,12 @@ fn a_shared_root_carries_a_containers_mounts_to_the_node_and_nothing_else() {
     let rootfs = b.dir.join("rootfs");
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!table.contains(rootfs.to_str().unwrap()), "the container's own mounts reached the node:\n{table}");
+
+    // A shared bind from the mount that holds the rootfs would silently stay private.
+    let plain = h.base.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    b.config["mounts"].as_array_mut().unwrap().last_mut().unwrap()["source"] = json!(plain.display().to_string());
+    let (code, _, err) = h.run(&b, "same");
+    assert_ne!(code, 0);
+    assert!(err.contains("holds the container's rootfs"), "{err}");
 }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -44,6 +45,17 @@ pub fn state(id: &str, status: &str, pid: Option<i32>, bundle: &Path, annotation
         s["annotations"] = serde_json::to_value(a).unwrap_or_default();
     }
     s.to_string()
+}
+
+/// `state` with another status.
+pub fn with_status(state: &str, status: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(state) {
+        Ok(mut v) => {
+            v["status"] = status.into();
+            v.to_string()
+        }
+        Err(_) => state.to_string(),
+    }
 }
 
 /// Whether the spec has hooks that run before the workload does (these need the
@@ -80,17 +92,46 @@ fn run_one(point: &'static str, h: &Hook, state: &str) -> Result<(), HookError> 
             cmd.env(k, v);
         }
     }
+    // A group of its own, so that a timeout kills what the hook started too.
+    cmd.process_group(0);
+    // A hook that exits without reading its state must not kill us with SIGPIPE (the
+    // init and monitor run with default dispositions); the hook gets the default back.
+    let _sigpipe = IgnoreSigpipe::new();
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|source| HookError::Spawn {
         point,
         path: path.clone(),
         source,
     })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its state is free to; a broken pipe is no failure.
-        let _ = stdin.write_all(state.as_bytes());
+    let mut stdin = child.stdin.take();
+    let mut stderr = child.stderr.take();
+    for fd in [stdin.as_ref().map(|f| f.as_fd()), stderr.as_ref().map(|f| f.as_fd())].into_iter().flatten() {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
     }
+    let mut unsent = state.as_bytes();
+    let mut said = Vec::new();
     let deadline = h.timeout().filter(|t| *t > 0).map(|t| (t, Instant::now() + Duration::from_secs(t as u64)));
+    // The state is fed and stderr kept (16 KiB of it) while waiting, never blocking:
+    // a hook that reads nothing or writes much cannot outlast its timeout.
     let status = loop {
+        if let Some(w) = &mut stdin {
+            match w.write(unsent) {
+                Ok(n) => unsent = &unsent[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => unsent = &[],
+            }
+            if unsent.is_empty() {
+                stdin = None;
+            }
+        }
+        if let Some(r) = &mut stderr {
+            let mut buf = [0u8; 4096];
+            match r.read(&mut buf) {
+                Ok(0) => stderr = None,
+                Ok(n) => said.extend_from_slice(&buf[..n.min((16 << 10) - said.len().min(16 << 10))]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => stderr = None,
+            }
+        }
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
@@ -98,7 +139,7 @@ fn run_one(point: &'static str, h: &Hook, state: &str) -> Result<(), HookError> 
         }
         if let Some((secs, at)) = deadline {
             if Instant::now() >= at {
-                let _ = child.kill();
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(HookError::TimedOut { point, path, secs });
             }
@@ -108,17 +149,41 @@ fn run_one(point: &'static str, h: &Hook, state: &str) -> Result<(), HookError> 
     if status.success() {
         return Ok(());
     }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
+    // What it wrote last, without waiting for anything it left running.
+    if let Some(r) = &mut stderr {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = r.read(&mut buf) {
+            said.extend_from_slice(&buf[..n.min((16 << 10) - said.len().min(16 << 10))]);
+        }
     }
-    let stderr = stderr.trim();
+    let said = String::from_utf8_lossy(&said);
+    let said = said.trim();
     Err(HookError::Failed {
         point,
         path,
         status: status.to_string(),
-        stderr: if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+        stderr: if said.is_empty() { String::new() } else { format!(": {said}") },
     })
+}
+
+/// SIGPIPE ignored while it lives; the disposition before restored on drop.
+struct IgnoreSigpipe(Option<nix::sys::signal::SigHandler>);
+
+impl IgnoreSigpipe {
+    fn new() -> Self {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: SIG_IGN installs no handler code.
+        Self(unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.ok())
+    }
+}
+
+impl Drop for IgnoreSigpipe {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            // SAFETY: puts back the disposition that was there before.
+            let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, old) };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +207,16 @@ mod tests {
         assert_eq!((got["id"].as_str(), got["pid"].as_i64(), got["status"].as_str()), (Some("c1"), Some(42), Some("creating")));
         let err = run("createRuntime", Some(&vec![hook(&["sh", "-c", "echo nope >&2; exit 3"], None)]), &state).unwrap_err();
         assert!(err.to_string().contains("createRuntime hook /bin/sh failed") && err.to_string().contains("nope"), "{err}");
-        let err = run("poststart", Some(&vec![hook(&["sh", "-c", "sleep 5"], Some(1))]), &state).unwrap_err();
+        // What a timed-out hook started dies with it.
+        let err = run("poststart", Some(&vec![hook(&["sh", "-c", "sleep 5 & echo $! > \"$OUT\"; wait"], Some(1))]), &state).unwrap_err();
+        assert!(matches!(err, HookError::TimedOut { secs: 1, .. }), "{err}");
+        let sleeper: i32 = std::fs::read_to_string(&out).unwrap().trim().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "the hook's child outlived its timeout: {stat}");
+        // A hook that neither reads a large state nor exits is still timed out.
+        let big = "x".repeat(1 << 20);
+        let err = run("prestart", Some(&vec![hook(&["sh", "-c", "sleep 5"], Some(1))]), &big).unwrap_err();
         assert!(matches!(err, HookError::TimedOut { secs: 1, .. }), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

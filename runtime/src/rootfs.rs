@@ -180,10 +180,28 @@ pub fn prepare(
         // As runc does: the mount that holds the rootfs goes private, so the rootfs
         // and all that setup mounts under it stay in this namespace; only binds of the
         // node's shared mounts (Bidirectional volumes) keep their peers on the node.
-        if let Some((point, _)) = mount_holding(rootfs) {
-            mount(None::<&str>, &point, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-                .map_err(merr(format!("making {}, which holds the rootfs, private", point.display())))?;
+        let (point, _) = mount_holding(rootfs).ok_or_else(|| {
+            RootfsError::Spec("/".into(), format!("no mount holds the rootfs {} in /proc/self/mountinfo", rootfs.display()))
+        })?;
+        // A shared bind from that same mount would be private too, and the container's
+        // mounts would silently stay inside: refused instead.
+        for m in spec.mounts().iter().flatten() {
+            let opts = m.options().clone().unwrap_or_default();
+            let (Some(source), true) = (m.source(), opts.iter().any(|o| o == "rshared" || o == "shared")) else { continue };
+            if mount_holding(source).is_some_and(|(p, _)| p == point) {
+                return Err(RootfsError::Spec(
+                    m.destination().display().to_string(),
+                    format!(
+                        "its source {} is on the mount {} that holds the container's rootfs, which must stay private to the container: \
+                         give the volume a mount of its own (mount --bind DIR DIR; mount --make-rshared DIR)",
+                        source.display(),
+                        point.display()
+                    ),
+                ));
+            }
         }
+        mount(None::<&str>, &point, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(merr(format!("making {}, which holds the rootfs, private", point.display())))?;
     }
     match overlay {
         // Mounted in the container's own mount namespace: it goes away with the
@@ -493,12 +511,24 @@ fn make_device(path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, owne
             Ok(())
         }
         Err(Errno::EPERM) => {
-            let host = PathBuf::from(format!("/dev/char/{major}:{minor}"));
+            let dir = if kind == SFlag::S_IFBLK { "block" } else { "char" };
+            let host = PathBuf::from(format!("/dev/{dir}/{major}:{minor}"));
             fs::File::create(path).map_err(ioerr(what()))?;
             mount(Some(&host), path, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(merr(what()))
         }
         Err(e) => Err(merr(what())(e)),
     }
+}
+
+/// After [`pivot`]: a spec that asks for a shared root gets its new `/` shared too
+/// (in a peer group of the container's own), as runc leaves it.
+pub fn share_new_root(spec: &Spec) -> Result<(), RootfsError> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    if matches!(linux.rootfs_propagation().as_deref(), Some("rshared" | "shared")) {
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+            .map_err(merr("making the new root shared"))?;
+    }
+    Ok(())
 }
 
 /// Makes `rootfs` the process's root and detaches the old one.

@@ -172,10 +172,18 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     }
     if !sec.devices.is_empty() {
         let (nodes, rules) = security::mapped_devices(&sec.devices).map_err(|e| e.to_string())?;
+        for n in &nodes {
+            // Made after the mounts: inside a volume the node would be made on the node.
+            let path = Path::new(n["path"].as_str().unwrap_or_default());
+            if let Some(m) = cfg.mounts.iter().find(|m| path.starts_with(&m.container)) {
+                return Err(format!("device {}: inside the volume at {}; put it elsewhere", path.display(), m.container.display()));
+            }
+        }
         let mut all = spec["linux"]["devices"].as_array().cloned().unwrap_or_default();
-        // A privileged container has the node's devices at their own paths already.
-        let taken: Vec<serde_json::Value> = all.iter().map(|d| d["path"].clone()).collect();
-        all.extend(nodes.into_iter().filter(|n| !taken.contains(&n["path"])));
+        // A privileged container has the node's devices at their own paths already:
+        // the mapping asked for wins.
+        all.retain(|d| !nodes.iter().any(|n| n["path"] == d["path"]));
+        all.extend(nodes);
         spec["linux"]["devices"] = all.into();
         if let Some(list) = resources["devices"].as_array_mut() {
             list.extend(rules);

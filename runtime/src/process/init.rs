@@ -152,15 +152,16 @@ fn setup(
     if crate::hooks::any_before_start(spec) {
         chan.send(&FromInit::Hooks)?;
         match chan.recv::<ToInit>()? {
-            Some(ToInit::HooksDone { creating, created }) => {
-                crate::hooks::run("createContainer", spec.hooks().as_ref().and_then(|h| h.create_container().as_ref()), &creating)?;
-                start_state = Some(created);
+            Some(ToInit::HooksDone { state }) => {
+                crate::hooks::run("createContainer", spec.hooks().as_ref().and_then(|h| h.create_container().as_ref()), &state)?;
+                start_state = Some(crate::hooks::with_status(&state, "created"));
             }
             Some(_) => return Err(InitError::Protocol("expected the hooks' outcome")),
             None => return Err(InitError::Channel(super::channel::ChannelError::Closed)),
         }
     }
     rootfs::pivot(&req.rootfs)?;
+    rootfs::share_new_root(spec)?;
     if namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()) {
         // Only now: the namespace's root is the cgroup the process is in when it unshares.
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("creating the cgroup namespace"))?;

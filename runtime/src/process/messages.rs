@@ -91,9 +91,10 @@ pub enum Report {
 pub enum ToInit {
     /// The cgroup exists; its join files come along (see `Cgroup::open_join_files`).
     CgroupReady,
-    /// The monitor ran the `prestart` and `createRuntime` hooks; the states (JSON) that
-    /// the init's own `createContainer` and `startContainer` hooks read.
-    HooksDone { creating: String, created: String },
+    /// The monitor ran the `prestart` and `createRuntime` hooks; the state (JSON) that
+    /// the init's own `createContainer` hooks read (`startContainer` ones read it with
+    /// the status `created`).
+    HooksDone { state: String },
     /// Exec the workload.
     Start,
 }

@@ -314,13 +314,12 @@ fn create(
             }
             Some(FromInit::Hooks) => {
                 let hooks = req.spec.hooks().clone().unwrap_or_default();
-                let state =
-                    |status| crate::hooks::state(req.id.as_str(), status, Some(pid.as_raw()), &req.bundle, req.spec.annotations().as_ref());
-                let creating = state("creating");
+                let creating =
+                    crate::hooks::state(req.id.as_str(), "creating", Some(pid.as_raw()), &req.bundle, req.spec.annotations().as_ref());
                 crate::hooks::run("prestart", hooks.prestart().as_ref(), &creating)
                     .and_then(|()| crate::hooks::run("createRuntime", hooks.create_runtime().as_ref(), &creating))
                     .map_err(|e| kill_init(e.into()))?;
-                to_init.send(&ToInit::HooksDone { creating, created: state("created") }).map_err(|e| kill_init(e.into()))?;
+                to_init.send(&ToInit::HooksDone { state: creating }).map_err(|e| kill_init(e.into()))?;
             }
             Some(FromInit::Ready) => break,
             Some(FromInit::Failed(msg)) => return Err(kill_init(MonitorError::Init(msg))),
