@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use common::cri::{ctr_json, pod_json, Daemon};
 use common::node::TestNode;
-use common::{not_root, Harness};
+use common::{not_root, Harness, NodeMount};
 use serde_json::{json, Value};
 
 fn daemon(name: &str) -> (TestNode, Daemon) {
@@ -342,32 +342,6 @@ fn host_pod_and_container_pid_namespaces() {
     let _ = a;
     d.ok(&["rmp", "-f", &shared.0]);
     d.ok(&["rmp", "-f", &own.0]);
-}
-
-/// A mount the test made on the node; unmounted (lazily) on drop.
-struct NodeMount(PathBuf);
-
-impl NodeMount {
-    fn tmpfs(at: &std::path::Path) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        assert!(std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(at).status().unwrap().success());
-        NodeMount(at.to_path_buf())
-    }
-
-    /// `at` bound onto itself and made a shared mount, as a kubelet's volume dirs are.
-    fn shared(at: &std::path::Path) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        assert!(std::process::Command::new("mount").args(["--bind"]).arg(at).arg(at).status().unwrap().success());
-        let guard = NodeMount(at.to_path_buf());
-        assert!(std::process::Command::new("mount").args(["--make-rshared"]).arg(at).status().unwrap().success());
-        guard
-    }
-}
-
-impl Drop for NodeMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

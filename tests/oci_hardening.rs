@@ -324,16 +324,6 @@ fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
     }
 }
 
-/// A directory bound onto itself on the node and made shared, as a kubelet's volume
-/// dirs are; unmounted (lazily, with whatever propagated into it) on drop.
-struct SharedNodeDir(std::path::PathBuf);
-
-impl Drop for SharedNodeDir {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_shared_root_carries_a_containers_mounts_to_the_node_and_nothing_else() {
     if not_root() {
@@ -341,11 +331,7 @@ fn a_shared_root_carries_a_containers_mounts_to_the_node_and_nothing_else() {
     }
     let h = Harness::new("rshared");
     let vol = h.base.join("vol");
-    std::fs::create_dir_all(&vol).unwrap();
-    let sh = |cmd: &str| assert!(std::process::Command::new("sh").args(["-c", cmd]).status().unwrap().success(), "{cmd}");
-    sh(&format!("mount --bind {0} {0}", vol.display()));
-    let _guard = SharedNodeDir(vol.clone());
-    sh(&format!("mount --make-rshared {}", vol.display()));
+    let _guard = common::NodeMount::shared(&vol);
 
     let mut b = h.bundle(&["sh", "-c", "mkdir -p /vol/made && mount -t tmpfs made /vol/made && echo from-the-container > /vol/made/f"]);
     b.config["linux"]["rootfsPropagation"] = json!("rshared");

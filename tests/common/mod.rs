@@ -202,3 +202,29 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// A mount the test made on the node; unmounted (lazily) on drop.
+pub struct NodeMount(pub PathBuf);
+
+impl NodeMount {
+    pub fn tmpfs(at: &std::path::Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        assert!(std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(at).status().unwrap().success());
+        NodeMount(at.to_path_buf())
+    }
+
+    /// `at` bound onto itself and made a shared mount, as a kubelet's volume dirs are.
+    pub fn shared(at: &std::path::Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        assert!(std::process::Command::new("mount").args(["--bind"]).arg(at).arg(at).status().unwrap().success());
+        let guard = NodeMount(at.to_path_buf());
+        assert!(std::process::Command::new("mount").args(["--make-rshared"]).arg(at).status().unwrap().success());
+        guard
+    }
+}
+
+impl Drop for NodeMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.0).status();
+    }
+}

@@ -109,7 +109,10 @@ impl Channel {
             let mut iov = [IoSliceMut::new(&mut buf)];
             match socket::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Err(nix::Error::EINTR) => continue,
-                Err(nix::Error::ECONNRESET) => return Ok(None),
+                // The peer left with a message of ours unread. The kernel reports that
+                // once, before what the peer sent last (an init's report of why it
+                // failed): read on, to that and then to the end.
+                Err(nix::Error::ECONNRESET) => continue,
                 Err(e) => return Err(ChannelError::Recv(e)),
                 Ok(msg) => {
                     if msg.flags.contains(MsgFlags::MSG_TRUNC) {
