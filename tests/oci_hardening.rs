@@ -237,7 +237,9 @@ fn oci_hooks_run_in_order_with_the_state_and_a_failing_one_leaves_nothing() {
     ];
     for (point, hook, needle) in failing {
         let mut b = h.bundle(&["true"]);
-        b.config["hooks"] = json!({ point: [hook] });
+        // Once a hook has run, the lifecycle goes on to delete and its poststop hooks.
+        let undone = h.base.join(format!("{point}.undone"));
+        b.config["hooks"] = json!({ point: [hook], "poststop": [{"path": "/bin/touch", "args": ["touch", undone.display().to_string()]}] });
         let id = h.id(point);
         let out = h.minipod(&["run", "--bundle", b.write().to_str().unwrap(), &id]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -245,6 +247,7 @@ fn oci_hooks_run_in_order_with_the_state_and_a_failing_one_leaves_nothing() {
         assert!(err.contains(&format!("{point} hook")) && err.contains(needle), "{point}: {err}");
         assert!(!h.state_dir(&id).exists(), "{point}: state left behind");
         assert!(!cgroup_dirs(&id).iter().any(|d| d.exists()), "{point}: cgroup left behind");
+        assert!(undone.exists(), "{point}: poststop did not run");
     }
 }
 

@@ -17,7 +17,8 @@
 //! each with its monitor, so they outlive the process that made them.
 //!
 //! A container's [`Security`] (user and groups resolved in its image, capabilities,
-//! privileged, read-only root, seccomp, PID namespace) and [`Resources`] (cgroup
+//! privileged, read-only root, seccomp, PID namespace, node devices) and its mounts
+//! (Bidirectional ones get a shared container root) and [`Resources`] (cgroup
 //! limits, changeable later with [`Pods::update_container_resources`]) become its OCI
 //! spec in [`spec`]; a pod's `cgroup_parent` holds its containers' cgroups, as a
 //! kubelet's cgroupfs layout expects.

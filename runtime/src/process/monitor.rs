@@ -86,20 +86,37 @@ pub(super) fn run(chan: Channel, req: &CreateRequest, mut stdio: Vec<OwnedFd>) -
     // SAFETY: mallopt with integer arguments, in this single-threaded process.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let cgroup = Cgroup::at(&req.cgroup);
-    let mut cgroup_made = false;
-    match create(&chan, req, &cgroup, stdio, template, &mut cgroup_made) {
+    let mut made = Made::default();
+    match create(&chan, req, &cgroup, stdio, template, &mut made) {
         Ok(monitor) => monitor.serve(chan, req.start),
         Err(e) => {
             // Undo everything this create made: the creator may be gone (Ctrl-C) and
             // nobody else would. Only a cgroup we created is ours to remove.
-            if cgroup_made {
+            if made.cgroup {
                 let _ = cgroup.remove();
+            }
+            if made.hooks {
+                // The runtime spec goes on to delete, and so to poststop, once a hook
+                // has run: whatever prestart set up gets its chance to be undone.
+                let hooks = req.spec.hooks().as_ref().and_then(|h| h.poststop().as_ref());
+                let state = crate::hooks::state(req.id.as_str(), "stopped", None, &req.bundle, req.spec.annotations().as_ref());
+                for w in crate::hooks::run_each("poststop", hooks, &state) {
+                    let _ = chan.send(&Report::Warning(chain(&w)));
+                }
             }
             let _ = std::fs::remove_dir_all(&req.state_dir);
             let _ = chan.send(&Report::Failed(chain(&e)));
             1
         }
     }
+}
+
+/// What a create has made so far, for its rollback.
+#[derive(Default)]
+struct Made {
+    cgroup: bool,
+    /// Hooks ran (or began to): poststop is owed.
+    hooks: bool,
 }
 
 struct Monitor {
@@ -198,7 +215,7 @@ fn create(
     cgroup: &Cgroup,
     mut stdio: Vec<OwnedFd>,
     template: Option<OwnedFd>,
-    cgroup_made: &mut bool,
+    made: &mut Made,
 ) -> Result<Monitor, MonitorError> {
     let log = match &req.log {
         Some(path) => {
@@ -302,7 +319,7 @@ fn create(
     // While the init builds its rootfs (which needs no cgroup), create the cgroup and
     // hand the init the files through which it moves itself in (the cheap way in).
     cgroup.create(linux.resources().as_ref()).map_err(|e| kill_init(e.into()))?;
-    *cgroup_made = true;
+    made.cgroup = true;
     let join = cgroup.open_join_files().map_err(|e| kill_init(e.into()))?;
     let raw: Vec<i32> = join.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     to_init.send_with_fds(&ToInit::CgroupReady, &raw).map_err(|e| kill_init(e.into()))?;
@@ -313,6 +330,7 @@ fn create(
                 let _ = chan.send(&Report::Warning(w));
             }
             Some(FromInit::Hooks) => {
+                made.hooks = true;
                 let hooks = req.spec.hooks().clone().unwrap_or_default();
                 let creating =
                     crate::hooks::state(req.id.as_str(), "creating", Some(pid.as_raw()), &req.bundle, req.spec.annotations().as_ref());
