@@ -496,3 +496,36 @@ fn node_devices_reach_the_container_with_the_permissions_asked_for() {
     }
     d.ok(&["rmp", "-f", &pod.0]);
 }
+
+#[test]
+fn a_container_whose_create_has_not_returned_is_not_listed() {
+    if not_root() {
+        return;
+    }
+    let (_node, d) = daemon("criinflight");
+    let pod = run_pod(&d, "inflight", json!({}));
+    let real = run_ctr(&d, &pod, "real", &["sleep", "300"], json!({}));
+    // What a CreateContainer still running has made: the record, not yet the runtime
+    // container. A kubelet that saw it listed asked for its status and got NotFound.
+    let containers = d.h.root.join("pods").join(&pod.0).join("containers");
+    let record = std::fs::read_dir(&containers)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("container.json"))
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&real)))
+        .expect("the real container's record");
+    let mut ghost: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let name = ghost["name"].as_str().unwrap().replace("real", "ghost");
+    let ghost_id = ghost["id"].as_str().unwrap().replace("real", "ghost");
+    ghost["name"] = json!(name);
+    ghost["id"] = json!(ghost_id);
+    let dir = containers.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("container.json"), ghost.to_string()).unwrap();
+
+    let listed = d.ok(&["ps", "-a", "-q"]);
+    assert!(listed.contains(&real), "{listed}");
+    assert!(!listed.contains(&ghost_id), "a container whose create has not returned was listed: {listed}");
+    assert!(d.fails(&["inspect", &ghost_id]).contains("NotFound"));
+    d.ok(&["rmp", "-f", &pod.0]);
+}

@@ -134,10 +134,16 @@ pub(super) fn fs_usage(mountpoint: &std::path::Path, u: DiskUsage) -> cri::Files
     }
 }
 
-fn container(pods: &Pods, c: &ContainerRecord) -> cri::Container {
-    let state =
-        pods.container_state(c).map(|s| convert::container_state(s.live_status())).unwrap_or(cri::ContainerState::ContainerUnknown as i32);
-    cri::Container {
+/// A container as ListContainers shows it; `None` while its CreateContainer is still
+/// running (its record is written before its runtime state): a kubelet that saw it
+/// listed would ask for its status and get NotFound.
+fn container(pods: &Pods, c: &ContainerRecord) -> Option<cri::Container> {
+    let state = match pods.container_state(c) {
+        Ok(s) => convert::container_state(s.live_status()),
+        Err(PodError::Container(minipod_runtime::ContainerError::NotFound { .. })) => return None,
+        Err(_) => cri::ContainerState::ContainerUnknown as i32,
+    };
+    Some(cri::Container {
         id: c.id.to_string(),
         pod_sandbox_id: c.pod.to_string(),
         metadata: Some(convert::container_metadata(c)),
@@ -148,7 +154,7 @@ fn container(pods: &Pods, c: &ContainerRecord) -> cri::Container {
         created_at: convert::nanos(Some(&c.created)),
         labels: convert::to_hash(&c.labels),
         annotations: convert::user_annotations(&c.annotations),
-    }
+    })
 }
 
 /// CPU and memory of a container's cgroup, now.
@@ -576,7 +582,7 @@ impl RuntimeService for Server {
                 .filter(|c| filter.id.is_empty() || c.id.as_str().starts_with(&filter.id))
                 .filter(|c| filter.pod_sandbox_id.is_empty() || c.pod.as_str().starts_with(&filter.pod_sandbox_id))
                 .filter(|c| selects(&c.labels, &filter.label_selector))
-                .map(|c| container(p, c))
+                .filter_map(|c| container(p, c))
                 .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
                 .collect())
         })
