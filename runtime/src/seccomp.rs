@@ -449,13 +449,28 @@ const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 pub fn profile_json(profile: &Seccomp, caps: &BTreeSet<String>) -> Result<Option<serde_json::Value>, SeccompError> {
     match profile {
         Seccomp::Unconfined => Ok(None),
-        Seccomp::RuntimeDefault => Ok(Some(default_profile(caps))),
+        Seccomp::RuntimeDefault => {
+            // Built once per capability set: each container of a daemon asks again.
+            use std::collections::HashMap;
+            use std::sync::{Mutex, OnceLock};
+            static BUILT: OnceLock<Mutex<HashMap<BTreeSet<String>, serde_json::Value>>> = OnceLock::new();
+            let built = BUILT.get_or_init(Default::default);
+            if let Some(v) = built.lock().ok().and_then(|b| b.get(caps).cloned()) {
+                return Ok(Some(v));
+            }
+            let v = default_profile(caps);
+            if let Ok(mut b) = built.lock() {
+                b.insert(caps.clone(), v.clone());
+            }
+            Ok(Some(v))
+        }
         Seccomp::Profile(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| SeccompError::Read { path: path.clone(), source })?;
             let parsed: LinuxSeccomp =
                 serde_json::from_str(&text).map_err(|e| SeccompError::Parse { path: path.clone(), message: e.to_string() })?;
-            // Compiled once here so that a bad profile fails at create, not in the init.
-            compile(&parsed)?;
+            // Compiled here (once per profile) so that a bad one fails at create, not in
+            // the init.
+            program(&parsed)?;
             serde_json::to_value(&parsed).map(Some).map_err(|e| SeccompError::Parse { path: path.clone(), message: e.to_string() })
         }
     }
@@ -592,16 +607,12 @@ pub struct Program(String);
 
 /// The profile's program, compiled once per distinct profile in this process.
 pub fn program(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
-    use std::collections::HashMap;
-    use std::hash::{Hash, Hasher};
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<u64, Program>>> = OnceLock::new();
-    let text = serde_json::to_vec(profile).unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    let key = h.finish();
+    // Few distinct profiles (the default one per capability set, some Localhost ones):
+    // comparing them is cheaper than serialising each to hash it.
+    static CACHE: OnceLock<Mutex<Vec<(LinuxSeccomp, Program)>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(p) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+    if let Some(p) = cache.lock().ok().and_then(|c| c.iter().find(|(known, _)| known == profile).map(|(_, p)| p.clone())) {
         return Ok(p);
     }
     let ctx = compile(profile)?;
@@ -617,7 +628,7 @@ pub fn program(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let p = Program(hex);
     if let Ok(mut c) = cache.lock() {
-        c.insert(key, p.clone());
+        c.push((profile.clone(), p.clone()));
     }
     Ok(p)
 }
