@@ -35,7 +35,7 @@ if ! command -v cargo >/dev/null; then
     done
 fi
 if ! command -v cargo >/dev/null; then
-    echo "setup.sh: no cargo found: install Rust 1.85 or newer (rustup) and run this again" >&2
+    echo "setup.sh: no cargo found: install Rust 1.88 or newer (rustup) and run this again" >&2
     exit 1
 fi
 

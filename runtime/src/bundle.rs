@@ -116,13 +116,7 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
             return Err(format!("linux.namespaces lists the {} namespace twice", ns.typ()));
         }
     }
-    match linux.rootfs_propagation().as_deref().unwrap_or("") {
-        "" | "rslave" | "slave" | "rprivate" | "private" | "rshared" | "shared" => {}
-        other @ ("runbindable" | "unbindable") => {
-            return Err(format!("linux.rootfsPropagation {other:?} cannot hold a container root: use rslave, rprivate or rshared"))
-        }
-        other => return Err(format!("linux.rootfsPropagation {other:?} is not a propagation mode")),
-    }
+    crate::rootfs::root_propagation(spec)?;
     if !has(LinuxNamespaceType::Mount) {
         return Err("linux.namespaces has no mount namespace: minipod needs one to set up the rootfs".into());
     }

@@ -448,7 +448,7 @@ impl Runtime {
     fn poststop(dir: &Path, st: &ContainerState) {
         let Ok(spec) = oci_spec::runtime::Spec::load(dir.join(SPEC_COPY)) else { return };
         let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()) else { return };
-        let state = crate::hooks::state(st.id.as_str(), "stopped", None, &st.bundle, Some(&st.annotations));
+        let state = st.oci_state().to_string();
         for e in crate::hooks::run_each("poststop", Some(hooks), &state) {
             tracing::warn!(container = %st.id, "{} (the container is deleted all the same)", crate::process::chain(&e));
         }

@@ -160,19 +160,7 @@ pub fn prepare(
     warn: &dyn Fn(String),
 ) -> Result<DeferredCgroups, RootfsError> {
     let linux = spec.linux().clone().unwrap_or_default();
-    let propagation = match linux.rootfs_propagation().as_deref().unwrap_or("") {
-        "" | "rslave" | "slave" => MsFlags::MS_SLAVE,
-        "rprivate" | "private" => MsFlags::MS_PRIVATE,
-        "rshared" | "shared" => MsFlags::MS_SHARED,
-        // Unbindable breaks the rootfs bind. Refuse, clearly.
-        other @ ("runbindable" | "unbindable") => {
-            return Err(RootfsError::Spec(
-                "/".into(),
-                format!("linux.rootfsPropagation {other:?} cannot hold a container root: use rslave, rprivate or rshared"),
-            ))
-        }
-        other => return Err(RootfsError::Spec("/".into(), format!("linux.rootfsPropagation {other:?} is not a propagation mode"))),
-    };
+    let propagation = root_propagation(spec).map_err(|e| RootfsError::Spec("/".into(), e))?;
     // Nothing we mount may propagate back to the host (but through a shared root).
     mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>)
         .map_err(merr(format!("setting the propagation of / ({propagation:?})")))?;
@@ -180,7 +168,8 @@ pub fn prepare(
         // As runc does: the mount that holds the rootfs goes private, so the rootfs
         // and all that setup mounts under it stay in this namespace; only binds of the
         // node's shared mounts (Bidirectional volumes) keep their peers on the node.
-        let (point, _) = mount_holding(rootfs).ok_or_else(|| {
+        let table = fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("reading /proc/self/mountinfo"))?;
+        let (point, _) = mount_holding_in(&table, rootfs).ok_or_else(|| {
             RootfsError::Spec("/".into(), format!("no mount holds the rootfs {} in /proc/self/mountinfo", rootfs.display()))
         })?;
         // A shared bind from that same mount would be private too, and the container's
@@ -188,7 +177,7 @@ pub fn prepare(
         for m in spec.mounts().iter().flatten() {
             let opts = m.options().clone().unwrap_or_default();
             let (Some(source), true) = (m.source(), opts.iter().any(|o| o == "rshared" || o == "shared")) else { continue };
-            if mount_holding(source).is_some_and(|(p, _)| p == point) {
+            if mount_holding_in(&table, source).is_some_and(|(p, _)| p == point) {
                 return Err(RootfsError::Spec(
                     m.destination().display().to_string(),
                     format!(
@@ -233,6 +222,21 @@ pub fn prepare(
     Ok(DeferredCgroups { mounts: cgroup_mounts, hierarchies, unified })
 }
 
+/// The propagation the spec's `linux.rootfsPropagation` asks for (rslave when unset);
+/// an error says why a value cannot hold a container root.
+pub fn root_propagation(spec: &Spec) -> Result<MsFlags, String> {
+    match spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()).unwrap_or("") {
+        "" | "rslave" | "slave" => Ok(MsFlags::MS_SLAVE),
+        "rprivate" | "private" => Ok(MsFlags::MS_PRIVATE),
+        "rshared" | "shared" => Ok(MsFlags::MS_SHARED),
+        // Unbindable breaks the rootfs bind.
+        other @ ("runbindable" | "unbindable") => {
+            Err(format!("linux.rootfsPropagation {other:?} cannot hold a container root: use rslave, rprivate or rshared"))
+        }
+        other => Err(format!("linux.rootfsPropagation {other:?} is not a propagation mode")),
+    }
+}
+
 /// A mountinfo field with the kernel's octal escapes (`\040` for a space) decoded.
 pub(crate) fn unescape_mountinfo(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -254,7 +258,11 @@ pub(crate) fn unescape_mountinfo(s: &str) -> Option<String> {
 /// point above it, the top one where mounts are stacked): its mount point and
 /// whether it is shared with a peer group.
 pub(crate) fn mount_holding(path: &Path) -> Option<(PathBuf, bool)> {
-    let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_holding_in(&fs::read_to_string("/proc/self/mountinfo").ok()?, path)
+}
+
+/// [`mount_holding`] in a mountinfo table already read.
+fn mount_holding_in(table: &str, path: &Path) -> Option<(PathBuf, bool)> {
     let path = fs::canonicalize(path).ok()?;
     let mut best: Option<(PathBuf, bool)> = None;
     for line in table.lines() {
@@ -523,8 +531,7 @@ fn make_device(path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, owne
 /// After [`pivot`]: a spec that asks for a shared root gets its new `/` shared too
 /// (in a peer group of the container's own), as runc leaves it.
 pub fn share_new_root(spec: &Spec) -> Result<(), RootfsError> {
-    let linux = spec.linux().clone().unwrap_or_default();
-    if matches!(linux.rootfs_propagation().as_deref(), Some("rshared" | "shared")) {
+    if root_propagation(spec).is_ok_and(|p| p == MsFlags::MS_SHARED) {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
             .map_err(merr("making the new root shared"))?;
     }

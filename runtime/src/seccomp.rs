@@ -649,7 +649,12 @@ pub fn install(p: &Program) -> Result<(), SeccompError> {
             k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
         })
         .collect();
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+    // The kernel takes at most BPF_MAXINSNS (4096) instructions; a longer program
+    // must not be cut to a prefix by the u16 length.
+    let len = u16::try_from(filter.len()).map_err(|_| {
+        SeccompError::Export(std::io::Error::other(format!("the filter has {} instructions, more than a filter can", filter.len())))
+    })?;
+    let prog = libc::sock_fprog { len, filter: filter.as_ptr() as *mut libc::sock_filter };
     // SAFETY: prog points at `filter`, alive for the call; the kernel copies it.
     let r = unsafe {
         libc::syscall(libc::SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog as *const libc::sock_fprog)

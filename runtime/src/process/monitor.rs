@@ -518,8 +518,7 @@ impl Monitor {
     /// failure a warning: the container keeps running.
     fn poststart(&self) -> Option<String> {
         let hooks = self.hooks.poststart().as_ref()?;
-        let st = &self.state;
-        let state = crate::hooks::state(st.id.as_str(), "running", st.pid, &st.bundle, Some(&st.annotations));
+        let state = self.state.oci_state().to_string();
         let failed: Vec<String> = crate::hooks::run_each("poststart", Some(hooks), &state).iter().map(|e| chain(e)).collect();
         (!failed.is_empty()).then(|| format!("{} (the container keeps running)", failed.join("; ")))
     }
