@@ -229,12 +229,20 @@ impl Runtime {
         let stdio = opts.stdio.fds()?;
         let mut raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
         raw.extend(opts.mount_template.as_ref().map(|t| t.as_raw_fd()));
+        // Compiled by the bundle check already: a cache hit.
+        let seccomp = linux.seccomp().as_ref().map(crate::seccomp::program).transpose()?;
+        // The init loads the compiled filter: the profile itself (hundreds of names)
+        // need not be encoded, sent and decoded again by a process that starts cold.
+        let mut spec = bundle.spec.clone();
+        if let Some(l) = spec.linux_mut() {
+            l.set_seccomp(None);
+        }
         let request = HelperRequest::Create(Box::new(CreateRequest {
             id: id.clone(),
             bundle: bundle.dir.clone(),
             rootfs: bundle.rootfs.clone(),
             state_dir: dir.to_path_buf(),
-            spec: bundle.spec.clone(),
+            spec,
             cgroup,
             stdio: !stdio.is_empty(),
             start,
@@ -244,8 +252,7 @@ impl Runtime {
             },
             overlay: opts.overlay.clone(),
             mount_template: opts.mount_template.is_some(),
-            // Compiled by the bundle check already: a cache hit.
-            seccomp: bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::seccomp::program).transpose()?,
+            seccomp,
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);

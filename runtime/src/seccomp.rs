@@ -507,9 +507,28 @@ pub fn default_profile(caps: &BTreeSet<String>) -> serde_json::Value {
     serde_json::json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": libc::EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "architectures": native_architectures(),
         "syscalls": syscalls
     })
+}
+
+/// The architectures this machine's kernel runs system calls for: its own and the
+/// compatibility ones, as containerd's default profile maps them. A foreign one adds
+/// a section the kernel never takes but still checks, caches and compiles at every
+/// load (aarch64 and arm on an x86-64 node made the filter 1988 instructions instead
+/// of 1222, 0.6 ms to load instead of 0.27).
+fn native_architectures() -> &'static [&'static str] {
+    if cfg!(target_arch = "x86_64") {
+        &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    } else if cfg!(target_arch = "aarch64") {
+        &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    } else if cfg!(target_arch = "x86") {
+        &["SCMP_ARCH_X86"]
+    } else if cfg!(target_arch = "arm") {
+        &["SCMP_ARCH_ARM"]
+    } else {
+        &[]
+    }
 }
 
 fn action(a: LinuxSeccompAction, errno: Option<u32>, default_errno: u32) -> Result<ScmpAction, SeccompError> {
@@ -548,7 +567,8 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, SeccompError
         .map_err(filter_err("creating the filter"))?;
     for a in profile.architectures().iter().flatten() {
         if let Some(a) = arch(a) {
-            // Architectures this machine cannot run are simply not added.
+            // The native one is in every filter already; one libseccomp cannot add is
+            // left out, as runc does.
             if a != ScmpArch::native() {
                 let _ = ctx.add_arch(a);
             }
@@ -636,8 +656,15 @@ pub fn program(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
 /// Installs a program as this process's filter (inherited by all it executes). Needs
 /// no_new_privs or CAP_SYS_ADMIN, as any filter does.
 pub fn install(p: &Program) -> Result<(), SeccompError> {
-    let bytes: Vec<u8> = (0..p.0.len() / 2).filter_map(|i| u8::from_str_radix(p.0.get(2 * i..2 * i + 2)?, 16).ok()).collect();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() != p.0.len() / 2 {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes: Vec<u8> = p.0.as_bytes().chunks_exact(2).map_while(|h| Some(nibble(h[0])? << 4 | nibble(h[1])?)).collect();
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) || bytes.len() * 2 != p.0.len() {
         return Err(SeccompError::Export(std::io::Error::other("the filter program is garbled")));
     }
     let filter: Vec<libc::sock_filter> = bytes
@@ -677,6 +704,10 @@ mod tests {
         compile(&parsed).unwrap();
         let text = json.to_string();
         assert!(!text.contains("\"mount\"") && text.contains("SCMP_CMP_MASKED_EQ"));
+        // Only what this kernel runs: no section for a foreign architecture.
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(json["architectures"], serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
+        }
         let admin: BTreeSet<String> = ["CAP_SYS_ADMIN".to_string()].into();
         let text = default_profile(&admin).to_string();
         assert!(text.contains("\"mount\"") && !text.contains("SCMP_CMP_MASKED_EQ"));
