@@ -333,14 +333,10 @@ impl Firewall {
                 container_port: p.container_port,
             })
             .collect();
-        let data = serde_json::to_vec(&records).unwrap_or_default();
         // Whole or not at all: a half-written record (a full /run) would read as
         // corrupt and block every later publish.
-        let tmp = owner_file.with_extension("json.tmp");
-        std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, &owner_file)).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            FirewallError::State { path: owner_file.clone(), source }
-        })?;
+        crate::record::write_json(&owner_file, &records, crate::record::Durability::Atomic)
+            .map_err(|source| FirewallError::State { path: owner_file.clone(), source })?;
         let script: String = records.iter().map(|r| r.elements("add")).collect();
         if let Err(e) = self.nft(&script, &format!("publishing ports of {owner}")) {
             let _ = std::fs::remove_file(&owner_file);
@@ -422,9 +418,7 @@ impl Firewall {
 type OwnerPorts = Result<Vec<Reservation>, FirewallError>;
 
 fn read_record(path: &Path) -> Result<Vec<Reservation>, FirewallError> {
-    std::fs::read(path)
-        .and_then(|data| serde_json::from_slice(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
-        .map_err(|source| FirewallError::BadRecord { path: path.to_path_buf(), source })
+    crate::record::read_json(path).map_err(|source| FirewallError::BadRecord { path: path.to_path_buf(), source })
 }
 
 /// A network's elements, as lines of an nft script: map elements with their values

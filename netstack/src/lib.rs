@@ -81,6 +81,7 @@ pub mod names;
 pub mod netlink;
 pub mod netns;
 mod network;
+pub mod record;
 mod veth;
 
 pub use firewall::{PortMapping, Proto};

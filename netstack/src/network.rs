@@ -16,6 +16,7 @@ use crate::ipam::{Ipam, IpamError};
 use crate::names::{IfName, NameError, NetworkName, OwnerId};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{Netns, NetnsError};
+use crate::record::{self, Durability};
 use crate::{bridge, veth};
 
 /// Something about a network went wrong.
@@ -311,8 +312,8 @@ impl Node {
     /// The recorded config of network `name`.
     pub fn network(&self, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
         let path = self.net_dir(name).join("config.json");
-        match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| state_err(&path)(std::io::Error::other(e))),
+        match record::read_json(&path) {
+            Ok(cfg) => Ok(Some(cfg)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(state_err(&path)(e)),
         }
@@ -407,10 +408,10 @@ impl Node {
         self.ensure_firewall()?;
         self.firewall.add_network(cfg)?;
         let dir = self.net_dir(&cfg.name);
-        let recorded = std::fs::create_dir_all(dir.join("members"))
-            .map_err(state_err(&dir))
-            .and_then(|()| serde_json::to_vec_pretty(cfg).map_err(|e| state_err(&dir)(std::io::Error::other(e))))
-            .and_then(|data| write_atomic(&dir.join("config.json"), &data));
+        let recorded = std::fs::create_dir_all(dir.join("members")).map_err(state_err(&dir)).and_then(|()| {
+            let path = dir.join("config.json");
+            record::write_json(&path, cfg, Durability::Atomic).map_err(state_err(&path))
+        });
         if recorded.is_err() && is_new {
             let _ = self.firewall.remove_network(cfg);
             let _ = std::fs::remove_dir_all(&dir);
@@ -549,8 +550,7 @@ impl Node {
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let data = std::fs::read(&path).map_err(state_err(&path))?;
-                out.push(serde_json::from_slice(&data).map_err(|e| state_err(&path)(std::io::Error::other(e)))?);
+                out.push(record::read_json(&path).map_err(state_err(&path))?);
             }
         }
         Ok(out)
@@ -622,8 +622,7 @@ impl Node {
             .firewall
             .publish(&req.owner, ip, ip6, &req.ports)
             .map_err(NetworkError::from)
-            .and_then(|()| serde_json::to_vec_pretty(&attachment).map_err(|e| state_err(&path)(std::io::Error::other(e))))
-            .and_then(|d| write_atomic(&path, &d));
+            .and_then(|()| record::write_json(&path, &attachment, Durability::Atomic).map_err(state_err(&path)));
         if let Err(e) = recorded {
             let _ = self.firewall.unpublish(&req.owner);
             let _ = self.unwire(&attachment.host_ifname).await;
@@ -1045,17 +1044,6 @@ fn is_host_ifname(name: &str) -> bool {
 pub fn host_ifname(network: &NetworkName, owner: &OwnerId) -> String {
     let h = crate::names::stable_hash([network.as_str(), owner.as_str()]);
     format!("mp{:010x}", h & 0xff_ffff_ffff)
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), NetworkError> {
-    // Unique per call: two tasks of one process may write the same file at once.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        state_err(path)(e)
-    })
 }
 
 #[cfg(test)]

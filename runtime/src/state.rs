@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -177,15 +177,8 @@ pub const STATE_FILE: &str = "state.json";
 /// is what makes the switch atomic for readers. (On hosts where /run is a disk
 /// filesystem, as here, an fsync per state change cost about a millisecond.)
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    let err = |source| StateError::Write { path: path.to_path_buf(), source };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(err)?;
-    if let Err(e) = f.write_all(data).and_then(|()| fs::rename(&tmp, path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
+    crate::netstack::record::write_atomic(path, data, crate::netstack::record::Durability::Atomic)
+        .map_err(|source| StateError::Write { path: path.to_path_buf(), source })
 }
 
 /// Start time (field 22 of `/proc/PID/stat`) of a live process, or None when it is gone.

@@ -35,7 +35,7 @@ pub use pull::{pull, Credentials, PullOptions, RegistryMirror};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -606,17 +606,7 @@ impl ImageStore {
     fn write_record(&self, image: &Image) -> Result<(), ImageError> {
         let path = self.record_path(&image.id);
         let err = |source| ImageError::Io { what: "writing image record".into(), path: path.clone(), source };
-        let data = serde_json::to_vec_pretty(image).map_err(|e| err(io::Error::other(e)))?;
-        let tmp = self.images_dir().join(format!(".{}.tmp.{}", image.id.trim_start_matches("sha256:"), std::process::id()));
-        let written = File::create(&tmp)
-            .and_then(|mut f| f.write_all(&data).and_then(|()| f.sync_all()))
-            .and_then(|()| fs::rename(&tmp, &path))
-            .and_then(|()| File::open(self.images_dir())?.sync_all());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        Ok(())
+        crate::netstack::record::write_json(&path, image, crate::netstack::record::Durability::Durable).map_err(err)
     }
 
     fn delete_record(&self, image: &Image) -> Result<(), ImageError> {

@@ -475,7 +475,7 @@ impl Pods {
         let mut out: Vec<PodRecord> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| PodId::parse(&e.file_name().to_string_lossy()))
-            .filter_map(|id| record::read_json(&self.pod_dir(&id).join(POD_FILE)).ok())
+            .filter_map(|id| netstack::record::read_json(&self.pod_dir(&id).join(POD_FILE)).ok())
             .collect();
         out.sort_by(|a, b| a.created.cmp(&b.created));
         Ok(out)
@@ -484,12 +484,13 @@ impl Pods {
     /// A pod by id, or by name (this scope first, then any scope if unambiguous).
     pub fn pod(&self, name_or_id: &str) -> Result<PodRecord> {
         if let Some(id) = PodId::parse(name_or_id) {
-            if let Ok(p) = record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)) {
+            if let Ok(p) = netstack::record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)) {
                 return Ok(p);
             }
         }
-        if let Some(p) =
-            self.name_index(&self.scope, name_or_id).and_then(|id| record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)).ok())
+        if let Some(p) = self
+            .name_index(&self.scope, name_or_id)
+            .and_then(|id| netstack::record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)).ok())
         {
             return Ok(p);
         }
@@ -852,7 +853,7 @@ impl Pods {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
                 // A record is trusted no further than its names: they reach paths.
-                match record::read_json::<ContainerRecord>(&e.path().join(CONTAINER_FILE)) {
+                match netstack::record::read_json::<ContainerRecord>(&e.path().join(CONTAINER_FILE)) {
                     Ok(c) if record::check_name("container", &c.name).is_ok() && c.pod == p && e.file_name() == c.name.as_str() => {
                         out.push(c)
                     }
@@ -870,7 +871,7 @@ impl Pods {
         if record::check_name("container", name).is_err() {
             return Err(PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() });
         }
-        record::read_json(&self.container_dir(&p.id, name).join(CONTAINER_FILE))
+        netstack::record::read_json(&self.container_dir(&p.id, name).join(CONTAINER_FILE))
             .map_err(|_| PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() })
     }
 
@@ -881,7 +882,7 @@ impl Pods {
         let pod = PodId::parse(pod).ok_or_else(not_found)?;
         let name = name.strip_prefix('-').ok_or_else(not_found)?;
         record::check_name("container", name).map_err(|_| not_found())?;
-        record::read_json(&self.container_dir(&pod, name).join(CONTAINER_FILE)).map_err(|_| not_found())
+        netstack::record::read_json(&self.container_dir(&pod, name).join(CONTAINER_FILE)).map_err(|_| not_found())
     }
 
     /// The runtime's view of a container (status, pid, exit).
@@ -909,7 +910,7 @@ impl Pods {
     /// spec resolved them (image user names, merged image groups).
     pub fn container_user(&self, c: &ContainerRecord) -> Result<(u32, u32, Vec<u32>)> {
         let path = self.container_dir(&c.pod, &c.name).join("config.json");
-        let spec: oci_spec::runtime::Spec = record::read_json(&path).map_err(io_err("reading", &path))?;
+        let spec: oci_spec::runtime::Spec = netstack::record::read_json(&path).map_err(io_err("reading", &path))?;
         let user = spec.process().as_ref().map(|p| p.user().clone()).unwrap_or_default();
         Ok((user.uid(), user.gid(), user.additional_gids().clone().unwrap_or_default()))
     }
@@ -1207,7 +1208,8 @@ impl Pods {
         if self.instance.as_ref().is_some_and(|i| i.private_node.is_some()) {
             return Err(PodError::Invalid("a pod on a private node cannot outlive the runtime, whose node goes with it".into()));
         }
-        let mut pod: PodRecord = record::read_json(&self.pod_dir(id).join(POD_FILE)).map_err(|_| PodError::NoSuchPod(id.to_string()))?;
+        let mut pod: PodRecord =
+            netstack::record::read_json(&self.pod_dir(id).join(POD_FILE)).map_err(|_| PodError::NoSuchPod(id.to_string()))?;
         pod.owner = None;
         self.save_pod(&pod)?;
         Ok(pod)
@@ -1323,8 +1325,7 @@ fn merge_resources(old: &Resources, new: &Resources) -> Resources {
 }
 
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let data = serde_json::to_vec_pretty(value).map_err(|e| io_err("encoding", path)(io::Error::other(e)))?;
-    state::write_atomic(path, &data).map_err(|e| PodError::Container(e.into()))
+    netstack::record::write_json(path, value, netstack::record::Durability::Atomic).map_err(io_err("writing", path))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

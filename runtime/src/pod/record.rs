@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -253,11 +253,6 @@ pub struct ContainerRecord {
     /// Its cgroup limits, as last set.
     #[serde(default)]
     pub resources: super::Resources,
-}
-
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
-    let data = std::fs::read(path)?;
-    serde_json::from_slice(&data).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]

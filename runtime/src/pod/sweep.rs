@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::record::{self, PodId};
+use super::record::PodId;
 use super::spec::POD_ANNOTATION;
 use super::{Instance, Pods};
 use crate::netstack::OwnerId;
@@ -57,7 +57,7 @@ impl Pods {
         }
         let dir = self.root.join("instances");
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let Ok(inst) = record::read_json::<Instance>(&e.path()) else { continue };
+            let Ok(inst) = crate::netstack::record::read_json::<Instance>(&e.path()) else { continue };
             if inst.owner.alive() || inst.scope == self.scope {
                 continue;
             }
