@@ -1,0 +1,346 @@
+//! The runtime instance: opening a state root on a node (its default network, a
+//! private node when asked), the accessors, and shutting down what it made.
+
+use super::*;
+
+/// How to open [`Pods`].
+#[derive(Debug, Clone)]
+pub struct PodsOptions {
+    /// State root (default `/run/minipod`).
+    pub root: PathBuf,
+    /// Image store (default `/var/lib/minipod/images`).
+    pub images: PathBuf,
+    /// Node namespace holding the bridges; None is the caller's own.
+    pub node_netns: Option<PathBuf>,
+    /// A fresh node namespace of this runtime's own (lo up, no uplink), removed with
+    /// it: pods reach each other and the caller through [`Pods::node`], never the host.
+    pub private_node: bool,
+    /// Network for pods that name none. Default: with `keep_pods`, `minipod0`; else a
+    /// network of this runtime's own, removed with it.
+    pub network: Option<NetworkName>,
+    /// Subnet of the runtime's own network, or of `network` if it must be created.
+    pub cidr: Option<ipnetwork::Ipv4Network>,
+    /// Pod names are unique per scope. Default: unique to this runtime.
+    pub scope: Option<String>,
+    /// Pods outlive this process (CLI, daemon). Otherwise they belong to it, and the
+    /// next runtime opened after it died removes them.
+    pub keep_pods: bool,
+}
+
+impl Default for PodsOptions {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from(crate::DEFAULT_ROOT),
+            images: PathBuf::from(crate::image::DEFAULT_DIR),
+            node_netns: None,
+            private_node: false,
+            network: None,
+            cidr: None,
+            scope: None,
+            keep_pods: false,
+        }
+    }
+}
+
+/// A record of this runtime instance, so that the next one can clean up after it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct Instance {
+    pub(super) scope: String,
+    pub(super) owner: Owner,
+    /// A network this instance made for itself.
+    pub(super) network: Option<NetworkName>,
+    pub(super) node: NodeRef,
+    /// The private node namespace's pin, if any.
+    pub(super) private_node: Option<PathBuf>,
+}
+
+/// Removes what runtime instance `inst` made for itself: its network, its private
+/// node, its record. Parts already gone are fine.
+pub(super) fn remove_instance(net: &netthread::NetThread, root: &Path, inst: &Instance) -> Result<()> {
+    if let Some(name) = inst.network.clone() {
+        match Node::new(&inst.node.state_dir, inst.node.netns.as_deref()) {
+            Ok(node) => {
+                let r = net.block(async move { node.remove_network(&name).await })?;
+                match r {
+                    Ok(()) | Err(NetworkError::NoSuchNetwork(_)) => {}
+                    // Pods kept past this runtime (`disown`) still use it.
+                    Err(NetworkError::InUse { .. }) => {
+                        tracing::info!(network = %inst.network.as_ref().map(|n| n.to_string()).unwrap_or_default(), "kept: pods that outlive the runtime use it")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // The node namespace is gone, and its bridges with it.
+            Err(NetworkError::Netns(_)) if inst.private_node.is_some() || inst.node.netns.as_ref().is_some_and(|p| !p.exists()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(pin) = &inst.private_node {
+        netstack::netns::remove_pinned(pin)?;
+        if let Some(dir) = pin.parent() {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", dir)(e)),
+                _ => {}
+            }
+        }
+    }
+    let path = root.join("instances").join(format!("{}.json", inst.scope));
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Pins a fresh node namespace at `pin` with lo up.
+fn make_private_node(net: &netthread::NetThread, pin: &Path) -> Result<()> {
+    let dir = pin.parent().unwrap_or(pin);
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let ns = netstack::netns::create_pinned(pin)?;
+    let up = net.block(async move {
+        let nl = netstack::netlink::Netlink::open(&ns)?;
+        let lo = nl.index("lo").await?;
+        nl.up(lo, "setting lo up in the private node").await
+    })?;
+    up.map_err(|e| PodError::Network(e.into()))
+}
+
+/// A scope unique to this runtime instance: pid, start time (a reused PID has
+/// another) and a counter.
+fn unique_scope() -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let me = Owner::me();
+    format!("p{}-{}-{n}", me.pid, me.start_time)
+}
+
+/// A bridge name derived from `seed`: `mpb` + 8 hex digits, within IFNAMSIZ.
+fn bridge_name(seed: &str) -> IfName {
+    let mut h: u32 = 0x811c9dc5;
+    for b in seed.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    // 11 bytes of letters and digits: always a valid interface name.
+    IfName::new(format!("mpb{h:08x}")).unwrap_or_else(|_| IfName::eth0())
+}
+
+impl Pods {
+    /// Opens the runtime: state dirs, node, DNS server, and a sweep of whatever dead
+    /// processes left behind.
+    pub fn open(opts: PodsOptions) -> Result<Self> {
+        if opts.keep_pods && opts.private_node {
+            return Err(PodError::Invalid(
+                "pods that outlive this process cannot live on a private node, which goes with it: drop one of the two".into(),
+            ));
+        }
+        let oci = Runtime::new(&opts.root)?;
+        let root = oci.root().to_path_buf();
+        // The monitor and the container's init run from `/`: every path they get must be absolute.
+        let images_dir = std::path::absolute(&opts.images).map_err(io_err("resolving", &opts.images))?;
+        let images = ImageStore::open(&images_dir)?;
+        for d in ["pods", "instances"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        let net = netthread::NetThread::start().map_err(io_err("starting the network thread for", &root))?;
+        let scope = match &opts.scope {
+            Some(s) => {
+                record::check_name("scope", s).map_err(PodError::Invalid)?;
+                if s.len() > 40 {
+                    return Err(PodError::Invalid(format!("scope {s:?} is longer than 40 bytes")));
+                }
+                s.clone()
+            }
+            None if opts.keep_pods => DEFAULT_SCOPE.to_string(),
+            None => unique_scope(),
+        };
+        let node_netns = opts.node_netns.as_ref().map(|p| std::path::absolute(p).map_err(io_err("resolving", p))).transpose()?;
+        let private_pin = opts.private_node.then(|| root.join("nodes").join(&scope).join("netns"));
+        let node_ref = match &private_pin {
+            Some(pin) => NodeRef { state_dir: pin.parent().unwrap_or(&root).to_path_buf(), netns: Some(pin.clone()) },
+            None => NodeRef { state_dir: root.clone(), netns: node_netns },
+        };
+        // Recorded before anything is made, with what will be made, so that a crash at
+        // any later point leaves something the next sweep can find and remove.
+        let own_network = (!opts.keep_pods && opts.network.is_none()).then(|| NetworkName::new(format!("mp-{scope}"))).transpose()?;
+        let instance = (!opts.keep_pods).then(|| Instance {
+            scope: scope.clone(),
+            owner: Owner::me(),
+            network: own_network.clone(),
+            node: node_ref.clone(),
+            private_node: private_pin.clone(),
+        });
+        if let Some(inst) = &instance {
+            write_json(&root.join("instances").join(format!("{}.json", inst.scope)), inst)?;
+        }
+        let undo = |e: PodError| {
+            if let Some(inst) = &instance {
+                let _ = remove_instance(&net, &root, inst);
+            }
+            e
+        };
+        if let Some(pin) = &private_pin {
+            make_private_node(&net, pin).map_err(undo)?;
+        }
+        let node = Node::new(&node_ref.state_dir, node_ref.netns.as_deref()).map_err(|e| undo(e.into()))?;
+        let node = Arc::new(node);
+        // Only the networks this runtime uses: another process may serve the others.
+        node.serve_dns_on(net.handle(), false).map_err(|e| undo(e.into()))?;
+        let timers = net.handle();
+        let mut pods = Self {
+            root: root.clone(),
+            oci,
+            images,
+            node,
+            node_ref,
+            net,
+            scope,
+            default_network: NetworkConfig::default_network().name,
+            keep_pods: opts.keep_pods,
+            instance,
+            template: mount_template::MountTemplate::new(&root, timers),
+        };
+        let report = pods.sweep();
+        if !report.is_empty() {
+            tracing::info!(?report, "swept what dead processes left behind");
+        }
+        match pods.setup_default_network(&opts, own_network) {
+            Ok(name) => pods.default_network = name,
+            Err(e) => {
+                // Drop would not: the instance is only torn down by shutdown.
+                let _ = pods.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(pods)
+    }
+
+    fn setup_default_network(&mut self, opts: &PodsOptions, own: Option<NetworkName>) -> Result<NetworkName> {
+        let default = NetworkConfig::default_network();
+        match &opts.network {
+            Some(name) if *name == default.name => return Ok(default.name),
+            Some(name) => {
+                if let Some(cfg) = self.node.network(name)? {
+                    // Joined, so that this runtime serves its names too.
+                    self.create_network(cfg)?;
+                    return Ok(name.clone());
+                }
+                let Some(cidr) = opts.cidr else { return Err(NetworkError::NoSuchNetwork(name.clone()).into()) };
+                let cfg = NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr);
+                self.create_network(cfg)?;
+                return Ok(name.clone());
+            }
+            None => {}
+        }
+        // A network of our own: pods of parallel runtimes never see each other.
+        let Some(name) = own else { return Ok(default.name) };
+        let bridge = bridge_name(&format!("{}{}", self.root.display(), self.scope));
+        match opts.cidr {
+            Some(cidr) => self.create_network(NetworkConfig::new(name.clone(), bridge, cidr))?,
+            None => self.create_network_auto(name.clone(), bridge)?,
+        };
+        Ok(name)
+    }
+
+    fn create_network(&self, cfg: NetworkConfig) -> Result<NetworkConfig> {
+        let node = self.node.clone();
+        Ok(self.net.block(async move { node.create_network(cfg).await })??)
+    }
+
+    /// Creates network `name` on the first free /24 of 10.89.0.0/16.
+    fn create_network_auto(&self, name: NetworkName, bridge: IfName) -> Result<NetworkConfig> {
+        let lock_path = self.node_ref.state_dir.join("auto-subnet.lock");
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err("opening", &lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("locking", &lock_path)(io::Error::from(e)))?;
+        let mut taken: Vec<ipnetwork::Ipv4Network> = self.node.networks()?.into_iter().map(|n| n.subnet).collect();
+        // Addresses already on the node (its own links, other state roots' bridges on a
+        // shared node): a subnet that overlaps one would clash.
+        let netns = self.node_ref.netns.clone();
+        let present = self.net.block(async move {
+            let ns = match &netns {
+                Some(p) => netstack::netns::Netns::open(p)?,
+                None => netstack::netns::Netns::current()?,
+            };
+            netstack::netlink::Netlink::open(&ns)?.ipv4_addresses().await
+        })?;
+        let present = present.map_err(|e| PodError::Network(e.into()))?;
+        taken.extend(present.into_iter().filter_map(|(ip, prefix)| ipnetwork::Ipv4Network::new(ip, prefix).ok()));
+        for third in 0..=255u8 {
+            let Ok(subnet) = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, third, 0), 24) else { continue };
+            if taken.iter().any(|t| t.overlaps(subnet)) {
+                continue;
+            }
+            return self.create_network(NetworkConfig::new(name, bridge, subnet));
+        }
+        Err(PodError::Invalid("every /24 of 10.89.0.0/16 is taken by a network: give the runtime a CIDR".into()))
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The node: to inspect networks or open sockets in its namespace.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Where the node lives.
+    pub fn node_ref(&self) -> &NodeRef {
+        &self.node_ref
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The low-level container runtime on the same root.
+    pub fn runtime(&self) -> &Runtime {
+        &self.oci
+    }
+
+    /// Network pods join when they name none.
+    pub fn default_network(&self) -> &NetworkName {
+        &self.default_network
+    }
+
+    /// This runtime's scope (pod names are unique within it).
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// Whether pods of this runtime outlive it.
+    pub fn keeps_pods(&self) -> bool {
+        self.keep_pods
+    }
+
+    /// Removes the pods this runtime owns and what it made for itself (its network,
+    /// its private node). The first error is returned after trying everything.
+    pub fn shutdown(&self) -> Result<()> {
+        let mut first_err = None;
+        if self.instance.is_some() && !self.keep_pods {
+            let pods = self.pods().unwrap_or_else(|e| {
+                first_err = Some(e);
+                vec![]
+            });
+            for pod in pods.into_iter().filter(|p| p.scope == self.scope && p.owner.is_some_and(|o| o == Owner::me())) {
+                if let Err(e) = self.teardown(&pod) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(inst) = &self.instance {
+            if let Err(e) = self.remove_instance(inst) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    pub(super) fn remove_instance(&self, inst: &Instance) -> Result<()> {
+        remove_instance(&self.net, &self.root, inst)
+    }
+}

@@ -1,0 +1,345 @@
+//! Pods: made (namespaces, networks, /etc files), stopped, removed, disowned.
+
+use super::*;
+
+/// What a pod is made from.
+#[derive(Debug, Clone, Default)]
+pub struct PodConfig {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Networks to join, the first carrying the default route and the ports; empty
+    /// means the runtime's default network.
+    pub networks: Vec<NetworkName>,
+    pub ports: Vec<PortMapping>,
+    /// DNS names besides the pod's name.
+    pub aliases: Vec<String>,
+    pub dns: Option<DnsConfig>,
+    pub log_dir: Option<PathBuf>,
+    /// One PID namespace for all containers of the pod (Kubernetes'
+    /// shareProcessNamespace), held by a small PID 1 of the pod's own.
+    pub share_pid: bool,
+    /// The cgroup that holds the pod's containers (a kubelet's
+    /// `/kubepods/burstable/pod<uid>`); default: each container under `minipod/`.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Containers use the node's IPC namespace instead of the pod's.
+    pub host_ipc: bool,
+    /// Containers use the node's network namespace (the one this runtime's pods are
+    /// wired in) and the node's hostname: a kubelet's `hostNetwork` pod. It joins no
+    /// network, so it takes no networks, aliases or port mappings but identity ones
+    /// (host port = container port), which the node's own stack serves as they are.
+    pub host_network: bool,
+    /// Namespaced sysctls set in the pod's namespaces (by each container as it starts).
+    pub sysctls: BTreeMap<String, String>,
+}
+
+/// The address of `pod` that is reachable from the node (its first network).
+pub fn pod_ip(pod: &PodRecord) -> Option<IpAddr> {
+    pod.ip().map(IpAddr::V4)
+}
+
+impl Pods {
+    /// Traffic counters of the pod's interfaces (lo left out), for stats.
+    pub fn network_counters(&self, pod: &PodRecord) -> Result<Vec<netstack::netns::InterfaceCounters>> {
+        if pod.host_network {
+            // The node's interfaces are not the pod's to report.
+            return Ok(vec![]);
+        }
+        Ok(netstack::netns::Netns::open(&self.pod_dir(&pod.id).join("ns/net"))?.interface_counters()?)
+    }
+
+    /// Creates a pod: namespaces, networks, /etc files. Undone completely on failure.
+    pub fn create_pod(&self, cfg: PodConfig) -> Result<PodRecord> {
+        record::check_name("pod", &cfg.name).map_err(PodError::Invalid)?;
+        let hostname = if cfg.host_network {
+            // The node's UTS namespace: its name is the pod's.
+            let node = nix::unistd::gethostname().map_err(|e| PodError::Invalid(format!("reading the node's hostname: {e}")))?;
+            let node = node.to_string_lossy().into_owned();
+            if cfg.hostname.as_ref().is_some_and(|h| *h != node) {
+                return Err(PodError::Invalid(format!("a host-network pod has the node's hostname {node:?}: give no other")));
+            }
+            node
+        } else {
+            cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone())
+        };
+        let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if hostname.len() > 64 || !hostname.split('.').all(label_ok) {
+            return Err(PodError::Invalid(format!(
+                "hostname {hostname:?} is not valid: use DNS labels (letters, digits, `-`) separated by dots, at most 64 bytes"
+            )));
+        }
+        if let Some(dns) = &cfg.dns {
+            if let Some(bad) =
+                dns.servers.iter().chain(&dns.searches).chain(&dns.options).find(|v| v.is_empty() || v.contains(char::is_whitespace))
+            {
+                return Err(PodError::Invalid(format!("DNS setting {bad:?} is empty or has whitespace")));
+            }
+        }
+        for a in &cfg.aliases {
+            record::check_name("alias", a).map_err(PodError::Invalid)?;
+        }
+        if let Some(parent) = &cfg.cgroup_parent {
+            if parent.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir))
+                || parent.as_os_str().len() > 4096
+            {
+                return Err(PodError::Invalid(format!(
+                    "cgroup parent {} must be a plain path under the cgroup root (no `.` or `..`)",
+                    parent.display()
+                )));
+            }
+        }
+        if cfg.host_network {
+            if !cfg.networks.is_empty() || !cfg.aliases.is_empty() {
+                return Err(PodError::Invalid("a host-network pod joins no network: give it no networks or aliases".into()));
+            }
+            if let Some(p) = cfg.ports.iter().find(|p| p.host_port != p.container_port) {
+                return Err(PodError::Invalid(format!(
+                    "port mapping {}->{}: a host-network pod's ports are the node's own, so the host port must equal the container port",
+                    p.host_port, p.container_port
+                )));
+            }
+            if let Some(key) = cfg.sysctls.keys().find(|k| k.starts_with("net.")) {
+                return Err(PodError::Invalid(format!(
+                    "sysctl {key}: the pod uses the node's network namespace, so it would change the node"
+                )));
+            }
+        }
+        let networks = if cfg.host_network {
+            vec![]
+        } else if cfg.networks.is_empty() {
+            vec![self.default_network.clone()]
+        } else {
+            cfg.networks.clone()
+        };
+        for (i, n) in networks.iter().enumerate() {
+            if networks[..i].contains(n) {
+                return Err(PodError::Invalid(format!("network {n} is listed twice")));
+            }
+            if *n != NetworkConfig::default_network().name && self.node.network(n)?.is_none() {
+                return Err(NetworkError::NoSuchNetwork(n.clone()).into());
+            }
+        }
+        let id = PodId::random();
+        let dir = self.pod_dir(&id);
+        let mut pod = PodRecord {
+            id: id.clone(),
+            name: cfg.name.clone(),
+            scope: self.scope.clone(),
+            status: PodStatus::Creating,
+            hostname,
+            labels: cfg.labels.clone(),
+            annotations: cfg.annotations.clone(),
+            created: state::now_rfc3339(),
+            // Owned while being made, also when it is to outlive us: a crash mid-way
+            // leaves a pod the next sweep removes.
+            owner: Some(Owner::me()),
+            node: self.node_ref.clone(),
+            networks: vec![],
+            ports: cfg.ports.clone(),
+            aliases: cfg.aliases.clone(),
+            dns: cfg.dns.clone(),
+            log_dir: cfg.log_dir.clone(),
+            pid_holder: None,
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            host_ipc: cfg.host_ipc,
+            host_network: cfg.host_network,
+            sysctls: cfg.sysctls.clone(),
+        };
+        {
+            // Claimed through the name index, so that the check costs the same with one
+            // pod or a thousand.
+            self.claim_name(&cfg.name, &id)?;
+            let made = std::fs::create_dir_all(dir.join("ns"))
+                .and_then(|()| std::fs::create_dir(dir.join("containers")))
+                .map_err(io_err("creating", &dir))
+                .and_then(|()| self.save_pod(&pod));
+            if let Err(e) = made {
+                let _ = std::fs::remove_dir_all(&dir);
+                self.release_name(&pod);
+                return Err(e);
+            }
+        }
+        match self.setup_pod(&mut pod, &networks, cfg.share_pid) {
+            Ok(()) => Ok(pod),
+            Err(e) => {
+                let _ = self.teardown(&pod);
+                Err(e)
+            }
+        }
+    }
+
+    fn setup_pod(&self, pod: &mut PodRecord, networks: &[NetworkName], share_pid: bool) -> Result<()> {
+        let dir = self.pod_dir(&pod.id);
+        if share_pid {
+            let (pid, start_time) =
+                crate::process::spawn_pod_init().map_err(|m| PodError::Invalid(format!("sharing a PID namespace: {m}")))?;
+            pod.pid_holder = Some(Owner { pid, start_time });
+            self.save_pod(pod)?;
+        }
+        let (net, ipc, uts) = (dir.join("ns/net"), dir.join("ns/ipc"), dir.join("ns/uts"));
+        let hostname = pod.hostname.clone();
+        if pod.host_network {
+            netstack::netns::create_pinned_set(&[("ipc", &ipc)], || Ok(()))?;
+        } else {
+            netstack::netns::create_pinned_set(&[("net", &net), ("ipc", &ipc), ("uts", &uts)], move || {
+                nix::unistd::sethostname(&hostname)
+            })?;
+        }
+        let owner = OwnerId::new(pod.id.as_str())?;
+        let mut names = vec![pod.name.clone()];
+        names.extend(pod.aliases.iter().cloned());
+        let mut resolv = String::new();
+        for (i, name) in networks.iter().enumerate() {
+            let req = AttachRequest {
+                ifname: IfName::new(format!("eth{i}"))?,
+                ports: if i == 0 { pod.ports.clone() } else { vec![] },
+                dns_names: names.clone(),
+                default_route: i == 0,
+                ..AttachRequest::new(owner.clone(), net.clone())
+            };
+            let node = self.node.clone();
+            let name2 = name.clone();
+            let wired = self.net.block(async move { node.attach(&name2, req).await })??;
+            if i == 0 {
+                resolv = wired.resolv_conf.clone();
+            }
+            pod.networks.push(PodNetwork { network: name.clone(), ip: wired.ip, ip6: wired.ip6, ifname: wired.ifname.to_string() });
+            // Recorded at once: a failure at the next network detaches this one.
+            self.save_pod(pod)?;
+        }
+        if pod.host_network {
+            // The node's resolver, as a kubelet gives a host-network pod.
+            resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        }
+        files::write(&dir.join("etc"), pod, &files::resolv_conf(pod.dns.as_ref(), &resolv))
+            .map_err(io_err("writing the /etc files of", &dir))?;
+        pod.status = PodStatus::Ready;
+        if self.keep_pods {
+            pod.owner = None;
+        }
+        self.save_pod(pod)
+    }
+
+    /// Stops every container (SIGTERM, then SIGKILL after `timeout`) and detaches the
+    /// pod from its networks; its record stays until [`Pods::remove_pod`]. Idempotent.
+    pub fn stop_pod(&self, name_or_id: &str, timeout: Duration) -> Result<PodRecord> {
+        let mut pod = self.pod(name_or_id)?;
+        for c in self.containers(Some(&pod.id))? {
+            self.stop_container_record(&c, timeout)?;
+        }
+        if pod.status == PodStatus::Stopped {
+            return Ok(pod);
+        }
+        self.detach_all(&pod, false)?;
+        pod.status = PodStatus::Stopped;
+        self.save_pod(&pod)?;
+        Ok(pod)
+    }
+
+    fn detach_all(&self, pod: &PodRecord, released: bool) -> Result<()> {
+        let owner = OwnerId::new(pod.id.as_str())?;
+        let node = self.node_for(pod)?;
+        for n in &pod.networks {
+            let (node, name, owner) = (node.clone(), n.network.clone(), owner.clone());
+            self.net.block(async move {
+                if released {
+                    node.detach_released(&name, &owner).await
+                } else {
+                    node.detach(&name, &owner).await
+                }
+            })??;
+        }
+        Ok(())
+    }
+
+    fn node_for(&self, pod: &PodRecord) -> Result<Arc<Node>> {
+        if pod.node == self.node_ref {
+            return Ok(self.node.clone());
+        }
+        Ok(Arc::new(Node::new(&pod.node.state_dir, pod.node.netns.as_deref())?))
+    }
+
+    /// Removes a pod: containers, networks, namespaces, files. Refuses while a
+    /// container runs unless `force`. Removing a pod that is gone is not an error.
+    pub fn remove_pod(&self, name_or_id: &str, force: bool) -> Result<()> {
+        let pod = match self.pod(name_or_id) {
+            Ok(p) => p,
+            Err(PodError::NoSuchPod(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let containers = self.containers(Some(&pod.id))?;
+        if !force {
+            let running: Vec<&str> = containers
+                .iter()
+                .filter(|c| self.oci.state(&c.id).map(|s| s.live_status() == Status::Running).unwrap_or(false))
+                .map(|c| c.name.as_str())
+                .collect();
+            if !running.is_empty() {
+                return Err(PodError::PodBusy { pod: pod.name.clone(), names: running.join(", ") });
+            }
+        }
+        self.teardown(&pod)
+    }
+
+    /// Everything of `pod` goes, whatever state it is in.
+    pub(super) fn teardown(&self, pod: &PodRecord) -> Result<()> {
+        let _lock = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)?;
+        let mut first_err = None;
+        for c in self.containers(Some(&pod.id)).unwrap_or_default() {
+            if let Err(e) = self.remove_container_record(&c, true) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            // A process that may still run keeps the namespace and the address: freeing
+            // the address now would hand it to the next pod twice.
+            return Err(e);
+        }
+        // The namespaces go right after: the kernel deletes the veths in the background.
+        if pod.status != PodStatus::Stopped {
+            match self.detach_all(pod, true) {
+                // The node namespace is gone, and with it the bridge, the veths and the
+                // rules: only records would be left, in a state dir that goes too.
+                Err(PodError::Network(NetworkError::Netns(_))) if pod.node.netns.as_ref().is_some_and(|p| !p.exists()) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
+        }
+        if let Some(h) = pod.pid_holder {
+            // Its containers are gone; nothing else lives in the namespace.
+            let _ = crate::pidfd::signal(h.pid, h.start_time, libc::SIGKILL);
+            crate::pidfd::wait_gone(h.pid, h.start_time, Duration::from_secs(5));
+        }
+        let dir = self.pod_dir(&pod.id);
+        for ns in ["net", "ipc", "uts"] {
+            if let Err(e) = netstack::netns::remove_pinned(&dir.join("ns").join(ns)) {
+                first_err.get_or_insert(e.into());
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", &dir)(e)),
+            _ => {}
+        }
+        self.release_name(pod);
+        Ok(())
+    }
+
+    /// Makes a pod outlive this process: it is no longer swept when the process is
+    /// gone. It stays on its network; a runtime's own network is then kept too.
+    pub fn disown(&self, id: &PodId) -> Result<PodRecord> {
+        if self.instance.as_ref().is_some_and(|i| i.private_node.is_some()) {
+            return Err(PodError::Invalid("a pod on a private node cannot outlive the runtime, whose node goes with it".into()));
+        }
+        let mut pod: PodRecord =
+            netstack::record::read_json(&self.pod_dir(id).join(POD_FILE)).map_err(|_| PodError::NoSuchPod(id.to_string()))?;
+        pod.owner = None;
+        self.save_pod(&pod)?;
+        Ok(pod)
+    }
+}
