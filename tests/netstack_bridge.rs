@@ -139,7 +139,10 @@ async fn bad_configs_and_clashes_are_refused_with_nothing_made() {
     let mut same_bridge = t.network("third", "10.206.0.0/24");
     same_bridge.bridge = net.bridge.clone();
     assert!(matches!(t.node.create_network(same_bridge).await, Err(NetworkError::BridgeTaken { .. })));
-    assert!(matches!(t.node.create_network(t.network("tiny", "10.207.0.0/31")).await, Err(NetworkError::TooSmall { .. })));
+    assert!(matches!(
+        t.node.create_network(t.network("tiny", "10.207.0.0/31")).await,
+        Err(NetworkError::Config(minipod_netstack::ConfigError::TooSmall { .. }))
+    ));
     assert!(IfName::new("a-bridge-name-too-long").is_err());
     assert_eq!(t.node.networks().unwrap().len(), 1, "nothing recorded for refused networks");
 

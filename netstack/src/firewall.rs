@@ -12,7 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::names::OwnerId;
-use crate::network::NetworkConfig;
+use crate::network::config::NetworkConfig;
 
 /// A firewall change failed.
 #[derive(Debug, thiserror::Error)]

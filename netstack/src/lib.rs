@@ -86,4 +86,4 @@ mod veth;
 
 pub use firewall::{PortMapping, Proto};
 pub use names::{IfName, NameError, NetworkName, OwnerId};
-pub use network::{host_ifname, AttachRequest, Attachment, GcReport, NetworkConfig, NetworkError, Node};
+pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, GcReport, NetworkConfig, NetworkError, Node};

@@ -13,7 +13,23 @@ use std::str::FromStr;
 
 use caps::Capability;
 
-use super::spec::CRI_DEFAULT_CAPS;
+/// Capabilities containerd and CRI-O give a container by default.
+pub const CRI_DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
 
 /// A security setting that cannot be applied as asked.
 #[derive(Debug, thiserror::Error)]

@@ -12,24 +12,6 @@ use super::security::{self, AccountFiles, Credentials, PidNamespace};
 use super::ContainerConfig;
 use crate::image::ImageConfig;
 
-/// Capabilities containerd and CRI-O give a container by default.
-pub const CRI_DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// Annotation naming the pod a container belongs to (the sweep reads it).
 pub const POD_ANNOTATION: &str = "io.minipod.pod";
 
