@@ -85,5 +85,5 @@ pub mod record;
 mod veth;
 
 pub use firewall::{PortMapping, Proto};
-pub use names::{IfName, NameError, NetworkName, OwnerId};
+pub use names::{is_dns_label, is_dns_name, IfName, NameError, NetworkName, OwnerId};
 pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, GcReport, NetworkConfig, NetworkError, Node};

@@ -100,6 +100,20 @@ impl IfName {
     }
 }
 
+/// Whether `l` is a DNS label (RFC 1123): 1 to 63 letters, digits and `-`, neither
+/// first nor last a `-`. The one rule for pod, container and host names, aliases and
+/// the names members resolve by.
+pub fn is_dns_label(l: &str) -> bool {
+    !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether `name` is a DNS name: labels joined by dots, a trailing dot allowed, at most
+/// 253 bytes.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
 /// FNV-1a over `parts` joined by NULs: a fixed function (unlike std's hasher, whose
 /// output may change between builds), for names and addresses derived from names
 /// that must come out the same in every process and release.
@@ -126,6 +140,19 @@ mod tests {
         assert!(IfName::new("a234567890abcdef").is_err());
         assert!(IfName::new("eth/0").is_err());
         assert!(IfName::new("").is_err());
+    }
+
+    #[test]
+    fn dns_labels_and_names_follow_rfc_1123() {
+        for good in ["a", "web-1", "0x", &"x".repeat(63)] {
+            assert!(is_dns_label(good), "{good:?}");
+        }
+        for bad in ["", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+        assert!(is_dns_name("db.svc.cluster.local.") && is_dns_name("db"));
+        assert!(!is_dns_name("a..b") && !is_dns_name(".") && !is_dns_name("a.-b"));
+        assert!(!is_dns_name(&vec!["x".repeat(63); 5].join(".")));
     }
 
     #[test]

@@ -183,6 +183,9 @@ mod tests {
         assert_ne!(a, pod_name(&m("Web.Server_1", "other", 0)));
         assert_ne!(a, pod_name(&m("Web.Server_1", "default", 1)));
         assert_eq!(label("--", 10), "x");
+        for made in [label("My_Pod.v2", 40), label("-a-", 5), label(&"Ab".repeat(40), 50)] {
+            assert!(minipod_runtime::netstack::is_dns_label(&made), "{made:?}");
+        }
         assert_eq!(nanos(Some("2026-11-26T17:00:00.000000001Z")) % 1_000_000_000, 1);
     }
 }

@@ -1,8 +1,9 @@
 //! Members: wiring a namespace into a network (veth, address, routes, published
 //! ports) and taking it out again.
 
-use super::dns_service::{is_dns_name, resolv_conf};
+use super::dns_service::resolv_conf;
 use super::*;
+use crate::names::is_dns_name;
 
 impl Node {
     /// Wires `req.netns` to network `name`: an address, a veth pair (the peer created

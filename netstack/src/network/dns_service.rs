@@ -18,15 +18,6 @@ pub(super) fn resolv_conf(cfg: &NetworkConfig) -> String {
     upstreams(cfg).iter().map(|u| format!("nameserver {}\n", u.ip())).collect()
 }
 
-pub(super) fn is_dns_name(name: &str) -> bool {
-    let name = name.trim_end_matches('.');
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-}
-
 impl Node {
     /// Starts the DNS server on the caller's tokio runtime: a listener on the gateway
     /// of every DNS-enabled network (and of those created later), answering for the

@@ -63,10 +63,9 @@ impl Pods {
         } else {
             cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone())
         };
-        let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if hostname.len() > 64 || !hostname.split('.').all(label_ok) {
+        if hostname.len() > 64 || !hostname.split('.').all(netstack::is_dns_label) {
             return Err(PodError::Invalid(format!(
-                "hostname {hostname:?} is not valid: use DNS labels (letters, digits, `-`) separated by dots, at most 64 bytes"
+                "hostname {hostname:?} is not valid: use DNS labels (letters, digits, `-` inside) separated by dots, at most 64 bytes"
             )));
         }
         if let Some(dns) = &cfg.dns {

@@ -61,12 +61,7 @@ impl fmt::Display for PodId {
 
 /// Checks a pod or container name: it becomes a DNS name, a hostname and part of paths.
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if crate::netstack::is_dns_label(name) && !name.bytes().any(|b| b.is_ascii_uppercase()) {
         Ok(())
     } else {
         Err(format!("{kind} name {name:?} is not valid: use 1 to 63 lowercase letters, digits and `-`, not starting or ending with `-`"))
