@@ -131,13 +131,13 @@ fn event(pods: &Pods, id: &str, k: Kind) -> cri::ContainerEventResponse {
         .and_then(|p| pods.containers(Some(&p.id)).ok())
         .unwrap_or_default()
         .iter()
-        .filter_map(|c| super::runtime_service::container_status(pods, c).ok())
+        .filter_map(|c| super::to_cri::container_status(pods, c).ok())
         .collect();
     cri::ContainerEventResponse {
         container_id: id.to_string(),
         container_event_type: k as i32,
-        created_at: super::runtime_service::now_nanos(),
-        pod_sandbox_status: pod.as_ref().map(super::runtime_service::sandbox_status),
+        created_at: super::to_cri::now_nanos(),
+        pod_sandbox_status: pod.as_ref().map(super::to_cri::sandbox_status),
         containers_statuses,
     }
 }

@@ -88,10 +88,7 @@ impl ImageService for Server {
             for c in p.containers(None)? {
                 layers = layers + p.writable_layer_usage(&c).unwrap_or_default();
             }
-            Ok((
-                super::runtime_service::fs_usage(p.images().dir(), p.image_fs_usage()?),
-                super::runtime_service::fs_usage(&p.writable_layers_dir(), layers),
-            ))
+            Ok((super::to_cri::fs_usage(p.images().dir(), p.image_fs_usage()?), super::to_cri::fs_usage(&p.writable_layers_dir(), layers)))
         })
         .await?;
         Ok(Response::new(cri::ImageFsInfoResponse { image_filesystems: vec![images], container_filesystems: vec![layers] }))

@@ -3,9 +3,12 @@
 
 mod convert;
 mod events;
+mod from_cri;
 mod image_service;
 mod runtime_service;
 mod security;
+mod stats;
+mod to_cri;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,103 @@
+//! A CRI sandbox config and its mounts as the library's pod config.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+use minipod_runtime::netstack::{PortMapping, Proto};
+use minipod_runtime::pod::{BindMount, DnsConfig, PodConfig, Propagation};
+use tonic::Status;
+
+use super::convert::{self, ATTEMPT, NAME, NAMESPACE, UID};
+use super::security;
+
+/// A CRI mount as a bind mount, or the reason it cannot be made.
+pub(super) fn mount(m: &cri::Mount) -> Result<BindMount, Status> {
+    let what = format!("mount {}", m.container_path);
+    if m.image.is_some() {
+        return Err(Status::unimplemented(format!("{what}: image volumes are not supported by minipod yet")));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{what}: id-mapped mounts need user namespaces, which minipod does not support yet"
+        )));
+    }
+    if m.recursive_read_only {
+        return Err(Status::failed_precondition(format!("{what}: recursive read-only mounts are not supported by minipod yet")));
+    }
+    // selinux_relabel: nothing to relabel on a node without SELinux.
+    let propagation = match m.propagation {
+        x if x == cri::MountPropagation::PropagationPrivate as i32 => Propagation::Private,
+        x if x == cri::MountPropagation::PropagationHostToContainer as i32 => Propagation::HostToContainer,
+        x if x == cri::MountPropagation::PropagationBidirectional as i32 => Propagation::Bidirectional,
+        x => return Err(Status::invalid_argument(format!("{what}: propagation {x} is unknown"))),
+    };
+    Ok(BindMount { host: m.host_path.clone().into(), container: m.container_path.clone().into(), readonly: m.readonly, propagation })
+}
+
+pub(super) fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Status> {
+    let m = cfg.metadata.as_ref().ok_or_else(|| Status::invalid_argument("the sandbox config has no metadata"))?;
+    if m.name.is_empty() || m.namespace.is_empty() {
+        return Err(Status::invalid_argument("the sandbox metadata needs a name and a namespace"));
+    }
+    let mut annotations = convert::to_btree(&cfg.annotations);
+    annotations.insert(NAME.into(), m.name.clone());
+    annotations.insert(NAMESPACE.into(), m.namespace.clone());
+    annotations.insert(UID.into(), m.uid.clone());
+    annotations.insert(ATTEMPT.into(), m.attempt.to_string());
+    let mut ports = Vec::new();
+    for p in &cfg.port_mappings {
+        if p.host_port == 0 {
+            continue; // a container port without a host port publishes nothing
+        }
+        let proto = match p.protocol {
+            x if x == cri::Protocol::Tcp as i32 => Proto::Tcp,
+            x if x == cri::Protocol::Udp as i32 => Proto::Udp,
+            _ => return Err(Status::invalid_argument("only TCP and UDP ports can be published")),
+        };
+        let port = |n: i32, what: &str| {
+            u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("{what} {n} is not a port")))
+        };
+        let host_ip = match p.host_ip.as_str() {
+            "" | "0.0.0.0" => None,
+            ip => Some(ip.parse::<Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("host_ip {ip:?} is not an IPv4 address")))?),
+        };
+        ports.push(PortMapping {
+            proto,
+            host_port: port(p.host_port, "host_port")?,
+            host_ip,
+            container_port: port(p.container_port, "container_port")?,
+        });
+    }
+    let opts = security::sandbox(cfg)?;
+    if opts.privileged {
+        annotations.insert(security::PRIVILEGED.into(), "true".into());
+    }
+    Ok(PodConfig {
+        name: convert::pod_name(m),
+        // A host-network pod has the node's name; an empty one means just that.
+        hostname: match (cfg.hostname.is_empty(), opts.host_network) {
+            (true, true) => None,
+            (true, false) => Some(convert::label(&m.name, 63)),
+            (false, _) => Some(cfg.hostname.clone()),
+        },
+        labels: convert::to_btree(&cfg.labels),
+        annotations,
+        networks: vec![],
+        ports,
+        // Other pods find it by its Kubernetes name (a host-network pod is on no
+        // network to be found on).
+        aliases: if opts.host_network { vec![] } else { vec![convert::label(&m.name, 63)] },
+        dns: cfg.dns_config.as_ref().map(|d| DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        log_dir: (!cfg.log_directory.is_empty()).then(|| PathBuf::from(&cfg.log_directory)),
+        share_pid: opts.share_pid,
+        cgroup_parent: opts.cgroup_parent,
+        host_ipc: opts.host_ipc,
+        host_network: opts.host_network,
+        sysctls: opts.sysctls,
+    })
+}

@@ -1,0 +1,194 @@
+//! Containers of the embedding API: built, started, exec'd into, read, stopped.
+
+use super::*;
+
+/// A container being described; [`ContainerBuilder::start`] makes and starts it.
+pub struct ContainerBuilder {
+    pub(super) rt: Arc<Inner>,
+    pub(super) pod: PodRecord,
+    pub(super) cfg: ContainerConfig,
+    pub(super) source_set: bool,
+    pub(super) ready: Vec<Ready>,
+}
+
+impl ContainerBuilder {
+    /// Root filesystem from an image in the store (by reference or id).
+    pub fn image(mut self, reference: &str) -> Self {
+        self.cfg.source = RootfsSource::Image(reference.into());
+        self.source_set = true;
+        self
+    }
+
+    /// Root filesystem from a directory, kept unchanged under an overlay.
+    pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cfg.source = RootfsSource::Dir(dir.into());
+        self.source_set = true;
+        self
+    }
+
+    /// The command, replacing the image's entrypoint and cmd.
+    pub fn cmd<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.cfg.process.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cfg.process.env.push(format!("{key}={value}"));
+        self
+    }
+
+    pub fn workdir(mut self, dir: &str) -> Self {
+        self.cfg.process.workdir = Some(dir.into());
+        self
+    }
+
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.cfg.process.user = Some((uid, gid));
+        self
+    }
+
+    /// Bind-mounts host path `host` at `container`, writable.
+    pub fn mount(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
+        self.cfg.mounts.push(BindMount {
+            host: host.into(),
+            container: container.into(),
+            readonly: false,
+            propagation: Default::default(),
+        });
+        self
+    }
+
+    /// Bind-mounts host path `host` at `container`, read-only.
+    pub fn mount_ro(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
+        self.cfg.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: true, propagation: Default::default() });
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.cfg.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Where the container's CRI-format log goes.
+    pub fn log_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.log_path = Some(path.into());
+        self
+    }
+
+    /// [`ContainerBuilder::start`] returns once this holds (checks run in order).
+    pub fn wait_for(mut self, ready: Ready) -> Self {
+        self.ready.push(ready);
+        self
+    }
+
+    /// Creates the container without starting its process.
+    pub async fn create(self) -> Result<Container> {
+        if !self.source_set {
+            return Err(PodError::Invalid(format!("container {}: give an image or a rootfs directory", self.cfg.name)));
+        }
+        let rt = self.rt.clone();
+        let (pod, cfg) = (self.pod.id.to_string(), self.cfg);
+        let record = blocking(move || rt.pods.create_container(&pod, cfg)).await?;
+        Ok(Container { rt: self.rt, pod: self.pod, record })
+    }
+
+    /// Creates and starts the container, then waits for every readiness condition.
+    pub async fn start(self) -> Result<Container> {
+        let ready = self.ready.clone();
+        let c = self.create().await?;
+        c.start().await?;
+        for r in ready {
+            c.wait_for(r).await?;
+        }
+        Ok(c)
+    }
+}
+
+/// A container of a pod. It goes with its pod; dropping this handle keeps it.
+#[derive(Clone)]
+pub struct Container {
+    pub(super) rt: Arc<Inner>,
+    pub(super) pod: PodRecord,
+    pub(super) record: ContainerRecord,
+}
+
+impl Container {
+    /// The id under the runtime root.
+    pub fn id(&self) -> &str {
+        self.record.id.as_str()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    pub fn record(&self) -> &ContainerRecord {
+        &self.record
+    }
+
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&Pods, &ContainerRecord) -> Result<T> + Send + 'static) -> Result<T> {
+        let (rt, rec) = (self.rt.clone(), self.record.clone());
+        blocking(move || f(&rt.pods, &rec)).await
+    }
+
+    /// Releases a created container's process.
+    pub async fn start(&self) -> Result<()> {
+        self.with(|p, c| p.start_container(c)).await
+    }
+
+    /// Runs a command inside (killed after 30 s) and collects its output.
+    pub async fn exec<S: Into<String>>(&self, args: impl IntoIterator<Item = S>) -> Result<ExecOutput> {
+        self.exec_timeout(args, DEFAULT_EXEC_TIMEOUT).await
+    }
+
+    /// [`Container::exec`] with another time limit.
+    pub async fn exec_timeout<S: Into<String>>(&self, args: impl IntoIterator<Item = S>, timeout: Duration) -> Result<ExecOutput> {
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
+        self.with(move |p, c| p.exec(c, args, Some(timeout))).await
+    }
+
+    /// The log so far.
+    pub async fn logs(&self) -> Result<Vec<LogLine>> {
+        self.with(|p, c| p.logs(c)).await
+    }
+
+    /// The log so far as text, one line per line, stdout and stderr interleaved.
+    pub async fn logs_text(&self) -> Result<String> {
+        Ok(self.logs().await?.into_iter().map(|l| l.text + "\n").collect())
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&self) -> Result<ExitStatus> {
+        self.with(|p, c| p.wait_container(c)).await
+    }
+
+    /// The runtime's state of the container.
+    pub async fn state(&self) -> Result<ContainerState> {
+        self.with(|p, c| p.container_state(c)).await
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`.
+    pub async fn stop(&self, timeout: Duration) -> Result<()> {
+        self.with(move |p, c| p.stop_container_record(c, timeout)).await
+    }
+
+    pub async fn kill(&self, signal: Signal) -> Result<()> {
+        self.with(move |p, c| p.kill(c, signal)).await
+    }
+
+    /// Removes the container (killing it if it runs).
+    pub async fn remove(self) -> Result<()> {
+        self.with(|p, c| p.remove_container_record(c, true)).await
+    }
+
+    /// Waits until `ready` holds (a port, a log line, an exec, an HTTP 200).
+    pub async fn wait_for(&self, ready: Ready) -> Result<()> {
+        ready::wait(&self.rt, &self.pod, Some(&self.record), ready).await
+    }
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container").field("id", &self.record.id).field("pod", &self.pod.name).finish()
+    }
+}
