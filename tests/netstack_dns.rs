@@ -58,7 +58,7 @@ async fn pods_resolve_names_of_their_own_network_only_and_the_rest_is_forwarded(
     cfg.dns_upstreams = vec![SocketAddr::from(([198, 51, 100, 1], 53))];
     let net = t.node.create_network(cfg).await.unwrap();
     let other = t.node.create_network(t.network("other", "10.231.0.0/24")).await.unwrap();
-    t.node.serve_dns().unwrap();
+    t.node.serve_dns(minipod_netstack::DnsScope::AllNetworks).unwrap();
     let (a, b, c) = (t.pod("a"), t.pod("b"), t.pod("c"));
     let wa = t.node.attach(&net.name, t.request("pod-a", &a)).await.unwrap();
     let wb =
@@ -93,7 +93,7 @@ async fn the_default_network_can_come_back_while_dns_is_served() {
         return;
     }
     let t = TestNode::new("dnsback");
-    t.node.serve_dns().unwrap();
+    t.node.serve_dns(minipod_netstack::DnsScope::AllNetworks).unwrap();
     let name = minipod_netstack::NetworkConfig::default_network().name;
     let (a, b) = (t.pod("a"), t.pod("b"));
     t.node.attach(&name, t.request("pod-a", &a)).await.unwrap();
@@ -104,4 +104,66 @@ async fn the_default_network_can_come_back_while_dns_is_served() {
     let wb = t.node.attach(&name, t.request("pod-b", &b)).await.unwrap();
     let found = lookup(&a, "pod-b", "10.88.0.1".parse().unwrap()).unwrap_or_default();
     assert!(found.contains(&format!("Address: {}", wb.ip)), "{found}");
+}
+
+/// DNS answers from a thread of its own: a member resolves a name while the node's
+/// executor is held up (as a firewall change holds it while `nft` runs), and keeps
+/// resolving while that executor publishes and withdraws ports 100 times.
+#[test]
+fn names_resolve_while_the_network_executor_is_held_up_and_publishing_ports() {
+    use minipod_netstack::executor::Executor;
+    use minipod_netstack::{BlockingNode, DnsScope, PortMapping, Proto};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    if not_root() {
+        return;
+    }
+    let t = TestNode::new("dnsbusy");
+    let executor = Arc::new(Executor::start("test-net").unwrap());
+    let node = BlockingNode::open(&t.base.join("state"), Some(&t.node_ns()), executor.clone()).unwrap();
+    let net = node.create_network(t.network("busy", "10.232.0.0/24")).unwrap();
+    node.node().serve_dns(DnsScope::AllNetworks).unwrap();
+    let (a, b, c) = (t.pod("a"), t.pod("b"), t.pod("c"));
+    node.attach(&net.name, t.request("pod-a", &a)).unwrap();
+    let wb = node.attach(&net.name, t.request("pod-b", &b)).unwrap();
+    let gw = net.gateway();
+    let answered = |found: Option<String>| found.unwrap_or_default().contains(&format!("Address: {}", wb.ip));
+
+    // The executor is held until the lookup has its answer (or a minute has passed):
+    // a server sharing that executor could not answer before the lookup gives up.
+    let (held, is_held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let holder = {
+        let executor = executor.clone();
+        std::thread::spawn(move || {
+            executor.block(async move {
+                let _ = held.send(());
+                let _ = released.recv_timeout(Duration::from_secs(60));
+            })
+        })
+    };
+    is_held.recv().unwrap();
+    let while_held = lookup(&a, "pod-b", gw);
+    let _ = release.send(());
+    holder.join().unwrap().unwrap();
+    assert!(answered(while_held), "no answer while the network executor was held up");
+
+    let publisher = {
+        let (node, name, c) = (node.clone(), net.name.clone(), c.clone());
+        let req = t.request("pod-c", &c);
+        std::thread::spawn(move || {
+            for i in 0..100u16 {
+                let ports = vec![PortMapping { proto: Proto::Tcp, host_port: 20000 + i, host_ip: None, container_port: 80 }];
+                node.attach(&name, minipod_netstack::AttachRequest { ports, ..req.clone() }).unwrap();
+                node.detach(&name, &req.owner).unwrap();
+            }
+        })
+    };
+    let mut lookups = 0;
+    while !publisher.is_finished() {
+        assert!(answered(lookup(&a, "pod-b", gw)), "no answer during the port publishes (after {lookups})");
+        lookups += 1;
+    }
+    publisher.join().unwrap();
+    assert!(lookups > 0 || answered(lookup(&a, "pod-b", gw)));
 }

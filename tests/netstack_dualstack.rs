@@ -18,7 +18,7 @@ async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
     cfg.subnet6 = Some("fd00:240::/64".parse().unwrap());
     let net = t.node.create_network(cfg).await.unwrap();
     assert_eq!(net.gateway6().unwrap().to_string(), "fd00:240::1");
-    t.node.serve_dns().unwrap();
+    t.node.serve_dns(minipod_netstack::DnsScope::AllNetworks).unwrap();
     let (a, b) = (t.pod("a"), t.pod("b"));
     let wa = t.node.attach(&net.name, t.request("pod-a", &a)).await.unwrap();
     let wb = t.node.attach(&net.name, t.request("pod-b", &b)).await.unwrap();

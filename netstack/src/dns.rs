@@ -31,6 +31,8 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the DNS server's thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The names one network answers for.
@@ -180,11 +182,13 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     reply.to_vec().ok()
 }
 
-/// Listeners of one node; they stop when this is dropped.
+/// Listeners of one node, on a thread of their own; they stop when this is dropped.
 pub struct DnsServer {
     tasks: HashMap<NetworkName, tokio::task::JoinHandle<()>>,
-    /// Where the listeners run: not necessarily the runtime of whoever adds a network.
-    runtime: tokio::runtime::Handle,
+    /// Where the listeners run: nothing else runs there, so no other work of the
+    /// process (a firewall change waiting for `nft`) delays an answer. Dropped after
+    /// the tasks are aborted (fields drop in order).
+    executor: crate::executor::Executor,
 }
 
 impl Drop for DnsServer {
@@ -196,9 +200,10 @@ impl Drop for DnsServer {
 }
 
 impl DnsServer {
-    /// No listeners yet; those added later run on `runtime`.
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
-        Self { tasks: HashMap::new(), runtime }
+    /// No listeners yet; its thread (`minipod-dns`) is started.
+    pub fn start() -> Result<Self, DnsError> {
+        let executor = crate::executor::Executor::start("minipod-dns").map_err(DnsError::Thread)?;
+        Ok(Self { tasks: HashMap::new(), executor })
     }
 
     /// Stops the listener of `network` (it was removed), freeing its address.
@@ -217,12 +222,13 @@ impl DnsServer {
         let addr = SocketAddr::new(gateway.into(), 53);
         let bind = node.run(move || std::net::UdpSocket::bind(addr).and_then(|s| s.set_nonblocking(true).map(|()| s)))?;
         let std_sock = bind.map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
-        let _entered = self.runtime.enter();
+        let runtime = self.executor.handle();
+        let _entered = runtime.enter();
         let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|source| DnsError::Bind { network: network.clone(), addr, source })?;
         let sock = Arc::new(sock);
         let node_path = node.path().to_path_buf();
         let key = network.clone();
-        let task = self.runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((len, from)) = sock.recv_from(&mut buf).await else {

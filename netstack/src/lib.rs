@@ -50,6 +50,12 @@
 //!   answers A/PTR for the names members were attached with, only to askers from
 //!   that network, and forwards other names to the network's upstreams (the node's
 //!   resolv.conf by default). [`Attachment::resolv_conf`] is what the pod should use.
+//!   The server runs on a thread of its own, so that nothing else the process does
+//!   (a firewall change waiting for its `nft` process) delays an answer.
+//!
+//! - **Synchronous callers** ([`BlockingNode`]): the pod layer and the CLI call the
+//!   node without a tokio runtime of their own; each call runs on netstack's
+//!   [`executor::Executor`], a runtime on one thread, and returns its result.
 //!
 //! - **Dual-stack**: a network may carry an IPv6 subnet too ([`NetworkConfig::subnet6`]);
 //!   members then get an IPv6 address and route, masquerade and AAAA records, and
@@ -73,8 +79,10 @@
 //! # }
 //! ```
 
+mod blocking;
 mod bridge;
 pub mod dns;
+pub mod executor;
 pub mod firewall;
 pub mod ipam;
 pub mod names;
@@ -84,6 +92,7 @@ mod network;
 pub mod record;
 mod veth;
 
+pub use blocking::BlockingNode;
 pub use firewall::{PortMapping, Proto};
 pub use names::{is_dns_label, is_dns_name, IfName, NameError, NetworkName, OwnerId};
-pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, GcReport, NetworkConfig, NetworkError, Node};
+pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};

@@ -52,7 +52,7 @@ pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf,
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         // Names of every network, from now on, are served by this process.
-        pods.node().serve_dns_on(tokio::runtime::Handle::current(), true)?;
+        pods.node().serve_dns(minipod_runtime::netstack::DnsScope::AllNetworks)?;
         let parent = path.parent().context("the socket path has no directory")?;
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {

@@ -18,23 +18,28 @@ pub(super) fn resolv_conf(cfg: &NetworkConfig) -> String {
     upstreams(cfg).iter().map(|u| format!("nameserver {}\n", u.ip())).collect()
 }
 
-impl Node {
-    /// Starts the DNS server on the caller's tokio runtime: a listener on the gateway
-    /// of every DNS-enabled network (and of those created later), answering for the
-    /// names members were attached with, until the node is dropped.
-    pub fn serve_dns(&self) -> Result<(), NetworkError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetworkError::NoRuntime)?;
-        self.serve_dns_on(runtime, true)
-    }
+/// Which networks [`Node::serve_dns`] serves besides those the node creates or joins
+/// from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsScope {
+    /// Every DNS-enabled network recorded on the node.
+    AllNetworks,
+    /// None yet: several processes may share a node, each serving its own members'.
+    JoinedFromNow,
+}
 
-    /// Starts the DNS server with its listeners on `runtime`: for every DNS-enabled
-    /// network now if `all`, else only for networks this node creates or joins from
-    /// now on (so that several processes can share a node, each serving its own).
-    pub fn serve_dns_on(&self, runtime: tokio::runtime::Handle, all: bool) -> Result<(), NetworkError> {
+impl Node {
+    /// Starts the DNS server, on a thread of its own: a listener on the gateway of
+    /// each DNS-enabled network that `scope` names, and of those this node creates or
+    /// joins later, answering for the names members were attached with, until the node
+    /// is dropped. Calling it again only widens the scope.
+    pub fn serve_dns(&self, scope: DnsScope) -> Result<(), NetworkError> {
         if let Ok(mut dns) = self.dns.lock() {
-            dns.get_or_insert_with(|| crate::dns::DnsServer::new(runtime));
+            if dns.is_none() {
+                *dns = Some(crate::dns::DnsServer::start()?);
+            }
         }
-        if all {
+        if scope == DnsScope::AllNetworks {
             for cfg in self.networks()?.into_iter().filter(|c| c.dns) {
                 self.serve_dns_for(&cfg)?;
             }

@@ -246,4 +246,16 @@ impl Node {
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
     }
+
+    /// The first /24 of `pool` that no network of this node and no address on the
+    /// node overlaps (its own links, other state roots' bridges on a shared node).
+    pub async fn free_subnet(&self, pool: Ipv4Network) -> Result<Option<Ipv4Network>, NetworkError> {
+        let mut taken: Vec<Ipv4Network> = self.networks()?.into_iter().map(|n| n.subnet).collect();
+        let present = Netlink::open(&self.netns)?.ipv4_addresses().await?;
+        taken.extend(present.into_iter().filter_map(|(ip, prefix)| Ipv4Network::new(ip, prefix).ok()));
+        let count = 1u32.checked_shl(u32::from(24u8.saturating_sub(pool.prefix()))).unwrap_or(0);
+        Ok((0..count)
+            .filter_map(|i| Ipv4Network::new(Ipv4Addr::from(u32::from(pool.network()).wrapping_add(i << 8)), 24).ok())
+            .find(|s| pool.contains(s.network()) && !taken.iter().any(|t| t.overlaps(*s))))
+    }
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use futures::future::{BoxFuture, FutureExt};
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,7 @@ mod lifecycle;
 mod store;
 
 pub use config::{ConfigError, NetworkConfig};
+pub use dns_service::DnsScope;
 pub use gc::GcReport;
 
 /// Something about a network went wrong.
@@ -52,8 +53,10 @@ pub enum NetworkError {
     BadDnsName(String),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
-    #[error("serving DNS needs a tokio runtime: call this from inside one, or use serve_dns_on with a runtime handle")]
-    NoRuntime,
+    #[error(transparent)]
+    ExecutorGone(#[from] crate::executor::ExecutorGone),
+    #[error("network {name}: every /24 of {pool} is taken by a network or an address on the node: give a subnet")]
+    PoolExhausted { name: NetworkName, pool: Ipv4Network },
     #[error("network {name}: bridge {bridge} gives interface group {group:#x}, which network {other} has: pick another bridge name")]
     GroupTaken { name: NetworkName, bridge: IfName, group: u32, other: NetworkName },
     #[error(
@@ -185,6 +188,11 @@ impl Node {
         let state_dir = state_dir.into();
         let firewall = Firewall::new(netns.path(), &state_dir);
         Ok(Self { netns, state_dir, firewall, records: Default::default(), dns: Default::default(), ready: Default::default() })
+    }
+
+    /// Where the node's networks are recorded.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 }
 

@@ -2,6 +2,8 @@
 //! private node when asked), the accessors, and shutting down what it made.
 
 use super::*;
+use crate::netstack::executor::Executor;
+use crate::netstack::{BlockingNode, DnsScope};
 
 /// How to open [`Pods`].
 #[derive(Debug, Clone)]
@@ -56,20 +58,15 @@ pub(super) struct Instance {
 
 /// Removes what runtime instance `inst` made for itself: its network, its private
 /// node, its record. Parts already gone are fine.
-pub(super) fn remove_instance(net: &netthread::NetThread, root: &Path, inst: &Instance) -> Result<()> {
+pub(super) fn remove_instance(executor: &Arc<Executor>, root: &Path, inst: &Instance) -> Result<()> {
     if let Some(name) = inst.network.clone() {
-        match Node::new(&inst.node.state_dir, inst.node.netns.as_deref()) {
-            Ok(node) => {
-                let r = net.block(async move { node.remove_network(&name).await })?;
-                match r {
-                    Ok(()) | Err(NetworkError::NoSuchNetwork(_)) => {}
-                    // Pods kept past this runtime (`disown`) still use it.
-                    Err(NetworkError::InUse { .. }) => {
-                        tracing::info!(network = %inst.network.as_ref().map(|n| n.to_string()).unwrap_or_default(), "kept: pods that outlive the runtime use it")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        match BlockingNode::open(&inst.node.state_dir, inst.node.netns.as_deref(), executor.clone()) {
+            Ok(node) => match node.remove_network(&name) {
+                Ok(()) | Err(NetworkError::NoSuchNetwork(_)) => {}
+                // Pods kept past this runtime (`disown`) still use it.
+                Err(NetworkError::InUse { .. }) => tracing::info!(network = %name, "kept: pods that outlive the runtime use it"),
+                Err(e) => return Err(e.into()),
+            },
             // The node namespace is gone, and its bridges with it.
             Err(NetworkError::Netns(_)) if inst.private_node.is_some() || inst.node.netns.as_ref().is_some_and(|p| !p.exists()) => {}
             Err(e) => return Err(e.into()),
@@ -89,19 +86,6 @@ pub(super) fn remove_instance(net: &netthread::NetThread, root: &Path, inst: &In
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
         _ => Ok(()),
     }
-}
-
-/// Pins a fresh node namespace at `pin` with lo up.
-fn make_private_node(net: &netthread::NetThread, pin: &Path) -> Result<()> {
-    let dir = pin.parent().unwrap_or(pin);
-    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let ns = netstack::netns::create_pinned(pin)?;
-    let up = net.block(async move {
-        let nl = netstack::netlink::Netlink::open(&ns)?;
-        let lo = nl.index("lo").await?;
-        nl.up(lo, "setting lo up in the private node").await
-    })?;
-    up.map_err(|e| PodError::Network(e.into()))
 }
 
 /// A scope unique to this runtime instance: pid, start time (a reused PID has
@@ -142,7 +126,7 @@ impl Pods {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
-        let net = netthread::NetThread::start().map_err(io_err("starting the network thread for", &root))?;
+        let executor = Arc::new(Executor::start("minipod-net").map_err(io_err("starting the network thread for", &root))?);
         let scope = match &opts.scope {
             Some(s) => {
                 record::check_name("scope", s).map_err(PodError::Invalid)?;
@@ -175,25 +159,24 @@ impl Pods {
         }
         let undo = |e: PodError| {
             if let Some(inst) = &instance {
-                let _ = remove_instance(&net, &root, inst);
+                let _ = remove_instance(&executor, &root, inst);
             }
             e
         };
         if let Some(pin) = &private_pin {
-            make_private_node(&net, pin).map_err(undo)?;
+            BlockingNode::create_private(pin, &executor).map_err(|e| undo(e.into()))?;
         }
-        let node = Node::new(&node_ref.state_dir, node_ref.netns.as_deref()).map_err(|e| undo(e.into()))?;
-        let node = Arc::new(node);
+        let node = BlockingNode::open(&node_ref.state_dir, node_ref.netns.as_deref(), executor.clone()).map_err(|e| undo(e.into()))?;
         // Only the networks this runtime uses: another process may serve the others.
-        node.serve_dns_on(net.handle(), false).map_err(|e| undo(e.into()))?;
-        let timers = net.handle();
+        node.node().serve_dns(DnsScope::JoinedFromNow).map_err(|e| undo(e.into()))?;
+        let timers = executor.handle();
         let mut pods = Self {
             root: root.clone(),
             oci,
             images,
             node,
             node_ref,
-            net,
+            executor,
             scope,
             default_network: NetworkConfig::default_network().name,
             keep_pods: opts.keep_pods,
@@ -220,7 +203,7 @@ impl Pods {
         match &opts.network {
             Some(name) if *name == default.name => return Ok(default.name),
             Some(name) => {
-                if let Some(cfg) = self.node.network(name)? {
+                if let Some(cfg) = self.node.node().network(name)? {
                     // Joined, so that this runtime serves its names too.
                     self.create_network(cfg)?;
                     return Ok(name.clone());
@@ -243,38 +226,13 @@ impl Pods {
     }
 
     fn create_network(&self, cfg: NetworkConfig) -> Result<NetworkConfig> {
-        let node = self.node.clone();
-        Ok(self.net.block(async move { node.create_network(cfg).await })??)
+        Ok(self.node.create_network(cfg)?)
     }
 
     /// Creates network `name` on the first free /24 of 10.89.0.0/16.
     fn create_network_auto(&self, name: NetworkName, bridge: IfName) -> Result<NetworkConfig> {
-        let lock_path = self.node_ref.state_dir.join("auto-subnet.lock");
-        let lock =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err("opening", &lock_path))?;
-        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("locking", &lock_path)(io::Error::from(e)))?;
-        let mut taken: Vec<ipnetwork::Ipv4Network> = self.node.networks()?.into_iter().map(|n| n.subnet).collect();
-        // Addresses already on the node (its own links, other state roots' bridges on a
-        // shared node): a subnet that overlaps one would clash.
-        let netns = self.node_ref.netns.clone();
-        let present = self.net.block(async move {
-            let ns = match &netns {
-                Some(p) => netstack::netns::Netns::open(p)?,
-                None => netstack::netns::Netns::current()?,
-            };
-            netstack::netlink::Netlink::open(&ns)?.ipv4_addresses().await
-        })?;
-        let present = present.map_err(|e| PodError::Network(e.into()))?;
-        taken.extend(present.into_iter().filter_map(|(ip, prefix)| ipnetwork::Ipv4Network::new(ip, prefix).ok()));
-        for third in 0..=255u8 {
-            let Ok(subnet) = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, third, 0), 24) else { continue };
-            if taken.iter().any(|t| t.overlaps(subnet)) {
-                continue;
-            }
-            return self.create_network(NetworkConfig::new(name, bridge, subnet));
-        }
-        Err(PodError::Invalid("every /24 of 10.89.0.0/16 is taken by a network: give the runtime a CIDR".into()))
+        let pool = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, 0, 0), 16).map_err(|e| PodError::Invalid(e.to_string()))?;
+        Ok(self.node.create_network_in(name, bridge, pool)?)
     }
 
     /// The state root.
@@ -284,7 +242,7 @@ impl Pods {
 
     /// The node: to inspect networks or open sockets in its namespace.
     pub fn node(&self) -> &Node {
-        &self.node
+        self.node.node()
     }
 
     /// Where the node lives.
@@ -341,6 +299,6 @@ impl Pods {
     }
 
     pub(super) fn remove_instance(&self, inst: &Instance) -> Result<()> {
-        remove_instance(&self.net, &self.root, inst)
+        remove_instance(&self.executor, &self.root, inst)
     }
 }

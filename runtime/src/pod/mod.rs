@@ -28,7 +28,6 @@ mod exec;
 mod files;
 mod instance;
 mod mount_template;
-mod netthread;
 mod pods;
 pub mod record;
 pub mod resources;
@@ -56,7 +55,6 @@ pub use containers::ContainerConfig;
 pub use exec::ExecOutput;
 use instance::Instance;
 pub use instance::PodsOptions;
-pub use netthread::NetThreadGone;
 pub use pods::{pod_ip, PodConfig};
 pub use record::{
     BindMount, ContainerRecord, DnsConfig, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus, Propagation, RootfsSource,
@@ -109,8 +107,6 @@ pub enum PodError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Netns(#[from] netstack::netns::NetnsError),
-    #[error(transparent)]
-    NetThread(#[from] NetThreadGone),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -136,9 +132,10 @@ pub struct Pods {
     root: PathBuf,
     oci: Runtime,
     images: ImageStore,
-    node: Arc<Node>,
+    node: netstack::BlockingNode,
     node_ref: NodeRef,
-    net: netthread::NetThread,
+    /// Where the node's async work and the mount template's timers run.
+    executor: Arc<netstack::executor::Executor>,
     scope: String,
     default_network: NetworkName,
     keep_pods: bool,

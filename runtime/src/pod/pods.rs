@@ -115,7 +115,7 @@ impl Pods {
             if networks[..i].contains(n) {
                 return Err(PodError::Invalid(format!("network {n} is listed twice")));
             }
-            if *n != NetworkConfig::default_network().name && self.node.network(n)?.is_none() {
+            if *n != NetworkConfig::default_network().name && self.node.node().network(n)?.is_none() {
                 return Err(NetworkError::NoSuchNetwork(n.clone()).into());
             }
         }
@@ -197,9 +197,7 @@ impl Pods {
                 default_route: i == 0,
                 ..AttachRequest::new(owner.clone(), net.clone())
             };
-            let node = self.node.clone();
-            let name2 = name.clone();
-            let wired = self.net.block(async move { node.attach(&name2, req).await })??;
+            let wired = self.node.attach(name, req)?;
             if i == 0 {
                 resolv = wired.resolv_conf.clone();
             }
@@ -240,23 +238,20 @@ impl Pods {
         let owner = OwnerId::new(pod.id.as_str())?;
         let node = self.node_for(pod)?;
         for n in &pod.networks {
-            let (node, name, owner) = (node.clone(), n.network.clone(), owner.clone());
-            self.net.block(async move {
-                if released {
-                    node.detach_released(&name, &owner).await
-                } else {
-                    node.detach(&name, &owner).await
-                }
-            })??;
+            if released {
+                node.detach_released(&n.network, &owner)?;
+            } else {
+                node.detach(&n.network, &owner)?;
+            }
         }
         Ok(())
     }
 
-    fn node_for(&self, pod: &PodRecord) -> Result<Arc<Node>> {
+    fn node_for(&self, pod: &PodRecord) -> Result<netstack::BlockingNode> {
         if pod.node == self.node_ref {
             return Ok(self.node.clone());
         }
-        Ok(Arc::new(Node::new(&pod.node.state_dir, pod.node.netns.as_deref())?))
+        Ok(netstack::BlockingNode::open(&pod.node.state_dir, pod.node.netns.as_deref(), self.executor.clone())?)
     }
 
     /// Removes a pod: containers, networks, namespaces, files. Refuses while a

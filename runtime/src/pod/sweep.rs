@@ -81,29 +81,24 @@ impl Pods {
                 }
             }
         }
-        let node = self.node.clone();
         let pods_dir = self.root.join("pods");
         // Links no record names are deleted only on a private node: a shared node may
         // carry other state roots' pods.
         let stray_links = self.node_ref.netns.as_ref().is_some_and(|p| p.starts_with(&nodes));
-        let gc = self.net.block(async move {
-            // Asked per owner as it is met: a pod made meanwhile has its directory
-            // before its first attachment.
-            node.gc_with(
-                |o: &OwnerId| PodId::parse(o.as_str()).is_none_or(|id| Path::new(&pods_dir).join(id.as_str()).exists()),
-                stray_links,
-            )
-            .await
-        });
+        // Asked per owner as it is met: a pod made meanwhile has its directory before
+        // its first attachment.
+        let gc = self.node.gc_with(
+            move |o: &OwnerId| PodId::parse(o.as_str()).is_none_or(|id| Path::new(&pods_dir).join(id.as_str()).exists()),
+            stray_links,
+        );
         match gc {
-            Ok(Ok(r)) => {
+            Ok(r) => {
                 report.network.extend(r.members.iter().map(|(n, o)| format!("member {o} of {n}")));
                 report.network.extend(r.addresses.iter().map(|(n, ip)| format!("address {ip} of {n}")));
                 report.network.extend(r.links.iter().map(|l| format!("link {l}")));
                 errors.extend(r.failures.iter().map(|(what, e)| format!("network gc, {what}: {}", chain(e))));
             }
-            Ok(Err(e)) => errors.push(format!("network gc: {}", chain(&e))),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(format!("network gc: {}", chain(&e))),
         }
         report.errors = errors;
         for e in &report.errors {

@@ -1,5 +1,7 @@
-//! A private tokio runtime on its own thread, where netstack's async work (netlink,
-//! the DNS server) runs for a pod runtime.
+//! netstack's own executor: a current-thread tokio runtime on a thread of its own.
+//! The async network work of synchronous callers runs on one ([`crate::BlockingNode`]),
+//! and the DNS server on another, so that a firewall change (an `nft` process the
+//! executor waits for) never holds up a DNS answer.
 //!
 //! Callers block on it from anywhere, including a tokio worker or a `Drop` running
 //! while a panic unwinds: nothing here needs the caller to have a runtime, and no
@@ -7,8 +9,8 @@
 
 use std::future::Future;
 
-/// The thread and the handle to spawn work on it.
-pub struct NetThread {
+/// The thread and the handle to spawn work on it; stopped and joined when dropped.
+pub struct Executor {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -17,14 +19,15 @@ pub struct NetThread {
 /// The thread is gone (it panicked): nothing network-related can be done any more.
 #[derive(Debug, thiserror::Error)]
 #[error("minipod's network thread is gone")]
-pub struct NetThreadGone;
+pub struct ExecutorGone;
 
-impl NetThread {
-    pub fn start() -> std::io::Result<Self> {
+impl Executor {
+    /// Starts the thread, named `name` (`minipod-net`, `minipod-dns`).
+    pub fn start(name: &str) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("minipod-net".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             rt.block_on(async {
                 let _ = stopped.await;
             });
@@ -32,22 +35,22 @@ impl NetThread {
         Ok(Self { handle, stop: Some(stop), thread: Some(thread) })
     }
 
-    /// Where to spawn listeners (the DNS server).
+    /// Where to spawn tasks that live on the thread (listeners, timers).
     pub fn handle(&self) -> tokio::runtime::Handle {
         self.handle.clone()
     }
 
     /// Runs `fut` on the thread and waits for it, from any context.
-    pub fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T, NetThreadGone> {
+    pub fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T, ExecutorGone> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().map_err(|_| NetThreadGone)
+        rx.recv().map_err(|_| ExecutorGone)
     }
 }
 
-impl Drop for NetThread {
+impl Drop for Executor {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
