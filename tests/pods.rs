@@ -502,3 +502,25 @@ async fn containers_of_a_pod_can_share_one_pid_namespace() {
     rt.shutdown().await.unwrap();
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_container_is_removed_only_by_force_and_a_gone_one_without_error() {
+    if not_root() {
+        return;
+    }
+    let env = PodEnv::new("pods-rmpolicy");
+    let rt = env.open().await;
+    let pod = rt.pod("rm").start().await.unwrap();
+    pod.container("c").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    let pods = rt.pods();
+    let refused = pods.remove_container("rm", "c", false).unwrap_err();
+    assert!(matches!(refused, PodError::ContainerRunning { .. }), "{refused}");
+    assert!(pods.container("rm", "c").is_ok(), "a refused removal leaves the container");
+    pods.remove_container("rm", "c", true).unwrap();
+    assert!(matches!(pods.container("rm", "c"), Err(PodError::NoSuchContainer { .. })));
+    pods.remove_container("rm", "c", false).unwrap();
+    pods.remove_container("no-such-pod", "c", false).unwrap();
+    drop(pod);
+    rt.shutdown().await.unwrap();
+    env.assert_clean();
+}

@@ -9,9 +9,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 /// What is wrong with a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("bundle {0} does not exist: pass --bundle with a directory that holds config.json and the rootfs")]
+    #[error("bundle {0} does not exist")]
     Missing(PathBuf),
-    #[error("bundle {0} has no config.json: write one with `minipod spec` in that directory")]
+    #[error("bundle {0} has no config.json")]
     NoConfig(PathBuf),
     #[error("reading {path}")]
     Read {

@@ -34,11 +34,11 @@ pub enum ContainerError {
     Bundle(#[from] BundleError),
     #[error("the spec's seccomp filter")]
     Seccomp(#[from] crate::seccomp::SeccompError),
-    #[error("container {id} already exists in {root}: pick another id or remove it with `minipod delete {id}`")]
+    #[error("container {id} already exists in {root}")]
     AlreadyExists { id: ContainerId, root: PathBuf },
-    #[error("container {id} does not exist in {root}: `minipod list` shows the containers there")]
+    #[error("container {id} does not exist in {root}")]
     NotFound { id: ContainerId, root: PathBuf },
-    #[error("container {id} is running: stop it first (`minipod kill {id}`) or delete it with --force")]
+    #[error("container {id} is running")]
     StillRunning { id: ContainerId },
     #[error("cannot {op} container {id}: it is {status}{hint}")]
     WrongState { id: ContainerId, op: &'static str, status: Status, hint: &'static str },

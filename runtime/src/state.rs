@@ -25,7 +25,7 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is corrupt: {source}; `minipod delete --force` removes it")]
+    #[error("{path} is corrupt: {source}")]
     Corrupt {
         path: PathBuf,
         #[source]

@@ -1,5 +1,6 @@
 //! Command-line parsing, logging setup and error printing for `minipod`.
 
+mod hint;
 mod net;
 mod oci;
 mod pod;
@@ -99,7 +100,10 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let text = format!("{e:#}");
+            let text = match hint::for_error(&e) {
+                Some(hint) => format!("{e:#}: {hint}"),
+                None => format!("{e:#}"),
+            };
             tracing::error!("{text}");
             eprintln!("minipod: {text}");
             1

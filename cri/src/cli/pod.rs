@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use minipod_runtime::image::DEFAULT_DIR as DEFAULT_IMAGES;
 use minipod_runtime::netstack::{NetworkName, PortMapping, Proto};
 use minipod_runtime::pod::{BindMount, ContainerConfig, PodConfig, ProcessOverrides, RootfsSource};
-use minipod_runtime::{Pods, PodsOptions, Status};
+use minipod_runtime::{Pods, PodsOptions};
 
 /// Options every pod, ctr and image command takes.
 #[derive(Args, Debug)]
@@ -366,17 +366,7 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
             let c = pods.container(&pod, &name)?;
             pods.stop_container_record(&c, Duration::from_secs(timeout))?;
         }
-        CtrCommand::Rm { pod, name, force } => {
-            let c = match pods.container(&pod, &name) {
-                Ok(c) => c,
-                Err(minipod_runtime::PodError::NoSuchContainer { .. }) => return Ok(0),
-                Err(e) => return Err(e.into()),
-            };
-            if !force && pods.container_state(&c).map(|s| s.live_status() == Status::Running).unwrap_or(false) {
-                anyhow::bail!("container {name} in pod {pod} is running: stop it first (`minipod ctr stop {pod} {name}`) or use --force");
-            }
-            pods.remove_container_record(&c, true)?;
-        }
+        CtrCommand::Rm { pod, name, force } => pods.remove_container(&pod, &name, force)?,
     }
     Ok(0)
 }

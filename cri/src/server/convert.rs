@@ -136,7 +136,7 @@ pub fn status(e: PodError) -> Status {
         PodError::Invalid(_) | PodError::Name(_) | PodError::Id(_) | PodError::NoRootfs(_) => Status::invalid_argument(text),
         PodError::PodExists { .. } | PodError::ContainerExists { .. } => Status::already_exists(text),
         PodError::NoSuchPod(_) | PodError::NoSuchContainer { .. } => Status::not_found(text),
-        PodError::PodNotReady { .. } | PodError::PodBusy { .. } => Status::failed_precondition(text),
+        PodError::PodNotReady { .. } | PodError::PodBusy { .. } | PodError::ContainerRunning { .. } => Status::failed_precondition(text),
         PodError::Image(minipod_runtime::ImageError::NotFound { .. }) => Status::not_found(text),
         PodError::Container(ContainerError::NotFound { .. }) => Status::not_found(text),
         PodError::Container(ContainerError::WrongState { .. } | ContainerError::StillRunning { .. }) => Status::failed_precondition(text),

@@ -243,12 +243,8 @@ impl RuntimeService for Server {
         let id = req.into_inner().container_id;
         need(&id, "container_id")?;
         let events = self.events.clone();
-        blocking(&self.pods, move |p| match p.container_by_id(&id) {
-            Ok(c) => p.remove_container_record(&c, true).inspect(|()| events.changed(p, &id)),
-            Err(PodError::NoSuchContainer { .. }) => Ok(()),
-            Err(e) => Err(e),
-        })
-        .await?;
+        // The CRI removes a running container too (it is killed first).
+        blocking(&self.pods, move |p| p.remove_container_by_id(&id, true).inspect(|()| events.changed(p, &id))).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 

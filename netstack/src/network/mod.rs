@@ -43,7 +43,7 @@ pub enum NetworkError {
     BridgeTaken { name: NetworkName, bridge: IfName, other: NetworkName },
     #[error("network {name} exists with different settings ({what}): remove it first or use its settings")]
     Conflict { name: NetworkName, what: String },
-    #[error("network {0} does not exist: create it first (`minipod net ls` lists them)")]
+    #[error("network {0} does not exist")]
     NoSuchNetwork(NetworkName),
     #[error("network {name} still has {count} member(s): detach them first")]
     InUse { name: NetworkName, count: usize },
@@ -69,7 +69,7 @@ pub enum NetworkError {
          the same subnet here; give each its own network and subnet, or remove the stale route"
     )]
     AddressRouted { network: NetworkName, ip: IpAddr },
-    #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it (`minipod net gc`)")]
+    #[error("interface {0} already exists in the node namespace: another runtime or a stale attachment holds it")]
     LinkClash(String),
     #[error(transparent)]
     Ipam(#[from] IpamError),

@@ -69,7 +69,7 @@ const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// An image store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("image {reference} is not in the store at {}: import it with `minipod image import PATH` or pull it", dir.display())]
+    #[error("image {reference} is not in the store at {}", dir.display())]
     NotFound { reference: String, dir: PathBuf },
     #[error("{prefix} is the start of {} image ids in {} ({}): give more of the id", ids.len(), dir.display(), ids.join(", "))]
     Ambiguous { prefix: String, dir: PathBuf, ids: Vec<String> },

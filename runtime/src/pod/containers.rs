@@ -303,6 +303,32 @@ impl Pods {
         }
     }
 
+    /// Removes container `name` of pod `pod`: refused while it runs unless `force`
+    /// (then it is killed first). Removing a container that is gone is not an error.
+    pub fn remove_container(&self, pod: &str, name: &str, force: bool) -> Result<()> {
+        match self.container(pod, name) {
+            Ok(c) => self.remove_container_checked(&c, force),
+            Err(PodError::NoSuchContainer { .. } | PodError::NoSuchPod(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// As [`Pods::remove_container`], by container id.
+    pub fn remove_container_by_id(&self, id: &str, force: bool) -> Result<()> {
+        match self.container_by_id(id) {
+            Ok(c) => self.remove_container_checked(&c, force),
+            Err(PodError::NoSuchContainer { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_container_checked(&self, c: &ContainerRecord, force: bool) -> Result<()> {
+        if !force && self.container_state(c).is_ok_and(|s| s.live_status() == Status::Running) {
+            return Err(PodError::ContainerRunning { pod: c.pod.to_string(), name: c.name.clone() });
+        }
+        self.remove_container_record(c, true)
+    }
+
     /// Removes a container (killing it with `force`); removing one that is gone is fine.
     pub fn remove_container_record(&self, c: &ContainerRecord, force: bool) -> Result<()> {
         match self.oci.delete(&c.id, force) {

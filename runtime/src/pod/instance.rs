@@ -276,26 +276,24 @@ impl Pods {
     }
 
     /// Removes the pods this runtime owns and what it made for itself (its network,
-    /// its private node). The first error is returned after trying everything.
+    /// its private node). Every step is tried and every error returned: one as it
+    /// is, several as [`PodError::Teardown`].
     pub fn shutdown(&self) -> Result<()> {
-        let mut first_err = None;
+        let mut failures = Failures::default();
         if self.instance.is_some() && !self.keep_pods {
-            let pods = self.pods().unwrap_or_else(|e| {
-                first_err = Some(e);
-                vec![]
-            });
-            for pod in pods.into_iter().filter(|p| p.scope == self.scope && p.owner.is_some_and(|o| o == Owner::me())) {
-                if let Err(e) = self.teardown(&pod) {
-                    first_err.get_or_insert(e);
+            match self.pods() {
+                Ok(pods) => {
+                    for pod in pods.into_iter().filter(|p| p.scope == self.scope && p.owner.is_some_and(|o| o == Owner::me())) {
+                        failures.note(self.teardown(&pod));
+                    }
                 }
+                Err(e) => failures.note(Err(e)),
             }
         }
         if let Some(inst) = &self.instance {
-            if let Err(e) = self.remove_instance(inst) {
-                first_err.get_or_insert(e);
-            }
+            failures.note(self.remove_instance(inst));
         }
-        first_err.map_or(Ok(()), Err)
+        failures.finish(format!("shutting down runtime instance {}", self.scope))
     }
 
     pub(super) fn remove_instance(&self, inst: &Instance) -> Result<()> {

@@ -79,18 +79,20 @@ pub enum PodError {
     Invalid(String),
     #[error("pod {name:?} already exists (id {id}): pick another name or remove it first")]
     PodExists { name: String, id: PodId },
-    #[error("no pod {0:?}: `minipod pod ls` lists the pods")]
+    #[error("no pod {0:?}")]
     NoSuchPod(String),
     #[error("pod name {name:?} is ambiguous: pods {ids:?} carry it; use an id")]
     AmbiguousPod { name: String, ids: Vec<String> },
     #[error("pod {pod} is {status}: {what}")]
     PodNotReady { pod: String, status: PodStatus, what: &'static str },
-    #[error("pod {pod} has running containers ({names}): stop them first (`minipod pod stop {pod}`) or remove it with force")]
+    #[error("pod {pod} has running containers ({names})")]
     PodBusy { pod: String, names: String },
     #[error("container {name:?} already exists in pod {pod}: pick another name or remove it first")]
     ContainerExists { pod: String, name: String },
-    #[error("no container {name:?} in pod {pod}: `minipod ctr ls` lists the containers")]
+    #[error("no container {name:?} in pod {pod}")]
     NoSuchContainer { pod: String, name: String },
+    #[error("container {name} in pod {pod} is running")]
+    ContainerRunning { pod: String, name: String },
     #[error("waited {secs} s for {what}: {last}")]
     NotReady { what: String, secs: f64, last: String },
     #[error("rootfs directory {0} does not exist or is not a directory")]
@@ -107,6 +109,9 @@ pub enum PodError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Netns(#[from] netstack::netns::NetnsError),
+    /// A teardown went on past its failures: all of them, in order.
+    #[error("{what}: {} steps failed: {}", errors.len(), join_errors(errors))]
+    Teardown { what: String, errors: Vec<PodError> },
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -117,6 +122,36 @@ pub enum PodError {
 }
 
 type Result<T, E = PodError> = std::result::Result<T, E>;
+
+fn join_errors(errors: &[PodError]) -> String {
+    errors.iter().map(|e| crate::error_chain(e)).collect::<Vec<_>>().join("; ")
+}
+
+/// The errors of a teardown that goes on past a failed step and reports every one
+/// (netavark's way): none is Ok, one is returned as it is, several together.
+#[derive(Default)]
+struct Failures(Vec<PodError>);
+
+impl Failures {
+    /// Keeps the error of `r`, if any.
+    fn note(&mut self, r: Result<()>) {
+        if let Err(e) = r {
+            self.0.push(e);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn finish(mut self, what: impl Into<String>) -> Result<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(PodError::Teardown { what: what.into(), errors: self.0 }),
+        }
+    }
+}
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PodError + 'a {
     move |source| PodError::Io { what, path: path.to_path_buf(), source }
@@ -141,4 +176,24 @@ pub struct Pods {
     keep_pods: bool,
     instance: Option<Instance>,
     template: mount_template::MountTemplate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_teardown_reports_every_failure_and_a_single_one_as_it_is() {
+        assert!(Failures::default().finish("x").is_ok());
+        let mut one = Failures::default();
+        one.note(Ok(()));
+        one.note(Err(PodError::NoSuchPod("a".into())));
+        assert!(matches!(one.finish("x"), Err(PodError::NoSuchPod(_))));
+        let mut two = Failures::default();
+        two.note(Err(PodError::NoSuchPod("a".into())));
+        two.note(Err(PodError::Invalid("b broke".into())));
+        let e = two.finish("removing pod p").unwrap_err();
+        assert!(matches!(&e, PodError::Teardown { errors, .. } if errors.len() == 2));
+        assert_eq!(e.to_string(), "removing pod p: 2 steps failed: no pod \"a\"; b broke");
+    }
 }

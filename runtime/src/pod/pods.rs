@@ -279,16 +279,20 @@ impl Pods {
     /// Everything of `pod` goes, whatever state it is in.
     pub(super) fn teardown(&self, pod: &PodRecord) -> Result<()> {
         let _lock = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)?;
-        let mut first_err = None;
-        for c in self.containers(Some(&pod.id)).unwrap_or_default() {
-            if let Err(e) = self.remove_container_record(&c, true) {
-                first_err.get_or_insert(e);
+        let mut failures = Failures::default();
+        match self.containers(Some(&pod.id)) {
+            Ok(containers) => {
+                for c in containers {
+                    failures.note(self.remove_container_record(&c, true));
+                }
             }
+            Err(e) => failures.note(Err(e)),
         }
-        if let Some(e) = first_err {
+        let what = format!("removing pod {}", pod.name);
+        if !failures.is_empty() {
             // A process that may still run keeps the namespace and the address: freeing
             // the address now would hand it to the next pod twice.
-            return Err(e);
+            return failures.finish(what);
         }
         // The namespaces go right after: the kernel deletes the veths in the background.
         if pod.status != PodStatus::Stopped {
@@ -296,10 +300,7 @@ impl Pods {
                 // The node namespace is gone, and with it the bridge, the veths and the
                 // rules: only records would be left, in a state dir that goes too.
                 Err(PodError::Network(NetworkError::Netns(_))) if pod.node.netns.as_ref().is_some_and(|p| !p.exists()) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-                Ok(()) => {}
+                other => failures.note(other),
             }
         }
         if let Some(h) = pod.pid_holder {
@@ -309,12 +310,10 @@ impl Pods {
         }
         let dir = self.pod_dir(&pod.id);
         for ns in ["net", "ipc", "uts"] {
-            if let Err(e) = netstack::netns::remove_pinned(&dir.join("ns").join(ns)) {
-                first_err.get_or_insert(e.into());
-            }
+            failures.note(netstack::netns::remove_pinned(&dir.join("ns").join(ns)).map_err(PodError::from));
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        if !failures.is_empty() {
+            return failures.finish(what);
         }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", &dir)(e)),
