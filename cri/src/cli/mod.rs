@@ -32,6 +32,16 @@ pub struct Cli {
     command: Command,
 }
 
+/// How a listing is printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Columns for people.
+    #[default]
+    Table,
+    /// One JSON document, for scripts.
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Text,

@@ -1,5 +1,6 @@
 //! `minipod net`: networks for people (create, ls, inspect, rm, gc).
 
+use super::OutputFormat;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,8 @@ enum NetCommand {
     #[command(visible_alias = "list")]
     Ls {
         /// Output format.
-        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
-        output: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
     /// Show a network's settings and members (addresses, published ports) as JSON.
     Inspect { name: NetworkName },
@@ -98,7 +99,7 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
             }
             NetCommand::Ls { output } => {
                 let nets = node.networks()?;
-                if output == "json" {
+                if output == OutputFormat::Json {
                     println!("{}", serde_json::to_string_pretty(&nets)?);
                 } else {
                     println!("{:<20} {:<16} {:<18} {:<16} {:>7}", "NAME", "BRIDGE", "SUBNET", "GATEWAY", "MEMBERS");

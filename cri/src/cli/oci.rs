@@ -1,5 +1,6 @@
 //! The runc-compatible verbs.
 
+use super::OutputFormat;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -81,8 +82,8 @@ pub struct ExecArgs {
 #[derive(Args, Debug)]
 pub struct ListArgs {
     /// Output format.
-    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
-    format: String,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
     /// Print only the ids.
     #[arg(short, long)]
     quiet: bool,
@@ -214,7 +215,7 @@ pub fn list(root: &Path, a: ListArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    if a.format == "json" {
+    if a.format == OutputFormat::Json {
         let states: Vec<_> = all.iter().map(|c| c.oci_state()).collect();
         println!("{}", serde_json::to_string_pretty(&states)?);
         return Ok(0);

@@ -1,6 +1,7 @@
 //! `minipod pod`, `minipod ctr` and `minipod image`: pods, their containers and local
 //! images for people. Pods made here outlive the command (scope `default`).
 
+use super::OutputFormat;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -59,8 +60,8 @@ enum PodCommand {
 #[derive(Args, Debug)]
 struct Output {
     /// Output format.
-    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
-    output: String,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -253,7 +254,7 @@ pub fn pod(root: &Path, a: PodArgs) -> anyhow::Result<i32> {
         }
         PodCommand::Ls(o) => {
             let all = pods.pods()?;
-            if o.output == "json" {
+            if o.output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 println!("{:<14}{:<24}{:<10}{:<18}{:<12}CREATED", "ID", "NAME", "STATUS", "IP", "CONTAINERS");
@@ -343,7 +344,7 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
         CtrCommand::Ls { pod, output } => {
             let pod_id = pod.map(|p| pods.pod(&p)).transpose()?.map(|p| p.id);
             let all = pods.containers(pod_id.as_ref())?;
-            if output.output == "json" {
+            if output.output == OutputFormat::Json {
                 let rows: Vec<serde_json::Value> =
                     all.iter().map(|c| serde_json::json!({ "record": c, "state": pods.container_state(c).ok() })).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -395,7 +396,7 @@ pub fn image(root: &Path, a: ImageArgs) -> anyhow::Result<i32> {
         }
         ImageCommand::Ls(o) => {
             let all = store.list()?;
-            if o.output == "json" {
+            if o.output == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 println!("{:<50}{:<22}SIZE", "REFERENCE", "ID");
