@@ -56,6 +56,7 @@
 //! from its own constructors before the helper hook runs.
 
 pub mod bundle;
+#[cfg(any(test, feature = "busybox"))]
 pub mod busybox;
 pub mod capabilities;
 pub mod cgroups;
