@@ -75,6 +75,7 @@ pub mod seccomp;
 pub mod signal;
 pub mod spec;
 pub mod state;
+pub mod time;
 
 pub use bundle::{Bundle, BundleError};
 pub use container::{ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT};

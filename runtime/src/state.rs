@@ -1,6 +1,7 @@
 //! The on-disk record of one container: `<root>/<id>/state.json`, written only by the
 //! container's monitor (one writer), read by everyone, replaced atomically.
 
+use crate::time::Timestamp;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -106,12 +107,12 @@ pub struct ContainerState {
     pub monitor_start_time: u64,
     /// Cgroup directories of the container, one per hierarchy.
     pub cgroup_paths: Vec<PathBuf>,
-    /// When it was created (RFC 3339).
-    pub created: String,
+    /// When it was created.
+    pub created: Timestamp,
     /// When the workload was released by `start`, if it was.
-    pub started: Option<String>,
+    pub started: Option<Timestamp>,
     /// When the workload exited, if it did.
-    pub finished: Option<String>,
+    pub finished: Option<Timestamp>,
     /// How it exited, if it did.
     pub exit: Option<ExitStatus>,
     /// Whether the kernel's OOM killer killed a process of it (its memory limit hit).
@@ -141,7 +142,7 @@ impl ContainerState {
             "status": status,
             "bundle": self.bundle,
             "rootfs": self.rootfs,
-            "created": self.created,
+            "created": self.created.to_string(),
             "annotations": self.annotations,
         });
         if status != Status::Stopped {
@@ -192,11 +193,6 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
         return None;
     }
     fields.nth(18)?.parse().ok()
-}
-
-/// The current time in RFC 3339 with nanoseconds, UTC.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

@@ -89,14 +89,6 @@ pub fn to_hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// RFC 3339 text to Unix nanoseconds (0 when absent or unreadable).
-pub fn nanos(t: Option<&str>) -> i64 {
-    t.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 pub fn pod_metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
     let get = |k: &str| p.annotations.get(k).cloned().unwrap_or_default();
     cri::PodSandboxMetadata {
@@ -186,6 +178,5 @@ mod tests {
         for made in [label("My_Pod.v2", 40), label("-a-", 5), label(&"Ab".repeat(40), 50)] {
             assert!(minipod_runtime::netstack::is_dns_label(&made), "{made:?}");
         }
-        assert_eq!(nanos(Some("2026-11-26T17:00:00.000000001Z")) % 1_000_000_000, 1);
     }
 }

@@ -216,7 +216,7 @@ impl Pods {
             log_path: log_path.clone(),
             labels: cfg.labels.clone(),
             annotations: cfg.annotations.clone(),
-            created: state::now_rfc3339(),
+            created: crate::time::Timestamp::now(),
             attempt: cfg.attempt,
             mounts: cfg.mounts.clone(),
             resources: cfg.resources.clone(),

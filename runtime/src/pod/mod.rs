@@ -48,7 +48,7 @@ use crate::image::{ImageError, ImageStore};
 use crate::logs::LogLine;
 use crate::netstack::{self, AttachRequest, IfName, NetworkConfig, NetworkError, NetworkName, Node, OwnerId, PortMapping};
 use crate::rootfs::Overlay;
-use crate::state::{self, ContainerState, ExitStatus, Status};
+use crate::state::{ContainerState, ExitStatus, Status};
 use crate::{ContainerError, ContainerId, CreateOptions, ExecOptions, Runtime, Signal, Stdio};
 
 pub use containers::ContainerConfig;

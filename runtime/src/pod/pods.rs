@@ -129,7 +129,7 @@ impl Pods {
             hostname,
             labels: cfg.labels.clone(),
             annotations: cfg.annotations.clone(),
-            created: state::now_rfc3339(),
+            created: crate::time::Timestamp::now(),
             // Owned while being made, also when it is to outlive us: a crash mid-way
             // leaves a pod the next sweep removes.
             owner: Some(Owner::me()),

@@ -146,7 +146,7 @@ pub struct PodRecord {
     pub hostname: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    pub created: String,
+    pub created: crate::time::Timestamp,
     /// None: the pod outlives whoever made it (CLI, daemon) until removed.
     pub owner: Option<Owner>,
     pub node: NodeRef,
@@ -239,7 +239,7 @@ pub struct ContainerRecord {
     pub log_path: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    pub created: String,
+    pub created: crate::time::Timestamp,
     /// How many times this name was created in the pod (CRI attempt).
     pub attempt: u32,
     /// The node paths mounted into it.

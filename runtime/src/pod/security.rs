@@ -421,7 +421,7 @@ mod tests {
     use super::*;
 
     fn rootfs(passwd: &str, group: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("minipod-sec-{}-{}", std::process::id(), crate::state::now_rfc3339()));
+        let dir = std::env::temp_dir().join(format!("minipod-sec-{}-{}", std::process::id(), crate::time::Timestamp::now().unix_nanos()));
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(dir.join("etc/passwd"), passwd).unwrap();
         std::fs::write(dir.join("etc/group"), group).unwrap();

@@ -17,7 +17,7 @@ impl Pods {
             .filter_map(|e| PodId::parse(&e.file_name().to_string_lossy()))
             .filter_map(|id| netstack::record::read_json(&self.pod_dir(&id).join(POD_FILE)).ok())
             .collect();
-        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out.sort_by_key(|a| a.created);
         Ok(out)
     }
 
@@ -120,7 +120,7 @@ impl Pods {
                 }
             }
         }
-        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out.sort_by_key(|a| a.created);
         Ok(out)
     }
 

@@ -357,7 +357,7 @@ fn create(
         monitor_pid: me,
         monitor_start_time: state::process_start_time(me).unwrap_or_default(),
         cgroup_paths: cgroup.paths().to_vec(),
-        created: state::now_rfc3339(),
+        created: crate::time::Timestamp::now(),
         started: None,
         finished: None,
         exit: None,
@@ -461,7 +461,7 @@ impl Monitor {
         self.state.status = Status::Stopped;
         self.state.exit = Some(exit);
         self.state.oom_killed = crate::cgroups::Cgroup::from_paths(self.state.cgroup_paths.clone()).oom_kills() > 0;
-        self.state.finished = Some(state::now_rfc3339());
+        self.state.finished = Some(crate::time::Timestamp::now());
         // The state dir may already be gone (delete --force); nothing to record then.
         let _ = self.state.save(&self.state_dir);
         for w in &clients {
@@ -507,7 +507,7 @@ impl Monitor {
             return Report::Failed(format!("container {}: its process died before it could be started", self.state.id));
         }
         self.state.status = Status::Running;
-        self.state.started = Some(state::now_rfc3339());
+        self.state.started = Some(crate::time::Timestamp::now());
         if let Err(e) = self.state.save(&self.state_dir) {
             return Report::Failed(chain(&e));
         }
