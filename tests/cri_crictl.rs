@@ -1,16 +1,16 @@
 //! The CRI server driven by the real `crictl` (installed by scripts/setup.sh) over its
 //! Unix socket, on a node namespace the test makes.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cri::{ctr_json, pod_json, Daemon};
-use common::node::TestNode;
-use common::{not_root, Harness};
+use support::cri::{ctr_json, pod_json, Daemon};
+use support::node::TestNode;
+use support::{not_root, Harness};
 use serde_json::{json, Value};
 
 #[test]
@@ -331,7 +331,7 @@ fn crictl_events_streams_each_containers_lifecycle_once_in_order() {
     d.import_busybox();
     let ep = format!("unix://{}", d.sock.display());
     // The event stream as a kubelet's evented PLEG reads it; one JSON object per event.
-    let mut watcher = Command::new(common::cri::crictl_bin())
+    let mut watcher = Command::new(support::cri::crictl_bin())
         .args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--config", "/dev/null", "events", "-o", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

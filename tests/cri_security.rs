@@ -2,13 +2,13 @@
 //! would send them: the real `crictl` against `minipod serve` on a node namespace the
 //! test makes.
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 
-use common::cri::{ctr_json, pod_json, Daemon};
-use common::node::TestNode;
-use common::{not_root, Harness, NodeMount};
+use support::cri::{ctr_json, pod_json, Daemon};
+use support::node::TestNode;
+use support::{not_root, Harness, NodeMount};
 use serde_json::{json, Value};
 
 fn daemon(name: &str) -> (TestNode, Daemon) {

@@ -1,9 +1,9 @@
 //! The runtime as a library inside a multi-threaded tokio test: the helper hook takes
 //! over the re-exec'd test binary, so setup never forks this threaded process.
 
-mod common;
+mod support;
 
-use common::{not_root, Harness};
+use support::{not_root, Harness};
 use minipod_runtime::{ContainerId, CreateOptions, ExitStatus, Runtime, Signal, Status, Stdio};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

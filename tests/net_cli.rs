@@ -1,9 +1,9 @@
 //! `minipod net` against a throwaway node namespace (never the host's).
 
-mod common;
+mod support;
 
-use common::node::TestNode;
-use common::{minipod_bin, not_root};
+use support::node::TestNode;
+use support::{minipod_bin, not_root};
 use minipod_netstack::netns::remove_pinned;
 
 fn net(t: &TestNode, args: &[&str]) -> (bool, String, String) {

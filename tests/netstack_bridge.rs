@@ -1,10 +1,10 @@
 //! Networks inside a throwaway node namespace, with plain network namespaces as
 //! pods: reachability, MTU, clean detach, concurrent attaches, validation.
 
-mod common;
+mod support;
 
-use common::node::TestNode;
-use common::not_root;
+use support::node::TestNode;
+use support::not_root;
 use minipod_netstack::netns::remove_pinned;
 use minipod_netstack::{AttachRequest, IfName, NetworkError, NetworkName, OwnerId};
 

@@ -2,15 +2,15 @@
 //! name, alias and address; other networks' names stay hidden; everything else goes
 //! to a fake upstream in the simulated internet (never the machine's resolver).
 
-mod common;
+mod support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::node::TestNode;
-use common::not_root;
+use support::node::TestNode;
+use support::not_root;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record};
 use minipod_netstack::netns::Netns;

@@ -1,9 +1,9 @@
 //! Dual-stack networks: an IPv6 subnet beside the IPv4 one, in a throwaway node.
 
-mod common;
+mod support;
 
-use common::node::TestNode;
-use common::not_root;
+use support::node::TestNode;
+use support::not_root;
 use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

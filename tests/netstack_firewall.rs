@@ -2,10 +2,10 @@
 //! masquerade towards a simulated internet (198.51.100.0/24, reachable only through
 //! a route the test adds), internal networks, and published ports.
 
-mod common;
+mod support;
 
-use common::node::TestNode;
-use common::not_root;
+use support::node::TestNode;
+use support::not_root;
 use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 
 fn tcp(host_port: u16, container_port: u16) -> PortMapping {

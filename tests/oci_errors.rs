@@ -1,9 +1,9 @@
 //! Every user mistake the OCI verbs can meet: one clear line on stderr, a non-zero
 //! exit, and nothing left behind (state dir, cgroup, mount or process).
 
-mod common;
+mod support;
 
-use common::{cgroup_dirs, host_mounts_mention, not_root, processes_mentioning, Harness};
+use support::{cgroup_dirs, host_mounts_mention, not_root, processes_mentioning, Harness};
 use serde_json::json;
 
 /// Runs `args`, expects failure with `needle` in a one-line message, and checks the host.

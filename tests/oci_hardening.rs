@@ -2,9 +2,9 @@
 //! may reach the host, and low descriptor limits or leftover processes must not break
 //! the lifecycle.
 
-mod common;
+mod support;
 
-use common::{cgroup_dirs, not_root, Harness};
+use support::{cgroup_dirs, not_root, Harness};
 use serde_json::json;
 
 #[test]
@@ -17,7 +17,7 @@ fn works_under_the_usual_soft_fd_limit_of_1024() {
     let id = h.id("nofile");
     let script = format!(
         "ulimit -n 1024 && exec {} --root {} run --bundle {} {id}",
-        common::minipod_bin().display(),
+        support::minipod_bin().display(),
         h.root.display(),
         b.dir.display()
     );
@@ -288,9 +288,9 @@ fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
     let (controllers, err) = in_v2(&format!("cat {mnt_s}/cgroup.controllers"));
     assert!(err.is_empty(), "{err}");
     let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
-    let minipod = common::minipod_bin().display().to_string();
+    let minipod = support::minipod_bin().display().to_string();
     let root = h.root.display().to_string();
-    let run = |b: &common::TestBundle, name: &str| {
+    let run = |b: &support::TestBundle, name: &str| {
         let id = h.id(name);
         let dir = b.write().display().to_string();
         let left = if node_v2 { format!("{mnt_s}/minipod/{id}") } else { format!("{mnt_s}/minipod") };
@@ -334,7 +334,7 @@ fn a_shared_root_carries_a_containers_mounts_to_the_node_and_nothing_else() {
     }
     let h = Harness::new("rshared");
     let vol = h.base.join("vol");
-    let _guard = common::NodeMount::shared(&vol);
+    let _guard = support::NodeMount::shared(&vol);
 
     let mut b = h.bundle(&["sh", "-c", "mkdir -p /vol/made && mount -t tmpfs made /vol/made && echo from-the-container > /vol/made/f"]);
     b.config["linux"]["rootfsPropagation"] = json!("rshared");

@@ -1,11 +1,11 @@
 //! The runc lifecycle through the CLI: create, state, start, exec, kill, delete, list,
 //! and that every step leaves the host as it found it.
 
-mod common;
+mod support;
 
 use std::process::Stdio;
 
-use common::{cgroup_dirs, host_mounts_mention, not_root, Harness};
+use support::{cgroup_dirs, host_mounts_mention, not_root, Harness};
 
 fn status_of(h: &Harness, id: &str) -> String {
     h.state(id)["status"].as_str().unwrap().to_string()

@@ -1,8 +1,8 @@
 //! `minipod run` of busybox bundles: what the workload sees inside its container.
 
-mod common;
+mod support;
 
-use common::{not_root, Harness};
+use support::{not_root, Harness};
 use serde_json::json;
 
 #[test]

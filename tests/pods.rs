@@ -2,12 +2,12 @@
 //! reaching each other by name, published ports, logs and exit codes, readiness waits,
 //! errors, and cleanup on drop, on panic and after SIGKILL.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::not_root;
-use common::pods::PodEnv;
+use support::not_root;
+use support::pods::PodEnv;
 use minipod_runtime::embed::{Minipod, Ready};
 use minipod_runtime::{ExitStatus, PodError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -155,7 +155,7 @@ async fn exits_and_logs_are_read_back_by_a_later_process() {
         return;
     }
     let env = PodEnv::new("pods-later");
-    let node = common::node::TestNode::new("later");
+    let node = support::node::TestNode::new("later");
     let ns = node.node_ns();
     let images = env.h.base.join("images");
     let cli = |args: &[&str]| {
@@ -453,7 +453,7 @@ async fn two_runtimes_on_one_node_and_root_never_collide() {
         return;
     }
     let env = PodEnv::new("pods-two");
-    let node = common::node::TestNode::new("two");
+    let node = support::node::TestNode::new("two");
     let open = || Minipod::builder().state_dir(env.root()).image_dir(env.h.base.join("images")).node_netns(node.node_ns()).open();
     let (a, b) = (open().await.unwrap(), open().await.unwrap());
     let serve = |who: &str| format!("mkdir /www && echo {who} > /www/index.html && exec httpd -f -p 80 -h /www");
