@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use support::cri::{ctr_json, pod_json, Daemon};
 use support::node::TestNode;
 use support::{not_root, Harness};
-use serde_json::{json, Value};
 
 #[test]
 fn crictl_drives_pods_containers_and_images() {

@@ -6,10 +6,10 @@ mod support;
 
 use std::path::PathBuf;
 
+use serde_json::{json, Value};
 use support::cri::{ctr_json, pod_json, Daemon};
 use support::node::TestNode;
 use support::{not_root, Harness, NodeMount};
-use serde_json::{json, Value};
 
 fn daemon(name: &str) -> (TestNode, Daemon) {
     let node = TestNode::new(name);

@@ -3,8 +3,8 @@
 
 mod support;
 
-use support::{not_root, Harness};
 use minipod_runtime::{ContainerId, CreateOptions, ExitStatus, Runtime, Signal, Status, Stdio};
+use support::{not_root, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_start_wait_delete_from_a_tokio_runtime() {

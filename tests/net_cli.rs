@@ -2,9 +2,9 @@
 
 mod support;
 
+use minipod_netstack::netns::remove_pinned;
 use support::node::TestNode;
 use support::{minipod_bin, not_root};
-use minipod_netstack::netns::remove_pinned;
 
 fn net(t: &TestNode, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(minipod_bin())

@@ -3,10 +3,10 @@
 
 mod support;
 
-use support::node::TestNode;
-use support::not_root;
 use minipod_netstack::netns::remove_pinned;
 use minipod_netstack::{AttachRequest, IfName, NetworkError, NetworkName, OwnerId};
+use support::node::TestNode;
+use support::not_root;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_on_one_network_reach_each_other_and_the_gateway() {

@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use support::node::TestNode;
-use support::not_root;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record};
 use minipod_netstack::netns::Netns;
 use minipod_netstack::AttachRequest;
+use support::node::TestNode;
+use support::not_root;
 
 /// A fake upstream on 198.51.100.1:53 in the internet namespace: `example.test` is
 /// 203.0.113.7, every other name does not exist. Stops when the flag drops.

@@ -2,9 +2,9 @@
 
 mod support;
 
+use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 use support::node::TestNode;
 use support::not_root;
-use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {

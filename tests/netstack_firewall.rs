@@ -4,9 +4,9 @@
 
 mod support;
 
+use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 use support::node::TestNode;
 use support::not_root;
-use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
 
 fn tcp(host_port: u16, container_port: u16) -> PortMapping {
     PortMapping { proto: Proto::Tcp, host_port, host_ip: None, container_port }

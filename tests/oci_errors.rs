@@ -3,8 +3,8 @@
 
 mod support;
 
-use support::{cgroup_dirs, host_mounts_mention, not_root, processes_mentioning, Harness};
 use serde_json::json;
+use support::{cgroup_dirs, host_mounts_mention, not_root, processes_mentioning, Harness};
 
 /// Runs `args`, expects failure with `needle` in a one-line message, and checks the host.
 fn fails(h: &Harness, args: &[&str], needle: &str) -> String {

@@ -4,8 +4,8 @@
 
 mod support;
 
-use support::{cgroup_dirs, not_root, Harness};
 use serde_json::json;
+use support::{cgroup_dirs, not_root, Harness};
 
 #[test]
 fn works_under_the_usual_soft_fd_limit_of_1024() {

@@ -2,8 +2,8 @@
 
 mod support;
 
-use support::{not_root, Harness};
 use serde_json::json;
+use support::{not_root, Harness};
 
 #[test]
 fn exit_codes_propagate_from_the_workload() {

@@ -6,10 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::not_root;
-use support::pods::PodEnv;
 use minipod_runtime::embed::{Minipod, Ready};
 use minipod_runtime::{ExitStatus, PodError};
+use support::not_root;
+use support::pods::PodEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVE: &str = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";

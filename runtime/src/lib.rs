@@ -33,9 +33,17 @@
 //! - What a spec asks for and the host cannot give (user namespaces, AppArmor
 //!   or SELinux labels, cgroup settings with no file on this host) is refused at
 //!   create, naming the setting, never skipped.
-//! - State lives in `<root>/<id>/state.json`, written atomically by the monitor only.
+//! - State lives in `<root>/<id>/state.json`, written atomically by the monitor only
+//!   (netstack's [`netstack::record`], which pod and container records use too); times
+//!   in it are [`time::Timestamp`]s.
+//! - A pod's network work runs on netstack's executor thread through a
+//!   [`netstack::BlockingNode`]; the pod layer never drives netlink itself.
 //! - Images live in an [`ImageStore`]: imported OCI layouts, unpacked once per layer
 //!   into directories that containers stack read-only as overlayfs lower layers.
+//!
+//! The `busybox` feature adds the `busybox` module: root filesystems and
+//! OCI layouts made from the node's static busybox, for tests, benchmarks and
+//! examples.
 //!
 //! # Example (runc level)
 //!
