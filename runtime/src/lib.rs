@@ -21,9 +21,9 @@
 //! - The init builds the root filesystem (mounts, /dev, `pivot_root`, masked and
 //!   read-only paths), sets hostname, sysctls, rlimits, user, capabilities and
 //!   no_new_privs, then blocks before exec until [`Runtime::start`]; the spec's
-//!   seccomp filter ([`seccomp`], compiled by libseccomp) is loaded last, right before
+//!   seccomp filter (compiled by libseccomp once per profile) is loaded last, right before
 //!   exec when no_new_privs allows it.
-//! - The spec's OCI [`hooks`] run where the runtime spec puts them, each with the
+//! - The spec's OCI hooks run where the runtime spec puts them, each with the
 //!   container's state on stdin and killed at its timeout: `prestart` and
 //!   `createRuntime` by the monitor and `createContainer` by the init, once the init
 //!   is in its cgroup with its mounts made and before `pivot_root`; `startContainer` in
@@ -66,21 +66,21 @@
 pub mod bundle;
 #[cfg(any(test, feature = "busybox"))]
 pub mod busybox;
-pub mod capabilities;
+mod capabilities;
 pub mod cgroups;
 mod container;
 pub mod disk;
 pub mod embed;
-pub mod hooks;
-pub mod id;
+mod hooks;
+mod id;
 pub mod image;
 pub mod logs;
 pub mod pidfd;
 pub mod pod;
 mod process;
-pub mod rootfs;
-pub mod seccomp;
-pub mod signal;
+mod rootfs;
+mod seccomp;
+mod signal;
 pub mod spec;
 pub mod state;
 pub mod time;
