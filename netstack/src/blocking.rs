@@ -3,7 +3,6 @@
 //! tokio runtime of its own and never blocks one (it may itself run on a tokio worker,
 //! through `spawn_blocking`, or in a `Drop` while a panic unwinds).
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,12 +32,18 @@ impl BlockingNode {
         let dir = pin.parent().unwrap_or(pin);
         std::fs::create_dir_all(dir).map_err(|source| NetworkError::State { path: dir.to_path_buf(), source })?;
         let ns = crate::netns::create_pinned(pin)?;
-        executor.block(async move {
+        let up = executor.block(async move {
             let nl = crate::netlink::Netlink::open(&ns)?;
             let lo = nl.index("lo").await?;
             nl.up(lo, "setting lo up in the private node").await?;
             Ok::<_, NetworkError>(())
-        })?
+        });
+        let up = up.map_err(NetworkError::from).and_then(|r| r);
+        if up.is_err() {
+            // Nothing half-made: a pinned node without lo up is no node.
+            let _ = crate::netns::remove_pinned(pin);
+        }
+        up
     }
 
     /// The node itself: its synchronous queries (networks, members, problems) and DNS.
@@ -97,11 +102,6 @@ impl BlockingNode {
     pub fn detach_released(&self, name: &NetworkName, owner: &OwnerId) -> Result<(), NetworkError> {
         let (name, owner) = (name.clone(), owner.clone());
         self.run(|node| async move { node.detach_released(&name, &owner).await })
-    }
-
-    /// [`Node::gc`].
-    pub fn gc(&self, live: HashSet<OwnerId>) -> Result<GcReport, NetworkError> {
-        self.run(|node| async move { node.gc(&live).await })
     }
 
     /// [`Node::gc_with`].

@@ -48,7 +48,7 @@ impl ImageStore {
             }
         };
         scratch(self.layers_dir(), |n| n.starts_with(".tmp-"));
-        scratch(self.images_dir(), |n| n.starts_with('.'));
+        scratch(self.images_dir(), crate::netstack::record::is_temp_name);
         scratch(self.tmp_dir(), |_| true);
     }
 
