@@ -94,5 +94,5 @@ mod veth;
 
 pub use blocking::BlockingNode;
 pub use firewall::{PortMapping, Proto};
-pub use names::{is_dns_label, is_dns_name, IfName, NameError, NetworkName, OwnerId};
+pub use names::{is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, NetworkName, OwnerId, PodName, Scope};
 pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};

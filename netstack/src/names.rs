@@ -1,5 +1,6 @@
-//! Validated names: networks, interface names and owner ids, all of which reach paths
-//! or the kernel.
+//! Validated names: networks, interface names and owner ids, which reach paths or the
+//! kernel, and the pod, container and host names the runtime builds on them, which
+//! also become DNS names. The one place their rules are written.
 
 use std::fmt;
 
@@ -10,9 +11,13 @@ pub enum NameError {
     Length { kind: &'static str, name: String, max: usize },
     #[error("{kind} {name:?} has the character {ch:?}: use letters, digits, `-`, `_` and `.`, not starting with `.` or `-`")]
     Char { kind: &'static str, name: String, ch: char },
+    #[error("{kind} {name:?} is not valid: use 1 to {max} lowercase letters, digits and `-`, not starting or ending with `-`")]
+    Label { kind: &'static str, name: String, max: usize },
+    #[error("hostname {name:?} is not valid: use DNS labels (letters, digits, `-` inside) separated by dots, at most 64 bytes")]
+    Hostname { name: String },
 }
 
-fn check(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+fn check_path_safe(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
     if name.is_empty() || name.len() > max {
         return Err(NameError::Length { kind, name: name.to_string(), max });
     }
@@ -25,8 +30,30 @@ fn check(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A lowercase DNS label of at most `max` bytes: it becomes a DNS name, a hostname and
+/// part of paths.
+fn check_label(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.len() <= max && is_dns_label(name) && !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(NameError::Label { kind, name: name.to_string(), max })
+    }
+}
+
+/// What sethostname(2) takes and resolvers accept: dotted DNS labels, at most 64 bytes.
+fn check_hostname(_kind: &'static str, name: &str, _max: usize) -> Result<(), NameError> {
+    if name.len() <= 64 && name.split('.').all(is_dns_label) {
+        Ok(())
+    } else {
+        Err(NameError::Hostname { name: name.to_string() })
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $t:ident, $kind:literal, $max:expr) => {
+        name_type!($(#[$doc])* $t, $kind, $max, check_path_safe);
+    };
+    ($(#[$doc:meta])* $t:ident, $kind:literal, $max:expr, $check:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -36,7 +63,7 @@ macro_rules! name_type {
             /// Checks and wraps `name`.
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
-                check($kind, &name, $max)?;
+                $check($kind, &name, $max)?;
                 Ok(Self(name))
             }
 
@@ -62,6 +89,31 @@ macro_rules! name_type {
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        /// Valid names are single path components.
+        impl AsRef<std::path::Path> for $t {
+            fn as_ref(&self) -> &std::path::Path {
+                std::path::Path::new(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
             }
         }
 
@@ -92,6 +144,51 @@ name_type!(
     "owner id",
     128
 );
+
+name_type!(
+    /// A pod's name: unique among the live pods of a scope, its DNS name on every
+    /// network it joins and its default hostname.
+    PodName,
+    "pod name",
+    63,
+    check_label
+);
+name_type!(
+    /// A container's name, unique within its pod (a directory name under the pod).
+    ContainerName,
+    "container name",
+    63,
+    check_label
+);
+name_type!(
+    /// A further DNS name of a pod on its networks.
+    Alias,
+    "alias",
+    63,
+    check_label
+);
+name_type!(
+    /// Whose pods a runtime instance sees and sweeps (part of netns and link names,
+    /// hence short).
+    Scope,
+    "scope",
+    40,
+    check_label
+);
+name_type!(
+    /// A pod's hostname (its UTS namespace's name).
+    Hostname,
+    "hostname",
+    64,
+    check_hostname
+);
+
+impl From<PodName> for Hostname {
+    /// A pod name is always a valid hostname: a pod's default hostname is its name.
+    fn from(n: PodName) -> Self {
+        Self(n.0)
+    }
+}
 
 impl IfName {
     /// `eth0`, the usual name of a pod's interface.
@@ -132,6 +229,29 @@ pub(crate) fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_and_container_names_are_lowercase_dns_labels() {
+        assert!(PodName::new("web-1").is_ok() && ContainerName::new("c0").is_ok());
+        for bad in ["", "Web", "a_b", "-a", "a-", "a/b", "..", "a.b", &"x".repeat(64)] {
+            assert!(PodName::new(bad).is_err(), "{bad:?}");
+            assert!(ContainerName::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(Scope::new("x".repeat(40)).is_ok() && Scope::new("x".repeat(41)).is_err());
+        let e = PodName::new("Web").unwrap_err().to_string();
+        assert!(e.contains("pod name \"Web\"") && e.contains("lowercase"), "{e}");
+        // Records are checked as they are read back: a name on disk is never trusted.
+        assert!(serde_json::from_str::<PodName>("\"../etc\"").is_err());
+    }
+
+    #[test]
+    fn hostnames_are_dotted_labels_of_at_most_64_bytes() {
+        assert!(Hostname::new("Node-1.example").is_ok());
+        for bad in ["", "a..b", "-a", "a b", &"x".repeat(65)] {
+            assert!(Hostname::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Hostname::from(PodName::new("web").unwrap()), "web");
+    }
 
     #[test]
     fn interface_names_fit_ifnamsiz() {

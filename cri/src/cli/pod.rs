@@ -11,7 +11,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use minipod_runtime::image::DEFAULT_DIR as DEFAULT_IMAGES;
 use minipod_runtime::netstack::{NetworkName, PortMapping, Proto};
-use minipod_runtime::pod::{BindMount, ContainerConfig, PodConfig, ProcessOverrides, RootfsSource};
+use minipod_runtime::pod::{
+    Alias, BindMount, ContainerConfig, ContainerName, Hostname, PodConfig, PodName, ProcessOverrides, RootfsSource,
+};
 use minipod_runtime::{Pods, PodsOptions};
 
 /// Options every pod, ctr and image command takes.
@@ -66,7 +68,7 @@ struct Output {
 
 #[derive(Args, Debug)]
 struct PodRunArgs {
-    name: String,
+    name: PodName,
     /// Network to join (repeat for several; the first carries the default route and ports). Default: minipod0.
     #[arg(long)]
     network: Vec<NetworkName>,
@@ -75,9 +77,9 @@ struct PodRunArgs {
     publish: Vec<String>,
     /// Another DNS name for the pod.
     #[arg(long)]
-    alias: Vec<String>,
+    alias: Vec<Alias>,
     #[arg(long)]
-    hostname: Option<String>,
+    hostname: Option<Hostname>,
     /// KEY=VALUE
     #[arg(short, long)]
     label: Vec<String>,
@@ -137,7 +139,7 @@ enum CtrCommand {
 #[derive(Args, Debug)]
 struct CtrRunArgs {
     pod: String,
-    name: String,
+    name: ContainerName,
     /// Image reference or id from the store.
     #[arg(long, conflicts_with = "rootfs", required_unless_present = "rootfs")]
     image: Option<String>,
@@ -240,14 +242,13 @@ pub fn pod(root: &Path, a: PodArgs) -> anyhow::Result<i32> {
     match a.command {
         PodCommand::Run(r) => {
             let cfg = PodConfig {
-                name: r.name,
                 hostname: r.hostname,
                 labels: key_values(&r.label, "label")?,
                 networks: r.network,
                 ports: r.publish.iter().map(|p| parse_port(p)).collect::<anyhow::Result<_>>()?,
                 aliases: r.alias,
                 share_pid: r.share_pid,
-                ..Default::default()
+                ..PodConfig::new(r.name)
             };
             let pod = pods.create_pod(cfg)?;
             println!("{}", pod.id);
@@ -354,7 +355,7 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
                     let st = pods.container_state(&c).ok();
                     let status = st.as_ref().map(|s| s.live_status().to_string()).unwrap_or_else(|| "unknown".into());
                     let exit = st.and_then(|s| s.exit).map(|e| e.shell_code().to_string()).unwrap_or_default();
-                    let pod_name = pods.pod(c.pod.as_str()).map(|p| p.name).unwrap_or_default();
+                    let pod_name = pods.pod(c.pod.as_str()).map(|p| p.name.to_string()).unwrap_or_default();
                     let image = match &c.source {
                         RootfsSource::Image(i) => i.clone(),
                         RootfsSource::Dir(d) => d.display().to_string(),

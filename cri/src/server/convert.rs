@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_cri::v1 as cri;
 use minipod_runtime::image::Credentials;
-use minipod_runtime::pod::{ContainerRecord, PodRecord, PodStatus};
+use minipod_runtime::netstack::NameError;
+use minipod_runtime::pod::{ContainerName, ContainerRecord, PodName, PodRecord, PodStatus};
 use minipod_runtime::{ContainerError, PodError, Status as CtrStatus};
 use tonic::Status;
 
@@ -67,13 +68,18 @@ pub fn short_hash(parts: &[&str]) -> String {
 
 /// minipod's pod name for a sandbox: unique per (name, namespace, attempt), as the
 /// CRI asks, and a valid DNS label.
-pub fn pod_name(m: &cri::PodSandboxMetadata) -> String {
-    format!("{}-{}-{}", label(&m.name, 40), m.attempt, short_hash(&[&m.namespace, &m.name]))
+pub fn pod_name(m: &cri::PodSandboxMetadata) -> Result<PodName, NameError> {
+    PodName::new(format!("{}-{}-{}", label(&m.name, 40), m.attempt, short_hash(&[&m.namespace, &m.name])))
 }
 
 /// minipod's container name for a container: unique per (name, attempt) in its pod.
-pub fn container_name(m: &cri::ContainerMetadata) -> String {
-    format!("{}-{}", label(&m.name, 50), m.attempt)
+pub fn container_name(m: &cri::ContainerMetadata) -> Result<ContainerName, NameError> {
+    ContainerName::new(format!("{}-{}", label(&m.name, 50), m.attempt))
+}
+
+/// A name the CRI gave that minipod cannot take.
+pub fn invalid(e: NameError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
 pub fn to_btree(m: &HashMap<String, String>) -> BTreeMap<String, String> {
@@ -92,7 +98,7 @@ pub fn to_hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
 pub fn pod_metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
     let get = |k: &str| p.annotations.get(k).cloned().unwrap_or_default();
     cri::PodSandboxMetadata {
-        name: p.annotations.get(NAME).cloned().unwrap_or_else(|| p.name.clone()),
+        name: p.annotations.get(NAME).cloned().unwrap_or_else(|| p.name.to_string()),
         uid: get(UID),
         namespace: get(NAMESPACE),
         attempt: get(ATTEMPT).parse().unwrap_or(0),
@@ -108,7 +114,7 @@ pub fn pod_state(p: &PodRecord) -> i32 {
 
 pub fn container_metadata(c: &ContainerRecord) -> cri::ContainerMetadata {
     cri::ContainerMetadata {
-        name: c.annotations.get(NAME).cloned().unwrap_or_else(|| c.name.clone()),
+        name: c.annotations.get(NAME).cloned().unwrap_or_else(|| c.name.to_string()),
         attempt: c.annotations.get(ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(c.attempt),
     }
 }
@@ -125,10 +131,19 @@ pub fn container_state(s: CtrStatus) -> i32 {
 pub fn status(e: PodError) -> Status {
     let text = minipod_runtime::error_chain(&e);
     match e {
-        PodError::Invalid(_) | PodError::Name(_) | PodError::Id(_) | PodError::NoRootfs(_) => Status::invalid_argument(text),
+        PodError::Config(_) | PodError::Spec(_) | PodError::Name(_) | PodError::Id(_) | PodError::NoRootfs(_) => {
+            Status::invalid_argument(text)
+        }
         PodError::PodExists { .. } | PodError::ContainerExists { .. } => Status::already_exists(text),
         PodError::NoSuchPod(_) | PodError::NoSuchContainer { .. } => Status::not_found(text),
-        PodError::PodNotReady { .. } | PodError::PodBusy { .. } | PodError::ContainerRunning { .. } => Status::failed_precondition(text),
+        PodError::PodNotReady { .. }
+        | PodError::PodBusy { .. }
+        | PodError::ContainerRunning { .. }
+        | PodError::ContainerExited { .. }
+        | PodError::ImageInUse { .. } => Status::failed_precondition(text),
+        PodError::NameContended(_) => Status::aborted(text),
+        // Limits the node cannot apply, as the kubelet's UpdateContainerResources expects.
+        PodError::Limits(_) => Status::invalid_argument(text),
         PodError::Image(minipod_runtime::ImageError::NotFound { .. }) => Status::not_found(text),
         PodError::Container(ContainerError::NotFound { .. }) => Status::not_found(text),
         PodError::Container(ContainerError::WrongState { .. } | ContainerError::StillRunning { .. }) => Status::failed_precondition(text),
@@ -170,10 +185,12 @@ mod tests {
     fn names_are_dns_labels_and_unique_per_namespace_and_attempt() {
         let m =
             |name: &str, ns: &str, attempt| cri::PodSandboxMetadata { name: name.into(), namespace: ns.into(), uid: "u".into(), attempt };
-        let a = pod_name(&m("Web.Server_1", "default", 0));
-        assert!(a.starts_with("web-server-1-0-") && a.len() <= 63, "{a}");
-        assert_ne!(a, pod_name(&m("Web.Server_1", "other", 0)));
-        assert_ne!(a, pod_name(&m("Web.Server_1", "default", 1)));
+        let a = pod_name(&m("Web.Server_1", "default", 0)).unwrap();
+        assert!(a.as_str().starts_with("web-server-1-0-"), "{a}");
+        assert_ne!(a, pod_name(&m("Web.Server_1", "other", 0)).unwrap());
+        assert_ne!(a, pod_name(&m("Web.Server_1", "default", 1)).unwrap());
+        // The longest a kubelet can send still makes a name.
+        assert!(pod_name(&m(&"x".repeat(253), &"n".repeat(63), u32::MAX)).is_ok());
         assert_eq!(label("--", 10), "x");
         for made in [label("My_Pod.v2", 40), label("-a-", 5), label(&"Ab".repeat(40), 50)] {
             assert!(minipod_runtime::netstack::is_dns_label(&made), "{made:?}");

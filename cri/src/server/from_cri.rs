@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use k8s_cri::v1 as cri;
 use minipod_runtime::netstack::{PortMapping, Proto};
-use minipod_runtime::pod::{BindMount, DnsConfig, PodConfig, Propagation};
+use minipod_runtime::pod::{Alias, BindMount, DnsConfig, Hostname, PodConfig, Propagation};
 use tonic::Status;
 
 use super::convert::{self, ATTEMPT, NAME, NAMESPACE, UID};
@@ -74,12 +74,12 @@ pub(super) fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Statu
         annotations.insert(security::PRIVILEGED.into(), "true".into());
     }
     Ok(PodConfig {
-        name: convert::pod_name(m),
+        name: convert::pod_name(m).map_err(convert::invalid)?,
         // A host-network pod has the node's name; an empty one means just that.
         hostname: match (cfg.hostname.is_empty(), opts.host_network) {
             (true, true) => None,
-            (true, false) => Some(convert::label(&m.name, 63)),
-            (false, _) => Some(cfg.hostname.clone()),
+            (true, false) => Some(Hostname::new(convert::label(&m.name, 63)).map_err(convert::invalid)?),
+            (false, _) => Some(Hostname::new(cfg.hostname.as_str()).map_err(convert::invalid)?),
         },
         labels: convert::to_btree(&cfg.labels),
         annotations,
@@ -87,7 +87,7 @@ pub(super) fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Statu
         ports,
         // Other pods find it by its Kubernetes name (a host-network pod is on no
         // network to be found on).
-        aliases: if opts.host_network { vec![] } else { vec![convert::label(&m.name, 63)] },
+        aliases: if opts.host_network { vec![] } else { vec![Alias::new(convert::label(&m.name, 63)).map_err(convert::invalid)?] },
         dns: cfg.dns_config.as_ref().map(|d| DnsConfig {
             servers: d.servers.clone(),
             searches: d.searches.clone(),

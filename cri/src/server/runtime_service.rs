@@ -194,7 +194,7 @@ impl RuntimeService for Server {
                 _ => None,
             };
             let config = ContainerConfig {
-                name: convert::container_name(&m),
+                name: convert::container_name(&m)?,
                 source: RootfsSource::Image(image.clone()),
                 process: ProcessOverrides {
                     args,

@@ -6,73 +6,70 @@ use super::*;
 pub struct ContainerBuilder {
     pub(super) rt: Arc<Inner>,
     pub(super) pod: PodRecord,
-    pub(super) cfg: ContainerConfig,
+    /// A bad name is kept here and reported by `create`.
+    pub(super) cfg: Result<ContainerConfig>,
     pub(super) source_set: bool,
     pub(super) ready: Vec<Ready>,
 }
 
 impl ContainerBuilder {
+    fn edit<R>(mut self, f: impl FnOnce(&mut ContainerConfig) -> R) -> Self {
+        if let Ok(c) = &mut self.cfg {
+            f(c);
+        }
+        self
+    }
+
     /// Root filesystem from an image in the store (by reference or id).
     pub fn image(mut self, reference: &str) -> Self {
-        self.cfg.source = RootfsSource::Image(reference.into());
         self.source_set = true;
-        self
+        self.edit(|c| c.source = RootfsSource::Image(reference.into()))
     }
 
     /// Root filesystem from a directory, kept unchanged under an overlay.
     pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cfg.source = RootfsSource::Dir(dir.into());
         self.source_set = true;
-        self
+        self.edit(|c| c.source = RootfsSource::Dir(dir.into()))
     }
 
     /// The command, replacing the image's entrypoint and cmd.
-    pub fn cmd<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.cfg.process.args = Some(args.into_iter().map(Into::into).collect());
-        self
+    pub fn cmd<S: Into<String>>(self, args: impl IntoIterator<Item = S>) -> Self {
+        self.edit(|c| c.process.args = Some(args.into_iter().map(Into::into).collect()))
     }
 
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.cfg.process.env.push(format!("{key}={value}"));
-        self
+    pub fn env(self, key: &str, value: &str) -> Self {
+        self.edit(|c| c.process.env.push(format!("{key}={value}")))
     }
 
-    pub fn workdir(mut self, dir: &str) -> Self {
-        self.cfg.process.workdir = Some(dir.into());
-        self
+    pub fn workdir(self, dir: &str) -> Self {
+        self.edit(|c| c.process.workdir = Some(dir.into()))
     }
 
-    pub fn user(mut self, uid: u32, gid: u32) -> Self {
-        self.cfg.process.user = Some((uid, gid));
-        self
+    pub fn user(self, uid: u32, gid: u32) -> Self {
+        self.edit(|c| c.process.user = Some((uid, gid)))
     }
 
     /// Bind-mounts host path `host` at `container`, writable.
-    pub fn mount(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
-        self.cfg.mounts.push(BindMount {
-            host: host.into(),
-            container: container.into(),
-            readonly: false,
-            propagation: Default::default(),
-        });
-        self
+    pub fn mount(self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
+        self.edit(|c| {
+            c.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: false, propagation: Default::default() })
+        })
     }
 
     /// Bind-mounts host path `host` at `container`, read-only.
-    pub fn mount_ro(mut self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
-        self.cfg.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: true, propagation: Default::default() });
-        self
+    pub fn mount_ro(self, host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Self {
+        self.edit(|c| {
+            c.mounts.push(BindMount { host: host.into(), container: container.into(), readonly: true, propagation: Default::default() })
+        })
     }
 
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.cfg.labels.insert(key.into(), value.into());
-        self
+    pub fn label(self, key: &str, value: &str) -> Self {
+        self.edit(|c| c.labels.insert(key.into(), value.into()))
     }
 
     /// Where the container's CRI-format log goes.
-    pub fn log_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.cfg.log_path = Some(path.into());
-        self
+    pub fn log_path(self, path: impl Into<PathBuf>) -> Self {
+        self.edit(|c| c.log_path = Some(path.into()))
     }
 
     /// [`ContainerBuilder::start`] returns once this holds (checks run in order).
@@ -83,11 +80,12 @@ impl ContainerBuilder {
 
     /// Creates the container without starting its process.
     pub async fn create(self) -> Result<Container> {
+        let cfg = self.cfg?;
         if !self.source_set {
-            return Err(PodError::Invalid(format!("container {}: give an image or a rootfs directory", self.cfg.name)));
+            return Err(ConfigError::NoRootfsSource(cfg.name).into());
         }
         let rt = self.rt.clone();
-        let (pod, cfg) = (self.pod.id.to_string(), self.cfg);
+        let pod = self.pod.id.to_string();
         let record = blocking(move || rt.pods.create_container(&pod, cfg)).await?;
         Ok(Container { rt: self.rt, pod: self.pod, record })
     }
@@ -119,7 +117,7 @@ impl Container {
     }
 
     pub fn name(&self) -> &str {
-        &self.record.name
+        self.record.name.as_str()
     }
 
     pub fn record(&self) -> &ContainerRecord {

@@ -41,9 +41,10 @@ pub use ready::{Ready, DEFAULT_READY_TIMEOUT};
 
 use crate::image::Image;
 use crate::logs::LogLine;
-use crate::netstack::{NetworkName, PortMapping, Proto};
+use crate::netstack::{Alias, ContainerName, Hostname, NameError, NetworkName, PodName, PortMapping, Proto, Scope};
 use crate::pod::{
-    BindMount, ContainerConfig, ContainerRecord, DnsConfig, ExecOutput, PodConfig, PodError, PodRecord, Pods, PodsOptions, RootfsSource,
+    BindMount, ConfigError, ContainerConfig, ContainerRecord, DnsConfig, ExecOutput, PodConfig, PodError, PodRecord, Pods, PodsOptions,
+    RootfsSource,
 };
 use crate::state::{ContainerState, ExitStatus};
 use crate::Signal;
@@ -73,7 +74,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(PodError::Invalid("the runtime is shutting down".into())),
+        Err(_) => Err(PodError::ShuttingDown),
     }
 }
 
@@ -120,21 +121,21 @@ impl MinipodBuilder {
     /// The network pods join by default (created with [`MinipodBuilder::cidr`] if it
     /// does not exist).
     pub fn network(mut self, name: &str) -> Result<Self> {
-        self.opts.network = Some(NetworkName::new(name).map_err(|e| PodError::Invalid(e.to_string()))?);
+        self.opts.network = Some(NetworkName::new(name)?);
         Ok(self)
     }
 
     /// Subnet of the default network, e.g. `10.77.0.0/24`.
     pub fn cidr(mut self, cidr: &str) -> Result<Self> {
-        let net = cidr.parse().map_err(|e| PodError::Invalid(format!("CIDR {cidr:?}: {e}: give one such as 10.77.0.0/24")))?;
+        let net = cidr.parse().map_err(|e: ipnetwork::IpNetworkError| ConfigError::Cidr { cidr: cidr.to_string(), why: e.to_string() })?;
         self.opts.cidr = Some(net);
         Ok(self)
     }
 
     /// Pod names are unique per scope (default: unique to this runtime).
-    pub fn scope(mut self, scope: &str) -> Self {
-        self.opts.scope = Some(scope.to_string());
-        self
+    pub fn scope(mut self, scope: &str) -> Result<Self> {
+        self.opts.scope = Some(Scope::new(scope)?);
+        Ok(self)
     }
 
     /// Pods outlive this process (as for the CLI): nothing is removed on drop.
@@ -168,7 +169,7 @@ impl Minipod {
 
     /// Starts describing a pod named `name`.
     pub fn pod(&self, name: &str) -> PodBuilder {
-        PodBuilder { rt: self.inner.clone(), cfg: PodConfig { name: name.to_string(), ..Default::default() }, invalid: None }
+        PodBuilder { rt: self.inner.clone(), cfg: PodName::new(name).map(PodConfig::new).map_err(Into::into) }
     }
 
     /// A pod made earlier (by name in this scope, or id); it is not removed on drop.

@@ -5,40 +5,48 @@ use super::*;
 /// A pod being described; [`PodBuilder::start`] makes it.
 pub struct PodBuilder {
     pub(super) rt: Arc<Inner>,
-    pub(super) cfg: PodConfig,
-    /// A bad argument seen while building, reported by `start`.
-    pub(super) invalid: Option<String>,
+    /// The first bad argument seen while building is kept here and reported by `start`.
+    pub(super) cfg: Result<PodConfig>,
 }
 
 impl PodBuilder {
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.cfg.labels.insert(key.into(), value.into());
-        self
-    }
-
-    pub fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.cfg.annotations.insert(key.into(), value.into());
-        self
-    }
-
-    pub fn hostname(mut self, hostname: &str) -> Self {
-        self.cfg.hostname = Some(hostname.into());
-        self
-    }
-
-    /// Joins network `name` (in order; the first carries the default route and ports).
-    pub fn network(mut self, name: &str) -> Self {
-        match NetworkName::new(name) {
-            Ok(n) => self.cfg.networks.push(n),
-            Err(e) => self.invalid = Some(e.to_string()),
+    fn edit<R>(mut self, f: impl FnOnce(&mut PodConfig) -> R) -> Self {
+        if let Ok(c) = &mut self.cfg {
+            f(c);
         }
         self
     }
 
-    /// Another DNS name for the pod on its networks.
-    pub fn alias(mut self, name: &str) -> Self {
-        self.cfg.aliases.push(name.into());
+    /// Puts a checked `value` into the config, or keeps its error for `start`.
+    fn try_edit<T>(mut self, value: Result<T, NameError>, put: impl FnOnce(&mut PodConfig, T)) -> Self {
+        match (&mut self.cfg, value) {
+            (Ok(c), Ok(v)) => put(c, v),
+            (Ok(_), Err(e)) => self.cfg = Err(e.into()),
+            (Err(_), _) => {}
+        }
         self
+    }
+
+    pub fn label(self, key: &str, value: &str) -> Self {
+        self.edit(|c| c.labels.insert(key.into(), value.into()))
+    }
+
+    pub fn annotation(self, key: &str, value: &str) -> Self {
+        self.edit(|c| c.annotations.insert(key.into(), value.into()))
+    }
+
+    pub fn hostname(self, hostname: &str) -> Self {
+        self.try_edit(Hostname::new(hostname), |c, h| c.hostname = Some(h))
+    }
+
+    /// Joins network `name` (in order; the first carries the default route and ports).
+    pub fn network(self, name: &str) -> Self {
+        self.try_edit(NetworkName::new(name), |c, n| c.networks.push(n))
+    }
+
+    /// Another DNS name for the pod on its networks.
+    pub fn alias(self, name: &str) -> Self {
+        self.try_edit(Alias::new(name), |c, a| c.aliases.push(a))
     }
 
     /// Publishes TCP `host_port` on every node address to the pod's `container_port`.
@@ -51,37 +59,30 @@ impl PodBuilder {
         self.publish_port(PortMapping { proto: Proto::Udp, host_port, host_ip: None, container_port })
     }
 
-    pub fn publish_port(mut self, p: PortMapping) -> Self {
-        self.cfg.ports.push(p);
-        self
+    pub fn publish_port(self, p: PortMapping) -> Self {
+        self.edit(|c| c.ports.push(p))
     }
 
     /// resolv.conf settings instead of the network's DNS server.
-    pub fn dns(mut self, dns: DnsConfig) -> Self {
-        self.cfg.dns = Some(dns);
-        self
+    pub fn dns(self, dns: DnsConfig) -> Self {
+        self.edit(|c| c.dns = Some(dns))
     }
 
     /// One PID namespace for all the pod's containers: they see each other's
     /// processes (Kubernetes' shareProcessNamespace).
-    pub fn share_pid(mut self) -> Self {
-        self.cfg.share_pid = true;
-        self
+    pub fn share_pid(self) -> Self {
+        self.edit(|c| c.share_pid = true)
     }
 
     /// Where container logs go (`<dir>/<name>_<attempt>.log`).
-    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cfg.log_dir = Some(dir.into());
-        self
+    pub fn log_dir(self, dir: impl Into<PathBuf>) -> Self {
+        self.edit(|c| c.log_dir = Some(dir.into()))
     }
 
     /// Makes the pod: namespaces, addresses, routes, ports, DNS names, /etc files.
     pub async fn start(self) -> Result<Pod> {
-        if let Some(why) = self.invalid {
-            return Err(PodError::Invalid(why));
-        }
         let rt = self.rt.clone();
-        let cfg = self.cfg;
+        let cfg = self.cfg?;
         let record = blocking(move || rt.pods.create_pod(cfg)).await?;
         let cleanup = !self.rt.pods.keeps_pods();
         Ok(Pod { rt: self.rt, record, cleanup })
@@ -111,7 +112,7 @@ impl Pod {
     }
 
     pub fn name(&self) -> &str {
-        &self.record.name
+        self.record.name.as_str()
     }
 
     /// The pod's address on its first network.
@@ -130,7 +131,7 @@ impl Pod {
         ContainerBuilder {
             rt: self.rt.clone(),
             pod: self.record.clone(),
-            cfg: ContainerConfig::new(name, RootfsSource::Dir(PathBuf::new())),
+            cfg: ContainerName::new(name).map(|n| ContainerConfig::new(n, RootfsSource::Dir(PathBuf::new()))).map_err(Into::into),
             source_set: false,
             ready: vec![],
         }

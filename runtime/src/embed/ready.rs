@@ -80,7 +80,7 @@ pub(super) async fn wait(rt: &Arc<Inner>, pod: &PodRecord, ctr: Option<&Containe
     let what = ready.describe();
     let need_ctr = matches!(ready.check, Check::Log(_) | Check::Exec(_));
     if need_ctr && ctr.is_none() {
-        return Err(PodError::Invalid(format!("waiting for {what} needs a container: call wait_for on the container")));
+        return Err(crate::pod::ConfigError::WaitNeedsContainer(what).into());
     }
     let deadline = Instant::now() + ready.timeout;
     loop {

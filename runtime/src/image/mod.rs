@@ -298,7 +298,7 @@ impl ImageStore {
         reference: Option<&str>,
     ) -> Result<Image, ImageError> {
         let reference = reference.map(Reference::parse).transpose()?;
-        if let Some(digest) = reference.as_ref().and_then(|r| r.digest.as_deref()) {
+        if let Some(digest) = reference.as_ref().and_then(Reference::digest) {
             if digest != manifest_digest {
                 return Err(ImageError::BadReference {
                     reference: reference.as_ref().map(Reference::to_string).unwrap_or_default(),
@@ -364,7 +364,7 @@ impl ImageStore {
             }
         }
         if let Some(r) = &reference {
-            let repo_digest = format!("{}@{manifest_digest}", r.repo);
+            let repo_digest = format!("{}@{manifest_digest}", r.repo());
             if !image.repo_digests.contains(&repo_digest) {
                 image.repo_digests.push(repo_digest);
             }
@@ -403,8 +403,8 @@ impl ImageStore {
         let parse_error = match Reference::parse(reference) {
             Ok(r) => {
                 let records = self.readable_records();
-                if let Some(digest) = &r.digest {
-                    let repo_digest = format!("{}@{digest}", r.repo);
+                if let Some(digest) = r.digest() {
+                    let repo_digest = format!("{}@{digest}", r.repo());
                     if let Some(image) = records.into_iter().find(|i| i.repo_digests.contains(&repo_digest)) {
                         return Ok((image, Resolved::Digest));
                     }

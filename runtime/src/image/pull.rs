@@ -13,7 +13,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::{normalize_reference, Image, ImageError, ImageStore};
+use super::{Image, ImageError, ImageStore};
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
@@ -147,9 +147,10 @@ pub async fn pull(
     opts: &PullOptions,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<Image, ImageError> {
-    let normalized = normalize_reference(reference)?;
+    let parsed = super::Reference::parse(reference)?;
+    let normalized = parsed.to_string();
     let fail = |why: String| ImageError::Pull { reference: normalized.clone(), why };
-    let r: Reference = normalized.parse().map_err(|e| fail(format!("{e}")))?;
+    let r: &Reference = parsed.oci();
     // reqwest needs a process-wide TLS provider; a second install is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut plain: Vec<String> = opts.insecure_registries.clone();
@@ -164,7 +165,7 @@ pub async fn pull(
     })
     .map_err(|e| fail(format!("setting up the registry client: {e}")))?;
     let upstream = r.registry().to_string();
-    let mut sources: Vec<Reference> = opts.sources(r.registry()).map(|s| at_source(&r, s)).collect();
+    let mut sources: Vec<Reference> = opts.sources(r.registry()).map(|s| at_source(r, s)).collect();
     let mut failures = Vec::new();
     let mut found = None;
     for (i, at) in sources.iter().enumerate() {

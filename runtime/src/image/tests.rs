@@ -78,6 +78,10 @@ fn references_normalise_as_containerd_shows_them() {
             other => panic!("{bad:?} gave {other:?}"),
         }
     }
+    let upper = normalize_reference("docker.io/Library/busybox").unwrap_err().to_string();
+    assert!(upper.contains("must be lowercase"), "{upper}");
+    // The grammar takes sha512 digests; the store verifies sha256 only.
+    assert!(normalize_reference(&format!("busybox@sha512:{}", "ab".repeat(64))).is_err());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::*;
 /// What a container is made from.
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
-    pub name: String,
+    pub name: ContainerName,
     pub source: RootfsSource,
     pub process: ProcessOverrides,
     pub mounts: Vec<BindMount>,
@@ -20,9 +20,9 @@ pub struct ContainerConfig {
 }
 
 impl ContainerConfig {
-    pub fn new(name: impl Into<String>, source: RootfsSource) -> Self {
+    pub fn new(name: ContainerName, source: RootfsSource) -> Self {
         Self {
-            name: name.into(),
+            name,
             source,
             process: ProcessOverrides::default(),
             mounts: vec![],
@@ -65,13 +65,13 @@ impl Pods {
     /// Changes a container's cgroup limits (running or not) and records them; the
     /// settings not given stay as they were.
     pub fn update_container_resources(&self, c: &ContainerRecord, resources: &Resources) -> Result<ContainerRecord> {
-        let oci = resources.to_oci().map_err(PodError::Invalid)?;
-        crate::cgroups::check_resources(&oci).map_err(|e| PodError::Invalid(e.to_string()))?;
+        let oci = resources.to_oci().map_err(ConfigError::Limits)?;
+        crate::cgroups::check_resources(&oci).map_err(PodError::Limits)?;
         let st = self.container_state(c)?;
         if st.live_status() == Status::Stopped {
-            return Err(PodError::Invalid(format!("container {} has exited: its limits can no longer change", c.name)));
+            return Err(PodError::ContainerExited { pod: c.pod.to_string(), name: c.name.to_string() });
         }
-        crate::cgroups::Cgroup::from_paths(st.cgroup_paths.clone()).update(&oci).map_err(|e| PodError::Invalid(crate::error_chain(&e)))?;
+        crate::cgroups::Cgroup::from_paths(st.cgroup_paths.clone()).update(&oci).map_err(PodError::Limits)?;
         let mut rec = c.clone();
         rec.resources = merge_resources(&c.resources, resources);
         write_json(&self.container_dir(&c.pod, &c.name).join(CONTAINER_FILE), &rec)?;
@@ -106,19 +106,20 @@ impl Pods {
 
     /// Creates a container in a ready pod; its process waits for [`Pods::start_container`].
     pub fn create_container(&self, pod: &str, cfg: ContainerConfig) -> Result<ContainerRecord> {
-        record::check_name("container", &cfg.name).map_err(PodError::Invalid)?;
         let pod = self.pod(pod)?;
         // Exclusive: creates in one pod are serialised, which also makes a crashed
         // create's leftovers safe to take over below.
-        let Some(_lock) = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)? else { return Err(PodError::NoSuchPod(pod.name)) };
+        let Some(_lock) = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)? else {
+            return Err(PodError::NoSuchPod(pod.name.to_string()));
+        };
         // Re-read under the lock: a stop may have come first.
         let pod = self.pod(pod.id.as_str())?;
         if pod.status != PodStatus::Ready {
-            return Err(PodError::PodNotReady { pod: pod.name, status: pod.status, what: "containers need a ready pod" });
+            return Err(PodError::PodNotReady { pod: pod.name.to_string(), status: pod.status, what: "containers need a ready pod" });
         }
         if pod.pid_holder.is_some_and(|h| !h.alive()) {
             return Err(PodError::PodNotReady {
-                pod: pod.name,
+                pod: pod.name.to_string(),
                 status: pod.status,
                 what: "the PID 1 holding its shared PID namespace is gone (killed from outside): remove the pod and make it again",
             });
@@ -129,22 +130,9 @@ impl Pods {
             match crate::rootfs::mount_holding(&m.host) {
                 Some((_, true)) => {}
                 Some((point, false)) => {
-                    return Err(PodError::Invalid(format!(
-                        "mount {}: bidirectional propagation needs its source {} on a shared mount of the node, and {} is not: \
-                         make it shared (mount --make-rshared {}) or use HostToContainer",
-                        m.container.display(),
-                        m.host.display(),
-                        point.display(),
-                        point.display()
-                    )))
+                    return Err(ConfigError::NotSharedMount { target: m.container.clone(), host: m.host.clone(), point }.into())
                 }
-                None => {
-                    return Err(PodError::Invalid(format!(
-                        "mount {}: source {} not found on the node",
-                        m.container.display(),
-                        m.host.display()
-                    )))
-                }
+                None => return Err(ConfigError::NoMountSource { target: m.container.clone(), host: m.host.clone() }.into()),
             }
         }
         let (lower, image) = match &cfg.source {
@@ -160,7 +148,7 @@ impl Pods {
                 (vec![d], None)
             }
         };
-        let args = spec::args(&cfg.process, image.as_ref().map(|i| &i.config)).map_err(PodError::Invalid)?;
+        let args = spec::args(&cfg.process, image.as_ref().map(|i| &i.config))?;
         let dir = self.container_dir(&pod.id, &cfg.name);
         // Not create_dir_all: a pod removed meanwhile must not come back as a bare directory.
         let mut made = std::fs::create_dir(&dir);
@@ -175,9 +163,9 @@ impl Pods {
         }
         match made {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(PodError::ContainerExists { pod: pod.name, name: cfg.name });
+                return Err(PodError::ContainerExists { pod: pod.name.to_string(), name: cfg.name.to_string() });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PodError::NoSuchPod(pod.name)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PodError::NoSuchPod(pod.name.to_string())),
             r => r.map_err(io_err("creating", &dir))?,
         }
         let made = self.make_container(&pod, &dir, &cfg, args, lower, image.as_ref());
@@ -223,7 +211,7 @@ impl Pods {
         };
         let pod_dir = self.pod_dir(&pod.id);
         let inputs = spec::SpecInputs { config: cfg, image: image.map(|i| &i.config), layers: &lower };
-        let spec = spec::container_spec(pod, &pod_dir, &rec, &inputs).map_err(PodError::Invalid)?;
+        let spec = spec::container_spec(pod, &pod_dir, &rec, &inputs)?;
         for d in ["rootfs", "upper", "work"] {
             std::fs::create_dir(dir.join(d)).map_err(io_err("creating", &dir.join(d)))?;
         }
@@ -324,7 +312,7 @@ impl Pods {
 
     fn remove_container_checked(&self, c: &ContainerRecord, force: bool) -> Result<()> {
         if !force && self.container_state(c).is_ok_and(|s| s.live_status() == Status::Running) {
-            return Err(PodError::ContainerRunning { pod: c.pod.to_string(), name: c.name.clone() });
+            return Err(PodError::ContainerRunning { pod: c.pod.to_string(), name: c.name.to_string() });
         }
         self.remove_container_record(c, true)
     }
@@ -363,7 +351,7 @@ impl Pods {
             .map(|c| c.id.to_string())
             .collect();
         if !users.is_empty() {
-            return Err(PodError::Invalid(format!("image {reference} is used by container(s) {}: remove them first", users.join(", "))));
+            return Err(PodError::ImageInUse { reference: reference.to_string(), users });
         }
         Ok(self.images.remove(reference)?)
     }

@@ -23,7 +23,7 @@ pub struct PodsOptions {
     /// Subnet of the runtime's own network, or of `network` if it must be created.
     pub cidr: Option<ipnetwork::Ipv4Network>,
     /// Pod names are unique per scope. Default: unique to this runtime.
-    pub scope: Option<String>,
+    pub scope: Option<Scope>,
     /// Pods outlive this process (CLI, daemon). Otherwise they belong to it, and the
     /// next runtime opened after it died removes them.
     pub keep_pods: bool,
@@ -47,7 +47,7 @@ impl Default for PodsOptions {
 /// A record of this runtime instance, so that the next one can clean up after it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Instance {
-    pub(super) scope: String,
+    pub(super) scope: Scope,
     pub(super) owner: Owner,
     /// A network this instance made for itself.
     pub(super) network: Option<NetworkName>,
@@ -90,11 +90,12 @@ pub(super) fn remove_instance(executor: &Arc<Executor>, root: &Path, inst: &Inst
 
 /// A scope unique to this runtime instance: pid, start time (a reused PID has
 /// another) and a counter.
-fn unique_scope() -> String {
+fn unique_scope() -> Scope {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let me = Owner::me();
-    format!("p{}-{}-{n}", me.pid, me.start_time)
+    // At most 1 + 7 (pid_max is 2^22) + 1 + 20 + 1 + 10 = 40 bytes of letters, digits and `-`.
+    Scope::new(format!("p{}-{}-{n}", me.pid, me.start_time)).unwrap_or_else(|_| unreachable!("a scope of digits is valid"))
 }
 
 /// A bridge name derived from `seed`: `mpb` + 8 hex digits, within IFNAMSIZ.
@@ -113,9 +114,7 @@ impl Pods {
     /// processes left behind.
     pub fn open(opts: PodsOptions) -> Result<Self> {
         if opts.keep_pods && opts.private_node {
-            return Err(PodError::Invalid(
-                "pods that outlive this process cannot live on a private node, which goes with it: drop one of the two".into(),
-            ));
+            return Err(ConfigError::KeptPodsOnPrivateNode.into());
         }
         let oci = Runtime::new(&opts.root)?;
         let root = oci.root().to_path_buf();
@@ -128,14 +127,8 @@ impl Pods {
         }
         let executor = Arc::new(Executor::start("minipod-net").map_err(io_err("starting the network thread for", &root))?);
         let scope = match &opts.scope {
-            Some(s) => {
-                record::check_name("scope", s).map_err(PodError::Invalid)?;
-                if s.len() > 40 {
-                    return Err(PodError::Invalid(format!("scope {s:?} is longer than 40 bytes")));
-                }
-                s.clone()
-            }
-            None if opts.keep_pods => DEFAULT_SCOPE.to_string(),
+            Some(s) => s.clone(),
+            None if opts.keep_pods => Scope::new(DEFAULT_SCOPE)?,
             None => unique_scope(),
         };
         let node_netns = opts.node_netns.as_ref().map(|p| std::path::absolute(p).map_err(io_err("resolving", p))).transpose()?;
@@ -231,7 +224,8 @@ impl Pods {
 
     /// Creates network `name` on the first free /24 of 10.89.0.0/16.
     fn create_network_auto(&self, name: NetworkName, bridge: IfName) -> Result<NetworkConfig> {
-        let pool = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, 0, 0), 16).map_err(|e| PodError::Invalid(e.to_string()))?;
+        let pool = ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 89, 0, 0), 16)
+            .map_err(|e| ConfigError::Cidr { cidr: "10.89.0.0/16".into(), why: e.to_string() })?;
         Ok(self.node.create_network_in(name, bridge, pool)?)
     }
 
@@ -266,7 +260,7 @@ impl Pods {
     }
 
     /// This runtime's scope (pod names are unique within it).
-    pub fn scope(&self) -> &str {
+    pub fn scope(&self) -> &Scope {
         &self.scope
     }
 

@@ -52,6 +52,8 @@ use crate::state::{ContainerState, ExitStatus, Status};
 use crate::{ContainerError, ContainerId, CreateOptions, ExecOptions, Runtime, Signal, Stdio};
 
 pub use containers::ContainerConfig;
+// The names pods and containers are known by, validated where they are written.
+pub use crate::netstack::{Alias, ContainerName, Hostname, PodName, Scope};
 pub use exec::ExecOutput;
 use instance::Instance;
 pub use instance::PodsOptions;
@@ -62,6 +64,7 @@ pub use record::{
 pub use resources::Resources;
 pub use security::{DeviceMapping, GroupsPolicy, PidNamespace, RunAs, Seccomp, Security, SecurityError};
 pub use spec::ProcessOverrides;
+pub use spec::SpecError;
 pub use sweep::SweepReport;
 
 /// The scope of pods made by the CLI and the daemon.
@@ -75,10 +78,12 @@ const CONTAINER_FILE: &str = "container.json";
 /// A pod or container operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("pod {name:?} already exists (id {id}): pick another name or remove it first")]
-    PodExists { name: String, id: PodId },
+    PodExists { name: PodName, id: PodId },
+    #[error("pod name {0:?} is being claimed by another process at the same time")]
+    NameContended(PodName),
     #[error("no pod {0:?}")]
     NoSuchPod(String),
     #[error("pod name {name:?} is ambiguous: pods {ids:?} carry it; use an id")]
@@ -93,10 +98,24 @@ pub enum PodError {
     NoSuchContainer { pod: String, name: String },
     #[error("container {name} in pod {pod} is running")]
     ContainerRunning { pod: String, name: String },
+    #[error("container {name} in pod {pod} has exited: its limits can no longer change")]
+    ContainerExited { pod: String, name: String },
+    #[error("image {reference} is used by container(s) {}", users.join(", "))]
+    ImageInUse { reference: String, users: Vec<String> },
+    #[error("setting cgroup limits")]
+    Limits(#[source] crate::cgroups::CgroupError),
+    #[error("starting the PID 1 of a shared PID namespace: {0}")]
+    PidHolder(String),
+    #[error("reading the node's hostname")]
+    NodeHostname(#[source] nix::Error),
     #[error("waited {secs} s for {what}: {last}")]
     NotReady { what: String, secs: f64, last: String },
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
     #[error("rootfs directory {0} does not exist or is not a directory")]
     NoRootfs(PathBuf),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -119,6 +138,47 @@ pub enum PodError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A pod, container or runtime was described in a way that cannot be made: nothing
+/// was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("pods that outlive this process cannot live on a private node, which goes with it: drop one of the two")]
+    KeptPodsOnPrivateNode,
+    #[error("a pod on a private node cannot outlive the runtime, whose node goes with it")]
+    DisownOnPrivateNode,
+    #[error("CIDR {cidr:?}: {why}: give one such as 10.77.0.0/24")]
+    Cidr { cidr: String, why: String },
+    #[error("a host-network pod has the node's hostname {node:?}: give no other")]
+    HostNetworkHostname { node: String },
+    #[error("a host-network pod joins no network: give it no networks or aliases")]
+    HostNetworkJoins,
+    #[error(
+        "port mapping {host_port}->{container_port}: a host-network pod's ports are the node's own, so the host port must equal the container port"
+    )]
+    HostNetworkPort { host_port: u16, container_port: u16 },
+    #[error("sysctl {0}: the pod uses the node's network namespace, so it would change the node")]
+    HostNetworkSysctl(String),
+    #[error("DNS setting {0:?} is empty or has whitespace")]
+    DnsSetting(String),
+    #[error("cgroup parent {} must be a plain path under the cgroup root (no `.` or `..`)", .0.display())]
+    CgroupParent(PathBuf),
+    #[error("network {0} is listed twice")]
+    NetworkTwice(NetworkName),
+    #[error("container {0}: give an image or a rootfs directory")]
+    NoRootfsSource(ContainerName),
+    #[error(
+        "mount {}: bidirectional propagation needs its source {} on a shared mount of the node, and {} is not: make it shared (mount --make-rshared {}) or use HostToContainer",
+        target.display(), host.display(), point.display(), point.display()
+    )]
+    NotSharedMount { target: PathBuf, host: PathBuf, point: PathBuf },
+    #[error("mount {}: source {} not found on the node", target.display(), host.display())]
+    NoMountSource { target: PathBuf, host: PathBuf },
+    #[error("limits: {0}")]
+    Limits(String),
+    #[error("waiting for {0} needs a container: call wait_for on the container")]
+    WaitNeedsContainer(String),
 }
 
 type Result<T, E = PodError> = std::result::Result<T, E>;
@@ -171,7 +231,7 @@ pub struct Pods {
     node_ref: NodeRef,
     /// Where the node's async work and the mount template's timers run.
     executor: Arc<netstack::executor::Executor>,
-    scope: String,
+    scope: Scope,
     default_network: NetworkName,
     keep_pods: bool,
     instance: Option<Instance>,
@@ -191,9 +251,9 @@ mod tests {
         assert!(matches!(one.finish("x"), Err(PodError::NoSuchPod(_))));
         let mut two = Failures::default();
         two.note(Err(PodError::NoSuchPod("a".into())));
-        two.note(Err(PodError::Invalid("b broke".into())));
+        two.note(Err(PodError::ShuttingDown));
         let e = two.finish("removing pod p").unwrap_err();
         assert!(matches!(&e, PodError::Teardown { errors, .. } if errors.len() == 2));
-        assert_eq!(e.to_string(), "removing pod p: 2 steps failed: no pod \"a\"; b broke");
+        assert_eq!(e.to_string(), "removing pod p: 2 steps failed: no pod \"a\"; the runtime is shutting down");
     }
 }

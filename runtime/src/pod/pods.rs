@@ -3,10 +3,10 @@
 use super::*;
 
 /// What a pod is made from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PodConfig {
-    pub name: String,
-    pub hostname: Option<String>,
+    pub name: PodName,
+    pub hostname: Option<Hostname>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// Networks to join, the first carrying the default route and the ports; empty
@@ -14,7 +14,7 @@ pub struct PodConfig {
     pub networks: Vec<NetworkName>,
     pub ports: Vec<PortMapping>,
     /// DNS names besides the pod's name.
-    pub aliases: Vec<String>,
+    pub aliases: Vec<Alias>,
     pub dns: Option<DnsConfig>,
     pub log_dir: Option<PathBuf>,
     /// One PID namespace for all containers of the pod (Kubernetes'
@@ -34,6 +34,28 @@ pub struct PodConfig {
     pub sysctls: BTreeMap<String, String>,
 }
 
+impl PodConfig {
+    /// A pod named `name`, on the runtime's default network, with nothing else set.
+    pub fn new(name: PodName) -> Self {
+        Self {
+            name,
+            hostname: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            networks: vec![],
+            ports: vec![],
+            aliases: vec![],
+            dns: None,
+            log_dir: None,
+            share_pid: false,
+            cgroup_parent: None,
+            host_ipc: false,
+            host_network: false,
+            sysctls: BTreeMap::new(),
+        }
+    }
+}
+
 /// The address of `pod` that is reachable from the node (its first network).
 pub fn pod_ip(pod: &PodRecord) -> Option<IpAddr> {
     pod.ip().map(IpAddr::V4)
@@ -51,57 +73,40 @@ impl Pods {
 
     /// Creates a pod: namespaces, networks, /etc files. Undone completely on failure.
     pub fn create_pod(&self, cfg: PodConfig) -> Result<PodRecord> {
-        record::check_name("pod", &cfg.name).map_err(PodError::Invalid)?;
         let hostname = if cfg.host_network {
             // The node's UTS namespace: its name is the pod's.
-            let node = nix::unistd::gethostname().map_err(|e| PodError::Invalid(format!("reading the node's hostname: {e}")))?;
+            let node = nix::unistd::gethostname().map_err(PodError::NodeHostname)?;
             let node = node.to_string_lossy().into_owned();
-            if cfg.hostname.as_ref().is_some_and(|h| *h != node) {
-                return Err(PodError::Invalid(format!("a host-network pod has the node's hostname {node:?}: give no other")));
+            if cfg.hostname.as_ref().is_some_and(|h| *h != node.as_str()) {
+                return Err(ConfigError::HostNetworkHostname { node }.into());
             }
-            node
+            Hostname::new(node)?
         } else {
-            cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone())
+            cfg.hostname.clone().unwrap_or_else(|| cfg.name.clone().into())
         };
-        if hostname.len() > 64 || !hostname.split('.').all(netstack::is_dns_label) {
-            return Err(PodError::Invalid(format!(
-                "hostname {hostname:?} is not valid: use DNS labels (letters, digits, `-` inside) separated by dots, at most 64 bytes"
-            )));
-        }
         if let Some(dns) = &cfg.dns {
             if let Some(bad) =
                 dns.servers.iter().chain(&dns.searches).chain(&dns.options).find(|v| v.is_empty() || v.contains(char::is_whitespace))
             {
-                return Err(PodError::Invalid(format!("DNS setting {bad:?} is empty or has whitespace")));
+                return Err(ConfigError::DnsSetting(bad.clone()).into());
             }
-        }
-        for a in &cfg.aliases {
-            record::check_name("alias", a).map_err(PodError::Invalid)?;
         }
         if let Some(parent) = &cfg.cgroup_parent {
             if parent.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir))
                 || parent.as_os_str().len() > 4096
             {
-                return Err(PodError::Invalid(format!(
-                    "cgroup parent {} must be a plain path under the cgroup root (no `.` or `..`)",
-                    parent.display()
-                )));
+                return Err(ConfigError::CgroupParent(parent.clone()).into());
             }
         }
         if cfg.host_network {
             if !cfg.networks.is_empty() || !cfg.aliases.is_empty() {
-                return Err(PodError::Invalid("a host-network pod joins no network: give it no networks or aliases".into()));
+                return Err(ConfigError::HostNetworkJoins.into());
             }
             if let Some(p) = cfg.ports.iter().find(|p| p.host_port != p.container_port) {
-                return Err(PodError::Invalid(format!(
-                    "port mapping {}->{}: a host-network pod's ports are the node's own, so the host port must equal the container port",
-                    p.host_port, p.container_port
-                )));
+                return Err(ConfigError::HostNetworkPort { host_port: p.host_port, container_port: p.container_port }.into());
             }
             if let Some(key) = cfg.sysctls.keys().find(|k| k.starts_with("net.")) {
-                return Err(PodError::Invalid(format!(
-                    "sysctl {key}: the pod uses the node's network namespace, so it would change the node"
-                )));
+                return Err(ConfigError::HostNetworkSysctl(key.clone()).into());
             }
         }
         let networks = if cfg.host_network {
@@ -113,7 +118,7 @@ impl Pods {
         };
         for (i, n) in networks.iter().enumerate() {
             if networks[..i].contains(n) {
-                return Err(PodError::Invalid(format!("network {n} is listed twice")));
+                return Err(ConfigError::NetworkTwice(n.clone()).into());
             }
             if *n != NetworkConfig::default_network().name && self.node.node().network(n)?.is_none() {
                 return Err(NetworkError::NoSuchNetwork(n.clone()).into());
@@ -171,8 +176,7 @@ impl Pods {
     fn setup_pod(&self, pod: &mut PodRecord, networks: &[NetworkName], share_pid: bool) -> Result<()> {
         let dir = self.pod_dir(&pod.id);
         if share_pid {
-            let (pid, start_time) =
-                crate::process::spawn_pod_init().map_err(|m| PodError::Invalid(format!("sharing a PID namespace: {m}")))?;
+            let (pid, start_time) = crate::process::spawn_pod_init().map_err(PodError::PidHolder)?;
             pod.pid_holder = Some(Owner { pid, start_time });
             self.save_pod(pod)?;
         }
@@ -182,12 +186,12 @@ impl Pods {
             netstack::netns::create_pinned_set(&[("ipc", &ipc)], || Ok(()))?;
         } else {
             netstack::netns::create_pinned_set(&[("net", &net), ("ipc", &ipc), ("uts", &uts)], move || {
-                nix::unistd::sethostname(&hostname)
+                nix::unistd::sethostname(hostname.as_str())
             })?;
         }
         let owner = OwnerId::new(pod.id.as_str())?;
-        let mut names = vec![pod.name.clone()];
-        names.extend(pod.aliases.iter().cloned());
+        let names: Vec<String> =
+            std::iter::once(pod.name.as_str()).chain(pod.aliases.iter().map(Alias::as_str)).map(str::to_string).collect();
         let mut resolv = String::new();
         for (i, name) in networks.iter().enumerate() {
             let req = AttachRequest {
@@ -270,7 +274,7 @@ impl Pods {
                 .map(|c| c.name.as_str())
                 .collect();
             if !running.is_empty() {
-                return Err(PodError::PodBusy { pod: pod.name.clone(), names: running.join(", ") });
+                return Err(PodError::PodBusy { pod: pod.name.to_string(), names: running.join(", ") });
             }
         }
         self.teardown(&pod)
@@ -327,7 +331,7 @@ impl Pods {
     /// gone. It stays on its network; a runtime's own network is then kept too.
     pub fn disown(&self, id: &PodId) -> Result<PodRecord> {
         if self.instance.as_ref().is_some_and(|i| i.private_node.is_some()) {
-            return Err(PodError::Invalid("a pod on a private node cannot outlive the runtime, whose node goes with it".into()));
+            return Err(ConfigError::DisownOnPrivateNode.into());
         }
         let mut pod: PodRecord =
             netstack::record::read_json(&self.pod_dir(id).join(POD_FILE)).map_err(|_| PodError::NoSuchPod(id.to_string()))?;

@@ -29,15 +29,42 @@ pub struct ProcessOverrides {
     pub oom_score_adj: Option<i32>,
 }
 
+/// A container's OCI spec cannot be made from what it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command: give one (the image has no entrypoint or cmd, or there is no image)")]
+    NoCommand,
+    #[error("the container asks for the pod's PID namespace, and the pod has none to share: make the pod with a shared PID namespace")]
+    NoPodPidNamespace,
+    #[error("device {}: inside the volume at {}; put it elsewhere", device.display(), volume.display())]
+    DeviceInVolume { device: PathBuf, volume: PathBuf },
+    #[error("mount destination {} is not an absolute path", .0.display())]
+    RelativeMountTarget(PathBuf),
+    #[error("mount source {}", path.display())]
+    MountSource {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the runtime's default spec has no mounts")]
+    NoDefaultMounts,
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("building the container's spec")]
+    Json(#[from] serde_json::Error),
+}
+
 /// The command a container runs: the caller's, else the image's entrypoint + cmd.
-pub fn args(over: &ProcessOverrides, image: Option<&ImageConfig>) -> Result<Vec<String>, String> {
+pub fn args(over: &ProcessOverrides, image: Option<&ImageConfig>) -> Result<Vec<String>, SpecError> {
     let args = match (&over.args, image) {
         (Some(a), _) if !a.is_empty() => a.clone(),
         (_, Some(img)) => img.entrypoint.iter().chain(&img.cmd).cloned().collect(),
         _ => vec![],
     };
     if args.is_empty() {
-        return Err("no command: give one (the image has no entrypoint or cmd, or there is no image)".into());
+        return Err(SpecError::NoCommand);
     }
     Ok(args)
 }
@@ -65,15 +92,15 @@ pub struct SpecInputs<'a> {
 }
 
 /// The spec for container `ctr` of `pod`, whose shared files are under `pod_dir/etc`.
-pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, inputs: &SpecInputs) -> Result<Spec, String> {
+pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, inputs: &SpecInputs) -> Result<Spec, SpecError> {
     let (cfg, image) = (inputs.config, inputs.image);
     let (over, sec) = (&cfg.process, &cfg.security);
-    let mut spec = serde_json::to_value(crate::spec::default_spec()).map_err(|e| e.to_string())?;
+    let mut spec = serde_json::to_value(crate::spec::default_spec())?;
     let image_user = image.and_then(|i| i.user.clone()).filter(|u| !u.is_empty());
     let creds = match over.user {
         // The embedding API's explicit uid:gid.
         Some((uid, gid)) if sec.user.is_none() => Credentials { uid, gid, additional_gids: vec![gid] },
-        _ => security::credentials(sec, image_user.as_deref(), &AccountFiles::new(inputs.layers)).map_err(|e| e.to_string())?,
+        _ => security::credentials(sec, image_user.as_deref(), &AccountFiles::new(inputs.layers))?,
     };
     let default_path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string();
     let image_env = image.map(|i| i.env.clone()).unwrap_or_default();
@@ -82,7 +109,7 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     );
     let cwd =
         over.workdir.clone().or_else(|| image.and_then(|i| i.working_dir.clone())).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
-    let (caps, ambient) = security::capabilities(sec).map_err(|e| e.to_string())?;
+    let (caps, ambient) = security::capabilities(sec)?;
     spec["process"] = serde_json::json!({
         "terminal": false,
         "user": { "uid": creds.uid, "gid": creds.gid, "additionalGids": creds.additional_gids },
@@ -101,17 +128,13 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
         obj.remove("hostname");
     }
     let ns = |typ: &str| pod_dir.join("ns").join(typ).display().to_string();
-    let pid_ns =
-        match (sec.pid, &pod.pid_holder) {
-            (Some(PidNamespace::Pod) | None, Some(h)) => Some(format!("/proc/{}/ns/pid", h.pid)),
-            (Some(PidNamespace::Pod), None) => return Err(
-                "the container asks for the pod's PID namespace, and the pod has none to share: make the pod with a shared PID namespace"
-                    .into(),
-            ),
-            (Some(PidNamespace::Target(pid)), _) => Some(format!("/proc/{pid}/ns/pid")),
-            (Some(PidNamespace::Container) | None, None) | (Some(PidNamespace::Container), Some(_)) => Some(String::new()),
-            (Some(PidNamespace::Node), _) => None,
-        };
+    let pid_ns = match (sec.pid, &pod.pid_holder) {
+        (Some(PidNamespace::Pod) | None, Some(h)) => Some(format!("/proc/{}/ns/pid", h.pid)),
+        (Some(PidNamespace::Pod), None) => return Err(SpecError::NoPodPidNamespace),
+        (Some(PidNamespace::Target(pid)), _) => Some(format!("/proc/{pid}/ns/pid")),
+        (Some(PidNamespace::Container) | None, None) | (Some(PidNamespace::Container), Some(_)) => Some(String::new()),
+        (Some(PidNamespace::Node), _) => None,
+    };
     let mut namespaces = vec![serde_json::json!({ "type": "mount" }), serde_json::json!({ "type": "cgroup" })];
     if pod.host_network {
         // The node's network and UTS namespaces: the runtime's node namespace when it
@@ -134,7 +157,7 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     spec["linux"]["namespaces"] = namespaces.into();
     let sysctls: std::collections::BTreeMap<&String, &String> = pod.sysctls.iter().chain(&sec.sysctls).collect();
     if !sysctls.is_empty() {
-        spec["linux"]["sysctl"] = serde_json::to_value(&sysctls).map_err(|e| e.to_string())?;
+        spec["linux"]["sysctl"] = serde_json::to_value(&sysctls)?;
     }
     let mut resources = cfg.resources.to_oci_json();
     if sec.privileged {
@@ -146,19 +169,19 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     } else {
         resources["devices"] = spec["linux"]["resources"]["devices"].clone();
         if let Some(paths) = &sec.masked_paths {
-            spec["linux"]["maskedPaths"] = serde_json::to_value(paths).map_err(|e| e.to_string())?;
+            spec["linux"]["maskedPaths"] = serde_json::to_value(paths)?;
         }
         if let Some(paths) = &sec.readonly_paths {
-            spec["linux"]["readonlyPaths"] = serde_json::to_value(paths).map_err(|e| e.to_string())?;
+            spec["linux"]["readonlyPaths"] = serde_json::to_value(paths)?;
         }
     }
     if !sec.devices.is_empty() {
-        let (nodes, rules) = security::mapped_devices(&sec.devices).map_err(|e| e.to_string())?;
+        let (nodes, rules) = security::mapped_devices(&sec.devices)?;
         for n in &nodes {
             // Made after the mounts: inside a volume the node would be made on the node.
             let path = Path::new(n["path"].as_str().unwrap_or_default());
             if let Some(m) = cfg.mounts.iter().find(|m| path.starts_with(&m.container)) {
-                return Err(format!("device {}: inside the volume at {}; put it elsewhere", path.display(), m.container.display()));
+                return Err(SpecError::DeviceInVolume { device: path.to_path_buf(), volume: m.container.clone() });
             }
         }
         let mut all = spec["linux"]["devices"].as_array().cloned().unwrap_or_default();
@@ -177,11 +200,11 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     }
     // A privileged container runs unfiltered, as with containerd.
     if !sec.privileged {
-        if let Some(profile) = crate::seccomp::profile_json(&sec.seccomp, &caps).map_err(|e| crate::error_chain(&e))? {
+        if let Some(profile) = crate::seccomp::profile_json(&sec.seccomp, &caps)? {
             spec["linux"]["seccomp"] = profile;
         }
     }
-    let list = spec["mounts"].as_array_mut().ok_or("the default spec has no mounts")?;
+    let list = spec["mounts"].as_array_mut().ok_or(SpecError::NoDefaultMounts)?;
     if sec.privileged {
         // Writable /sys and cgroup tree, as runc gives a privileged container.
         for m in list.iter_mut() {
@@ -200,9 +223,9 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     }
     for m in &cfg.mounts {
         if !m.container.is_absolute() {
-            return Err(format!("mount destination {} is not an absolute path", m.container.display()));
+            return Err(SpecError::RelativeMountTarget(m.container.clone()));
         }
-        std::fs::metadata(&m.host).map_err(|e| format!("mount source {}: {e}", m.host.display()))?;
+        std::fs::metadata(&m.host).map_err(|source| SpecError::MountSource { path: m.host.clone(), source })?;
         list.push(serde_json::json!({
             "destination": m.container.display().to_string(),
             "type": "bind",
@@ -218,9 +241,9 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
     let mut annotations: serde_json::Map<String, serde_json::Value> =
         ctr.annotations.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     annotations.insert(POD_ANNOTATION.into(), pod.id.to_string().into());
-    annotations.insert("io.minipod.container-name".into(), ctr.name.clone().into());
+    annotations.insert("io.minipod.container-name".into(), ctr.name.as_str().into());
     spec["annotations"] = serde_json::Value::Object(annotations);
-    serde_json::from_value(spec).map_err(|e| format!("building the container's spec: {e}"))
+    Ok(serde_json::from_value(spec)?)
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ impl Pods {
                 return Ok(p);
             }
         }
-        if let Some(p) = self
-            .name_index(&self.scope, name_or_id)
+        if let Some(p) = PodName::new(name_or_id)
+            .ok()
+            .and_then(|name| self.name_index(&self.scope, &name))
             .and_then(|id| netstack::record::read_json::<PodRecord>(&self.pod_dir(&id).join(POD_FILE)).ok())
         {
             return Ok(p);
@@ -49,19 +50,18 @@ impl Pods {
         write_json(&self.pod_dir(&pod.id).join(POD_FILE), pod)
     }
 
-    fn name_file(&self, scope: &str, name: &str) -> PathBuf {
-        self.root.join("pods").join(".names").join(scope).join(name)
+    fn name_file(&self, scope: &Scope, name: &PodName) -> PathBuf {
+        self.root.join("pods").join(".names").join(scope.as_str()).join(name.as_str())
     }
 
     /// The id a pod name of `scope` is claimed by, if any.
-    fn name_index(&self, scope: &str, name: &str) -> Option<PodId> {
-        record::check_name("pod", name).ok()?;
+    fn name_index(&self, scope: &Scope, name: &PodName) -> Option<PodId> {
         PodId::parse(std::fs::read_to_string(self.name_file(scope, name)).ok()?.trim())
     }
 
     /// Claims `name` in this scope for pod `id` (an exclusive create). A claim whose
     /// pod is gone (a crash before its record) is taken over.
-    pub(super) fn claim_name(&self, name: &str, id: &PodId) -> Result<()> {
+    pub(super) fn claim_name(&self, name: &PodName, id: &PodId) -> Result<()> {
         use std::io::Write;
         let path = self.name_file(&self.scope, name);
         let dir = path.parent().unwrap_or(&path);
@@ -72,13 +72,9 @@ impl Pods {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let holder = std::fs::read_to_string(&path).ok().and_then(|t| PodId::parse(t.trim()));
                     match holder {
-                        Some(other) if self.pod_dir(&other).exists() => {
-                            return Err(PodError::PodExists { name: name.to_string(), id: other })
-                        }
+                        Some(other) if self.pod_dir(&other).exists() => return Err(PodError::PodExists { name: name.clone(), id: other }),
                         // A claim being written right now reads as empty: never steal it.
-                        None if path.metadata().is_ok_and(|m| m.len() == 0) => {
-                            return Err(PodError::Invalid(format!("pod name {name:?} is being claimed by another process")))
-                        }
+                        None if path.metadata().is_ok_and(|m| m.len() == 0) => return Err(PodError::NameContended(name.clone())),
                         _ => {
                             let _ = std::fs::remove_file(&path);
                         }
@@ -87,7 +83,7 @@ impl Pods {
                 Err(e) => return Err(io_err("claiming the name in", &path)(e)),
             }
         }
-        Err(PodError::Invalid(format!("pod name {name:?} is contended: try again")))
+        Err(PodError::NameContended(name.clone()))
     }
 
     pub(super) fn release_name(&self, pod: &PodRecord) {
@@ -96,8 +92,8 @@ impl Pods {
         }
     }
 
-    pub(super) fn container_dir(&self, pod: &PodId, name: &str) -> PathBuf {
-        self.pod_dir(pod).join("containers").join(name)
+    pub(super) fn container_dir(&self, pod: &PodId, name: &ContainerName) -> PathBuf {
+        self.pod_dir(pod).join("containers").join(name.as_str())
     }
 
     /// Containers of one pod, or of all pods.
@@ -113,9 +109,7 @@ impl Pods {
             for e in entries.flatten() {
                 // A record is trusted no further than its names: they reach paths.
                 match netstack::record::read_json::<ContainerRecord>(&e.path().join(CONTAINER_FILE)) {
-                    Ok(c) if record::check_name("container", &c.name).is_ok() && c.pod == p && e.file_name() == c.name.as_str() => {
-                        out.push(c)
-                    }
+                    Ok(c) if c.pod == p && e.file_name() == c.name.as_str() => out.push(c),
                     _ => {}
                 }
             }
@@ -127,11 +121,9 @@ impl Pods {
     /// A container by runtime id, or by name within `pod`.
     pub fn container(&self, pod: &str, name: &str) -> Result<ContainerRecord> {
         let p = self.pod(pod)?;
-        if record::check_name("container", name).is_err() {
-            return Err(PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() });
-        }
-        netstack::record::read_json(&self.container_dir(&p.id, name).join(CONTAINER_FILE))
-            .map_err(|_| PodError::NoSuchContainer { pod: p.name.clone(), name: name.to_string() })
+        let no_such = || PodError::NoSuchContainer { pod: p.name.to_string(), name: name.to_string() };
+        let name = ContainerName::new(name).map_err(|_| no_such())?;
+        netstack::record::read_json(&self.container_dir(&p.id, &name).join(CONTAINER_FILE)).map_err(|_| no_such())
     }
 
     /// A container by its runtime id (`<pod id>-<name>`).
@@ -139,9 +131,8 @@ impl Pods {
         let not_found = || PodError::NoSuchContainer { pod: "?".into(), name: id.to_string() };
         let (pod, name) = id.split_at_checked(12).ok_or_else(not_found)?;
         let pod = PodId::parse(pod).ok_or_else(not_found)?;
-        let name = name.strip_prefix('-').ok_or_else(not_found)?;
-        record::check_name("container", name).map_err(|_| not_found())?;
-        netstack::record::read_json(&self.container_dir(&pod, name).join(CONTAINER_FILE)).map_err(|_| not_found())
+        let name = ContainerName::new(name.strip_prefix('-').ok_or_else(not_found)?).map_err(|_| not_found())?;
+        netstack::record::read_json(&self.container_dir(&pod, &name).join(CONTAINER_FILE)).map_err(|_| not_found())
     }
 
     /// The pod's lock, held while a container is made in it and while it is torn

@@ -62,7 +62,7 @@ impl Pods {
                 continue;
             }
             match self.remove_instance(&inst) {
-                Ok(()) => report.instances.push(inst.scope.clone()),
+                Ok(()) => report.instances.push(inst.scope.to_string()),
                 Err(e) => errors.push(format!("runtime instance {}: {}", inst.scope, chain(&e))),
             }
         }
@@ -70,7 +70,7 @@ impl Pods {
         let nodes = self.root.join("nodes");
         for e in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
             let scope = e.file_name().to_string_lossy().into_owned();
-            if scope != self.scope && !dir.join(format!("{scope}.json")).exists() {
+            if self.scope != scope.as_str() && !dir.join(format!("{scope}.json")).exists() {
                 let pin = e.path().join("netns");
                 let removed = crate::netstack::netns::remove_pinned(&pin)
                     .map_err(|e| e.to_string())
