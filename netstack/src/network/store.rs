@@ -69,39 +69,150 @@ impl Node {
         self.net_dir(name).join("members").join(format!("{owner}.json"))
     }
 
-    fn lock_file(&self, name: &NetworkName) -> Result<std::fs::File, NetworkError> {
+    fn lock_path(&self, name: &NetworkName) -> Result<PathBuf, NetworkError> {
         // Outside the network's own directory, which removal deletes: a lock on a
         // deleted file would guard nothing.
         let dir = self.state_dir.join("network-locks");
         std::fs::create_dir_all(&dir).map_err(state_err(&dir))?;
-        let path = dir.join(format!("{name}.lock"));
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(state_err(&path))
+        Ok(dir.join(format!("{name}.lock")))
     }
 
-    /// Takes the network's lock without ever blocking the thread: attaches of one
-    /// process hold it across awaits, and a blocking flock on a single-threaded runtime
-    /// would wait for a holder that can then never run again.
-    pub(super) async fn network_lock(&self, name: &NetworkName, how: FlockArg) -> Result<Flock<std::fs::File>, NetworkError> {
-        let nonblock = match how {
-            FlockArg::LockShared | FlockArg::LockSharedNonblock => FlockArg::LockSharedNonblock,
-            _ => FlockArg::LockExclusiveNonblock,
+    fn lock_file(path: &Path) -> Result<std::fs::File, NetworkError> {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(state_err(path))
+    }
+
+    /// Takes the network's lock without ever blocking the caller's thread: attaches
+    /// hold it across awaits, and a blocking flock on a single-threaded runtime would
+    /// wait for a holder that can then never run again. Holders in this process queue
+    /// on an async lock; only a holder in another process is waited for, on a
+    /// blocking thread.
+    pub(super) async fn network_lock(&self, name: &NetworkName, how: FlockArg) -> Result<NetworkLock, NetworkError> {
+        let path = self.lock_path(name)?;
+        let local = local_lock(&path);
+        let (local, shared) = match how {
+            FlockArg::LockShared | FlockArg::LockSharedNonblock => (LocalGuard::Shared(local.read_owned().await), true),
+            _ => (LocalGuard::Exclusive(local.write_owned().await), false),
         };
-        loop {
-            let f = self.lock_file(name)?;
-            match Flock::lock(f, nonblock) {
-                Ok(l) => return Ok(l),
-                Err((_, nix::Error::EWOULDBLOCK)) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
-                Err((_, e)) => return Err(NetworkError::State { path: self.state_dir.join("network-locks"), source: e.into() }),
+        let (nonblock, block) = if shared {
+            (FlockArg::LockSharedNonblock, FlockArg::LockShared)
+        } else {
+            (FlockArg::LockExclusiveNonblock, FlockArg::LockExclusive)
+        };
+        let fail = |e: nix::Error| NetworkError::State { path: path.clone(), source: e.into() };
+        let flock = match Flock::lock(Self::lock_file(&path)?, nonblock) {
+            Ok(l) => l,
+            Err((f, nix::Error::EWOULDBLOCK)) => {
+                // Dropped with its lock if the caller gives up meanwhile.
+                let waited = tokio::task::spawn_blocking(move || Flock::lock(f, block).map_err(|(_, e)| e)).await;
+                match waited {
+                    Ok(r) => r.map_err(fail)?,
+                    // The runtime shuts down under the wait.
+                    Err(e) => return Err(NetworkError::State { path: path.clone(), source: std::io::Error::other(e) }),
+                }
             }
+            Err((_, e)) => return Err(fail(e)),
+        };
+        Ok(NetworkLock { _flock: flock, _local: local })
+    }
+
+    /// The network's exclusive lock if nobody holds it, in this process or another.
+    pub(super) fn try_network_lock(&self, name: &NetworkName) -> Result<Option<NetworkLock>, NetworkError> {
+        let path = self.lock_path(name)?;
+        let Ok(local) = local_lock(&path).try_write_owned() else { return Ok(None) };
+        match Flock::lock(Self::lock_file(&path)?, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(NetworkLock { _flock: l, _local: LocalGuard::Exclusive(local) })),
+            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(NetworkError::State { path, source: e.into() }),
+        }
+    }
+}
+
+/// A network's lock: the file lock other processes see, and this process's own.
+pub(super) struct NetworkLock {
+    _flock: Flock<std::fs::File>,
+    _local: LocalGuard,
+}
+
+#[expect(dead_code, reason = "the guards are held for their Drop")]
+enum LocalGuard {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// This process's lock for the lock file at `path` (one per file, for all nodes of
+/// the process: two of them on one state dir share it).
+fn local_lock(path: &Path) -> std::sync::Arc<tokio::sync::RwLock<()>> {
+    type Locks = std::collections::BTreeMap<PathBuf, std::sync::Arc<tokio::sync::RwLock<()>>>;
+    static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(Locks::new());
+    let mut locks = LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
-    pub(super) fn try_network_lock(&self, name: &NetworkName) -> Result<Option<Flock<std::fs::File>>, NetworkError> {
-        let f = self.lock_file(name)?;
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => Ok(Some(l)),
-            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(NetworkError::State { path: self.state_dir.join("network-locks"), source: e.into() }),
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
+    }
+
+    #[test]
+    fn network_lock_waits_for_holders_in_this_process_and_in_others() {
+        let dir = Scratch(std::env::temp_dir().join(format!("minipod-lock-test-{}", std::process::id())));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let node = Node::new(&dir.0, None).unwrap();
+        let name = NetworkName::new("locked").unwrap();
+        let short = Duration::from_millis(100);
+        let long = Duration::from_secs(30);
+        rt.block_on(async {
+            // In this process: a holder keeps a taker waiting, and its release lets it in.
+            let held = node.network_lock(&name, FlockArg::LockExclusive).await.unwrap();
+            assert!(node.try_network_lock(&name).unwrap().is_none());
+            assert!(tokio::time::timeout(short, node.network_lock(&name, FlockArg::LockShared)).await.is_err());
+            drop(held);
+            let a = tokio::time::timeout(long, node.network_lock(&name, FlockArg::LockShared)).await.unwrap().unwrap();
+            let b = tokio::time::timeout(long, node.network_lock(&name, FlockArg::LockShared)).await.unwrap().unwrap();
+            assert!(node.try_network_lock(&name).unwrap().is_none(), "shared holders keep an exclusive taker out");
+            drop((a, b));
+        });
+
+        // Another process holds the file lock until its stdin closes.
+        let path = node.lock_path(&name).unwrap();
+        let mut holder = Child(
+            std::process::Command::new("flock")
+                .arg(&path)
+                .arg("cat")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + long;
+        while node.try_network_lock(&name).unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        rt.block_on(async {
+            assert!(tokio::time::timeout(short, node.network_lock(&name, FlockArg::LockExclusive)).await.is_err());
+            let mut stdin = holder.0.stdin.take().unwrap();
+            stdin.write_all(b"bye\n").unwrap();
+            drop(stdin);
+            let got = tokio::time::timeout(long, node.network_lock(&name, FlockArg::LockExclusive)).await;
+            assert!(got.is_ok_and(|l| l.is_ok()), "the lock is taken once the other process lets go");
+        });
     }
 }
