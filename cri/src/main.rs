@@ -3,6 +3,7 @@
 
 mod cli;
 mod server;
+mod streaming;
 
 fn main() {
     let code = cli::main();

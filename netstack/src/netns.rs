@@ -103,6 +103,13 @@ impl Netns {
         Ok(Self { fd: f.into(), path: path.to_path_buf(), id: (meta.dev(), meta.ino()) })
     }
 
+    /// Another handle on the same namespace (`/proc/thread-self` paths would name
+    /// another thread's once reopened).
+    pub fn try_clone(&self) -> Result<Self, NetnsError> {
+        let fd = self.fd.try_clone().map_err(|source| NetnsError::Open { path: self.path.clone(), source })?;
+        Ok(Self { fd, path: self.path.clone(), id: self.id })
+    }
+
     /// Where it was opened from.
     pub fn path(&self) -> &Path {
         &self.path

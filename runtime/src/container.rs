@@ -158,6 +158,15 @@ pub struct ExecOptions {
     /// Kill the process with SIGKILL once it has run this long
     /// ([`ContainerError::ExecTimeout`]).
     pub timeout: Option<Duration>,
+    /// The process runs on a terminal of the container's own (its stdin, stdout and
+    /// stderr; `stdio` is not used), leading a session with it as the controlling
+    /// terminal, as a shell expects. The terminal's master end goes to `terminal`.
+    pub tty: bool,
+    pub terminal: Option<tokio::sync::oneshot::Sender<OwnedFd>>,
+    /// Told the process's PID (in the caller's PID namespace) once it runs, so that
+    /// the caller can signal it while this call waits. The process then leads a
+    /// process group of its own, which such a signal is best sent to.
+    pub started: Option<std::sync::mpsc::Sender<i32>>,
 }
 
 /// Containers under one state root (`/run/minipod` by default).
@@ -482,7 +491,7 @@ impl Runtime {
     }
 
     /// Runs a process inside a running container and returns its exit status.
-    pub fn exec(&self, id: &ContainerId, opts: ExecOptions) -> Result<ExitStatus> {
+    pub fn exec(&self, id: &ContainerId, mut opts: ExecOptions) -> Result<ExitStatus> {
         let st = self.state(id)?;
         let status = st.live_status();
         let (Some(pid), Some(pid_start_time)) = (st.pid, st.pid_start_time) else {
@@ -520,6 +529,7 @@ impl Runtime {
             process.user_mut().set_uid(uid);
             process.user_mut().set_gid(gid);
         }
+        process.set_terminal(Some(opts.tty));
         let stdio = opts.stdio.fds()?;
         let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_fd().as_raw_fd()).collect();
         let request = HelperRequest::Exec(Box::new(ExecRequest {
@@ -531,17 +541,30 @@ impl Runtime {
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::seccomp::program).transpose()?,
             stdio: !stdio.is_empty(),
             timeout: opts.timeout,
+            own_group: opts.timeout.is_some() || opts.started.is_some(),
         }));
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
         let outcome = loop {
-            match chan.recv::<Report>() {
-                Ok(Some(Report::Exited(status))) => break Ok(status),
-                Ok(Some(Report::TimedOut)) => {
-                    break Err(ContainerError::ExecTimeout { id: id.clone(), secs: opts.timeout.unwrap_or_default().as_secs_f64() })
+            match chan.recv_with_fds::<Report>().map(|r| r.map(|(m, fds)| (m, fds.into_iter().next()))) {
+                Ok(Some((Report::Terminal, Some(master)))) => {
+                    if let Some(tx) = opts.terminal.take() {
+                        let _ = tx.send(master);
+                    }
                 }
-                Ok(Some(Report::Failed(message))) => break Err(ContainerError::Exec { id: id.clone(), message }),
-                Ok(Some(_)) => continue,
+                Ok(Some((report, _))) => match report {
+                    Report::Exited(status) => break Ok(status),
+                    Report::TimedOut => {
+                        break Err(ContainerError::ExecTimeout { id: id.clone(), secs: opts.timeout.unwrap_or_default().as_secs_f64() })
+                    }
+                    Report::Failed(message) => break Err(ContainerError::Exec { id: id.clone(), message }),
+                    Report::Started { pid } => {
+                        if let Some(tx) = &opts.started {
+                            let _ = tx.send(pid);
+                        }
+                    }
+                    _ => continue,
+                },
                 Ok(None) => break Err(ContainerError::HelperVanished),
                 Err(e) => break Err(e.into()),
             }

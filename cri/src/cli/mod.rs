@@ -88,6 +88,10 @@ struct ServeArgs {
     /// The socket, as unix:///path or a path; created root-only (0660).
     #[arg(long, default_value = crate::server::DEFAULT_SOCKET)]
     socket: String,
+    /// Where the streaming server (the URLs of Exec and PortForward) listens; port 0
+    /// picks a free one. Keep it on loopback: the URLs' tokens are all that guards it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    streaming_address: std::net::SocketAddr,
     /// The node's network namespace (a pinned namespace file); the current one by default.
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -144,7 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 mirrors: a.registry_mirror,
                 credentials: Default::default(),
             };
-            crate::server::serve(&root, &a.socket, a.netns, a.images, pull)
+            crate::server::serve(&root, &a.socket, a.streaming_address, a.netns, a.images, pull)
         }
     }
 }

@@ -195,8 +195,8 @@ fn forward_signals_to(pid: i32) {
 
 pub fn exec(root: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let user = a.user.as_deref().map(parse_user).transpose()?;
-    let status =
-        open(root)?.exec(&a.id, ExecOptions { args: a.command, env: a.env, cwd: a.cwd, user, stdio: Stdio::Inherit, timeout: None })?;
+    let status = open(root)?
+        .exec(&a.id, ExecOptions { args: a.command, env: a.env, cwd: a.cwd, user, stdio: Stdio::Inherit, ..Default::default() })?;
     Ok(status.shell_code())
 }
 

@@ -33,6 +33,7 @@ pub struct Server {
     pods: Arc<Pods>,
     pull: minipod_runtime::image::PullOptions,
     events: Arc<events::Events>,
+    streams: Arc<crate::streaming::StreamServer>,
 }
 
 /// Runs blocking pod work off the gRPC threads; errors become gRPC statuses.
@@ -46,7 +47,14 @@ async fn blocking<T: Send + 'static>(pods: &Arc<Pods>, f: impl FnOnce(&Pods) -> 
 
 /// Serves until SIGINT or SIGTERM. Pods and containers stay when it stops: the next
 /// daemon (or the CLI) finds them in the state dir.
-pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf, pull: PullOptions) -> anyhow::Result<i32> {
+pub fn serve(
+    root: &Path,
+    socket: &str,
+    streaming: std::net::SocketAddr,
+    netns: Option<PathBuf>,
+    images: PathBuf,
+    pull: PullOptions,
+) -> anyhow::Result<i32> {
     let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
     let pods = Pods::open(PodsOptions { root: root.to_path_buf(), images, node_netns: netns, keep_pods: true, ..Default::default() })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -70,9 +78,13 @@ pub fn serve(root: &Path, socket: &str, netns: Option<PathBuf>, images: PathBuf,
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
         let pods = Arc::new(pods);
+        let streams = crate::streaming::StreamServer::start(streaming, pods.clone())
+            .await
+            .with_context(|| format!("listening for streams (exec, port-forward) on {streaming}"))?;
+        eprintln!("minipod: serving streams on http://{}", streams.addr());
         let events = events::Events::new();
         events.clone().sweep(pods.clone());
-        let server = Arc::new(Server { pods, pull, events });
+        let server = Arc::new(Server { pods, pull, events, streams });
         let signalled = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

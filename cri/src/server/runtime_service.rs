@@ -306,16 +306,77 @@ impl RuntimeService for Server {
         Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.status.shell_code() }))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        Err(unimplemented("Exec (streaming; use ExecSync)"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        let req = req.into_inner();
+        need(&req.container_id, "container_id")?;
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd is empty"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument("tty and stderr cannot both be set: a terminal carries both outputs as one"));
+        }
+        let id = req.container_id.clone();
+        let container = blocking(&self.pods, move |p| {
+            let c = p.container_by_id(&id)?;
+            match p.container_state(&c)?.live_status() {
+                CtrStatus::Running => Ok(c),
+                status => Err(PodError::Container(minipod_runtime::ContainerError::WrongState {
+                    id: c.id.clone(),
+                    op: "exec in",
+                    status,
+                    hint: "",
+                })),
+            }
+        })
+        .await?;
+        let session = crate::streaming::ExecSession {
+            container,
+            cmd: req.cmd,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        };
+        let url = self
+            .streams
+            .issue(crate::streaming::Session::Exec(Box::new(session)))
+            .map_err(|e| Status::internal(format!("issuing a URL: {e}")))?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
         Err(unimplemented("Attach"))
     }
 
-    async fn port_forward(&self, _: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, req: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
+        let req = req.into_inner();
+        need(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        if let Some(bad) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!("port {bad} is not 1 to 65535")));
+        }
+        let id = req.pod_sandbox_id.clone();
+        let (pod, netns) = blocking(&self.pods, move |p| {
+            let pod = p.pod(&id)?;
+            if pod.status != minipod_runtime::pod::PodStatus::Ready {
+                return Err(PodError::PodNotReady {
+                    pod: pod.id.to_string(),
+                    status: pod.status,
+                    what: "port forwarding needs a ready pod",
+                });
+            }
+            let netns = p.network_namespace(&pod)?;
+            Ok((pod, netns))
+        })
+        .await?;
+        let session = crate::streaming::PortForwardSession { netns, pod: pod.id.to_string() };
+        let url = self
+            .streams
+            .issue(crate::streaming::Session::PortForward(session))
+            .map_err(|e| Status::internal(format!("issuing a URL: {e}")))?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(&self, req: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {

@@ -190,6 +190,11 @@ impl Node {
         Ok(Self { netns, state_dir, firewall, records: Default::default(), dns: Default::default(), ready: Default::default() })
     }
 
+    /// The node's network namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
     /// Where the node's networks are recorded.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir

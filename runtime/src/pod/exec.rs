@@ -76,6 +76,12 @@ fn collect(out: OwnedFd, err: OwnedFd, done: &std::sync::atomic::AtomicBool) -> 
 }
 
 impl Pods {
+    /// Runs a process in a running container on the stdio of `opts` and waits for it:
+    /// the way to stream an exec's input and output as it runs.
+    pub fn exec_attached(&self, c: &ContainerRecord, opts: ExecOptions) -> Result<ExitStatus> {
+        Ok(self.oci.exec(&c.id, opts)?)
+    }
+
     /// Runs `args` in a running container and collects its output; killed after `timeout`.
     pub fn exec(&self, c: &ContainerRecord, args: Vec<String>, timeout: Option<Duration>) -> Result<ExecOutput> {
         let (out_r, out_w) = pipe()?;

@@ -71,6 +71,15 @@ impl Pods {
         Ok(netstack::netns::Netns::open(&self.pod_dir(&pod.id).join("ns/net"))?.interface_counters()?)
     }
 
+    /// The network namespace the pod's containers live in: its own, or the node's for
+    /// a host-network pod.
+    pub fn network_namespace(&self, pod: &PodRecord) -> Result<netstack::netns::Netns> {
+        if pod.host_network {
+            return Ok(self.node.node().netns().try_clone()?);
+        }
+        Ok(netstack::netns::Netns::open(&self.pod_dir(&pod.id).join("ns/net"))?)
+    }
+
     /// Creates a pod: namespaces, networks, /etc files. Undone completely on failure.
     pub fn create_pod(&self, cfg: PodConfig) -> Result<PodRecord> {
         let hostname = if cfg.host_network {

@@ -1,7 +1,7 @@
 //! `exec`: a helper (a direct child of the caller) joins a running container's cgroup
 //! and namespaces, forks the new process inside them, and reports its exit.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -27,7 +27,7 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
 ];
 
 pub(super) fn run(chan: Channel, req: &ExecRequest, stdio: Vec<OwnedFd>) -> i32 {
-    match join_and_fork(req, stdio) {
+    match join_and_fork(&chan, req, stdio) {
         Ok(Some(status)) => {
             let _ = chan.send(&Report::Exited(status));
             0
@@ -44,7 +44,7 @@ pub(super) fn run(chan: Channel, req: &ExecRequest, stdio: Vec<OwnedFd>) -> i32 
 }
 
 /// The process's exit status, or None when it ran past the timeout and was killed.
-fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitStatus>, InitError> {
+fn join_and_fork(chan: &Channel, req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitStatus>, InitError> {
     let sys = |what: &str| {
         let what = what.to_string();
         move |source| InitError::Sys { what, source }
@@ -79,7 +79,7 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitSt
     match unsafe { nix::unistd::fork() }.map_err(sys("forking the exec'd process"))? {
         ForkResult::Child => {
             drop(report);
-            let code = match child(&req.process, req.seccomp.as_ref(), stdio, req.timeout.is_some()) {
+            let code = match child(chan, &req.process, req.seccomp.as_ref(), stdio, req.own_group) {
                 Ok(prepared) => {
                     let err = init::exec(&prepared);
                     let _ = child_end.send(&Report::Failed(err));
@@ -96,6 +96,10 @@ fn join_and_fork(req: &ExecRequest, stdio: Vec<OwnedFd>) -> Result<Option<ExitSt
         ForkResult::Parent { child: pid } => {
             drop(child_end);
             drop(stdio);
+            if req.own_group {
+                // Not yet reaped (only this process waits for it), so the PID is its.
+                let _ = chan.send(&Report::Started { pid: pid.as_raw() });
+            }
             let started = std::time::Instant::now();
             let failure = report.recv::<Report>().ok().flatten();
             let mut timed_out = false;
@@ -156,19 +160,53 @@ fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, 
     }
 }
 
+/// A terminal of the container's own devpts (so that `tty` names it and the
+/// container's /dev/pts shows it), opened in its mount namespace as runc does; its
+/// master end goes to the caller. Three copies of the terminal end, for stdio.
+fn terminal(chan: &Channel) -> Result<Vec<OwnedFd>, InitError> {
+    let sys = |what: &'static str| move |source| InitError::Sys { what: what.into(), source };
+    let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
+    let master = nix::pty::posix_openpt(flags).map_err(sys("opening /dev/ptmx in the container"))?;
+    nix::pty::grantpt(&master).map_err(sys("granting the terminal"))?;
+    nix::pty::unlockpt(&master).map_err(sys("unlocking the terminal"))?;
+    // The peer by its master, not by a path the container could have replaced.
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
+    let peer =
+        Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })
+            .map_err(sys("opening the terminal's peer"))?;
+    // SAFETY: the ioctl just returned this new descriptor.
+    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+    chan.send_with_fds(&Report::Terminal, &[master.as_raw_fd()])
+        .map_err(|e| InitError::Sys { what: format!("handing over the terminal: {e}"), source: Errno::EPIPE })?;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|_| InitError::Sys { what: "duplicating the terminal".into(), source: Errno::EMFILE });
+    Ok(vec![dup(&peer)?, dup(&peer)?, peer])
+}
+
 fn child(
+    chan: &Channel,
     process: &oci_spec::runtime::Process,
     seccomp: Option<&crate::seccomp::Program>,
     stdio: Vec<OwnedFd>,
-    timed: bool,
+    own_group: bool,
 ) -> Result<init::Prepared, InitError> {
-    if timed {
-        // Its own process group, so that the timeout kills what it started too. Only
+    if process.terminal() == Some(true) {
+        // A session of its own, with its terminal as the controlling one: job control
+        // and ^C work, and the hangup when the terminal's other end closes reaches it.
+        nix::unistd::setsid().map_err(|source| InitError::Sys { what: "starting a session for the exec'd process".into(), source })?;
+    } else if own_group {
+        // Its own process group, so that a kill reaches what it started too. Only
         // then: a group of its own would be a background job on the caller's terminal.
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
             .map_err(|source| InitError::Sys { what: "making the exec'd process a group leader".into(), source })?;
     }
-    init::set_stdio(stdio)?;
+    if process.terminal() == Some(true) {
+        init::set_stdio(terminal(chan)?)?;
+        // SAFETY: an ioctl on stdin with an integer argument.
+        Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
+            .map_err(|source| InitError::Sys { what: "making stdin the controlling terminal".into(), source })?;
+    } else {
+        init::set_stdio(stdio)?;
+    }
     // The container's limits, not the caller's.
     init::set_rlimits(process, &|_| {})?;
     if let Some(mask) = process.user().umask() {

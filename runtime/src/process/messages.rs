@@ -54,6 +54,9 @@ pub struct ExecRequest {
     pub stdio: bool,
     /// Kill the process (SIGKILL) if it runs longer than this.
     pub timeout: Option<std::time::Duration>,
+    /// The process leads a process group of its own (one that can be killed whole)
+    /// and its PID is reported as it starts.
+    pub own_group: bool,
 }
 
 /// Requests to a container's monitor, over its stdin channel or its control socket.
@@ -76,6 +79,8 @@ pub enum Report {
     Created { pid: i32, pid_start_time: u64 },
     /// The workload has been exec'd (or, for exec, the process started).
     Started { pid: i32 },
+    /// The exec'd process's terminal: its master end comes with this message.
+    Terminal,
     /// The workload exited.
     Exited(ExitStatus),
     /// An exec'd process ran past its timeout and was killed.

@@ -1,0 +1,160 @@
+//! Streaming through the daemon's streaming server, driven by the real `crictl` over
+//! SPDY: `exec` with and without stdin or a terminal, and `port-forward` to a pod's
+//! web server and to a port nothing listens on.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::cri::{crictl_bin, ctr_json, pod_json, Daemon};
+use support::node::TestNode;
+use support::{not_root, Harness};
+
+/// A crictl child, killed on drop (a port-forward runs until told to stop).
+struct Crictl(Child);
+
+impl Drop for Crictl {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn crictl(d: &Daemon, args: &[&str]) -> Command {
+    let ep = format!("unix://{}", d.sock.display());
+    let mut c = Command::new(crictl_bin());
+    c.args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--timeout", "20s", "--config", "/dev/null"]).args(args);
+    c
+}
+
+/// Runs crictl with `input` on its stdin; (exit code, stdout, stderr).
+fn with_input(d: &Daemon, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut child = crictl(d, args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Starts a pod with one container running `cmd`; (pod id, container id).
+fn pod_with(d: &Daemon, name: &str, cmd: &[&str]) -> (String, String) {
+    let logs = d.h.base.join("logs");
+    let pod_cfg = d.write(&format!("{name}-pod.json"), &pod_json(name, &logs, json!([])));
+    let pod = d.ok(&["runp", &pod_cfg]).trim().to_string();
+    let ctr_cfg = d.write(&format!("{name}-ctr.json"), &ctr_json(name, cmd));
+    let ctr = d.ok(&["create", &pod, &ctr_cfg, &pod_cfg]).trim().to_string();
+    d.ok(&["start", &ctr]);
+    (pod, ctr)
+}
+
+#[test]
+fn crictl_exec_streams_output_input_and_the_exit_code() {
+    if not_root() {
+        return;
+    }
+    let node = TestNode::new("stream-exec");
+    let d = Daemon::start(Harness::new("stream-exec"), &node.node_ns());
+    d.import_busybox();
+    let (_, ctr) = pod_with(&d, "sleeper", &["sleep", "300"]);
+
+    // Output on both streams, and the exit code comes back (crictl names it, and
+    // exits with 1 for any failure).
+    let (code, out, err) = with_input(&d, &["exec", &ctr, "sh", "-c", "echo to-out; echo to-err >&2; exit 7"], b"");
+    assert_eq!(code, 1, "stdout {out:?}, stderr {err:?}");
+    assert_eq!(out, "to-out\n");
+    assert!(err.contains("to-err") && err.contains("command terminated with exit code 7"), "{err:?}");
+    let (code, out, _) = with_input(&d, &["exec", &ctr, "true"], b"");
+    assert_eq!((code, out.as_str()), (0, ""));
+
+    // Input: what crictl reads is the process's stdin, its end is EOF.
+    let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let (code, out, err) = with_input(&d, &["exec", "-i", &ctr, "wc", "-c"], &big);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "200000");
+    let (code, out, _) = with_input(&d, &["exec", "-i", &ctr, "cat"], b"typed\nlines\n");
+    assert_eq!((code, out.as_str()), (0, "typed\nlines\n"));
+
+    // A terminal: through script(1), crictl's stdin is one, and the process's too.
+    let ep = format!("unix://{}", d.sock.display());
+    let line = format!(
+        "{} --runtime-endpoint {ep} --timeout 20s --config /dev/null exec -it {ctr} sh -c 'tty >/dev/null && echo on-a-tty; stty size; exit 3'",
+        crictl_bin().display()
+    );
+    let out = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("on-a-tty"), "{text:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("exit code 3"), "{text:?}");
+
+    // An exec in a container that is gone is refused up front.
+    let (_, stopped) = pod_with(&d, "stopped", &["true"]);
+    d.wait_exited(&stopped);
+    let (code, _, err) = with_input(&d, &["exec", &stopped, "true"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("exited") || err.contains("stopped"), "{err}");
+}
+
+#[test]
+fn crictl_port_forward_reaches_a_pods_loopback_and_reports_a_closed_port() {
+    if not_root() {
+        return;
+    }
+    let node = TestNode::new("stream-pf");
+    let d = Daemon::start(Harness::new("stream-pf"), &node.node_ns());
+    d.import_busybox();
+    // The server listens on the pod's loopback only: nothing but a forward reaches it.
+    let serve = "mkdir /www && echo hello-forward > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www";
+    let (pod, _) = pod_with(&d, "web", &["sh", "-c", serve]);
+
+    let forward = |remote: &str| -> (Crictl, u16) {
+        let mut child = Crictl(
+            crictl(&d, &["port-forward", &pod, &format!(":{remote}")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        );
+        // "Forwarding from 127.0.0.1:PORT -> REMOTE"
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = line.split("127.0.0.1:").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok());
+        let port = port.unwrap_or_else(|| panic!("crictl port-forward printed {line:?}"));
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, port)
+    };
+    let get = |port: u16| -> Option<String> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        c.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+
+    let (_pf, port) = forward("8080");
+    // The server may still be starting: retry until it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        match get(port) {
+            Some(r) if r.contains("hello-forward") => break r,
+            other => assert!(Instant::now() < deadline, "no answer through the forward: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Several connections at once over one session.
+    let answers: Vec<_> = (0..4).map(|_| std::thread::spawn(move || get(port))).collect();
+    for a in answers {
+        assert!(a.join().unwrap().is_some_and(|r| r.contains("hello-forward")));
+    }
+
+    // Nothing listens on 9: the connection is closed, promptly, rather than hanging.
+    let (mut closed_pf, port) = forward("9");
+    let started = Instant::now();
+    let reply = get(port);
+    assert!(reply.as_deref().unwrap_or_default().is_empty(), "{port}: {reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "a refused port hung for {:?}", started.elapsed());
+    let _ = closed_pf.0.kill();
+    let mut err = String::new();
+    let _ = closed_pf.0.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(err.contains("error forwarding port 9"), "{err}");
+}
