@@ -158,3 +158,42 @@ fn crictl_port_forward_reaches_a_pods_loopback_and_reports_a_closed_port() {
     let _ = closed_pf.0.stderr.take().unwrap().read_to_string(&mut err);
     assert!(err.contains("error forwarding port 9"), "{err}");
 }
+
+#[test]
+fn crictl_attach_feeds_a_containers_stdin_and_shows_its_output() {
+    if not_root() {
+        return;
+    }
+    let node = TestNode::new("stream-attach");
+    let d = Daemon::start(Harness::new("stream-attach"), &node.node_ns());
+    d.import_busybox();
+    let logs = d.h.base.join("logs");
+    let pod_cfg = d.write("shell-pod.json", &pod_json("shell", &logs, json!([])));
+    let pod = d.ok(&["runp", &pod_cfg]).trim().to_string();
+    // A shell reading commands from its stdin, which stays open until the first
+    // attach lets go of it (stdin_once).
+    let mut cfg = ctr_json("shell", &["sh"]);
+    cfg["stdin"] = json!(true);
+    cfg["stdin_once"] = json!(true);
+    let ctr_cfg = d.write("shell-ctr.json", &cfg);
+    let ctr = d.ok(&["create", &pod, &ctr_cfg, &pod_cfg]).trim().to_string();
+    d.ok(&["start", &ctr]);
+    // It waits for input rather than seeing EOF at once.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.ok(&["inspect", &ctr]).contains("CONTAINER_RUNNING"));
+
+    let (code, out, err) = with_input(&d, &["attach", "-i", &ctr], b"echo attached-$((6*7))\necho to-err >&2\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "attached-42\n");
+    assert!(err.contains("to-err"), "{err:?}");
+    // The attach's end was the stdin's: the shell exited with it, and its log has all.
+    let status = d.wait_exited(&ctr);
+    assert_eq!(status["status"]["exitCode"], 0, "{status}");
+    assert!(d.ok(&["logs", &ctr]).contains("attached-42"));
+
+    // A container made without stdin has none to attach to.
+    let (_, sleeper) = pod_with(&d, "no-stdin", &["sleep", "300"]);
+    let (code, _, err) = with_input(&d, &["attach", "-i", &sleeper], b"x\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("no stdin"), "{err}");
+}

@@ -86,7 +86,7 @@ pub mod state;
 pub mod time;
 
 pub use bundle::{Bundle, BundleError};
-pub use container::{ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT};
+pub use container::{AttachOptions, Attached, ContainerError, CreateOptions, Created, ExecOptions, Runtime, Stdio, DEFAULT_ROOT};
 pub use id::{ContainerId, IdError};
 pub use image::{Image, ImageConfig, ImageError, ImageStore};
 pub use pod::{PodError, Pods, PodsOptions};

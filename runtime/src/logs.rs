@@ -89,6 +89,11 @@ impl LineSplitter {
         Self { stream, pending: Vec::new() }
     }
 
+    /// The stream it splits.
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
     /// Adds bytes read from the stream, writing every record they complete.
     pub fn feed(&mut self, mut data: &[u8], out: &mut LogWriter) -> io::Result<()> {
         while let Some(nl) = data.iter().position(|&b| b == b'\n') {

@@ -161,8 +161,10 @@ impl RuntimeService for Server {
         }
         let image = cfg.image.as_ref().map(|i| i.image.clone()).filter(|i| !i.is_empty());
         let image = image.ok_or_else(|| Status::invalid_argument("the container config names no image"))?;
-        if cfg.tty || cfg.stdin {
-            return Err(Status::invalid_argument("tty and stdin are not supported yet"));
+        if cfg.tty {
+            return Err(Status::invalid_argument(
+                "tty: a container on a terminal of its own is not supported by minipod yet (stdin is; exec -t gives a terminal)",
+            ));
         }
         let pod_id = req.pod_sandbox_id.clone();
         let pod = blocking(&self.pods, move |p| p.pod(&pod_id)).await?;
@@ -210,6 +212,8 @@ impl RuntimeService for Server {
                 annotations,
                 log_path,
                 attempt: m.attempt,
+                stdin: cfg.stdin,
+                stdin_once: cfg.stdin_once,
             };
             pods.create_container(pod.id.as_str(), config).inspect(|c| events.changed(pods, c.id.as_str()))
         })
@@ -347,8 +351,23 @@ impl RuntimeService for Server {
         Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        let req = req.into_inner();
+        need(&req.container_id, "container_id")?;
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
+        }
+        if req.tty {
+            return Err(Status::invalid_argument("tty: minipod's containers have no terminal of their own yet, so an attach has none"));
+        }
+        let id = req.container_id.clone();
+        let container = blocking(&self.pods, move |p| p.container_by_id(&id)).await?;
+        let session = crate::streaming::AttachSession { container, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr };
+        let url = self
+            .streams
+            .issue(crate::streaming::Session::Attach(Box::new(session)))
+            .map_err(|e| Status::internal(format!("issuing a URL: {e}")))?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(&self, req: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {

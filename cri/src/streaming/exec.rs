@@ -25,18 +25,27 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// How long the client gets to read the status and hang up.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// The streams of one exec, by the ids the client gave them.
+/// Which stdio a session asked for.
+#[derive(Clone, Copy)]
+pub(super) struct Want {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// The streams of one session, by the ids the client gave them.
 #[derive(Default, Debug)]
-struct Streams {
-    error: Option<u32>,
-    stdin: Option<u32>,
-    stdout: Option<u32>,
-    stderr: Option<u32>,
-    resize: Option<u32>,
+pub(super) struct Streams {
+    pub error: Option<u32>,
+    pub stdin: Option<u32>,
+    pub stdout: Option<u32>,
+    pub stderr: Option<u32>,
+    pub resize: Option<u32>,
 }
 
 impl Streams {
-    fn complete(&self, s: &ExecSession) -> bool {
+    fn complete(&self, s: &Want) -> bool {
         self.error.is_some()
             && (!s.stdin || self.stdin.is_some())
             && (!s.stdout || self.stdout.is_some())
@@ -48,13 +57,13 @@ impl Streams {
 /// A terminal size, as the resize stream carries it.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Size {
+pub(super) struct Size {
     width: u16,
     height: u16,
 }
 
 /// What the client sends once the streams are open.
-enum FromClient {
+pub(super) enum FromClient {
     Stdin(Vec<u8>),
     StdinClosed,
     Resize(Size),
@@ -75,15 +84,22 @@ pub(super) async fn serve(mut conn: TcpStream, req: Request, s: ExecSession, pod
     writer.shutdown().await;
 }
 
-async fn run<R, W>(mut reader: Reader<R>, writer: Arc<Writer<W>>, s: ExecSession, pods: Arc<Pods>) -> Result<(), SpdyError>
+/// Accepts the client's streams until every one the session needs is open; None when
+/// it did not open them in time (the error stream, if open, says so). What the client
+/// wrote to stdin meanwhile comes along.
+pub(super) async fn open_streams<R, W>(
+    reader: &mut Reader<R>,
+    writer: &Writer<W>,
+    want: Want,
+) -> Result<Option<(Streams, Vec<u8>)>, SpdyError>
 where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut streams = Streams::default();
     let mut early_stdin = Vec::new();
     let opened = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
-        while !streams.complete(&s) {
+        while !streams.complete(&want) {
             match reader.next().await? {
                 Some(Frame::SynStream { stream, headers, .. }) => {
                     writer.reply(stream).await?;
@@ -94,7 +110,7 @@ where
                         Some("stderr") => &mut streams.stderr,
                         Some("resize") => &mut streams.resize,
                         other => {
-                            return Err(SpdyError::Protocol(format!("a stream of type {other:?} (not one of an exec)")));
+                            return Err(SpdyError::Protocol(format!("a stream of type {other:?} (not one of an exec or attach)")));
                         }
                     };
                     *slot = Some(stream);
@@ -118,19 +134,43 @@ where
                 writer.data(e, failure(&why, "Timeout").as_bytes()).await?;
                 writer.fin(e).await?;
             }
-            return Ok(());
+            return Ok(None);
         }
     }
+    Ok(Some((streams, early_stdin)))
+}
+
+/// Starts reading the client's frames in a task of its own (its end means the client
+/// is gone); stdin and resizes come out of the receiver.
+pub(super) fn listen<R, W>(
+    reader: Reader<R>,
+    writer: Arc<Writer<W>>,
+    streams: &Streams,
+    early_stdin: Vec<u8>,
+) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<FromClient>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (to_session, from_client) = mpsc::channel::<FromClient>(16);
+    if !early_stdin.is_empty() {
+        // The channel is new and has room for one.
+        let _ = to_session.try_send(FromClient::Stdin(early_stdin));
+    }
+    let task = tokio::spawn(read_client(reader, writer, streams.stdin, streams.resize, to_session));
+    (task, from_client)
+}
+
+async fn run<R, W>(mut reader: Reader<R>, writer: Arc<Writer<W>>, s: ExecSession, pods: Arc<Pods>) -> Result<(), SpdyError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let want = Want { stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, tty: s.tty };
+    let Some((streams, early_stdin)) = open_streams(&mut reader, &writer, want).await? else { return Ok(()) };
     let error_stream = streams.error.unwrap_or_default();
 
-    // Everything the client sends from now on, read by a task of its own; it ending
-    // means the client is gone.
-    let (to_exec, mut from_client) = mpsc::channel::<FromClient>(16);
-    if !early_stdin.is_empty() {
-        let _ = to_exec.send(FromClient::Stdin(early_stdin)).await;
-    }
-    let client = tokio::spawn(read_client(reader, writer.clone(), streams.stdin, streams.resize, to_exec));
-
+    let (client, mut from_client) = listen(reader, writer.clone(), &streams, early_stdin);
     let (child_stdio, ours, terminal) = match Io::new(&s).and_then(Io::split) {
         Ok(io) => io,
         Err(e) => {
@@ -188,7 +228,7 @@ where
 }
 
 /// Ends our side of every stream, and gives the client time to read and hang up.
-async fn finish<W: AsyncWrite + Unpin>(
+pub(super) async fn finish<W: AsyncWrite + Unpin>(
     writer: &Writer<W>,
     streams: &Streams,
     client: tokio::task::JoinHandle<()>,
@@ -204,7 +244,7 @@ fn success() -> String {
     serde_json::json!({ "metadata": {}, "status": "Success" }).to_string()
 }
 
-fn failure(message: &str, reason: &str) -> String {
+pub(super) fn failure(message: &str, reason: &str) -> String {
     serde_json::json!({ "metadata": {}, "status": "Failure", "message": message, "reason": reason }).to_string()
 }
 
@@ -270,8 +310,8 @@ enum Io {
     Tty,
 }
 
-/// Our ends of the exec's stdio; a terminal's master comes once the process runs.
-enum Ours {
+/// Our ends of the session's stdio; a terminal's master comes once the process runs.
+pub(super) enum Ours {
     Pipes { stdin: Option<OwnedFd>, stdout: Option<OwnedFd>, stderr: Option<OwnedFd> },
     Tty(oneshot::Receiver<OwnedFd>),
 }
@@ -309,7 +349,12 @@ impl Io {
 
 impl Ours {
     /// Copies between the process and the client until the process's output ends.
-    async fn pump<W: AsyncWrite + Unpin>(self, writer: &Writer<W>, streams: &Streams, from_client: &mut mpsc::Receiver<FromClient>) {
+    pub(super) async fn pump<W: AsyncWrite + Unpin>(
+        self,
+        writer: &Writer<W>,
+        streams: &Streams,
+        from_client: &mut mpsc::Receiver<FromClient>,
+    ) {
         match self {
             Ours::Pipes { stdin, stdout, stderr } => {
                 let mut stdin = stdin.and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
@@ -333,11 +378,13 @@ impl Ours {
                     // Never done by itself: output decides when the exec is over.
                     std::future::pending::<()>().await
                 };
+                let outputs = stdout.is_some() || stderr.is_some();
                 let out = copy_out(stdout, streams.stdout, writer);
                 let err = copy_out(stderr, streams.stderr, writer);
                 tokio::select! {
                     _ = input => {}
-                    _ = async { tokio::join!(out, err) } => {}
+                    // With no output, the session's end is someone else's to see.
+                    _ = async { tokio::join!(out, err) }, if outputs => {}
                 }
             }
             Ours::Tty(master) => {

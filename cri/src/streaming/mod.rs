@@ -9,6 +9,7 @@
 //! minute after it was issued. A session that the client abandons takes its process
 //! (killed, with its process group) and its connections with it.
 
+mod attach;
 mod dictionary;
 mod exec;
 mod http;
@@ -42,6 +43,14 @@ pub struct ExecSession {
     pub stderr: bool,
 }
 
+/// An attach to a running container's own stdio.
+pub struct AttachSession {
+    pub container: ContainerRecord,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
 /// Port forwarding into a pod's network namespace.
 pub struct PortForwardSession {
     pub netns: Netns,
@@ -52,6 +61,7 @@ pub struct PortForwardSession {
 /// What a URL was issued for.
 pub enum Session {
     Exec(Box<ExecSession>),
+    Attach(Box<AttachSession>),
     PortForward(PortForwardSession),
 }
 
@@ -59,6 +69,7 @@ impl Session {
     fn path(&self) -> &'static str {
         match self {
             Session::Exec(_) => "exec",
+            Session::Attach(_) => "attach",
             Session::PortForward(_) => "portforward",
         }
     }
@@ -161,6 +172,7 @@ impl StreamServer {
         }
         match session {
             Session::Exec(s) => exec::serve(conn, request, *s, self.pods.clone()).await,
+            Session::Attach(s) => attach::serve(conn, request, *s, self.pods.clone()).await,
             Session::PortForward(s) => portforward::serve(conn, request, s).await,
         }
     }

@@ -17,6 +17,10 @@ pub struct ContainerConfig {
     pub attempt: u32,
     pub security: Security,
     pub resources: Resources,
+    /// Its stdin is a pipe kept open for [`Pods::attach`] (CRI stdin); with
+    /// `stdin_once` it is closed when the first attach session ends.
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
 
 impl ContainerConfig {
@@ -32,6 +36,8 @@ impl ContainerConfig {
             attempt: 0,
             security: Security::default(),
             resources: Resources::default(),
+            stdin: false,
+            stdin_once: false,
         }
     }
 }
@@ -220,6 +226,7 @@ impl Pods {
         let overlay = Overlay { lower, upper: dir.join("upper"), work: dir.join("work") };
         let opts = CreateOptions {
             stdio: Stdio::Log(log_path),
+            stdin: cfg.stdin.then_some(cfg.stdin_once),
             overlay: Some(overlay),
             // A mount that receives the node's later mounts must be bound from the node's
             // own table: the template is a copy from an earlier moment, in which a source

@@ -76,6 +76,12 @@ fn collect(out: OwnedFd, err: OwnedFd, done: &std::sync::atomic::AtomicBool) -> 
 }
 
 impl Pods {
+    /// Connects to a running container's own stdio (its stdin only if it was made
+    /// with [`ContainerConfig::stdin`]).
+    pub fn attach(&self, c: &ContainerRecord, opts: crate::AttachOptions) -> Result<crate::Attached> {
+        Ok(self.oci.attach(&c.id, opts)?)
+    }
+
     /// Runs a process in a running container on the stdio of `opts` and waits for it:
     /// the way to stream an exec's input and output as it runs.
     pub fn exec_attached(&self, c: &ContainerRecord, opts: ExecOptions) -> Result<ExitStatus> {

@@ -33,6 +33,10 @@ pub struct CreateRequest {
     /// Stdout and stderr go through the monitor into this CRI-format log (stdin is
     /// /dev/null); `stdio` is false then.
     pub log: Option<PathBuf>,
+    /// With `log`: the workload's stdin is a pipe the monitor holds open for attach
+    /// (CRI stdin); `Some(true)` closes it after the first attach session (stdin_once).
+    #[serde(default)]
+    pub stdin: Option<bool>,
     /// Mount this overlay as the rootfs, inside the container's mount namespace only.
     pub overlay: Option<crate::rootfs::Overlay>,
     /// The spec's seccomp filter, compiled.
@@ -68,6 +72,10 @@ pub enum MonitorRequest {
     Wait,
     /// Start a new log file at the same path (after rotation); answered with `LogReopened`.
     ReopenLog,
+    /// Copy the workload's output, from now on, into the pipes that come along (stdout's,
+    /// then stderr's, for those asked for), and hand over its stdin if asked; answered
+    /// with `Attached` (and the stdin pipe's write end).
+    Attach { stdin: bool, stdout: bool, stderr: bool },
 }
 
 /// What a helper (monitor or exec helper) tells the process that talks to it.
@@ -81,6 +89,8 @@ pub enum Report {
     Started { pid: i32 },
     /// The exec'd process's terminal: its master end comes with this message.
     Terminal,
+    /// An attach is set up: the workload's stdin comes along when it was asked for.
+    Attached,
     /// The workload exited.
     Exited(ExitStatus),
     /// An exec'd process ran past its timeout and was killed.

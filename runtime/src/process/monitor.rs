@@ -2,7 +2,7 @@
 //! clones the container's init, owns it for its whole life, releases it on `start`,
 //! reaps it and records how it ended in the state dir.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -130,22 +130,39 @@ struct Monitor {
     hooks: oci_spec::runtime::Hooks,
 }
 
-/// The workload's stdout and stderr pipes and the CRI log they are copied into.
+/// The workload's stdout and stderr pipes and the CRI log they are copied into, the
+/// attached clients they are also copied to, and the stdin pipe held for them.
 struct Log {
     writer: LogWriter,
     /// Read ends (non-blocking) with their line assembly; removed at EOF.
     streams: Vec<(OwnedFd, LineSplitter)>,
+    /// The write end of the workload's stdin: held open so that it does not see EOF
+    /// before someone attaches; None once handed to a stdin_once attach.
+    stdin: Option<OwnedFd>,
+    stdin_once: bool,
+    /// Attached clients' pipes (non-blocking), by the stream they take.
+    sinks: Vec<(Stream, OwnedFd)>,
 }
 
 impl Log {
     /// Pipes for the workload: its stdio (null, stdout, stderr) and our side.
-    fn open(path: &Path) -> Result<(Self, Vec<OwnedFd>), MonitorError> {
+    fn open(path: &Path, stdin: Option<bool>) -> Result<(Self, Vec<OwnedFd>), MonitorError> {
         let writer = LogWriter::open(path).map_err(|source| MonitorError::Log { path: path.display().to_string(), source })?;
-        let null = std::fs::File::options()
-            .read(true)
-            .open("/dev/null")
-            .map_err(|e| MonitorError::Setup("opening /dev/null", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
-        let mut stdio = vec![OwnedFd::from(null)];
+        let (input, held) = match stdin {
+            Some(_) => {
+                let (r, w) =
+                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| MonitorError::Setup("creating the stdin pipe", e))?;
+                (r, Some(w))
+            }
+            None => {
+                let null = std::fs::File::options()
+                    .read(true)
+                    .open("/dev/null")
+                    .map_err(|e| MonitorError::Setup("opening /dev/null", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+                (OwnedFd::from(null), None)
+            }
+        };
+        let mut stdio = vec![input];
         let mut streams = Vec::new();
         for stream in [Stream::Stdout, Stream::Stderr] {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
@@ -156,7 +173,31 @@ impl Log {
             stdio.push(w);
             streams.push((r, LineSplitter::new(stream)));
         }
-        Ok((Self { writer, streams }, stdio))
+        Ok((Self { writer, streams, stdin: held, stdin_once: stdin == Some(true), sinks: Vec::new() }, stdio))
+    }
+
+    /// Adds an attached client's output pipes and hands over the stdin it asks for:
+    /// a copy, or for stdin_once the only write end (its closing is the EOF).
+    fn attach(&mut self, want_stdin: bool, outputs: Vec<(Stream, OwnedFd)>) -> Result<Option<OwnedFd>, String> {
+        let stdin = if want_stdin {
+            let held = self
+                .stdin
+                .as_ref()
+                .ok_or("the container has no stdin to attach to (create it with stdin, or it was stdin_once and taken)")?;
+            Some(if self.stdin_once {
+                self.stdin.take().ok_or("stdin taken")?
+            } else {
+                held.try_clone().map_err(|e| format!("duplicating the stdin pipe: {e}"))?
+            })
+        } else {
+            None
+        };
+        for (stream, fd) in outputs {
+            // A client that cannot keep up misses output; the workload never waits on it.
+            let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+            self.sinks.push((stream, fd));
+        }
+        Ok(stdin)
     }
 
     /// Copies what the pipes in `ready` hold into the log, at most `budget` bytes a
@@ -184,6 +225,10 @@ impl Log {
                         // A record that cannot be written is lost, not retried: the
                         // workload must never block on a full disk.
                         let _ = splitter.feed(&buf[..n], &mut self.writer);
+                        let stream = splitter.stream();
+                        self.sinks.retain(|(s, sink)| {
+                            *s != stream || !matches!(nix::unistd::write(sink, &buf[..n]), Err(e) if e != Errno::EAGAIN)
+                        });
                     }
                     Err(Errno::EINTR) => continue,
                     Err(Errno::EAGAIN) => break false,
@@ -219,7 +264,7 @@ fn create(
 ) -> Result<Monitor, MonitorError> {
     let log = match &req.log {
         Some(path) => {
-            let (log, pipes) = Log::open(path)?;
+            let (log, pipes) = Log::open(path, req.stdin)?;
             stdio = pipes;
             Some(log)
         }
@@ -432,14 +477,29 @@ impl Monitor {
                     continue;
                 }
                 let client = clients.remove(i);
-                match client.recv::<MonitorRequest>() {
-                    Ok(Some(MonitorRequest::Start)) => {
+                match client.recv_with_fds::<MonitorRequest>() {
+                    Ok(Some((MonitorRequest::Attach { stdin, stdout, stderr }, fds))) => {
+                        let kinds = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)];
+                        let outputs: Vec<(Stream, OwnedFd)> = kinds.iter().filter(|(on, _)| *on).map(|(_, s)| *s).zip(fds).collect();
+                        let reply = match self.log.as_mut() {
+                            Some(log) => log.attach(stdin, outputs),
+                            None => {
+                                Err(format!("container {} does not keep its stdio in the monitor: nothing to attach to", self.state.id))
+                            }
+                        };
+                        let _ = match reply {
+                            Ok(Some(fd)) => client.send_with_fds(&Report::Attached, &[fd.as_raw_fd()]),
+                            Ok(None) => client.send(&Report::Attached),
+                            Err(why) => client.send(&Report::Failed(why)),
+                        };
+                    }
+                    Ok(Some((MonitorRequest::Start, _))) => {
                         if self.start_for(&client) {
                             clients.push(client);
                         }
                     }
-                    Ok(Some(MonitorRequest::Wait)) => clients.push(client),
-                    Ok(Some(MonitorRequest::ReopenLog)) => {
+                    Ok(Some((MonitorRequest::Wait, _))) => clients.push(client),
+                    Ok(Some((MonitorRequest::ReopenLog, _))) => {
                         let reply = match self.log.as_mut().map(|l| l.writer.reopen()) {
                             Some(Ok(())) => Report::LogReopened,
                             Some(Err(e)) => Report::Failed(format!("reopening the container log: {e}")),
