@@ -13,6 +13,11 @@ use support::cri::{crictl_bin, ctr_json, pod_json, Daemon};
 use support::node::TestNode;
 use support::{not_root, Harness};
 
+/// Whether process `pid` is the exec'd `sleep 7777` itself (not the crictl naming it).
+fn is_the_sleep(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x007777\x00")
+}
+
 /// A crictl child, killed on drop (a port-forward runs until told to stop).
 struct Crictl(Child);
 
@@ -80,14 +85,32 @@ fn crictl_exec_streams_output_input_and_the_exit_code() {
 
     // A terminal: through script(1), crictl's stdin is one, and the process's too.
     let ep = format!("unix://{}", d.sock.display());
+    // The window size crictl finds on its terminal reaches the process's.
     let line = format!(
-        "{} --runtime-endpoint {ep} --timeout 20s --config /dev/null exec -it {ctr} sh -c 'tty >/dev/null && echo on-a-tty; stty size; exit 3'",
+        "stty cols 123 rows 45; {} --runtime-endpoint {ep} --timeout 20s --config /dev/null exec -it {ctr} sh -c 'tty >/dev/null && echo on-a-tty; stty size; exit 3'",
         crictl_bin().display()
     );
     let out = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("on-a-tty"), "{text:?} {}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("exit code 3"), "{text:?}");
+    assert!(text.contains("45 123"), "stty size in the container: {text:?}");
+
+    // A client that goes away takes its process with it.
+    let abandoned = Crictl(
+        crictl(&d, &["exec", &ctr, "sleep", "7777"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while support::processes_mentioning("sleep\u{0}7777").iter().all(|p| !is_the_sleep(*p)) {
+        assert!(Instant::now() < deadline, "the exec never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(abandoned);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !support::processes_mentioning("sleep\u{0}7777").iter().all(|p| !is_the_sleep(*p)) {
+        assert!(Instant::now() < deadline, "the abandoned exec still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // An exec in a container that is gone is refused up front.
     let (_, stopped) = pod_with(&d, "stopped", &["true"]);

@@ -167,6 +167,7 @@ fn main() {
         last_start_median: Default::default(),
     };
     let ours = c.measure("minipod serve", "bench/busybox:1", n);
+    let our_streams = streaming::measure(&c, "minipod serve", "bench/busybox:1", n, None);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
     rt.block_on(direct(&sock, n));
     drop(rt);
@@ -174,8 +175,9 @@ fn main() {
 
     match which("containerd") {
         Some(containerd) => {
-            let theirs = containerd::measure(&containerd, &crictl, &base, &node, n);
+            let (theirs, their_streams) = containerd::measure(&containerd, &crictl, &base, &node, n);
             println!("crictl runp: containerd + CNI / minipod = {:.1}x", theirs / ours);
+            streaming::compare(&our_streams, &their_streams);
         }
         None => println!("containerd + CNI: not installed (apt-get install containerd), so no side-by-side numbers"),
     }
@@ -235,6 +237,8 @@ fn which(name: &str) -> Option<PathBuf> {
 
 #[path = "crictl/containerd.rs"]
 mod containerd;
+#[path = "crictl/streaming.rs"]
+mod streaming;
 
 /// The parts of [`hardened`], one at a time and all together, as CRI messages.
 fn hardening_parts() -> Vec<(&'static str, k8s_cri::v1::LinuxContainerConfig)> {

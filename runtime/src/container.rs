@@ -185,6 +185,8 @@ pub struct ExecOptions {
     /// terminal, as a shell expects. The terminal's master end goes to `terminal`.
     pub tty: bool,
     pub terminal: Option<tokio::sync::oneshot::Sender<OwnedFd>>,
+    /// The terminal's size, `(columns, rows)`, set before the process starts.
+    pub window: Option<(u16, u16)>,
     /// Told the process's PID (in the caller's PID namespace) once it runs, so that
     /// the caller can signal it while this call waits. The process then leads a
     /// process group of its own, which such a signal is best sent to.
@@ -605,6 +607,10 @@ impl Runtime {
             process.user_mut().set_gid(gid);
         }
         process.set_terminal(Some(opts.tty));
+        if let Some((cols, rows)) = opts.window {
+            let size = oci_spec::runtime::BoxBuilder::default().width(u64::from(cols)).height(u64::from(rows)).build();
+            process.set_console_size(size.ok());
+        }
         let stdio = opts.stdio.fds()?;
         let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_fd().as_raw_fd()).collect();
         let request = HelperRequest::Exec(Box::new(ExecRequest {

@@ -73,8 +73,8 @@ impl Drop for Containerd {
 }
 
 /// Measures containerd + CNI as [`Crictl::measure`] does minipod; returns the median
-/// `crictl runp` in ms.
-pub fn measure(containerd: &Path, crictl: &Path, base: &Path, node: &Path, n: usize) -> f64 {
+/// `crictl runp` in ms and the streaming figures.
+pub fn measure(containerd: &Path, crictl: &Path, base: &Path, node: &Path, n: usize) -> (f64, super::streaming::Figures) {
     let dir = base.join("containerd");
     let sock = dir.join("containerd.sock");
     let cni_conf = dir.join("cni");
@@ -158,5 +158,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             .args(["-n", "k8s.io", "images", "import", "--base-name", name.split(':').next().unwrap_or(name)])
             .arg(&archive));
     }
-    containerd.crictl.measure("containerd + CNI (bridge, host-local, portmap)", IMAGE, n)
+    let label = "containerd + CNI (bridge, host-local, portmap)";
+    let runp = containerd.crictl.measure(label, IMAGE, n);
+    // Its streaming server listens on the node namespace's loopback.
+    (runp, super::streaming::measure(&containerd.crictl, label, IMAGE, n, Some(node)))
 }

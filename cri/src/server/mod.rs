@@ -1,5 +1,6 @@
 //! `minipod serve`: the CRI v1 RuntimeService and ImageService on a root-only Unix
-//! socket, on the same pods, containers and images as the library and the CLI.
+//! socket, on the same pods, containers and images as the library and the CLI. Exec,
+//! Attach and PortForward hand out URLs of the [`crate::streaming`] server.
 
 mod convert;
 mod events;

@@ -51,7 +51,7 @@ where
         Err(e) => return Err(SpdyError::Io(std::io::Error::other(e))),
     };
     let ours = Ours::Pipes { stdin: attached.stdin, stdout: attached.stdout, stderr: attached.stderr };
-    let pumps = ours.pump(&writer, &streams, &mut from_client);
+    let pumps = ours.pump(&writer, &streams, vec![], &mut from_client);
     let mut client = client;
     tokio::select! {
         // The output ended: the container exited.

@@ -24,6 +24,8 @@ const PROTOCOLS: &[&str] = &["v4.channel.k8s.io"];
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// How long the client gets to read the status and hang up.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a terminal exec waits for the client's first window size.
+const FIRST_SIZE_WAIT: Duration = Duration::from_secs(1);
 
 /// Which stdio a session asked for.
 #[derive(Clone, Copy)]
@@ -178,13 +180,34 @@ where
             return finish(&writer, &streams, client).await;
         }
     };
+    // A terminal's first size comes right after the streams (client-go sends it at
+    // once): the process starts with it rather than with a resize a moment later.
+    let mut pending = Vec::new();
+    let mut window = None;
+    if s.tty {
+        let deadline = tokio::time::Instant::now() + FIRST_SIZE_WAIT;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, from_client.recv()).await {
+            if let FromClient::Resize(size) = &m {
+                window = Some((size.width, size.height));
+                break;
+            }
+            pending.push(m);
+        }
+    }
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let opts =
-        ExecOptions { args: s.cmd.clone(), stdio: child_stdio, tty: s.tty, terminal, started: Some(started_tx), ..Default::default() };
+    let opts = ExecOptions {
+        args: s.cmd.clone(),
+        stdio: child_stdio,
+        tty: s.tty,
+        terminal,
+        window,
+        started: Some(started_tx),
+        ..Default::default()
+    };
     let container = s.container.clone();
     let exec = tokio::task::spawn_blocking(move || pods.exec_attached(&container, opts));
 
-    let pumps = ours.pump(&writer, &streams, &mut from_client);
+    let pumps = ours.pump(&writer, &streams, pending, &mut from_client);
     tokio::pin!(exec);
     tokio::pin!(pumps);
     let mut client = client;
@@ -322,7 +345,14 @@ impl Io {
             return Ok(Io::Tty);
         }
         let pipe = |want: bool| -> std::io::Result<Option<(OwnedFd, OwnedFd)>> {
-            want.then(|| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)).transpose()
+            if !want {
+                return Ok(None);
+            }
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+            // 1 MiB instead of 64 KiB: a fast writer is read in large pieces, and frames
+            // of those cost little. Past the unprivileged limit only: best effort.
+            let _ = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+            Ok(Some((r, w)))
         };
         Ok(Io::Pipes { stdin: pipe(s.stdin)?, stdout: pipe(s.stdout)?, stderr: pipe(s.stderr)? })
     }
@@ -353,13 +383,18 @@ impl Ours {
         self,
         writer: &Writer<W>,
         streams: &Streams,
+        pending: Vec<FromClient>,
         from_client: &mut mpsc::Receiver<FromClient>,
     ) {
         match self {
             Ours::Pipes { stdin, stdout, stderr } => {
                 let mut stdin = stdin.and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
                 let input = async {
-                    while let Some(m) = from_client.recv().await {
+                    let mut pending = pending.into_iter();
+                    while let Some(m) = match pending.next() {
+                        Some(m) => Some(m),
+                        None => from_client.recv().await,
+                    } {
                         match m {
                             FromClient::Stdin(data) => {
                                 let ok = match stdin.as_mut() {
@@ -391,7 +426,11 @@ impl Ours {
                 // No terminal: the process never started, and the exec's result says why.
                 let Ok(Ok(pty)) = master.await.map(Pty::from_master) else { return };
                 let input = async {
-                    while let Some(m) = from_client.recv().await {
+                    let mut pending = pending.into_iter();
+                    while let Some(m) = match pending.next() {
+                        Some(m) => Some(m),
+                        None => from_client.recv().await,
+                    } {
                         match m {
                             FromClient::Stdin(data) => {
                                 if pty.write_all(&data).await.is_err() {

@@ -163,7 +163,7 @@ fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, 
 /// A terminal of the container's own devpts (so that `tty` names it and the
 /// container's /dev/pts shows it), opened in its mount namespace as runc does; its
 /// master end goes to the caller. Three copies of the terminal end, for stdio.
-fn terminal(chan: &Channel) -> Result<Vec<OwnedFd>, InitError> {
+fn terminal(chan: &Channel, process: &oci_spec::runtime::Process) -> Result<Vec<OwnedFd>, InitError> {
     let sys = |what: &'static str| move |source| InitError::Sys { what: what.into(), source };
     let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
     let master = nix::pty::posix_openpt(flags).map_err(sys("opening /dev/ptmx in the container"))?;
@@ -176,6 +176,12 @@ fn terminal(chan: &Channel) -> Result<Vec<OwnedFd>, InitError> {
             .map_err(sys("opening the terminal's peer"))?;
     // SAFETY: the ioctl just returned this new descriptor.
     let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+    if let Some(size) = process.console_size() {
+        // Before the process runs, so that its first look at the size is the right one.
+        let ws = libc::winsize { ws_row: size.height() as u16, ws_col: size.width() as u16, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which lives across the call.
+        let _ = unsafe { libc::ioctl(peer.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
     chan.send_with_fds(&Report::Terminal, &[master.as_raw_fd()])
         .map_err(|e| InitError::Sys { what: format!("handing over the terminal: {e}"), source: Errno::EPIPE })?;
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|_| InitError::Sys { what: "duplicating the terminal".into(), source: Errno::EMFILE });
@@ -200,7 +206,7 @@ fn child(
             .map_err(|source| InitError::Sys { what: "making the exec'd process a group leader".into(), source })?;
     }
     if process.terminal() == Some(true) {
-        init::set_stdio(terminal(chan)?)?;
+        init::set_stdio(terminal(chan, process)?)?;
         // SAFETY: an ioctl on stdin with an integer argument.
         Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
             .map_err(|source| InitError::Sys { what: "making stdin the controlling terminal".into(), source })?;
