@@ -59,7 +59,7 @@ pub fn serve(
     let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
     let pods = Pods::open(PodsOptions { root: root.to_path_buf(), images, node_netns: netns, keep_pods: true, ..Default::default() })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.
         pods.node().serve_dns(minipod_runtime::netstack::DnsScope::AllNetworks)?;
         let parent = path.parent().context("the socket path has no directory")?;
@@ -118,5 +118,9 @@ pub fn serve(
         }
         let _ = std::fs::remove_file(&path);
         Ok(0)
-    })
+    });
+    // Work still on the blocking pool (a streaming exec whose client is still there)
+    // must not keep the daemon from stopping: it is cut off, its process left running.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    served
 }
