@@ -6,24 +6,18 @@
 use std::sync::Arc;
 
 use minipod_runtime::{AttachOptions, Pods};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::exec::{failure, finish, listen, open_streams, Ours, Want};
-use super::http::{self, Request};
-use super::spdy::{Reader, SpdyError, Writer};
+use super::http::Request;
+use super::spdy::{self, Reader, SpdyError, Writer};
 use super::AttachSession;
 
 const PROTOCOLS: &[&str] = &["v4.channel.k8s.io"];
 
-pub(super) async fn serve(mut conn: TcpStream, req: Request, s: AttachSession, pods: Arc<Pods>) {
-    let Some(proto) = http::negotiate(&mut conn, &req, PROTOCOLS).await else { return };
-    if http::switch(&mut conn, proto).await.is_err() {
-        return;
-    }
-    let (rh, wh) = conn.into_split();
-    let reader = Reader::new(std::io::Cursor::new(req.rest).chain(rh));
-    let writer = Writer::new(wh);
+pub(super) async fn serve(conn: TcpStream, req: Request, s: AttachSession, pods: Arc<Pods>) {
+    let Some((reader, writer)) = spdy::upgrade(conn, req, PROTOCOLS).await else { return };
     let id = s.container.id.clone();
     if let Err(e) = run(reader, writer.clone(), s, pods).await {
         tracing::info!("attach to {id}: {}", minipod_runtime::error_chain(&e));

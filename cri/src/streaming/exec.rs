@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::http::{self, Request};
+use super::http::Request;
 use super::pty::Pty;
 use super::spdy::{self, Frame, Reader, SpdyError, Writer};
 use super::{ExecSession, STREAM_CREATION_TIMEOUT};
@@ -71,14 +71,8 @@ pub(super) enum FromClient {
     Resize(Size),
 }
 
-pub(super) async fn serve(mut conn: TcpStream, req: Request, s: ExecSession, pods: Arc<Pods>) {
-    let Some(proto) = http::negotiate(&mut conn, &req, PROTOCOLS).await else { return };
-    if http::switch(&mut conn, proto).await.is_err() {
-        return;
-    }
-    let (rh, wh) = conn.into_split();
-    let reader = Reader::new(std::io::Cursor::new(req.rest).chain(rh));
-    let writer = Writer::new(wh);
+pub(super) async fn serve(conn: TcpStream, req: Request, s: ExecSession, pods: Arc<Pods>) {
+    let Some((reader, writer)) = spdy::upgrade(conn, req, PROTOCOLS).await else { return };
     let what = format!("exec {:?} in {}", s.cmd, s.container.id);
     if let Err(e) = run(reader, writer.clone(), s, pods).await {
         tracing::info!("{what}: {}", minipod_runtime::error_chain(&e));
@@ -391,10 +385,7 @@ impl Ours {
                 let mut stdin = stdin.and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
                 let input = async {
                     let mut pending = pending.into_iter();
-                    while let Some(m) = match pending.next() {
-                        Some(m) => Some(m),
-                        None => from_client.recv().await,
-                    } {
+                    while let Some(m) = next(&mut pending, from_client).await {
                         match m {
                             FromClient::Stdin(data) => {
                                 let ok = match stdin.as_mut() {
@@ -427,10 +418,7 @@ impl Ours {
                 let Ok(Ok(pty)) = master.await.map(Pty::from_master) else { return };
                 let input = async {
                     let mut pending = pending.into_iter();
-                    while let Some(m) = match pending.next() {
-                        Some(m) => Some(m),
-                        None => from_client.recv().await,
-                    } {
+                    while let Some(m) = next(&mut pending, from_client).await {
                         match m {
                             FromClient::Stdin(data) => {
                                 if pty.write_all(&data).await.is_err() {
@@ -458,6 +446,14 @@ impl Ours {
                 }
             }
         }
+    }
+}
+
+/// What the client sent: first what was held back, then what comes.
+async fn next(pending: &mut std::vec::IntoIter<FromClient>, rx: &mut mpsc::Receiver<FromClient>) -> Option<FromClient> {
+    match pending.next() {
+        Some(m) => Some(m),
+        None => rx.recv().await,
     }
 }
 

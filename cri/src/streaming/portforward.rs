@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::http::{self, Request};
+use super::http::Request;
 use super::spdy::{self, Frame, Reader, SpdyError, Writer};
 use super::PortForwardSession;
 
@@ -27,14 +27,8 @@ struct Pair {
     data: Option<(u32, mpsc::Receiver<Option<Vec<u8>>>)>,
 }
 
-pub(super) async fn serve(mut conn: TcpStream, req: Request, s: PortForwardSession) {
-    let Some(proto) = http::negotiate(&mut conn, &req, PROTOCOLS).await else { return };
-    if http::switch(&mut conn, proto).await.is_err() {
-        return;
-    }
-    let (rh, wh) = conn.into_split();
-    let reader = Reader::new(std::io::Cursor::new(req.rest).chain(rh));
-    let writer = Writer::new(wh);
+pub(super) async fn serve(conn: TcpStream, req: Request, s: PortForwardSession) {
+    let Some((reader, writer)) = spdy::upgrade(conn, req, PROTOCOLS).await else { return };
     let pod = s.pod.clone();
     if let Err(e) = run(reader, writer.clone(), s).await {
         tracing::info!("port forward to pod {pod}: {}", minipod_runtime::error_chain(&e));

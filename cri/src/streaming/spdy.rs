@@ -47,6 +47,20 @@ pub enum SpdyError {
     Deflate(#[source] flate2::CompressError),
 }
 
+/// The two halves of a session on `conn`, whose request head (with `rest`, the bytes
+/// read past it) was already read.
+pub(super) type Session =
+    (Reader<tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf>>, Arc<Writer<tokio::net::tcp::OwnedWriteHalf>>);
+
+/// Negotiates one of `protocols` with the client and switches the connection to
+/// SPDY; None when refused (the client was told why) or the client left.
+pub(super) async fn upgrade(mut conn: tokio::net::TcpStream, req: super::http::Request, protocols: &[&'static str]) -> Option<Session> {
+    let proto = super::http::negotiate(&mut conn, &req, protocols).await?;
+    super::http::switch(&mut conn, proto).await.ok()?;
+    let (rh, wh) = conn.into_split();
+    Some((Reader::new(std::io::Cursor::new(req.rest).chain(rh)), Writer::new(wh)))
+}
+
 /// A header block: lowercase names, values with NULs between repeated ones.
 pub(super) type Headers = Vec<(String, String)>;
 
