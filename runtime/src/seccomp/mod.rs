@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 
-use crate::pod::Seccomp;
+use crate::pod::security::Seccomp;
 
 mod default_profile;
 pub use default_profile::default_profile;
