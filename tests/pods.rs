@@ -198,6 +198,29 @@ async fn exits_and_logs_are_read_back_by_a_later_process() {
     let ls = env.h.minipod(&["ctr", "--images", images.to_str().unwrap(), "ls"]);
     let ls = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.contains("job") && ls.contains("stopped") && ls.contains("7"), "{ls}");
+
+    // `ctr exec -i` streams stdin in and output out; `-t` gives a terminal of the
+    // container's own, sized as ours (script(1) makes one for the command).
+    let img = images.to_str().unwrap();
+    let run =
+        env.h.minipod(&["ctr", "run", "--images", img, "--rootfs", env.rootfs.to_str().unwrap(), "batch", "sleeper", "--", "sleep", "300"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut cat = env.h.cmd(&["ctr", "--images", img, "exec", "-i", "batch", "sleeper", "--", "sh", "-c", "cat; exit 5"]);
+    let mut cat = cat.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut cat.stdin.take().unwrap(), b"piped\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(5), "piped\n"));
+    let line = format!(
+        "stty cols 77 rows 22; {} --root {} ctr --images {img} exec -it batch sleeper -- sh -c 'tty; stty size; exit 4'",
+        support::minipod_bin().display(),
+        env.root().display()
+    );
+    let out = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(std::process::Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/") && text.contains("22 77"), "{text:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{text:?}");
+    let stop = env.h.minipod(&["ctr", "--images", img, "stop", "--timeout", "0", "batch", "sleeper"]);
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
     drop(rt);
     let (code, _, err) = cli(&["rm", "batch"]);
     assert_eq!(code, Some(0), "{err}");

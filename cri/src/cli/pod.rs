@@ -107,6 +107,12 @@ enum CtrCommand {
         /// Kill the command after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
+        /// Stream this command's stdin to the process, and its output back as it comes.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Run it on a terminal of the container's own, joined to this one (raw while it runs).
+        #[arg(short, long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -325,9 +331,18 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
             }
             println!("{}", c.id);
         }
-        CtrCommand::Exec { pod, name, timeout, command } => {
+        CtrCommand::Exec { pod, name, timeout, interactive, tty, command } => {
             let c = pods.container(&pod, &name)?;
-            let out = pods.exec(&c, command, timeout.map(Duration::from_secs))?;
+            let timeout = timeout.map(Duration::from_secs);
+            if tty {
+                return Ok(super::terminal::exec(&pods, &c, command, timeout)?.shell_code());
+            }
+            if interactive {
+                let opts =
+                    minipod_runtime::ExecOptions { args: command, stdio: minipod_runtime::Stdio::Inherit, timeout, ..Default::default() };
+                return Ok(pods.exec_attached(&c, opts)?.shell_code());
+            }
+            let out = pods.exec(&c, command, timeout)?;
             use std::io::Write;
             std::io::stdout().write_all(&out.stdout)?;
             std::io::stderr().write_all(&out.stderr)?;

@@ -1,0 +1,84 @@
+//! `minipod ctr exec -it`: the process on a terminal of the container's own, joined to
+//! the caller's terminal (raw while it runs, restored after, also on error).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use minipod_runtime::pod::ContainerRecord;
+use minipod_runtime::{ExecOptions, ExitStatus, Pods};
+use nix::sys::termios::{self, SetArg, Termios};
+
+/// Puts the caller's terminal back as it was when dropped.
+struct Raw {
+    saved: Termios,
+}
+
+impl Raw {
+    fn enter(fd: BorrowedFd<'_>) -> anyhow::Result<Self> {
+        let saved = termios::tcgetattr(fd).map_err(|e| anyhow::anyhow!("reading the terminal's settings: {e}"))?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(fd, SetArg::TCSANOW, &raw).map_err(|e| anyhow::anyhow!("making the terminal raw: {e}"))?;
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// The caller's window size, `(columns, rows)`.
+fn window(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes a winsize into the pointer, which lives across the call.
+    let ok = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+/// Copies `from` to `to` until either side ends.
+fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match nix::unistd::read(from, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    match nix::unistd::write(to, rest) {
+                        Ok(w) => rest = &rest[w..],
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `args` in `c` on a terminal joined to ours; its exit status.
+pub fn exec(pods: &Pods, c: &ContainerRecord, args: Vec<String>, timeout: Option<std::time::Duration>) -> anyhow::Result<ExitStatus> {
+    let stdin = std::io::stdin();
+    let ours = stdin.as_fd();
+    if !nix::unistd::isatty(ours).unwrap_or(false) {
+        anyhow::bail!("-t needs a terminal on stdin: run it from one, or leave -t out (-i alone streams stdin)");
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<OwnedFd>();
+    let opts = ExecOptions { args, tty: true, terminal: Some(tx), window: window(ours), timeout, ..Default::default() };
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| pods.exec_attached(c, opts));
+        let Ok(master) = rx.blocking_recv() else {
+            // No terminal came: the process did not start, and its result says why.
+            return running.join().map_err(|_| anyhow::anyhow!("the exec's thread panicked"))?.map_err(Into::into);
+        };
+        let raw = Raw::enter(ours)?;
+        // Typed input, on a thread of its own: it waits on our terminal, which outlives
+        // the process, so it is left to end with this command.
+        let input = master.try_clone()?;
+        std::thread::spawn(move || copy(std::io::stdin().as_fd(), input.as_fd()));
+        // Output until the terminal's last holder in the container closes it.
+        copy(master.as_fd(), std::io::stdout().as_fd());
+        drop(raw);
+        running.join().map_err(|_| anyhow::anyhow!("the exec's thread panicked"))?.map_err(Into::into)
+    })
+}
