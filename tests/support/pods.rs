@@ -54,3 +54,18 @@ impl PodEnv {
         assert!(!super::host_mounts_mention(root), "mounts under {} left", root.display());
     }
 }
+
+impl Drop for PodEnv {
+    /// Pods that the CLI made (and a failed test left) go before the harness removes
+    /// the directory: removing it first would take the containers' state, and with it
+    /// what finds their cgroups, while the namespace mounts keep it from going.
+    fn drop(&mut self) {
+        let images = self.h.base.join("images");
+        let Some(images) = images.to_str() else { return };
+        let listed = self.h.minipod(&["pod", "--images", images, "ls", "-o", "json"]);
+        let pods: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        for id in pods.iter().filter_map(|p| p["id"].as_str()) {
+            let _ = self.h.minipod(&["pod", "--images", images, "rm", "--force", id]);
+        }
+    }
+}
