@@ -10,11 +10,13 @@ fi
 # busybox-static: the root filesystems tests and the demo build for themselves.
 # runc, crun: the runtimes the benchmark compares against.
 # iproute2, procps: inspecting what tests leave behind.
+# util-linux (flock), bsdutils (script): a lock held by another process, and a terminal for
+# the `exec -it` tests.
 # nftables, conntrack: the node firewall (the tests run it inside their own namespaces).
 # iptables, containernetworking-plugins: the CNI chain the netstack benchmark compares against.
 # protobuf-compiler: protoc, which the CRI bindings (k8s-cri) are generated with.
 # libseccomp-dev, pkg-config: the seccomp filters containers get are compiled by libseccomp.
-packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux iptables containernetworking-plugins ca-certificates protobuf-compiler libseccomp-dev pkg-config)
+packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux bsdutils iptables containernetworking-plugins ca-certificates protobuf-compiler libseccomp-dev pkg-config)
 # Installs the Debian packages given that are missing (scripts/critest.sh uses it too).
 apt_install() {
     local p missing=()

@@ -42,7 +42,10 @@ where
             writer.data(error, failure(&minipod_runtime::error_chain(&e), "BadRequest").as_bytes()).await?;
             return finish(&writer, &streams, client).await;
         }
-        Err(e) => return Err(SpdyError::Io(std::io::Error::other(e))),
+        Err(e) => {
+            client.abort();
+            return Err(SpdyError::Io(std::io::Error::other(e)));
+        }
     };
     let ours = Ours::Pipes { stdin: attached.stdin, stdout: attached.stdout, stderr: attached.stderr };
     let pumps = ours.pump(&writer, &streams, vec![], &mut from_client);

@@ -211,8 +211,11 @@ where
             r = &mut exec => break r,
             _ = &mut pumps, if !pumps_done => pumps_done = true,
             _ = &mut client => {
-                // Gone: what it started goes too (its whole process group).
-                if let Ok(pid) = started_rx.try_recv() {
+                // Gone: what it started goes too (its whole process group). It may not
+                // have reported its PID yet; an exec that fails before it starts drops
+                // the sender, which ends the wait.
+                let pid = tokio::task::spawn_blocking(move || started_rx.recv()).await;
+                if let Ok(Ok(pid)) = pid {
                     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 }
                 let _ = (&mut exec).await;
@@ -248,12 +251,15 @@ where
 pub(super) async fn finish<W: AsyncWrite + Unpin>(
     writer: &Writer<W>,
     streams: &Streams,
-    client: tokio::task::JoinHandle<()>,
+    mut client: tokio::task::JoinHandle<()>,
 ) -> Result<(), SpdyError> {
     for id in [streams.stdout, streams.stderr, streams.error].into_iter().flatten() {
         writer.fin(id).await?;
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, client).await;
+    // A client that never hangs up must not keep its reader (and connection) forever.
+    if tokio::time::timeout(CLOSE_GRACE, &mut client).await.is_err() {
+        client.abort();
+    }
     Ok(())
 }
 

@@ -145,6 +145,9 @@ fn local_lock(path: &Path) -> std::sync::Arc<tokio::sync::RwLock<()>> {
     type Locks = std::collections::BTreeMap<PathBuf, std::sync::Arc<tokio::sync::RwLock<()>>>;
     static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(Locks::new());
     let mut locks = LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Locks nobody holds or waits for go, so that networks come and go without the map
+    // growing: one made again later is as good.
+    locks.retain(|p, l| p == path || std::sync::Arc::strong_count(l) > 1);
     locks.entry(path.to_path_buf()).or_default().clone()
 }
 
