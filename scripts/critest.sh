@@ -99,6 +99,17 @@ if ! [ -x "$CRITEST" ]; then
     mv "$CRITEST.tmp" "$CRITEST"
 fi
 
+# ---- the busybox package the images are built from ----------------------------------------
+# Fetched here, in the host's namespace: the run's own namespace has no way out, and the
+# images are built in it (on a machine that has none yet).
+DEB_DIR=$CRITEST_DIR/debs
+if ! ls "$DEB_DIR"/busybox_*.deb >/dev/null 2>&1; then
+    mkdir -p "$DEB_DIR"
+    (cd "$DEB_DIR" && { apt-get -o Acquire::Retries=5 download busybox >/dev/null 2>&1 \
+        || { apt-get -o Acquire::Retries=5 update -qq && apt-get -o Acquire::Retries=5 download busybox >/dev/null; }; }) \
+        || { log "downloading Debian's busybox package failed"; exit 1; }
+fi
+
 # ---- a network namespace of the run's own -------------------------------------------------
 # Everything from here on (the registry, the daemon, its bridge, veths and nftables table,
 # critest, which connects to pods and host ports) lives in a fresh network namespace that
@@ -220,7 +231,7 @@ done
 curl -fs "http://$REG/v2/" >/dev/null || { log "docker-registry does not answer on $REG"; cat "$T/registry.log" >&2; exit 1; }
 if [ "$rebuild" = 1 ]; then
     log "building the test images into $REGISTRY_STORE"
-    REG=$REG "$HERE/build-images.sh" >"$T/build-images.log" 2>&1 \
+    REG=$REG DEB_DIR=$DEB_DIR "$HERE/build-images.sh" >"$T/build-images.log" 2>&1 \
         || { log "building the images failed:"; tail -n 40 "$T/build-images.log" >&2; exit 1; }
     echo "$want_stamp" >"$REGISTRY_STAMP"
 fi

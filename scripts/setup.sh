@@ -25,8 +25,8 @@ apt_install() {
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "setup.sh: installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        apt-get -o Acquire::Retries=5 update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=5 install -y -qq "${missing[@]}" >/dev/null
     fi
 }
 apt_install "${packages[@]}"
@@ -59,7 +59,7 @@ REGISTRY_DIR=/opt/minipod-test/docker-registry
 if ! [ -x "$REGISTRY_DIR/usr/bin/docker-registry" ]; then
     echo "setup.sh: unpacking docker-registry into $REGISTRY_DIR"
     tmp=$(mktemp -d)
-    (cd "$tmp" && { apt-get download docker-registry >/dev/null 2>&1 || { apt-get update -qq && apt-get download docker-registry >/dev/null; }; })
+    (cd "$tmp" && { apt-get -o Acquire::Retries=5 download docker-registry >/dev/null 2>&1 || { apt-get -o Acquire::Retries=5 update -qq && apt-get -o Acquire::Retries=5 download docker-registry >/dev/null; }; })
     mkdir -p "$REGISTRY_DIR"
     dpkg-deb -x "$tmp"/docker-registry_*.deb "$REGISTRY_DIR"
     rm -rf "$tmp"

@@ -9,4 +9,8 @@ source scripts/setup.sh
 cargo test --workspace "$@"
 if [ "$#" -eq 0 ]; then
     MINIPOD=target/debug/minipod bash scripts/critest.sh
+    # The Streaming specs once more over WebSocket (crictl --transport websocket's and
+    # kubectl's path); the same must-pass lines gate them.
+    MINIPOD=target/debug/minipod FOCUS='Streaming' REPORT_DIR=/opt/minipod-test/critest/report-websocket \
+        bash scripts/critest.sh --websocket-exec --websocket-attach --websocket-portforward
 fi

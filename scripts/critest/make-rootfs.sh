@@ -9,12 +9,18 @@
 # - a small pgrep stand-in: the PID-namespace specs run `sh -c "pgrep sleep"`, which busybox's
 #   Debian build lacks;
 # - /etc/passwd and /etc/group with the users the image specs name (www-data, nobody).
-# usage: make-rootfs.sh OUT.tar.gz
+# usage: [DEB_DIR=dir] make-rootfs.sh OUT.tar.gz  (DEB_DIR: where busybox_*.deb was
+# downloaded already, as critest.sh does before it enters a namespace with no way out)
 set -euo pipefail
 OUT=${1:?usage: make-rootfs.sh OUT.tar.gz}
 w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
-(cd "$w" && { apt-get download busybox >/dev/null 2>&1 || { apt-get update -qq && apt-get download busybox >/dev/null; }; } \
-   && dpkg-deb -x busybox_*.deb deb)
+if ls "${DEB_DIR:-/nonexistent}"/busybox_*.deb >/dev/null 2>&1; then
+    cp "$DEB_DIR"/busybox_*.deb "$w/"
+else
+    (cd "$w" && { apt-get -o Acquire::Retries=5 download busybox >/dev/null 2>&1 \
+        || { apt-get -o Acquire::Retries=5 update -qq && apt-get -o Acquire::Retries=5 download busybox >/dev/null; }; })
+fi
+(cd "$w" && dpkg-deb -x busybox_*.deb deb)
 r=$w/bundle/rootfs; mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,lib64,lib/x86_64-linux-gnu,etc,tmp,var/run,root,proc,sys,dev,home}
 cp "$w/deb/bin/busybox" "$r/bin/busybox"
 # Applets as hard links, not symlinks: masking /bin/ls must not mask busybox itself.

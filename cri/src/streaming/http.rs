@@ -25,10 +25,25 @@ pub struct Request {
     pub path: String,
     /// The `Upgrade` protocols asked for.
     pub upgrade: Vec<String>,
-    /// The `X-Stream-Protocol-Version` values offered, in the client's order.
+    /// The `X-Stream-Protocol-Version` values offered (SPDY), in the client's order.
     pub protocols: Vec<String>,
+    /// `Sec-WebSocket-Key`, `Sec-WebSocket-Version` and the `Sec-WebSocket-Protocol`
+    /// values offered, of a WebSocket upgrade.
+    pub websocket_key: Option<String>,
+    pub websocket_version: Option<String>,
+    pub websocket_protocols: Vec<String>,
     /// Bytes after the head (the client may write its first frames at once).
     pub rest: Vec<u8>,
+}
+
+impl Request {
+    pub fn is_websocket(&self) -> bool {
+        self.upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"))
+    }
+
+    pub fn is_spdy(&self) -> bool {
+        self.upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"))
+    }
 }
 
 pub async fn read_request(conn: &mut TcpStream) -> Result<Request, RequestError> {
@@ -56,6 +71,9 @@ pub async fn read_request(conn: &mut TcpStream) -> Result<Request, RequestError>
                 path,
                 upgrade: values("upgrade"),
                 protocols: values("x-stream-protocol-version"),
+                websocket_key: values("sec-websocket-key").into_iter().next(),
+                websocket_version: values("sec-websocket-version").into_iter().next(),
+                websocket_protocols: values("sec-websocket-protocol"),
                 rest: buf[len..].to_vec(),
             });
         }
@@ -83,13 +101,13 @@ pub async fn refuse(conn: &mut TcpStream, code: u16, why: &str) {
     let _ = conn.shutdown().await;
 }
 
-/// Picks the first of `ours` (in our order of preference) that the client offered,
+/// Picks the first of `ours` (in our order of preference) that the client `offered`,
 /// or refuses the request naming them.
-pub async fn negotiate(conn: &mut TcpStream, req: &Request, ours: &[&'static str]) -> Option<&'static str> {
-    if let Some(p) = ours.iter().find(|p| req.protocols.iter().any(|o| o == *p)) {
+pub async fn negotiate(conn: &mut TcpStream, offered: &[String], ours: &[&'static str]) -> Option<&'static str> {
+    if let Some(p) = ours.iter().find(|p| offered.iter().any(|o| o == *p)) {
         return Some(p);
     }
-    let why = format!("unable to negotiate a stream protocol: the client offers {:?}, minipod speaks {ours:?}", req.protocols);
+    let why = format!("unable to negotiate a stream protocol: the client offers {offered:?}, minipod speaks {ours:?}");
     refuse(conn, 403, &why).await;
     None
 }

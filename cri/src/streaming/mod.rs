@@ -1,8 +1,11 @@
 //! The streaming server: where the URLs that Exec, Attach and PortForward answer with
-//! lead. A client (crictl, the kubelet's proxy, critest) connects over HTTP, upgrades
-//! to SPDY/3.1 and opens the streams of the Kubernetes protocol: stdin, stdout,
-//! stderr, error and resize for an exec; a data and an error stream per connection for
-//! a port forward.
+//! lead. A client (crictl, the kubelet's proxy, critest) connects over HTTP and
+//! upgrades, to SPDY/3.1 (crictl's and the kubelet's default) or to a WebSocket
+//! (`crictl --transport websocket`, kubectl since 1.30), and speaks the Kubernetes
+//! protocols over it: stdin, stdout, stderr, error and resize for an exec or attach
+//! (SPDY streams, or the channels of `v5.channel.k8s.io`/`v4`); a data and an error
+//! stream per connection for a port forward (SPDY, also tunnelled in a WebSocket as
+//! `SPDY/3.1+portforward.k8s.io`).
 //!
 //! It listens on loopback (a port chosen at start, or given), as containerd's does. It
 //! serves only URLs it issued: each carries a random single-use token that expires a
@@ -10,12 +13,15 @@
 //! (killed, with its process group) and its connections with it.
 
 mod attach;
+mod client;
 mod dictionary;
 mod exec;
 mod http;
 mod portforward;
 mod pty;
 mod spdy;
+mod spdy_streams;
+mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -162,12 +168,8 @@ impl StreamServer {
             )
             .await;
         };
-        if !request.upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
-            let why = if request.upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
-                "WebSocket streaming is not served by minipod yet: use SPDY (crictl --transport spdy, its default)"
-            } else {
-                "this URL is served over SPDY/3.1: upgrade the connection (Connection: Upgrade, Upgrade: SPDY/3.1)"
-            };
+        if !request.is_spdy() && !request.is_websocket() {
+            let why = "this URL is served over SPDY/3.1 or a WebSocket: upgrade the connection (Connection: Upgrade, Upgrade: SPDY/3.1 or websocket)";
             return http::refuse(&mut conn, 400, why).await;
         }
         match session {

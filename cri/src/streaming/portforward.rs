@@ -1,4 +1,5 @@
-//! Port forwarding over SPDY, stream protocol `portforward.k8s.io`: for each
+//! Port forwarding over SPDY, stream protocol `portforward.k8s.io` (on its own, or
+//! tunnelled in a WebSocket as client-go's `SPDY/3.1+portforward.k8s.io`): for each
 //! connection the client opens a pair of streams, error and data, that carry the same
 //! `requestid` and `port`. The data stream is joined to a TCP connection to that port
 //! on the pod's loopback (127.0.0.1, else [::1]), inside its network namespace; a port
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::http::Request;
 use super::spdy::{self, Frame, Reader, SpdyError, Writer};
-use super::PortForwardSession;
+use super::{websocket, PortForwardSession};
 
 const PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 
@@ -28,7 +29,20 @@ struct Pair {
 }
 
 pub(super) async fn serve(conn: TcpStream, req: Request, s: PortForwardSession) {
+    if req.is_websocket() {
+        let Some(tunnel) = websocket::tunnel(conn, req).await else { return };
+        let (r, w) = tokio::io::split(tunnel);
+        return session(Reader::new(r), Writer::new(w), s).await;
+    }
     let Some((reader, writer)) = spdy::upgrade(conn, req, PROTOCOLS).await else { return };
+    session(reader, writer, s).await
+}
+
+async fn session<R, W>(reader: Reader<R>, writer: Arc<Writer<W>>, s: PortForwardSession)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + Sync + 'static,
+{
     let pod = s.pod.clone();
     if let Err(e) = run(reader, writer.clone(), s).await {
         tracing::info!("port forward to pod {pod}: {}", minipod_runtime::error_chain(&e));

@@ -55,7 +55,7 @@ pub(super) type Session =
 /// Negotiates one of `protocols` with the client and switches the connection to
 /// SPDY; None when refused (the client was told why) or the client left.
 pub(super) async fn upgrade(mut conn: tokio::net::TcpStream, req: super::http::Request, protocols: &[&'static str]) -> Option<Session> {
-    let proto = super::http::negotiate(&mut conn, &req, protocols).await?;
+    let proto = super::http::negotiate(&mut conn, &req.protocols, protocols).await?;
     super::http::switch(&mut conn, proto).await.ok()?;
     let (rh, wh) = conn.into_split();
     Some((Reader::new(std::io::Cursor::new(req.rest).chain(rh)), Writer::new(wh)))

@@ -1,0 +1,157 @@
+//! One streaming client, whatever it came over: SPDY streams or WebSocket channels
+//! carry the same stdio (stdin, stdout, stderr, an error channel that ends with the
+//! session's status, and a terminal's resizes), so exec and attach are written once,
+//! against [`Client`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::http::Request;
+use super::spdy::{SpdyError, Writer as SpdyWriter};
+use super::spdy_streams::{self, Streams};
+use super::websocket;
+
+/// How long the client gets to read the status and hang up.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Spdy(#[from] SpdyError),
+    #[error("the WebSocket connection failed")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("the session's worker failed")]
+    Worker(#[source] tokio::task::JoinError),
+}
+
+/// Which stdio a session asked for.
+#[derive(Clone, Copy)]
+pub(super) struct Want {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A terminal size, as the resize stream carries it.
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Size {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// What the client sends once the streams are open.
+#[derive(Debug)]
+pub(super) enum FromClient {
+    Stdin(Vec<u8>),
+    StdinClosed,
+    Resize(Size),
+}
+
+/// Where the session writes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Channel {
+    Stdout,
+    Stderr,
+    Error,
+}
+
+/// The way back to the client.
+#[derive(Clone)]
+pub(super) enum Output {
+    Spdy { writer: Arc<SpdyWriter<tokio::net::tcp::OwnedWriteHalf>>, streams: Streams },
+    WebSocket(Arc<websocket::Writer>),
+}
+
+impl Output {
+    /// Sends `data` on `channel`; a channel the client did not open takes nothing.
+    pub(super) async fn send(&self, channel: Channel, data: &[u8]) -> Result<(), StreamError> {
+        match self {
+            Output::Spdy { writer, streams } => {
+                let id = match channel {
+                    Channel::Stdout => streams.stdout,
+                    Channel::Stderr => streams.stderr,
+                    Channel::Error => streams.error,
+                };
+                match id {
+                    Some(id) => Ok(writer.data(id, data).await?),
+                    None => Ok(()),
+                }
+            }
+            Output::WebSocket(w) => Ok(w.send(channel, data).await?),
+        }
+    }
+
+    /// Sends the session's status on the error channel.
+    pub(super) async fn status(&self, status: &str) -> Result<(), StreamError> {
+        self.send(Channel::Error, status.as_bytes()).await
+    }
+
+    /// Ends our side of every channel, and gives the client time to read and hang up.
+    pub(super) async fn finish(&self, mut client: tokio::task::JoinHandle<()>) -> Result<(), StreamError> {
+        match self {
+            Output::Spdy { writer, streams } => {
+                for id in [streams.stdout, streams.stderr, streams.error].into_iter().flatten() {
+                    writer.fin(id).await?;
+                }
+            }
+            Output::WebSocket(w) => w.close().await?,
+        }
+        // A client that never hangs up must not keep its reader (and connection) forever.
+        if tokio::time::timeout(CLOSE_GRACE, &mut client).await.is_err() {
+            client.abort();
+        }
+        Ok(())
+    }
+
+    /// Closes the connection.
+    pub(super) async fn shutdown(&self) {
+        match self {
+            Output::Spdy { writer, .. } => writer.shutdown().await,
+            Output::WebSocket(w) => w.shutdown().await,
+        }
+    }
+}
+
+/// A client whose channels are open.
+pub(super) struct Client {
+    pub output: Output,
+    /// Stdin and resizes, in order.
+    pub input: mpsc::Receiver<FromClient>,
+    /// Reads the client; its end means the client is gone.
+    pub reader: tokio::task::JoinHandle<()>,
+}
+
+/// Upgrades `conn` to SPDY/3.1 or to a WebSocket (whichever the client asked for),
+/// with one of `protocols`, and waits until the client's channels for `want` are open.
+/// None when the client was refused or left (it was told why, where it could be).
+pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &Protocols, want: Want) -> Result<Option<Client>, StreamError> {
+    if req.is_websocket() {
+        return Ok(websocket::accept(conn, req, protocols.websocket, want).await);
+    }
+    spdy_streams::accept(conn, req, protocols.spdy, want).await
+}
+
+/// The stream protocols a kind of session speaks, by transport, ours first.
+pub(super) struct Protocols {
+    pub spdy: &'static [&'static str],
+    pub websocket: &'static [&'static str],
+}
+
+/// The stdio protocol of exec and attach: `v4.channel.k8s.io` over SPDY (client-go's
+/// remotecommand), `v5` (which adds closing stdin) and `v4` over WebSocket.
+pub(super) const STDIO_PROTOCOLS: Protocols =
+    Protocols { spdy: &["v4.channel.k8s.io"], websocket: &[websocket::V5_CHANNEL, websocket::V4_CHANNEL] };
+
+pub(super) fn success() -> String {
+    serde_json::json!({ "metadata": {}, "status": "Success" }).to_string()
+}
+
+pub(super) fn failure(message: &str, reason: &str) -> String {
+    serde_json::json!({ "metadata": {}, "status": "Failure", "message": message, "reason": reason }).to_string()
+}

@@ -1,0 +1,316 @@
+//! The WebSocket transport (RFC 6455), as the kubelet serves it and client-go speaks
+//! it (`crictl --transport websocket`, `kubectl` since 1.30):
+//!
+//! - exec and attach speak the channel protocol, `v5.channel.k8s.io` or
+//!   `v4.channel.k8s.io`: every binary message starts with a channel byte (0 stdin,
+//!   1 stdout, 2 stderr, 3 error, 4 resize) and v5 adds `[255, channel]`, "this
+//!   channel is closed", which is how a client ends its stdin;
+//! - port forwarding tunnels SPDY (`SPDY/3.1+portforward.k8s.io`): the binary messages
+//!   carry the bytes of a SPDY session, which is then served as over plain SPDY.
+
+use std::sync::Arc;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::client::{Channel, Client, FromClient, Output, Want};
+use super::http::{self, Request};
+use super::spdy::DATA_CHUNK;
+use super::spdy_streams::take_sizes;
+
+pub(super) const V5_CHANNEL: &str = "v5.channel.k8s.io";
+pub(super) const V4_CHANNEL: &str = "v4.channel.k8s.io";
+/// client-go's port forwarding over WebSocket: SPDY inside, and the prefix says so.
+pub(super) const PORTFORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// The largest message (and frame) we take: a SPDY frame of ours with room to spare,
+/// far above the 32 KiB pieces client-go writes.
+const MAX_MESSAGE: usize = 2 << 20;
+/// What the tunnel holds between the WebSocket and the SPDY session in each direction.
+const TUNNEL_BUFFER: usize = 1 << 20;
+
+/// Channel bytes of the channel protocol.
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+/// v5: `[CLOSE, channel]` closes `channel`.
+const CLOSE: u8 = 255;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Completes the WebSocket handshake with one of `ours` (in our order of preference);
+/// None when refused (the client was told why) or the client left.
+async fn upgrade(mut conn: TcpStream, req: Request, ours: &[&'static str]) -> Option<(Ws, &'static str)> {
+    let Some(key) = req.websocket_key.as_deref() else {
+        http::refuse(&mut conn, 400, "a WebSocket upgrade needs a Sec-WebSocket-Key header").await;
+        return None;
+    };
+    if req.websocket_version.as_deref() != Some("13") {
+        let why = format!("WebSocket version {:?} is not served: minipod speaks version 13 (RFC 6455)", req.websocket_version);
+        http::refuse(&mut conn, 400, &why).await;
+        return None;
+    }
+    let protocol = http::negotiate(&mut conn, &req.websocket_protocols, ours).await?;
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    conn.write_all(reply.as_bytes()).await.ok()?;
+    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
+    Some((WebSocketStream::from_partially_read(conn, req.rest, Role::Server, Some(config)).await, protocol))
+}
+
+/// Our half of a channel-protocol connection, shared by the session's outputs.
+pub(super) struct Writer {
+    sink: Mutex<SplitSink<Ws, Message>>,
+    /// The channels the session asked for; the others take nothing, as an unopened
+    /// SPDY stream does.
+    want: Want,
+}
+
+impl Writer {
+    /// Sends `data` on `channel`, in messages of at most [`DATA_CHUNK`] bytes; empty
+    /// data is one empty message.
+    pub(super) async fn send(&self, channel: Channel, data: &[u8]) -> Result<(), WsError> {
+        let (id, open) = match channel {
+            Channel::Stdout => (STDOUT, self.want.stdout),
+            Channel::Stderr => (STDERR, self.want.stderr && !self.want.tty),
+            Channel::Error => (ERROR, true),
+        };
+        if !open {
+            return Ok(());
+        }
+        let mut sink = self.sink.lock().await;
+        let mut chunks = data.chunks(DATA_CHUNK);
+        let first = chunks.next().unwrap_or_default();
+        for chunk in std::iter::once(first).chain(chunks) {
+            let mut message = Vec::with_capacity(1 + chunk.len());
+            message.push(id);
+            message.extend_from_slice(chunk);
+            sink.feed(Message::binary(message)).await?;
+        }
+        sink.flush().await
+    }
+
+    /// Closes the connection normally: the client reads the error channel to its end,
+    /// and that end is this.
+    pub(super) async fn close(&self) -> Result<(), WsError> {
+        let mut sink = self.sink.lock().await;
+        match sink.send(normal_close()).await {
+            // The client was first: nothing is left to say.
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Ends the connection, closed or not.
+    pub(super) async fn shutdown(&self) {
+        let _ = self.sink.lock().await.close().await;
+    }
+}
+
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))
+}
+
+/// Upgrades `conn` to a WebSocket speaking the channel protocol (one of `protocols`)
+/// for an exec or attach that wants `want`.
+pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &[&'static str], want: Want) -> Option<Client> {
+    let (ws, protocol) = upgrade(conn, req, protocols).await?;
+    let (sink, stream) = ws.split();
+    let writer = Arc::new(Writer { sink: Mutex::new(sink), want });
+    // An empty message on the lowest channel we write tells the client that the
+    // connection is established (the kubelet does the same).
+    let first = if want.stdout {
+        Channel::Stdout
+    } else if want.stderr && !want.tty {
+        Channel::Stderr
+    } else {
+        Channel::Error
+    };
+    if let Err(e) = writer.send(first, &[]).await {
+        tracing::debug!("streaming over WebSocket: the client left at once: {e}");
+        return None;
+    }
+    let (to_session, input) = mpsc::channel::<FromClient>(16);
+    let reader = tokio::spawn(read_client(stream, want, protocol == V5_CHANNEL, to_session));
+    Some(Client { output: Output::WebSocket(writer), input, reader })
+}
+
+/// Routes the client's messages until it goes away. A channel the session did not ask
+/// for takes nothing: a resize of a session without a terminal is dropped, as the
+/// kubelet drops it.
+async fn read_client(mut stream: SplitStream<Ws>, want: Want, v5: bool, to_session: mpsc::Sender<FromClient>) {
+    let mut sizes = Vec::new();
+    let mut stdin_open = want.stdin;
+    // A close (or a ping) is answered by the next read, so the loop reads on until the
+    // connection is over.
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Binary(data) = message else { continue };
+        let Some((&channel, payload)) = data.split_first() else { continue };
+        match channel {
+            STDIN if stdin_open && !payload.is_empty() => {
+                // A full channel holds the client back: TCP carries the pressure.
+                let _ = to_session.send(FromClient::Stdin(payload.to_vec())).await;
+            }
+            RESIZE if want.tty => {
+                sizes.extend_from_slice(payload);
+                for size in take_sizes(&mut sizes) {
+                    let _ = to_session.send(FromClient::Resize(size)).await;
+                }
+            }
+            CLOSE if v5 && payload.first() == Some(&STDIN) && stdin_open => {
+                stdin_open = false;
+                let _ = to_session.send(FromClient::StdinClosed).await;
+            }
+            RESIZE => tracing::debug!("streaming over WebSocket: a resize of a session without a terminal, dropped"),
+            _ => {}
+        }
+    }
+}
+
+/// Upgrades `conn` to a WebSocket that tunnels a port-forwarding SPDY session; the
+/// session is served on the stream returned.
+pub(super) async fn tunnel(conn: TcpStream, req: Request) -> Option<DuplexStream> {
+    let (ws, _) = upgrade(conn, req, &[PORTFORWARD_TUNNEL]).await?;
+    let (ours, theirs) = tokio::io::duplex(TUNNEL_BUFFER);
+    tokio::spawn(carry(ws, theirs));
+    Some(ours)
+}
+
+/// Carries bytes between the WebSocket and the SPDY session until either ends.
+async fn carry(ws: Ws, spdy: DuplexStream) {
+    let (mut sink, mut stream) = ws.split();
+    let (mut from_spdy, mut to_spdy) = tokio::io::split(spdy);
+    let inbound = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Binary(data) = message {
+                if to_spdy.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // The session sees the client's end.
+        let _ = to_spdy.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; DATA_CHUNK];
+        while let Ok(n @ 1..) = from_spdy.read(&mut buf).await {
+            if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                return;
+            }
+        }
+        // The session is over: so is the connection.
+        let _ = sink.send(normal_close()).await;
+    };
+    tokio::select! {
+        _ = inbound => {}
+        _ = outbound => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::*;
+    use crate::streaming::client::success;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    /// A server session for `want` and a client offering `protocol`, connected over
+    /// loopback; the server's side is None when it refused.
+    async fn connect(protocol: &str, want: Want) -> (Option<Client>, Result<Ws, WsError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let req = http::read_request(&mut conn).await.unwrap();
+            accept(conn, req, &[V5_CHANNEL, V4_CHANNEL], want).await
+        });
+        let mut request = format!("ws://{addr}/exec/token").into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let conn = TcpStream::connect(addr).await.unwrap();
+        let ws = tokio_tungstenite::client_async(request, conn).await.map(|(ws, response)| {
+            assert_eq!(response.headers()["Sec-WebSocket-Protocol"], protocol);
+            ws
+        });
+        (server.await.unwrap(), ws)
+    }
+
+    #[test]
+    fn channels_carry_the_stdio_and_v5_closes_stdin() {
+        block_on(async {
+            let want = Want { stdin: true, stdout: true, stderr: true, tty: false };
+            let (server, ws) = connect(V5_CHANNEL, want).await;
+            let (Client { output, mut input, reader }, mut ws) = (server.unwrap(), ws.unwrap());
+            // The connection is announced by an empty message on the lowest output.
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
+
+            ws.send(Message::binary(b"\x00typed".to_vec())).await.unwrap();
+            // No terminal: a resize is dropped, not passed on.
+            ws.send(Message::binary([&[RESIZE][..], br#"{"Width":80,"Height":24}"#].concat())).await.unwrap();
+            ws.send(Message::binary(vec![CLOSE, STDIN])).await.unwrap();
+            // After its close, stdin takes nothing.
+            ws.send(Message::binary(b"\x00late".to_vec())).await.unwrap();
+            assert!(matches!(input.recv().await, Some(FromClient::Stdin(d)) if d == b"typed"));
+            assert!(matches!(input.recv().await, Some(FromClient::StdinClosed)));
+
+            output.send(Channel::Stderr, b"err").await.unwrap();
+            output.status(&success()).await.unwrap();
+            let finished = tokio::spawn(async move { output.finish(reader).await });
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(b"\x02err".to_vec()));
+            let status = ws.next().await.unwrap().unwrap().into_data();
+            assert_eq!((status[0], &status[1..]), (ERROR, success().as_bytes()));
+            // The error channel ends with a normal close, which the client answers.
+            assert!(matches!(ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode::Normal));
+            assert!(ws.next().await.is_none_or(|m| m.is_err()));
+            finished.await.unwrap().unwrap();
+            assert!(input.recv().await.is_none(), "nothing after the close, the late stdin neither");
+        });
+    }
+
+    #[test]
+    fn a_terminal_takes_resizes_and_v4_has_no_close() {
+        block_on(async {
+            let want = Want { stdin: true, stdout: true, stderr: false, tty: true };
+            let (server, ws) = connect(V4_CHANNEL, want).await;
+            let (Client { mut input, .. }, mut ws) = (server.unwrap(), ws.unwrap());
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
+            // A size cut in two messages is one resize.
+            ws.send(Message::binary(b"\x04{\"Width\":1".to_vec())).await.unwrap();
+            ws.send(Message::binary(b"\x0423,\"Height\":45}".to_vec())).await.unwrap();
+            // v4 has no close: the bytes are not one, and stdin stays open.
+            ws.send(Message::binary(vec![CLOSE, STDIN])).await.unwrap();
+            ws.send(Message::binary(b"\x00still".to_vec())).await.unwrap();
+            assert!(matches!(input.recv().await, Some(FromClient::Resize(s)) if (s.width, s.height) == (123, 45)));
+            assert!(matches!(input.recv().await, Some(FromClient::Stdin(d)) if d == b"still"));
+        });
+    }
+
+    #[test]
+    fn a_protocol_we_do_not_speak_is_refused() {
+        block_on(async {
+            let want = Want { stdin: false, stdout: true, stderr: true, tty: false };
+            let (server, ws) = connect("v3.channel.k8s.io", want).await;
+            assert!(server.is_none());
+            match ws {
+                Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        });
+    }
+}
