@@ -101,23 +101,8 @@ fn crictl_exec_streams_output_input_and_the_exit_code() {
             "stty cols 123 rows 45; {} --runtime-endpoint {ep} --timeout 20s --config /dev/null exec --transport {t} -it {ctr} sh -c 'tty >/dev/null && echo on-a-tty; stty size; read l; echo got-$l; exit 3'",
             crictl_bin().display()
         );
-        // script(1) types its stdin on the terminal; it stays open until the end.
-        let mut script = Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut typing = script.stdin.take().unwrap();
-        typing.write_all(b"typed-at-the-tty\n").unwrap();
-        let mut stdout = Vec::new();
-        script.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
-        let out = script.wait_with_output().unwrap();
-        drop(typing);
-        let out = std::process::Output { stdout, ..out };
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("on-a-tty"), "{t}: {text:?} {}", String::from_utf8_lossy(&out.stderr));
+        let (text, err) = support::on_a_terminal(&line, b"typed-at-the-tty\n");
+        assert!(text.contains("on-a-tty"), "{t}: {text:?} {err}");
         assert!(text.contains("exit code 3"), "{t}: {text:?}");
         assert!(text.contains("45 123"), "{t}: stty size in the container: {text:?}");
         assert!(text.contains("got-typed-at-the-tty"), "{t}: {text:?}");
@@ -254,9 +239,38 @@ fn crictl_attach_feeds_a_containers_stdin_and_shows_its_output() {
         assert!(d.ok(&["logs", &ctr]).contains("attached-42"), "{t}");
     }
 
+    // A container on a terminal of its own: attach -it types into it and sizes it;
+    // its output is the terminal's, also in its log.
+    let ep = format!("unix://{}", d.sock.display());
+    for t in TRANSPORTS {
+        let mut cfg = ctr_json(&format!("tty-{t}"), &["sh"]);
+        cfg["stdin"] = json!(true);
+        cfg["tty"] = json!(true);
+        let ctr_cfg = d.write(&format!("tty-{t}-ctr.json"), &cfg);
+        let ctr = d.ok(&["create", &pod, &ctr_cfg, &pod_cfg]).trim().to_string();
+        d.ok(&["start", &ctr]);
+        let line = format!(
+            "stty cols 101 rows 33; {} --runtime-endpoint {ep} --timeout 20s --config /dev/null attach --transport {t} -it {ctr}",
+            crictl_bin().display()
+        );
+        // The first size comes with the attach; the shell reads its lines after it.
+        let (text, err) = support::on_a_terminal(&line, b"sleep 1; tty; stty size; echo typed-$((6*7)); exit 5\n");
+        assert!(text.contains("/dev/pts/"), "{t}: the shell's stdin is a terminal: {text:?} {err}");
+        assert!(text.contains("33 101"), "{t}: stty size in the container: {text:?}");
+        assert!(text.contains("typed-42"), "{t}: {text:?}");
+        let status = d.wait_exited(&ctr);
+        assert_eq!(status["status"]["exitCode"], 5, "{t}: {status}");
+        let logs = d.ok(&["logs", &ctr]);
+        assert!(logs.contains("typed-42"), "{t}: the terminal's output is the log's: {logs:?}");
+    }
+
     // A container made without stdin has none to attach to.
     let (_, sleeper) = pod_with(&d, "no-stdin", &["sleep", "300"]);
     let (code, _, err) = with_input(&d, &["attach", "-i", &sleeper], b"x\n");
     assert_ne!(code, 0);
     assert!(err.contains("no stdin"), "{err}");
+    // Nor has it a terminal for attach -t.
+    let line = format!("{} --runtime-endpoint {ep} --timeout 20s --config /dev/null attach -it {sleeper}", crictl_bin().display());
+    let (text, _) = support::on_a_terminal(&line, b"");
+    assert!(text.contains("has no terminal"), "{text:?}");
 }

@@ -245,3 +245,77 @@ fn run_forwards_its_signals_to_the_workload() {
     assert_eq!(run.wait().unwrap().code(), Some(9), "Ctrl-C on run reaches the container");
     assert!(!h.state_dir(&id).exists());
 }
+
+#[test]
+fn a_bundle_with_a_terminal_runs_on_one_of_its_own_in_the_foreground_or_hands_it_to_a_console_socket() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if not_root() {
+        return;
+    }
+    let h = Harness::new("terminal");
+    let mut b = h.bundle(&["sh", "-c", "tty; stty size; read l; echo got-$l; exit 4"]);
+    b.config["process"]["terminal"] = json!(true);
+    let dir = b.write().display().to_string();
+
+    // In the foreground: joined to ours, sized as ours, typed into, its exit code ours.
+    let id = h.id("fg");
+    let line = format!(
+        "stty cols 77 rows 22; {} --root {} run --bundle {dir} {id}; echo run-exited-$?",
+        support::minipod_bin().display(),
+        h.root.display()
+    );
+    let (text, err) = support::on_a_terminal(&line, b"hello\n");
+    assert!(text.contains("/dev/pts/0"), "the container's own devpts: {text:?} {err}");
+    assert!(text.contains("22 77"), "{text:?}");
+    assert!(text.contains("got-hello"), "{text:?}");
+    assert!(text.contains("run-exited-4"), "{text:?}");
+
+    // Detached, the terminal needs somewhere to go: refused, and nothing is left.
+    let id = h.id("nosock");
+    let out = h.minipod(&["create", "--bundle", &dir, &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--console-socket"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!h.state_dir(&id).exists(), "a refused create leaves no container");
+
+    // With a console socket, its listener receives the master, as from runc.
+    let sock = h.base.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let id = h.id("console");
+    let created = h.cmd(&["create", "--bundle", &dir, "--console-socket", sock.to_str().unwrap(), &id]).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let (conn, _) = listener.accept().unwrap();
+    let mut name = [0u8; 64];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&conn),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("the terminal's master came with the message");
+    // SAFETY: the descriptor just arrived and is ours alone.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    assert!(h.minipod(&["start", &id]).status.success());
+    nix::unistd::write(&master, b"typed\n").unwrap();
+    let mut seen = String::new();
+    let mut master = std::fs::File::from(master);
+    let mut buf = [0u8; 1024];
+    // Until the process is done with its terminal (EIO once it exited).
+    while let Ok(n @ 1..) = master.read(&mut buf) {
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("/dev/pts/0") && seen.contains("got-typed"), "{seen:?}");
+    h.wait_for_status(&id, "stopped");
+    assert_eq!(h.state(&id)["exitCode"], 4);
+    assert!(h.minipod(&["delete", &id]).status.success());
+}

@@ -79,9 +79,6 @@ pub fn check_spec(spec: &Spec) -> Result<PathBuf, String> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err("process.args is empty: give the command to run, e.g. [\"sh\"]".into());
     }
-    if process.terminal() == Some(true) {
-        return Err("process.terminal is true, and minipod does not allocate terminals yet: set it to false".into());
-    }
     let linux = spec.linux().as_ref().ok_or("no `linux` section: minipod runs Linux containers only")?;
     // Confinement the spec asks for and this kernel cannot give is refused, never
     // dropped: the container would run with less protection than its author chose.

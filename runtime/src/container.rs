@@ -122,6 +122,11 @@ impl Stdio {
     }
 }
 
+/// A terminal size for a spec's `process.consoleSize`.
+fn console_size(cols: u16, rows: u16) -> Option<oci_spec::runtime::Box> {
+    oci_spec::runtime::BoxBuilder::default().width(u64::from(cols)).height(u64::from(rows)).build().ok()
+}
+
 /// Options of [`Runtime::create`].
 #[derive(Debug, Default)]
 pub struct CreateOptions {
@@ -138,6 +143,14 @@ pub struct CreateOptions {
     /// [`Runtime::attach`] (CRI stdin); `Some(true)` closes it after the first attach
     /// session ends (CRI stdin_once).
     pub stdin: Option<bool>,
+    /// A spec with `process.terminal`: the terminal's master end goes over this Unix
+    /// socket (runc's `--console-socket`). Without it, the monitor keeps it with
+    /// [`Stdio::Log`] (the container's output, and its stdin for attach), and
+    /// [`Created::terminal`] brings it back otherwise.
+    pub console_socket: Option<PathBuf>,
+    /// With `process.terminal`: the terminal's size, `(columns, rows)`, set before the
+    /// process starts (it overrides `process.consoleSize`).
+    pub window: Option<(u16, u16)>,
 }
 
 /// A container that [`Runtime::create`] made.
@@ -147,6 +160,9 @@ pub struct Created {
     pub pid: i32,
     /// What was degraded during setup (e.g. an rlimit or oom_score_adj not allowed here).
     pub warnings: Vec<String>,
+    /// The master end of the workload's terminal, when the spec asks for one and
+    /// neither a log nor a console socket takes it: the caller drives it.
+    pub terminal: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Options of [`Runtime::exec`].
@@ -255,6 +271,9 @@ impl Runtime {
         if let Some(l) = spec.linux_mut() {
             l.set_seccomp(None);
         }
+        if let (Some((cols, rows)), Some(process)) = (opts.window, spec.process_mut()) {
+            process.set_console_size(console_size(cols, rows));
+        }
         let request = HelperRequest::Create(Box::new(CreateRequest {
             id: id.clone(),
             bundle: bundle.dir.clone(),
@@ -269,6 +288,7 @@ impl Runtime {
                 _ => None,
             },
             stdin: opts.stdin.filter(|_| matches!(opts.stdio, Stdio::Log(_))),
+            console_socket: opts.console_socket.clone(),
             overlay: opts.overlay.clone(),
             mount_template: opts.mount_template.is_some(),
             seccomp,
@@ -276,15 +296,19 @@ impl Runtime {
         let (helper, chan) = process::spawn_helper(&request, &raw)?;
         drop(stdio);
         let mut warnings = Vec::new();
+        let mut terminal = None;
         let outcome = loop {
-            match chan.recv::<Report>() {
-                Ok(Some(Report::Warning(w))) => {
+            match chan.recv_with_fds::<Report>().map(|r| r.map(|(m, fds)| (m, fds.into_iter().next()))) {
+                Ok(Some((Report::Terminal, fd))) => terminal = fd.map(std::sync::Arc::new),
+                Ok(Some((Report::Warning(w), _))) => {
                     tracing::warn!(container = %id, "{w}");
                     warnings.push(w);
                 }
-                Ok(Some(Report::Created { pid, .. })) => break Ok(pid),
-                Ok(Some(Report::Failed(message))) => break Err(ContainerError::Setup { id: id.clone(), message }),
-                Ok(Some(other)) => break Err(ContainerError::Setup { id: id.clone(), message: format!("unexpected report {other:?}") }),
+                Ok(Some((Report::Created { pid, .. }, _))) => break Ok(pid),
+                Ok(Some((Report::Failed(message), _))) => break Err(ContainerError::Setup { id: id.clone(), message }),
+                Ok(Some((other, _))) => {
+                    break Err(ContainerError::Setup { id: id.clone(), message: format!("unexpected report {other:?}") })
+                }
                 Ok(None) => break Err(ContainerError::HelperVanished),
                 Err(e) => break Err(e.into()),
             }
@@ -298,7 +322,7 @@ impl Runtime {
                 return Err(e.into());
             }
         }
-        Ok((Created { pid, warnings }, chan))
+        Ok((Created { pid, warnings, terminal }, chan))
     }
 
     /// Releases a created container's workload (it execs its process).
@@ -541,8 +565,7 @@ impl Runtime {
         }
         process.set_terminal(Some(opts.tty));
         if let Some((cols, rows)) = opts.window {
-            let size = oci_spec::runtime::BoxBuilder::default().width(u64::from(cols)).height(u64::from(rows)).build();
-            process.set_console_size(size.ok());
+            process.set_console_size(console_size(cols, rows));
         }
         let stdio = opts.stdio.fds()?;
         let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_fd().as_raw_fd()).collect();

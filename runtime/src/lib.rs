@@ -23,6 +23,11 @@
 //!   no_new_privs, then blocks before exec until [`Runtime::start`]; the spec's
 //!   seccomp filter (compiled by libseccomp once per profile) is loaded last, right before
 //!   exec when no_new_privs allows it.
+//! - With `process.terminal` the init opens a terminal in the container's devpts once
+//!   its root is in place, leads a session with it as the controlling terminal, and
+//!   hands the master end on: to the monitor for a container logging through it
+//!   ([`Stdio::Log`]: the terminal is its output and, for attach, its stdin), over
+//!   [`CreateOptions::console_socket`] as runc does, or back in [`Created::terminal`].
 //! - The spec's OCI hooks run where the runtime spec puts them, each with the
 //!   container's state on stdin and killed at its timeout: `prestart` and
 //!   `createRuntime` by the monitor and `createContainer` by the init, once the init

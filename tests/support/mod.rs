@@ -228,3 +228,24 @@ impl Drop for NodeMount {
         let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Runs the shell command `line` on a pseudo-terminal of script(1)'s, which types
+/// `typed` on it (its stdin stays open until the command ends); (its output, its
+/// stderr).
+pub fn on_a_terminal(line: &str, typed: &[u8]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut script = Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut typing = script.stdin.take().unwrap();
+    typing.write_all(typed).unwrap();
+    let mut stdout = Vec::new();
+    script.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    let out = script.wait_with_output().unwrap();
+    drop(typing);
+    (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -3,6 +3,8 @@
 use super::OutputFormat;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsFd;
+
 use anyhow::{bail, Context};
 use clap::Args;
 use minipod_runtime::{ContainerId, CreateOptions, ExecOptions, Runtime, Signal, Stdio};
@@ -21,6 +23,10 @@ pub struct CreateArgs {
     /// Write the container's PID to this file.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// With `process.terminal: true`: send the terminal's master end over this Unix
+    /// socket (as runc does; the receiver drives the terminal).
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
     /// Container id.
     id: ContainerId,
 }
@@ -33,6 +39,10 @@ pub struct RunArgs {
     /// Write the container's PID to this file.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// With `process.terminal: true` and --detach: send the terminal's master end over
+    /// this Unix socket (in the foreground, the terminal is joined to this one).
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
     /// Start it and return at once instead of waiting (stdio goes to /dev/null).
     #[arg(short, long)]
     detach: bool,
@@ -115,9 +125,25 @@ fn report_warnings(warnings: &[String]) {
 
 pub fn create(root: &Path, a: CreateArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
-    let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, ..Default::default() })?;
+    let opts = CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, console_socket: a.console_socket, ..Default::default() };
+    let created = rt.create(&a.id, &a.bundle, opts)?;
+    refuse_a_terminal_left_alone(&rt, &a.id, &created)?;
     report_warnings(&created.warnings);
     Ok(0)
+}
+
+/// A detached container whose terminal came back to us would lose it when this
+/// command exits (and its process would get a hangup): refused, as runc does, and
+/// removed again.
+fn refuse_a_terminal_left_alone(rt: &Runtime, id: &ContainerId, created: &minipod_runtime::Created) -> anyhow::Result<()> {
+    if created.terminal.is_some() {
+        let _ = rt.delete(id, true);
+        bail!(
+            "process.terminal is true, and a detached container needs somewhere to send its terminal: give --console-socket PATH \
+             (a Unix socket whose listener receives the terminal's master end), or run it in the foreground with `minipod run`"
+        );
+    }
+    Ok(())
 }
 
 pub fn start(root: &Path, a: IdArg) -> anyhow::Result<i32> {
@@ -145,7 +171,9 @@ pub fn delete(root: &Path, a: DeleteArgs) -> anyhow::Result<i32> {
 pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let rt = open(root)?;
     if a.detach {
-        let created = rt.create(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Null, pid_file: a.pid_file, ..Default::default() })?;
+        let opts = CreateOptions { stdio: Stdio::Null, pid_file: a.pid_file, console_socket: a.console_socket, ..Default::default() };
+        let created = rt.create(&a.id, &a.bundle, opts)?;
+        refuse_a_terminal_left_alone(&rt, &a.id, &created)?;
         report_warnings(&created.warnings);
         if let Err(e) = rt.start(&a.id) {
             let _ = rt.delete(&a.id, true);
@@ -153,10 +181,25 @@ pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let (created, status) =
-        rt.run_with(&a.id, &a.bundle, CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, ..Default::default() }, |c| {
-            forward_signals_to(c.pid)
-        })?;
+    if a.console_socket.is_some() {
+        bail!("--console-socket is for a detached container (-d): in the foreground the terminal is joined to this one");
+    }
+    // A terminal, if the spec asks for one, starts with our size.
+    let window = super::terminal::window(std::io::stdin().as_fd());
+    let opts = CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, window, ..Default::default() };
+    let mut joined = None;
+    let ran = rt.run_with(&a.id, &a.bundle, opts, |c| {
+        forward_signals_to(c.pid);
+        if let Some(master) = &c.terminal {
+            joined = Some(super::terminal::Joined::start(master));
+        }
+    });
+    // The output is all there once the process is gone; then our terminal is restored.
+    if let Some(Ok(j)) = joined.as_mut().map(|j| j.as_mut()) {
+        j.finish();
+    }
+    let (created, status) = ran?;
+    joined.transpose()?;
     report_warnings(&created.warnings);
     Ok(status.shell_code())
 }

@@ -1,5 +1,6 @@
-//! `minipod ctr exec -it`: the process on a terminal of the container's own, joined to
-//! the caller's terminal (raw while it runs, restored after, also on error).
+//! A process on a terminal of the container's own, joined to the caller's terminal
+//! (raw while it runs, restored after, also on error): `minipod ctr exec -it`, and
+//! `minipod run` of a bundle with `process.terminal`.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -28,8 +29,8 @@ impl Drop for Raw {
     }
 }
 
-/// The caller's window size, `(columns, rows)`.
-fn window(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+/// The caller's window size, `(columns, rows)`; None when `fd` is no terminal.
+pub fn window(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes a winsize into the pointer, which lives across the call.
     let ok = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCGWINSZ, &mut ws) } == 0;
@@ -56,6 +57,37 @@ fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
     }
 }
 
+/// Our terminal joined to a process's: raw (when ours is a terminal), what is typed
+/// copied into its master, its output copied out on a thread of its own.
+pub struct Joined {
+    raw: Option<Raw>,
+    output: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Joined {
+    pub fn start(master: &OwnedFd) -> anyhow::Result<Self> {
+        let stdin = std::io::stdin();
+        let raw = if nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) { Some(Raw::enter(stdin.as_fd())?) } else { None };
+        // Typed input, on a thread of its own: it waits on our stdin, which outlives
+        // the process, so it is left to end with this command.
+        let input = master.try_clone()?;
+        std::thread::spawn(move || copy(std::io::stdin().as_fd(), input.as_fd()));
+        // Output until the terminal's last holder in the container closes it.
+        let out = master.try_clone()?;
+        let output = std::thread::spawn(move || copy(out.as_fd(), std::io::stdout().as_fd()));
+        Ok(Self { raw, output: Some(output) })
+    }
+
+    /// Waits for the output's end (every holder of the terminal closed it) and
+    /// restores our terminal.
+    pub fn finish(&mut self) {
+        if let Some(output) = self.output.take() {
+            let _ = output.join();
+        }
+        self.raw = None;
+    }
+}
+
 /// Runs `args` in `c` on a terminal joined to ours; its exit status.
 pub fn exec(pods: &Pods, c: &ContainerRecord, args: Vec<String>, timeout: Option<std::time::Duration>) -> anyhow::Result<ExitStatus> {
     let stdin = std::io::stdin();
@@ -71,14 +103,7 @@ pub fn exec(pods: &Pods, c: &ContainerRecord, args: Vec<String>, timeout: Option
             // No terminal came: the process did not start, and its result says why.
             return running.join().map_err(|_| anyhow::anyhow!("the exec's thread panicked"))?.map_err(Into::into);
         };
-        let raw = Raw::enter(ours)?;
-        // Typed input, on a thread of its own: it waits on our terminal, which outlives
-        // the process, so it is left to end with this command.
-        let input = master.try_clone()?;
-        std::thread::spawn(move || copy(std::io::stdin().as_fd(), input.as_fd()));
-        // Output until the terminal's last holder in the container closes it.
-        copy(master.as_fd(), std::io::stdout().as_fd());
-        drop(raw);
+        Joined::start(&master)?.finish();
         running.join().map_err(|_| anyhow::anyhow!("the exec's thread panicked"))?.map_err(Into::into)
     })
 }

@@ -161,11 +161,6 @@ impl RuntimeService for Server {
         }
         let image = cfg.image.as_ref().map(|i| i.image.clone()).filter(|i| !i.is_empty());
         let image = image.ok_or_else(|| Status::invalid_argument("the container config names no image"))?;
-        if cfg.tty {
-            return Err(Status::invalid_argument(
-                "tty: a container on a terminal of its own is not supported by minipod yet (stdin is; exec -t gives a terminal)",
-            ));
-        }
         let pod_id = req.pod_sandbox_id.clone();
         let pod = blocking(&self.pods, move |p| p.pod(&pod_id)).await?;
         let target_pid = match security::target_id(&cfg) {
@@ -214,6 +209,7 @@ impl RuntimeService for Server {
                 attempt: m.attempt,
                 stdin: cfg.stdin,
                 stdin_once: cfg.stdin_once,
+                tty: cfg.tty,
             };
             pods.create_container(pod.id.as_str(), config).inspect(|c| events.changed(pods, c.id.as_str()))
         })
@@ -357,12 +353,18 @@ impl RuntimeService for Server {
         if !(req.stdin || req.stdout || req.stderr) {
             return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
         }
-        if req.tty {
-            return Err(Status::invalid_argument("tty: minipod's containers have no terminal of their own yet, so an attach has none"));
-        }
         let id = req.container_id.clone();
         let container = blocking(&self.pods, move |p| p.container_by_id(&id)).await?;
-        let session = crate::streaming::AttachSession { container, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr };
+        if req.tty && !container.tty {
+            return Err(Status::invalid_argument(format!(
+                "tty: container {} has no terminal (it was created without tty): attach without -t",
+                container.id
+            )));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument("tty and stderr cannot both be set: a terminal carries both outputs as one"));
+        }
+        let session = crate::streaming::AttachSession { container, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
         let url = self
             .streams
             .issue(crate::streaming::Session::Attach(Box::new(session)))

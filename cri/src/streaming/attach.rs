@@ -1,6 +1,7 @@
 //! An attach (the channels of an exec without the process): the client's stdin goes
-//! into the container's own stdin, which its monitor holds open, and the container's
-//! output from now on comes back. It ends when the container exits (the output ends)
+//! into the container's own stdin, which its monitor holds open (for a container on a
+//! terminal, the terminal's master, which the client also resizes), and the
+//! container's output from now on comes back. It ends when the container exits (the output ends)
 //! or the client hangs up.
 
 use std::sync::Arc;
@@ -8,24 +9,15 @@ use std::sync::Arc;
 use minipod_runtime::{AttachOptions, Pods};
 use tokio::net::TcpStream;
 
-use super::client::{self, failure, Client, StreamError, Want, STDIO_PROTOCOLS};
+use super::client::{self, failure, Client, StreamError, Want};
 use super::exec::Ours;
 use super::http::Request;
 use super::AttachSession;
 
 pub(super) async fn serve(conn: TcpStream, req: Request, s: AttachSession, pods: Arc<Pods>) {
-    let id = s.container.id.clone();
-    let want = Want { stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, tty: false };
-    let client = match client::accept(conn, req, &STDIO_PROTOCOLS, want).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
-        Err(e) => return tracing::info!("attach to {id}: {}", minipod_runtime::error_chain(&e)),
-    };
-    let output = client.output.clone();
-    if let Err(e) = run(client, s, pods).await {
-        tracing::info!("attach to {id}: {}", minipod_runtime::error_chain(&e));
-    }
-    output.shutdown().await;
+    let what = format!("attach to {}", s.container.id);
+    let want = Want { stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, tty: s.tty };
+    client::serve(conn, req, want, &what, |client| run(client, s, pods)).await
 }
 
 async fn run(client: Client, s: AttachSession, pods: Arc<Pods>) -> Result<(), StreamError> {
@@ -43,7 +35,12 @@ async fn run(client: Client, s: AttachSession, pods: Arc<Pods>) -> Result<(), St
             return Err(StreamError::Worker(e));
         }
     };
-    let ours = Ours::Pipes { stdin: attached.stdin, stdout: attached.stdout, stderr: attached.stderr };
+    // A terminal's stdin is its master, which also takes the resizes.
+    let ours = if s.container.tty {
+        Ours::Attached { master: attached.stdin, stdout: attached.stdout }
+    } else {
+        Ours::Pipes { stdin: attached.stdin, stdout: attached.stdout, stderr: attached.stderr }
+    };
     let pumps = ours.pump(&output, vec![], &mut from_client);
     tokio::select! {
         // The output ended: the container exited.

@@ -127,6 +127,25 @@ pub(super) struct Client {
     pub reader: tokio::task::JoinHandle<()>,
 }
 
+/// Serves an exec or attach (`what`, for the log): accepts its client for `want` and
+/// runs `session` with it; the connection is closed after, however it ended.
+pub(super) async fn serve<F, S>(conn: TcpStream, req: Request, want: Want, what: &str, session: F)
+where
+    F: FnOnce(Client) -> S,
+    S: std::future::Future<Output = Result<(), StreamError>>,
+{
+    let client = match accept(conn, req, &STDIO_PROTOCOLS, want).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => return tracing::info!("{what}: {}", minipod_runtime::error_chain(&e)),
+    };
+    let output = client.output.clone();
+    if let Err(e) = session(client).await {
+        tracing::info!("{what}: {}", minipod_runtime::error_chain(&e));
+    }
+    output.shutdown().await;
+}
+
 /// Upgrades `conn` to SPDY/3.1 or to a WebSocket (whichever the client asked for),
 /// with one of `protocols`, and waits until the client's channels for `want` are open.
 /// None when the client was refused or left (it was told why, where it could be).

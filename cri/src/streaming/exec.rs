@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::{self, failure, success, Channel, Client, FromClient, Output, StreamError, Want, STDIO_PROTOCOLS};
+use super::client::{self, failure, success, Channel, Client, FromClient, Output, StreamError, Want};
 use super::http::Request;
 use super::pty::Pty;
 use super::spdy::DATA_CHUNK;
@@ -27,16 +27,7 @@ const FIRST_SIZE_WAIT: Duration = Duration::from_secs(1);
 pub(super) async fn serve(conn: TcpStream, req: Request, s: ExecSession, pods: Arc<Pods>) {
     let what = format!("exec {:?} in {}", s.cmd, s.container.id);
     let want = Want { stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, tty: s.tty };
-    let client = match client::accept(conn, req, &STDIO_PROTOCOLS, want).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
-        Err(e) => return tracing::info!("{what}: {}", minipod_runtime::error_chain(&e)),
-    };
-    let output = client.output.clone();
-    if let Err(e) = run(client, s, pods).await {
-        tracing::info!("{what}: {}", minipod_runtime::error_chain(&e));
-    }
-    output.shutdown().await;
+    client::serve(conn, req, want, &what, |client| run(client, s, pods)).await
 }
 
 async fn run(client: Client, s: ExecSession, pods: Arc<Pods>) -> Result<(), StreamError> {
@@ -128,8 +119,18 @@ enum Io {
 
 /// Our ends of the session's stdio; a terminal's master comes once the process runs.
 pub(super) enum Ours {
-    Pipes { stdin: Option<OwnedFd>, stdout: Option<OwnedFd>, stderr: Option<OwnedFd> },
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
     Tty(oneshot::Receiver<OwnedFd>),
+    /// An attach to a container's terminal: typing and resizes go into its master (when
+    /// the attach has stdin), its output comes from the monitor's copy.
+    Attached {
+        master: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+    },
 }
 
 impl Io {
@@ -206,24 +207,19 @@ impl Ours {
                     _ = async { tokio::join!(out, err) }, if outputs => {}
                 }
             }
+            Ours::Attached { master, stdout } => {
+                let pty = master.and_then(|m| Pty::from_master(m).ok());
+                let input = feed_terminal(pty.as_ref(), pending, from_client);
+                let outputs = stdout.is_some();
+                tokio::select! {
+                    _ = input => {}
+                    _ = copy_out(stdout, Channel::Stdout, output), if outputs => {}
+                }
+            }
             Ours::Tty(master) => {
                 // No terminal: the process never started, and the exec's result says why.
                 let Ok(Ok(pty)) = master.await.map(Pty::from_master) else { return };
-                let input = async {
-                    let mut pending = pending.into_iter();
-                    while let Some(m) = next(&mut pending, from_client).await {
-                        match m {
-                            FromClient::Stdin(data) => {
-                                if pty.write_all(&data).await.is_err() {
-                                    break;
-                                }
-                            }
-                            FromClient::StdinClosed => {}
-                            FromClient::Resize(size) => pty.resize(size.width, size.height),
-                        }
-                    }
-                    std::future::pending::<()>().await
-                };
+                let input = feed_terminal(Some(&pty), pending, from_client);
                 // Read also when the client did not ask for it: a full terminal would
                 // hold the process back.
                 let out = async {
@@ -241,6 +237,26 @@ impl Ours {
             }
         }
     }
+}
+
+/// Types what the client sends into the terminal `pty` and passes on its resizes
+/// (with no terminal, takes it all); never done by itself.
+async fn feed_terminal(pty: Option<&Pty>, pending: Vec<FromClient>, from_client: &mut mpsc::Receiver<FromClient>) {
+    let mut pending = pending.into_iter();
+    while let Some(m) = next(&mut pending, from_client).await {
+        let Some(pty) = pty else { continue };
+        match m {
+            FromClient::Stdin(data) => {
+                if pty.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            // A terminal has no end of input of its own.
+            FromClient::StdinClosed => {}
+            FromClient::Resize(size) => pty.resize(size.width, size.height),
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// What the client sent: first what was held back, then what comes.

@@ -55,6 +55,9 @@ pub struct AttachSession {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    /// The client drives the container's terminal (its output is one stream, and the
+    /// client resizes it); only for a container that has one.
+    pub tty: bool,
 }
 
 /// Port forwarding into a pod's network namespace.

@@ -21,6 +21,9 @@ pub struct ContainerConfig {
     /// `stdin_once` it is closed when the first attach session ends.
     pub stdin: bool,
     pub stdin_once: bool,
+    /// It runs on a terminal of its own (CRI tty): its output is the terminal's, and
+    /// with `stdin` an attach types into it and resizes it.
+    pub tty: bool,
 }
 
 impl ContainerConfig {
@@ -38,6 +41,7 @@ impl ContainerConfig {
             resources: Resources::default(),
             stdin: false,
             stdin_once: false,
+            tty: false,
         }
     }
 }
@@ -214,6 +218,7 @@ impl Pods {
             attempt: cfg.attempt,
             mounts: cfg.mounts.clone(),
             resources: cfg.resources.clone(),
+            tty: cfg.tty,
         };
         let pod_dir = self.pod_dir(&pod.id);
         let inputs = spec::SpecInputs { config: cfg, image: image.map(|i| &i.config), layers: &lower };

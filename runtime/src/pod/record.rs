@@ -239,6 +239,9 @@ pub struct ContainerRecord {
     /// Its cgroup limits, as last set.
     #[serde(default)]
     pub resources: super::Resources,
+    /// It runs on a terminal of its own.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[cfg(test)]

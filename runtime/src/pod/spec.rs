@@ -111,7 +111,7 @@ pub fn container_spec(pod: &PodRecord, pod_dir: &Path, ctr: &ContainerRecord, in
         over.workdir.clone().or_else(|| image.and_then(|i| i.working_dir.clone())).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
     let (caps, ambient) = security::capabilities(sec)?;
     spec["process"] = serde_json::json!({
-        "terminal": false,
+        "terminal": cfg.tty,
         "user": { "uid": creds.uid, "gid": creds.gid, "additionalGids": creds.additional_gids },
         "args": ctr.args,
         "env": env,

@@ -1,7 +1,7 @@
 //! `exec`: a helper (a direct child of the caller) joins a running container's cgroup
 //! and namespaces, forks the new process inside them, and reports its exit.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -160,34 +160,6 @@ fn wait_exit(pid: nix::unistd::Pid, limit: std::time::Duration) -> Result<bool, 
     }
 }
 
-/// A terminal of the container's own devpts (so that `tty` names it and the
-/// container's /dev/pts shows it), opened in its mount namespace as runc does; its
-/// master end goes to the caller. Three copies of the terminal end, for stdio.
-fn terminal(chan: &Channel, process: &oci_spec::runtime::Process) -> Result<Vec<OwnedFd>, InitError> {
-    let sys = |what: &'static str| move |source| InitError::Sys { what: what.into(), source };
-    let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
-    let master = nix::pty::posix_openpt(flags).map_err(sys("opening /dev/ptmx in the container"))?;
-    nix::pty::grantpt(&master).map_err(sys("granting the terminal"))?;
-    nix::pty::unlockpt(&master).map_err(sys("unlocking the terminal"))?;
-    // The peer by its master, not by a path the container could have replaced.
-    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
-    let peer =
-        Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })
-            .map_err(sys("opening the terminal's peer"))?;
-    // SAFETY: the ioctl just returned this new descriptor.
-    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
-    if let Some(size) = process.console_size() {
-        // Before the process runs, so that its first look at the size is the right one.
-        let ws = libc::winsize { ws_row: size.height() as u16, ws_col: size.width() as u16, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which lives across the call.
-        let _ = unsafe { libc::ioctl(peer.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    }
-    chan.send_with_fds(&Report::Terminal, &[master.as_raw_fd()])
-        .map_err(|e| InitError::Sys { what: format!("handing over the terminal: {e}"), source: Errno::EPIPE })?;
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|_| InitError::Sys { what: "duplicating the terminal".into(), source: Errno::EMFILE });
-    Ok(vec![dup(&peer)?, dup(&peer)?, peer])
-}
-
 fn child(
     chan: &Channel,
     process: &oci_spec::runtime::Process,
@@ -196,21 +168,16 @@ fn child(
     own_group: bool,
 ) -> Result<init::Prepared, InitError> {
     if process.terminal() == Some(true) {
-        // A session of its own, with its terminal as the controlling one: job control
-        // and ^C work, and the hangup when the terminal's other end closes reaches it.
-        nix::unistd::setsid().map_err(|source| InitError::Sys { what: "starting a session for the exec'd process".into(), source })?;
+        let master = super::terminal::take(process)?;
+        chan.send_with_fds(&Report::Terminal, &[master.as_raw_fd()])
+            .map_err(|e| InitError::Sys { what: format!("handing over the terminal: {e}"), source: Errno::EPIPE })?;
     } else if own_group {
         // Its own process group, so that a kill reaches what it started too. Only
         // then: a group of its own would be a background job on the caller's terminal.
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
             .map_err(|source| InitError::Sys { what: "making the exec'd process a group leader".into(), source })?;
     }
-    if process.terminal() == Some(true) {
-        init::set_stdio(terminal(chan, process)?)?;
-        // SAFETY: an ioctl on stdin with an integer argument.
-        Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
-            .map_err(|source| InitError::Sys { what: "making stdin the controlling terminal".into(), source })?;
-    } else {
+    if process.terminal() != Some(true) {
         init::set_stdio(stdio)?;
     }
     // The container's limits, not the caller's.

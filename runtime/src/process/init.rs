@@ -179,6 +179,11 @@ fn setup(
         std::fs::write(&path, &value).map_err(|source| InitError::Sysctl { key, value, source })?;
     }
     rootfs::finish(spec)?;
+    if process.terminal() == Some(true) {
+        // In the container's devpts, now that it is mounted and the root is the container's.
+        let master = super::terminal::take(&process)?;
+        chan.send_with_fds(&FromInit::Terminal, &[master.as_raw_fd()])?;
+    }
     set_rlimits(&process, &warn)?;
 
     let mut prepared = prepare_exec(&process)?;

@@ -37,6 +37,11 @@ pub struct CreateRequest {
     /// (CRI stdin); `Some(true)` closes it after the first attach session (stdin_once).
     #[serde(default)]
     pub stdin: Option<bool>,
+    /// With `process.terminal`: the terminal's master end is sent over this Unix socket
+    /// (runc's `--console-socket`); without it, it stays with the monitor when there is
+    /// a `log`, and goes back to the creator (`Report::Terminal`) otherwise.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
     /// Mount this overlay as the rootfs, inside the container's mount namespace only.
     pub overlay: Option<crate::rootfs::Overlay>,
     /// The spec's seccomp filter, compiled.
@@ -87,7 +92,8 @@ pub enum Report {
     Created { pid: i32, pid_start_time: u64 },
     /// The workload has been exec'd (or, for exec, the process started).
     Started { pid: i32 },
-    /// The exec'd process's terminal: its master end comes with this message.
+    /// The process's terminal (an exec's, or a container's that goes back to its
+    /// creator): its master end comes with this message.
     Terminal,
     /// An attach is set up: the workload's stdin comes along when it was asked for.
     Attached,
@@ -121,6 +127,8 @@ pub enum FromInit {
     /// In its cgroup, mounts made, before `pivot_root`: run the runtime-side hooks and
     /// answer `HooksDone` (sent only when the spec has hooks that run before start).
     Hooks,
+    /// The workload's terminal (`process.terminal`): its master end comes along.
+    Terminal,
     /// Setup done; blocked until `Start`.
     Ready,
     /// `Start` received; execve follows (EOF after this means it succeeded).

@@ -55,6 +55,12 @@ pub enum MonitorError {
     InitDied,
     #[error("recording the container's state")]
     State(#[from] state::StateError),
+    #[error("sending the terminal to the console socket {path}")]
+    Console {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("opening the container log {path}")]
     Log {
         path: String,
@@ -122,6 +128,29 @@ struct Made {
 mod stdio;
 use stdio::Log;
 
+/// Sends the workload's terminal where it goes: into the log (a CRI container: the
+/// monitor copies it as the workload's output and hands it to attach), over the
+/// console socket (runc's protocol: the descriptor with its name), or back to the
+/// creator.
+fn hand_over_terminal(master: OwnedFd, log: Option<&mut Log>, req: &CreateRequest, chan: &Channel) -> Result<(), MonitorError> {
+    if let Some(log) = log {
+        return log.take_terminal(master);
+    }
+    if let Some(path) = &req.console_socket {
+        let send = || -> std::io::Result<()> {
+            let sock = std::os::unix::net::UnixStream::connect(path)?;
+            let fds = [master.as_raw_fd()];
+            let iov = [std::io::IoSlice::new(b"/dev/ptmx")];
+            let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+            nix::sys::socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)?;
+            Ok(())
+        };
+        return send().map_err(|source| MonitorError::Console { path: path.display().to_string(), source });
+    }
+    chan.send_with_fds(&Report::Terminal, &[master.as_raw_fd()])?;
+    Ok(())
+}
+
 struct Monitor {
     state: ContainerState,
     state_dir: std::path::PathBuf,
@@ -141,7 +170,7 @@ fn create(
     template: Option<OwnedFd>,
     made: &mut Made,
 ) -> Result<Monitor, MonitorError> {
-    let log = match &req.log {
+    let mut log = match &req.log {
         Some(path) => {
             let (log, pipes) = Log::open(path, req.stdin)?;
             stdio = pipes;
@@ -249,7 +278,15 @@ fn create(
     to_init.send_with_fds(&ToInit::CgroupReady, &raw).map_err(|e| kill_init(e.into()))?;
     drop(join);
     loop {
-        match to_init.recv::<FromInit>().map_err(|e| kill_init(e.into()))? {
+        let (message, mut fds) = match to_init.recv_with_fds::<FromInit>().map_err(|e| kill_init(e.into()))? {
+            Some((m, fds)) => (Some(m), fds),
+            None => (None, vec![]),
+        };
+        match message {
+            Some(FromInit::Terminal) => {
+                let master = fds.pop().ok_or_else(|| kill_init(MonitorError::Init("the init sent its terminal without it".into())))?;
+                hand_over_terminal(master, log.as_mut(), req, chan).map_err(&kill_init)?;
+            }
             Some(FromInit::Warning(w)) => {
                 let _ = chan.send(&Report::Warning(w));
             }
@@ -438,7 +475,7 @@ impl Monitor {
             match self.init.recv::<FromInit>() {
                 Ok(Some(FromInit::Execing)) => execing = true,
                 Ok(Some(FromInit::Failed(msg))) => return Report::Failed(msg),
-                Ok(Some(FromInit::Warning(_) | FromInit::Ready | FromInit::Hooks)) => continue,
+                Ok(Some(FromInit::Warning(_) | FromInit::Ready | FromInit::Hooks | FromInit::Terminal)) => continue,
                 Ok(None) | Err(_) => break,
             }
         }

@@ -55,6 +55,21 @@ impl Log {
         Ok((Self { writer, streams, stdin: held, stdin_once: stdin == Some(true), sinks: Vec::new() }, stdio))
     }
 
+    /// The workload's terminal replaces its pipes: what it shows is its output (as
+    /// stdout, the CRI's stream for a terminal), and typing into it is its stdin.
+    pub(super) fn take_terminal(&mut self, master: OwnedFd) -> Result<(), MonitorError> {
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| MonitorError::Setup("setting up the terminal", e))?;
+        if self.stdin.is_some() {
+            self.stdin =
+                Some(master.try_clone().map_err(|e| {
+                    MonitorError::Setup("duplicating the terminal", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)))
+                })?);
+        }
+        self.streams = vec![(master, LineSplitter::new(Stream::Stdout))];
+        Ok(())
+    }
+
     /// Adds an attached client's output pipes and hands over the stdin it asks for:
     /// a copy, or for stdin_once the only write end (its closing is the EOF).
     pub(super) fn attach(&mut self, want_stdin: bool, outputs: Vec<(Stream, OwnedFd)>) -> Result<Option<OwnedFd>, String> {
