@@ -92,8 +92,9 @@ impl Output {
         self.send(Channel::Error, status.as_bytes()).await
     }
 
-    /// Ends our side of every channel, and gives the client time to read and hang up.
-    pub(super) async fn finish(&self, mut client: tokio::task::JoinHandle<()>) -> Result<(), StreamError> {
+    /// Ends our side of every channel (a WebSocket closes): the client reads the
+    /// status to its end.
+    async fn end(&self) -> Result<(), StreamError> {
         match self {
             Output::Spdy { writer, streams } => {
                 for id in [streams.stdout, streams.stderr, streams.error].into_iter().flatten() {
@@ -102,6 +103,12 @@ impl Output {
             }
             Output::WebSocket(w) => w.close().await?,
         }
+        Ok(())
+    }
+
+    /// Ends our side of every channel, and gives the client time to read and hang up.
+    pub(super) async fn finish(&self, mut client: tokio::task::JoinHandle<()>) -> Result<(), StreamError> {
+        self.end().await?;
         // A client that never hangs up must not keep its reader (and connection) forever.
         if tokio::time::timeout(CLOSE_GRACE, &mut client).await.is_err() {
             client.abort();
@@ -116,6 +123,15 @@ impl Output {
             Output::WebSocket(w) => w.shutdown().await,
         }
     }
+}
+
+/// Ends a session whose client resized it without a terminal: the client is told
+/// why on the error channel; the reader that calls this then returns, and with the
+/// client gone the session ends (an exec's process is killed).
+pub(super) async fn refuse_resize(output: &Output) {
+    let why = "a resize of a session without a terminal: only a session with a tty (-t) has a size to change";
+    let _ = output.status(&failure(why, "BadRequest")).await;
+    let _ = output.end().await;
 }
 
 /// A client whose channels are open.

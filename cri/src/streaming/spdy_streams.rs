@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::client::{failure, Client, FromClient, Output, Size, StreamError, Want};
+use super::client::{failure, refuse_resize, Client, FromClient, Output, Size, StreamError, Want};
 use super::http::Request;
 use super::spdy::{self, Frame, Reader, SpdyError, Writer};
 use super::STREAM_CREATION_TIMEOUT;
@@ -46,8 +46,9 @@ pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &[&'static 
         // The channel is new and has room for one.
         let _ = to_session.try_send(FromClient::Stdin(early_stdin));
     }
-    let reader = tokio::spawn(read_client(reader, writer.clone(), streams.stdin, streams.resize, to_session));
-    Ok(Some(Client { output: Output::Spdy { writer, streams }, input, reader }))
+    let output = Output::Spdy { writer: writer.clone(), streams };
+    let reader = tokio::spawn(read_client(reader, writer, output.clone(), want.tty, to_session));
+    Ok(Some(Client { output, input, reader }))
 }
 
 /// Accepts the client's streams until every one the session needs is open; None when
@@ -103,16 +104,13 @@ where
 }
 
 /// Routes the client's frames until it goes away.
-async fn read_client<R, W>(
-    mut reader: Reader<R>,
-    writer: Arc<Writer<W>>,
-    stdin: Option<u32>,
-    resize: Option<u32>,
-    to_session: mpsc::Sender<FromClient>,
-) where
+async fn read_client<R, W>(mut reader: Reader<R>, writer: Arc<Writer<W>>, output: Output, tty: bool, to_session: mpsc::Sender<FromClient>)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Output::Spdy { streams, .. } = &output else { return };
+    let (stdin, resize) = (streams.stdin, streams.resize);
     let mut sizes = Vec::new();
     let mut stdin_open = stdin.is_some();
     loop {
@@ -128,6 +126,9 @@ async fn read_client<R, W>(
                 }
             }
             Ok(Some(Frame::Data { stream, data, .. })) if Some(stream) == resize => {
+                if !tty {
+                    return refuse_resize(&output).await;
+                }
                 sizes.extend(data);
                 for size in take_sizes(&mut sizes) {
                     let _ = to_session.send(FromClient::Resize(size)).await;

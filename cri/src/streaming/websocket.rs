@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::client::{Channel, Client, FromClient, Output, Want};
+use super::client::{refuse_resize, Channel, Client, FromClient, Output, Want};
 use super::http::{self, Request};
 use super::spdy::DATA_CHUNK;
 use super::spdy_streams::take_sizes;
@@ -143,14 +143,14 @@ pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &[&'static 
         return None;
     }
     let (to_session, input) = mpsc::channel::<FromClient>(16);
-    let reader = tokio::spawn(read_client(stream, want, protocol == V5_CHANNEL, to_session));
-    Some(Client { output: Output::WebSocket(writer), input, reader })
+    let output = Output::WebSocket(writer);
+    let reader = tokio::spawn(read_client(stream, output.clone(), want, protocol == V5_CHANNEL, to_session));
+    Some(Client { output, input, reader })
 }
 
-/// Routes the client's messages until it goes away. A channel the session did not ask
-/// for takes nothing: a resize of a session without a terminal is dropped, as the
-/// kubelet drops it.
-async fn read_client(mut stream: SplitStream<Ws>, want: Want, v5: bool, to_session: mpsc::Sender<FromClient>) {
+/// Routes the client's messages until it goes away. Stdin the session did not ask for
+/// takes nothing; a resize of a session without a terminal ends it.
+async fn read_client(mut stream: SplitStream<Ws>, output: Output, want: Want, v5: bool, to_session: mpsc::Sender<FromClient>) {
     let mut sizes = Vec::new();
     let mut stdin_open = want.stdin;
     // A close (or a ping) is answered by the next read, so the loop reads on until the
@@ -173,7 +173,7 @@ async fn read_client(mut stream: SplitStream<Ws>, want: Want, v5: bool, to_sessi
                 stdin_open = false;
                 let _ = to_session.send(FromClient::StdinClosed).await;
             }
-            RESIZE => tracing::debug!("streaming over WebSocket: a resize of a session without a terminal, dropped"),
+            RESIZE => return refuse_resize(&output).await,
             _ => {}
         }
     }
@@ -261,8 +261,6 @@ mod tests {
             assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
 
             ws.send(Message::binary(b"\x00typed".to_vec())).await.unwrap();
-            // No terminal: a resize is dropped, not passed on.
-            ws.send(Message::binary([&[RESIZE][..], br#"{"Width":80,"Height":24}"#].concat())).await.unwrap();
             ws.send(Message::binary(vec![CLOSE, STDIN])).await.unwrap();
             // After its close, stdin takes nothing.
             ws.send(Message::binary(b"\x00late".to_vec())).await.unwrap();
@@ -298,6 +296,26 @@ mod tests {
             ws.send(Message::binary(b"\x00still".to_vec())).await.unwrap();
             assert!(matches!(input.recv().await, Some(FromClient::Resize(s)) if (s.width, s.height) == (123, 45)));
             assert!(matches!(input.recv().await, Some(FromClient::Stdin(d)) if d == b"still"));
+        });
+    }
+
+    #[test]
+    fn a_resize_without_a_terminal_ends_the_session_with_an_error() {
+        block_on(async {
+            let want = Want { stdin: true, stdout: true, stderr: true, tty: false };
+            let (server, ws) = connect(V5_CHANNEL, want).await;
+            let (Client { mut input, reader, .. }, mut ws) = (server.unwrap(), ws.unwrap());
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
+            ws.send(Message::binary([&[RESIZE][..], br#"{"Width":80,"Height":24}"#].concat())).await.unwrap();
+            let status = ws.next().await.unwrap().unwrap().into_data();
+            assert_eq!(status[0], ERROR);
+            let status: serde_json::Value = serde_json::from_slice(&status[1..]).unwrap();
+            assert_eq!(status["status"], "Failure");
+            assert!(status["message"].as_str().unwrap().contains("without a terminal"), "{status}");
+            assert!(matches!(ws.next().await.unwrap().unwrap(), Message::Close(_)));
+            // The reader is done: to the session, the client is gone.
+            reader.await.unwrap();
+            assert!(input.recv().await.is_none(), "no resize reached the session");
         });
     }
 
