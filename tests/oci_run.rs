@@ -271,6 +271,14 @@ fn a_bundle_with_a_terminal_runs_on_one_of_its_own_in_the_foreground_or_hands_it
     assert!(text.contains("got-hello"), "{text:?}");
     assert!(text.contains("run-exited-4"), "{text:?}");
 
+    // A resize of our window while it runs reaches the container's terminal.
+    let mut b = h.bundle(&["sh", "-c", support::terminal::SIZE_PER_LINE]);
+    b.config["process"]["terminal"] = json!(true);
+    let resizing = b.write().display().to_string();
+    let id = h.id("winch");
+    let mut run = h.cmd(&["run", "--bundle", &resizing, &id]);
+    support::terminal::check_resizes_reach(&mut support::terminal::Terminal::spawn(&mut run, 77, 22));
+
     // Detached, the terminal needs somewhere to go: refused, and nothing is left.
     let id = h.id("nosock");
     let out = h.minipod(&["create", "--bundle", &dir, &id]);

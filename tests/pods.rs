@@ -219,6 +219,10 @@ async fn exits_and_logs_are_read_back_by_a_later_process() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/") && text.contains("22 77"), "{text:?} {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(4), "{text:?}");
+    // A resize of our window while it runs reaches the process's terminal.
+    let mut resized =
+        env.h.cmd(&["ctr", "--images", img, "exec", "-it", "batch", "sleeper", "--", "sh", "-c", support::terminal::SIZE_PER_LINE]);
+    support::terminal::check_resizes_reach(&mut support::terminal::Terminal::spawn(&mut resized, 77, 22));
     let stop = env.h.minipod(&["ctr", "--images", img, "stop", "--timeout", "0", "batch", "sleeper"]);
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
     drop(rt);

@@ -4,6 +4,7 @@
 mod cli;
 mod server;
 mod streaming;
+mod winsize;
 
 fn main() {
     let code = cli::main();

@@ -6,6 +6,7 @@
 pub mod cri;
 pub mod node;
 pub mod pods;
+pub mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

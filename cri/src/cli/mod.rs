@@ -4,6 +4,7 @@ mod hint;
 mod net;
 mod oci;
 mod pod;
+mod signals;
 mod terminal;
 
 use std::path::PathBuf;

@@ -185,7 +185,7 @@ pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
         bail!("--console-socket is for a detached container (-d): in the foreground the terminal is joined to this one");
     }
     // A terminal, if the spec asks for one, starts with our size.
-    let window = super::terminal::window(std::io::stdin().as_fd());
+    let window = crate::winsize::get(std::io::stdin().as_fd());
     let opts = CreateOptions { stdio: Stdio::Inherit, pid_file: a.pid_file, window, ..Default::default() };
     let mut joined = None;
     let ran = rt.run_with(&a.id, &a.bundle, opts, |c| {
@@ -224,15 +224,8 @@ fn forward_signals_to(pid: i32) {
     // Kept open for the life of this process.
     FORWARD_TO.store(std::os::fd::IntoRawFd::into_raw_fd(fd), std::sync::atomic::Ordering::Relaxed);
     for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: installs a handler that only calls kill(2); SA_RESTART keeps the
-        // wait for the exit report going.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
+        // The handler only calls pidfd_send_signal(2).
+        let _ = super::signals::catch(sig, forward_signal);
     }
 }
 

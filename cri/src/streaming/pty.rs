@@ -1,6 +1,6 @@
 //! The master end of an exec's terminal, read and written without blocking.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -52,8 +52,6 @@ impl Pty {
 
     /// Sets the window size (the process gets SIGWINCH).
     pub(super) fn resize(&self, cols: u16, rows: u16) {
-        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which lives across the call.
-        let _ = unsafe { libc::ioctl(self.master.get_ref().as_fd().as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        let _ = crate::winsize::set(self.master.get_ref().as_fd(), cols, rows);
     }
 }
