@@ -283,3 +283,56 @@ async fn an_address_is_given_again_while_its_former_link_lingers() {
     let err = t.node.attach(&net.name, side).await.unwrap_err();
     assert!(matches!(err, NetworkError::PortsOffDefaultRoute(_)), "{err}");
 }
+
+/// A workload's first packet is sent the moment its network is there: attach must
+/// return with both ends of its link passing traffic (a veth end brought up before
+/// its peer is only activated later by the kernel's link watch, and drops what it is
+/// asked to send until then). Right after each new pod's attach, it sends one
+/// datagram out (through its own end) and is sent one (through the node's end), once
+/// each; every one must arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_packets_after_attach_arrive_both_ways() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    if not_root() {
+        return;
+    }
+    let in_pod = |ns: &std::path::Path, bind: std::net::SocketAddr| {
+        let socket =
+            minipod_netstack::netns::Netns::open(ns).unwrap().run(move || UdpSocket::bind(bind)).unwrap().expect("a UDP socket in a pod");
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket
+    };
+    let receive = |socket: &UdpSocket, i: u32| {
+        let mut got = [0u8; 4];
+        match socket.recv(&mut got) {
+            Ok(4) => assert_eq!(u32::from_be_bytes(got), i, "a datagram of another pod"),
+            Ok(n) => panic!("a datagram of {n} bytes"),
+            Err(_) => return false,
+        }
+        true
+    };
+    let t = TestNode::new("first");
+    let net = t.node.create_network(t.network("first", "10.207.8.0/22")).await.unwrap();
+    let sink_ns = t.pod("sink");
+    let sink_ip = t.node.attach(&net.name, t.request("sink", &sink_ns)).await.unwrap().ip;
+    let sink = in_pod(&sink_ns, (sink_ip, 7000).into());
+    let (mut lost_out, mut lost_in) = (Vec::new(), Vec::new());
+    for i in 0..150u32 {
+        let owner = format!("p{i}");
+        let pod_ns = t.pod(&owner);
+        // Bound before the pod has an address: nothing waits between attach and send.
+        let pod = in_pod(&pod_ns, ([0, 0, 0, 0], 7001).into());
+        let ip = t.node.attach(&net.name, t.request(&owner, &pod_ns)).await.unwrap().ip;
+        assert_eq!(pod.send_to(&i.to_be_bytes(), (sink_ip, 7000)).expect("sending from the new pod"), 4);
+        assert_eq!(sink.send_to(&i.to_be_bytes(), (ip, 7001)).expect("sending to the new pod"), 4);
+        if !receive(&sink, i) {
+            lost_out.push(i);
+        }
+        if !receive(&pod, i) {
+            lost_in.push(i);
+        }
+        t.node.detach(&net.name, &OwnerId::new(&owner).unwrap()).await.unwrap();
+    }
+    assert!(lost_out.is_empty() && lost_in.is_empty(), "first datagrams lost, from new pods: {lost_out:?}, to them: {lost_in:?}");
+}

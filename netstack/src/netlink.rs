@@ -61,6 +61,9 @@ fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkE
 pub struct Netlink {
     handle: Handle,
     task: tokio::task::JoinHandle<()>,
+    /// A socket of the namespace, for the one device request netlink has no
+    /// equivalent of here (see [`Netlink::until_passing_traffic`]).
+    ioctl: std::os::fd::OwnedFd,
 }
 
 impl Drop for Netlink {
@@ -74,14 +77,20 @@ impl Netlink {
     pub fn open(ns: &Netns) -> Result<Self, NetlinkError> {
         let rt = tokio::runtime::Handle::current();
         let where_ = ns.path().display().to_string();
-        let (conn, handle, _) = ns
-            .run(move || {
-                let _guard = rt.enter();
-                rtnetlink::new_connection()
-            })?
-            .map_err(|e| NetlinkError::Socket(where_, e))?;
+        let (conn, ioctl) = ns.run(move || {
+            let _guard = rt.enter();
+            let ioctl = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Inet,
+                nix::sys::socket::SockType::Datagram,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                None,
+            );
+            (rtnetlink::new_connection(), ioctl)
+        })?;
+        let (conn, handle, _) = conn.map_err(|e| NetlinkError::Socket(where_.clone(), e))?;
+        let ioctl = ioctl.map_err(|e| NetlinkError::Socket(where_, e.into()))?;
         let task = tokio::spawn(conn);
-        Ok(Self { handle, task })
+        Ok(Self { handle, task, ioctl })
     }
 
     /// The link called `name`, if it exists.
@@ -173,6 +182,70 @@ impl Netlink {
             Err(e) if matches!(e.errno(), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
             other => other,
         }
+    }
+
+    /// Waits until link `index` passes traffic: operationally up (and with a queueing
+    /// discipline). A veth end set up before its peer is activated only when the
+    /// kernel's link watch gets to it, later and under the global network lock, and
+    /// until then it drops what it is asked to send: the node's end, set up first as
+    /// a rule, dropped the replies to a pod's first packets (1 in 900 under namespace
+    /// churn). The link watch sets the operational state in the same step as it
+    /// activates the queues, so that state is what is waited for; a slow kernel is no
+    /// reason to fail, so after `within` the link is handed over as it is.
+    pub async fn until_passing_traffic(&self, index: u32, name: &str, within: std::time::Duration) -> Result<(), NetlinkError> {
+        let deadline = std::time::Instant::now() + within;
+        let mut pause = std::time::Duration::from_micros(100);
+        let mut synced = false;
+        loop {
+            let mut links = self.handle.link().get().match_index(index).execute();
+            let link = links.try_next().await.map_err(request(format!("looking up link {index}")))?;
+            let Some(link) = link else { return Err(NetlinkError::NoLink(format!("link {index}"))) };
+            let (mut up, mut queued) = (false, false);
+            for a in &link.attributes {
+                match a {
+                    LinkAttribute::OperState(state) => up = *state == rtnetlink::packet_route::link::State::Up,
+                    LinkAttribute::Qdisc(q) => queued = q != "noop",
+                    _ => {}
+                }
+            }
+            if up && queued {
+                return Ok(());
+            }
+            if !synced {
+                // Asking a device for its link state makes the kernel run its pending
+                // link watch event there and then (ethtool_op_get_link): no wait.
+                synced = true;
+                self.link_state(name);
+                continue;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(index, "link not passing traffic yet after {within:?}: its first packets may be dropped");
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// ETHTOOL_GLINK on `name`; its answer is not needed, only its side effect.
+    fn link_state(&self, name: &str) {
+        const ETHTOOL_GLINK: u32 = 0x0000_000a;
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        let mut value = EthtoolValue { cmd: ETHTOOL_GLINK, data: 0 };
+        // SAFETY: an all-zero ifreq is valid; the name is copied in bounded by
+        // IFNAMSIZ - 1, so it stays NUL-terminated.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (to, from) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+            *to = from as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: SIOCETHTOOL reads the ifreq and writes the ethtool_value it points
+        // to, both of which live across the call.
+        let _ = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&self.ioctl), libc::SIOCETHTOOL, &mut ifr) };
     }
 
     /// Sets link `index` up.

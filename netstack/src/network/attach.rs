@@ -5,6 +5,11 @@ use super::dns_service::resolv_conf;
 use super::*;
 use crate::names::is_dns_name;
 
+/// How long attach waits for a new link's ends to pass traffic. The kernel's link
+/// watch runs within a second even when not urgent; beyond that its lock is held up by
+/// something else, and the link is handed over as it is.
+const LINK_READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Node {
     /// Wires `req.netns` to network `name`: an address, a veth pair (the peer created
     /// inside the namespace as `req.ifname`), lo up, and a default route via the
@@ -160,12 +165,26 @@ impl Node {
                 let dest = (!req.default_route).then_some(IpNetwork::V6(net6));
                 steps.push(nl.add_route_via(dest, gw6.into(), index, format!("routing via {gw6} on {ifname}")).boxed());
             }
-            Netlink::pipelined(steps).await
+            Netlink::pipelined(steps).await?;
+            Ok(nl)
         };
         // Both sides at once: they are different namespaces, and their requests are
         // independent until the first packet.
         let (node_done, inside_done) = futures::future::join(Netlink::pipelined(node_side), inside).await;
-        if let Err(e) = node_done.and(inside_done) {
+        // The member may send as soon as this returns, and be answered: both ends
+        // must pass traffic by then, which they can only once both are up.
+        let ready = match node_done.and(inside_done) {
+            Ok(nl) => {
+                let (node_end, pod_end) = futures::future::join(
+                    node.until_passing_traffic(host, &host_ifname, LINK_READY_WITHIN),
+                    nl.until_passing_traffic(pair.peer, req.ifname.as_str(), LINK_READY_WITHIN),
+                )
+                .await;
+                node_end.and(pod_end)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
             let _ = self.unwire(&host_ifname).await;
             // The only request of these that can clash is a route to the member.
             if e.errno() == Some(libc::EEXIST) {
