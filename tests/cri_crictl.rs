@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::cri::{ctr_json, pod_json, Daemon};
 use support::node::TestNode;
-use support::{not_root, Harness};
+use support::{need_root, Harness};
 
 #[test]
 fn crictl_drives_pods_containers_and_images() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let node = TestNode::new("cri");
     let h = Harness::new("cri");
     let layout = h.base.join("layout");
@@ -249,9 +247,7 @@ impl Drop for Registry {
 
 #[test]
 fn crictl_pulls_from_a_registry_on_loopback() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let node = TestNode::new("cripull");
     let h = Harness::new("cri-pull");
     let layout = h.base.join("layout");
@@ -292,9 +288,7 @@ fn crictl_pulls_from_a_registry_on_loopback() {
 
 #[test]
 fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
-    if not_root() {
-        return;
-    }
+    need_root();
     use base64::Engine;
     let node = TestNode::new("criauth");
     let h = Harness::new("cri-auth");
@@ -322,9 +316,7 @@ fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
 
 #[test]
 fn crictl_events_streams_each_containers_lifecycle_once_in_order() {
-    if not_root() {
-        return;
-    }
+    need_root();
     use std::io::BufRead;
     let node = TestNode::new("crievents");
     let d = Daemon::start(Harness::new("cri-events"), &node.node_ns());

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 use support::cri::{ctr_json, pod_json, Daemon};
 use support::node::TestNode;
-use support::{not_root, Harness, NodeMount};
+use support::{need_root, Harness, NodeMount};
 
 fn daemon(name: &str) -> (TestNode, Daemon) {
     let node = TestNode::new(name);
@@ -48,9 +48,7 @@ fn status_line(d: &Daemon, id: &str, field: &str) -> String {
 
 #[test]
 fn a_pod_run_as_user_1000_on_a_read_only_root_cannot_write_it() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("crisec");
     let pod = run_pod(&d, "locked", json!({}));
     let locked = run_ctr(
@@ -108,9 +106,7 @@ fn a_pod_run_as_user_1000_on_a_read_only_root_cannot_write_it() {
 
 #[test]
 fn a_container_over_its_memory_limit_is_oom_killed_and_reported_so() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("crioom");
     let pod = run_pod(&d, "hungry", json!({}));
     let limit = 32 << 20;
@@ -144,9 +140,7 @@ fn a_container_over_its_memory_limit_is_oom_killed_and_reported_so() {
 
 #[test]
 fn runtime_default_seccomp_refuses_what_unconfined_allows() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("criseccomp");
     let pod = run_pod(&d, "filtered", json!({}));
     // profile_type 0 is RuntimeDefault, 1 Unconfined.
@@ -180,9 +174,7 @@ fn runtime_default_seccomp_refuses_what_unconfined_allows() {
 
 #[test]
 fn fields_that_cannot_be_honoured_are_refused_by_name_and_leave_nothing() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("crirefuse");
     let mut userns = pod_json("userns", &d.h.base.join("logs"), json!([]));
     // A user namespace of the pod's own (mode POD).
@@ -270,9 +262,7 @@ impl Drop for CgroupParent {
 
 #[test]
 fn limits_land_in_the_pods_cgroup_and_change_on_update() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("crilimits");
     let parent = CgroupParent(format!("minipod-test-kubepods-{}/pod-a", std::process::id()));
     let pod = run_pod(&d, "limited", json!({ "cgroup_parent": parent.0 }));
@@ -320,9 +310,7 @@ fn limits_land_in_the_pods_cgroup_and_change_on_update() {
 
 #[test]
 fn host_pod_and_container_pid_namespaces() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("cripid");
     // NamespaceMode: POD 0, CONTAINER 1, NODE 2.
     let host = run_pod(&d, "hostpid", json!({ "security_context": { "namespace_options": { "pid": 2 } } }));
@@ -346,9 +334,7 @@ fn host_pod_and_container_pid_namespaces() {
 
 #[test]
 fn volumes_mounted_just_before_create_and_after_start_reach_the_container() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("crivol");
     let pod = run_pod(&d, "vol", json!({}));
     let vol = d.h.base.join("volume");
@@ -414,9 +400,7 @@ fn volumes_mounted_just_before_create_and_after_start_reach_the_container() {
 
 #[test]
 fn a_host_network_pod_serves_on_the_nodes_own_addresses() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (node, d) = daemon("crihostnet");
     // NamespaceMode NODE for the network, as a kubelet sends hostNetwork: true.
     let hostnet = json!({ "security_context": { "namespace_options": { "network": 2 } } });
@@ -453,13 +437,12 @@ fn a_host_network_pod_serves_on_the_nodes_own_addresses() {
 
 #[test]
 fn node_devices_reach_the_container_with_the_permissions_asked_for() {
-    if not_root() {
-        return;
-    }
+    need_root();
     // /dev/net/tun is in no default allow-list and opens without capabilities: a write
     // open the device cgroup refuses fails with EPERM, one it allows gets past it.
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        eprintln!("skipped: this node has no /dev/net/tun");
+    if !std::path::Path::new("/dev/net/tun").exists()
+        && support::skip("node_devices_reach_the_container_with_the_permissions_asked_for", "this node has no /dev/net/tun")
+    {
         return;
     }
     let (_node, d) = daemon("cridev");
@@ -499,9 +482,7 @@ fn node_devices_reach_the_container_with_the_permissions_asked_for() {
 
 #[test]
 fn a_container_whose_create_has_not_returned_is_not_listed() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let (_node, d) = daemon("criinflight");
     let pod = run_pod(&d, "inflight", json!({}));
     let real = run_ctr(&d, &pod, "real", &["sleep", "300"], json!({}));

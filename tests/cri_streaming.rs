@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::cri::{crictl_bin, ctr_json, pod_json, Daemon};
 use support::node::TestNode;
-use support::{not_root, Harness};
+use support::{need_root, Harness};
 
 /// Whether process `pid` is the exec'd `sleep 7777` itself (not the crictl naming it).
 fn is_the_sleep(pid: i32) -> bool {
@@ -67,9 +67,7 @@ fn pod_with(d: &Daemon, name: &str, cmd: &[&str]) -> (String, String) {
 
 #[test]
 fn crictl_exec_streams_output_input_and_the_exit_code() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let node = TestNode::new("stream-exec");
     let d = Daemon::start(Harness::new("stream-exec"), &node.node_ns());
     d.import_busybox();
@@ -139,9 +137,7 @@ fn crictl_exec_streams_output_input_and_the_exit_code() {
 
 #[test]
 fn crictl_port_forward_reaches_a_pods_loopback_and_reports_a_closed_port() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let node = TestNode::new("stream-pf");
     let d = Daemon::start(Harness::new("stream-pf"), &node.node_ns());
     d.import_busybox();
@@ -207,9 +203,7 @@ fn crictl_port_forward_reaches_a_pods_loopback_and_reports_a_closed_port() {
 
 #[test]
 fn crictl_attach_feeds_a_containers_stdin_and_shows_its_output() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let node = TestNode::new("stream-attach");
     let d = Daemon::start(Harness::new("stream-attach"), &node.node_ns());
     d.import_busybox();

@@ -4,13 +4,11 @@
 mod support;
 
 use minipod_runtime::{ContainerId, CreateOptions, ExitStatus, Runtime, Signal, Status, Stdio};
-use support::{not_root, Harness};
+use support::{need_root, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_start_wait_delete_from_a_tokio_runtime() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("lib");
     let b = h.bundle(&["sh", "-c", "echo from-the-library > /dev/shm/x; exit 5"]);
     let dir = b.write().to_path_buf();
@@ -35,9 +33,7 @@ async fn create_start_wait_delete_from_a_tokio_runtime() {
 
 #[test]
 fn run_returns_the_signal_and_stdio_fds_reach_the_workload() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("libfds");
     let b = h.bundle(&["sh", "-c", "echo out; echo err >&2; kill -TERM $$; sleep 5"]);
     let out_path = h.base.join("out");

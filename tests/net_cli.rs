@@ -4,7 +4,7 @@ mod support;
 
 use minipod_netstack::netns::remove_pinned;
 use support::node::TestNode;
-use support::{minipod_bin, not_root};
+use support::{minipod_bin, need_root};
 
 fn net(t: &TestNode, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(minipod_bin())
@@ -21,9 +21,7 @@ fn net(t: &TestNode, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_ls_inspect_gc_and_rm_a_network() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("cli");
     let bridge = t.network("web", "10.220.0.0/24").bridge;
     let (ok, _, err) = net(&t, &["create", "web", "--subnet", "10.220.0.0/24", "--bridge", bridge.as_str(), "--mtu", "1400"]);

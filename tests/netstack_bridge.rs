@@ -5,14 +5,12 @@ mod support;
 
 use minipod_netstack::netns::remove_pinned;
 use minipod_netstack::{AttachRequest, IfName, NetworkError, NetworkName, OwnerId};
+use support::need_root;
 use support::node::TestNode;
-use support::not_root;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_on_one_network_reach_each_other_and_the_gateway() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("ping");
     let net = t.node.create_network(t.network("one", "10.201.0.0/24")).await.unwrap();
     let bridge = |args: &[&str]| {
@@ -50,9 +48,7 @@ async fn two_pods_on_one_network_reach_each_other_and_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("mtu");
     let mut cfg = t.network("mtu", "10.202.0.0/24");
     cfg.mtu = Some(1400);
@@ -78,9 +74,7 @@ async fn mtu_is_honoured_on_the_bridge_and_both_veth_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detach_leaves_no_veth_address_or_record_and_is_idempotent() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("detach");
     let net = t.node.create_network(t.network("det", "10.203.0.0/24")).await.unwrap();
     let p = t.pod("p");
@@ -106,9 +100,7 @@ async fn detach_leaves_no_veth_address_or_record_and_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_attaches_get_distinct_addresses() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = std::sync::Arc::new(TestNode::new("many"));
     let net = t.node.create_network(t.network("many", "10.204.0.0/22")).await.unwrap();
     let mut tasks = Vec::new();
@@ -128,9 +120,7 @@ async fn two_hundred_concurrent_attaches_get_distinct_addresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configs_and_clashes_are_refused_with_nothing_made() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("bad");
     let net = t.node.create_network(t.network("first", "10.205.0.0/16")).await.unwrap();
     let overlap = t.node.create_network(t.network("second", "10.205.3.0/24")).await.unwrap_err();
@@ -173,9 +163,7 @@ async fn bad_configs_and_clashes_are_refused_with_nothing_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_after_a_crash_removes_everything_of_dead_owners_and_nothing_else() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("gc");
     let net = t.node.create_network(t.network("gc", "10.209.0.0/24")).await.unwrap();
     let ports = |p: u16| {
@@ -222,9 +210,7 @@ async fn gc_after_a_crash_removes_everything_of_dead_owners_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_network_comes_with_its_first_member_and_goes_with_its_last() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("dflt");
     let name = minipod_netstack::NetworkConfig::default_network().name;
     let (p, q) = (t.pod("p"), t.pod("q"));
@@ -247,9 +233,7 @@ async fn the_default_network_comes_with_its_first_member_and_goes_with_its_last(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_is_given_again_while_its_former_link_lingers() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("reuse");
     let net = t.node.create_network(t.network("reuse", "10.207.0.0/24")).await.unwrap();
     let (old, new, peer) = (t.pod("old"), t.pod("new"), t.pod("peer"));
@@ -294,9 +278,7 @@ async fn an_address_is_given_again_while_its_former_link_lingers() {
 async fn the_first_packets_after_attach_arrive_both_ways() {
     use std::net::UdpSocket;
     use std::time::Duration;
-    if not_root() {
-        return;
-    }
+    need_root();
     let in_pod = |ns: &std::path::Path, bind: std::net::SocketAddr| {
         let socket =
             minipod_netstack::netns::Netns::open(ns).unwrap().run(move || UdpSocket::bind(bind)).unwrap().expect("a UDP socket in a pod");

@@ -13,8 +13,8 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record};
 use minipod_netstack::netns::Netns;
 use minipod_netstack::AttachRequest;
+use support::need_root;
 use support::node::TestNode;
-use support::not_root;
 
 /// A fake upstream on 198.51.100.1:53 in the internet namespace: `example.test` is
 /// 203.0.113.7, every other name does not exist. Stops when the flag drops.
@@ -46,9 +46,7 @@ fn lookup(ns: &Path, name: &str, server: Ipv4Addr) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_resolve_names_of_their_own_network_only_and_the_rest_is_forwarded() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("dns");
     let inet = t.internet();
     let stop = Arc::new(AtomicBool::new(false));
@@ -89,9 +87,7 @@ async fn pods_resolve_names_of_their_own_network_only_and_the_rest_is_forwarded(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_network_can_come_back_while_dns_is_served() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("dnsback");
     t.node.serve_dns(minipod_netstack::DnsScope::AllNetworks).unwrap();
     let name = minipod_netstack::NetworkConfig::default_network().name;
@@ -115,9 +111,7 @@ fn names_resolve_while_the_network_executor_is_held_up_and_publishing_ports() {
     use minipod_netstack::{BlockingNode, DnsScope, PortMapping, Proto};
     use std::sync::mpsc;
     use std::time::Duration;
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("dnsbusy");
     let executor = Arc::new(Executor::start("test-net").unwrap());
     let node = BlockingNode::open(&t.base.join("state"), Some(&t.node_ns()), executor.clone()).unwrap();

@@ -3,14 +3,12 @@
 mod support;
 
 use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
+use support::need_root;
 use support::node::TestNode;
-use support::not_root;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("v6");
     let inet = t.internet();
     t.http_server(&inet, 80, "internet");
@@ -53,9 +51,7 @@ async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_port_answers_on_the_nodes_ipv6_addresses_too() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("v6ports");
     let inet = t.internet();
     let mut cfg = t.network("dualp", "10.241.0.0/24");
@@ -126,9 +122,7 @@ table inet minipod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_from_an_older_minipod_is_rebuilt_with_the_recorded_networks_and_ports() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("v6upgrade");
     let inet = t.internet();
     let mut cfg = t.network("dualu", "10.242.0.0/24");

@@ -5,8 +5,8 @@
 mod support;
 
 use minipod_netstack::{AttachRequest, OwnerId, PortMapping, Proto};
+use support::need_root;
 use support::node::TestNode;
-use support::not_root;
 
 fn tcp(host_port: u16, container_port: u16) -> PortMapping {
     PortMapping { proto: Proto::Tcp, host_port, host_ip: None, container_port }
@@ -14,9 +14,7 @@ fn tcp(host_port: u16, container_port: u16) -> PortMapping {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_networks_are_isolated_from_each_other() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("iso");
     let red = t.node.create_network(t.network("red", "10.210.0.0/24")).await.unwrap();
     let blue = t.node.create_network(t.network("blue", "10.211.0.0/24")).await.unwrap();
@@ -31,9 +29,7 @@ async fn two_networks_are_isolated_from_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_is_masqueraded_and_internal_networks_have_none() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("masq");
     let inet = t.internet();
     t.http_server(&inet, 80, "internet");
@@ -52,9 +48,7 @@ async fn egress_is_masqueraded_and_internal_networks_have_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_port_is_reachable_from_outside_from_pods_and_from_node_localhost() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("ports");
     let inet = t.internet();
     let net = t.node.create_network(t.network("web", "10.214.0.0/24")).await.unwrap();
@@ -84,9 +78,7 @@ async fn a_published_port_is_reachable_from_outside_from_pods_and_from_node_loca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_firewalls_forward_drop_policy_is_reported_with_the_fix() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("fwdrop");
     let net = t.node.create_network(t.network("blocked", "10.215.0.0/24")).await.unwrap();
     assert!(t.node.problems(&net.name).unwrap().is_empty());
@@ -102,9 +94,7 @@ async fn another_firewalls_forward_drop_policy_is_reported_with_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_can_neither_reach_the_nodes_localhost_nor_pose_as_another_pod() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("guard");
     let net = t.node.create_network(t.network("guarded", "10.216.0.0/24")).await.unwrap();
     let (a, b) = (t.pod("a"), t.pod("b"));
@@ -146,9 +136,7 @@ async fn a_pod_can_neither_reach_the_nodes_localhost_nor_pose_as_another_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_port_record_blocks_neither_detach_nor_other_ports() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let t = TestNode::new("badrec");
     let net = t.node.create_network(t.network("rec", "10.217.0.0/24")).await.unwrap();
     let (a, b) = (t.pod("a"), t.pod("b"));

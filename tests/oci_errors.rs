@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{cgroup_dirs, host_mounts_mention, not_root, processes_mentioning, Harness};
+use support::{cgroup_dirs, host_mounts_mention, need_root, processes_mentioning, Harness};
 
 /// Runs `args`, expects failure with `needle` in a one-line message, and checks the host.
 fn fails(h: &Harness, args: &[&str], needle: &str) -> String {
@@ -25,9 +25,7 @@ fn nothing_left(h: &Harness, id: &str) {
 
 #[test]
 fn bad_bundles_are_refused_with_nothing_left() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("badbundle");
     let id = h.id("bad");
     let missing = h.base.join("nowhere");
@@ -68,9 +66,7 @@ fn bad_bundles_are_refused_with_nothing_left() {
 
 #[test]
 fn unknown_ids_and_bad_ids_are_clear_errors() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("unknown");
     let id = h.id("ghost");
     for verb in [&["state", &id][..], &["start", &id], &["kill", &id], &["delete", &id], &["exec", &id, "--", "true"]] {
@@ -87,9 +83,7 @@ fn unknown_ids_and_bad_ids_are_clear_errors() {
 
 #[test]
 fn duplicate_id_is_refused_and_the_first_container_survives() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("dup");
     let b = h.bundle(&["sleep", "300"]);
     let id = h.create(&b, "dup");
@@ -101,9 +95,7 @@ fn duplicate_id_is_refused_and_the_first_container_survives() {
 
 #[test]
 fn deleting_a_running_container_needs_force() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("force");
     let id = h.create(&h.bundle(&["sleep", "300"]), "force");
     assert!(h.minipod(&["start", &id]).status.success());
@@ -115,9 +107,7 @@ fn deleting_a_running_container_needs_force() {
 
 #[test]
 fn bad_signal_names_are_refused() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("sig");
     let id = h.create(&h.bundle(&["sleep", "300"]), "sig");
     fails(&h, &["kill", &id, "SIGFOO"], "unknown signal \"SIGFOO\"");

@@ -5,13 +5,11 @@
 mod support;
 
 use serde_json::json;
-use support::{cgroup_dirs, not_root, Harness};
+use support::{cgroup_dirs, need_root, Harness};
 
 #[test]
 fn works_under_the_usual_soft_fd_limit_of_1024() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("nofile");
     let b = h.bundle(&["sh", "-c", "exit 4"]);
     let id = h.id("nofile");
@@ -27,9 +25,7 @@ fn works_under_the_usual_soft_fd_limit_of_1024() {
 
 #[test]
 fn an_image_dev_symlink_cannot_make_device_nodes_on_the_host() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("devlink");
     let host_dir = h.base.join("host-side");
     std::fs::create_dir_all(&host_dir).unwrap();
@@ -45,9 +41,7 @@ fn an_image_dev_symlink_cannot_make_device_nodes_on_the_host() {
 
 #[test]
 fn host_wide_sysctls_unbindable_roots_and_joined_mount_namespaces_are_refused() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("refuse");
     let mut b = h.bundle(&["true"]);
     b.config["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/x"});
@@ -74,7 +68,11 @@ fn host_wide_sysctls_unbindable_roots_and_joined_mount_namespaces_are_refused() 
 
 #[test]
 fn the_container_sees_its_own_cgroup_hierarchies_with_its_limits() {
-    if not_root() || minipod_runtime::cgroups::is_unified() {
+    need_root();
+    if support::skip_on_cgroup_v2(
+        "the_container_sees_its_own_cgroup_hierarchies_with_its_limits",
+        "it reads the container's cgroup v1 hierarchies",
+    ) {
         return;
     }
     let h = Harness::new("cgview");
@@ -91,9 +89,7 @@ fn the_container_sees_its_own_cgroup_hierarchies_with_its_limits() {
 
 #[test]
 fn delete_kills_what_the_workload_left_behind_without_a_pid_namespace() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("leftover");
     let mut b = h.bundle(&["sh", "-c", "sleep 300 & exit 0"]);
     b.config["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
@@ -113,9 +109,7 @@ fn delete_kills_what_the_workload_left_behind_without_a_pid_namespace() {
 
 #[test]
 fn the_same_id_under_two_roots_cannot_share_a_cgroup() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let first = Harness::new("root-a");
     let second = Harness::new("root-b");
     let b = first.bundle(&["sleep", "300"]);
@@ -130,9 +124,7 @@ fn the_same_id_under_two_roots_cannot_share_a_cgroup() {
 
 #[test]
 fn settings_the_host_cannot_honour_are_refused_by_name_and_seccomp_is_applied() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("unhonoured");
     let refused = |name: &str, key: &str, value: serde_json::Value, needle: &str| {
         let mut b = h.bundle(&["true"]);
@@ -169,9 +161,7 @@ fn settings_the_host_cannot_honour_are_refused_by_name_and_seccomp_is_applied() 
 
 #[test]
 fn oci_hooks_run_in_order_with_the_state_and_a_failing_one_leaves_nothing() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("hooks");
     let log = h.base.join("hooks.log");
     let log_s = log.to_str().unwrap().to_string();
@@ -253,9 +243,7 @@ fn oci_hooks_run_in_order_with_the_state_and_a_failing_one_leaves_nothing() {
 
 #[test]
 fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("cgv2");
     let mnt = h.base.join("cgroup2");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -329,9 +317,7 @@ fn on_cgroup_v2_the_container_lives_and_is_limited_in_the_unified_hierarchy() {
 
 #[test]
 fn a_shared_root_carries_a_containers_mounts_to_the_node_and_nothing_else() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("rshared");
     let vol = h.base.join("vol");
     let _guard = support::NodeMount::shared(&vol);

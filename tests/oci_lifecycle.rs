@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Stdio;
 
-use support::{cgroup_dirs, host_mounts_mention, not_root, Harness};
+use support::{cgroup_dirs, host_mounts_mention, need_root, Harness};
 
 fn status_of(h: &Harness, id: &str) -> String {
     h.state(id)["status"].as_str().unwrap().to_string()
@@ -13,9 +13,7 @@ fn status_of(h: &Harness, id: &str) -> String {
 
 #[test]
 fn full_cycle_create_start_kill_delete() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("cycle");
     let b = h.bundle(&["sleep", "300"]);
     let pid_file = h.base.join("pid");
@@ -65,9 +63,7 @@ fn full_cycle_create_start_kill_delete() {
 
 #[test]
 fn term_is_the_default_signal_and_numbers_work() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("term");
     // PID 1 ignores signals it has no handler for, so trap TERM explicitly, and say
     // when the trap is in place.
@@ -90,9 +86,7 @@ fn term_is_the_default_signal_and_numbers_work() {
 
 #[test]
 fn exec_joins_the_running_container() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("exec");
     let b = h.bundle(&["sleep", "300"]);
     let id = h.create(&b, "exec");
@@ -116,9 +110,7 @@ fn exec_joins_the_running_container() {
 
 #[test]
 fn delete_of_a_created_container_needs_no_force_and_kills_it() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("delcreated");
     let id = h.create(&h.bundle(&["sleep", "300"]), "created");
     let pid = h.state(&id)["pid"].as_i64().unwrap();
@@ -129,11 +121,8 @@ fn delete_of_a_created_container_needs_no_force_and_kills_it() {
 
 #[test]
 fn cpu_memory_and_pids_limits_land_in_the_cgroup_and_go_with_delete() {
-    if not_root() {
-        return;
-    }
-    if minipod_runtime::cgroups::is_unified() {
-        eprintln!("skipped: this test reads cgroup v1 files");
+    need_root();
+    if support::skip_on_cgroup_v2("cpu_memory_and_pids_limits_land_in_the_cgroup_and_go_with_delete", "it reads cgroup v1 files") {
         return;
     }
     let h = Harness::new("limits");
@@ -163,9 +152,7 @@ fn cpu_memory_and_pids_limits_land_in_the_cgroup_and_go_with_delete() {
 
 #[test]
 fn a_long_id_under_a_deep_root_still_has_its_monitor_socket() {
-    if not_root() {
-        return;
-    }
+    need_root();
     // The monitor's socket path is longer than a sockaddr_un can hold (108 bytes), as
     // a CRI container id under a kubelet-style root easily is.
     let h = Harness::new("long-id-under-a-root-deep-enough-to-overflow-sun-path");

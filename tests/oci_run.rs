@@ -3,13 +3,11 @@
 mod support;
 
 use serde_json::json;
-use support::{not_root, Harness};
+use support::{need_root, Harness};
 
 #[test]
 fn exit_codes_propagate_from_the_workload() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("exit");
     let b = h.bundle(&["sh", "-c", "exit 0"]);
     assert_eq!(h.run(&b, "ok").0, 0);
@@ -19,9 +17,7 @@ fn exit_codes_propagate_from_the_workload() {
 
 #[test]
 fn run_exits_137_when_the_workload_is_killed() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("kill137");
     let b = h.bundle(&["sleep", "300"]);
     let id = h.id("victim");
@@ -36,9 +32,7 @@ fn run_exits_137_when_the_workload_is_killed() {
 
 #[test]
 fn workload_is_pid_1_with_the_spec_hostname() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("pid1");
     let mut b = h.bundle(&["sh", "-c", "echo pid=$$ host=$(hostname)"]);
     b.config["hostname"] = json!("box-under-test");
@@ -49,9 +43,7 @@ fn workload_is_pid_1_with_the_spec_hostname() {
 
 #[test]
 fn read_only_rootfs_refuses_writes_and_writable_one_accepts_them() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("ro");
     let b = h.bundle(&["touch", "/newfile"]);
     let (code, _, err) = h.run(&b, "ro");
@@ -66,9 +58,7 @@ fn read_only_rootfs_refuses_writes_and_writable_one_accepts_them() {
 
 #[test]
 fn user_1000_sees_uid_1000_and_its_groups() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("user");
     let mut b = h.bundle(&["sh", "-c", "echo $(id -u) $(id -g) $(id -G)"]);
     b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [1000, 5]});
@@ -84,9 +74,7 @@ fn cap_line(status: &str, name: &str) -> u64 {
 
 #[test]
 fn dropped_capabilities_show_in_proc_status() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("caps");
     let mut b = h.bundle(&["cat", "/proc/self/status"]);
     let only_kill = json!(["CAP_KILL"]);
@@ -103,9 +91,7 @@ fn dropped_capabilities_show_in_proc_status() {
 
 #[test]
 fn memory_limit_oom_kills_an_allocation_beyond_it() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("oom");
     // dd fills a 64 MiB buffer from /dev/zero, touching every page.
     let mut b = h.bundle(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
@@ -118,9 +104,7 @@ fn memory_limit_oom_kills_an_allocation_beyond_it() {
 
 #[test]
 fn pids_limit_stops_forks_beyond_it() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("pids");
     // The shell is one process: with a limit of 4, at most 3 sleeps can start.
     let mut b = h.bundle(&["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 30 & done; echo done"]);
@@ -134,9 +118,7 @@ fn pids_limit_stops_forks_beyond_it() {
 
 #[test]
 fn masked_and_read_only_proc_paths_protect_the_host() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("mask");
     let b = h.bundle(&[
         "sh",
@@ -151,9 +133,7 @@ fn masked_and_read_only_proc_paths_protect_the_host() {
 
 #[test]
 fn rlimits_sysctls_and_mounts_from_the_spec_apply() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("spec");
     let shared = h.base.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
@@ -173,9 +153,7 @@ fn rlimits_sysctls_and_mounts_from_the_spec_apply() {
 
 #[test]
 fn a_hard_rlimit_above_the_host_limit_degrades_with_a_warning() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("rlimit");
     let mut b = h.bundle(&["sh", "-c", "ulimit -Hn"]);
     let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -192,9 +170,7 @@ fn a_hard_rlimit_above_the_host_limit_degrades_with_a_warning() {
 
 #[test]
 fn a_container_joins_another_containers_network_namespace_by_path() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("join");
     let first = h.create(&h.bundle(&["sleep", "300"]), "owner");
     let pid = h.state(&first)["pid"].as_i64().unwrap();
@@ -213,9 +189,7 @@ fn a_container_joins_another_containers_network_namespace_by_path() {
 
 #[test]
 fn eight_containers_run_concurrently_without_colliding() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("parallel");
     let b = h.bundle(&["sh", "-c", "echo $(hostname)"]);
     let dir = b.write();
@@ -230,9 +204,7 @@ fn eight_containers_run_concurrently_without_colliding() {
 
 #[test]
 fn run_forwards_its_signals_to_the_workload() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("forward");
     let b = h.bundle(&["sh", "-c", "trap 'exit 9' INT; touch /dev/shm/trapped; while true; do sleep 0.05; done"]);
     let id = h.id("fwd");
@@ -250,9 +222,7 @@ fn run_forwards_its_signals_to_the_workload() {
 fn a_bundle_with_a_terminal_runs_on_one_of_its_own_in_the_foreground_or_hands_it_to_a_console_socket() {
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
-    if not_root() {
-        return;
-    }
+    need_root();
     let h = Harness::new("terminal");
     let mut b = h.bundle(&["sh", "-c", "tty; stty size; read l; echo got-$l; exit 4"]);
     b.config["process"]["terminal"] = json!(true);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use minipod_runtime::embed::{Minipod, Ready};
 use minipod_runtime::{ExitStatus, PodError};
-use support::not_root;
+use support::need_root;
 use support::pods::PodEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -16,9 +16,7 @@ const SERVE: &str = "mkdir -p /www && echo hello from $(hostname) > /www/index.h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_on_one_network_reach_each_other_by_name() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-byname");
     let rt = env.open().await;
     let web = rt.pod("web").start().await.unwrap();
@@ -41,9 +39,7 @@ async fn two_pods_on_one_network_reach_each_other_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_port_answers_the_test_process() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-publish");
     let rt = env.open().await;
     let pod = rt.pod("api").publish(18080, 80).start().await.unwrap();
@@ -64,9 +60,7 @@ async fn a_published_port_answers_the_test_process() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn containers_of_a_pod_share_ip_hostname_and_localhost() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-share");
     let rt = env.open().await;
     let pod = rt.pod("duo").hostname("duo-host").start().await.unwrap();
@@ -107,9 +101,7 @@ async fn containers_of_a_pod_share_ip_hostname_and_localhost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_logs_and_sigkill() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-exit");
     let rt = env.open().await;
     let pod = rt.pod("jobs").start().await.unwrap();
@@ -151,9 +143,7 @@ async fn exit_codes_logs_and_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exits_and_logs_are_read_back_by_a_later_process() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-later");
     let node = support::node::TestNode::new("later");
     let ns = node.node_ns();
@@ -235,9 +225,7 @@ async fn exits_and_logs_are_read_back_by_a_later_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_pods_get_distinct_ips_and_reach_each_other_by_name() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-fifty");
     let rt = env.open().await;
     let started = Instant::now();
@@ -281,9 +269,7 @@ async fn fifty_pods_get_distinct_ips_and_reach_each_other_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_succeed_late_and_time_out_clearly() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-ready");
     let rt = env.open().await;
     let pod = rt.pod("slow").start().await.unwrap();
@@ -324,9 +310,7 @@ async fn readiness_waits_succeed_late_and_time_out_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_leave_nothing() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-errors");
     let rt = env.open().await;
     let pod = rt.pod("taken").publish(18081, 80).start().await.unwrap();
@@ -368,9 +352,7 @@ async fn bad_requests_get_clear_errors_and_leave_nothing() {
 /// body panics half-way.
 #[test]
 fn a_panicking_test_leaves_nothing_behind() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-panic");
     let (root, images, rootfs) = (env.root().to_path_buf(), env.h.base.join("images"), env.rootfs.clone());
     let outcome = std::thread::spawn(move || {
@@ -408,9 +390,7 @@ async fn sigkill_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-sigkill");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "sigkill_child", "--ignored", "--nocapture", "--test-threads", "1"])
@@ -448,9 +428,7 @@ async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_run_from_an_imported_image_with_their_own_upper_layer() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-image");
     let layout = env.h.base.join("layout");
     minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
@@ -476,9 +454,7 @@ async fn containers_run_from_an_imported_image_with_their_own_upper_layer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runtimes_on_one_node_and_root_never_collide() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-two");
     let node = support::node::TestNode::new("two");
     let open = || Minipod::builder().state_dir(env.root()).image_dir(env.h.base.join("images")).node_netns(node.node_ns()).open();
@@ -507,9 +483,7 @@ async fn two_runtimes_on_one_node_and_root_never_collide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_of_a_pod_can_share_one_pid_namespace() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-sharepid");
     let rt = env.open().await;
     let pod = rt.pod("shared").share_pid().start().await.unwrap();
@@ -532,9 +506,7 @@ async fn containers_of_a_pod_can_share_one_pid_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_container_is_removed_only_by_force_and_a_gone_one_without_error() {
-    if not_root() {
-        return;
-    }
+    need_root();
     let env = PodEnv::new("pods-rmpolicy");
     let rt = env.open().await;
     let pod = rt.pod("rm").start().await.unwrap();

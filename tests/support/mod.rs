@@ -26,14 +26,33 @@ pub fn minipod_bin() -> PathBuf {
     bin
 }
 
-/// Skips (by returning true) when not root: these tests need real namespaces.
-pub fn not_root() -> bool {
+/// Fails the test unless it runs as root: these tests need real namespaces, mounts,
+/// cgroups and nftables, and a test that returned early would pass having checked
+/// nothing.
+pub fn need_root() {
     // SAFETY: geteuid cannot fail.
-    let skip = unsafe { libc::geteuid() } != 0;
-    if skip {
-        eprintln!("skipped: needs root");
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root, "this test needs root (real namespaces, mounts, cgroups, nftables): run the suite as root, as the README's test command does (`bash scripts/test.sh`)");
+}
+
+/// True (the caller returns) on a cgroup v2 node for a test that checks cgroup v1
+/// only; see [`skip`].
+pub fn skip_on_cgroup_v2(test: &str, why: &str) -> bool {
+    minipod_runtime::cgroups::is_unified() && skip(test, &format!("this is a cgroup v2 node and {why}"))
+}
+
+/// Records that `test` could not run here and why: said on stderr and written to
+/// `$MINIPOD_TEST_SKIPS` (a directory, set by scripts/test.sh, which lists what it
+/// holds at the end), so that a skip is never silent. Returns true, for the caller to
+/// return.
+pub fn skip(test: &str, why: &str) -> bool {
+    let line = format!("{test}: not run: {why}");
+    eprintln!("skipped: {line}");
+    if let Some(dir) = std::env::var_os("MINIPOD_TEST_SKIPS") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(Path::new(&dir).join(test), line + "\n");
     }
-    skip
+    true
 }
 
 pub struct Harness {
