@@ -23,7 +23,7 @@ async fn dual_stack_pods_talk_over_ipv6_get_masqueraded_and_resolve_aaaa() {
     let (a6, b6) = (wa.ip6.unwrap(), wb.ip6.unwrap());
     assert_eq!((a6.to_string().as_str(), b6.to_string().as_str()), ("fd00:240::2", "fd00:240::3"));
 
-    let ping6 = TestNode::in_ns(&a, &["busybox", "ping", "-6", "-c", "1", "-W", "2", &b6.to_string()]);
+    let ping6 = TestNode::in_ns(&a, &["busybox", "ping", "-6", "-c", "1", "-w", "10", &b6.to_string()]);
     assert!(ping6.status.success(), "a -> b over IPv6: {}", String::from_utf8_lossy(&ping6.stdout));
     let route = String::from_utf8(TestNode::in_ns(&a, &["ip", "-6", "route"]).stdout).unwrap();
     assert!(route.contains("default via fd00:240::1 dev eth0"), "{route}");

@@ -251,7 +251,7 @@ async fn fifty_pods_get_distinct_ips_and_reach_each_other_by_name() {
     // and told the gateway's MAC, so this needs no entry in the kernel's neighbour
     // table, which all namespaces share (gc_thresh3, 1024 here): over a bridge it
     // overflowed, and packets were lost.
-    let script = (0..50).map(|i| format!("ping -c1 -W2 p{i} >/dev/null || echo p{i}")).collect::<Vec<_>>().join("; ");
+    let script = (0..50).map(|i| format!("ping -c1 -w10 p{i} >/dev/null || echo p{i}")).collect::<Vec<_>>().join("; ");
     let mut checks = Vec::new();
     for (p, c) in &pods {
         let (c, script, name) = (c.clone(), script.clone(), p.name().to_string());

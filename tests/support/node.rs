@@ -68,8 +68,16 @@ impl TestNode {
         Command::new("nsenter").arg(format!("--net={}", ns.display())).args(args).output().unwrap()
     }
 
+    /// Whether `to` answers a ping from `from` within 10 s (a ping a second until one
+    /// answers: one lost packet on a busy machine is no failure).
     pub fn ping(from: &Path, to: std::net::Ipv4Addr) -> bool {
-        Self::in_ns(from, &["busybox", "ping", "-c", "1", "-W", "2", &to.to_string()]).status.success()
+        Self::in_ns(from, &["busybox", "ping", "-c", "1", "-w", "10", &to.to_string()]).status.success()
+    }
+
+    /// Whether `to` leaves two pings from `from`, over 2 s, unanswered: the negative
+    /// of [`TestNode::ping`], for a test that has shown the sender reaches others.
+    pub fn no_answer(from: &Path, to: std::net::Ipv4Addr) -> bool {
+        !Self::in_ns(from, &["busybox", "ping", "-c", "2", "-w", "2", &to.to_string()]).status.success()
     }
 
     pub fn node_ns(&self) -> PathBuf {
