@@ -108,6 +108,25 @@ fn crictl_drives_pods_containers_and_images() {
     assert!(err(&["runp", &web_pod]).contains("AlreadyExists"));
     let bad = d.write("bad-pod.json", &json!({ "metadata": { "name": "x", "namespace": "" } }));
     assert!(!d.crictl(&["runp", &bad]).status.success());
+    // Log files stay inside the pod's log directory; nothing is written elsewhere and
+    // no container is left of the attempt.
+    let outside = d.h.base.join("escaped.log");
+    for log_path in ["../../../../../../../../tmp/escaped.log".to_string(), outside.display().to_string()] {
+        let mut cfg = ctr_json("escaping", &["true"]);
+        cfg["log_path"] = json!(log_path);
+        let escaping = d.write("escaping.json", &cfg);
+        let refused = err(&["create", &client, &escaping, &client_pod]);
+        assert!(refused.contains("InvalidArgument") && refused.contains("inside the pod's log_directory"), "{refused}");
+    }
+    assert!(!outside.exists() && !Path::new("/tmp/escaped.log").exists());
+    assert!(
+        !d.ok(&["ps", "-a", "-q", "--name", "escaping"]).contains(|c: char| c.is_ascii_hexdigit()),
+        "a refused create left a container"
+    );
+    let mut cfg = pod_json("rel", &d.h.base, json!([]));
+    cfg["log_directory"] = json!("logs");
+    let relative = d.write("relative-logs.json", &cfg);
+    assert!(err(&["runp", &relative]).contains("must be an absolute path"));
 
     // Teardown, idempotent.
     d.ok(&["stop", &httpd]);

@@ -510,3 +510,56 @@ fn a_container_whose_create_has_not_returned_is_not_listed() {
     assert!(d.fails(&["inspect", &ghost_id]).contains("NotFound"));
     d.ok(&["rmp", "-f", &pod.0]);
 }
+
+/// The CRI socket is root's (0660, root's group) wherever `--socket` puts it: a
+/// directory others may write to is refused before anything starts (they could put a
+/// socket of their own in its place), and a setgid directory's group is not taken.
+#[test]
+fn the_socket_is_root_only_wherever_it_is_put() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    need_root();
+    let node = TestNode::new("sock");
+    let h = Harness::new("sock");
+    let serve = |dir: &std::path::Path| {
+        std::process::Command::new(support::minipod_bin())
+            .arg("--root")
+            .arg(&h.root)
+            .arg("serve")
+            .arg("--socket")
+            .arg(format!("unix://{}", dir.join("cri.sock").display()))
+            .arg("--netns")
+            .arg(node.node_ns())
+            .arg("--images")
+            .arg(h.base.join("images"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    let open = h.base.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let refused = serve(&open).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("can be written by others (mode 1777)"), "{err}");
+    assert!(!open.join("cri.sock").exists(), "no socket in a directory others can write");
+
+    let shared = h.base.join("setgid");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(0), Some(65534)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    let mut daemon = serve(&shared);
+    let sock = shared.join("cri.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(std::time::Instant::now() < deadline && daemon.try_wait().unwrap().is_none(), "the daemon never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let meta = std::fs::metadata(&sock).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o660, 0, 0), "the socket's mode, owner and group");
+}

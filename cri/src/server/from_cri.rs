@@ -1,7 +1,7 @@
 //! A CRI sandbox config and its mounts as the library's pod config.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use minipod_runtime::netstack::{PortMapping, Proto};
@@ -93,11 +93,84 @@ pub(super) fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Statu
             searches: d.searches.clone(),
             options: d.options.clone(),
         }),
-        log_dir: (!cfg.log_directory.is_empty()).then(|| PathBuf::from(&cfg.log_directory)),
+        log_dir: log_directory(&cfg.log_directory)?,
         share_pid: opts.share_pid,
         cgroup_parent: opts.cgroup_parent,
         host_ipc: opts.host_ipc,
         host_network: opts.host_network,
         sysctls: opts.sysctls,
     })
+}
+
+/// At most the first 100 characters of `s`, for an error that names a bad value
+/// without sending a huge one back.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(100) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &s[..end], s.len()),
+        None => format!("{s:?}"),
+    }
+}
+
+/// A pod's log directory: absolute, as the kubelet's (/var/log/pods/...) is; a
+/// relative one would land wherever the daemon happened to be started.
+fn log_directory(dir: &str) -> Result<Option<PathBuf>, Status> {
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    let path = Path::new(dir);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(Status::invalid_argument(format!(
+            "log_directory {} must be an absolute path without '..' (the kubelet's is /var/log/pods/NAMESPACE_NAME_UID)",
+            quoted(dir)
+        )));
+    }
+    Ok(Some(path.to_path_buf()))
+}
+
+/// A container's log file: `path` inside its pod's log directory, as the CRI defines
+/// it (relative to it), never outside: no absolute path, no '..'.
+pub(super) fn log_path(dir: Option<&Path>, path: &str) -> Result<Option<PathBuf>, Status> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let Some(dir) = dir else {
+        return Err(Status::invalid_argument(format!(
+            "log_path {} is relative to the pod's log_directory, and the pod has none: give the pod one, or leave log_path out",
+            quoted(path)
+        )));
+    };
+    let inside = Path::new(path).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        return Err(Status::invalid_argument(format!(
+            "log_path {} must stay inside the pod's log_directory: a relative path without '..' (the kubelet's is NAME/ATTEMPT.log)",
+            quoted(path)
+        )));
+    }
+    Ok(Some(dir.join(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_inside_an_absolute_log_directory() {
+        let dir = log_directory("/var/log/pods/ns_web_uid").unwrap();
+        assert_eq!(log_path(dir.as_deref(), "web/0.log").unwrap(), Some(PathBuf::from("/var/log/pods/ns_web_uid/web/0.log")));
+        assert_eq!(log_path(dir.as_deref(), "").unwrap(), None);
+        for bad in ["../../../../tmp/x.log", "/tmp/x.log", "web/../../x.log"] {
+            let err = log_path(dir.as_deref(), bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains("inside the pod's log_directory"), "{bad}: {}", err.message());
+        }
+        assert!(log_path(None, "web/0.log").unwrap_err().message().contains("the pod has none"));
+        assert_eq!(log_directory("").unwrap(), None);
+        for bad in ["logs", "./logs", "/var/log/../../etc"] {
+            assert!(log_directory(bad).unwrap_err().message().contains("absolute path"), "{bad}");
+        }
+        // A huge value is not sent back whole.
+        let huge = "x".repeat(1 << 20);
+        let err = log_directory(&huge).unwrap_err();
+        assert!(err.message().len() < 400 && err.message().contains("1048576 bytes"), "{}", err.message().len());
+    }
 }

@@ -48,6 +48,10 @@ async fn blocking<T: Send + 'static>(pods: &Arc<Pods>, f: impl FnOnce(&Pods) -> 
 
 /// Serves until SIGINT or SIGTERM. Pods and containers stay when it stops: the next
 /// daemon (or the CLI) finds them in the state dir.
+///
+/// The socket's directory must be ours and writable by nobody else: whoever can write
+/// it can put a socket of their own in its place, and every CRI client would talk to
+/// them.
 pub fn serve(
     root: &Path,
     socket: &str,
@@ -57,13 +61,14 @@ pub fn serve(
     pull: PullOptions,
 ) -> anyhow::Result<i32> {
     let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).context("the socket path has no directory: give an absolute path")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    check_socket_dir(parent)?;
     let pods = Pods::open(PodsOptions { root: root.to_path_buf(), images, node_netns: netns, keep_pods: true, ..Default::default() })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.
         pods.node().serve_dns(minipod_runtime::netstack::DnsScope::AllNetworks)?;
-        let parent = path.parent().context("the socket path has no directory")?;
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             anyhow::bail!("another daemon already serves {}: stop it first", path.display());
         }
@@ -76,6 +81,9 @@ pub fn serve(
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         let listener = bound.with_context(|| format!("listening on {}", path.display()))?;
+        // Ours, whatever group a setgid directory would have given it.
+        std::os::unix::fs::chown(&path, Some(nix::unistd::geteuid().as_raw()), Some(nix::unistd::getegid().as_raw()))
+            .with_context(|| format!("taking ownership of {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
         let pods = Arc::new(pods);
@@ -123,4 +131,26 @@ pub fn serve(
     // must not keep the daemon from stopping: it is cut off, its process left running.
     rt.shutdown_timeout(SHUTDOWN_GRACE);
     served
+}
+
+/// Refuses a socket directory that another user owns or that others may write to.
+fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("looking at {}", dir.display()))?;
+    let ours = nix::unistd::geteuid().as_raw();
+    if meta.uid() != ours {
+        anyhow::bail!(
+            "the socket's directory {} belongs to uid {}, not to this daemon (uid {ours}): its owner could replace the socket; put it in a directory of root's, e.g. /run/minipod",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "the socket's directory {} can be written by others (mode {:o}): they could replace the socket; put it in a directory only root can write, e.g. /run/minipod, or chmod go-w it",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
 }

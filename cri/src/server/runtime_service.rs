@@ -10,7 +10,7 @@ use minipod_runtime::{PodError, Pods, Status as CtrStatus};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, ATTEMPT, NAME};
-use super::from_cri::{mount, pod_config};
+use super::from_cri::{self, mount, pod_config};
 use super::stats::{pod_stats, stats};
 use super::to_cri::{container, container_status, sandbox, sandbox_status};
 use super::{blocking, security, Server};
@@ -174,6 +174,7 @@ impl RuntimeService for Server {
         let privileged = pod.annotations.get(security::PRIVILEGED).is_some_and(|v| v == "true");
         let (sec, resources, oom) = security::container(&cfg, privileged, pod.host_network, target_pid)?;
         let mounts = cfg.mounts.iter().map(mount).collect::<Result<Vec<_>, _>>()?;
+        let log_path = from_cri::log_path(pod.log_dir.as_deref(), &cfg.log_path)?;
         let events = self.events.clone();
         let created = blocking(&self.pods, move |pods| {
             let img = pods.images().get(&image)?;
@@ -186,10 +187,6 @@ impl RuntimeService for Server {
             let mut annotations = convert::to_btree(&cfg.annotations);
             annotations.insert(NAME.into(), m.name.clone());
             annotations.insert(ATTEMPT.into(), m.attempt.to_string());
-            let log_path = match (&pod.log_dir, cfg.log_path.is_empty()) {
-                (Some(dir), false) => Some(dir.join(&cfg.log_path)),
-                _ => None,
-            };
             let config = ContainerConfig {
                 name: convert::container_name(&m)?,
                 source: RootfsSource::Image(image.clone()),
