@@ -133,6 +133,11 @@ fn crictl_drives_pods_containers_and_images() {
     d.ok(&["rm", &httpd]);
     d.ok(&["stopp", &web]);
     d.ok(&["stopp", &web]);
+    // A stopped pod gave its address back: it reports none (a new pod may hold it).
+    let stopped: Value = serde_json::from_str(&d.ok(&["inspectp", &web])).unwrap();
+    assert_eq!(stopped["status"]["state"], "SANDBOX_NOTREADY", "{stopped}");
+    assert!(inspect["status"]["network"]["ip"].as_str().is_some_and(|ip| !ip.is_empty()), "it had one while ready");
+    assert_eq!(stopped["status"]["network"]["ip"].as_str().unwrap_or_default(), "", "{stopped}");
     d.ok(&["rmp", &web]);
     d.ok(&["rmp", "-f", &client]);
     assert!(!d.ok(&["pods", "-q"]).contains(&web));

@@ -133,22 +133,26 @@ pub(super) fn fs_usage(mountpoint: &std::path::Path, u: DiskUsage) -> cri::Files
 }
 
 pub(super) fn sandbox_status(pod: &PodRecord) -> cri::PodSandboxStatus {
+    let state = convert::pod_state(pod);
+    // A pod that is not ready has given its addresses back (a new pod may hold them
+    // now): it reports none, as containerd's does once its namespace is closed.
+    let network = (state == cri::PodSandboxState::SandboxReady as i32).then(|| cri::PodSandboxNetworkStatus {
+        ip: pod.ip().map(|ip| ip.to_string()).unwrap_or_default(),
+        additional_ips: pod
+            .networks
+            .iter()
+            .skip(1)
+            .map(|n| n.ip.to_string())
+            .chain(pod.networks.iter().filter_map(|n| n.ip6).map(|ip| ip.to_string()))
+            .map(|ip| cri::PodIp { ip })
+            .collect(),
+    });
     cri::PodSandboxStatus {
         id: pod.id.to_string(),
         metadata: Some(convert::pod_metadata(pod)),
-        state: convert::pod_state(pod),
+        state,
         created_at: pod.created.unix_nanos(),
-        network: Some(cri::PodSandboxNetworkStatus {
-            ip: pod.ip().map(|ip| ip.to_string()).unwrap_or_default(),
-            additional_ips: pod
-                .networks
-                .iter()
-                .skip(1)
-                .map(|n| n.ip.to_string())
-                .chain(pod.networks.iter().filter_map(|n| n.ip6).map(|ip| ip.to_string()))
-                .map(|ip| cri::PodIp { ip })
-                .collect(),
-        }),
+        network: Some(network.unwrap_or_default()),
         labels: convert::to_hash(&pod.labels),
         annotations: convert::user_annotations(&pod.annotations),
         ..Default::default()
