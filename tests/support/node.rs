@@ -114,14 +114,15 @@ impl TestNode {
         // Wait until it listens (its socket shows in the namespace's table; an IPv6
         // socket, which takes IPv4 too, only in tcp6).
         let hex = format!(":{port:04X} ");
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
             let tcp = String::from_utf8(Self::in_ns(ns, &["cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout).unwrap_or_default();
             if tcp.lines().any(|l| l.contains(&hex) && l.split_whitespace().nth(3) == Some("0A")) {
-                break;
+                return pid;
             }
+            assert!(std::time::Instant::now() < deadline, "httpd in {} never listened on port {port}", ns.display());
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        pid
     }
 
     /// `wget` from inside `ns`; None if it failed or took over 3 s. (busybox 1.35's
