@@ -123,6 +123,18 @@ fn crictl_drives_pods_containers_and_images() {
         !d.ok(&["ps", "-a", "-q", "--name", "escaping"]).contains(|c: char| c.is_ascii_hexdigit()),
         "a refused create left a container"
     );
+    // Names that one DNS label would merge are two containers.
+    let twins: Vec<String> = ["twin.a", "twin_a"]
+        .iter()
+        .map(|name| {
+            let cfg = d.write(&format!("{name}.json"), &ctr_json(name, &["true"]));
+            d.ok(&["create", &client, &cfg, &client_pod]).trim().to_string()
+        })
+        .collect();
+    assert_ne!(twins[0], twins[1]);
+    for id in &twins {
+        d.ok(&["rm", id]);
+    }
     let mut cfg = pod_json("rel", &d.h.base, json!([]));
     cfg["log_directory"] = json!("logs");
     let relative = d.write("relative-logs.json", &cfg);

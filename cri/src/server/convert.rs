@@ -73,8 +73,10 @@ pub fn pod_name(m: &cri::PodSandboxMetadata) -> Result<PodName, NameError> {
 }
 
 /// minipod's container name for a container: unique per (name, attempt) in its pod.
+/// The hash of the exact name keeps apart what the DNS label alone would merge (`x.y`
+/// and `x_y`, `Web` and `web`, two long names cut to the same 40 characters).
 pub fn container_name(m: &cri::ContainerMetadata) -> Result<ContainerName, NameError> {
-    ContainerName::new(format!("{}-{}", label(&m.name, 50), m.attempt))
+    ContainerName::new(format!("{}-{}-{}", label(&m.name, 40), m.attempt, short_hash(&[&m.name])))
 }
 
 /// A name the CRI gave that minipod cannot take.
@@ -192,6 +194,15 @@ mod tests {
         // The longest a kubelet can send still makes a name.
         assert!(pod_name(&m(&"x".repeat(253), &"n".repeat(63), u32::MAX)).is_ok());
         assert_eq!(label("--", 10), "x");
+        let c = |name: &str, attempt| container_name(&cri::ContainerMetadata { name: name.into(), attempt }).unwrap();
+        assert!(c("Web.Server_1", 0).as_str().starts_with("web-server-1-0-"), "{}", c("Web.Server_1", 0));
+        assert_eq!(c("x.y", 0), c("x.y", 0));
+        assert_ne!(c("x.y", 0), c("x_y", 0));
+        assert_ne!(c("Web", 0), c("web", 0));
+        assert_ne!(c("web", 0), c("web", 1));
+        let long = "a".repeat(60);
+        assert_ne!(c(&format!("{long}1"), 0), c(&format!("{long}2"), 0));
+        assert!(container_name(&cri::ContainerMetadata { name: "x".repeat(253), attempt: u32::MAX }).is_ok());
         for made in [label("My_Pod.v2", 40), label("-a-", 5), label(&"Ab".repeat(40), 50)] {
             assert!(minipod_runtime::netstack::is_dns_label(&made), "{made:?}");
         }
