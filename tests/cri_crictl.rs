@@ -140,6 +140,29 @@ fn crictl_drives_pods_containers_and_images() {
     let relative = d.write("relative-logs.json", &cfg);
     assert!(err(&["runp", &relative]).contains("must be an absolute path"));
 
+    // Stop and remove of one pod at once, from two clients: both succeed, quietly, and
+    // the pod is gone.
+    let racers: Vec<String> = (0..4)
+        .map(|i| {
+            let cfg = d.write(&format!("race-{i}.json"), &pod_json(&format!("race-{i}"), &d.h.base.join("logs"), json!([])));
+            d.ok(&["runp", &cfg]).trim().to_string()
+        })
+        .collect();
+    let client_of = &d;
+    std::thread::scope(|s| {
+        let runs: Vec<_> = racers
+            .iter()
+            .flat_map(|id| [vec!["stopp", id.as_str()], vec!["rmp", "-f", id.as_str()]])
+            .map(|args| (args.join(" "), s.spawn(move || client_of.crictl(&args))))
+            .collect();
+        for (args, run) in runs {
+            let out = run.join().unwrap();
+            assert!(out.status.success(), "crictl {args} beside its twin: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+    let left = d.ok(&["pods", "-q"]);
+    assert!(racers.iter().all(|id| !left.contains(id.as_str())), "{left}");
+
     // Teardown, idempotent.
     d.ok(&["stop", &httpd]);
     d.ok(&["rm", &httpd]);

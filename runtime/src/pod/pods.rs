@@ -234,7 +234,13 @@ impl Pods {
     /// Stops every container (SIGTERM, then SIGKILL after `timeout`) and detaches the
     /// pod from its networks; its record stays until [`Pods::remove_pod`]. Idempotent.
     pub fn stop_pod(&self, name_or_id: &str, timeout: Duration) -> Result<PodRecord> {
-        let mut pod = self.pod(name_or_id)?;
+        let pod = self.pod(name_or_id)?;
+        // Under the pod's lock: a remove running alongside waits, or has finished and
+        // the pod is gone (which a stop, like a remove, takes quietly above it).
+        let Some(_lock) = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)? else {
+            return Err(PodError::NoSuchPod(name_or_id.to_string()));
+        };
+        let mut pod = self.pod(pod.id.as_str())?;
         for c in self.containers(Some(&pod.id))? {
             self.stop_container_record(&c, timeout)?;
         }
@@ -291,7 +297,17 @@ impl Pods {
 
     /// Everything of `pod` goes, whatever state it is in.
     pub(super) fn teardown(&self, pod: &PodRecord) -> Result<()> {
-        let _lock = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)?;
+        let Some(_lock) = self.pod_lock(&pod.id, nix::fcntl::FlockArg::LockExclusive)? else {
+            // Removed by someone else while we waited.
+            return Ok(());
+        };
+        // Re-read under the lock: a stop that came first has detached it already.
+        let fresh = self.pod(pod.id.as_str());
+        let pod = match &fresh {
+            Ok(fresh) => fresh,
+            Err(PodError::NoSuchPod(_)) => return Ok(()),
+            Err(_) => pod,
+        };
         let mut failures = Failures::default();
         match self.containers(Some(&pod.id)) {
             Ok(containers) => {
