@@ -523,3 +523,70 @@ async fn a_running_container_is_removed_only_by_force_and_a_gone_one_without_err
     rt.shutdown().await.unwrap();
     env.assert_clean();
 }
+
+/// What a process killed mid-way leaves, made by hand: a stop and a removal begun and
+/// not finished, a name claim without its pod, a pod directory without a record, a
+/// staging directory, a temporary member record and a half-written address file of a
+/// writer that is gone. `minipod gc` finishes or removes each and says so; then the
+/// name is free, and a second gc finds nothing.
+#[test]
+fn gc_finishes_what_a_crash_cut_short_and_removes_half_written_state() {
+    need_root();
+    let env = PodEnv::new("pods-gc");
+    let node = support::node::TestNode::new("gc");
+    let ns = node.node_ns();
+    let images = env.h.base.join("images");
+    let (img, nsarg) = (images.to_str().unwrap(), ns.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let out = env.h.minipod(args);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let root = env.root().to_path_buf();
+    let mut ids = vec![];
+    // The keeper keeps the default network (and the files planted in it) alive.
+    for name in ["half-stopped", "half-removed", "keeper"] {
+        let (code, out, err) = run(&["pod", "--images", img, "--netns", nsarg, "run", name]);
+        assert_eq!(code, Some(0), "{err}");
+        ids.push(out.trim().to_string());
+    }
+    let edit = |id: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let path = root.join("pods").join(id).join("pod.json");
+        let mut pod: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        change(&mut pod);
+        std::fs::write(&path, serde_json::to_vec(&pod).unwrap()).unwrap();
+    };
+    edit(&ids[0], &|p| p["status"] = "stopping".into());
+    edit(&ids[1], &|p| p["removing"] = true.into());
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(root.join("pods/.names/default/ghost"), "0123456789ab").unwrap();
+    std::fs::create_dir_all(root.join("pods/fedcba987654/ns")).unwrap();
+    std::fs::create_dir_all(root.join(format!("pods/.abcdef012345.tmp.{dead}.0/containers"))).unwrap();
+    let net = root.join("networks/minipod0");
+    std::fs::write(net.join(format!("members/.abcdef012345.json.tmp.{dead}.3")), b"").unwrap();
+    std::fs::write(net.join("ipam/ips/10.88.255.200"), b"").unwrap();
+
+    let (code, out, err) = run(&["gc", "--images", img, "--netns", nsarg]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for line in [
+        format!("finished: stop of pod half-stopped ({})", ids[0]),
+        format!("finished: removal of pod half-removed ({})", ids[1]),
+        "removed: name claim default/ghost without a pod".to_string(),
+        format!("removed: pod directory {} without a record", root.join("pods/fedcba987654").display()),
+        format!("removed: temporary {}", root.join(format!("pods/.abcdef012345.tmp.{dead}.0")).display()),
+        format!("cleaned network: temporary file {}", net.join(format!("members/.abcdef012345.json.tmp.{dead}.3")).display()),
+        "cleaned network: address 10.88.255.200 of minipod0".to_string(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+    }
+    let (_, inspect, _) = run(&["pod", "--images", img, "inspect", &ids[0]]);
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["pod"]["status"], "stopped", "{inspect}");
+    assert!(!net.join(format!("members/{}.json", ids[0])).exists(), "the stop did not detach the pod");
+    assert!(!root.join("pods").join(&ids[1]).exists());
+    let (code, out, err) = run(&["pod", "--images", img, "--netns", nsarg, "run", "ghost"]);
+    assert_eq!(code, Some(0), "the name stays blocked: {out}{err}");
+    let (code, out, err) = run(&["gc", "--images", img, "--netns", nsarg]);
+    assert_eq!((code, out.trim()), (Some(0), "nothing to clean"), "{err}");
+}

@@ -66,9 +66,41 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp.")
 }
 
+/// Whether the process that made temporary entry `name` (a `.NAME.tmp.PID.SEQ` file or
+/// directory) is gone, so that the entry can never be finished. A reused PID keeps an
+/// entry longer, never shorter.
+pub fn temp_writer_gone(name: &str) -> bool {
+    let Some(pid) = name.rsplit('.').nth(1).and_then(|p| p.parse::<i32>().ok()).filter(|p| *p > 0) else { return false };
+    if !is_temp_name(name) {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    unsafe { libc::kill(pid, 0) != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) }
+}
+
+/// Removes the temporary files and directories in `dir` whose writer is gone (a
+/// process killed between create and rename). Returns what went, and what could not.
+pub fn remove_dead_temps(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, io::Error)>) {
+    let (mut removed, mut failed) = (vec![], vec![]);
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_name().to_str().is_some_and(temp_writer_gone) {
+            continue;
+        }
+        let path = e.path();
+        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        match gone {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => failed.push((path, e)),
+        }
+    }
+    (removed, failed)
+}
+
 /// `.NAME.tmp.PID.SEQ` next to the record: hidden from listings that skip dot files,
-/// unique per process and call.
-fn temp_path(path: &Path) -> PathBuf {
+/// unique per process and call. Also the name of a directory being put together
+/// before it is renamed into place, or taken apart after it was renamed away.
+pub fn temp_path(path: &Path) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("record");
@@ -136,6 +168,32 @@ mod tests {
         assert_eq!(left, ["image.json", "taken"]);
         assert!(is_temp_name(temp_path(&path).file_name().unwrap().to_str().unwrap()));
         assert_eq!(read_json::<serde_json::Value>(&dir.join("taken/x")).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A temporary entry of a process that is gone goes; one of a live process (this
+    /// one) and any other file stay.
+    #[test]
+    fn temporary_entries_of_dead_writers_are_removed_and_no_others() {
+        let dir = std::env::temp_dir().join(format!("minipod-record-dead-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let _cleanup = Cleanup(dir.clone());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let mine = temp_path(&dir.join("pod.json"));
+        fs::write(&mine, b"").unwrap();
+        fs::write(dir.join(format!(".pod.json.tmp.{dead}.7")), b"").unwrap();
+        fs::create_dir_all(dir.join(format!(".0123456789ab.tmp.{dead}.0/ns"))).unwrap();
+        fs::write(dir.join("pod.json"), b"{}").unwrap();
+        fs::write(dir.join(format!("x.tmp.{dead}")), b"").unwrap();
+        let (removed, failed) = remove_dead_temps(&dir);
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        let mut left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+        left.sort();
+        let mut want = vec![mine, dir.join("pod.json"), dir.join(format!("x.tmp.{dead}"))];
+        want.sort();
+        assert_eq!(left, want);
     }
 
     struct Cleanup(PathBuf);

@@ -81,6 +81,11 @@ enum Command {
     Ctr(pod::CtrArgs),
     /// Local images: import, ls, rm.
     Image(pod::ImageArgs),
+    /// Clean up after processes that died mid-way (SIGKILL, a crash): finish the stops
+    /// and removals they began, remove half-written files, name claims without a pod and
+    /// network state of pods that are gone; prints what it did. Opening the pods (any
+    /// pod command, the daemon) does the same.
+    Gc(pod::GcArgs),
     /// Serve the Kubernetes CRI (RuntimeService, ImageService) on a Unix socket.
     Serve(ServeArgs),
 }
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(a) => oci::demo(&root, a),
         Command::Net(a) => net::net(&root, a),
         Command::Pod(a) => pod::pod(&root, a),
+        Command::Gc(a) => pod::gc(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
         Command::Serve(a) => {

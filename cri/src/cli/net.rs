@@ -152,6 +152,12 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
                 for link in &report.links {
                     println!("deleted stray veth {link}");
                 }
+                for net in &report.networks {
+                    println!("finished removing network {net}");
+                }
+                for file in &report.files {
+                    println!("removed temporary file {}", file.display());
+                }
                 for (what, e) in &report.failures {
                     eprintln!("minipod: {what}: {}", minipod_runtime::error_chain(e));
                 }

@@ -206,6 +206,39 @@ enum ImageCommand {
     Rm { image: String },
 }
 
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `minipod gc`: the sweep every open of the pods runs, printed. Exit code 1 when
+/// something could not be cleaned.
+pub fn gc(root: &Path, a: GcArgs) -> anyhow::Result<i32> {
+    let pods = open(root, &a.common)?;
+    let r = pods.swept_at_open();
+    let done = [
+        ("removed pod of a dead owner", &r.pods),
+        ("finished", &r.finished),
+        ("removed", &r.files),
+        ("removed container of a gone pod", &r.containers),
+        ("removed runtime instance", &r.instances),
+        ("cleaned network", &r.network),
+    ];
+    for (what, items) in done {
+        for item in items {
+            println!("{what}: {item}");
+        }
+    }
+    for e in &r.errors {
+        eprintln!("minipod: gc: {e}");
+    }
+    if r.is_empty() {
+        println!("nothing to clean");
+    }
+    Ok(i32::from(!r.errors.is_empty()))
+}
+
 fn open(root: &Path, c: &Common) -> anyhow::Result<Pods> {
     Ok(Pods::open(PodsOptions {
         root: root.to_path_buf(),

@@ -110,7 +110,7 @@ pub fn pod_metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
 pub fn pod_state(p: &PodRecord) -> i32 {
     match p.status {
         PodStatus::Ready => cri::PodSandboxState::SandboxReady as i32,
-        PodStatus::Creating | PodStatus::Stopped => cri::PodSandboxState::SandboxNotready as i32,
+        PodStatus::Creating | PodStatus::Stopping | PodStatus::Stopped => cri::PodSandboxState::SandboxNotready as i32,
     }
 }
 

@@ -11,6 +11,10 @@ pub struct GcReport {
     pub addresses: Vec<(NetworkName, IpAddr)>,
     /// Host veth ends deleted that no record named.
     pub links: Vec<String>,
+    /// Temporary record files of writers that died before renaming them into place.
+    pub files: Vec<std::path::PathBuf>,
+    /// Networks whose removal a crash cut short, now removed.
+    pub networks: Vec<NetworkName>,
     /// What could not be cleaned (what was tried, why it failed); the rest was.
     pub failures: Vec<(String, NetworkError)>,
 }
@@ -18,7 +22,12 @@ pub struct GcReport {
 impl GcReport {
     /// Whether nothing was left to clean.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.addresses.is_empty() && self.links.is_empty() && self.failures.is_empty()
+        self.members.is_empty()
+            && self.addresses.is_empty()
+            && self.links.is_empty()
+            && self.files.is_empty()
+            && self.networks.is_empty()
+            && self.failures.is_empty()
     }
 }
 
@@ -30,8 +39,9 @@ impl Node {
     /// Removes everything owned by owners not in `live`: what a crashed process left.
     /// For each network: members whose owner is gone are detached (ports withdrawn,
     /// veth deleted, address freed, record removed); addresses allocated without a
-    /// member record (a crash mid-attach) are freed; and host veths of this node that
-    /// no record names are deleted. Returns what was removed.
+    /// member record (a crash mid-attach) are freed, as are half-written address files
+    /// and temporary records of writers that died; and host veths of this node that no
+    /// record names are deleted. Returns what was removed.
     pub async fn gc(&self, live: &std::collections::HashSet<OwnerId>) -> Result<GcReport, NetworkError> {
         self.gc_with(|o| live.contains(o), true).await
     }
@@ -42,6 +52,7 @@ impl Node {
     /// left alone: on a node that other state dirs share, they may be theirs.
     pub async fn gc_with(&self, is_live: impl Fn(&OwnerId) -> bool, stray_links: bool) -> Result<GcReport, NetworkError> {
         let mut report = GcReport::default();
+        (report.networks, report.failures) = self.finish_cut_short_removals().await;
         // Links first: an attach that starts after this snapshot allocates its address
         // (and so shows in the state read below) before it makes its veth.
         let node = Netlink::open(&self.netns)?;
@@ -53,6 +64,12 @@ impl Node {
         // stray, as a veth's name does not say which network it is of.
         let mut unread = false;
         for cfg in self.networks()? {
+            let dir = self.net_dir(&cfg.name);
+            for d in [dir.join("members"), dir] {
+                let (removed, failed) = record::remove_dead_temps(&d);
+                report.files.extend(removed);
+                report.failures.extend(failed.into_iter().map(|(p, e)| (format!("removing {}", p.display()), state_err(&p)(e))));
+            }
             let members = match self.members(&cfg.name) {
                 Ok(m) => m,
                 Err(e) => {
@@ -73,6 +90,10 @@ impl Node {
                 }
             }
             for pool in std::iter::once(self.ipam(&cfg)).chain(self.ipam6(&cfg)) {
+                match pool.repair() {
+                    Ok(freed) => report.addresses.extend(freed.into_iter().map(|ip| (cfg.name.clone(), ip))),
+                    Err(e) => report.failures.push((format!("repairing the addresses of {}", cfg.name), e.into())),
+                }
                 let owners = match pool.owners() {
                     Ok(o) => o,
                     Err(e) => {

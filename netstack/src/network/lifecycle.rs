@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// Where a network's record waits while the network is being removed.
+fn removal_record(record: &Path) -> PathBuf {
+    record.with_extension("json.removing")
+}
+
 fn forward_drop_warning(chain: &str, cfg: &NetworkConfig) -> String {
     let g = cfg.group();
     let fix = if chain == "ip filter FORWARD" {
@@ -198,7 +203,9 @@ impl Node {
         // Whether any member is left, without reading them all: this runs on the pod
         // teardown path of the default network.
         let dir = self.net_dir(name).join("members");
-        if std::fs::read_dir(&dir).map_err(state_err(&dir))?.next().is_some() {
+        // A temporary file of a killed writer is no member.
+        let mut entries = std::fs::read_dir(&dir).map_err(state_err(&dir))?.flatten();
+        if entries.any(|e| !e.file_name().to_str().is_some_and(record::is_temp_name)) {
             return Ok(());
         }
         match self.remove_network_locked(name).await {
@@ -221,19 +228,24 @@ impl Node {
         }
         // The record goes aside first: a process starting meanwhile puts back the
         // firewall elements of every recorded network, and would revive these.
+        // The aside record is also the intent: a removal that a crash cuts short is
+        // finished by the next gc.
         let record = self.net_dir(name).join("config.json");
-        let aside = record.with_extension("json.removing");
+        let aside = removal_record(&record);
         std::fs::rename(&record, &aside).map_err(state_err(&record))?;
-        let removed = async {
-            self.firewall.remove_network(&cfg)?;
-            let nl = Netlink::open(&self.netns)?;
-            bridge::remove(&nl, cfg.bridge.as_str()).await?;
-            Ok::<(), NetworkError>(())
-        };
-        if let Err(e) = removed.await {
+        if let Err(e) = self.finish_removal(&cfg).await {
             let _ = std::fs::rename(&aside, &record);
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// The steps of a removal after its record went aside; each may have been done.
+    async fn finish_removal(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+        let name = &cfg.name;
+        self.firewall.remove_network(cfg)?;
+        let nl = Netlink::open(&self.netns)?;
+        bridge::remove(&nl, cfg.bridge.as_str()).await?;
         if let Ok(mut ready) = self.ready.lock() {
             ready.remove(name);
         }
@@ -245,6 +257,38 @@ impl Node {
         }
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(state_err(&dir))
+    }
+
+    /// Finishes the removals of networks whose record was set aside by a process that
+    /// is gone (nobody holds the network's lock). Returns the networks removed.
+    pub(super) async fn finish_cut_short_removals(&self) -> (Vec<NetworkName>, Vec<(String, NetworkError)>) {
+        let (mut done, mut failed) = (vec![], vec![]);
+        for name in self.network_names().unwrap_or_default() {
+            let aside = removal_record(&self.net_dir(&name).join("config.json"));
+            if !aside.exists() {
+                continue;
+            }
+            let finished = async {
+                let Some(_lock) = self.try_network_lock(&name)? else { return Ok(false) };
+                if !aside.exists() {
+                    return Ok(false);
+                }
+                if self.network(&name)?.is_some() {
+                    // Made again since (an implicit network on its next attach): the
+                    // aside record is stale, and the bridge is the new network's.
+                    std::fs::remove_file(&aside).map_err(state_err(&aside))?;
+                    return Ok(false);
+                }
+                let cfg: NetworkConfig = record::read_json(&aside).map_err(state_err(&aside))?;
+                self.finish_removal(&cfg).await.map(|()| true)
+            };
+            match finished.await {
+                Ok(true) => done.push(name),
+                Ok(false) => {}
+                Err(e) => failed.push((format!("finishing the removal of network {name}"), e)),
+            }
+        }
+        (done, failed)
     }
 
     /// The first /24 of `pool` that no network of this node and no address on the

@@ -175,10 +175,11 @@ impl Pods {
             keep_pods: opts.keep_pods,
             instance,
             template: mount_template::MountTemplate::new(&root, timers),
+            swept: SweepReport::default(),
         };
-        let report = pods.sweep();
-        if !report.is_empty() {
-            tracing::info!(?report, "swept what dead processes left behind");
+        pods.swept = pods.sweep();
+        if !pods.swept.is_empty() {
+            tracing::info!(report = ?pods.swept, "swept what dead processes left behind");
         }
         match pods.setup_default_network(&opts, own_network) {
             Ok(name) => pods.default_network = name,
@@ -260,6 +261,12 @@ impl Pods {
     }
 
     /// This runtime's scope (pod names are unique within it).
+    /// What the sweep at open removed and finished (see [`Pods::sweep`]), and what it
+    /// could not: `minipod gc` prints it.
+    pub fn swept_at_open(&self) -> &SweepReport {
+        &self.swept
+    }
+
     pub fn scope(&self) -> &Scope {
         &self.scope
     }

@@ -16,6 +16,20 @@
 //! Containers themselves are ordinary runtime containers (`<root>/<pod id>-<name>`),
 //! each with its monitor, so they outlive the process that made them.
 //!
+//! # Crashes
+//!
+//! Any process may be killed at any step, and [`Pods::open`] mends what it left (the
+//! sweep, also `minipod gc`):
+//!
+//! - a pod directory is put together under a temporary name and renamed into place,
+//!   so it always holds its record; its name is claimed after that, by hard-linking a
+//!   whole claim file, so a claim whose pod has no record is stale and taken over;
+//! - a stop records `stopping` and a removal `removing` before their first step,
+//!   under the pod's lock: one found with the lock free was cut short, and is
+//!   finished (a `stopping` pod is not ready meanwhile);
+//! - temporary files and directories (`.NAME.tmp.PID.SEQ`) of dead writers go, and
+//!   so do pods made by a process that died before they were ready.
+//!
 //! A container's [`Security`] (user and groups resolved in its image, capabilities,
 //! privileged, read-only root, seccomp, PID namespace, node devices) and its mounts
 //! (Bidirectional ones get a shared container root) and [`Resources`] (cgroup
@@ -236,6 +250,8 @@ pub struct Pods {
     keep_pods: bool,
     instance: Option<Instance>,
     template: mount_template::MountTemplate,
+    /// What the sweep at open found and did.
+    swept: SweepReport,
 }
 
 #[cfg(test)]

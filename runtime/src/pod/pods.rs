@@ -158,18 +158,28 @@ impl Pods {
             host_ipc: cfg.host_ipc,
             host_network: cfg.host_network,
             sysctls: cfg.sysctls.clone(),
+            removing: false,
         };
         {
-            // Claimed through the name index, so that the check costs the same with one
-            // pod or a thousand.
-            self.claim_name(&cfg.name, &id)?;
-            let made = std::fs::create_dir_all(dir.join("ns"))
-                .and_then(|()| std::fs::create_dir(dir.join("containers")))
-                .map_err(io_err("creating", &dir))
-                .and_then(|()| self.save_pod(&pod));
+            // Put together under a temporary name and renamed into place, so that a pod
+            // directory always holds its record: a crash leaves a whole pod (which its
+            // owner's death gets swept) or a temporary directory (swept too), never a
+            // directory that no listing shows and no removal finds.
+            let staging = netstack::record::temp_path(&dir);
+            let made = std::fs::create_dir_all(staging.join("ns"))
+                .and_then(|()| std::fs::create_dir(staging.join("containers")))
+                .map_err(io_err("creating", &staging))
+                .and_then(|()| write_json(&staging.join(POD_FILE), &pod))
+                .and_then(|()| std::fs::rename(&staging, &dir).map_err(io_err("renaming into place", &dir)));
             if let Err(e) = made {
-                let _ = std::fs::remove_dir_all(&dir);
-                self.release_name(&pod);
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+            // Claimed through the name index, so that the check costs the same with one
+            // pod or a thousand; after the record exists, so that a claim whose pod has
+            // no record is stale and may be taken over.
+            if let Err(e) = self.claim_name(&cfg.name, &id) {
+                let _ = self.remove_pod_dir(&id);
                 return Err(e);
             }
         }
@@ -241,6 +251,12 @@ impl Pods {
             return Err(PodError::NoSuchPod(name_or_id.to_string()));
         };
         let mut pod = self.pod(pod.id.as_str())?;
+        if pod.status != PodStatus::Stopped && pod.status != PodStatus::Stopping {
+            // The intent, before the first step: from here on the pod is not ready, and
+            // a stop that a crash cuts short is finished by the next open.
+            pod.status = PodStatus::Stopping;
+            self.save_pod(&pod)?;
+        }
         for c in self.containers(Some(&pod.id))? {
             self.stop_container_record(&c, timeout)?;
         }
@@ -303,11 +319,17 @@ impl Pods {
         };
         // Re-read under the lock: a stop that came first has detached it already.
         let fresh = self.pod(pod.id.as_str());
-        let pod = match &fresh {
+        let mut pod = match fresh {
             Ok(fresh) => fresh,
             Err(PodError::NoSuchPod(_)) => return Ok(()),
-            Err(_) => pod,
+            Err(_) => pod.clone(),
         };
+        if !pod.removing {
+            // The intent: a removal that a crash cuts short is finished by the next open.
+            pod.removing = true;
+            self.save_pod(&pod)?;
+        }
+        let pod = &pod;
         let mut failures = Failures::default();
         match self.containers(Some(&pod.id)) {
             Ok(containers) => {
@@ -344,12 +366,23 @@ impl Pods {
         if !failures.is_empty() {
             return failures.finish(what);
         }
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", &dir)(e)),
-            _ => {}
-        }
+        self.remove_pod_dir(&pod.id)?;
         self.release_name(pod);
         Ok(())
+    }
+
+    /// Takes a pod's directory away whole: renamed to a temporary name first, so that
+    /// a crash halfway through the removal leaves a temporary directory the next sweep
+    /// removes, not a pod directory without its record.
+    pub(super) fn remove_pod_dir(&self, id: &PodId) -> Result<()> {
+        let dir = self.pod_dir(id);
+        let doomed = netstack::record::temp_path(&dir);
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("removing", &dir)(e)),
+        }
+        std::fs::remove_dir_all(&doomed).map_err(io_err("removing", &doomed))
     }
 
     /// Makes a pod outlive this process: it is no longer swept when the process is

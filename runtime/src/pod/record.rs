@@ -95,6 +95,9 @@ pub enum PodStatus {
     Creating,
     /// Namespaces and networks are up.
     Ready,
+    /// A stop began: not ready any more. Recorded before its first step, so that a
+    /// stop cut short by a crash is finished when the pods are next opened.
+    Stopping,
     /// Containers stopped and networks detached; only removal is left.
     Stopped,
 }
@@ -104,6 +107,7 @@ impl fmt::Display for PodStatus {
         f.write_str(match self {
             PodStatus::Creating => "creating",
             PodStatus::Ready => "ready",
+            PodStatus::Stopping => "stopping",
             PodStatus::Stopped => "stopped",
         })
     }
@@ -165,6 +169,10 @@ pub struct PodRecord {
     /// Set in the pod's namespaces by each container as it starts.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// A removal began (recorded before its first step): the next open of the pods
+    /// finishes one that a crash cut short.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 impl PodRecord {

@@ -59,31 +59,77 @@ impl Pods {
         PodId::parse(std::fs::read_to_string(self.name_file(scope, name)).ok()?.trim())
     }
 
-    /// Claims `name` in this scope for pod `id` (an exclusive create). A claim whose
-    /// pod is gone (a crash before its record) is taken over.
+    /// Claims `name` in this scope for pod `id`, whose record exists already. The claim
+    /// appears whole or not at all (a complete file hard-linked into place, which fails
+    /// if the name is taken), so a crash never leaves an empty claim. A claim whose pod
+    /// has no record (a crash before its release) is stale and taken over.
     pub(super) fn claim_name(&self, name: &PodName, id: &PodId) -> Result<()> {
-        use std::io::Write;
         let path = self.name_file(&self.scope, name);
         let dir = path.parent().unwrap_or(&path);
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => return f.write_all(id.as_str().as_bytes()).map_err(io_err("writing", &path)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(&path).ok().and_then(|t| PodId::parse(t.trim()));
-                    match holder {
-                        Some(other) if self.pod_dir(&other).exists() => return Err(PodError::PodExists { name: name.clone(), id: other }),
-                        // A claim being written right now reads as empty: never steal it.
-                        None if path.metadata().is_ok_and(|m| m.len() == 0) => return Err(PodError::NameContended(name.clone())),
-                        _ => {
-                            let _ = std::fs::remove_file(&path);
+        let whole = netstack::record::temp_path(&path);
+        // Durable: the index is what keeps two pods from one name across a crash.
+        netstack::record::write_atomic(&whole, id.as_str().as_bytes(), netstack::record::Durability::Durable)
+            .map_err(io_err("writing", &whole))?;
+        let claimed = (|| {
+            for _ in 0..2 {
+                match std::fs::hard_link(&whole, &path) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match self.name_index(&self.scope, name) {
+                        Some(other) if self.pod_dir(&other).join(POD_FILE).exists() => {
+                            return Err(PodError::PodExists { name: name.clone(), id: other })
                         }
+                        _ => self.drop_stale_claim(&path),
+                    },
+                    Err(e) => return Err(io_err("claiming the name in", &path)(e)),
+                }
+            }
+            Err(PodError::NameContended(name.clone()))
+        })();
+        let _ = std::fs::remove_file(&whole);
+        claimed
+    }
+
+    /// Removes the claim at `path` if it is still stale (its pod has no record) once
+    /// the index lock is held, so that two processes taking over one stale claim at
+    /// once cannot remove each other's new one.
+    fn drop_stale_claim(&self, path: &Path) {
+        let Ok(lock) =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.root.join("pods").join(".names").join("lock"))
+        else {
+            return;
+        };
+        let Ok(_lock) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive) else { return };
+        // Gone already: another process's claim may appear any moment, and is not ours to remove.
+        let Ok(text) = std::fs::read_to_string(path) else { return };
+        if PodId::parse(text.trim()).is_none_or(|other| !self.pod_dir(&other).join(POD_FILE).exists()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Name claims whose pod has no record: a crash between a pod's removal and the
+    /// release of its name. Removed; returns them as `scope/name`.
+    pub(super) fn sweep_stale_claims(&self) -> Vec<String> {
+        let mut swept = Vec::new();
+        let names = self.root.join("pods").join(".names");
+        for scope in std::fs::read_dir(&names).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            let _ = netstack::record::remove_dead_temps(&scope.path());
+            for claim in std::fs::read_dir(scope.path()).into_iter().flatten().flatten() {
+                let file = claim.file_name().to_string_lossy().into_owned();
+                if netstack::record::is_temp_name(&file) {
+                    continue;
+                }
+                let path = claim.path();
+                let holder = std::fs::read_to_string(&path).ok().and_then(|t| PodId::parse(t.trim()));
+                if holder.is_none_or(|id| !self.pod_dir(&id).join(POD_FILE).exists()) {
+                    self.drop_stale_claim(&path);
+                    if !path.exists() {
+                        swept.push(format!("{}/{file}", scope.file_name().to_string_lossy()));
                     }
                 }
-                Err(e) => return Err(io_err("claiming the name in", &path)(e)),
             }
         }
-        Err(PodError::NameContended(name.clone()))
+        swept
     }
 
     pub(super) fn release_name(&self, pod: &PodRecord) {
@@ -133,6 +179,16 @@ impl Pods {
         let pod = PodId::parse(pod).ok_or_else(not_found)?;
         let name = ContainerName::new(name.strip_prefix('-').ok_or_else(not_found)?).map_err(|_| not_found())?;
         netstack::record::read_json(&self.container_dir(&pod, &name).join(CONTAINER_FILE)).map_err(|_| not_found())
+    }
+
+    /// Whether nobody holds the pod's lock: no stop, removal or container create of it
+    /// is under way in any process.
+    pub(super) fn pod_lock_free(&self, id: &PodId) -> bool {
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open(self.pod_dir(id).join("lock")) else {
+            // Never locked, or gone.
+            return self.pod_dir(id).exists();
+        };
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
     }
 
     /// The pod's lock, held while a container is made in it and while it is torn
