@@ -106,8 +106,48 @@ fn crictl_drives_pods_containers_and_images() {
     assert!(err(&["inspectp", "0123456789ab"]).contains("NotFound"));
     assert!(err(&["inspect", "nosuchcontainer"]).contains("NotFound"));
     assert!(err(&["runp", &web_pod]).contains("AlreadyExists"));
+    // A pod made again under its name (a new uid) need not wait for the old sandbox.
+    let mut reborn = pod_json("web", &logs, json!([]));
+    reborn["metadata"]["uid"] = json!("web-uid-2");
+    let reborn = d.ok(&["runp", &d.write("web-reborn.json", &reborn)]).trim().to_string();
+    assert_ne!(reborn, web);
+    d.ok(&["rmp", "-f", &reborn]);
+    // Oversized fields are refused by name and limit, and not sent back.
+    let mut huge = pod_json("huge", &logs, json!([]));
+    huge["annotations"] = json!({ "a": "x".repeat(300 * 1024) });
+    let refused = err(&["runp", &d.write("huge.json", &huge)]);
+    assert!(
+        refused.contains("InvalidArgument") && refused.contains("annotations are 307201 bytes together; the limit is 262144"),
+        "{refused}"
+    );
+    assert!(refused.len() < 1000, "{} bytes of error", refused.len());
     let bad = d.write("bad-pod.json", &json!({ "metadata": { "name": "x", "namespace": "" } }));
     assert!(!d.crictl(&["runp", &bad]).status.success());
+    // Below crictl, with a client that knows no gRPC: an unknown method is named in its
+    // Unimplemented answer, and a body that is no protobuf is answered (INTERNAL, as
+    // grpc-go answers it) without harm to the daemon.
+    let grpc = |path: &str, payload: &[u8]| {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(payload);
+        let body = d.h.base.join("grpc-body");
+        std::fs::write(&body, &frame).unwrap();
+        let out = Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "--unix-socket"])
+            .arg(&d.sock)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let unknown = grpc("/runtime.v1.RuntimeService/NoSuchMethod", b"");
+    assert!(unknown.contains("grpc-status: 12"), "{unknown}");
+    assert!(unknown.contains("grpc-message: unknown method /runtime.v1.runtimeservice/nosuchmethod: minipod serves"), "{unknown}");
+    let garbled = grpc("/runtime.v1.RuntimeService/Version", &[0xff, 0xff, 0xff]);
+    assert!(garbled.contains("grpc-status: 13") && garbled.contains("decode"), "{garbled}");
+    assert!(d.ok(&["version"]).contains("minipod"));
     // Log files stay inside the pod's log directory; nothing is written elsewhere and
     // no container is left of the attempt.
     let outside = d.h.base.join("escaped.log");

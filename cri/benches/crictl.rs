@@ -15,22 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Prints the median and p99; returns the median in ms.
-fn stats(label: &str, mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-    println!("{label:<44} n={:<4} median {:>7.2} ms   p99 {:>7.2} ms", v.len(), pick(0.5), pick(0.99));
-    pick(0.5)
-}
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{connect, run, stats, which, Bench};
 
 fn crictl() -> Option<PathBuf> {
     ["/root/go/bin/crictl", "/usr/local/bin/crictl", "/usr/bin/crictl"].iter().map(PathBuf::from).find(|p| p.exists())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// crictl against one runtime's socket.
@@ -132,34 +122,8 @@ fn main() {
         return;
     };
     let n: usize = std::env::var("MINIPOD_BENCH_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let minipod = PathBuf::from(env!("CARGO_BIN_EXE_minipod"));
-    let base = std::env::temp_dir().join(format!("minipod-bench-crictl-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
-    let node = base.join("node");
-    minipod_runtime::netstack::netns::create_pinned(&node).unwrap_or_else(|e| panic!("node namespace: {e}"));
-    let _cleanup = Cleanup { node: node.clone(), base: base.clone() };
-    run(Command::new("nsenter").arg(format!("--net={}", node.display())).args(["ip", "link", "set", "lo", "up"]));
-    let (root, images, sock) = (base.join("state"), base.join("images"), base.join("cri.sock"));
-    let layout = base.join("layout");
-    minipod_runtime::busybox::write_oci_layout(&layout, "bench/busybox:1").unwrap_or_else(|e| panic!("image: {e}"));
-    run(Command::new(&minipod).arg("--root").arg(&root).args(["image", "--images"]).arg(&images).arg("import").arg(&layout));
-    let daemon = Command::new(&minipod)
-        .arg("--root")
-        .arg(&root)
-        .args(["serve", "--socket"])
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--netns")
-        .arg(&node)
-        .arg("--images")
-        .arg(&images)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("minipod serve: {e}"));
-    let daemon = Daemon { child: daemon, minipod: minipod.clone(), root: root.clone(), images: images.clone(), node: node.clone() };
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut bench = Bench::start("crictl", "bench/busybox:1");
+    let (base, node, sock) = (bench.base.clone(), bench.node.clone(), bench.sock.clone());
     let c = Crictl {
         bin: crictl.clone(),
         endpoint: format!("unix://{}", sock.display()),
@@ -171,7 +135,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
     rt.block_on(direct(&sock, n));
     drop(rt);
-    drop(daemon);
+    drop(bench.daemon.take());
 
     match which("containerd") {
         Some(containerd) => {
@@ -181,58 +145,6 @@ fn main() {
         }
         None => println!("containerd + CNI: not installed (apt-get install containerd), so no side-by-side numbers"),
     }
-}
-
-/// `minipod serve`; stopped when dropped, and whatever pods a failed step left removed.
-struct Daemon {
-    child: std::process::Child,
-    minipod: PathBuf,
-    root: PathBuf,
-    images: PathBuf,
-    node: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let minipod = |args: &[&str]| {
-            // On the benchmark's node: never the host's network.
-            Command::new(&self.minipod)
-                .arg("--root")
-                .arg(&self.root)
-                .args(["pod", "--netns"])
-                .arg(&self.node)
-                .arg("--images")
-                .arg(&self.images)
-                .args(args)
-                .output()
-        };
-        let listed = minipod(&["ls", "-o", "json"]).map(|o| o.stdout).unwrap_or_default();
-        let pods: Vec<serde_json::Value> = serde_json::from_slice(&listed).unwrap_or_default();
-        for id in pods.iter().filter_map(|p| p["id"].as_str()) {
-            let _ = minipod(&["rm", "--force", id]);
-        }
-    }
-}
-
-/// Releases the node namespace and removes the benchmark's directory, also when a
-/// step panics.
-struct Cleanup {
-    node: PathBuf,
-    base: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = minipod_runtime::netstack::netns::remove_pinned(&self.node);
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
 }
 
 #[path = "crictl/containerd.rs"]
@@ -288,15 +200,7 @@ fn hardening_parts() -> Vec<(&'static str, k8s_cri::v1::LinuxContainerConfig)> {
 /// over one connection; prints a line per kind and what it adds to the plain one.
 async fn direct(sock: &Path, n: usize) {
     use k8s_cri::v1 as cri;
-    let path = sock.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()));
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(channel);
+    let mut client = connect(sock).await;
     let parts = hardening_parts();
     let (mut runp, mut made) = (Vec::new(), Vec::new());
     let mut start: Vec<Vec<Duration>> = vec![Vec::new(); parts.len()];

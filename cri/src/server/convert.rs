@@ -66,10 +66,12 @@ pub fn short_hash(parts: &[&str]) -> String {
     format!("{h:08x}")
 }
 
-/// minipod's pod name for a sandbox: unique per (name, namespace, attempt), as the
-/// CRI asks, and a valid DNS label.
+/// minipod's pod name for a sandbox: unique per (name, namespace, uid, attempt), as
+/// containerd reserves it, and a valid DNS label. The uid is in it because a pod that
+/// Kubernetes deletes and makes again under its name gets a new uid, and its first
+/// sandbox (attempt 0) must not wait for the old pod's to be removed.
 pub fn pod_name(m: &cri::PodSandboxMetadata) -> Result<PodName, NameError> {
-    PodName::new(format!("{}-{}-{}", label(&m.name, 40), m.attempt, short_hash(&[&m.namespace, &m.name])))
+    PodName::new(format!("{}-{}-{}", label(&m.name, 40), m.attempt, short_hash(&[&m.namespace, &m.name, &m.uid])))
 }
 
 /// minipod's container name for a container: unique per (name, attempt) in its pod.
@@ -184,13 +186,16 @@ mod tests {
     }
 
     #[test]
-    fn names_are_dns_labels_and_unique_per_namespace_and_attempt() {
+    fn names_are_dns_labels_and_unique_per_namespace_uid_and_attempt() {
         let m =
             |name: &str, ns: &str, attempt| cri::PodSandboxMetadata { name: name.into(), namespace: ns.into(), uid: "u".into(), attempt };
         let a = pod_name(&m("Web.Server_1", "default", 0)).unwrap();
         assert!(a.as_str().starts_with("web-server-1-0-"), "{a}");
         assert_ne!(a, pod_name(&m("Web.Server_1", "other", 0)).unwrap());
         assert_ne!(a, pod_name(&m("Web.Server_1", "default", 1)).unwrap());
+        // A pod made again under its name has a new uid.
+        let again = cri::PodSandboxMetadata { uid: "u2".into(), ..m("Web.Server_1", "default", 0) };
+        assert_ne!(a, pod_name(&again).unwrap());
         // The longest a kubelet can send still makes a name.
         assert!(pod_name(&m(&"x".repeat(253), &"n".repeat(63), u32::MAX)).is_ok());
         assert_eq!(label("--", 10), "x");

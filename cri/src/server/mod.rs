@@ -6,10 +6,12 @@ mod convert;
 mod events;
 mod from_cri;
 mod image_service;
+mod limits;
 mod runtime_service;
 mod security;
 mod stats;
 mod to_cri;
+mod unknown_method;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -104,6 +106,7 @@ pub fn serve(
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopping = stop.clone();
         let serving = tonic::transport::Server::builder()
+            .layer(unknown_method::NameUnknownMethods)
             .add_service(RuntimeServiceServer::from_arc(server.clone()))
             .add_service(ImageServiceServer::from_arc(server))
             .serve_with_incoming_shutdown(

@@ -13,7 +13,7 @@ use super::convert::{self, ATTEMPT, NAME};
 use super::from_cri::{self, mount, pod_config};
 use super::stats::{pod_stats, stats};
 use super::to_cri::{container, container_status, sandbox, sandbox_status};
-use super::{blocking, security, Server};
+use super::{blocking, limits, security, Server};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -94,6 +94,7 @@ impl RuntimeService for Server {
 
     async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Reply<cri::RunPodSandboxResponse> {
         let cfg = req.into_inner().config.ok_or_else(|| Status::invalid_argument("no sandbox config"))?;
+        limits::sandbox(&cfg)?;
         let cfg = pod_config(&cfg)?;
         let pod = blocking(&self.pods, move |p| p.create_pod(cfg)).await?;
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: pod.id.to_string() }))
@@ -155,6 +156,7 @@ impl RuntimeService for Server {
         let req = req.into_inner();
         need(&req.pod_sandbox_id, "pod_sandbox_id")?;
         let cfg = req.config.ok_or_else(|| Status::invalid_argument("no container config"))?;
+        limits::container(&cfg)?;
         let m = cfg.metadata.clone().ok_or_else(|| Status::invalid_argument("the container config has no metadata"))?;
         if m.name.is_empty() {
             return Err(Status::invalid_argument("the container metadata needs a name"));
@@ -298,6 +300,7 @@ impl RuntimeService for Server {
         if req.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd is empty"));
         }
+        limits::command(&req.cmd)?;
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
         let out = blocking(&self.pods, move |p| p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)).await?;
         Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.status.shell_code() }))
@@ -309,6 +312,7 @@ impl RuntimeService for Server {
         if req.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd is empty"));
         }
+        limits::command(&req.cmd)?;
         if !(req.stdin || req.stdout || req.stderr) {
             return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
         }

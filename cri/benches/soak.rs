@@ -1,0 +1,214 @@
+//! Soak: pod cycles (RunPodSandbox, CreateContainer, StartContainer, StopPodSandbox,
+//! RemovePodSandbox) by 8 concurrent gRPC clients against one `minipod serve`, on a
+//! node namespace of its own. Every 500 cycles it samples the daemon's RSS, open fds
+//! and threads; per 1,000 cycles it prints the cycle latency's p50 and p99; then it
+//! draws both against the cycle count (an SVG). What it looks for: flat lines, and an
+//! RSS under 30 MB.
+//!
+//! `cargo bench -p minipod-cri --bench soak` (root). `MINIPOD_SOAK_CYCLES` (10,000),
+//! `MINIPOD_SOAK_CLIENTS` (8) and `MINIPOD_SOAK_SVG` (target/soak.svg) change it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{connect, quantile, Bench};
+
+const IMAGE: &str = "bench/busybox:1";
+const SAMPLE_EVERY: usize = 500;
+const LATENCY_WINDOW: usize = 1000;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The daemon's resident memory (MB), open fds and threads.
+#[derive(Clone, Copy)]
+struct Sample {
+    cycles: usize,
+    rss_mb: f64,
+    fds: usize,
+    threads: usize,
+}
+
+fn sample(pid: u32, cycles: usize) -> Sample {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok())
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    Sample { cycles, rss_mb: field("VmRSS:").unwrap_or(0.0) / 1024.0, fds, threads: field("Threads:").unwrap_or(0.0) as usize }
+}
+
+async fn cycle(client: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>, n: usize) {
+    let name = format!("soak{n}");
+    let config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata { name: name.clone(), namespace: "soak".into(), uid: name, attempt: 0 }),
+        ..Default::default()
+    };
+    let id = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+        .into_inner()
+        .pod_sandbox_id;
+    let ctr = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        // Ends at the stop's TERM, as a well-behaved workload does.
+        command: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; sleep 3600 & wait".into()],
+        ..Default::default()
+    };
+    let c = client
+        .create_container(cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(config) })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    client.start_container(cri::StartContainerRequest { container_id: c }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+}
+
+fn main() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the soak benchmark needs root");
+        return;
+    }
+    let cycles = env("MINIPOD_SOAK_CYCLES", 10_000);
+    let clients = env("MINIPOD_SOAK_CLIENTS", 8);
+    let svg = std::env::var("MINIPOD_SOAK_SVG").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/soak.svg").into());
+    let bench = Bench::start("soak", IMAGE);
+    let pid = bench.pid();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap_or_else(|e| panic!("tokio: {e}"));
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(vec![Duration::ZERO; cycles]));
+    let samples = Arc::new(Mutex::new(vec![sample(pid, 0)]));
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (next, done, latencies, samples, sock) =
+                (next.clone(), done.clone(), latencies.clone(), samples.clone(), bench.sock.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut client = connect(&sock).await;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= cycles {
+                        return;
+                    }
+                    let t = Instant::now();
+                    cycle(&mut client, n).await;
+                    let k = done.fetch_add(1, Ordering::Relaxed);
+                    // By the order of completion: a window is 1,000 consecutive cycles.
+                    if let Ok(mut l) = latencies.lock() {
+                        l[k] = t.elapsed();
+                    }
+                    if (k + 1) % SAMPLE_EVERY == 0 {
+                        if let Ok(mut s) = samples.lock() {
+                            s.push(sample(pid, k + 1));
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap_or_else(|e| panic!("a client failed: {e}"));
+        }
+    });
+    let elapsed = started.elapsed();
+    let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    println!(
+        "minipod serve, {cycles} pod cycles (runp, create, start, stopp, rmp) by {clients} clients in {:.1} s: {:.0} cycles/s",
+        elapsed.as_secs_f64(),
+        cycles as f64 / elapsed.as_secs_f64()
+    );
+    println!("{:>8} {:>9} {:>5} {:>8} {:>12} {:>12}", "cycles", "RSS MB", "fds", "threads", "p50 ms", "p99 ms");
+    let mut windows = Vec::new();
+    for s in &samples {
+        let window = (s.cycles >= LATENCY_WINDOW && s.cycles % LATENCY_WINDOW == 0).then(|| {
+            let mut w = latencies[s.cycles - LATENCY_WINDOW..s.cycles].to_vec();
+            w.sort();
+            (quantile(&w, 0.5), quantile(&w, 0.99))
+        });
+        match window {
+            Some((p50, p99)) => {
+                windows.push((s.cycles, p50, p99));
+                println!("{:>8} {:>9.1} {:>5} {:>8} {:>12.2} {:>12.2}", s.cycles, s.rss_mb, s.fds, s.threads, p50, p99);
+            }
+            None => println!("{:>8} {:>9.1} {:>5} {:>8}", s.cycles, s.rss_mb, s.fds, s.threads),
+        }
+    }
+    let peak = samples.iter().map(|s| s.rss_mb).fold(0.0, f64::max);
+    println!("peak RSS {peak:.1} MB (goal: under 30 MB)");
+    match std::fs::write(&svg, draw(cycles, &samples, &windows)) {
+        Ok(()) => println!("drawn: {svg}"),
+        Err(e) => eprintln!("drawing {svg}: {e}"),
+    }
+}
+
+/// A line of a panel: its name, colour and (cycle, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// Two panels over the cycle count: RSS (MB), fds and threads; cycle p50 and p99 (ms).
+fn draw(cycles: usize, samples: &[Sample], windows: &[(usize, f64, f64)]) -> String {
+    let (w, h, pad) = (720.0, 220.0, 50.0);
+    let mut out = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{}' font-family='sans-serif' font-size='12'>\n",
+        2.0 * h + 40.0
+    );
+    let panel = |out: &mut String, top: f64, title: &str, series: &[Series]| {
+        let max = series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y)).fold(1.0, f64::max) * 1.1;
+        let x = |c: f64| pad + (w - 2.0 * pad) * c / cycles.max(1) as f64;
+        let y = |v: f64| top + h - pad + -(h - 2.0 * pad) * v / max;
+        out.push_str(&format!("<text x='{pad}' y='{}'>{title}</text>\n", top + 20.0));
+        out.push_str(&format!(
+            "<line x1='{pad}' y1='{0}' x2='{1}' y2='{0}' stroke='black'/><line x1='{pad}' y1='{2}' x2='{pad}' y2='{0}' stroke='black'/>\n",
+            y(0.0),
+            w - pad,
+            y(max)
+        ));
+        out.push_str(&format!("<text x='5' y='{}'>{max:.0}</text><text x='5' y='{}'>0</text>\n", y(max) + 4.0, y(0.0)));
+        out.push_str(&format!("<text x='{}' y='{}'>{cycles} cycles</text>\n", w - pad - 70.0, y(0.0) + 16.0));
+        for (i, (name, colour, points)) in series.iter().enumerate() {
+            let path: Vec<String> = points.iter().map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v))).collect();
+            out.push_str(&format!("<polyline fill='none' stroke='{colour}' stroke-width='2' points='{}'/>\n", path.join(" ")));
+            out.push_str(&format!("<text x='{}' y='{}' fill='{colour}'>{name}</text>\n", pad + 260.0 + 110.0 * i as f64, top + 20.0));
+        }
+    };
+    let of = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(|s| (s.cycles as f64, f(s))).collect::<Vec<_>>();
+    panel(
+        &mut out,
+        0.0,
+        "daemon, sampled every 500 cycles",
+        &[
+            ("RSS MB", "#c0392b", of(&|s| s.rss_mb)),
+            ("open fds", "#2471a3", of(&|s| s.fds as f64)),
+            ("threads", "#229954", of(&|s| s.threads as f64)),
+        ],
+    );
+    panel(
+        &mut out,
+        h + 20.0,
+        "cycle latency per 1,000 cycles (ms)",
+        &[
+            ("p50", "#2471a3", windows.iter().map(|(c, p50, _)| (*c as f64, *p50)).collect()),
+            ("p99", "#c0392b", windows.iter().map(|(c, _, p99)| (*c as f64, *p99)).collect()),
+        ],
+    );
+    out.push_str("</svg>\n");
+    out
+}
