@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{connect, run, stats, which, Bench};
+use daemon::{connect, run, run_pod, start_container, stats, which, Bench};
 
 fn crictl() -> Option<PathBuf> {
     ["/root/go/bin/crictl", "/usr/local/bin/crictl", "/usr/bin/crictl"].iter().map(PathBuf::from).find(|p| p.exists())
@@ -206,18 +206,8 @@ async fn direct(sock: &Path, n: usize) {
     let mut start: Vec<Vec<Duration>> = vec![Vec::new(); parts.len()];
     for i in 0..n {
         for (k, (_, linux)) in parts.iter().enumerate() {
-            let name = format!("g{i}-{k}");
-            let config = cri::PodSandboxConfig {
-                metadata: Some(cri::PodSandboxMetadata { name: name.clone(), namespace: "bench".into(), uid: name, attempt: 0 }),
-                ..Default::default()
-            };
             let t = Instant::now();
-            let id = client
-                .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
-                .await
-                .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-                .into_inner()
-                .pod_sandbox_id;
+            let (id, config) = run_pod(&mut client, &format!("g{i}-{k}"), "bench").await;
             runp.push(t.elapsed());
             let ctr = cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
@@ -227,17 +217,7 @@ async fn direct(sock: &Path, n: usize) {
                 ..Default::default()
             };
             let t = Instant::now();
-            let c = client
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: id.clone(),
-                    config: Some(ctr),
-                    sandbox_config: Some(config),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-                .into_inner()
-                .container_id;
-            client.start_container(cri::StartContainerRequest { container_id: c }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
+            start_container(&mut client, &id, config, ctr).await;
             start[k].push(t.elapsed());
             made.push(id);
         }

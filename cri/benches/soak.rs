@@ -16,7 +16,7 @@ use k8s_cri::v1 as cri;
 
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{connect, quantile, Bench};
+use daemon::{connect, quantile, run_pod, start_container, Bench, Client};
 
 const IMAGE: &str = "bench/busybox:1";
 const SAMPLE_EVERY: usize = 500;
@@ -44,18 +44,8 @@ fn sample(pid: u32, cycles: usize) -> Sample {
     Sample { cycles, rss_mb: field("VmRSS:").unwrap_or(0.0) / 1024.0, fds, threads: field("Threads:").unwrap_or(0.0) as usize }
 }
 
-async fn cycle(client: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>, n: usize) {
-    let name = format!("soak{n}");
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: name.clone(), namespace: "soak".into(), uid: name, attempt: 0 }),
-        ..Default::default()
-    };
-    let id = client
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-        .into_inner()
-        .pod_sandbox_id;
+async fn cycle(client: &mut Client, n: usize) {
+    let (id, config) = run_pod(client, &format!("soak{n}"), "soak").await;
     let ctr = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
         image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
@@ -63,13 +53,7 @@ async fn cycle(client: &mut cri::runtime_service_client::RuntimeServiceClient<to
         command: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; sleep 3600 & wait".into()],
         ..Default::default()
     };
-    let c = client
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(config) })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-        .into_inner()
-        .container_id;
-    client.start_container(cri::StartContainerRequest { container_id: c }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    start_container(client, &id, config, ctr).await;
     client
         .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() })
         .await

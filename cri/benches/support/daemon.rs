@@ -80,8 +80,10 @@ impl Bench {
     }
 }
 
+pub type Client = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
 /// A CRI client over one connection to `sock`.
-pub async fn connect(sock: &Path) -> k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+pub async fn connect(sock: &Path) -> Client {
     let path = sock.to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -91,6 +93,40 @@ pub async fn connect(sock: &Path) -> k8s_cri::v1::runtime_service_client::Runtim
         .await
         .unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()));
     k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel)
+}
+
+/// RunPodSandbox of pod `name` (its uid too) in `namespace`; returns its id and config.
+pub async fn run_pod(client: &mut Client, name: &str, namespace: &str) -> (String, k8s_cri::v1::PodSandboxConfig) {
+    use k8s_cri::v1 as cri;
+    let config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata { name: name.into(), namespace: namespace.into(), uid: name.into(), attempt: 0 }),
+        ..Default::default()
+    };
+    let id = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+        .into_inner()
+        .pod_sandbox_id;
+    (id, config)
+}
+
+/// CreateContainer + StartContainer of `ctr` in pod `pod`; returns the container's id.
+pub async fn start_container(
+    client: &mut Client,
+    pod: &str,
+    config: k8s_cri::v1::PodSandboxConfig,
+    ctr: k8s_cri::v1::ContainerConfig,
+) -> String {
+    use k8s_cri::v1 as cri;
+    let c = client
+        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(ctr), sandbox_config: Some(config) })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    client.start_container(cri::StartContainerRequest { container_id: c.clone() }).await.unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    c
 }
 
 /// `minipod serve`; stopped when dropped, and whatever pods a failed step left removed.
