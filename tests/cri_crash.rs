@@ -1,7 +1,8 @@
 //! The daemon killed with SIGKILL in the middle of RunPodSandbox, CreateContainer,
-//! StopPodSandbox and RemovePodSandbox (four requests at once, at points a seeded
-//! schedule picks), then started again: every pod is listed consistently (ready with a
-//! network that answers, or not ready without an IP), no name is blocked, and once
+//! StopPodSandbox, RemovePodSandbox, StopContainer and RemoveContainer (four requests
+//! at once, at points a seeded schedule picks), then started again: every pod is listed
+//! consistently (ready with a network that answers, or not ready without an IP), every
+//! container is created, running or exited and can be removed, no name is blocked, and once
 //! everything is removed nothing is left: no link, address, route, neighbour or nft
 //! element in the node, no mount, cgroup, process, claim, address file or temporary
 //! file of the state dir.
@@ -27,9 +28,12 @@ enum Phase {
     CreateContainer,
     StopPod,
     RemovePod,
+    StopContainer,
+    RemoveContainer,
 }
 
-const PHASES: [Phase; 4] = [Phase::RunPod, Phase::CreateContainer, Phase::StopPod, Phase::RemovePod];
+const PHASES: [Phase; 6] =
+    [Phase::RunPod, Phase::CreateContainer, Phase::StopPod, Phase::RemovePod, Phase::StopContainer, Phase::RemoveContainer];
 /// Requests in flight when the kill comes.
 const CONCURRENT: usize = 4;
 
@@ -53,7 +57,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn a_daemon_killed_in_the_middle_of_pod_requests_comes_back_consistent_and_leaves_nothing() {
     need_root();
     let seed = env_u64("MINIPOD_CRASH_SEED", 0x6d_696e_6970_6f64);
-    let rounds = env_u64("MINIPOD_CRASH_ROUNDS", 12);
+    let rounds = env_u64("MINIPOD_CRASH_ROUNDS", 18);
     let mut schedule = Schedule(seed | 1);
     let node = TestNode::new("crash");
     let mut d = Daemon::start(Harness::new("crash"), &node.node_ns());
@@ -73,18 +77,18 @@ fn a_daemon_killed_in_the_middle_of_pod_requests_comes_back_consistent_and_leave
         let configs: Vec<String> = names.iter().map(|n| d.write(&format!("{n}.json"), &pod_json(n, &logs, json!([])))).collect();
         let sleeper = d.write("sleeper.json", &ctr_json("sleeper", &["sleep", "300"]));
         // What the killed requests work on.
-        let ready: Vec<String> = match phase {
-            Phase::RunPod => vec![],
-            Phase::CreateContainer => configs.iter().take(2).map(|c| d.ok(&["runp", c]).trim().to_string()).collect(),
-            Phase::StopPod | Phase::RemovePod => configs
+        let (ready, ctrs): (Vec<String>, Vec<String>) = match phase {
+            Phase::RunPod => (vec![], vec![]),
+            Phase::CreateContainer => (configs.iter().take(2).map(|c| d.ok(&["runp", c]).trim().to_string()).collect(), vec![]),
+            Phase::StopPod | Phase::RemovePod | Phase::StopContainer | Phase::RemoveContainer => configs
                 .iter()
                 .map(|c| {
                     let pod = d.ok(&["runp", c]).trim().to_string();
                     let ctr = d.ok(&["create", &pod, &sleeper, c]).trim().to_string();
                     d.ok(&["start", &ctr]);
-                    pod
+                    (pod, ctr)
                 })
-                .collect(),
+                .unzip(),
         };
         let context = format!("seed {seed:#x}, round {round}, {phase:?}, killed after {delay:?}");
         let requests: Vec<Vec<String>> = (0..CONCURRENT)
@@ -98,6 +102,8 @@ fn a_daemon_killed_in_the_middle_of_pod_requests_comes_back_consistent_and_leave
                     }
                     Phase::StopPod => s(&["stopp", &ready[i]]),
                     Phase::RemovePod => s(&["rmp", "-f", &ready[i]]),
+                    Phase::StopContainer => s(&["stop", "-t", "1", &ctrs[i]]),
+                    Phase::RemoveContainer => s(&["rm", "-f", &ctrs[i]]),
                 }
             })
             .collect();
@@ -116,6 +122,12 @@ fn a_daemon_killed_in_the_middle_of_pod_requests_comes_back_consistent_and_leave
         d.spawn();
         let pods = check_consistent(&d, &node, &context);
         seen_pods.extend(pods.iter().cloned());
+        // A container the killed requests worked on can still be removed.
+        let listed = d.ok(&["ps", "-a", "-q"]);
+        for c in ctrs.iter().filter(|c| listed.contains(c.as_str())) {
+            let out = d.crictl(&["rm", "-f", c]);
+            assert!(out.status.success(), "{context}: container {c} cannot be removed: {}", String::from_utf8_lossy(&out.stderr));
+        }
         // No name is blocked: each one no pod carries can be run again.
         if matches!(phase, Phase::RunPod) {
             let listed: Vec<String> =
@@ -158,6 +170,12 @@ fn check_consistent(d: &Daemon, node: &TestNode, context: &str) -> Vec<String> {
     }
     let ps: Value = serde_json::from_str(&d.ok(&["ps", "-a", "-o", "json"])).unwrap_or(Value::Null);
     for c in ps["containers"].as_array().into_iter().flatten() {
+        let state = c["state"].as_str().unwrap_or_default();
+        assert!(
+            ["CONTAINER_CREATED", "CONTAINER_RUNNING", "CONTAINER_EXITED"].contains(&state),
+            "{context}: container {} is {state}",
+            c["id"]
+        );
         let pod = c["podSandboxId"].as_str().unwrap_or_default();
         assert!(pods.iter().any(|p| p == pod), "{context}: container {} of pod {pod}, which is not listed", c["id"]);
     }

@@ -202,6 +202,28 @@ fn crictl_drives_pods_containers_and_images() {
     });
     let left = d.ok(&["pods", "-q"]);
     assert!(racers.iter().all(|id| !left.contains(id.as_str())), "{left}");
+    // The same for containers: stop and remove -f of one running container at once.
+    let racing: Vec<String> = (0..4)
+        .map(|i| {
+            let cfg = d.write(&format!("race-ctr-{i}.json"), &ctr_json(&format!("race-{i}"), &["sleep", "300"]));
+            let id = d.ok(&["create", &client, &cfg, &client_pod]).trim().to_string();
+            d.ok(&["start", &id]);
+            id
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = racing
+            .iter()
+            .flat_map(|id| [vec!["stop", "-t", "1", id.as_str()], vec!["rm", "-f", id.as_str()]])
+            .map(|args| (args.join(" "), s.spawn(move || client_of.crictl(&args))))
+            .collect();
+        for (args, run) in runs {
+            let out = run.join().unwrap();
+            assert!(out.status.success(), "crictl {args} beside its twin: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+    let left = d.ok(&["ps", "-a", "-q"]);
+    assert!(racing.iter().all(|id| !left.contains(id.as_str())), "{left}");
 
     // Teardown, idempotent.
     d.ok(&["stop", &httpd]);
