@@ -178,7 +178,7 @@ fn child(
             .map_err(|source| InitError::Sys { what: "making the exec'd process a group leader".into(), source })?;
     }
     if process.terminal() != Some(true) {
-        init::set_stdio(stdio)?;
+        super::stdio::set_stdio(stdio)?;
     }
     // The container's limits, not the caller's.
     init::set_rlimits(process, &|_| {})?;

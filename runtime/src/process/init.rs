@@ -57,6 +57,10 @@ pub enum InitError {
     Nul(String),
     #[error("applying the seccomp profile")]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("setting up stdio")]
+    Stdio(#[from] super::stdio::StdioError),
+    #[error("setting up the process's terminal")]
+    Terminal(#[from] super::terminal::TerminalError),
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
 }
@@ -138,7 +142,7 @@ fn setup(
             warn(format!("oom_score_adj {adj} not applied ({e}): continuing with the inherited value"));
         }
     }
-    set_stdio(stdio)?;
+    super::stdio::set_stdio(stdio)?;
 
     let cgroup_mounts = rootfs::prepare(spec, &req.bundle, &req.rootfs, req.overlay.as_ref(), &warn)?;
     match chan.recv_with_fds::<ToInit>()? {
@@ -225,39 +229,6 @@ fn set_parent_death_signal() -> Result<(), InitError> {
     // SAFETY: prctl with integer arguments.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
         .map_err(sys("setting the parent-death signal"))?;
-    Ok(())
-}
-
-/// Puts the given descriptors on 0, 1, 2, or /dev/null where none were given.
-pub(crate) fn set_stdio(stdio: Vec<OwnedFd>) -> Result<(), InitError> {
-    let fds: Vec<OwnedFd> = if stdio.len() == 3 {
-        stdio
-    } else {
-        let null = std::fs::File::options().read(true).write(true).open("/dev/null").map_err(|e| InitError::Sys {
-            what: "opening /dev/null".into(),
-            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
-        let null = OwnedFd::from(null);
-        vec![
-            null.try_clone().map_err(|_| Errno::EMFILE).map_err(sys("dup"))?,
-            null.try_clone().map_err(|_| Errno::EMFILE).map_err(sys("dup"))?,
-            null,
-        ]
-    };
-    for (target, fd) in fds.iter().enumerate() {
-        if fd.as_raw_fd() != target as i32 {
-            // SAFETY: dup2 onto a standard descriptor number.
-            Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target as i32) }).map_err(sys("setting up stdio"))?;
-        }
-    }
-    // The originals stay open only where they already sat on 0..2.
-    for fd in fds {
-        if fd.as_raw_fd() > 2 {
-            drop(fd);
-        } else {
-            std::mem::forget(fd);
-        }
-    }
     Ok(())
 }
 

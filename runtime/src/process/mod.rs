@@ -9,6 +9,7 @@ pub(crate) mod init;
 pub(crate) mod messages;
 pub(crate) mod monitor;
 pub(crate) mod pod_init;
+pub(crate) mod stdio;
 pub(crate) mod terminal;
 
 use std::os::fd::RawFd;

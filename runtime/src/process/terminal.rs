@@ -8,13 +8,26 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
-use super::init::{self, InitError};
+use super::stdio::{set_stdio, StdioError};
+
+/// The terminal could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("{what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("putting the terminal on stdio")]
+    Stdio(#[from] StdioError),
+}
 
 /// Makes the calling process (not yet a group leader) the leader of a new session on
 /// a new terminal of the container's devpts, sized `process.console_size` if given,
 /// with that terminal as its stdin, stdout and stderr. Returns the master end.
-pub(crate) fn take(process: &oci_spec::runtime::Process) -> Result<OwnedFd, InitError> {
-    let sys = |what: &'static str| move |source| InitError::Sys { what: what.into(), source };
+pub(crate) fn take(process: &oci_spec::runtime::Process) -> Result<OwnedFd, TerminalError> {
+    let sys = |what: &'static str| move |source| TerminalError::Sys { what, source };
     // Job control and ^C work, and the hangup when the master closes reaches it.
     nix::unistd::setsid().map_err(sys("starting a session for the terminal"))?;
     let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
@@ -34,8 +47,8 @@ pub(crate) fn take(process: &oci_spec::runtime::Process) -> Result<OwnedFd, Init
         // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which lives across the call.
         let _ = unsafe { libc::ioctl(peer.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|_| InitError::Sys { what: "duplicating the terminal".into(), source: Errno::EMFILE });
-    init::set_stdio(vec![dup(&peer)?, dup(&peer)?, peer])?;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|_| TerminalError::Sys { what: "duplicating the terminal", source: Errno::EMFILE });
+    set_stdio(vec![dup(&peer)?, dup(&peer)?, peer])?;
     // SAFETY: an ioctl on stdin with an integer argument.
     Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map_err(sys("making stdin the controlling terminal"))?;
     // SAFETY: the descriptor was just released by its only owner.
