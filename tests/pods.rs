@@ -527,7 +527,7 @@ async fn a_running_container_is_removed_only_by_force_and_a_gone_one_without_err
 /// What a process killed mid-way leaves, made by hand: a stop and a removal begun and
 /// not finished, a name claim without its pod, a pod directory without a record, a
 /// staging directory, a temporary member record and a half-written address file of a
-/// writer that is gone. `minipod gc` finishes or removes each and says so; then the
+/// writer that is gone; and a ready pod whose link someone deleted. `minipod gc` finishes or removes each and says so; then the
 /// name is free, and a second gc finds nothing.
 #[test]
 fn gc_finishes_what_a_crash_cut_short_and_removes_half_written_state() {
@@ -544,7 +544,7 @@ fn gc_finishes_what_a_crash_cut_short_and_removes_half_written_state() {
     let root = env.root().to_path_buf();
     let mut ids = vec![];
     // The keeper keeps the default network (and the files planted in it) alive.
-    for name in ["half-stopped", "half-removed", "keeper"] {
+    for name in ["half-stopped", "half-removed", "keeper", "lost-link"] {
         let (code, out, err) = run(&["pod", "--images", img, "--netns", nsarg, "run", name]);
         assert_eq!(code, Some(0), "{err}");
         ids.push(out.trim().to_string());
@@ -566,6 +566,10 @@ fn gc_finishes_what_a_crash_cut_short_and_removes_half_written_state() {
     let net = root.join("networks/minipod0");
     std::fs::write(net.join(format!("members/.abcdef012345.json.tmp.{dead}.3")), b"").unwrap();
     std::fs::write(net.join("ipam/ips/10.88.255.200"), b"").unwrap();
+    // Someone deletes a ready pod's link: the pod must not stay ready.
+    let member: serde_json::Value = serde_json::from_slice(&std::fs::read(net.join(format!("members/{}.json", ids[3]))).unwrap()).unwrap();
+    let veth = member["host_ifname"].as_str().unwrap();
+    assert!(support::node::TestNode::in_ns(&ns, &["ip", "link", "del", veth]).status.success());
 
     let (code, out, err) = run(&["gc", "--images", img, "--netns", nsarg]);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -577,6 +581,7 @@ fn gc_finishes_what_a_crash_cut_short_and_removes_half_written_state() {
         format!("removed: temporary {}", root.join(format!("pods/.abcdef012345.tmp.{dead}.0")).display()),
         format!("cleaned network: temporary file {}", net.join(format!("members/.abcdef012345.json.tmp.{dead}.3")).display()),
         "cleaned network: address 10.88.255.200 of minipod0".to_string(),
+        format!("finished: stop of pod lost-link ({}), whose link on minipod0 was gone", ids[3]),
     ] {
         assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
     }
@@ -585,6 +590,9 @@ fn gc_finishes_what_a_crash_cut_short_and_removes_half_written_state() {
     assert_eq!(inspect["pod"]["status"], "stopped", "{inspect}");
     assert!(!net.join(format!("members/{}.json", ids[0])).exists(), "the stop did not detach the pod");
     assert!(!root.join("pods").join(&ids[1]).exists());
+    let (_, inspect, _) = run(&["pod", "--images", img, "inspect", &ids[3]]);
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["pod"]["status"], "stopped", "{inspect}");
     let (code, out, err) = run(&["pod", "--images", img, "--netns", nsarg, "run", "ghost"]);
     assert_eq!(code, Some(0), "the name stays blocked: {out}{err}");
     let (code, out, err) = run(&["gc", "--images", img, "--netns", nsarg]);

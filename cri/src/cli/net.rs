@@ -155,6 +155,9 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
                 for net in &report.networks {
                     println!("finished removing network {net}");
                 }
+                for (net, owner) in &report.unwired {
+                    println!("member {owner} of {net} has lost its host link: stop its pod (minipod gc does) or detach it");
+                }
                 for file in &report.files {
                     println!("removed temporary file {}", file.display());
                 }

@@ -15,6 +15,10 @@ pub struct GcReport {
     pub files: Vec<std::path::PathBuf>,
     /// Networks whose removal a crash cut short, now removed.
     pub networks: Vec<NetworkName>,
+    /// Members of live owners whose host veth is gone (deleted by hand, or with a
+    /// namespace someone removed): recorded as attached, and passing no traffic. Left
+    /// for the owner's layer to stop or repair.
+    pub unwired: Vec<(NetworkName, OwnerId)>,
     /// What could not be cleaned (what was tried, why it failed); the rest was.
     pub failures: Vec<(String, NetworkError)>,
 }
@@ -58,6 +62,7 @@ impl Node {
         let node = Netlink::open(&self.netns)?;
         let links = node.link_names().await?;
         let mut known_ifnames = std::collections::HashSet::new();
+        let mut unwired = Vec::new();
         // One failure (a veth the kernel refuses to delete, an unreadable record) must
         // not keep the rest from being cleaned: it is reported and gc goes on. But a
         // record that could not be read may be a live pod's: then no link counts as
@@ -82,6 +87,9 @@ impl Node {
                 // Handled here either way: not a stray in the link snapshot below.
                 known_ifnames.insert(m.host_ifname.clone());
                 if is_live(&m.owner) {
+                    if !links.contains(&m.host_ifname) {
+                        unwired.push((cfg.name.clone(), m.owner, m.host_ifname));
+                    }
                     continue;
                 }
                 match self.detach(&cfg.name, &m.owner).await {
@@ -113,6 +121,12 @@ impl Node {
                     }
                 }
             }
+        }
+        // Looked at again: a member attached since the snapshot has its veth now.
+        if !unwired.is_empty() {
+            let now = node.link_names().await?;
+            report.unwired =
+                unwired.into_iter().filter(|(_, _, ifname)| !now.contains(ifname)).map(|(net, owner, _)| (net, owner)).collect();
         }
         // Host ends are named `mp` + hash; any not accounted for is a leftover.
         for name in links.into_iter().filter(|_| stray_links && !unread) {

@@ -28,7 +28,9 @@
 //!   under the pod's lock: one found with the lock free was cut short, and is
 //!   finished (a `stopping` pod is not ready meanwhile);
 //! - temporary files and directories (`.NAME.tmp.PID.SEQ`) of dead writers go, and
-//!   so do pods made by a process that died before they were ready.
+//!   so do pods made by a process that died before they were ready;
+//! - a ready pod on this node whose host link is gone (deleted by hand, say) is
+//!   stopped, so that it is reported not ready rather than ready and unreachable.
 //!
 //! A container's [`Security`] (user and groups resolved in its image, capabilities,
 //! privileged, read-only root, seccomp, PID namespace, node devices) and its mounts

@@ -144,6 +144,13 @@ impl Pods {
                 report.network.extend(r.links.iter().map(|l| format!("link {l}")));
                 report.network.extend(r.files.iter().map(|f| format!("temporary file {}", f.display())));
                 report.network.extend(r.networks.iter().map(|n| format!("removal of network {n}, finished")));
+                for (net, owner) in &r.unwired {
+                    match self.stop_unwired(owner.as_str(), net) {
+                        Ok(Some(done)) => report.finished.push(done),
+                        Ok(None) => {}
+                        Err(e) => errors.push(format!("stopping pod {owner}, whose link on {net} is gone: {}", chain(&e))),
+                    }
+                }
                 errors.extend(r.failures.iter().map(|(what, e)| format!("network gc, {what}: {}", chain(e))));
             }
             Err(e) => errors.push(format!("network gc: {}", chain(&e))),
@@ -153,6 +160,21 @@ impl Pods {
             tracing::warn!("sweep: {e}");
         }
         report
+    }
+
+    /// Stops a ready pod whose link on `net` is gone, so that it is reported not ready
+    /// (a kubelet then makes it again) instead of ready and unreachable. Nothing when
+    /// the pod is not ready or is being worked on.
+    fn stop_unwired(&self, id: &str, net: &crate::netstack::NetworkName) -> super::Result<Option<String>> {
+        let Some(id) = PodId::parse(id) else { return Ok(None) };
+        let Ok(pod) = self.pod(id.as_str()) else { return Ok(None) };
+        // Only a pod on this runtime's node: the links looked at are this node's, and
+        // one state dir may serve pods of other node namespaces too.
+        if pod.node != self.node_ref || pod.status != PodStatus::Ready || !self.pod_lock_free(&id) {
+            return Ok(None);
+        }
+        self.stop_pod(id.as_str(), RECOVERY_STOP_GRACE)?;
+        Ok(Some(format!("stop of pod {} ({id}), whose link on {net} was gone", pod.name)))
     }
 
     /// Temporary entries of dead writers in `dir`.
