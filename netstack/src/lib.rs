@@ -15,8 +15,8 @@
 //!   [`ipam::Ipam`], sets lo and the interface up and routes via the gateway. It
 //!   returns once both ends pass traffic (a veth end set up before its peer drops
 //!   what it sends until the kernel's link watch activates it), so a member's first
-//!   packet and the answer to it are not lost. A failed attach undoes what it did; detach is idempotent and works when the namespace is
-//!   already gone.
+//!   packet and the answer to it are not lost. A failed attach undoes what it did;
+//!   detach is idempotent and works when the namespace is already gone.
 //! - Members are **routed, not bridged**: the host end is a link of its own with a /32
 //!   route to the member and a permanent neighbour entry for it; the member has its
 //!   address with the network's prefix but no on-link route, and a permanent entry for

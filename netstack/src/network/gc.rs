@@ -31,6 +31,7 @@ impl GcReport {
             && self.links.is_empty()
             && self.files.is_empty()
             && self.networks.is_empty()
+            && self.unwired.is_empty()
             && self.failures.is_empty()
     }
 }

@@ -8,6 +8,12 @@ impl Pods {
         self.root.join("pods").join(id.as_str())
     }
 
+    /// Whether pod `id` exists: its directory is renamed into place with its record
+    /// and renamed away whole, so the record is what says so.
+    fn has_record(&self, id: &PodId) -> bool {
+        self.pod_dir(id).join(POD_FILE).exists()
+    }
+
     /// Every pod under the root, of every scope, sorted by creation.
     pub fn pods(&self) -> Result<Vec<PodRecord>> {
         let dir = self.root.join("pods");
@@ -67,18 +73,17 @@ impl Pods {
         let path = self.name_file(&self.scope, name);
         let dir = path.parent().unwrap_or(&path);
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        // Written whole under a name of its own (nobody reads it there; a crash leaves a
+        // temporary file the sweep removes), then linked into place. Not fsynced: the
+        // pod records it guards are not either, and a reboot ends the pods anyway.
         let whole = netstack::record::temp_path(&path);
-        // Durable: the index is what keeps two pods from one name across a crash.
-        netstack::record::write_atomic(&whole, id.as_str().as_bytes(), netstack::record::Durability::Durable)
-            .map_err(io_err("writing", &whole))?;
+        std::fs::write(&whole, id.as_str()).map_err(io_err("writing", &whole))?;
         let claimed = (|| {
             for _ in 0..2 {
                 match std::fs::hard_link(&whole, &path) {
                     Ok(()) => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match self.name_index(&self.scope, name) {
-                        Some(other) if self.pod_dir(&other).join(POD_FILE).exists() => {
-                            return Err(PodError::PodExists { name: name.clone(), id: other })
-                        }
+                        Some(other) if self.has_record(&other) => return Err(PodError::PodExists { name: name.clone(), id: other }),
                         _ => self.drop_stale_claim(&path),
                     },
                     Err(e) => return Err(io_err("claiming the name in", &path)(e)),
@@ -102,18 +107,19 @@ impl Pods {
         let Ok(_lock) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive) else { return };
         // Gone already: another process's claim may appear any moment, and is not ours to remove.
         let Ok(text) = std::fs::read_to_string(path) else { return };
-        if PodId::parse(text.trim()).is_none_or(|other| !self.pod_dir(&other).join(POD_FILE).exists()) {
+        if PodId::parse(text.trim()).is_none_or(|other| !self.has_record(&other)) {
             let _ = std::fs::remove_file(path);
         }
     }
 
-    /// Name claims whose pod has no record: a crash between a pod's removal and the
-    /// release of its name. Removed; returns them as `scope/name`.
-    pub(super) fn sweep_stale_claims(&self) -> Vec<String> {
-        let mut swept = Vec::new();
+    /// Name claims whose pod has no record (a crash between a pod's removal and the
+    /// release of its name), and claim files a dead process was writing. Removed;
+    /// returns them as `scope/name` and as paths.
+    pub(super) fn sweep_stale_claims(&self) -> (Vec<String>, Vec<PathBuf>) {
+        let (mut swept, mut temps) = (Vec::new(), Vec::new());
         let names = self.root.join("pods").join(".names");
         for scope in std::fs::read_dir(&names).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
-            let _ = netstack::record::remove_dead_temps(&scope.path());
+            temps.extend(netstack::record::remove_dead_temps(&scope.path()).0);
             for claim in std::fs::read_dir(scope.path()).into_iter().flatten().flatten() {
                 let file = claim.file_name().to_string_lossy().into_owned();
                 if netstack::record::is_temp_name(&file) {
@@ -121,7 +127,7 @@ impl Pods {
                 }
                 let path = claim.path();
                 let holder = std::fs::read_to_string(&path).ok().and_then(|t| PodId::parse(t.trim()));
-                if holder.is_none_or(|id| !self.pod_dir(&id).join(POD_FILE).exists()) {
+                if holder.is_none_or(|id| !self.has_record(&id)) {
                     self.drop_stale_claim(&path);
                     if !path.exists() {
                         swept.push(format!("{}/{file}", scope.file_name().to_string_lossy()));
@@ -129,7 +135,7 @@ impl Pods {
                 }
             }
         }
-        swept
+        (swept, temps)
     }
 
     pub(super) fn release_name(&self, pod: &PodRecord) {
@@ -203,6 +209,6 @@ impl Pods {
         };
         let lock = nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| io_err("locking", &path)(io::Error::from(e)))?;
         // Removed while we waited: the lock guards a deleted file.
-        Ok(self.pod_dir(id).join(POD_FILE).exists().then_some(lock))
+        Ok(self.has_record(id).then_some(lock))
     }
 }

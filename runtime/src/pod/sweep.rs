@@ -91,7 +91,9 @@ impl Pods {
                 Err(e) => errors.push(format!("finishing pod {what}: {}", chain(&e))),
             }
         }
-        report.files.extend(self.sweep_stale_claims().into_iter().map(|c| format!("name claim {c} without a pod")));
+        let (claims, temps) = self.sweep_stale_claims();
+        report.files.extend(claims.into_iter().map(|c| format!("name claim {c} without a pod")));
+        report.files.extend(temps.iter().map(|p| format!("temporary {}", p.display())));
         for c in self.oci.list().unwrap_or_default() {
             let Some(pod) = c.annotations.get(POD_ANNOTATION) else { continue };
             let gone = PodId::parse(pod).is_none_or(|id| !self.pod_dir(&id).exists());
