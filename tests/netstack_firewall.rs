@@ -169,3 +169,61 @@ async fn an_unreadable_port_record_blocks_neither_detach_nor_other_ports() {
     assert!(!record.exists() && record.with_extension("json.unreadable").exists());
     t.node.attach(&net.name, AttachRequest { ports: vec![tcp(8095, 80)], ..t.request("b", &b) }).await.unwrap();
 }
+
+/// A virtual IP in front of endpoints (the firewall half of a Service): connections are
+/// spread over every endpoint, also one on another network; a reprogrammed service
+/// reaches only its new endpoints; an endpoint reaches the service that has only
+/// itself (hairpin); one without endpoints is refused at once; a removed one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_ip_spreads_connections_over_its_endpoints_and_follows_them() {
+    use minipod_netstack::{ServicePort, VirtualService};
+    need_root();
+    let t = TestNode::new("svc");
+    let web = t.node.create_network(t.network("sw", "10.216.0.0/24")).await.unwrap();
+    let other = t.node.create_network(t.network("so", "10.217.0.0/24")).await.unwrap();
+    let (a, b, client) = (t.pod("a"), t.pod("b"), t.pod("client"));
+    let wa = t.node.attach(&web.name, t.request("a", &a)).await.unwrap();
+    let wb = t.node.attach(&other.name, t.request("b", &b)).await.unwrap();
+    t.node.attach(&web.name, t.request("client", &client)).await.unwrap();
+    t.http_server(&a, 8080, "from-a");
+    t.http_server(&b, 8080, "from-b");
+    let vip: std::net::Ipv4Addr = "10.96.7.7".parse().unwrap();
+    let svc = |eps: &[std::net::Ipv4Addr]| VirtualService {
+        owner: "default/web".into(),
+        ip: vip,
+        ports: vec![ServicePort {
+            proto: Proto::Tcp,
+            port: 80,
+            endpoints: eps.iter().map(|ip| std::net::SocketAddrV4::new(*ip, 8080)).collect(),
+        }],
+    };
+    let bodies = |from: &std::path::Path, n: usize| {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            *seen.entry(TestNode::fetch(from, "http://10.96.7.7/").unwrap_or_else(|| "no answer".into())).or_default() += 1;
+        }
+        seen
+    };
+    assert!(t.node.program_service(&svc(&[wa.ip, wb.ip])).unwrap(), "a new service changes the firewall");
+    assert!(!t.node.program_service(&svc(&[wa.ip, wb.ip])).unwrap(), "the same service again changes nothing");
+    let seen = bodies(&client, 30);
+    assert!(seen.get("from-a").is_some_and(|n| *n > 0) && seen.get("from-b").is_some_and(|n| *n > 0), "both endpoints serve: {seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), seen["from-a"] + seen["from-b"], "every connection is served: {seen:?}");
+
+    t.node.program_service(&svc(&[wa.ip])).unwrap();
+    assert_eq!(bodies(&client, 10).into_iter().collect::<Vec<_>>(), vec![("from-a".to_string(), 10)], "only the endpoint left serves");
+    assert_eq!(TestNode::fetch(&a, "http://10.96.7.7/").as_deref(), Some("from-a"), "an endpoint reaches its own service");
+
+    t.node.program_service(&svc(&[])).unwrap();
+    let out = TestNode::in_ns(&client, &["timeout", "3", "busybox", "wget", "-q", "-O", "-", "http://10.96.7.7/"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refused"), "a service without endpoints refuses at once: {err}");
+    // The control: the same client still reaches the endpoint directly.
+    assert_eq!(TestNode::fetch(&client, &format!("http://{}:8080/", wa.ip)).as_deref(), Some("from-a"));
+
+    t.node.remove_service(vip).unwrap();
+    t.node.remove_service(vip).unwrap();
+    let table = TestNode::in_ns(&t.node_ns(), &["nft", "list", "table", "inet", "minipod"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("map services4") && !table.contains("10.96.7.7") && !table.contains("svc_"), "nothing of it is left: {table}");
+}

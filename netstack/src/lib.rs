@@ -43,6 +43,13 @@
 //!   link (posing as another pod) and to IPv6 multicast. A missing table, or one an
 //!   older minipod made, is rebuilt in one transaction from the recorded networks and
 //!   ports, at the first attach or network creation of a process.
+//! - **Virtual IPs** ([`VirtualService`], [`Node::program_service`]): the firewall
+//!   half of Kubernetes Services, as kube-proxy's nftables mode does it: a verdict map
+//!   keyed by `VIP . proto . port`, a chain per port choosing an endpoint at random
+//!   and one per endpoint that DNATs (and SNATs only a hairpin connection); a port with
+//!   no endpoints is refused at once. A change touches only that service's elements
+//!   and chains, in one transaction, and an unchanged one runs no `nft`. Selecting
+//!   endpoints from pods' labels is the pod layer's work (not built yet).
 //!
 //! - **Garbage collection** ([`Node::gc`]) takes the set of live owners and removes
 //!   every member, address, published port and host veth of owners that are gone; what
@@ -95,6 +102,6 @@ pub mod record;
 mod veth;
 
 pub use blocking::BlockingNode;
-pub use firewall::{PortMapping, Proto};
+pub use firewall::{PortMapping, Proto, ServicePort, VirtualService};
 pub use names::{is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, NetworkName, OwnerId, PodName, Scope};
 pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};

@@ -178,7 +178,7 @@ impl Node {
     /// The table, made or brought up to date (with every recorded network's elements)
     /// the first time this process needs it. A record that cannot be read is left
     /// out, and said so, rather than leaving every network without its rules.
-    fn ensure_firewall(&self) -> Result<(), FirewallError> {
+    pub(super) fn ensure_firewall(&self) -> Result<(), FirewallError> {
         self.firewall.ensure(|| {
             let names = self.network_names().unwrap_or_else(|e| {
                 tracing::warn!("no network's firewall rules are restored: {e}");

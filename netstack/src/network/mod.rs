@@ -24,6 +24,7 @@ pub mod config;
 mod dns_service;
 mod gc;
 mod lifecycle;
+mod services;
 mod store;
 
 pub use config::{ConfigError, NetworkConfig};

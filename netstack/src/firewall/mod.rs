@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::names::OwnerId;
 use crate::network::config::NetworkConfig;
 
+mod service;
+pub use service::{ServicePort, VirtualService, HAIRPIN_MARK};
+
 /// A firewall change failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -70,7 +73,7 @@ pub struct PortMapping {
 }
 
 /// The empty set that marks the table's layout (see [`Firewall::ensure`]).
-const TABLE_VERSION: &str = "version_2";
+const TABLE_VERSION: &str = "version_3";
 
 /// Members' host ends and the bridges are in their network's interface group, which
 /// the rules match on: a network adds its group, not each link.
@@ -84,9 +87,15 @@ const TABLE_VERSION: &str = "version_2";
 /// node, which tells them every MAC they need and routes no multicast: the kernel
 /// would look each packet up among one multicast route per IPv6 link before dropping
 /// it, a cost that grows with the number of members.
+///
+/// Services (virtual IPs, see [`VirtualService`]) are the `services4` verdict map, a
+/// chain per port and per endpoint, and `no_endpoints4`, whose packets from members are
+/// rejected in `guard`, before routing (which may know no route to a virtual IP); their traffic passes between networks, and only a hairpin connection
+/// (marked [`HAIRPIN_MARK`] by its endpoint chain) is SNATed, so that endpoints see
+/// their clients' own addresses.
 const TABLE: &str = r#"
 table inet minipod {
-	set version_2 { type mark; }
+	set version_3 { type mark; }
 	set groups { type devgroup; }
 	set internal_groups { type devgroup; }
 	set group_pairs { type devgroup . devgroup; }
@@ -99,15 +108,20 @@ table inet minipod {
 	map ports4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
 	map hostports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 	map ports6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
+	set service_ips4 { type ipv4_addr; }
+	map services4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+	set no_endpoints4 { type ipv4_addr . inet_proto . inet_service; }
 	chain guard {
 		type filter hook prerouting priority raw; policy accept;
 		meta iifgroup @groups ip daddr 127.0.0.0/8 drop
 		meta iifgroup @groups ip6 daddr ff00::/8 drop
 		meta iifgroup @groups fib saddr . iif oif 0 drop
+		meta iifgroup @groups ip daddr . meta l4proto . th dport @no_endpoints4 reject
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
+		ct original ip daddr @service_ips4 ct status dnat accept
 		meta iifgroup . meta oifgroup @group_pairs accept
 		meta iifgroup @groups meta oifgroup @groups drop
 		meta iifgroup @internal_groups drop
@@ -118,19 +132,22 @@ table inet minipod {
 	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr . meta l4proto . th dport vmap @services4
 		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
 		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
 	}
 	chain output {
 		type nat hook output priority -100; policy accept;
+		ip daddr . meta l4proto . th dport vmap @services4
 		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
 		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat ip saddr @nets4 snat ip to ip daddr map @gateways4
+		ct status dnat ct original ip daddr != @service_ips4 ip saddr @nets4 snat ip to ip daddr map @gateways4
+		meta mark & 0x00004000 == 0x00004000 snat ip to ip daddr map @gateways4
 		ct status dnat ip saddr 127.0.0.0/8 snat ip to ip daddr map @gateways4
 		ct status dnat ip6 saddr @nets6 snat ip6 to ip6 daddr map @gateways6
 		ip saddr @masq_nets4 meta oifgroup != @groups masquerade
@@ -215,6 +232,9 @@ impl Firewall {
                 Ok(records) => records.iter().for_each(|r| elements.push_str(&r.elements("add"))),
                 Err(e) => tracing::warn!("the ports of {owner} are not published again: {e}"),
             }
+        }
+        for svc in self.recorded_services() {
+            elements.push_str(&service::script(None, Some(&svc)));
         }
         // The table's version is the name of an empty set in it: a table without this
         // one is older (or newer) than this minipod. Change both with any rule.
