@@ -103,5 +103,8 @@ mod veth;
 
 pub use blocking::BlockingNode;
 pub use firewall::{PortMapping, Proto, ServicePort, VirtualService};
-pub use names::{is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, NetworkName, OwnerId, PodName, Scope};
+pub use names::{
+    is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, Namespace, NetworkName, OwnerId, PodName, Scope,
+    ServiceName,
+};
 pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};

@@ -13,6 +13,8 @@ pub enum NameError {
     Char { kind: &'static str, name: String, ch: char },
     #[error("{kind} {name:?} is not valid: use 1 to {max} lowercase letters, digits and `-`, not starting or ending with `-`")]
     Label { kind: &'static str, name: String, max: usize },
+    #[error("{kind} {name:?} must start with a lowercase letter")]
+    Letter { kind: &'static str, name: String },
     #[error("hostname {name:?} is not valid: use DNS labels (letters, digits, `-` inside) separated by dots, at most 64 bytes")]
     Hostname { name: String },
 }
@@ -37,6 +39,17 @@ fn check_label(kind: &'static str, name: &str, max: usize) -> Result<(), NameErr
         Ok(())
     } else {
         Err(NameError::Label { kind, name: name.to_string(), max })
+    }
+}
+
+/// A Kubernetes DNS-1035 label (a Service's name): a label that starts with a letter,
+/// because it also becomes an environment variable's prefix and a DNS name.
+fn check_dns1035(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    check_label(kind, name, max)?;
+    if name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(NameError::Letter { kind, name: name.to_string() })
     }
 }
 
@@ -88,7 +101,7 @@ macro_rules! name_type {
 
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -176,6 +189,21 @@ name_type!(
     check_label
 );
 name_type!(
+    /// A Kubernetes namespace: pods and services are in one (`default` unless told),
+    /// and a service selects pods of its own.
+    Namespace,
+    "namespace",
+    63,
+    check_label
+);
+name_type!(
+    /// A Service's name, unique within its namespace: its DNS name and a file name.
+    ServiceName,
+    "service name",
+    63,
+    check_dns1035
+);
+name_type!(
     /// A pod's hostname (its UTS namespace's name).
     Hostname,
     "hostname",
@@ -187,6 +215,13 @@ impl From<PodName> for Hostname {
     /// A pod name is always a valid hostname: a pod's default hostname is its name.
     fn from(n: PodName) -> Self {
         Self(n.0)
+    }
+}
+
+impl Default for Namespace {
+    /// `default`, as in Kubernetes.
+    fn default() -> Self {
+        Self("default".to_string())
     }
 }
 
@@ -242,6 +277,16 @@ mod tests {
         assert!(e.contains("pod name \"Web\"") && e.contains("lowercase"), "{e}");
         // Records are checked as they are read back: a name on disk is never trusted.
         assert!(serde_json::from_str::<PodName>("\"../etc\"").is_err());
+    }
+
+    #[test]
+    fn namespaces_are_labels_and_service_names_start_with_a_letter() {
+        assert_eq!(Namespace::default(), "default");
+        assert!(Namespace::new("kube-system").is_ok() && Namespace::new("1a").is_ok() && Namespace::new("A").is_err());
+        assert!(ServiceName::new("my-service").is_ok());
+        let e = ServiceName::new("1web").unwrap_err().to_string();
+        assert!(e.contains("service name \"1web\" must start with a lowercase letter"), "{e}");
+        assert!(ServiceName::new("web_1").is_err() && ServiceName::new("x".repeat(64)).is_err());
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub mod pod;
 mod process;
 mod rootfs;
 mod seccomp;
+pub mod service;
 mod signal;
 pub mod spec;
 pub mod state;

@@ -48,7 +48,10 @@ impl PodEnv {
         assert_eq!(entries("instances"), Vec::<String>::new(), "runtime instances left");
         let containers: Vec<String> = entries("")
             .into_iter()
-            .filter(|n| !["pods", "nodes", "instances", "networks", "network-locks", "firewall", "auto-subnet.lock"].contains(&n.as_str()))
+            .filter(|n| {
+                !["pods", "nodes", "instances", "networks", "network-locks", "firewall", "auto-subnet.lock", "services"]
+                    .contains(&n.as_str())
+            })
             .collect();
         assert_eq!(containers, Vec::<String>::new(), "containers left");
         assert!(!super::host_mounts_mention(root), "mounts under {} left", root.display());

@@ -4,6 +4,7 @@ mod hint;
 mod net;
 mod oci;
 mod pod;
+mod service;
 mod signals;
 mod terminal;
 
@@ -86,6 +87,11 @@ enum Command {
     /// network state of pods that are gone; prints what it did. Opening the pods (any
     /// pod command, the daemon) does the same.
     Gc(pod::GcArgs),
+    /// Create or change the Kubernetes objects (Services) of a YAML or JSON file (`-` reads
+    /// stdin), as `kubectl apply -f` does: all of its documents or none.
+    Apply(service::ApplyArgs),
+    /// Services: list them, or show one with its cluster IP and endpoints.
+    Svc(service::SvcArgs),
     /// Serve the Kubernetes CRI (RuntimeService, ImageService) on a Unix socket.
     Serve(ServeArgs),
 }
@@ -112,6 +118,9 @@ struct ServeArgs {
     /// (e.g. docker.io=mirror.gcr.io). Repeat for other registries.
     #[arg(long)]
     registry_mirror: Vec<minipod_runtime::image::RegistryMirror>,
+    /// Where the cluster IPs of services applied through this daemon's state root come from.
+    #[arg(long, default_value = minipod_runtime::service::DEFAULT_SERVICE_CIDR)]
+    service_cidr: ipnetwork::Ipv4Network,
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -148,6 +157,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Net(a) => net::net(&root, a),
         Command::Pod(a) => pod::pod(&root, a),
         Command::Gc(a) => pod::gc(&root, a),
+        Command::Apply(a) => service::apply(&root, a),
+        Command::Svc(a) => service::svc(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
         Command::Serve(a) => {
@@ -156,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 mirrors: a.registry_mirror,
                 credentials: Default::default(),
             };
-            crate::server::serve(&root, &a.socket, a.streaming_address, a.netns, a.images, pull)
+            crate::server::serve(&root, &a.socket, a.streaming_address, a.netns, a.images, pull, a.service_cidr)
         }
     }
 }

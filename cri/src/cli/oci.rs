@@ -65,10 +65,17 @@ pub struct KillArgs {
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
     /// Kill the container first if it is running.
-    #[arg(short, long)]
+    #[arg(long)]
     force: bool,
     /// Container id.
-    id: ContainerId,
+    #[arg(required_unless_present = "filename")]
+    id: Option<ContainerId>,
+    /// Instead of a container: delete the Kubernetes objects (Services) this YAML or JSON
+    /// file names (`-` reads stdin), as `kubectl delete -f` does.
+    #[arg(short = 'f', long, conflicts_with_all = ["id", "force"])]
+    pub filename: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: super::pod::Common,
 }
 
 #[derive(Args, Debug)]
@@ -164,8 +171,14 @@ pub fn kill(root: &Path, a: KillArgs) -> anyhow::Result<i32> {
 }
 
 pub fn delete(root: &Path, a: DeleteArgs) -> anyhow::Result<i32> {
-    open(root)?.delete(&a.id, a.force)?;
-    Ok(0)
+    match (&a.filename, &a.id) {
+        (Some(file), _) => super::service::delete(root, &a.common, file),
+        (None, Some(id)) => {
+            open(root)?.delete(id, a.force)?;
+            Ok(0)
+        }
+        (None, None) => anyhow::bail!("give a container id, or -f FILE for Kubernetes objects"),
+    }
 }
 
 pub fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use minipod_runtime::image::DEFAULT_DIR as DEFAULT_IMAGES;
 use minipod_runtime::netstack::{NetworkName, PortMapping, Proto};
 use minipod_runtime::pod::{
-    Alias, BindMount, ContainerConfig, ContainerName, Hostname, PodConfig, PodName, ProcessOverrides, RootfsSource,
+    Alias, BindMount, ContainerConfig, ContainerName, Hostname, Namespace, PodConfig, PodName, ProcessOverrides, RootfsSource,
 };
 use minipod_runtime::{Pods, PodsOptions};
 
@@ -25,6 +25,9 @@ pub struct Common {
     /// Image store.
     #[arg(long, global = true, default_value = DEFAULT_IMAGES)]
     images: PathBuf,
+    /// Where services' cluster IPs come from.
+    #[arg(long, global = true, default_value = minipod_runtime::service::DEFAULT_SERVICE_CIDR)]
+    service_cidr: ipnetwork::Ipv4Network,
 }
 
 #[derive(Args, Debug)]
@@ -80,7 +83,10 @@ struct PodRunArgs {
     alias: Vec<Alias>,
     #[arg(long)]
     hostname: Option<Hostname>,
-    /// KEY=VALUE
+    /// The Kubernetes namespace, whose services may select the pod.
+    #[arg(short, long, default_value = "default")]
+    namespace: Namespace,
+    /// KEY=VALUE, as Kubernetes labels are (services select pods by them).
     #[arg(short, long)]
     label: Vec<String>,
     /// One PID namespace for all the pod's containers.
@@ -239,11 +245,12 @@ pub fn gc(root: &Path, a: GcArgs) -> anyhow::Result<i32> {
     Ok(i32::from(!r.errors.is_empty()))
 }
 
-fn open(root: &Path, c: &Common) -> anyhow::Result<Pods> {
+pub(super) fn open(root: &Path, c: &Common) -> anyhow::Result<Pods> {
     Ok(Pods::open(PodsOptions {
         root: root.to_path_buf(),
         images: c.images.clone(),
         node_netns: c.netns.clone(),
+        service_cidr: Some(c.service_cidr),
         keep_pods: true,
         ..Default::default()
     })?)
@@ -280,9 +287,16 @@ pub fn pod(root: &Path, a: PodArgs) -> anyhow::Result<i32> {
     let pods = open(root, &a.common)?;
     match a.command {
         PodCommand::Run(r) => {
+            let labels = key_values(&r.label, "label")?;
+            for (k, v) in &labels {
+                minipod_runtime::service::check_label_key(k)
+                    .and_then(|()| minipod_runtime::service::check_label_value(v))
+                    .map_err(anyhow::Error::msg)?;
+            }
             let cfg = PodConfig {
                 hostname: r.hostname,
-                labels: key_values(&r.label, "label")?,
+                namespace: r.namespace,
+                labels,
                 networks: r.network,
                 ports: r.publish.iter().map(|p| parse_port(p)).collect::<anyhow::Result<_>>()?,
                 aliases: r.alias,

@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use minipod_runtime::netstack::{PortMapping, Proto};
-use minipod_runtime::pod::{Alias, BindMount, DnsConfig, Hostname, PodConfig, Propagation};
+use minipod_runtime::pod::{Alias, BindMount, DnsConfig, Hostname, Namespace, PodConfig, Propagation};
 use tonic::Status;
 
 use super::convert::{self, ATTEMPT, NAME, NAMESPACE, UID};
@@ -81,6 +81,8 @@ pub(super) fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Statu
             (true, false) => Some(Hostname::new(convert::label(&m.name, 63)).map_err(convert::invalid)?),
             (false, _) => Some(Hostname::new(cfg.hostname.as_str()).map_err(convert::invalid)?),
         },
+        // Kubernetes namespaces are DNS labels: services select the pod in its own.
+        namespace: Namespace::new(m.namespace.as_str()).map_err(convert::invalid)?,
         labels: convert::to_btree(&cfg.labels),
         annotations,
         networks: vec![],

@@ -61,6 +61,7 @@ pub fn serve(
     netns: Option<PathBuf>,
     images: PathBuf,
     pull: PullOptions,
+    service_cidr: ipnetwork::Ipv4Network,
 ) -> anyhow::Result<i32> {
     // Two malloc arenas rather than glibc's 8 per core: each of the dozen or so request
     // threads would get one that keeps what it freed (the soak benchmark: 34 MB of RSS
@@ -71,7 +72,14 @@ pub fn serve(
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).context("the socket path has no directory: give an absolute path")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     check_socket_dir(parent)?;
-    let pods = Pods::open(PodsOptions { root: root.to_path_buf(), images, node_netns: netns, keep_pods: true, ..Default::default() })?;
+    let pods = Pods::open(PodsOptions {
+        root: root.to_path_buf(),
+        images,
+        node_netns: netns,
+        keep_pods: true,
+        service_cidr: Some(service_cidr),
+        ..Default::default()
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.

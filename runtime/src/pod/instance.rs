@@ -27,6 +27,8 @@ pub struct PodsOptions {
     /// Pods outlive this process (CLI, daemon). Otherwise they belong to it, and the
     /// next runtime opened after it died removes them.
     pub keep_pods: bool,
+    /// Where services' cluster IPs come from. Default: 10.96.0.0/12.
+    pub service_cidr: Option<ipnetwork::Ipv4Network>,
 }
 
 impl Default for PodsOptions {
@@ -40,6 +42,7 @@ impl Default for PodsOptions {
             cidr: None,
             scope: None,
             keep_pods: false,
+            service_cidr: None,
         }
     }
 }
@@ -172,6 +175,7 @@ impl Pods {
             executor,
             scope,
             default_network: NetworkConfig::default_network().name,
+            service_cidr: opts.service_cidr.unwrap_or_else(crate::service::default_service_cidr),
             keep_pods: opts.keep_pods,
             instance,
             template: mount_template::MountTemplate::new(&root, timers),
@@ -180,6 +184,10 @@ impl Pods {
         pods.swept = pods.sweep();
         if !pods.swept.is_empty() {
             tracing::info!(report = ?pods.swept, "swept what dead processes left behind");
+            // The pods it stopped or removed are no one's endpoints any more.
+            if let Err(e) = pods.sync_services() {
+                tracing::warn!("bringing services up to date after the sweep: {e}");
+            }
         }
         match pods.setup_default_network(&opts, own_network) {
             Ok(name) => pods.default_network = name,
@@ -265,6 +273,11 @@ impl Pods {
     /// could not: `minipod gc` prints it.
     pub fn swept_at_open(&self) -> &SweepReport {
         &self.swept
+    }
+
+    /// Where services' cluster IPs come from.
+    pub fn service_cidr(&self) -> &ipnetwork::Ipv4Network {
+        &self.service_cidr
     }
 
     pub fn scope(&self) -> &Scope {

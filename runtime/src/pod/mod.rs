@@ -69,7 +69,7 @@ use crate::{ContainerError, ContainerId, CreateOptions, ExecOptions, Runtime, Si
 
 pub use containers::ContainerConfig;
 // The names pods and containers are known by, validated where they are written.
-pub use crate::netstack::{Alias, ContainerName, Hostname, PodName, Scope};
+pub use crate::netstack::{Alias, ContainerName, Hostname, Namespace, PodName, Scope};
 pub use exec::ExecOutput;
 use instance::Instance;
 pub use instance::PodsOptions;
@@ -142,6 +142,8 @@ pub enum PodError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     #[error(transparent)]
     Netns(#[from] netstack::netns::NetnsError),
     /// A teardown went on past its failures: all of them, in order.
@@ -249,6 +251,8 @@ pub struct Pods {
     executor: Arc<netstack::executor::Executor>,
     scope: Scope,
     default_network: NetworkName,
+    /// Where services' cluster IPs come from.
+    service_cidr: ipnetwork::Ipv4Network,
     keep_pods: bool,
     instance: Option<Instance>,
     template: mount_template::MountTemplate,

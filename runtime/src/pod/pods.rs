@@ -7,6 +7,8 @@ use super::*;
 pub struct PodConfig {
     pub name: PodName,
     pub hostname: Option<Hostname>,
+    /// `default` unless told: services select pods of their namespace by label.
+    pub namespace: Namespace,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// Networks to join, the first carrying the default route and the ports; empty
@@ -40,6 +42,7 @@ impl PodConfig {
         Self {
             name,
             hostname: None,
+            namespace: Namespace::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             networks: vec![],
@@ -141,6 +144,7 @@ impl Pods {
             scope: self.scope.clone(),
             status: PodStatus::Creating,
             hostname,
+            namespace: cfg.namespace.clone(),
             labels: cfg.labels.clone(),
             annotations: cfg.annotations.clone(),
             created: crate::time::Timestamp::now(),
@@ -183,7 +187,8 @@ impl Pods {
                 return Err(e);
             }
         }
-        match self.setup_pod(&mut pod, &networks, cfg.share_pid) {
+        // Ready, then an endpoint of the services that select it.
+        match self.setup_pod(&mut pod, &networks, cfg.share_pid).and_then(|()| self.sync_services_of(&pod)) {
             Ok(()) => Ok(pod),
             Err(e) => {
                 let _ = self.teardown(&pod);
@@ -256,6 +261,12 @@ impl Pods {
             // a stop that a crash cuts short is finished by the next open.
             pod.status = PodStatus::Stopping;
             self.save_pod(&pod)?;
+            // Out of its services before its containers get their signal, as Kubernetes
+            // takes a terminating pod out of its endpoints; a failure here leaves the
+            // endpoint to the next change of the service, and does not keep the pod up.
+            if let Err(e) = self.sync_services_of(&pod) {
+                tracing::warn!(pod = %pod.name, "taking the pod out of its services: {e}");
+            }
         }
         for c in self.containers(Some(&pod.id))? {
             self.stop_container_record(&c, timeout)?;
@@ -283,10 +294,15 @@ impl Pods {
     }
 
     fn node_for(&self, pod: &PodRecord) -> Result<netstack::BlockingNode> {
-        if pod.node == self.node_ref {
+        self.node_at(&pod.node)
+    }
+
+    /// The node `node` names: this runtime's own, or another one opened for the call.
+    pub(crate) fn node_at(&self, node: &NodeRef) -> Result<netstack::BlockingNode> {
+        if *node == self.node_ref {
             return Ok(self.node.clone());
         }
-        Ok(netstack::BlockingNode::open(&pod.node.state_dir, pod.node.netns.as_deref(), self.executor.clone())?)
+        Ok(netstack::BlockingNode::open(&node.state_dir, node.netns.as_deref(), self.executor.clone())?)
     }
 
     /// Removes a pod: containers, networks, namespaces, files. Refuses while a
@@ -330,6 +346,11 @@ impl Pods {
             self.save_pod(&pod)?;
         }
         let pod = &pod;
+        // Out of its services first, as in a stop; a failure leaves the endpoint to the
+        // service's next change, and does not keep the pod.
+        if let Err(e) = self.sync_services_of(pod) {
+            tracing::warn!(pod = %pod.name, "taking the pod out of its services: {e}");
+        }
         let mut failures = Failures::default();
         match self.containers(Some(&pod.id)) {
             Ok(containers) => {

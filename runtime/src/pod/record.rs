@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netstack::{Alias, ContainerName, Hostname, NetworkName, PodName, PortMapping, Scope};
+use crate::netstack::{Alias, ContainerName, Hostname, Namespace, NetworkName, PodName, PortMapping, Scope};
 use crate::ContainerId;
 
 /// A pod's id: 12 random hex digits, unique under a state root.
@@ -139,6 +139,9 @@ pub struct PodRecord {
     pub scope: Scope,
     pub status: PodStatus,
     pub hostname: Hostname,
+    /// The Kubernetes namespace: services select pods of their own.
+    #[serde(default)]
+    pub namespace: Namespace,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub created: crate::time::Timestamp,

@@ -1,0 +1,123 @@
+//! `minipod apply -f`, `minipod delete -f` and `minipod svc`: Kubernetes Services from
+//! YAML or JSON, served on this node for the pods of the state root.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use minipod_runtime::netstack::{Namespace, ServiceName};
+use minipod_runtime::service::{self, ServiceKey};
+
+use super::pod::{open, Common};
+use super::OutputFormat;
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The YAML or JSON file, one or several documents; `-` reads stdin.
+    #[arg(short = 'f', long)]
+    filename: std::path::PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SvcArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: SvcCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum SvcCommand {
+    /// List services: of one namespace (default `default`) or, with -A, of all.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(short, long, default_value = "default")]
+        namespace: Namespace,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show a service as JSON, with the endpoints its connections go to now.
+    Inspect {
+        name: ServiceName,
+        #[arg(short, long, default_value = "default")]
+        namespace: Namespace,
+    },
+}
+
+fn read_documents(file: &Path) -> anyhow::Result<Vec<service::Document>> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    service::parse(&text).with_context(|| format!("in {}", file.display()))
+}
+
+/// `minipod apply -f FILE`: prints `service/NAME created|configured|unchanged` per object.
+pub fn apply(root: &Path, a: ApplyArgs) -> anyhow::Result<i32> {
+    let docs = read_documents(&a.filename)?;
+    let pods = open(root, &a.common)?;
+    for (key, change) in pods.apply(&docs)? {
+        println!("service/{} {change}", shown(&key));
+    }
+    Ok(0)
+}
+
+/// `minipod delete -f FILE`.
+pub fn delete(root: &Path, common: &Common, file: &Path) -> anyhow::Result<i32> {
+    let docs = read_documents(file)?;
+    let pods = open(root, common)?;
+    for key in pods.delete(&docs)? {
+        println!("service/{} deleted", shown(&key));
+    }
+    Ok(0)
+}
+
+/// A service as kubectl names it: without its namespace when it is `default`.
+fn shown(key: &ServiceKey) -> String {
+    if key.namespace == Namespace::default() {
+        key.name.to_string()
+    } else {
+        key.to_string()
+    }
+}
+
+pub fn svc(root: &Path, a: SvcArgs) -> anyhow::Result<i32> {
+    let pods = open(root, &a.common)?;
+    match a.command {
+        SvcCommand::Ls { namespace, all_namespaces, output } => {
+            let all = pods.services((!all_namespaces).then_some(&namespace))?;
+            if output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(0);
+            }
+            println!("{:<16}{:<24}{:<16}{:<20}{:<12}SELECTOR", "NAMESPACE", "NAME", "CLUSTER-IP", "PORT(S)", "ENDPOINTS");
+            for s in all {
+                let ports: Vec<String> = s.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.to_string().to_uppercase())).collect();
+                let endpoints = pods.endpoints(&s)?.len();
+                println!(
+                    "{:<16}{:<24}{:<16}{:<20}{:<12}{}",
+                    s.key.namespace,
+                    s.key.name,
+                    s.cluster_ip,
+                    ports.join(","),
+                    endpoints,
+                    s.selector
+                );
+            }
+        }
+        SvcCommand::Inspect { name, namespace } => {
+            let s = pods.service(&ServiceKey { namespace, name })?;
+            let endpoints = pods.endpoints(&s)?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "service": s, "endpoints": endpoints }))?);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,252 @@
+//! Applying and deleting services: all of a manifest's documents or none, under one
+//! lock per state root, their cluster IPs given from the service CIDR.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::{Document, Object, ServiceError, ServiceKey, ServiceRecord};
+use crate::netstack::Namespace;
+use crate::pod::{PodError, Pods};
+
+type Result<T> = std::result::Result<T, PodError>;
+
+/// What an apply did to one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Change::Created => "created",
+            Change::Configured => "configured",
+            Change::Unchanged => "unchanged",
+        })
+    }
+}
+
+fn io_err(what: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> PodError {
+    move |source| PodError::Io { what, path, source }
+}
+
+impl Pods {
+    pub(crate) fn services_dir(&self) -> PathBuf {
+        self.root().join("services")
+    }
+
+    fn service_file(&self, key: &ServiceKey) -> PathBuf {
+        self.services_dir().join(&key.namespace).join(format!("{}.json", key.name))
+    }
+
+    /// Held while services or their endpoints change, so that two processes never
+    /// program one service from different views of the pods.
+    pub(crate) fn services_lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        let dir = self.services_dir();
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", dir.clone()))?;
+        let path = dir.join(".lock");
+        let f =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", path.clone()))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", path)(e.into()))
+    }
+
+    /// The services of `namespace` (all namespaces with None), by name.
+    pub fn services(&self, namespace: Option<&Namespace>) -> Result<Vec<ServiceRecord>> {
+        let dirs: Vec<PathBuf> = match namespace {
+            Some(ns) => vec![self.services_dir().join(ns)],
+            None => match std::fs::read_dir(self.services_dir()) {
+                Ok(entries) => entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+                Err(e) => return Err(io_err("listing", self.services_dir())(e)),
+            },
+        };
+        let mut all = Vec::new();
+        for dir in dirs {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("listing", dir)(e)),
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_none_or(|x| x != "json") {
+                    continue; // the temporary files of a writer
+                }
+                match crate::netstack::record::read_json::<ServiceRecord>(&path) {
+                    Ok(svc) => all.push(svc),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted meanwhile
+                    Err(e) => tracing::warn!("{}: {e}; not a service record, left alone", path.display()),
+                }
+            }
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    /// One service.
+    pub fn service(&self, key: &ServiceKey) -> Result<ServiceRecord> {
+        let path = self.service_file(key);
+        crate::netstack::record::read_json(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ServiceError::NoSuchService(key.clone()).into(),
+            _ => io_err("reading", path)(e),
+        })
+    }
+
+    /// Applies every document: each service is created or changed to what its
+    /// document says, and served at once with the ready pods it selects. All or none:
+    /// a bad document, a taken cluster IP or a failure to serve one leaves every
+    /// service as it was.
+    pub fn apply(&self, docs: &[Document]) -> Result<Vec<(ServiceKey, Change)>> {
+        let _lock = self.services_lock()?;
+        let existing = self.services(None)?;
+        let cidr = *self.service_cidr();
+        let mut plan: Vec<(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
+        let mut unassigned = Vec::new();
+        for doc in docs {
+            let Object::Service(m) = &doc.object;
+            let key = m.key.clone();
+            if plan.iter().any(|(_, n)| n.key == key) {
+                return Err(ServiceError::Twice { doc: doc.index, key }.into());
+            }
+            let old = existing.iter().find(|s| s.key == key).cloned();
+            let ip = match (m.cluster_ip, &old) {
+                (Some(ip), Some(o)) if ip != o.cluster_ip => {
+                    return Err(ServiceError::IpImmutable { doc: doc.index, key, old: o.cluster_ip, new: ip }.into())
+                }
+                (Some(ip), _) => {
+                    if !cidr.contains(ip) || ip == cidr.network() || ip == cidr.broadcast() {
+                        return Err(ServiceError::IpOutside { doc: doc.index, key, ip, cidr }.into());
+                    }
+                    let by = existing.iter().chain(plan.iter().map(|(_, n)| n)).find(|s| s.cluster_ip == ip && s.key != key);
+                    if let Some(by) = by {
+                        return Err(ServiceError::IpTaken { doc: doc.index, key, ip, by: by.key.clone() }.into());
+                    }
+                    ip
+                }
+                (None, Some(o)) => o.cluster_ip,
+                (None, None) => {
+                    unassigned.push(plan.len());
+                    Ipv4Addr::UNSPECIFIED
+                }
+            };
+            let new = ServiceRecord {
+                key,
+                cluster_ip: ip,
+                selector: m.selector.clone(),
+                ports: m.ports.clone(),
+                labels: m.labels.clone(),
+                annotations: m.annotations.clone(),
+                node: old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone()),
+                created: old.as_ref().map_or_else(crate::time::Timestamp::now, |o| o.created),
+            };
+            plan.push((old, new));
+        }
+        // After every given address is claimed, so that a free pick never takes one
+        // that a later document asks for.
+        for i in unassigned {
+            let taken: std::collections::HashSet<Ipv4Addr> =
+                existing.iter().map(|s| s.cluster_ip).chain(plan.iter().map(|(_, n)| n.cluster_ip)).collect();
+            plan[i].1.cluster_ip = free_ip(cidr, &taken).ok_or(ServiceError::Full(cidr))?;
+        }
+        let pods = self.pods()?;
+        let mut done: Vec<&(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
+        let mut changes = Vec::new();
+        for step in &plan {
+            let (old, new) = step;
+            if old.as_ref() == Some(new) {
+                changes.push((new.key.clone(), Change::Unchanged));
+                continue;
+            }
+            let applied = self.write_service(new).and_then(|()| self.serve(new, &pods).map(|_| ()));
+            done.push(step);
+            if let Err(e) = applied {
+                for (old, new) in done.into_iter().rev() {
+                    let undone = match old {
+                        Some(old) => self.write_service(old).and_then(|()| self.serve(old, &pods).map(|_| ())),
+                        None => self.unserve(new),
+                    };
+                    if let Err(u) = undone {
+                        tracing::warn!("undoing service {}: {u}", new.key);
+                    }
+                }
+                return Err(e);
+            }
+            changes.push((new.key.clone(), if old.is_some() { Change::Configured } else { Change::Created }));
+        }
+        Ok(changes)
+    }
+
+    /// Deletes the services the documents name (their specs are not compared): each
+    /// stops being served and its cluster IP is free. A service that does not exist
+    /// is an error, found before anything is deleted.
+    pub fn delete(&self, docs: &[Document]) -> Result<Vec<ServiceKey>> {
+        let _lock = self.services_lock()?;
+        let mut found = Vec::new();
+        for doc in docs {
+            let Object::Service(m) = &doc.object;
+            found.push(self.service(&m.key)?);
+        }
+        for svc in &found {
+            self.unserve(svc)?;
+        }
+        Ok(found.into_iter().map(|s| s.key).collect())
+    }
+
+    fn write_service(&self, svc: &ServiceRecord) -> Result<()> {
+        let path = self.service_file(&svc.key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir.to_path_buf()))?;
+        }
+        crate::netstack::record::write_json(&path, svc, crate::netstack::record::Durability::Atomic).map_err(io_err("writing", path))
+    }
+
+    /// Stops serving `svc` and forgets it; one that is gone is fine.
+    fn unserve(&self, svc: &ServiceRecord) -> Result<()> {
+        // A node namespace that is gone took its firewall along.
+        if svc.node.netns.as_ref().is_none_or(|p| p.exists()) {
+            self.node_at(&svc.node)?.node().remove_service(svc.cluster_ip)?;
+        }
+        let path = self.service_file(&svc.key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A free address of `cidr` (not its network or broadcast address), from a random
+/// place on, so that services made in turn do not all crowd its start.
+fn free_ip(cidr: ipnetwork::Ipv4Network, taken: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let base = u32::from(cidr.network());
+    let size = 1u64 << (32 - u32::from(cidr.prefix()));
+    if size < 4 {
+        return None;
+    }
+    let hosts = size - 2;
+    let mut r = [0u8; 8];
+    // SAFETY: fills a local buffer of the given length.
+    unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    let start = u64::from_le_bytes(r) % hosts;
+    (0..hosts.min(1 << 22)).map(|i| (start + i) % hosts + 1).map(|off| Ipv4Addr::from(base + off as u32)).find(|ip| !taken.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_ip_is_inside_the_cidr_and_not_taken() {
+        let cidr: ipnetwork::Ipv4Network = "10.96.0.0/30".parse().unwrap();
+        let mut taken = std::collections::HashSet::new();
+        let a = free_ip(cidr, &taken).unwrap();
+        assert!(a == Ipv4Addr::new(10, 96, 0, 1) || a == Ipv4Addr::new(10, 96, 0, 2), "{a}");
+        taken.insert(a);
+        let b = free_ip(cidr, &taken).unwrap();
+        assert_ne!(a, b);
+        taken.insert(b);
+        assert_eq!(free_ip(cidr, &taken), None);
+    }
+}

@@ -1,0 +1,399 @@
+//! Kubernetes documents (YAML or JSON, one or several, `kind: List` too) read into
+//! k8s-openapi's typed objects and checked into what minipod applies: every field is
+//! honoured or refused by name.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+
+use super::{check_label_key, check_label_value, Selector, ServiceKey, ServicePortSpec};
+use crate::netstack::{is_dns_label, Namespace, Proto, ServiceName};
+
+/// A document could not be read or asks for what cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {doc} is not valid YAML or JSON")]
+    Syntax {
+        doc: usize,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// The error is part of the message (it says what the field should be), not a
+    /// source of its own.
+    #[error("document {doc} ({object}): {field}: {error}")]
+    Shape { doc: usize, object: String, field: String, error: serde_yaml_ng::Error },
+    #[error("document {doc}: {reason}")]
+    NotAnObject { doc: usize, reason: String },
+    #[error("document {doc}: {kind} of apiVersion {api_version} is not something minipod applies: it takes v1 Service")]
+    UnknownKind { doc: usize, api_version: String, kind: String },
+    #[error("document {doc} ({object}): {field}: {reason}")]
+    Invalid { doc: usize, object: String, field: String, reason: String },
+    #[error("document {doc} ({object}): {field}: {what} is not built in minipod yet")]
+    NotBuilt { doc: usize, object: String, field: String, what: String },
+    #[error("the input holds no objects: give one or more Kubernetes documents")]
+    Empty,
+}
+
+/// One object of the input, with its place in it (1-based) for messages.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub index: usize,
+    pub object: Object,
+}
+
+/// What a document describes.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Service(ServiceManifest),
+}
+
+impl Object {
+    /// `Service NAMESPACE/NAME`.
+    pub fn describe(&self) -> String {
+        match self {
+            Object::Service(s) => format!("Service {}", s.key),
+        }
+    }
+}
+
+/// A Service as a manifest gives it: checked, its cluster IP still to be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceManifest {
+    pub key: ServiceKey,
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub selector: Selector,
+    pub ports: Vec<ServicePortSpec>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Reads every document of `text`: all of them or an error naming the first bad one.
+pub fn parse(text: &str) -> Result<Vec<Document>, ManifestError> {
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let doc = i + 1;
+        let value = serde_yaml_ng::Value::deserialize(de).map_err(|source| ManifestError::Syntax { doc, source })?;
+        if value.is_null() {
+            continue; // an empty document, as between two `---`
+        }
+        if str_field(&value, "kind") == Some("List") {
+            let items = value.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
+            for item in items {
+                docs.push(Document { index: doc, object: object(doc, item)? });
+            }
+        } else {
+            docs.push(Document { index: doc, object: object(doc, value)? });
+        }
+    }
+    if docs.is_empty() {
+        return Err(ManifestError::Empty);
+    }
+    Ok(docs)
+}
+
+fn str_field<'a>(v: &'a serde_yaml_ng::Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(|v| v.as_str())
+}
+
+fn object(doc: usize, value: serde_yaml_ng::Value) -> Result<Object, ManifestError> {
+    if !value.is_mapping() {
+        return Err(ManifestError::NotAnObject {
+            doc,
+            reason: "not a mapping: a Kubernetes object has apiVersion, kind and metadata".into(),
+        });
+    }
+    let (Some(api_version), Some(kind)) = (str_field(&value, "apiVersion"), str_field(&value, "kind")) else {
+        return Err(ManifestError::NotAnObject { doc, reason: "apiVersion and kind are required".into() });
+    };
+    let (api_version, kind) = (api_version.to_string(), kind.to_string());
+    let object = format!("{kind} {}", str_field_in(&value, "metadata", "name").unwrap_or("(no name)"));
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => {
+            let svc: Service = serde_path_to_error::deserialize(value.clone()).map_err(|e| ManifestError::Shape {
+                doc,
+                object: object.clone(),
+                field: e.path().to_string(),
+                error: e.into_inner(),
+            })?;
+            let typed = serde_yaml_ng::to_value(&svc).map_err(|error| ManifestError::Shape {
+                doc,
+                object: object.clone(),
+                field: ".".into(),
+                error,
+            })?;
+            if let Some(field) = unknown_field(&value, &typed, "") {
+                return Err(ManifestError::Invalid { doc, object, field, reason: "no such field in a v1 Service".into() });
+            }
+            Ok(Object::Service(service(doc, svc)?))
+        }
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            Err(ManifestError::NotBuilt { doc, object, field: "kind".into(), what: "NetworkPolicy".into() })
+        }
+        _ => Err(ManifestError::UnknownKind { doc, api_version, kind }),
+    }
+}
+
+fn str_field_in<'a>(v: &'a serde_yaml_ng::Value, outer: &str, key: &str) -> Option<&'a str> {
+    v.get(outer).and_then(|o| str_field(o, key))
+}
+
+/// The first key of `given` that the typed object did not keep: a misspelt or unknown
+/// field, which Kubernetes' strict decoding refuses too.
+fn unknown_field(given: &serde_yaml_ng::Value, typed: &serde_yaml_ng::Value, path: &str) -> Option<String> {
+    use serde_yaml_ng::Value;
+    match (given, typed) {
+        (Value::Mapping(g), Value::Mapping(t)) => g.iter().find_map(|(k, gv)| {
+            let name = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+            let here = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+            // Free-form maps keep every key; `status` is the server's to write.
+            if matches!(here.as_str(), "metadata.labels" | "metadata.annotations" | "spec.selector" | "status") {
+                return None;
+            }
+            match t.get(k) {
+                Some(tv) => unknown_field(gv, tv, &here),
+                None if gv.is_null() => None,
+                None => Some(here),
+            }
+        }),
+        (Value::Sequence(g), Value::Sequence(t)) => {
+            g.iter().zip(t).enumerate().find_map(|(i, (gv, tv))| unknown_field(gv, tv, &format!("{path}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
+/// Checks a typed Service against what minipod builds.
+fn service(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestError> {
+    let meta = svc.metadata;
+    let name_text = meta.name.clone().unwrap_or_default();
+    let object = format!("Service {name_text}");
+    let invalid = |field: &str, reason: String| ManifestError::Invalid { doc, object: object.clone(), field: field.into(), reason };
+    let name = match meta.name {
+        None => return Err(invalid("metadata.name", "required".into())),
+        Some(n) => ServiceName::new(n).map_err(|e| invalid("metadata.name", e.to_string()))?,
+    };
+    let namespace = match meta.namespace {
+        None => Namespace::default(),
+        Some(n) => Namespace::new(n).map_err(|e| invalid("metadata.namespace", e.to_string()))?,
+    };
+    let key = ServiceKey { namespace, name };
+    let object = format!("Service {key}");
+    let invalid = |field: &str, reason: String| ManifestError::Invalid { doc, object: object.clone(), field: field.into(), reason };
+    let not_built =
+        |field: &str, what: &str| ManifestError::NotBuilt { doc, object: object.clone(), field: field.into(), what: what.into() };
+    let labels = meta.labels.unwrap_or_default();
+    for (k, v) in &labels {
+        check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid("metadata.labels", r))?;
+    }
+    let Some(spec) = svc.spec else { return Err(invalid("spec", "required".into())) };
+    match spec.type_.as_deref() {
+        None | Some("ClusterIP") => {}
+        Some(t @ ("NodePort" | "LoadBalancer" | "ExternalName")) => return Err(not_built("spec.type", &format!("type {t}"))),
+        Some(t) => return Err(invalid("spec.type", format!("{t:?} is not ClusterIP, NodePort, LoadBalancer or ExternalName"))),
+    }
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("") => None,
+        Some("None") => return Err(not_built("spec.clusterIP", "a headless service (clusterIP: None)")),
+        Some(ip) => match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => Some(ip),
+            Ok(IpAddr::V6(_)) => return Err(not_built("spec.clusterIP", "an IPv6 service")),
+            Err(_) => return Err(invalid("spec.clusterIP", format!("{ip:?} is not an IP address"))),
+        },
+    };
+    match spec.cluster_ips.as_deref() {
+        None | Some([]) => {}
+        Some([one]) if cluster_ip.map(|ip| ip.to_string()).as_deref() == Some(one.as_str()) => {}
+        Some([_]) => return Err(invalid("spec.clusterIPs", "must be [spec.clusterIP] (or left out)".into())),
+        Some(_) => return Err(not_built("spec.clusterIPs", "a dual-stack service")),
+    }
+    if spec.ip_families.iter().flatten().any(|f| f != "IPv4") {
+        return Err(not_built("spec.ipFamilies", "an IPv6 service"));
+    }
+    match spec.ip_family_policy.as_deref() {
+        // PreferDualStack on a single-stack node is single-stack, as in Kubernetes.
+        None | Some("SingleStack" | "PreferDualStack") => {}
+        Some("RequireDualStack") => return Err(not_built("spec.ipFamilyPolicy", "a dual-stack service")),
+        Some(p) => return Err(invalid("spec.ipFamilyPolicy", format!("{p:?} is not SingleStack, PreferDualStack or RequireDualStack"))),
+    }
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => {}
+        Some("ClientIP") => return Err(not_built("spec.sessionAffinity", "sessionAffinity: ClientIP")),
+        Some(a) => return Err(invalid("spec.sessionAffinity", format!("{a:?} is not None or ClientIP"))),
+    }
+    if spec.session_affinity_config.is_some() {
+        return Err(invalid("spec.sessionAffinityConfig", "only with sessionAffinity: ClientIP".into()));
+    }
+    if spec.external_ips.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(not_built("spec.externalIPs", "externalIPs"));
+    }
+    if spec.publish_not_ready_addresses == Some(true) {
+        return Err(not_built("spec.publishNotReadyAddresses", "publishing pods that are not ready"));
+    }
+    let lb_only = [
+        ("spec.externalName", spec.external_name.is_some()),
+        ("spec.externalTrafficPolicy", spec.external_traffic_policy.is_some()),
+        ("spec.loadBalancerIP", spec.load_balancer_ip.is_some()),
+        ("spec.loadBalancerSourceRanges", spec.load_balancer_source_ranges.as_ref().is_some_and(|v| !v.is_empty())),
+        ("spec.loadBalancerClass", spec.load_balancer_class.is_some()),
+        ("spec.allocateLoadBalancerNodePorts", spec.allocate_load_balancer_node_ports.is_some()),
+        ("spec.healthCheckNodePort", spec.health_check_node_port.is_some()),
+    ];
+    if let Some((field, _)) = lb_only.iter().find(|(_, set)| *set) {
+        return Err(invalid(field, "not for a ClusterIP service (it belongs to type NodePort, LoadBalancer or ExternalName)".into()));
+    }
+    // Every endpoint is on this node: Local and Cluster pick from the same set, and
+    // every traffic distribution is met.
+    match spec.internal_traffic_policy.as_deref() {
+        None | Some("Cluster" | "Local") => {}
+        Some(p) => return Err(invalid("spec.internalTrafficPolicy", format!("{p:?} is not Cluster or Local"))),
+    }
+    match spec.traffic_distribution.as_deref() {
+        None | Some("PreferClose" | "PreferSameZone" | "PreferSameNode") => {}
+        Some(d) => return Err(invalid("spec.trafficDistribution", format!("{d:?} is not PreferClose, PreferSameZone or PreferSameNode"))),
+    }
+    let selector = spec.selector.unwrap_or_default();
+    if selector.is_empty() {
+        return Err(not_built("spec.selector", "a service without a selector (endpoints given by hand)"));
+    }
+    for (k, v) in &selector {
+        check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid("spec.selector", r))?;
+    }
+    let given = spec.ports.unwrap_or_default();
+    if given.is_empty() {
+        return Err(invalid("spec.ports", "a ClusterIP service needs at least one port".into()));
+    }
+    let mut ports: Vec<ServicePortSpec> = Vec::new();
+    for (i, p) in given.iter().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(&field("port"), format!("{} is not 1 to 65535", p.port)))?;
+        let protocol = match p.protocol.as_deref() {
+            None | Some("TCP") => Proto::Tcp,
+            Some("UDP") => Proto::Udp,
+            Some("SCTP") => return Err(not_built(&field("protocol"), "SCTP")),
+            Some(x) => return Err(invalid(&field("protocol"), format!("{x:?} is not TCP, UDP or SCTP"))),
+        };
+        match &p.name {
+            None if given.len() > 1 => return Err(invalid(&field("name"), "required when a service has several ports".into())),
+            Some(n) if !is_dns_label(n) || n.bytes().any(|b| b.is_ascii_uppercase()) => {
+                return Err(invalid(&field("name"), format!("{n:?} is not a lowercase DNS label")))
+            }
+            Some(n) if ports.iter().any(|q| q.name.as_ref() == Some(n)) => {
+                return Err(invalid(&field("name"), format!("{n:?} is used twice")))
+            }
+            _ => {}
+        }
+        if ports.iter().any(|q| q.protocol == protocol && q.port == port) {
+            return Err(invalid(&field("port"), format!("{protocol} port {port} is given twice")));
+        }
+        if p.node_port.is_some() {
+            return Err(invalid(&field("nodePort"), "only for type NodePort or LoadBalancer".into()));
+        }
+        let target_port = match &p.target_port {
+            None => port,
+            Some(IntOrString::Int(n)) => {
+                u16::try_from(*n).ok().filter(|p| *p != 0).ok_or_else(|| invalid(&field("targetPort"), format!("{n} is not 1 to 65535")))?
+            }
+            Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                Ok(n) if n != 0 => n,
+                _ => {
+                    return Err(not_built(&field("targetPort"), &format!("a targetPort by name ({s:?}): give the container's port number")))
+                }
+            },
+        };
+        ports.push(ServicePortSpec { name: p.name.clone(), protocol, port, target_port });
+    }
+    Ok(ServiceManifest { key, cluster_ip, selector: Selector(selector), ports, labels, annotations: meta.annotations.unwrap_or_default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: my-service}
+spec:
+  selector: {app: my-app}
+  ports: [{protocol: TCP, port: 80, targetPort: 8080}]
+";
+
+    fn service_of(text: &str) -> Result<ServiceManifest, ManifestError> {
+        let docs = parse(text)?;
+        let Object::Service(s) = docs.into_iter().next().map(|d| d.object).ok_or(ManifestError::Empty)?;
+        Ok(s)
+    }
+
+    fn error_of(text: &str) -> String {
+        service_of(text).map(|s| format!("parsed: {s:?}")).unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_documented_example_applies_unchanged() {
+        let s = service_of(EXAMPLE).unwrap();
+        assert_eq!(s.key.to_string(), "default/my-service");
+        assert_eq!(s.selector.to_string(), "app=my-app");
+        assert_eq!(s.ports, vec![ServicePortSpec { name: None, protocol: Proto::Tcp, port: 80, target_port: 8080 }]);
+        assert_eq!(s.cluster_ip, None);
+    }
+
+    #[test]
+    fn several_documents_json_and_lists_are_read_in_order() {
+        let json = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"b","namespace":"prod"},"spec":{"selector":{"app":"b"},"ports":[{"port":53,"protocol":"UDP"}]}}"#;
+        let docs = parse(&format!("{EXAMPLE}---\n---\n{json}\n")).unwrap();
+        let names: Vec<String> = docs.iter().map(|d| format!("{} {}", d.index, d.object.describe())).collect();
+        assert_eq!(names, ["1 Service default/my-service", "3 Service prod/b"]);
+        let list = format!("apiVersion: v1\nkind: List\nitems: [{json}]\n");
+        assert_eq!(parse(&list).unwrap().len(), 1);
+        assert!(matches!(parse("---\n"), Err(ManifestError::Empty)));
+    }
+
+    #[test]
+    fn each_refusal_names_the_document_and_field() {
+        let with = |extra: &str| format!("{EXAMPLE}  {extra}\n");
+        let cases = [
+            (with("type: NodePort"), "document 1 (Service default/my-service): spec.type: type NodePort is not built"),
+            (with("clusterIP: None"), "spec.clusterIP: a headless service"),
+            (with("clusterIP: 10.96.0.300"), "spec.clusterIP: \"10.96.0.300\" is not an IP address"),
+            (with("sessionAffinity: ClientIP"), "spec.sessionAffinity: sessionAffinity: ClientIP is not built"),
+            (with("selectr: {app: x}"), "spec.selectr: no such field in a v1 Service"),
+            (EXAMPLE.replace("8080", "http"), "spec.ports[0].targetPort: a targetPort by name (\"http\")"),
+            (EXAMPLE.replace("port: 80,", "port: 0,"), "spec.ports[0].port: 0 is not 1 to 65535"),
+            (EXAMPLE.replace("TCP", "SCTP"), "spec.ports[0].protocol: SCTP is not built"),
+            (EXAMPLE.replace("my-service", "My"), "metadata.name: service name \"My\""),
+            (EXAMPLE.replace("app: my-app", "app: -x"), "spec.selector: label value \"-x\""),
+            (EXAMPLE.replace("  selector: {app: my-app}\n", ""), "a service without a selector"),
+            (EXAMPLE.replace("port: 80,", "port: eighty,"), "spec.ports[0].port: invalid type: string \"eighty\""),
+            (EXAMPLE.replace("kind: Service", "kind: Deployment"), "document 1: Deployment of apiVersion v1 is not something"),
+        ];
+        for (text, want) in cases {
+            let got = error_of(&text);
+            assert!(got.contains(want), "want {want:?} in {got:?}");
+        }
+        let two = format!("{EXAMPLE}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec: {{}}\n");
+        let e = parse(&two).unwrap_err().to_string();
+        assert_eq!(e, "document 2 (NetworkPolicy p): kind: NetworkPolicy is not built in minipod yet");
+        let e = parse("a: [").unwrap_err();
+        assert!(e.to_string() == "document 1 is not valid YAML or JSON" && std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn several_ports_need_distinct_names() {
+        let two = EXAMPLE.replace("ports: [{protocol: TCP, port: 80, targetPort: 8080}]", "ports: [{port: 80}, {port: 81}]");
+        assert!(error_of(&two).contains("spec.ports[0].name: required when a service has several ports"));
+        let same =
+            EXAMPLE.replace("ports: [{protocol: TCP, port: 80, targetPort: 8080}]", "ports: [{name: a, port: 80}, {name: a, port: 81}]");
+        assert!(error_of(&same).contains("spec.ports[1].name: \"a\" is used twice"));
+        let ok = EXAMPLE.replace(
+            "ports: [{protocol: TCP, port: 80, targetPort: 8080}]",
+            "ports: [{name: a, port: 80}, {name: b, port: 80, protocol: UDP}]",
+        );
+        let s = service_of(&ok).unwrap();
+        assert_eq!((s.ports[0].target_port, s.ports[1].protocol), (80, Proto::Udp));
+    }
+}

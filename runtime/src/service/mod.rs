@@ -1,0 +1,57 @@
+//! Kubernetes Services on a minipod node: a stable virtual IP (a ClusterIP) in front
+//! of the ready pods that a selector picks, load-balanced by the node's firewall.
+//!
+//! Services come from Kubernetes YAML or JSON ([`parse`], through k8s-openapi's typed
+//! `Service`), are recorded under `<root>/services/<namespace>/<name>.json` and are
+//! served on the node of the runtime that applied them. Their endpoints follow the
+//! pods with no action by anyone: a pod that becomes ready in a service's namespace
+//! with labels its selector matches is added, one that begins to stop or be removed
+//! is taken out before its containers get their signal (as the Kubernetes endpoint
+//! controller does for a terminating pod). An endpoint is a pod's address on its
+//! first network and the service port's `targetPort`.
+//!
+//! What a manifest asks for that is not built yet is refused with the field that asks
+//! for it, never accepted and ignored: `type: NodePort`/`LoadBalancer`/`ExternalName`,
+//! headless services (`clusterIP: None`), services without a selector, `sessionAffinity:
+//! ClientIP`, named `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses`,
+//! IPv6 and NetworkPolicy objects. Containers have no readiness probes in minipod, so
+//! a pod is ready from the moment its network is up until it stops.
+
+mod apply;
+mod endpoints;
+mod labels;
+mod manifest;
+mod record;
+
+pub use labels::{check_label_key, check_label_value, Selector};
+pub use manifest::{parse, Document, ManifestError, Object, ServiceManifest};
+pub use record::{ServiceKey, ServicePortSpec, ServiceRecord};
+
+use std::net::Ipv4Addr;
+
+/// The ClusterIP range unless one is given (Kubernetes' default).
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// The default service CIDR as a value.
+pub fn default_service_cidr() -> ipnetwork::Ipv4Network {
+    ipnetwork::Ipv4Network::new(Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_else(|_| unreachable!("a /12 is a valid prefix"))
+}
+
+/// A service could not be applied, found or deleted: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("no service {0}")]
+    NoSuchService(ServiceKey),
+    #[error("document {doc} (Service {key}): spec.clusterIP {ip} is taken by service {by}: leave it out to get a free one")]
+    IpTaken { doc: usize, key: ServiceKey, ip: Ipv4Addr, by: ServiceKey },
+    #[error("document {doc} (Service {key}): spec.clusterIP {ip} is not in the service CIDR {cidr}")]
+    IpOutside { doc: usize, key: ServiceKey, ip: Ipv4Addr, cidr: ipnetwork::Ipv4Network },
+    #[error("document {doc} (Service {key}): spec.clusterIP cannot change ({old} to {new}): delete the service and apply it again")]
+    IpImmutable { doc: usize, key: ServiceKey, old: Ipv4Addr, new: Ipv4Addr },
+    #[error("document {doc}: Service {key} is in the file twice")]
+    Twice { doc: usize, key: ServiceKey },
+    #[error("the service CIDR {0} has no free address left: delete services or give a larger one")]
+    Full(ipnetwork::Ipv4Network),
+}

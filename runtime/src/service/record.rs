@@ -1,0 +1,49 @@
+//! What is recorded about a service under `<root>/services/<namespace>/<name>.json`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::Selector;
+use crate::netstack::{Namespace, Proto, ServiceName};
+use crate::pod::NodeRef;
+
+/// A service's identity: its name within its namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub namespace: Namespace,
+    pub name: ServiceName,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A port of a service and the pods' port its connections go to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePortSpec {
+    /// Needed when a service has several ports (for DNS SRV records and messages).
+    pub name: Option<String>,
+    pub protocol: Proto,
+    pub port: u16,
+    pub target_port: u16,
+}
+
+/// A service as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    #[serde(flatten)]
+    pub key: ServiceKey,
+    pub cluster_ip: Ipv4Addr,
+    pub selector: Selector,
+    pub ports: Vec<ServicePortSpec>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The node whose firewall serves it, and whose pods are its endpoints.
+    pub node: NodeRef,
+    pub created: crate::time::Timestamp,
+}

@@ -1,0 +1,219 @@
+//! Services as the Kubernetes documentation shows them, through the CLI on a node
+//! namespace of the test's own: `minipod apply -f` of the documented example, its
+//! replicas all served and followed as they stop, a pod reaching its own service, a
+//! service with no endpoints refusing at once, bad manifests refused whole.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::need_root;
+use support::node::TestNode;
+use support::pods::PodEnv;
+
+/// An httpd on 8080 answering with the pod's hostname.
+const SERVE: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+struct Cli<'a> {
+    env: &'a PodEnv,
+    ns: String,
+    images: String,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut full = vec!["--images", &self.images, "--netns", &self.ns];
+        full.splice(0..0, args[..1].iter().copied());
+        full.extend_from_slice(&args[1..]);
+        let out = self.env.h.minipod(&full);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "minipod {args:?}: {err}");
+        out
+    }
+
+    /// A pod with labels, in a namespace, running the httpd; returns its address once it answers.
+    fn web(&self, name: &str, namespace: &str, labels: &[&str]) -> String {
+        let mut args = vec!["pod", "run", name, "--namespace", namespace];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        self.ok(&args);
+        let rootfs = self.env.rootfs.to_str().unwrap();
+        self.ok(&["ctr", "run", name, "httpd", "--rootfs", rootfs, "--", "sh", "-c", SERVE]);
+        let inspect: serde_json::Value = serde_json::from_str(&self.ok(&["pod", "inspect", name])).unwrap();
+        let ip = inspect["pod"]["networks"][0]["ip"].as_str().unwrap().to_string();
+        let node = std::path::PathBuf::from(&self.ns);
+        for _ in 0..300 {
+            if TestNode::fetch(&node, &format!("http://{ip}:8080/")).is_some() {
+                return ip;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the httpd of {name} never answered");
+    }
+
+    /// `n` requests to `url` from the container `ctr` of `pod`: who answered, how often.
+    fn answers(&self, pod: &str, ctr: &str, url: &str, n: usize) -> BTreeMap<String, usize> {
+        let script = format!("for i in $(seq {n}); do wget -q -O - {url} || echo failed; done");
+        let out = self.ok(&["ctr", "exec", "--timeout", "120", pod, ctr, "--", "sh", "-c", &script]);
+        let mut seen = BTreeMap::new();
+        for line in out.lines() {
+            *seen.entry(line.to_string()).or_default() += 1;
+        }
+        seen
+    }
+}
+
+fn service_ip(cli: &Cli, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", name])).unwrap();
+    v["service"]["cluster_ip"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() {
+    need_root();
+    let env = PodEnv::new("svc-replicas");
+    let node = TestNode::new("svcrep");
+    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    for i in 0..3 {
+        cli.web(&format!("web-{i}"), "default", &["app=my-app", "tier=web"]);
+    }
+    // The same labels in another namespace: not the service's.
+    cli.web("web-prod", "prod", &["app=my-app"]);
+    cli.ok(&["pod", "run", "client"]);
+    cli.ok(&["ctr", "run", "client", "c", "--rootfs", env.rootfs.to_str().unwrap(), "--", "sleep", "600"]);
+
+    // The documented example, unchanged.
+    let file = env.h.base.join("service.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: my-service}\nspec:\n  selector: {app: my-app}\n  ports: [{protocol: TCP, port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    assert_eq!(cli.ok(&["apply", "-f", file]).trim(), "service/my-service created");
+    assert_eq!(cli.ok(&["apply", "-f", file]).trim(), "service/my-service unchanged");
+    let vip = service_ip(&cli, "my-service");
+    assert!(vip.starts_with("10.") && vip.parse::<std::net::Ipv4Addr>().is_ok(), "{vip}");
+    let ls = cli.ok(&["svc", "ls"]);
+    let row = ls.lines().find(|l| l.contains("my-service")).unwrap_or_else(|| panic!("{ls}"));
+    assert!(row.contains(&vip) && row.contains("80/TCP") && row.split_whitespace().nth(4) == Some("3"), "3 endpoints: {ls}");
+
+    let url = format!("http://{vip}/");
+    let seen = cli.answers("client", "c", &url, 60);
+    let want: Vec<&str> = vec!["web-0", "web-1", "web-2"];
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), want, "every replica and only they answer: {seen:?}");
+    // From the node itself too (nat output), once it has a default route as a host has
+    // (a connect needs a route before the firewall sees the packet), and from a replica to
+    // its own service (hairpin).
+    node.internet();
+    assert!(TestNode::fetch(&node.node_ns(), &url).is_some_and(|b| b.starts_with("web-")));
+    let own = cli.answers("web-0", "httpd", &url, 40);
+    assert!(own.contains_key("web-0") && !own.contains_key("failed"), "a replica reaches itself through the service: {own:?}");
+
+    // A stopped replica leaves at once, with nobody telling the service.
+    cli.ok(&["pod", "stop", "web-1", "--timeout", "1"]);
+    let seen = cli.answers("client", "c", &url, 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-0", "web-2"], "{seen:?}");
+    // A new replica joins, and a removed one leaves.
+    cli.web("web-3", "default", &["app=my-app"]);
+    cli.ok(&["pod", "rm", "--force", "web-0"]);
+    let seen = cli.answers("client", "c", &url, 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-2", "web-3"], "{seen:?}");
+
+    cli.ok(&["pod", "rm", "--force", "web-2"]);
+    cli.ok(&["pod", "rm", "--force", "web-3"]);
+    let (_, _, err) = cli.run(&["ctr", "exec", "--timeout", "10", "client", "c", "--", "wget", "-q", "-O", "-", &url]);
+    assert!(err.contains("refused"), "a service without endpoints refuses at once: {err}");
+
+    assert_eq!(cli.ok(&["delete", "-f", file]).trim(), "service/my-service deleted");
+    assert_eq!(cli.ok(&["svc", "ls", "-A", "-o", "json"]).trim(), "[]");
+    let table = TestNode::in_ns(&node.node_ns(), &["nft", "list", "table", "inet", "minipod"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(!table.contains(&vip) && !table.contains("svc_"), "nothing of the service is left: {table}");
+}
+
+/// The node namespace goes first (as when a test's guard drops it, or a VM's node is
+/// torn down): the pods a service selects and the service are still removed.
+#[test]
+fn pods_and_services_of_a_node_that_is_gone_are_still_removed() {
+    need_root();
+    let env = PodEnv::new("svc-gone");
+    let node = TestNode::new("svcgone");
+    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    cli.web("web-0", "default", &["app=my-app"]);
+    let file = env.h.base.join("service.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: my-service}\nspec:\n  selector: {app: my-app}\n  ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    cli.ok(&["apply", "-f", file]);
+    drop(node);
+    let here = |args: &[&str]| {
+        let out = env.h.minipod(args);
+        assert!(out.status.success(), "minipod {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    here(&["pod", "--images", &cli.images, "rm", "--force", "web-0"]);
+    assert_eq!(here(&["delete", "-f", file]).trim(), "service/my-service deleted");
+    env.assert_clean();
+}
+
+#[test]
+fn bad_manifests_are_refused_whole_with_the_document_and_field() {
+    need_root();
+    let env = PodEnv::new("svc-bad");
+    let node = TestNode::new("svcbad");
+    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    let good = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  selector: {app: a}\n  ports: [{port: 80}]\n";
+    let write = |name: &str, text: &str| {
+        let p = env.h.base.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let cases = [
+        (
+            format!("{good}---\n{}", good.replace("name: a", "name: b").replace("ports:", "type: NodePort\n  ports:")),
+            "document 2 (Service default/b): spec.type: type NodePort is not built in minipod yet",
+        ),
+        (
+            format!("{good}---\n{}", good.replace("name: a", "name: b").replace("port: 80", "port: 80, targetPort: 70000")),
+            "document 2 (Service default/b): spec.ports[0].targetPort: 70000 is not 1 to 65535",
+        ),
+        (
+            format!("{good}---\n{}", good.replace("name: a", "name: b").replace("ports:", "clusterIP: 192.0.2.1\n  ports:")),
+            "document 2 (Service default/b): spec.clusterIP 192.0.2.1 is not in the service CIDR 10.96.0.0/12",
+        ),
+        (format!("{good}---\n{good}"), "document 2: Service default/a is in the file twice"),
+        (
+            format!("{good}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n"),
+            "document 2: Deployment of apiVersion apps/v1 is not something minipod applies",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let (ok, _, err) = cli.run(&["apply", "-f", &write(&format!("bad{i}.yaml"), text)]);
+        assert!(!ok && err.contains(want), "want {want:?} in {err}");
+    }
+    assert_eq!(cli.ok(&["svc", "ls", "-A", "-o", "json"]).trim(), "[]", "nothing half-applied");
+
+    // A taken cluster IP, and one that may not change.
+    let fixed = write("fixed.yaml", &good.replace("ports:", "clusterIP: 10.96.5.5\n  ports:"));
+    cli.ok(&["apply", "-f", &fixed]);
+    let (ok, _, err) = cli.run(&[
+        "apply",
+        "-f",
+        &write("taken.yaml", &good.replace("name: a", "name: b").replace("ports:", "clusterIP: 10.96.5.5\n  ports:")),
+    ]);
+    assert!(!ok && err.contains("spec.clusterIP 10.96.5.5 is taken by service default/a"), "{err}");
+    let (ok, _, err) = cli.run(&["apply", "-f", &write("moved.yaml", &good.replace("ports:", "clusterIP: 10.96.5.6\n  ports:"))]);
+    assert!(!ok && err.contains("spec.clusterIP cannot change (10.96.5.5 to 10.96.5.6)"), "{err}");
+    let (ok, _, err) = cli.run(&["delete", "-f", &write("gone.yaml", &good.replace("name: a", "name: gone"))]);
+    assert!(!ok && err.contains("no service default/gone"), "{err}");
+    assert_eq!(cli.ok(&["delete", "-f", &fixed]).trim(), "service/a deleted");
+}
