@@ -217,3 +217,102 @@ fn bad_manifests_are_refused_whole_with_the_document_and_field() {
     assert!(!ok && err.contains("no service default/gone"), "{err}");
     assert_eq!(cli.ok(&["delete", "-f", &fixed]).trim(), "service/a deleted");
 }
+
+/// A service applied by another process sharing the state root (the CLI), found by
+/// the DNS of a runtime embedded here: by its short name from its own namespace, by
+/// `NAME.NAMESPACE` and its full name from another, SRV for its named port, PTR for
+/// its cluster IP; and gone from DNS once deleted. Made and deleted in code too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_found_by_name_from_pods_of_every_namespace() {
+    use minipod_runtime::embed::{Minipod, Ready};
+    need_root();
+    let env = PodEnv::new("svc-dns");
+    let node = TestNode::new("svcdns");
+    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    let rt =
+        Minipod::builder().state_dir(&env.h.root).image_dir(env.h.base.join("images")).node_netns(node.node_ns()).open().await.unwrap();
+    let web = rt.pod("web-0").label("app", "my-app").start().await.unwrap();
+    web.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).wait_for(Ready::port(8080)).start().await.unwrap();
+    let here = rt.pod("client").start().await.unwrap();
+    let here = here.container("c").rootfs(&env.rootfs).cmd(["sleep", "600"]).start().await.unwrap();
+    let prod = rt.pod("prod-client").namespace("prod").start().await.unwrap();
+    let prod = prod.container("c").rootfs(&env.rootfs).cmd(["sleep", "600"]).start().await.unwrap();
+    let sh = |c: &minipod_runtime::embed::Container, script: String| {
+        let c = c.clone();
+        async move { c.exec(["sh", "-c", &script]).await.unwrap() }
+    };
+    let resolv = sh(&here, "cat /etc/resolv.conf".into()).await.stdout_text();
+    assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5"), "{resolv}");
+    let resolv = sh(&prod, "cat /etc/resolv.conf".into()).await.stdout_text();
+    assert!(resolv.contains("search prod.svc.cluster.local svc.cluster.local"), "{resolv}");
+
+    let file = env.h.base.join("service.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: my-service}\nspec:\n  selector: {app: my-app}\n  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let applied = std::time::Instant::now();
+    cli.ok(&["apply", "-f", file]);
+    let vip = service_ip(&cli, "my-service");
+    // The DNS server here learns of it from the state dir, with nobody telling it.
+    let full = "my-service.default.svc.cluster.local";
+    let mut found = None;
+    for _ in 0..100 {
+        let out = sh(&here, format!("nslookup {full}")).await;
+        if out.stdout_text().contains(&vip) {
+            found = Some(applied.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let found = found.unwrap_or_else(|| panic!("{full} never resolved to {vip}"));
+    eprintln!("a service applied by another process resolved {found:?} after apply began");
+
+    for (c, name) in [(&here, "my-service"), (&here, full), (&prod, "my-service.default"), (&prod, full)] {
+        let out = sh(c, format!("wget -q -O - http://{name}/")).await;
+        assert_eq!(out.stdout_text(), "web-0\n", "{name}: {out:?}");
+    }
+    // Short names are of the asker's namespace: prod has no my-service. Its pods do
+    // resolve names (the same lookup path finds the pod web-0).
+    let out = sh(&prod, "wget -q -O - http://web-0:8080/".into()).await;
+    assert_eq!(out.stdout_text(), "web-0\n", "{out:?}");
+    let out = sh(&prod, "wget -q -O - http://my-service/".into()).await;
+    assert!(!out.success() && out.stderr_text().contains("bad address"), "{out:?}");
+
+    let srv = sh(&here, format!("nslookup -type=SRV _http._tcp.{full}")).await.stdout_text();
+    assert!(srv.contains(&format!(" 80 {full}")), "{srv}");
+    let ptr = sh(&here, format!("nslookup {vip}")).await.stdout_text();
+    assert!(ptr.contains(full), "{ptr}");
+
+    // Made in code: the same rules, the same DNS, deleted on drop.
+    let dropped = {
+        let web2 = rt.service("web2").selector("app", "my-app").named_port("http", 81, 8080).apply().await.unwrap();
+        assert_eq!(web2.endpoints().await.unwrap(), vec![web.ip()]);
+        assert_eq!(web2.dns_name(), "web2.default.svc.cluster.local");
+        let out = sh(&here, "wget -q -O - http://web2:81/".into()).await;
+        assert_eq!(out.stdout_text(), "web-0\n", "{out:?}");
+        web2.ip()
+    };
+    let err = rt.service("bad").selector("app", "x").port(0, 80).apply().await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("spec.ports[0].port"), "a builder's service is checked as a manifest is: {err}");
+    let ls = cli.ok(&["svc", "ls", "-A"]);
+    assert!(!ls.contains(&dropped.to_string()) && !ls.contains("web2"), "a dropped service is deleted: {ls}");
+
+    assert_eq!(cli.ok(&["delete", "-f", file]).trim(), "service/my-service deleted");
+    let mut gone = false;
+    for _ in 0..100 {
+        let out = sh(&here, format!("nslookup {full}")).await;
+        if out.stdout_text().contains("NXDOMAIN") || out.stderr_text().contains("NXDOMAIN") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "{full} still resolves after delete");
+    drop((web, here, prod));
+    rt.shutdown().await.unwrap();
+    assert_eq!(cli.ok(&["svc", "ls", "-A", "-o", "json"]).trim(), "[]");
+    env.assert_clean();
+}

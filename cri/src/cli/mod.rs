@@ -121,6 +121,9 @@ struct ServeArgs {
     /// Where the cluster IPs of services applied through this daemon's state root come from.
     #[arg(long, default_value = minipod_runtime::service::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnetwork::Ipv4Network,
+    /// The DNS domain service names are under, and that pods search.
+    #[arg(long, default_value = minipod_runtime::netstack::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -167,7 +170,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 mirrors: a.registry_mirror,
                 credentials: Default::default(),
             };
-            crate::server::serve(&root, &a.socket, a.streaming_address, a.netns, a.images, pull, a.service_cidr)
+            let opts = minipod_runtime::PodsOptions {
+                root,
+                images: a.images,
+                node_netns: a.netns,
+                service_cidr: Some(a.service_cidr),
+                cluster_domain: Some(a.cluster_domain),
+                ..Default::default()
+            };
+            crate::server::serve(opts, &a.socket, a.streaming_address, pull)
         }
     }
 }

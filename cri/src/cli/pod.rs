@@ -28,6 +28,9 @@ pub struct Common {
     /// Where services' cluster IPs come from.
     #[arg(long, global = true, default_value = minipod_runtime::service::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnetwork::Ipv4Network,
+    /// The DNS domain service names are under, and that pods search.
+    #[arg(long, global = true, default_value = minipod_runtime::netstack::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +254,7 @@ pub(super) fn open(root: &Path, c: &Common) -> anyhow::Result<Pods> {
         images: c.images.clone(),
         node_netns: c.netns.clone(),
         service_cidr: Some(c.service_cidr),
+        cluster_domain: Some(c.cluster_domain.clone()),
         keep_pods: true,
         ..Default::default()
     })?)

@@ -54,15 +54,7 @@ async fn blocking<T: Send + 'static>(pods: &Arc<Pods>, f: impl FnOnce(&Pods) -> 
 /// The socket's directory must be ours and writable by nobody else: whoever can write
 /// it can put a socket of their own in its place, and every CRI client would talk to
 /// them.
-pub fn serve(
-    root: &Path,
-    socket: &str,
-    streaming: std::net::SocketAddr,
-    netns: Option<PathBuf>,
-    images: PathBuf,
-    pull: PullOptions,
-    service_cidr: ipnetwork::Ipv4Network,
-) -> anyhow::Result<i32> {
+pub fn serve(opts: PodsOptions, socket: &str, streaming: std::net::SocketAddr, pull: PullOptions) -> anyhow::Result<i32> {
     // Two malloc arenas rather than glibc's 8 per core: each of the dozen or so request
     // threads would get one that keeps what it freed (the soak benchmark: 34 MB of RSS
     // with the default, 30 MB with two, the same latency). A failure leaves the default.
@@ -72,14 +64,7 @@ pub fn serve(
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).context("the socket path has no directory: give an absolute path")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     check_socket_dir(parent)?;
-    let pods = Pods::open(PodsOptions {
-        root: root.to_path_buf(),
-        images,
-        node_netns: netns,
-        keep_pods: true,
-        service_cidr: Some(service_cidr),
-        ..Default::default()
-    })?;
+    let pods = Pods::open(PodsOptions { keep_pods: true, ..opts })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.

@@ -15,7 +15,8 @@ use crate::names::OwnerId;
 use crate::network::config::NetworkConfig;
 
 mod service;
-pub use service::{ServicePort, VirtualService, HAIRPIN_MARK};
+pub(crate) use service::read_services;
+pub use service::{ServiceDns, ServicePort, VirtualService, HAIRPIN_MARK};
 
 /// A firewall change failed.
 #[derive(Debug, thiserror::Error)]

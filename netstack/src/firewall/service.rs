@@ -33,6 +33,16 @@ pub struct VirtualService {
     pub owner: String,
     pub ip: Ipv4Addr,
     pub ports: Vec<ServicePort>,
+    /// The name the node's DNS server gives the IP under the cluster domain, if any.
+    #[serde(default)]
+    pub dns: Option<ServiceDns>,
+}
+
+/// A Service's DNS identity: `NAME.NAMESPACE.svc.DOMAIN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDns {
+    pub namespace: crate::Namespace,
+    pub name: crate::ServiceName,
 }
 
 /// A port of a virtual IP and where its connections go.
@@ -40,13 +50,21 @@ pub struct VirtualService {
 pub struct ServicePort {
     pub proto: Proto,
     pub port: u16,
+    /// A named port gets a DNS SRV record.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Chosen at random per connection; none rejects connections.
     pub endpoints: Vec<SocketAddrV4>,
 }
 
 impl Firewall {
+    /// Where the programmed services are recorded (read by the DNS server too).
+    pub(crate) fn services_dir(&self) -> PathBuf {
+        self.state_dir.join("services")
+    }
+
     fn service_file(&self, ip: Ipv4Addr) -> PathBuf {
-        self.state_dir.join("services").join(format!("{ip}.json"))
+        self.services_dir().join(format!("{ip}.json"))
     }
 
     fn service_record(&self, ip: Ipv4Addr) -> Result<Option<VirtualService>, FirewallError> {
@@ -65,12 +83,7 @@ impl Firewall {
 
     /// Every recorded service, for [`Firewall::ensure`].
     pub(super) fn recorded_services(&self) -> Vec<VirtualService> {
-        let Ok(entries) = std::fs::read_dir(self.state_dir.join("services")) else { return vec![] };
-        entries
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| crate::record::read_json(&e.path()).ok())
-            .collect()
+        read_services(&self.services_dir())
     }
 
     /// Serves `svc`: its ports and endpoints replace what its IP had. Returns whether
@@ -122,6 +135,16 @@ impl Firewall {
             }
         }
     }
+}
+
+/// The service records in `dir` (none if it is missing); unreadable ones are skipped.
+pub(crate) fn read_services(dir: &std::path::Path) -> Vec<VirtualService> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| crate::record::read_json(&e.path()).ok())
+        .collect()
 }
 
 fn port_chain(ip: Ipv4Addr, p: &ServicePort) -> String {
@@ -195,7 +218,13 @@ mod tests {
         VirtualService {
             owner: "default/web".into(),
             ip: "10.96.0.10".parse().unwrap(),
-            ports: vec![ServicePort { proto: Proto::Tcp, port: 80, endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect() }],
+            ports: vec![ServicePort {
+                proto: Proto::Tcp,
+                port: 80,
+                name: None,
+                endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            }],
+            dns: None,
         }
     }
 

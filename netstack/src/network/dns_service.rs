@@ -36,7 +36,9 @@ impl Node {
     pub fn serve_dns(&self, scope: DnsScope) -> Result<(), NetworkError> {
         if let Ok(mut dns) = self.dns.lock() {
             if dns.is_none() {
-                *dns = Some(crate::dns::DnsServer::start()?);
+                let mut server = crate::dns::DnsServer::start()?;
+                server.watch_services(self.firewall.services_dir(), self.records.clone());
+                *dns = Some(server);
             }
         }
         if scope == DnsScope::AllNetworks {
@@ -45,6 +47,16 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Puts service names under `domain` (default `cluster.local`).
+    pub fn set_cluster_domain(&self, domain: &str) {
+        self.records.set_cluster_domain(domain);
+    }
+
+    /// The domain service names are under.
+    pub fn cluster_domain(&self) -> String {
+        self.records.cluster_domain()
     }
 
     /// Serves network `cfg`'s names if the DNS server runs (a no-op when they are

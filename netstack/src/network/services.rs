@@ -11,12 +11,16 @@ impl Node {
     /// changed.
     pub fn program_service(&self, svc: &VirtualService) -> Result<bool, NetworkError> {
         self.ensure_firewall()?;
-        Ok(self.firewall.program_service(svc)?)
+        let changed = self.firewall.program_service(svc)?;
+        self.records.put_service(svc);
+        Ok(changed)
     }
 
     /// Stops serving the virtual IP `ip` on this node; one that is not served is fine.
     pub fn remove_service(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
         self.ensure_firewall()?;
-        Ok(self.firewall.remove_service(ip)?)
+        self.firewall.remove_service(ip)?;
+        self.records.drop_service(ip);
+        Ok(())
     }
 }

@@ -22,12 +22,18 @@
 //!   private thread: a plain `#[test]`, either tokio flavour and a panic unwinding
 //!   all work. A [`Container`] belongs to its pod and goes with it. For the errors of
 //!   teardown, call [`Pod::remove`] or [`Minipod::shutdown`].
+//! - [`Service`] puts a cluster IP in front of the pods a selector picks
+//!   (`rt.service("web").selector("app", "web").port(80, 8080).apply()`), found by
+//!   name through the node's DNS; [`Minipod::apply_yaml`] takes the Kubernetes YAML
+//!   that `minipod apply -f` does. Pods carry labels and a namespace
+//!   ([`PodBuilder::namespace`]).
 //! - A process killed with SIGKILL runs no `Drop`: the next runtime that opens the
 //!   same root removes its pods, containers, addresses, links, rules and mounts.
 
 mod container;
 mod pod;
 mod ready;
+mod service;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,10 +44,11 @@ use std::time::Duration;
 pub use container::{Container, ContainerBuilder};
 pub use pod::{Pod, PodBuilder};
 pub use ready::{Ready, DEFAULT_READY_TIMEOUT};
+pub use service::{Service, ServiceBuilder};
 
 use crate::image::Image;
 use crate::logs::LogLine;
-use crate::netstack::{Alias, ContainerName, Hostname, NameError, NetworkName, PodName, PortMapping, Proto, Scope};
+use crate::netstack::{Alias, ContainerName, Hostname, NameError, Namespace, NetworkName, PodName, PortMapping, Proto, Scope, ServiceName};
 use crate::pod::{
     BindMount, ConfigError, ContainerConfig, ContainerRecord, DnsConfig, ExecOutput, PodConfig, PodError, PodRecord, Pods, PodsOptions,
     RootfsSource,
@@ -130,6 +137,19 @@ impl MinipodBuilder {
         let net = cidr.parse().map_err(|e: ipnetwork::IpNetworkError| ConfigError::Cidr { cidr: cidr.to_string(), why: e.to_string() })?;
         self.opts.cidr = Some(net);
         Ok(self)
+    }
+
+    /// Where services' cluster IPs come from (default 10.96.0.0/12).
+    pub fn service_cidr(mut self, cidr: &str) -> Result<Self> {
+        let net = cidr.parse().map_err(|e: ipnetwork::IpNetworkError| ConfigError::Cidr { cidr: cidr.to_string(), why: e.to_string() })?;
+        self.opts.service_cidr = Some(net);
+        Ok(self)
+    }
+
+    /// The DNS domain service names are under (default `cluster.local`).
+    pub fn cluster_domain(mut self, domain: &str) -> Self {
+        self.opts.cluster_domain = Some(domain.into());
+        self
     }
 
     /// Pod names are unique per scope (default: unique to this runtime).

@@ -27,6 +27,12 @@ impl PodBuilder {
         self
     }
 
+    /// The Kubernetes namespace (default `default`): services select pods of their own,
+    /// and the pod's DNS search path starts with `NAMESPACE.svc.DOMAIN`.
+    pub fn namespace(self, namespace: &str) -> Self {
+        self.try_edit(Namespace::new(namespace), |c, n| c.namespace = n)
+    }
+
     pub fn label(self, key: &str, value: &str) -> Self {
         self.edit(|c| c.labels.insert(key.into(), value.into()))
     }

@@ -42,6 +42,13 @@ pub fn resolv_conf(dns: Option<&DnsConfig>, network_default: &str) -> String {
     out
 }
 
+/// The search path and options of Kubernetes' cluster DNS for a pod in `namespace`:
+/// `web` finds the service web of its namespace, `web.prod` that of namespace prod
+/// (hence ndots:5, which tries the search path first for names of up to four dots).
+pub fn cluster_search(namespace: &crate::netstack::Namespace, domain: &str) -> String {
+    format!("search {namespace}.svc.{domain} svc.{domain} {domain}\noptions ndots:5\n")
+}
+
 /// Writes the three files into `etc_dir`.
 pub fn write(etc_dir: &Path, pod: &PodRecord, resolv: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(etc_dir)?;

@@ -29,6 +29,9 @@ pub struct PodsOptions {
     pub keep_pods: bool,
     /// Where services' cluster IPs come from. Default: 10.96.0.0/12.
     pub service_cidr: Option<ipnetwork::Ipv4Network>,
+    /// The domain services' names are under (`NAME.NAMESPACE.svc.DOMAIN`). Default:
+    /// cluster.local.
+    pub cluster_domain: Option<String>,
 }
 
 impl Default for PodsOptions {
@@ -43,6 +46,7 @@ impl Default for PodsOptions {
             scope: None,
             keep_pods: false,
             service_cidr: None,
+            cluster_domain: None,
         }
     }
 }
@@ -119,6 +123,11 @@ impl Pods {
         if opts.keep_pods && opts.private_node {
             return Err(ConfigError::KeptPodsOnPrivateNode.into());
         }
+        let cluster_domain = opts.cluster_domain.clone().unwrap_or_else(|| netstack::DEFAULT_CLUSTER_DOMAIN.into());
+        if !netstack::is_dns_name(&cluster_domain) {
+            return Err(ConfigError::ClusterDomain(cluster_domain).into());
+        }
+        let cluster_domain = cluster_domain.trim_end_matches('.').to_ascii_lowercase();
         let oci = Runtime::new(&opts.root)?;
         let root = oci.root().to_path_buf();
         // The monitor and the container's init run from `/`: every path they get must be absolute.
@@ -163,6 +172,7 @@ impl Pods {
             BlockingNode::create_private(pin, &executor).map_err(|e| undo(e.into()))?;
         }
         let node = BlockingNode::open(&node_ref.state_dir, node_ref.netns.as_deref(), executor.clone()).map_err(|e| undo(e.into()))?;
+        node.node().set_cluster_domain(&cluster_domain);
         // Only the networks this runtime uses: another process may serve the others.
         node.node().serve_dns(DnsScope::JoinedFromNow).map_err(|e| undo(e.into()))?;
         let timers = executor.handle();
@@ -176,6 +186,7 @@ impl Pods {
             scope,
             default_network: NetworkConfig::default_network().name,
             service_cidr: opts.service_cidr.unwrap_or_else(crate::service::default_service_cidr),
+            cluster_domain,
             keep_pods: opts.keep_pods,
             instance,
             template: mount_template::MountTemplate::new(&root, timers),
@@ -282,6 +293,11 @@ impl Pods {
 
     pub fn scope(&self) -> &Scope {
         &self.scope
+    }
+
+    /// The domain service names are under in DNS (default `cluster.local`).
+    pub fn cluster_domain(&self) -> &str {
+        &self.cluster_domain
     }
 
     /// Whether pods of this runtime outlive it.

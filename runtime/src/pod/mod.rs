@@ -164,6 +164,8 @@ pub enum PodError {
 pub enum ConfigError {
     #[error("pods that outlive this process cannot live on a private node, which goes with it: drop one of the two")]
     KeptPodsOnPrivateNode,
+    #[error("cluster domain {0:?} is not a DNS name (such as cluster.local)")]
+    ClusterDomain(String),
     #[error("a pod on a private node cannot outlive the runtime, whose node goes with it")]
     DisownOnPrivateNode,
     #[error("CIDR {cidr:?}: {why}: give one such as 10.77.0.0/24")]
@@ -253,6 +255,8 @@ pub struct Pods {
     default_network: NetworkName,
     /// Where services' cluster IPs come from.
     service_cidr: ipnetwork::Ipv4Network,
+    /// The domain services' names are under, and pods' search path.
+    cluster_domain: String,
     keep_pods: bool,
     instance: Option<Instance>,
     template: mount_template::MountTemplate,

@@ -237,8 +237,17 @@ impl Pods {
             // The node's resolver, as a kubelet gives a host-network pod.
             resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         }
-        files::write(&dir.join("etc"), pod, &files::resolv_conf(pod.dns.as_ref(), &resolv))
-            .map_err(io_err("writing the /etc files of", &dir))?;
+        let mut resolv = files::resolv_conf(pod.dns.as_ref(), &resolv);
+        // The node's DNS server answers service names: the pod finds them by their short
+        // names, as in Kubernetes (a CRI pod gets the search path its kubelet sends).
+        if pod.dns.is_none() {
+            if let Some(first) = networks.first() {
+                if self.node.node().network(first)?.is_some_and(|c| c.dns) {
+                    resolv.push_str(&files::cluster_search(&pod.namespace, &self.cluster_domain));
+                }
+            }
+        }
+        files::write(&dir.join("etc"), pod, &resolv).map_err(io_err("writing the /etc files of", &dir))?;
         pod.status = PodStatus::Ready;
         if self.keep_pods {
             pod.owner = None;

@@ -183,12 +183,20 @@ impl Pods {
     /// stops being served and its cluster IP is free. A service that does not exist
     /// is an error, found before anything is deleted.
     pub fn delete(&self, docs: &[Document]) -> Result<Vec<ServiceKey>> {
+        let keys: Vec<ServiceKey> = docs
+            .iter()
+            .map(|doc| {
+                let Object::Service(m) = &doc.object;
+                m.key.clone()
+            })
+            .collect();
+        self.delete_services(&keys)
+    }
+
+    /// Deletes the services `keys` name, all or none (as [`Pods::delete`]).
+    pub fn delete_services(&self, keys: &[ServiceKey]) -> Result<Vec<ServiceKey>> {
         let _lock = self.services_lock()?;
-        let mut found = Vec::new();
-        for doc in docs {
-            let Object::Service(m) = &doc.object;
-            found.push(self.service(&m.key)?);
-        }
+        let found = keys.iter().map(|k| self.service(k)).collect::<Result<Vec<_>>>()?;
         for svc in &found {
             self.unserve(svc)?;
         }

@@ -3,7 +3,7 @@
 use std::net::SocketAddrV4;
 
 use super::ServiceRecord;
-use crate::netstack::{ServicePort, VirtualService};
+use crate::netstack::{ServiceDns, ServicePort, VirtualService};
 use crate::pod::{PodError, PodRecord, PodStatus, Pods};
 
 type Result<T> = std::result::Result<T, PodError>;
@@ -34,9 +34,11 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
             .map(|p| ServicePort {
                 proto: p.protocol,
                 port: p.port,
+                name: p.name.clone(),
                 endpoints: ips.iter().map(|ip| SocketAddrV4::new(*ip, p.target_port)).collect(),
             })
             .collect(),
+        dns: Some(ServiceDns { namespace: svc.key.namespace.clone(), name: svc.key.name.clone() }),
     }
 }
 

@@ -127,7 +127,7 @@ fn object(doc: usize, value: serde_yaml_ng::Value) -> Result<Object, ManifestErr
             if let Some(field) = unknown_field(&value, &typed, "") {
                 return Err(ManifestError::Invalid { doc, object, field, reason: "no such field in a v1 Service".into() });
             }
-            Ok(Object::Service(service(doc, svc)?))
+            Ok(Object::Service(checked(doc, svc)?))
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             Err(ManifestError::NotBuilt { doc, object, field: "kind".into(), what: "NetworkPolicy".into() })
@@ -165,8 +165,8 @@ fn unknown_field(given: &serde_yaml_ng::Value, typed: &serde_yaml_ng::Value, pat
     }
 }
 
-/// Checks a typed Service against what minipod builds.
-fn service(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestError> {
+/// Checks a typed Service (document `doc` of its input) against what minipod builds.
+pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestError> {
     let meta = svc.metadata;
     let name_text = meta.name.clone().unwrap_or_default();
     let object = format!("Service {name_text}");

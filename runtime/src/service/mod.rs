@@ -10,6 +10,15 @@
 //! controller does for a terminating pod). An endpoint is a pod's address on its
 //! first network and the service port's `targetPort`.
 //!
+//! The node's DNS server answers `NAME.NAMESPACE.svc.DOMAIN` (domain `cluster.local`
+//! unless [`crate::PodsOptions::cluster_domain`] says otherwise) with the cluster IP,
+//! `_PORT._PROTO.NAME.NAMESPACE.svc.DOMAIN` SRV for named ports and PTR for the cluster
+//! IP; pods get the search path `NAMESPACE.svc.DOMAIN svc.DOMAIN DOMAIN` with
+//! `ndots:5`, so `web` and `web.prod` are found as in Kubernetes. A service applied by
+//! any process sharing the state dir is answered within 100 ms (the server polls the
+//! records' directory); one this process applies, at once. The embedding API makes
+//! them in code too ([`crate::embed::Minipod::service`]).
+//!
 //! What a manifest asks for that is not built yet is refused with the field that asks
 //! for it, never accepted and ignored: `type: NodePort`/`LoadBalancer`/`ExternalName`,
 //! headless services (`clusterIP: None`), services without a selector, `sessionAffinity:
@@ -23,8 +32,9 @@ mod labels;
 mod manifest;
 mod record;
 
+pub use apply::Change;
 pub use labels::{check_label_key, check_label_value, Selector};
-pub use manifest::{parse, Document, ManifestError, Object, ServiceManifest};
+pub use manifest::{checked, parse, Document, ManifestError, Object, ServiceManifest};
 pub use record::{ServiceKey, ServicePortSpec, ServiceRecord};
 
 use std::net::Ipv4Addr;

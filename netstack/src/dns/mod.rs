@@ -1,7 +1,16 @@
 //! The embedded DNS server: one UDP listener per DNS-enabled network, on its gateway
 //! address inside the node namespace. It answers A and PTR for the names attached to
 //! that network, only to askers from that network's subnet (a pod never learns names
-//! of networks it is not on), and forwards everything else to the network's upstreams.
+//! of networks it is not on), the names of the node's Services ([`cluster`]) to askers
+//! of every network, and forwards everything else to the network's upstreams.
+//!
+//! The services are read from the firewall's records, which any process serving them
+//! on the node writes: a watcher looks at their directory every 100 ms and reloads it
+//! when it changed, so names of services made by another process are answered too.
+
+pub mod cluster;
+
+use std::path::PathBuf;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,6 +27,8 @@ use crate::netns::{Netns, NetnsError};
 /// How long one upstream gets to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TTL: u32 = 30;
+/// How often the watcher looks for changed service records.
+const SERVICES_POLL: Duration = Duration::from_millis(100);
 
 /// Starting the DNS server failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,7 @@ struct Zone {
 #[derive(Debug, Default, Clone)]
 pub struct Records {
     zones: Arc<RwLock<HashMap<NetworkName, Zone>>>,
+    cluster: Arc<RwLock<(cluster::ClusterZone, Vec<crate::firewall::VirtualService>)>>,
 }
 
 fn normalise(name: &str) -> String {
@@ -111,6 +123,55 @@ impl Records {
     fn zone(&self, network: &NetworkName) -> Option<Zone> {
         self.zones.read().ok()?.get(network).cloned()
     }
+
+    /// The services whose names the cluster zone answers with, replacing those it had.
+    pub fn set_services(&self, services: Vec<crate::firewall::VirtualService>) {
+        if let Ok(mut c) = self.cluster.write() {
+            let domain = c.0.domain().to_string();
+            *c = (cluster::ClusterZone::new(&domain, &services), services);
+        }
+    }
+
+    /// Adds `svc` to the cluster zone, or replaces the service of its address: what
+    /// this process programs is answered at once, before the state dir is polled.
+    pub fn put_service(&self, svc: &crate::firewall::VirtualService) {
+        self.edit_services(|all| {
+            all.retain(|s| s.ip != svc.ip);
+            all.push(svc.clone());
+        });
+    }
+
+    /// Takes the service of address `ip` out of the cluster zone.
+    pub fn drop_service(&self, ip: std::net::Ipv4Addr) {
+        self.edit_services(|all| all.retain(|s| s.ip != ip));
+    }
+
+    fn edit_services(&self, edit: impl FnOnce(&mut Vec<crate::firewall::VirtualService>)) {
+        if let Ok(mut c) = self.cluster.write() {
+            edit(&mut c.1);
+            let domain = c.0.domain().to_string();
+            c.0 = cluster::ClusterZone::new(&domain, &c.1);
+        }
+    }
+
+    /// The domain service names are under (default `cluster.local`).
+    pub fn set_cluster_domain(&self, domain: &str) {
+        if let Ok(mut c) = self.cluster.write() {
+            c.0 = cluster::ClusterZone::new(domain, &c.1);
+        }
+    }
+
+    /// The domain service names are under.
+    pub fn cluster_domain(&self) -> String {
+        self.cluster.read().map(|c| c.0.domain().to_string()).unwrap_or_else(|_| cluster::DEFAULT_CLUSTER_DOMAIN.into())
+    }
+
+    fn answer(&self, zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
+        match self.cluster.read() {
+            Ok(c) => answer(zone, &c.0, query, from),
+            Err(_) => answer(zone, &cluster::ClusterZone::default(), query, from),
+        }
+    }
 }
 
 /// What to do with one query.
@@ -120,7 +181,7 @@ enum Answer {
     Drop,
 }
 
-fn answer(zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
+fn answer(zone: &Zone, cluster: &cluster::ClusterZone, query: &[u8], from: IpAddr) -> Answer {
     let Ok(msg) = Message::from_vec(query) else { return Answer::Drop };
     if msg.metadata.message_type != MessageType::Query {
         return Answer::Drop;
@@ -145,6 +206,9 @@ fn answer(zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
     let Some(q) = msg.queries.first() else { return Answer::Drop };
     let name = normalise(&q.name().to_ascii());
     let qtype = q.query_type();
+    if cluster.answer(&name, qtype, q.name(), &mut reply) {
+        return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
+    }
     if let Some(ips) = zone.names.get(&name) {
         reply.metadata.authoritative = true;
         for ip in ips {
@@ -185,6 +249,7 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
 /// Listeners of one node, on a thread of their own; they stop when this is dropped.
 pub struct DnsServer {
     tasks: HashMap<NetworkName, tokio::task::JoinHandle<()>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     /// Where the listeners run: nothing else runs there, so no other work of the
     /// process (a firewall change waiting for `nft`) delays an answer. Dropped after
     /// the tasks are aborted (fields drop in order).
@@ -193,7 +258,7 @@ pub struct DnsServer {
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        for t in self.tasks.values() {
+        for t in self.tasks.values().chain(&self.watcher) {
             t.abort();
         }
     }
@@ -203,7 +268,31 @@ impl DnsServer {
     /// No listeners yet; its thread (`minipod-dns`) is started.
     pub fn start() -> Result<Self, DnsError> {
         let executor = crate::executor::Executor::start("minipod-dns").map_err(DnsError::Thread)?;
-        Ok(Self { tasks: HashMap::new(), executor })
+        Ok(Self { tasks: HashMap::new(), watcher: None, executor })
+    }
+
+    /// Keeps `records`' services in step with the service records in `dir`, whoever
+    /// writes them. Does nothing if it watches already.
+    pub fn watch_services(&mut self, dir: PathBuf, records: Records) {
+        if self.watcher.is_some() {
+            return;
+        }
+        self.watcher = Some(self.executor.handle().spawn(async move {
+            let mut seen = None;
+            loop {
+                // A rename into place or a removal changes the directory's mtime. The
+                // clock it is taken from ticks coarsely (a jiffy), so a change in the
+                // tick of the last look keeps the stamp: a stamp under a second old is
+                // looked behind again.
+                let stamp = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+                let recent = stamp.is_some_and(|s| s.elapsed().map_or(true, |age| age < std::time::Duration::from_secs(1)));
+                if stamp != seen || recent {
+                    seen = stamp;
+                    records.set_services(crate::firewall::read_services(&dir));
+                }
+                tokio::time::sleep(SERVICES_POLL).await;
+            }
+        }));
     }
 
     /// Stops the listener of `network` (it was removed), freeing its address.
@@ -238,7 +327,7 @@ impl DnsServer {
                 };
                 let query = buf[..len].to_vec();
                 let Some(zone) = records.zone(&network) else { continue };
-                match answer(&zone, &query, from.ip()) {
+                match records.answer(&zone, &query, from.ip()) {
                     Answer::Reply(bytes) => {
                         let _ = sock.send_to(&bytes, from).await;
                     }
@@ -315,6 +404,8 @@ mod tests {
     fn members_get_a_and_ptr_others_are_refused_and_the_rest_is_forwarded() {
         let z = zone();
         let inside: IpAddr = "10.5.0.9".parse().unwrap();
+        let c = cluster::ClusterZone::default();
+        let answer = |z: &Zone, q: &[u8], from: IpAddr| answer(z, &c, q, from);
         let Answer::Reply(r) = answer(&z, &query("WEB.", RecordType::A), inside) else { panic!() };
         let r = Message::from_vec(&r).unwrap();
         assert_eq!(r.answers.len(), 1);
