@@ -198,6 +198,7 @@ async fn a_virtual_ip_spreads_connections_over_its_endpoints_and_follows_them() 
             endpoints: eps.iter().map(|ip| std::net::SocketAddrV4::new(*ip, 8080)).collect(),
         }],
         dns: None,
+        affinity: None,
     };
     let bodies = |from: &std::path::Path, n: usize| {
         let mut seen = std::collections::BTreeMap::<String, usize>::new();

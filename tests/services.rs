@@ -107,6 +107,19 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     let seen = cli.answers("client", "c", &url, 60);
     let want: Vec<&str> = vec!["web-0", "web-1", "web-2"];
     assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), want, "every replica and only they answer: {seen:?}");
+    // The same replicas with sessionAffinity: ClientIP: one client, one replica (the
+    // 60 requests above, from the same client, reached all three).
+    let sticky = env.h.base.join("sticky.yaml");
+    std::fs::write(
+        &sticky,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: my-app}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    let sticky = sticky.to_str().unwrap();
+    cli.ok(&["apply", "-f", sticky]);
+    let sticky_url = format!("http://{}/", service_ip(&cli, "sticky"));
+    let pinned = cli.answers("client", "c", &sticky_url, 30);
+    assert!(pinned.len() == 1 && pinned.keys().all(|k| k.starts_with("web-")), "one client stays with one replica: {pinned:?}");
     // From the node itself too (nat output), once it has a default route as a host has
     // (a connect needs a route before the firewall sees the packet), and from a replica to
     // its own service (hairpin).
@@ -119,6 +132,10 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     cli.ok(&["pod", "stop", "web-1", "--timeout", "1"]);
     let seen = cli.answers("client", "c", &url, 40);
     assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-0", "web-2"], "{seen:?}");
+    // A pinned client whose replica goes is pinned anew, to one that is there.
+    let repinned = cli.answers("client", "c", &sticky_url, 20);
+    assert!(repinned.len() == 1 && !repinned.contains_key("web-1") && !repinned.contains_key("failed"), "{repinned:?}");
+    assert_eq!(cli.ok(&["delete", "-f", sticky]).trim(), "service/sticky deleted");
     // A new replica joins, and a removed one leaves.
     cli.web("web-3", "default", &["app=my-app"]);
     cli.ok(&["pod", "rm", "--force", "web-0"]);

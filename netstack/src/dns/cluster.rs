@@ -108,6 +108,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 96, 0, 10),
             ports: vec![ServicePort { proto: Proto::Tcp, port: 80, name: Some("http".into()), endpoints: vec![] }],
             dns: Some(ServiceDns { namespace: "prod".parse().unwrap(), name: "web".parse().unwrap() }),
+            affinity: None,
         };
         ClusterZone::new("Cluster.Local.", &[svc])
     }

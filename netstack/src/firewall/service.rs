@@ -36,6 +36,10 @@ pub struct VirtualService {
     /// The name the node's DNS server gives the IP under the cluster domain, if any.
     #[serde(default)]
     pub dns: Option<ServiceDns>,
+    /// Kubernetes' `sessionAffinity: ClientIP`: a client's connections to a port keep
+    /// going to the endpoint its first one went to, until it has been quiet this long.
+    #[serde(default)]
+    pub affinity: Option<std::time::Duration>,
 }
 
 /// A Service's DNS identity: `NAME.NAMESPACE.svc.DOMAIN`.
@@ -151,6 +155,13 @@ fn port_chain(ip: Ipv4Addr, p: &ServicePort) -> String {
     format!("svc_{:08x}_{}_{}", u32::from(ip), p.proto, p.port)
 }
 
+/// The set of clients pinned to endpoint `i` of a port (kube-proxy's affinity sets).
+/// The timeout is part of the name: a set's timeout cannot change in place, so a new
+/// one is a new set and the old one goes.
+fn affinity_set(chain: &str, i: usize, timeout: std::time::Duration) -> String {
+    format!("{chain}_{i}_a{}", timeout.as_secs())
+}
+
 /// The transaction that takes the firewall from `old` to `new` for one virtual IP
 /// (both of one IP; `None` for none). It holds no `delete` of anything it has not
 /// `add`ed first, so it cannot fail on an element or chain that a rebuilt table lost.
@@ -168,15 +179,28 @@ pub(super) fn script(old: Option<&VirtualService>, new: Option<&VirtualService>)
             s.push_str(&format!("add element {t} no_endpoints4 {{ {key} }}\n"));
         } else {
             let mut picks = Vec::new();
+            let was = old.and_then(|o| o.ports.iter().find(|q| q.proto == p.proto && q.port == p.port).map(|q| (o, q)));
             for (i, ep) in p.endpoints.iter().enumerate() {
                 let ep_chain = format!("{chain}_{i}");
                 s.push_str(&format!(
                     "add chain {t} {ep_chain}\nflush chain {t} {ep_chain}\n\
-                     add rule {t} {ep_chain} ip saddr {} meta mark set meta mark | {HAIRPIN_MARK:#x}\n\
-                     add rule {t} {ep_chain} meta l4proto {} dnat ip to {ep}\n",
-                    ep.ip(),
-                    p.proto
+                     add rule {t} {ep_chain} ip saddr {} meta mark set meta mark | {HAIRPIN_MARK:#x}\n",
+                    ep.ip()
                 ));
+                if let Some(timeout) = new.and_then(|n| n.affinity) {
+                    let set = affinity_set(&chain, i, timeout);
+                    s.push_str(&format!(
+                        "add set {t} {set} {{ type ipv4_addr; flags dynamic,timeout; timeout {}s; }}\n",
+                        timeout.as_secs()
+                    ));
+                    // Its clients were pinned to the endpoint this index had.
+                    if was.is_some_and(|(o, q)| o.affinity == Some(timeout) && q.endpoints.get(i).is_some_and(|e| e != ep)) {
+                        s.push_str(&format!("flush set {t} {set}\n"));
+                    }
+                    s.push_str(&format!("add rule {t} {chain} ip saddr @{set} goto {ep_chain}\n"));
+                    s.push_str(&format!("add rule {t} {ep_chain} update @{set} {{ ip saddr }}\n"));
+                }
+                s.push_str(&format!("add rule {t} {ep_chain} meta l4proto {} dnat ip to {ep}\n", p.proto));
                 picks.push(format!("{i} : goto {ep_chain}"));
             }
             s.push_str(&format!("add rule {t} {chain} numgen random mod {} vmap {{ {} }}\n", p.endpoints.len(), picks.join(", ")));
@@ -203,6 +227,18 @@ pub(super) fn script(old: Option<&VirtualService>, new: Option<&VirtualService>)
         if kept.is_none() {
             s.push_str(&format!("delete chain {t} {chain}\n"));
         }
+        // Affinity sets that no rule refers to any more (every chain that did was
+        // flushed above): of endpoints gone, or of another timeout.
+        if let Some(timeout) = old.and_then(|o| o.affinity) {
+            let still = if new.and_then(|n| n.affinity) == Some(timeout) { from } else { 0 };
+            for i in still..p.endpoints.len() {
+                let set = affinity_set(&chain, i, timeout);
+                s.push_str(&format!(
+                    "add set {t} {set} {{ type ipv4_addr; flags dynamic,timeout; timeout {}s; }}\ndelete set {t} {set}\n",
+                    timeout.as_secs()
+                ));
+            }
+        }
     }
     if new.is_none() {
         s.push_str(&format!("delete element {t} service_ips4 {{ {ip} }}\n"));
@@ -225,7 +261,35 @@ mod tests {
                 endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             }],
             dns: None,
+            affinity: None,
         }
+    }
+
+    #[test]
+    fn client_ip_affinity_pins_a_client_and_its_sets_follow_the_endpoints() {
+        let day = std::time::Duration::from_secs(86400);
+        let two = VirtualService { affinity: Some(day), ..svc(&["10.88.0.2:80", "10.88.0.3:80"]) };
+        let s = script(None, Some(&two));
+        let set = "svc_0a60000a_tcp_80_1_a86400";
+        assert!(s.contains(&format!("add set inet minipod {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 86400s; }}")), "{s}");
+        let pinned = format!("add rule inet minipod svc_0a60000a_tcp_80 ip saddr @{set} goto svc_0a60000a_tcp_80_1\n");
+        let random = "add rule inet minipod svc_0a60000a_tcp_80 numgen random";
+        assert!(s.find(&pinned).zip(s.find(random)).is_some_and(|(a, b)| a < b), "a pinned client is looked up before the pick: {s}");
+        assert!(s.contains(&format!("add rule inet minipod svc_0a60000a_tcp_80_1 update @{set} {{ ip saddr }}")), "{s}");
+        // The endpoint at index 1 changes: its clients are unpinned; index 0 keeps its.
+        let moved = VirtualService { affinity: Some(day), ..svc(&["10.88.0.2:80", "10.88.0.4:80"]) };
+        let s = script(Some(&two), Some(&moved));
+        assert!(
+            s.contains(&format!("flush set inet minipod {set}\n")) && !s.contains("flush set inet minipod svc_0a60000a_tcp_80_0_"),
+            "{s}"
+        );
+        // Affinity off: every set goes, after the chains that used them were flushed.
+        let s = script(Some(&two), Some(&svc(&["10.88.0.2:80", "10.88.0.3:80"])));
+        assert!(s.ends_with(&format!("delete set inet minipod {set}\n")) && !s.contains("update @"), "{s}");
+        assert!(s.contains("delete set inet minipod svc_0a60000a_tcp_80_0_a86400\n"), "{s}");
+        // Removed: the same.
+        let s = script(Some(&two), None);
+        assert!(s.contains(&format!("delete set inet minipod {set}\n")), "{s}");
     }
 
     #[test]

@@ -68,6 +68,18 @@ impl ServiceBuilder {
         self
     }
 
+    /// `sessionAffinity: ClientIP`: a client stays with its first endpoint until it has
+    /// been quiet for `timeout` (whole seconds, 1 s to a day).
+    pub fn client_ip_affinity(mut self, timeout: Duration) -> Self {
+        let spec = self.spec();
+        spec.session_affinity = Some("ClientIP".into());
+        let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        spec.session_affinity_config = Some(k8s_openapi::api::core::v1::SessionAffinityConfig {
+            client_ip: Some(k8s_openapi::api::core::v1::ClientIPConfig { timeout_seconds: Some(secs) }),
+        });
+        self
+    }
+
     /// Asks for this cluster IP instead of a free one of the service CIDR.
     pub fn cluster_ip(mut self, ip: Ipv4Addr) -> Self {
         self.spec().cluster_ip = Some(ip.to_string());

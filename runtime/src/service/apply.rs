@@ -137,6 +137,7 @@ impl Pods {
                 cluster_ip: ip,
                 selector: m.selector.clone(),
                 ports: m.ports.clone(),
+                client_ip_affinity: m.client_ip_affinity,
                 labels: m.labels.clone(),
                 annotations: m.annotations.clone(),
                 node: old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone()),

@@ -39,6 +39,7 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
             })
             .collect(),
         dns: Some(ServiceDns { namespace: svc.key.namespace.clone(), name: svc.key.name.clone() }),
+        affinity: svc.client_ip_affinity.map(|secs| std::time::Duration::from_secs(secs.into())),
     }
 }
 

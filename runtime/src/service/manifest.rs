@@ -59,6 +59,11 @@ impl Object {
     }
 }
 
+/// How long a client stays with its endpoint under `sessionAffinity: ClientIP` unless
+/// `timeoutSeconds` says (Kubernetes' default, three hours), and the most it may say.
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+const MAX_AFFINITY_SECONDS: i32 = 86400;
+
 /// A Service as a manifest gives it: checked, its cluster IP still to be given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceManifest {
@@ -66,6 +71,8 @@ pub struct ServiceManifest {
     pub cluster_ip: Option<Ipv4Addr>,
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub client_ip_affinity: Option<u32>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -218,14 +225,28 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         Some("RequireDualStack") => return Err(not_built("spec.ipFamilyPolicy", "a dual-stack service")),
         Some(p) => return Err(invalid("spec.ipFamilyPolicy", format!("{p:?} is not SingleStack, PreferDualStack or RequireDualStack"))),
     }
-    match spec.session_affinity.as_deref() {
-        None | Some("None") => {}
-        Some("ClientIP") => return Err(not_built("spec.sessionAffinity", "sessionAffinity: ClientIP")),
+    let client_ip_affinity = match spec.session_affinity.as_deref() {
+        None | Some("None") => {
+            if spec.session_affinity_config.is_some() {
+                return Err(invalid("spec.sessionAffinityConfig", "only with sessionAffinity: ClientIP".into()));
+            }
+            None
+        }
+        Some("ClientIP") => {
+            let given = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+            match given {
+                None => Some(DEFAULT_AFFINITY_SECONDS),
+                Some(t) if (1..=MAX_AFFINITY_SECONDS).contains(&t) => Some(t as u32),
+                Some(t) => {
+                    return Err(invalid(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{t} is not 1 to {MAX_AFFINITY_SECONDS} (a day)"),
+                    ))
+                }
+            }
+        }
         Some(a) => return Err(invalid("spec.sessionAffinity", format!("{a:?} is not None or ClientIP"))),
-    }
-    if spec.session_affinity_config.is_some() {
-        return Err(invalid("spec.sessionAffinityConfig", "only with sessionAffinity: ClientIP".into()));
-    }
+    };
     if spec.external_ips.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(not_built("spec.externalIPs", "externalIPs"));
     }
@@ -308,7 +329,15 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         };
         ports.push(ServicePortSpec { name: p.name.clone(), protocol, port, target_port });
     }
-    Ok(ServiceManifest { key, cluster_ip, selector: Selector(selector), ports, labels, annotations: meta.annotations.unwrap_or_default() })
+    Ok(ServiceManifest {
+        key,
+        cluster_ip,
+        selector: Selector(selector),
+        ports,
+        client_ip_affinity,
+        labels,
+        annotations: meta.annotations.unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -360,7 +389,15 @@ spec:
             (with("type: NodePort"), "document 1 (Service default/my-service): spec.type: type NodePort is not built"),
             (with("clusterIP: None"), "spec.clusterIP: a headless service"),
             (with("clusterIP: 10.96.0.300"), "spec.clusterIP: \"10.96.0.300\" is not an IP address"),
-            (with("sessionAffinity: ClientIP"), "spec.sessionAffinity: sessionAffinity: ClientIP is not built"),
+            (
+                with("sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}"),
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 86401 is not 1 to 86400",
+            ),
+            (
+                with("sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"),
+                "spec.sessionAffinityConfig: only with sessionAffinity: ClientIP",
+            ),
+            (with("sessionAffinity: Cookie"), "spec.sessionAffinity: \"Cookie\" is not None or ClientIP"),
             (with("selectr: {app: x}"), "spec.selectr: no such field in a v1 Service"),
             (EXAMPLE.replace("8080", "http"), "spec.ports[0].targetPort: a targetPort by name (\"http\")"),
             (EXAMPLE.replace("port: 80,", "port: 0,"), "spec.ports[0].port: 0 is not 1 to 65535"),
@@ -380,6 +417,14 @@ spec:
         assert_eq!(e, "document 2 (NetworkPolicy p): kind: NetworkPolicy is not built in minipod yet");
         let e = parse("a: [").unwrap_err();
         assert!(e.to_string() == "document 1 is not valid YAML or JSON" && std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn client_ip_affinity_defaults_to_three_hours() {
+        let with = |extra: &str| service_of(&format!("{EXAMPLE}  {extra}\n")).unwrap().client_ip_affinity;
+        assert_eq!(with("sessionAffinity: ClientIP"), Some(10800));
+        assert_eq!(with("sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"), Some(60));
+        assert_eq!(with("sessionAffinity: None"), None);
     }
 
     #[test]

@@ -19,11 +19,15 @@
 //! records' directory); one this process applies, at once. The embedding API makes
 //! them in code too ([`crate::embed::Minipod::service`]).
 //!
+//! `sessionAffinity: ClientIP` keeps a client's connections to a port on the endpoint
+//! its first one went to, until it has been quiet for `timeoutSeconds` (default three
+//! hours), as kube-proxy's nftables mode does with a timed set per endpoint.
+//!
 //! What a manifest asks for that is not built yet is refused with the field that asks
 //! for it, never accepted and ignored: `type: NodePort`/`LoadBalancer`/`ExternalName`,
-//! headless services (`clusterIP: None`), services without a selector, `sessionAffinity:
-//! ClientIP`, named `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses`,
-//! IPv6 and NetworkPolicy objects. Containers have no readiness probes in minipod, so
+//! headless services (`clusterIP: None`), services without a selector, named
+//! `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses`, IPv6 and
+//! NetworkPolicy objects. Containers have no readiness probes in minipod, so
 //! a pod is ready from the moment its network is up until it stops.
 
 mod apply;

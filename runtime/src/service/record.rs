@@ -41,6 +41,9 @@ pub struct ServiceRecord {
     pub cluster_ip: Ipv4Addr,
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
+    /// `sessionAffinity: ClientIP`, with its timeout in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_affinity: Option<u32>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// The node whose firewall serves it, and whose pods are its endpoints.
