@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::OwnerId;
 use crate::network::config::NetworkConfig;
 
+mod libnft;
 mod service;
 pub(crate) use service::read_services;
 pub use service::{ServiceDns, ServicePort, VirtualService, HAIRPIN_MARK};
@@ -162,6 +163,9 @@ pub struct Firewall {
     netns: PathBuf,
     state_dir: PathBuf,
     ensured: std::sync::atomic::AtomicBool,
+    /// The in-process nftables context and the namespace (device, inode) it was
+    /// opened in: a namespace pinned anew at the same path gets a new one.
+    session: std::sync::Mutex<Option<((u64, u64), libnft::Session)>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -180,10 +184,27 @@ struct Reservation {
 impl Firewall {
     /// The firewall of the node namespace at `netns`, with state under `state_dir`.
     pub fn new(netns: &Path, state_dir: &Path) -> Self {
-        Self { netns: netns.to_path_buf(), state_dir: state_dir.join("firewall"), ensured: Default::default() }
+        Self { netns: netns.to_path_buf(), state_dir: state_dir.join("firewall"), ensured: Default::default(), session: Default::default() }
+    }
+
+    /// Runs `script` through libnftables in this process; None when it cannot be
+    /// (no library, or the namespace cannot be entered), and the `nft` command is run.
+    fn nft_in_process(&self, script: &str) -> Option<Result<(), String>> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.netns).ok()?;
+        let id = (meta.dev(), meta.ino());
+        let mut slot = self.session.lock().ok()?;
+        if slot.as_ref().is_none_or(|(had, _)| *had != id) {
+            let ns = crate::netns::Netns::open(&self.netns).ok()?;
+            *slot = Some((id, ns.run(libnft::Session::open).ok()??));
+        }
+        slot.as_mut().map(|(_, s)| s.run(script))
     }
 
     fn nft(&self, script: &str, what: &str) -> Result<(), FirewallError> {
+        if let Some(done) = self.nft_in_process(script) {
+            return done.map_err(|stderr| FirewallError::Nft { what: what.to_string(), stderr: stderr.trim().replace('\n', " ") });
+        }
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))
             .args(["nft", "-f", "-"])
