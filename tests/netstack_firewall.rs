@@ -196,6 +196,7 @@ async fn a_virtual_ip_spreads_connections_over_its_endpoints_and_follows_them() 
             port: 80,
             name: None,
             endpoints: eps.iter().map(|ip| std::net::SocketAddrV4::new(*ip, 8080)).collect(),
+            node_port: None,
         }],
         dns: None,
         affinity: None,

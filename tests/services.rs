@@ -79,7 +79,8 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     let env = PodEnv::new("svc-replicas");
     let node = TestNode::new("svcrep");
     let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
-    for i in 0..3 {
+    let web0 = cli.web("web-0", "default", &["app=my-app", "tier=web"]);
+    for i in 1..3 {
         cli.web(&format!("web-{i}"), "default", &["app=my-app", "tier=web"]);
     }
     // The same labels in another namespace: not the service's.
@@ -123,10 +124,65 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     // From the node itself too (nat output), once it has a default route as a host has
     // (a connect needs a route before the firewall sees the packet), and from a replica to
     // its own service (hairpin).
-    node.internet();
+    let outside = node.internet();
     assert!(TestNode::fetch(&node.node_ns(), &url).is_some_and(|b| b.starts_with("web-")));
     let own = cli.answers("web-0", "httpd", &url, 40);
     assert!(own.contains_key("web-0") && !own.contains_key("failed"), "a replica reaches itself through the service: {own:?}");
+
+    // The same replicas as a NodePort: from outside the node on its address, and from
+    // a pod on the node's address too.
+    let np_file = env.h.base.join("nodeport.yaml");
+    std::fs::write(
+        &np_file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  selector: {app: my-app}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    let np_file = np_file.to_str().unwrap();
+    cli.ok(&["apply", "-f", np_file]);
+    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", "np"])).unwrap();
+    let node_port = v["service"]["ports"][0]["node_port"].as_u64().unwrap_or_else(|| panic!("a node port is picked: {v}"));
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
+    assert!(cli.ok(&["svc", "ls"]).contains(&format!("80:{node_port}/TCP")));
+    let node_url = format!("http://198.51.100.2:{node_port}/");
+    let mut from_outside = BTreeMap::new();
+    for _ in 0..30 {
+        let body = TestNode::fetch(&outside, &node_url).unwrap_or_else(|| "failed".into());
+        *from_outside.entry(body.trim().to_string()).or_insert(0) += 1;
+    }
+    assert!(from_outside.keys().all(|k| k.starts_with("web-")) && from_outside.len() >= 2, "{from_outside:?}");
+    let from_pod = cli.answers("client", "c", &node_url, 10);
+    assert!(from_pod.keys().all(|k| k.starts_with("web-")), "{from_pod:?}");
+    // From a pod of another network, which may not reach the replicas directly.
+    let net = |args: &[&str]| {
+        let out = env.h.minipod(&[&["net", "--netns", &cli.ns], args].concat());
+        assert!(out.status.success(), "minipod net {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    net(&["create", "other", "--subnet", "10.77.3.0/24"]);
+    cli.ok(&["pod", "run", "elsewhere", "--network", "other"]);
+    cli.ok(&["ctr", "run", "elsewhere", "c", "--rootfs", env.rootfs.to_str().unwrap(), "--", "sleep", "600"]);
+    let (reached, _, _) = cli.run(&[
+        "ctr",
+        "exec",
+        "--timeout",
+        "20",
+        "elsewhere",
+        "c",
+        "--",
+        "timeout",
+        "3",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{web0}:8080/"),
+    ]);
+    assert!(!reached, "networks are isolated: the replicas cannot be reached directly");
+    let across = cli.answers("elsewhere", "c", &node_url, 10);
+    assert!(across.keys().all(|k| k.starts_with("web-")), "a node port is reached from every network: {across:?}");
+    cli.ok(&["pod", "rm", "--force", "elsewhere"]);
+    net(&["rm", "other"]);
+    assert_eq!(cli.ok(&["delete", "-f", np_file]).trim(), "service/np deleted");
+    assert!(TestNode::fetch(&outside, &node_url).is_none(), "a deleted node port answers no more");
 
     // A stopped replica leaves at once, with nobody telling the service.
     cli.ok(&["pod", "stop", "web-1", "--timeout", "1"]);
@@ -196,8 +252,8 @@ fn bad_manifests_are_refused_whole_with_the_document_and_field() {
     };
     let cases = [
         (
-            format!("{good}---\n{}", good.replace("name: a", "name: b").replace("ports:", "type: NodePort\n  ports:")),
-            "document 2 (Service default/b): spec.type: type NodePort is not built in minipod yet",
+            format!("{good}---\n{}", good.replace("name: a", "name: b").replace("ports:", "type: LoadBalancer\n  ports:")),
+            "document 2 (Service default/b): spec.type: type LoadBalancer is not built in minipod yet",
         ),
         (
             format!("{good}---\n{}", good.replace("name: a", "name: b").replace("port: 80", "port: 80, targetPort: 70000")),
@@ -230,6 +286,15 @@ fn bad_manifests_are_refused_whole_with_the_document_and_field() {
     assert!(!ok && err.contains("spec.clusterIP 10.96.5.5 is taken by service default/a"), "{err}");
     let (ok, _, err) = cli.run(&["apply", "-f", &write("moved.yaml", &good.replace("ports:", "clusterIP: 10.96.5.6\n  ports:"))]);
     assert!(!ok && err.contains("spec.clusterIP cannot change (10.96.5.5 to 10.96.5.6)"), "{err}");
+    // Node ports: one given is kept, one taken is refused with its holder.
+    let np = |name: &str, port: u16| {
+        good.replace("name: a", &format!("name: {name}"))
+            .replace("ports: [{port: 80}]", &format!("type: NodePort\n  ports: [{{port: 80, nodePort: {port}}}]"))
+    };
+    cli.ok(&["apply", "-f", &write("np1.yaml", &np("np1", 30111))]);
+    let (ok, _, err) = cli.run(&["apply", "-f", &write("np2.yaml", &np("np2", 30111))]);
+    assert!(!ok && err.contains("node port tcp/30111 is taken by service default/np1"), "{err}");
+    assert_eq!(cli.ok(&["delete", "-f", &write("np1.yaml", &np("np1", 30111))]).trim(), "service/np1 deleted");
     let (ok, _, err) = cli.run(&["delete", "-f", &write("gone.yaml", &good.replace("name: a", "name: gone"))]);
     assert!(!ok && err.contains("no service default/gone"), "{err}");
     assert_eq!(cli.ok(&["delete", "-f", &fixed]).trim(), "service/a deleted");

@@ -70,7 +70,7 @@ fn filler(i: usize) -> VirtualService {
     VirtualService {
         owner: format!("bench/filler-{i}"),
         ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 1)) + i as u32),
-        ports: vec![ServicePort { proto: Proto::Tcp, port: 80, name: None, endpoints }],
+        ports: vec![ServicePort { proto: Proto::Tcp, port: 80, name: None, endpoints, node_port: None }],
         dns: None,
         affinity: None,
     }
@@ -81,7 +81,13 @@ fn measured(endpoint: Ipv4Addr) -> VirtualService {
     VirtualService {
         owner: "bench/measured".into(),
         ip: VIP,
-        ports: vec![ServicePort { proto: Proto::Tcp, port: 80, name: None, endpoints: vec![SocketAddrV4::new(endpoint, 8080)] }],
+        ports: vec![ServicePort {
+            proto: Proto::Tcp,
+            port: 80,
+            name: None,
+            endpoints: vec![SocketAddrV4::new(endpoint, 8080)],
+            node_port: None,
+        }],
         dns: None,
         affinity: None,
     }

@@ -100,7 +100,14 @@ pub fn svc(root: &Path, a: SvcArgs) -> anyhow::Result<i32> {
             }
             println!("{:<16}{:<24}{:<16}{:<20}{:<12}SELECTOR", "NAMESPACE", "NAME", "CLUSTER-IP", "PORT(S)", "ENDPOINTS");
             for s in all {
-                let ports: Vec<String> = s.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.to_string().to_uppercase())).collect();
+                let ports: Vec<String> = s
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let node = p.node_port.map(|n| format!(":{n}")).unwrap_or_default();
+                        format!("{}{node}/{}", p.port, p.protocol.to_string().to_uppercase())
+                    })
+                    .collect();
                 let endpoints = pods.endpoints(&s)?.len();
                 println!(
                     "{:<16}{:<24}{:<16}{:<20}{:<12}{}",

@@ -106,7 +106,7 @@ mod tests {
         let svc = VirtualService {
             owner: "prod/web".into(),
             ip: Ipv4Addr::new(10, 96, 0, 10),
-            ports: vec![ServicePort { proto: Proto::Tcp, port: 80, name: Some("http".into()), endpoints: vec![] }],
+            ports: vec![ServicePort { proto: Proto::Tcp, port: 80, name: Some("http".into()), endpoints: vec![], node_port: None }],
             dns: Some(ServiceDns { namespace: "prod".parse().unwrap(), name: "web".parse().unwrap() }),
             affinity: None,
         };

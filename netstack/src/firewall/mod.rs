@@ -74,8 +74,12 @@ pub struct PortMapping {
     pub container_port: u16,
 }
 
+/// The conntrack mark bit of a connection made to a node port (nft 1.0.6 cannot match
+/// a connection's original port against a set of protocol and port in `inet`).
+pub const NODEPORT_CT_MARK: u32 = 0x8000;
+
 /// The empty set that marks the table's layout (see [`Firewall::ensure`]).
-const TABLE_VERSION: &str = "version_3";
+const TABLE_VERSION: &str = "version_4";
 
 /// Members' host ends and the bridges are in their network's interface group, which
 /// the rules match on: a network adds its group, not each link.
@@ -92,12 +96,16 @@ const TABLE_VERSION: &str = "version_3";
 ///
 /// Services (virtual IPs, see [`VirtualService`]) are the `services4` verdict map, a
 /// chain per port and per endpoint, and `no_endpoints4`, whose packets from members are
-/// rejected in `guard`, before routing (which may know no route to a virtual IP); their traffic passes between networks, and only a hairpin connection
-/// (marked [`HAIRPIN_MARK`] by its endpoint chain) is SNATed, so that endpoints see
-/// their clients' own addresses.
+/// rejected in `guard`, before routing (which may know no route to a virtual IP); their
+/// traffic passes between networks, and only a hairpin connection (marked
+/// [`HAIRPIN_MARK`] by its endpoint chain) is SNATed, so that endpoints see their
+/// clients' own addresses. A NodePort is `nodeports4` (protocol and port on any of the
+/// node's IPv4 addresses, to the same port chain), `nodeport_keys4` (its connections
+/// get [`NODEPORT_CT_MARK`], whose DNATed traffic passes between networks too) and
+/// `no_endpoint_nodeports4` (rejected from anyone).
 const TABLE: &str = r#"
 table inet minipod {
-	set version_3 { type mark; }
+	set version_4 { type mark; }
 	set groups { type devgroup; }
 	set internal_groups { type devgroup; }
 	set group_pairs { type devgroup . devgroup; }
@@ -113,17 +121,22 @@ table inet minipod {
 	set service_ips4 { type ipv4_addr; }
 	map services4 { type ipv4_addr . inet_proto . inet_service : verdict; }
 	set no_endpoints4 { type ipv4_addr . inet_proto . inet_service; }
+	map nodeports4 { type inet_proto . inet_service : verdict; }
+	set nodeport_keys4 { type inet_proto . inet_service; }
+	set no_endpoint_nodeports4 { type inet_proto . inet_service; }
 	chain guard {
 		type filter hook prerouting priority raw; policy accept;
 		meta iifgroup @groups ip daddr 127.0.0.0/8 drop
 		meta iifgroup @groups ip6 daddr ff00::/8 drop
 		meta iifgroup @groups fib saddr . iif oif 0 drop
 		meta iifgroup @groups ip daddr . meta l4proto . th dport @no_endpoints4 reject
+		fib daddr type local meta nfproto ipv4 meta l4proto . th dport @no_endpoint_nodeports4 reject
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
 		ct original ip daddr @service_ips4 ct status dnat accept
+		ct status dnat ct mark & 0x00008000 == 0x00008000 accept
 		meta iifgroup . meta oifgroup @group_pairs accept
 		meta iifgroup @groups meta oifgroup @groups drop
 		meta iifgroup @internal_groups drop
@@ -135,6 +148,8 @@ table inet minipod {
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr . meta l4proto . th dport vmap @services4
+		fib daddr type local meta nfproto ipv4 meta l4proto . th dport @nodeport_keys4 ct mark set ct mark | 0x00008000
+		fib daddr type local meta nfproto ipv4 meta l4proto . th dport vmap @nodeports4
 		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
 		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
@@ -142,6 +157,8 @@ table inet minipod {
 	chain output {
 		type nat hook output priority -100; policy accept;
 		ip daddr . meta l4proto . th dport vmap @services4
+		fib daddr type local meta nfproto ipv4 meta l4proto . th dport @nodeport_keys4 ct mark set ct mark | 0x00008000
+		fib daddr type local meta nfproto ipv4 meta l4proto . th dport vmap @nodeports4
 		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
 		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
@@ -516,6 +533,8 @@ mod tests {
     #[test]
     fn the_table_carries_the_version_ensure_checks_for() {
         assert!(TABLE.contains(&format!("set {TABLE_VERSION} {{ type mark; }}")));
+        assert!(TABLE.contains(&format!("ct mark set ct mark | {NODEPORT_CT_MARK:#010x}")));
+        assert!(TABLE.contains(&format!("ct mark & {NODEPORT_CT_MARK:#010x} == {NODEPORT_CT_MARK:#010x} accept")));
     }
 
     #[test]

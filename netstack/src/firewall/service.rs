@@ -59,6 +59,9 @@ pub struct ServicePort {
     pub name: Option<String>,
     /// Chosen at random per connection; none rejects connections.
     pub endpoints: Vec<SocketAddrV4>,
+    /// The same port on every IPv4 address of the node (Kubernetes' `nodePort`).
+    #[serde(default)]
+    pub node_port: Option<u16>,
 }
 
 impl Firewall {
@@ -174,6 +177,17 @@ pub(super) fn script(old: Option<&VirtualService>, new: Option<&VirtualService>)
         let chain = port_chain(ip, p);
         let key = format!("{ip} . {} . {}", p.proto, p.port);
         s.push_str(&format!("add chain {t} {chain}\nflush chain {t} {chain}\n"));
+        if let Some(np) = p.node_port {
+            let nkey = format!("{} . {np}", p.proto);
+            s.push_str(&format!("add element {t} nodeport_keys4 {{ {nkey} }}\n"));
+            if p.endpoints.is_empty() {
+                s.push_str(&gone(&format!("element {t} nodeports4 {{ {nkey} : goto {chain} }}")));
+                s.push_str(&format!("add element {t} no_endpoint_nodeports4 {{ {nkey} }}\n"));
+            } else {
+                s.push_str(&format!("add element {t} nodeports4 {{ {nkey} : goto {chain} }}\n"));
+                s.push_str(&gone(&format!("element {t} no_endpoint_nodeports4 {{ {nkey} }}")));
+            }
+        }
         if p.endpoints.is_empty() {
             s.push_str(&gone(&format!("element {t} services4 {{ {key} : goto {chain} }}")));
             s.push_str(&format!("add element {t} no_endpoints4 {{ {key} }}\n"));
@@ -214,6 +228,12 @@ pub(super) fn script(old: Option<&VirtualService>, new: Option<&VirtualService>)
         let chain = port_chain(ip, p);
         let kept = new.and_then(|n| n.ports.iter().find(|q| q.proto == p.proto && q.port == p.port));
         let from = kept.map_or(0, |k| k.endpoints.len());
+        if let Some(np) = p.node_port.filter(|np| kept.is_none_or(|k| k.node_port != Some(*np))) {
+            let nkey = format!("{} . {np}", p.proto);
+            s.push_str(&gone(&format!("element {t} nodeports4 {{ {nkey} : goto {chain} }}")));
+            s.push_str(&gone(&format!("element {t} no_endpoint_nodeports4 {{ {nkey} }}")));
+            s.push_str(&gone(&format!("element {t} nodeport_keys4 {{ {nkey} }}")));
+        }
         if kept.is_none() {
             let key = format!("{ip} . {} . {}", p.proto, p.port);
             s.push_str(&gone(&format!("element {t} services4 {{ {key} : goto {chain} }}")));
@@ -259,10 +279,30 @@ mod tests {
                 port: 80,
                 name: None,
                 endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+                node_port: None,
             }],
             dns: None,
             affinity: None,
         }
+    }
+
+    #[test]
+    fn a_node_port_goes_to_the_same_port_chain_and_is_withdrawn_whole() {
+        let mut np = svc(&["10.88.0.2:8080"]);
+        np.ports[0].node_port = Some(30080);
+        let s = script(None, Some(&np));
+        assert!(s.contains("add element inet minipod nodeports4 { tcp . 30080 : goto svc_0a60000a_tcp_80 }\n"), "{s}");
+        assert!(s.contains("add element inet minipod nodeport_keys4 { tcp . 30080 }\n"), "{s}");
+        let mut none = svc(&[]);
+        none.ports[0].node_port = Some(30080);
+        let s = script(Some(&np), Some(&none));
+        assert!(s.contains("add element inet minipod no_endpoint_nodeports4 { tcp . 30080 }\n"), "{s}");
+        assert!(s.contains("delete element inet minipod nodeports4 { tcp . 30080 : goto svc_0a60000a_tcp_80 }\n"), "{s}");
+        // Another node port, or none: the old one's elements all go.
+        let s = script(Some(&np), Some(&svc(&["10.88.0.2:8080"])));
+        assert!(s.contains("delete element inet minipod nodeport_keys4 { tcp . 30080 }\n"), "{s}");
+        let s = script(Some(&np), None);
+        assert!(s.contains("delete element inet minipod nodeport_keys4 { tcp . 30080 }\n"), "{s}");
     }
 
     #[test]

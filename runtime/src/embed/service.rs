@@ -68,6 +68,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// `type: NodePort`: each port on every IPv4 address of the node too, on a free
+    /// port of 30000-32767 (see [`Service::record`] for which).
+    pub fn node_ports(mut self) -> Self {
+        self.spec().type_ = Some("NodePort".into());
+        self
+    }
+
     /// `sessionAffinity: ClientIP`: a client stays with its first endpoint until it has
     /// been quiet for `timeout` (whole seconds, 1 s to a day).
     pub fn client_ip_affinity(mut self, timeout: Duration) -> Self {

@@ -5,7 +5,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::{Document, Object, ServiceError, ServiceKey, ServiceRecord};
+use super::{Document, Object, ServiceError, ServiceKey, ServicePortSpec, ServiceRecord};
 use crate::netstack::Namespace;
 use crate::pod::{PodError, Pods};
 
@@ -105,6 +105,7 @@ impl Pods {
         let cidr = *self.service_cidr();
         let mut plan: Vec<(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
         let mut unassigned = Vec::new();
+        let mut unassigned_ports: Vec<(usize, usize)> = Vec::new();
         for doc in docs {
             let Object::Service(m) = &doc.object;
             let key = m.key.clone();
@@ -132,11 +133,46 @@ impl Pods {
                     Ipv4Addr::UNSPECIFIED
                 }
             };
+            let mut ports = m.ports.clone();
+            if m.node_ports {
+                for (i, p) in ports.iter_mut().enumerate() {
+                    let same = |q: &ServicePortSpec| q.protocol == p.protocol && q.port == p.port;
+                    p.node_port =
+                        p.node_port.or_else(|| old.as_ref().and_then(|o| o.ports.iter().find(|q| same(q))).and_then(|q| q.node_port));
+                    let Some(np) = p.node_port else {
+                        unassigned_ports.push((plan.len(), i));
+                        continue;
+                    };
+                    let others = existing.iter().filter(|s| s.key != key).chain(plan.iter().map(|(_, n)| n));
+                    if let Some(by) =
+                        others.into_iter().find(|s| s.ports.iter().any(|q| q.protocol == p.protocol && q.node_port == Some(np)))
+                    {
+                        return Err(
+                            ServiceError::NodePortTaken { doc: doc.index, key, proto: p.protocol, port: np, by: by.key.clone() }.into()
+                        );
+                    }
+                }
+                for (i, p) in ports.iter().enumerate() {
+                    if let Some(np) = p.node_port {
+                        if ports[..i].iter().any(|q| q.protocol == p.protocol && q.node_port == Some(np)) {
+                            return Err(ServiceError::NodePortTaken {
+                                doc: doc.index,
+                                key: key.clone(),
+                                proto: p.protocol,
+                                port: np,
+                                by: key,
+                            }
+                            .into());
+                        }
+                    }
+                }
+            }
             let new = ServiceRecord {
                 key,
                 cluster_ip: ip,
                 selector: m.selector.clone(),
-                ports: m.ports.clone(),
+                ports,
+                node_ports: m.node_ports,
                 client_ip_affinity: m.client_ip_affinity,
                 labels: m.labels.clone(),
                 annotations: m.annotations.clone(),
@@ -151,6 +187,19 @@ impl Pods {
             let taken: std::collections::HashSet<Ipv4Addr> =
                 existing.iter().map(|s| s.cluster_ip).chain(plan.iter().map(|(_, n)| n.cluster_ip)).collect();
             plan[i].1.cluster_ip = free_ip(cidr, &taken).ok_or(ServiceError::Full(cidr))?;
+        }
+        for (s, i) in unassigned_ports {
+            let proto = plan[s].1.ports[i].protocol;
+            let replaced: std::collections::HashSet<&ServiceKey> = plan.iter().map(|(_, n)| &n.key).collect();
+            let taken: std::collections::HashSet<u16> = existing
+                .iter()
+                .filter(|e| !replaced.contains(&e.key))
+                .chain(plan.iter().map(|(_, n)| n))
+                .flat_map(|e| e.ports.iter())
+                .filter(|q| q.protocol == proto)
+                .filter_map(|q| q.node_port)
+                .collect();
+            plan[s].1.ports[i].node_port = Some(free_node_port(&taken).ok_or(ServiceError::NodePortsFull(proto))?);
         }
         let pods = self.pods()?;
         let mut done: Vec<&(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
@@ -226,6 +275,22 @@ impl Pods {
     }
 }
 
+/// A random start, as both pickers take one.
+fn random_u64() -> u64 {
+    let mut r = [0u8; 8];
+    // SAFETY: fills a local buffer of the given length.
+    unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    u64::from_le_bytes(r)
+}
+
+/// A node port of 30000-32767 not in `taken`, from a random place on.
+fn free_node_port(taken: &std::collections::HashSet<u16>) -> Option<u16> {
+    let (lo, hi) = (*super::manifest::NODE_PORTS.start() as u16, *super::manifest::NODE_PORTS.end() as u16);
+    let size = u64::from(hi - lo) + 1;
+    let start = random_u64() % size;
+    (0..size).map(|i| lo + ((start + i) % size) as u16).find(|p| !taken.contains(p))
+}
+
 /// A free address of `cidr` (not its network or broadcast address), from a random
 /// place on, so that services made in turn do not all crowd its start.
 fn free_ip(cidr: ipnetwork::Ipv4Network, taken: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
@@ -235,10 +300,7 @@ fn free_ip(cidr: ipnetwork::Ipv4Network, taken: &std::collections::HashSet<Ipv4A
         return None;
     }
     let hosts = size - 2;
-    let mut r = [0u8; 8];
-    // SAFETY: fills a local buffer of the given length.
-    unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-    let start = u64::from_le_bytes(r) % hosts;
+    let start = random_u64() % hosts;
     (0..hosts.min(1 << 22)).map(|i| (start + i) % hosts + 1).map(|off| Ipv4Addr::from(base + off as u32)).find(|ip| !taken.contains(ip))
 }
 

@@ -36,6 +36,7 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
                 port: p.port,
                 name: p.name.clone(),
                 endpoints: ips.iter().map(|ip| SocketAddrV4::new(*ip, p.target_port)).collect(),
+                node_port: p.node_port,
             })
             .collect(),
         dns: Some(ServiceDns { namespace: svc.key.namespace.clone(), name: svc.key.name.clone() }),

@@ -59,6 +59,9 @@ impl Object {
     }
 }
 
+/// Where node ports come from (Kubernetes' default `--service-node-port-range`).
+pub const NODE_PORTS: std::ops::RangeInclusive<i32> = 30000..=32767;
+
 /// How long a client stays with its endpoint under `sessionAffinity: ClientIP` unless
 /// `timeoutSeconds` says (Kubernetes' default, three hours), and the most it may say.
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
@@ -71,6 +74,9 @@ pub struct ServiceManifest {
     pub cluster_ip: Option<Ipv4Addr>,
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
+    /// `type: NodePort`: every port is on the node's addresses too (on the port given,
+    /// or one picked from [`NODE_PORTS`]).
+    pub node_ports: bool,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub client_ip_affinity: Option<u32>,
     pub labels: BTreeMap<String, String>,
@@ -196,11 +202,12 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid("metadata.labels", r))?;
     }
     let Some(spec) = svc.spec else { return Err(invalid("spec", "required".into())) };
-    match spec.type_.as_deref() {
-        None | Some("ClusterIP") => {}
-        Some(t @ ("NodePort" | "LoadBalancer" | "ExternalName")) => return Err(not_built("spec.type", &format!("type {t}"))),
+    let node_ports = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => false,
+        Some("NodePort") => true,
+        Some(t @ ("LoadBalancer" | "ExternalName")) => return Err(not_built("spec.type", &format!("type {t}"))),
         Some(t) => return Err(invalid("spec.type", format!("{t:?} is not ClusterIP, NodePort, LoadBalancer or ExternalName"))),
-    }
+    };
     let cluster_ip = match spec.cluster_ip.as_deref() {
         None | Some("") => None,
         Some("None") => return Err(not_built("spec.clusterIP", "a headless service (clusterIP: None)")),
@@ -253,9 +260,18 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
     if spec.publish_not_ready_addresses == Some(true) {
         return Err(not_built("spec.publishNotReadyAddresses", "publishing pods that are not ready"));
     }
+    // Every endpoint is on this node, and traffic from outside keeps its source
+    // address: Cluster and Local are both met.
+    match spec.external_traffic_policy.as_deref() {
+        None => {}
+        Some("Cluster" | "Local") if node_ports => {}
+        Some(p @ ("Cluster" | "Local")) => {
+            return Err(invalid("spec.externalTrafficPolicy", format!("{p} is for type NodePort or LoadBalancer, not ClusterIP")))
+        }
+        Some(p) => return Err(invalid("spec.externalTrafficPolicy", format!("{p:?} is not Cluster or Local"))),
+    }
     let lb_only = [
         ("spec.externalName", spec.external_name.is_some()),
-        ("spec.externalTrafficPolicy", spec.external_traffic_policy.is_some()),
         ("spec.loadBalancerIP", spec.load_balancer_ip.is_some()),
         ("spec.loadBalancerSourceRanges", spec.load_balancer_source_ranges.as_ref().is_some_and(|v| !v.is_empty())),
         ("spec.loadBalancerClass", spec.load_balancer_class.is_some()),
@@ -263,7 +279,7 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         ("spec.healthCheckNodePort", spec.health_check_node_port.is_some()),
     ];
     if let Some((field, _)) = lb_only.iter().find(|(_, set)| *set) {
-        return Err(invalid(field, "not for a ClusterIP service (it belongs to type NodePort, LoadBalancer or ExternalName)".into()));
+        return Err(invalid(field, "belongs to type LoadBalancer or ExternalName, not built in minipod yet".into()));
     }
     // Every endpoint is on this node: Local and Cluster pick from the same set, and
     // every traffic distribution is met.
@@ -312,9 +328,17 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         if ports.iter().any(|q| q.protocol == protocol && q.port == port) {
             return Err(invalid(&field("port"), format!("{protocol} port {port} is given twice")));
         }
-        if p.node_port.is_some() {
-            return Err(invalid(&field("nodePort"), "only for type NodePort or LoadBalancer".into()));
-        }
+        let node_port = match p.node_port {
+            None => None,
+            Some(_) if !node_ports => return Err(invalid(&field("nodePort"), "only for type NodePort or LoadBalancer".into())),
+            Some(n) if NODE_PORTS.contains(&n) => Some(n as u16),
+            Some(n) => {
+                return Err(invalid(
+                    &field("nodePort"),
+                    format!("{n} is not in the node port range {}-{}", NODE_PORTS.start(), NODE_PORTS.end()),
+                ))
+            }
+        };
         let target_port = match &p.target_port {
             None => port,
             Some(IntOrString::Int(n)) => {
@@ -327,13 +351,14 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
                 }
             },
         };
-        ports.push(ServicePortSpec { name: p.name.clone(), protocol, port, target_port });
+        ports.push(ServicePortSpec { name: p.name.clone(), protocol, port, target_port, node_port });
     }
     Ok(ServiceManifest {
         key,
         cluster_ip,
         selector: Selector(selector),
         ports,
+        node_ports,
         client_ip_affinity,
         labels,
         annotations: meta.annotations.unwrap_or_default(),
@@ -367,7 +392,7 @@ spec:
         let s = service_of(EXAMPLE).unwrap();
         assert_eq!(s.key.to_string(), "default/my-service");
         assert_eq!(s.selector.to_string(), "app=my-app");
-        assert_eq!(s.ports, vec![ServicePortSpec { name: None, protocol: Proto::Tcp, port: 80, target_port: 8080 }]);
+        assert_eq!(s.ports, vec![ServicePortSpec { name: None, protocol: Proto::Tcp, port: 80, target_port: 8080, node_port: None }]);
         assert_eq!(s.cluster_ip, None);
     }
 
@@ -386,7 +411,13 @@ spec:
     fn each_refusal_names_the_document_and_field() {
         let with = |extra: &str| format!("{EXAMPLE}  {extra}\n");
         let cases = [
-            (with("type: NodePort"), "document 1 (Service default/my-service): spec.type: type NodePort is not built"),
+            (with("type: LoadBalancer"), "document 1 (Service default/my-service): spec.type: type LoadBalancer is not built"),
+            (EXAMPLE.replace("targetPort: 8080", "targetPort: 8080, nodePort: 30080"), "spec.ports[0].nodePort: only for type NodePort"),
+            (
+                with("type: NodePort").replace("targetPort: 8080", "targetPort: 8080, nodePort: 80"),
+                "spec.ports[0].nodePort: 80 is not in the node port range 30000-32767",
+            ),
+            (with("externalTrafficPolicy: Local"), "spec.externalTrafficPolicy: Local is for type NodePort"),
             (with("clusterIP: None"), "spec.clusterIP: a headless service"),
             (with("clusterIP: 10.96.0.300"), "spec.clusterIP: \"10.96.0.300\" is not an IP address"),
             (

@@ -19,12 +19,16 @@
 //! records' directory); one this process applies, at once. The embedding API makes
 //! them in code too ([`crate::embed::Minipod::service`]).
 //!
+//! `type: NodePort` serves each port on every IPv4 address of the node too, on its
+//! `nodePort` (given, kept from before, or picked at random from 30000-32767), for
+//! clients outside the node, the node itself and pods alike.
+//!
 //! `sessionAffinity: ClientIP` keeps a client's connections to a port on the endpoint
 //! its first one went to, until it has been quiet for `timeoutSeconds` (default three
 //! hours), as kube-proxy's nftables mode does with a timed set per endpoint.
 //!
 //! What a manifest asks for that is not built yet is refused with the field that asks
-//! for it, never accepted and ignored: `type: NodePort`/`LoadBalancer`/`ExternalName`,
+//! for it, never accepted and ignored: `type: LoadBalancer`/`ExternalName`,
 //! headless services (`clusterIP: None`), services without a selector, named
 //! `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses`, IPv6 and
 //! NetworkPolicy objects. Containers have no readiness probes in minipod, so
@@ -68,4 +72,8 @@ pub enum ServiceError {
     Twice { doc: usize, key: ServiceKey },
     #[error("the service CIDR {0} has no free address left: delete services or give a larger one")]
     Full(ipnetwork::Ipv4Network),
+    #[error("document {doc} (Service {key}): node port {proto}/{port} is taken by service {by}: leave nodePort out to get a free one")]
+    NodePortTaken { doc: usize, key: ServiceKey, proto: crate::netstack::Proto, port: u16, by: ServiceKey },
+    #[error("no {0} node port of 30000-32767 is free: delete NodePort services")]
+    NodePortsFull(crate::netstack::Proto),
 }

@@ -31,6 +31,9 @@ pub struct ServicePortSpec {
     pub protocol: Proto,
     pub port: u16,
     pub target_port: u16,
+    /// The port on the node's addresses, for a NodePort service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
 }
 
 /// A service as recorded.
@@ -41,6 +44,9 @@ pub struct ServiceRecord {
     pub cluster_ip: Ipv4Addr,
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
+    /// `type: NodePort` (each port has its `node_port`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_ports: bool,
     /// `sessionAffinity: ClientIP`, with its timeout in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip_affinity: Option<u32>,
