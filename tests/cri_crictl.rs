@@ -65,6 +65,27 @@ fn crictl_drives_pods_containers_and_images() {
     };
     assert_eq!(wait_http(&d, &format!("http://{web_ip}/")), "hello-cri");
     assert_eq!(wait_http(&d, "http://web/"), "hello-cri");
+    // A Service applied through the CLI on the daemon's state root selects the CRI pod
+    // by its labels and metadata namespace, and the daemon's DNS names it.
+    let svc = d.h.base.join("svc.yaml");
+    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc}\nspec:\n  selector: {app: web}\n  ports: [{port: 8080, targetPort: 80}]\n")
+        .unwrap();
+    let cli = |verb: &str| {
+        let out = d.h.minipod(&[
+            verb,
+            "--netns",
+            node.node_ns().to_str().unwrap(),
+            "--images",
+            d.images.to_str().unwrap(),
+            "-f",
+            svc.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "minipod {verb}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli("apply");
+    assert_eq!(wait_http(&d, "http://web-svc:8080/"), "hello-cri");
+    assert_eq!(wait_http(&d, "http://web-svc.default.svc.cluster.local:8080/"), "hello-cri");
+    cli("delete");
     assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
     assert!(d.ok(&["logs", &httpd]).contains("started"));
     let stats = d.ok(&["stats", "-o", "json", &httpd]);
