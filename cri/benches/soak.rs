@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 
+#[path = "../../netstack/benches/support/chart.rs"]
+mod chart;
 #[path = "support/daemon.rs"]
 mod daemon;
 use daemon::{connect, quantile, run_pod, start_container, Bench, Client};
@@ -144,55 +146,29 @@ fn main() {
     }
 }
 
-/// A line of a panel: its name, colour and (cycle, value) points.
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
-
 /// Two panels over the cycle count: RSS (MB), fds and threads; cycle p50 and p99 (ms).
 fn draw(cycles: usize, samples: &[Sample], windows: &[(usize, f64, f64)]) -> String {
-    let (w, h, pad) = (720.0, 220.0, 50.0);
-    let mut out = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{}' font-family='sans-serif' font-size='12'>\n",
-        2.0 * h + 40.0
-    );
-    let panel = |out: &mut String, top: f64, title: &str, series: &[Series]| {
-        let max = series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y)).fold(1.0, f64::max) * 1.1;
-        let x = |c: f64| pad + (w - 2.0 * pad) * c / cycles.max(1) as f64;
-        let y = |v: f64| top + h - pad + -(h - 2.0 * pad) * v / max;
-        out.push_str(&format!("<text x='{pad}' y='{}'>{title}</text>\n", top + 20.0));
-        out.push_str(&format!(
-            "<line x1='{pad}' y1='{0}' x2='{1}' y2='{0}' stroke='black'/><line x1='{pad}' y1='{2}' x2='{pad}' y2='{0}' stroke='black'/>\n",
-            y(0.0),
-            w - pad,
-            y(max)
-        ));
-        out.push_str(&format!("<text x='5' y='{}'>{max:.0}</text><text x='5' y='{}'>0</text>\n", y(max) + 4.0, y(0.0)));
-        out.push_str(&format!("<text x='{}' y='{}'>{cycles} cycles</text>\n", w - pad - 70.0, y(0.0) + 16.0));
-        for (i, (name, colour, points)) in series.iter().enumerate() {
-            let path: Vec<String> = points.iter().map(|(c, v)| format!("{:.1},{:.1}", x(*c), y(*v))).collect();
-            out.push_str(&format!("<polyline fill='none' stroke='{colour}' stroke-width='2' points='{}'/>\n", path.join(" ")));
-            out.push_str(&format!("<text x='{}' y='{}' fill='{colour}'>{name}</text>\n", pad + 260.0 + 110.0 * i as f64, top + 20.0));
-        }
-    };
+    use chart::Panel;
     let of = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(|s| (s.cycles as f64, f(s))).collect::<Vec<_>>();
-    panel(
-        &mut out,
-        0.0,
-        "daemon, sampled every 500 cycles",
-        &[
+    let ticks = vec![(cycles as f64, format!("{cycles} cycles"))];
+    let daemon = Panel {
+        title: "daemon, sampled every 500 cycles",
+        x_max: cycles as f64,
+        ticks: ticks.clone(),
+        series: vec![
             ("RSS MB", "#c0392b", of(&|s| s.rss_mb)),
             ("open fds", "#2471a3", of(&|s| s.fds as f64)),
             ("threads", "#229954", of(&|s| s.threads as f64)),
         ],
-    );
-    panel(
-        &mut out,
-        h + 20.0,
-        "cycle latency per 1,000 cycles (ms)",
-        &[
+    };
+    let latency = Panel {
+        title: "cycle latency per 1,000 cycles (ms)",
+        x_max: cycles as f64,
+        ticks,
+        series: vec![
             ("p50", "#2471a3", windows.iter().map(|(c, p50, _)| (*c as f64, *p50)).collect()),
             ("p99", "#c0392b", windows.iter().map(|(c, _, p99)| (*c as f64, *p99)).collect()),
         ],
-    );
-    out.push_str("</svg>\n");
-    out
+    };
+    chart::draw(&[daemon, latency])
 }

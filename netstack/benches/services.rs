@@ -12,6 +12,9 @@
 //! 2,000, in rounds of 200 that alternate VIP and pod IP); MINIPOD_SVCBENCH_SVG where
 //! the drawing goes (default target/services.svg).
 
+#[path = "support/chart.rs"]
+mod chart;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -285,72 +288,35 @@ fn main() {
     }
 }
 
-/// A panel's line: name, colour, (x slot, value) points.
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
-
 /// Two panels: change time against services (one slot per size), and connection
 /// latency with 1 and 1,000 services.
 fn draw(inproc: &[(usize, f64, f64)], process: &[(usize, f64, f64)], small: &(Side, Side), big: &(Side, Side)) -> String {
-    let (w, h, pad) = (720.0, 240.0, 50.0);
-    let mut out = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{}' font-family='sans-serif' font-size='12'>\n",
-        2.0 * h + 40.0
-    );
-    let panel = |out: &mut String, top: f64, title: &str, slots: &[String], series: &[Series]| {
-        let max = series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y)).filter(|v| v.is_finite()).fold(0.01, f64::max) * 1.1;
-        let x = |s: f64| pad + (w - 2.0 * pad) * (s + 0.5) / slots.len() as f64;
-        let y = |v: f64| top + h - pad - (h - 2.0 * pad) * v / max;
-        out.push_str(&format!("<text x='{pad}' y='{}'>{title}</text>\n", top + 20.0));
-        out.push_str(&format!(
-            "<line x1='{pad}' y1='{0}' x2='{1}' y2='{0}' stroke='black'/><line x1='{pad}' y1='{2}' x2='{pad}' y2='{0}' stroke='black'/>\n",
-            y(0.0),
-            w - pad,
-            y(max)
-        ));
-        out.push_str(&format!("<text x='5' y='{}'>{max:.2}</text><text x='5' y='{}'>0</text>\n", y(max) + 4.0, y(0.0)));
-        for (i, s) in slots.iter().enumerate() {
-            out.push_str(&format!("<text x='{}' y='{}' text-anchor='middle'>{s}</text>\n", x(i as f64), y(0.0) + 16.0));
-        }
-        for (i, (name, colour, points)) in series.iter().enumerate() {
-            let path: Vec<String> =
-                points.iter().filter(|(_, v)| v.is_finite()).map(|(s, v)| format!("{:.1},{:.1}", x(*s), y(*v))).collect();
-            out.push_str(&format!("<polyline fill='none' stroke='{colour}' stroke-width='2' points='{}'/>\n", path.join(" ")));
-            for p in &path {
-                let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
-                out.push_str(&format!("<circle cx='{px}' cy='{py}' r='3' fill='{colour}'/>\n"));
-            }
-            out.push_str(&format!("<text x='{}' y='{}' fill='{colour}'>{name}</text>\n", pad + 330.0, top + 20.0 + 14.0 * i as f64));
-        }
-    };
-    let slots: Vec<String> = SIZES.iter().map(|s| if *s == 1 { "1 service".into() } else { format!("{s} services") }).collect();
+    use chart::Panel;
+    let slots = |labels: Vec<String>| -> Vec<(f64, String)> { labels.into_iter().enumerate().map(|(i, l)| (i as f64 + 0.5, l)).collect() };
     let line = |rows: &[(usize, f64, f64)], pick: fn(&(usize, f64, f64)) -> f64| -> Vec<(f64, f64)> {
-        rows.iter().enumerate().map(|(i, r)| (i as f64, pick(r))).collect()
+        rows.iter().enumerate().map(|(i, r)| (i as f64 + 0.5, pick(r))).collect()
     };
-    panel(
-        &mut out,
-        0.0,
-        "add / remove one endpoint (ms, median)",
-        &slots,
-        &[
+    let changes = Panel {
+        title: "add / remove one endpoint (ms, median)",
+        x_max: SIZES.len() as f64,
+        ticks: slots(SIZES.iter().map(|s| if *s == 1 { "1 service".into() } else { format!("{s} services") }).collect()),
+        series: vec![
             ("in process: add", "#2471a3", line(inproc, |r| r.1)),
             ("in process: remove", "#229954", line(inproc, |r| r.2)),
             ("nft process: add", "#c0392b", line(process, |r| r.1)),
             ("nft process: remove", "#e67e22", line(process, |r| r.2)),
         ],
-    );
-    let sizes = ["1 service".to_string(), "1,000 services".to_string()];
-    panel(
-        &mut out,
-        h + 20.0,
-        "connection latency, pod to pod (ms)",
-        &sizes,
-        &[
-            ("VIP p50", "#2471a3", vec![(0.0, small.0.p50), (1.0, big.0.p50)]),
-            ("pod IP p50", "#229954", vec![(0.0, small.1.p50), (1.0, big.1.p50)]),
-            ("VIP p99", "#c0392b", vec![(0.0, small.0.p99), (1.0, big.0.p99)]),
-            ("pod IP p99", "#e67e22", vec![(0.0, small.1.p99), (1.0, big.1.p99)]),
+    };
+    let latency = Panel {
+        title: "connection latency, pod to pod (ms)",
+        x_max: 2.0,
+        ticks: slots(vec!["1 service".into(), "1,000 services".into()]),
+        series: vec![
+            ("VIP p50", "#2471a3", vec![(0.5, small.0.p50), (1.5, big.0.p50)]),
+            ("pod IP p50", "#229954", vec![(0.5, small.1.p50), (1.5, big.1.p50)]),
+            ("VIP p99", "#c0392b", vec![(0.5, small.0.p99), (1.5, big.0.p99)]),
+            ("pod IP p99", "#e67e22", vec![(0.5, small.1.p99), (1.5, big.1.p99)]),
         ],
-    );
-    out.push_str("</svg>\n");
-    out
+    };
+    chart::draw(&[changes, latency])
 }
