@@ -145,8 +145,7 @@ table inet minipod {
 		meta oifgroup @groups ct status dnat accept
 		meta oifgroup @groups drop
 	}
-	chain prerouting {
-		type nat hook prerouting priority dstnat; policy accept;
+	chain nat_dispatch {
 		ip daddr . meta l4proto . th dport vmap @services4
 		fib daddr type local meta nfproto ipv4 meta l4proto . th dport @nodeport_keys4 ct mark set ct mark | 0x00008000
 		fib daddr type local meta nfproto ipv4 meta l4proto . th dport vmap @nodeports4
@@ -154,14 +153,13 @@ table inet minipod {
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
 		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
 	}
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		jump nat_dispatch
+	}
 	chain output {
 		type nat hook output priority -100; policy accept;
-		ip daddr . meta l4proto . th dport vmap @services4
-		fib daddr type local meta nfproto ipv4 meta l4proto . th dport @nodeport_keys4 ct mark set ct mark | 0x00008000
-		fib daddr type local meta nfproto ipv4 meta l4proto . th dport vmap @nodeports4
-		fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports4
-		fib daddr type local dnat ip to meta l4proto . th dport map @ports4
-		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6
+		jump nat_dispatch
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
