@@ -75,7 +75,7 @@ pub struct ServiceManifest {
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
     /// `type: NodePort`: every port is on the node's addresses too (on the port given,
-    /// or one picked from [`NODE_PORTS`]).
+    /// or one picked from 30000-32767).
     pub node_ports: bool,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub client_ip_affinity: Option<u32>,
