@@ -10,6 +10,9 @@
 //!   and the sweep of what dead processes left; synchronous, shared by the CLI.
 //! - [`embed`]: the async API for test harnesses, whose handles clean up on drop.
 //!
+//! Beside pods, [`service`]: Kubernetes Services (from YAML or in code) in front of the
+//! pods their selectors pick, served by the node's firewall and DNS.
+//!
 //! # Model
 //!
 //! - [`Runtime::create`] loads and checks the bundle, then re-executes the current
