@@ -375,12 +375,41 @@ async fn services_are_found_by_name_from_pods_of_every_namespace() {
         assert_eq!(web2.dns_name(), "web2.default.svc.cluster.local");
         let out = sh(&here, "wget -q -O - http://web2:81/".into()).await;
         assert_eq!(out.stdout_text(), "web-0\n", "{out:?}");
-        web2.ip()
+        web2.ip().expect("a cluster IP")
     };
     let err = rt.service("bad").selector("app", "x").port(0, 80).apply().await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("spec.ports[0].port"), "a builder's service is checked as a manifest is: {err}");
     let ls = cli.ok(&["svc", "ls", "-A"]);
     assert!(!ls.contains(&dropped.to_string()) && !ls.contains("web2"), "a dropped service is deleted: {ls}");
+
+    // Headless: no cluster IP, and its name answers with the pods' own addresses.
+    let headless = env.h.base.join("headless.yaml");
+    std::fs::write(
+        &headless,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: direct}\nspec:\n  clusterIP: None\n  selector: {app: my-app}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    let headless = headless.to_str().unwrap();
+    cli.ok(&["apply", "-f", headless]);
+    assert!(cli.ok(&["svc", "ls"]).lines().any(|l| l.contains("direct") && l.contains("None")), "no cluster IP");
+    // Applied by another process: seen at the DNS server's next look at the state dir.
+    let mut a = String::new();
+    for _ in 0..100 {
+        a = sh(&here, "nslookup direct.default.svc.cluster.local".into()).await.stdout_text();
+        if a.contains(&web.ip().to_string()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(a.contains(&web.ip().to_string()) && !a.contains("10.96."), "the pod's address, no VIP: {a}");
+    let out = sh(&prod, "wget -q -O - http://direct.default:8080/".into()).await;
+    assert_eq!(out.stdout_text(), "web-0\n", "{out:?}");
+    let srv = sh(&here, "nslookup -type=SRV _http._tcp.direct.default.svc.cluster.local".into()).await.stdout_text();
+    assert!(srv.contains(" 8080 direct.default.svc.cluster.local"), "SRV with the pods' port: {srv}");
+    assert_eq!(cli.ok(&["delete", "-f", headless]).trim(), "service/direct deleted");
+    let built = rt.service("direct2").selector("app", "my-app").headless().port(80, 8080).apply().await.unwrap();
+    assert_eq!((built.ip(), built.endpoints().await.unwrap()), (None, vec![web.ip()]));
+    drop(built);
 
     assert_eq!(cli.ok(&["delete", "-f", file]).trim(), "service/my-service deleted");
     let mut gone = false;

@@ -113,7 +113,7 @@ pub mod record;
 mod veth;
 
 pub use blocking::BlockingNode;
-pub use dns::cluster::DEFAULT_CLUSTER_DOMAIN;
+pub use dns::cluster::{HeadlessService, DEFAULT_CLUSTER_DOMAIN};
 pub use firewall::{PortMapping, Proto, ServiceDns, ServicePort, VirtualService};
 pub use names::{
     is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, Namespace, NetworkName, OwnerId, PodName, Scope,

@@ -113,7 +113,7 @@ pub fn svc(root: &Path, a: SvcArgs) -> anyhow::Result<i32> {
                     "{:<16}{:<24}{:<16}{:<20}{:<12}{}",
                     s.key.namespace,
                     s.key.name,
-                    s.cluster_ip,
+                    s.cluster_ip.map_or_else(|| "None".to_string(), |ip| ip.to_string()),
                     ports.join(","),
                     endpoints,
                     s.selector

@@ -10,8 +10,28 @@ use std::net::{IpAddr, Ipv4Addr};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
 
+use serde::{Deserialize, Serialize};
+
 use super::{normalise, TTL};
-use crate::firewall::VirtualService;
+use crate::firewall::{ServiceDns, ServicePort, VirtualService};
+
+/// A headless Service (`clusterIP: None`): no virtual IP, a DNS name that answers with
+/// its endpoints' own addresses (and SRV records with their ports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadlessService {
+    pub dns: ServiceDns,
+    pub ports: Vec<ServicePort>,
+}
+
+impl HeadlessService {
+    /// Every endpoint address, once, in order.
+    fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut ips: Vec<Ipv4Addr> = self.ports.iter().flat_map(|p| p.endpoints.iter().map(|e| *e.ip())).collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+}
 
 /// Kubernetes' default cluster domain.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
@@ -20,7 +40,7 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 #[derive(Debug, Clone)]
 pub struct ClusterZone {
     domain: String,
-    a: HashMap<String, Ipv4Addr>,
+    a: HashMap<String, Vec<Ipv4Addr>>,
     srv: HashMap<String, Vec<(u16, String)>>,
     /// Reverse names (`D.C.B.A.in-addr.arpa`) of the virtual IPs.
     ptr: HashMap<String, String>,
@@ -28,27 +48,39 @@ pub struct ClusterZone {
 
 impl Default for ClusterZone {
     fn default() -> Self {
-        Self::new(DEFAULT_CLUSTER_DOMAIN, &[])
+        Self::new(DEFAULT_CLUSTER_DOMAIN, &[], &[])
     }
 }
 
 impl ClusterZone {
-    /// The zone of `services` (those with a DNS name) under `domain`.
-    pub fn new(domain: &str, services: &[VirtualService]) -> Self {
+    /// The zone of `services` (those with a DNS name) and of `headless` ones under
+    /// `domain`.
+    pub fn new(domain: &str, services: &[VirtualService], headless: &[HeadlessService]) -> Self {
         let domain = normalise(domain);
         let mut zone = Self { domain: domain.clone(), a: HashMap::new(), srv: HashMap::new(), ptr: HashMap::new() };
+        let fqdn = |dns: &ServiceDns| format!("{}.{}.svc.{domain}", dns.name, dns.namespace);
         for svc in services {
             let Some(dns) = &svc.dns else { continue };
-            let fqdn = format!("{}.{}.svc.{domain}", dns.name, dns.namespace);
-            zone.a.insert(fqdn.clone(), svc.ip);
-            zone.ptr.insert(normalise(&Name::from(IpAddr::V4(svc.ip)).to_ascii()), fqdn.clone());
-            for p in &svc.ports {
-                if let Some(port_name) = &p.name {
-                    zone.srv.entry(format!("_{port_name}._{}.{fqdn}", p.proto)).or_default().push((p.port, fqdn.clone()));
-                }
-            }
+            let name = fqdn(dns);
+            zone.a.insert(name.clone(), vec![svc.ip]);
+            zone.ptr.insert(normalise(&Name::from(IpAddr::V4(svc.ip)).to_ascii()), name.clone());
+            zone.add_srv(&name, svc.ports.iter().map(|p| (p, p.port)));
+        }
+        for svc in headless {
+            let name = fqdn(&svc.dns);
+            zone.a.insert(name.clone(), svc.addresses());
+            // The endpoints' port: there is no virtual port in front of them.
+            zone.add_srv(&name, svc.ports.iter().filter_map(|p| Some((p, p.endpoints.first()?.port()))));
         }
         zone
+    }
+
+    fn add_srv<'a>(&mut self, fqdn: &str, ports: impl Iterator<Item = (&'a ServicePort, u16)>) {
+        for (p, port) in ports {
+            if let Some(port_name) = &p.name {
+                self.srv.entry(format!("_{port_name}._{}.{fqdn}", p.proto)).or_default().push((port, fqdn.to_string()));
+            }
+        }
     }
 
     pub fn domain(&self) -> &str {
@@ -70,17 +102,19 @@ impl ClusterZone {
             return false;
         }
         reply.metadata.authoritative = true;
-        if let Some(ip) = self.a.get(name) {
+        if let Some(ips) = self.a.get(name) {
             if matches!(qtype, RecordType::A | RecordType::ANY) {
-                reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::A(rdata::A(*ip))));
+                for ip in ips {
+                    reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::A(rdata::A(*ip))));
+                }
             }
         } else if let Some(targets) = self.srv.get(name) {
             if matches!(qtype, RecordType::SRV | RecordType::ANY) {
                 for (port, target) in targets {
                     let Ok(t) = Name::from_ascii(format!("{target}.")) else { continue };
                     reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::SRV(rdata::SRV::new(0, 100, *port, t.clone()))));
-                    if let Some(ip) = self.a.get(target) {
-                        reply.additionals.push(Record::from_rdata(t, TTL, RData::A(rdata::A(*ip))));
+                    for ip in self.a.get(target).into_iter().flatten() {
+                        reply.additionals.push(Record::from_rdata(t.clone(), TTL, RData::A(rdata::A(*ip))));
                     }
                 }
             }
@@ -99,7 +133,7 @@ impl ClusterZone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::{Proto, ServiceDns, ServicePort};
+    use crate::firewall::Proto;
     use hickory_proto::op::MessageType;
 
     fn zone() -> ClusterZone {
@@ -110,7 +144,17 @@ mod tests {
             dns: Some(ServiceDns { namespace: "prod".parse().unwrap(), name: "web".parse().unwrap() }),
             affinity: None,
         };
-        ClusterZone::new("Cluster.Local.", &[svc])
+        let headless = HeadlessService {
+            dns: ServiceDns { namespace: "prod".parse().unwrap(), name: "db".parse().unwrap() },
+            ports: vec![ServicePort {
+                proto: Proto::Tcp,
+                port: 5432,
+                name: Some("pg".into()),
+                endpoints: vec!["10.88.0.3:5433".parse().unwrap(), "10.88.0.2:5433".parse().unwrap()],
+                node_port: None,
+            }],
+        };
+        ClusterZone::new("Cluster.Local.", &[svc], &[headless])
     }
 
     fn ask(z: &ClusterZone, name: &str, t: RecordType) -> Option<Message> {
@@ -138,5 +182,12 @@ mod tests {
         let r = ask(&z, "prod.svc.cluster.local.", RecordType::A).unwrap();
         assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NoError, 0), "a name above a service exists");
         assert!(ask(&z, "example.com.", RecordType::A).is_none(), "not the zone's: forwarded");
+        // Headless: the endpoints' addresses, and SRV with their port.
+        let r = ask(&z, "db.prod.svc.cluster.local.", RecordType::A).unwrap();
+        let ips: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
+        assert_eq!(ips, vec![RData::A(rdata::A(Ipv4Addr::new(10, 88, 0, 2))), RData::A(rdata::A(Ipv4Addr::new(10, 88, 0, 3)))]);
+        let r = ask(&z, "_pg._tcp.db.prod.svc.cluster.local.", RecordType::SRV).unwrap();
+        assert!(matches!(&r.answers[0].data, RData::SRV(s) if s.port == 5433), "{r:?}");
+        assert_eq!(r.additionals.len(), 2);
     }
 }

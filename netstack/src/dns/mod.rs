@@ -61,7 +61,21 @@ struct Zone {
 #[derive(Debug, Default, Clone)]
 pub struct Records {
     zones: Arc<RwLock<HashMap<NetworkName, Zone>>>,
-    cluster: Arc<RwLock<(cluster::ClusterZone, Vec<crate::firewall::VirtualService>)>>,
+    cluster: Arc<RwLock<ClusterState>>,
+}
+
+/// The cluster zone and the services it was made of.
+#[derive(Debug, Default)]
+struct ClusterState {
+    zone: cluster::ClusterZone,
+    services: Vec<crate::firewall::VirtualService>,
+    headless: Vec<cluster::HeadlessService>,
+}
+
+impl ClusterState {
+    fn rebuild(&mut self, domain: &str) {
+        self.zone = cluster::ClusterZone::new(domain, &self.services, &self.headless);
+    }
 }
 
 fn normalise(name: &str) -> String {
@@ -125,50 +139,63 @@ impl Records {
     }
 
     /// The services whose names the cluster zone answers with, replacing those it had.
-    pub fn set_services(&self, services: Vec<crate::firewall::VirtualService>) {
-        if let Ok(mut c) = self.cluster.write() {
-            let domain = c.0.domain().to_string();
-            *c = (cluster::ClusterZone::new(&domain, &services), services);
-        }
+    pub fn set_services(&self, services: Vec<crate::firewall::VirtualService>, headless: Vec<cluster::HeadlessService>) {
+        self.edit_cluster(|c| {
+            c.services = services;
+            c.headless = headless;
+        });
     }
 
     /// Adds `svc` to the cluster zone, or replaces the service of its address: what
     /// this process programs is answered at once, before the state dir is polled.
     pub fn put_service(&self, svc: &crate::firewall::VirtualService) {
-        self.edit_services(|all| {
-            all.retain(|s| s.ip != svc.ip);
-            all.push(svc.clone());
+        self.edit_cluster(|c| {
+            c.services.retain(|s| s.ip != svc.ip);
+            c.services.push(svc.clone());
         });
     }
 
     /// Takes the service of address `ip` out of the cluster zone.
     pub fn drop_service(&self, ip: std::net::Ipv4Addr) {
-        self.edit_services(|all| all.retain(|s| s.ip != ip));
+        self.edit_cluster(|c| c.services.retain(|s| s.ip != ip));
     }
 
-    fn edit_services(&self, edit: impl FnOnce(&mut Vec<crate::firewall::VirtualService>)) {
+    /// Adds or replaces a headless service.
+    pub fn put_headless(&self, svc: &cluster::HeadlessService) {
+        self.edit_cluster(|c| {
+            c.headless.retain(|s| s.dns != svc.dns);
+            c.headless.push(svc.clone());
+        });
+    }
+
+    /// Takes the headless service named `dns` out of the cluster zone.
+    pub fn drop_headless(&self, dns: &crate::firewall::ServiceDns) {
+        self.edit_cluster(|c| c.headless.retain(|s| s.dns != *dns));
+    }
+
+    fn edit_cluster(&self, edit: impl FnOnce(&mut ClusterState)) {
         if let Ok(mut c) = self.cluster.write() {
-            edit(&mut c.1);
-            let domain = c.0.domain().to_string();
-            c.0 = cluster::ClusterZone::new(&domain, &c.1);
+            edit(&mut c);
+            let domain = c.zone.domain().to_string();
+            c.rebuild(&domain);
         }
     }
 
     /// The domain service names are under (default `cluster.local`).
     pub fn set_cluster_domain(&self, domain: &str) {
         if let Ok(mut c) = self.cluster.write() {
-            c.0 = cluster::ClusterZone::new(domain, &c.1);
+            c.rebuild(domain);
         }
     }
 
     /// The domain service names are under.
     pub fn cluster_domain(&self) -> String {
-        self.cluster.read().map(|c| c.0.domain().to_string()).unwrap_or_else(|_| cluster::DEFAULT_CLUSTER_DOMAIN.into())
+        self.cluster.read().map(|c| c.zone.domain().to_string()).unwrap_or_else(|_| cluster::DEFAULT_CLUSTER_DOMAIN.into())
     }
 
     fn answer(&self, zone: &Zone, query: &[u8], from: IpAddr) -> Answer {
         match self.cluster.read() {
-            Ok(c) => answer(zone, &c.0, query, from),
+            Ok(c) => answer(zone, &c.zone, query, from),
             Err(_) => answer(zone, &cluster::ClusterZone::default(), query, from),
         }
     }
@@ -288,7 +315,7 @@ impl DnsServer {
                 let recent = stamp.is_some_and(|s| s.elapsed().map_or(true, |age| age < std::time::Duration::from_secs(1)));
                 if stamp != seen || recent {
                     seen = stamp;
-                    records.set_services(crate::firewall::read_services(&dir));
+                    records.set_services(crate::firewall::read_services(&dir), crate::network::read_headless(&dir));
                 }
                 tokio::time::sleep(SERVICES_POLL).await;
             }

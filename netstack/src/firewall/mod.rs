@@ -16,7 +16,7 @@ use crate::network::config::NetworkConfig;
 
 mod libnft;
 mod service;
-pub(crate) use service::read_services;
+pub(crate) use service::{read_services, HEADLESS_PREFIX};
 pub use service::{ServiceDns, ServicePort, VirtualService, HAIRPIN_MARK};
 
 /// A firewall change failed.

@@ -144,12 +144,18 @@ impl Firewall {
     }
 }
 
+/// Headless services are recorded beside the others as `headless.NAMESPACE.NAME.json`
+/// (a file name with no IP in it), so that one directory's mtime tells the DNS server
+/// of every change.
+pub(crate) const HEADLESS_PREFIX: &str = "headless.";
+
 /// The service records in `dir` (none if it is missing); unreadable ones are skipped.
 pub(crate) fn read_services(dir: &std::path::Path) -> Vec<VirtualService> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     entries
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(HEADLESS_PREFIX))
         .filter_map(|e| crate::record::read_json(&e.path()).ok())
         .collect()
 }

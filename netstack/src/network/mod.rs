@@ -25,6 +25,7 @@ mod dns_service;
 mod gc;
 mod lifecycle;
 mod services;
+pub(crate) use services::read_headless;
 mod store;
 
 pub use config::{ConfigError, NetworkConfig};

@@ -68,6 +68,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// `clusterIP: None`: no cluster IP; its DNS name answers with the addresses of
+    /// the pods it selects.
+    pub fn headless(mut self) -> Self {
+        self.spec().cluster_ip = Some("None".into());
+        self
+    }
+
     /// `type: NodePort`: each port on every IPv4 address of the node too, on a free
     /// port of 30000-32767 (see [`Service::record`] for which).
     pub fn node_ports(mut self) -> Self {
@@ -133,8 +140,8 @@ impl Service {
         &self.record.key
     }
 
-    /// The cluster IP its connections are made to.
-    pub fn ip(&self) -> Ipv4Addr {
+    /// The cluster IP its connections are made to; None for a headless service.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
         self.record.cluster_ip
     }
 

@@ -113,24 +113,30 @@ impl Pods {
                 return Err(ServiceError::Twice { doc: doc.index, key }.into());
             }
             let old = existing.iter().find(|s| s.key == key).cloned();
-            let ip = match (m.cluster_ip, &old) {
-                (Some(ip), Some(o)) if ip != o.cluster_ip => {
-                    return Err(ServiceError::IpImmutable { doc: doc.index, key, old: o.cluster_ip, new: ip }.into())
-                }
-                (Some(ip), _) => {
+            let old_ip = old.as_ref().map(|o| o.cluster_ip);
+            let immutable = |old: Option<Ipv4Addr>, new: Option<Ipv4Addr>| {
+                let text = |ip: Option<Ipv4Addr>| ip.map_or_else(|| "None".to_string(), |ip| ip.to_string());
+                ServiceError::IpImmutable { doc: doc.index, key: key.clone(), old: text(old), new: text(new) }
+            };
+            let ip = match (m.headless, m.cluster_ip, old_ip) {
+                (true, _, Some(Some(was))) => return Err(immutable(Some(was), None).into()),
+                (true, _, _) => None,
+                (false, given, Some(None)) => return Err(immutable(None, given.or(Some(Ipv4Addr::UNSPECIFIED))).into()),
+                (false, Some(ip), Some(Some(was))) if ip != was => return Err(immutable(Some(was), Some(ip)).into()),
+                (false, Some(ip), _) => {
                     if !cidr.contains(ip) || ip == cidr.network() || ip == cidr.broadcast() {
                         return Err(ServiceError::IpOutside { doc: doc.index, key, ip, cidr }.into());
                     }
-                    let by = existing.iter().chain(plan.iter().map(|(_, n)| n)).find(|s| s.cluster_ip == ip && s.key != key);
+                    let by = existing.iter().chain(plan.iter().map(|(_, n)| n)).find(|s| s.cluster_ip == Some(ip) && s.key != key);
                     if let Some(by) = by {
                         return Err(ServiceError::IpTaken { doc: doc.index, key, ip, by: by.key.clone() }.into());
                     }
-                    ip
+                    Some(ip)
                 }
-                (None, Some(o)) => o.cluster_ip,
-                (None, None) => {
+                (false, None, Some(Some(was))) => Some(was),
+                (false, None, None) => {
                     unassigned.push(plan.len());
-                    Ipv4Addr::UNSPECIFIED
+                    None
                 }
             };
             let mut ports = m.ports.clone();
@@ -185,8 +191,8 @@ impl Pods {
         // that a later document asks for.
         for i in unassigned {
             let taken: std::collections::HashSet<Ipv4Addr> =
-                existing.iter().map(|s| s.cluster_ip).chain(plan.iter().map(|(_, n)| n.cluster_ip)).collect();
-            plan[i].1.cluster_ip = free_ip(cidr, &taken).ok_or(ServiceError::Full(cidr))?;
+                existing.iter().filter_map(|s| s.cluster_ip).chain(plan.iter().filter_map(|(_, n)| n.cluster_ip)).collect();
+            plan[i].1.cluster_ip = Some(free_ip(cidr, &taken).ok_or(ServiceError::Full(cidr))?);
         }
         for (s, i) in unassigned_ports {
             let proto = plan[s].1.ports[i].protocol;
@@ -265,7 +271,11 @@ impl Pods {
     fn unserve(&self, svc: &ServiceRecord) -> Result<()> {
         // A node namespace that is gone took its firewall along.
         if svc.node.netns.as_ref().is_none_or(|p| p.exists()) {
-            self.node_at(&svc.node)?.node().remove_service(svc.cluster_ip)?;
+            let node = self.node_at(&svc.node)?;
+            match svc.cluster_ip {
+                Some(ip) => node.node().remove_service(ip)?,
+                None => node.node().remove_headless(&svc.dns())?,
+            }
         }
         let path = self.service_file(&svc.key);
         match std::fs::remove_file(&path) {

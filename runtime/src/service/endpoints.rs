@@ -3,7 +3,7 @@
 use std::net::SocketAddrV4;
 
 use super::ServiceRecord;
-use crate::netstack::{ServiceDns, ServicePort, VirtualService};
+use crate::netstack::{HeadlessService, ServicePort, VirtualService};
 use crate::pod::{PodError, PodRecord, PodStatus, Pods};
 
 type Result<T> = std::result::Result<T, PodError>;
@@ -27,7 +27,8 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
     ips.sort();
     VirtualService {
         owner: svc.key.to_string(),
-        ip: svc.cluster_ip,
+        // A headless service's ports are never programmed as a virtual IP.
+        ip: svc.cluster_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
         ports: svc
             .ports
             .iter()
@@ -39,7 +40,7 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
                 node_port: p.node_port,
             })
             .collect(),
-        dns: Some(ServiceDns { namespace: svc.key.namespace.clone(), name: svc.key.name.clone() }),
+        dns: Some(svc.dns()),
         affinity: svc.client_ip_affinity.map(|secs| std::time::Duration::from_secs(secs.into())),
     }
 }
@@ -52,7 +53,14 @@ impl Pods {
             // The node namespace is gone, and its firewall with it: nothing to serve on.
             return Ok(false);
         }
-        Ok(self.node_at(&svc.node)?.node().program_service(&virtual_service(svc, pods))?)
+        let node = self.node_at(&svc.node)?;
+        let served = virtual_service(svc, pods);
+        if svc.cluster_ip.is_none() {
+            let headless = HeadlessService { dns: svc.dns(), ports: served.ports };
+            node.node().program_headless(&headless)?;
+            return Ok(true);
+        }
+        Ok(node.node().program_service(&served)?)
     }
 
     /// The addresses `svc` sends connections to now (of its first port's target).

@@ -74,6 +74,8 @@ pub struct ServiceManifest {
     pub cluster_ip: Option<Ipv4Addr>,
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
+    /// `clusterIP: None`: no cluster IP; DNS answers with the endpoints' addresses.
+    pub headless: bool,
     /// `type: NodePort`: every port is on the node's addresses too (on the port given,
     /// or one picked from 30000-32767).
     pub node_ports: bool,
@@ -210,15 +212,20 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
     };
     let cluster_ip = match spec.cluster_ip.as_deref() {
         None | Some("") => None,
-        Some("None") => return Err(not_built("spec.clusterIP", "a headless service (clusterIP: None)")),
+        Some("None") => None,
         Some(ip) => match ip.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => Some(ip),
             Ok(IpAddr::V6(_)) => return Err(not_built("spec.clusterIP", "an IPv6 service")),
             Err(_) => return Err(invalid("spec.clusterIP", format!("{ip:?} is not an IP address"))),
         },
     };
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    if headless && node_ports {
+        return Err(invalid("spec.clusterIP", "None (headless) cannot be of type NodePort: a node port needs a cluster IP".into()));
+    }
     match spec.cluster_ips.as_deref() {
         None | Some([]) => {}
+        Some([one]) if headless && one == "None" => {}
         Some([one]) if cluster_ip.map(|ip| ip.to_string()).as_deref() == Some(one.as_str()) => {}
         Some([_]) => return Err(invalid("spec.clusterIPs", "must be [spec.clusterIP] (or left out)".into())),
         Some(_) => return Err(not_built("spec.clusterIPs", "a dual-stack service")),
@@ -238,6 +245,12 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
                 return Err(invalid("spec.sessionAffinityConfig", "only with sessionAffinity: ClientIP".into()));
             }
             None
+        }
+        Some("ClientIP") if headless => {
+            return Err(invalid(
+                "spec.sessionAffinity",
+                "ClientIP needs a cluster IP: a headless service's clients pick addresses themselves".into(),
+            ))
         }
         Some("ClientIP") => {
             let given = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
@@ -358,6 +371,7 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         cluster_ip,
         selector: Selector(selector),
         ports,
+        headless,
         node_ports,
         client_ip_affinity,
         labels,
@@ -418,7 +432,8 @@ spec:
                 "spec.ports[0].nodePort: 80 is not in the node port range 30000-32767",
             ),
             (with("externalTrafficPolicy: Local"), "spec.externalTrafficPolicy: Local is for type NodePort"),
-            (with("clusterIP: None"), "spec.clusterIP: a headless service"),
+            (with("clusterIP: None\n  type: NodePort"), "spec.clusterIP: None (headless) cannot be of type NodePort"),
+            (with("clusterIP: None\n  sessionAffinity: ClientIP"), "spec.sessionAffinity: ClientIP needs a cluster IP"),
             (with("clusterIP: 10.96.0.300"), "spec.clusterIP: \"10.96.0.300\" is not an IP address"),
             (
                 with("sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}"),

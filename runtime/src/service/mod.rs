@@ -19,6 +19,10 @@
 //! records' directory); one this process applies, at once. The embedding API makes
 //! them in code too ([`crate::embed::Minipod::service`]).
 //!
+//! A headless service (`clusterIP: None`) has no cluster IP and no firewall state:
+//! its DNS name answers with the addresses of its ready endpoints (and SRV records
+//! with their ports), as Kubernetes' DNS does.
+//!
 //! `type: NodePort` serves each port on every IPv4 address of the node too, on its
 //! `nodePort` (given, kept from before, or picked at random from 30000-32767), for
 //! clients outside the node, the node itself and pods alike.
@@ -29,7 +33,7 @@
 //!
 //! What a manifest asks for that is not built yet is refused with the field that asks
 //! for it, never accepted and ignored: `type: LoadBalancer`/`ExternalName`,
-//! headless services (`clusterIP: None`), services without a selector, named
+//! services without a selector, named
 //! `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses`, IPv6 and
 //! NetworkPolicy objects. Containers have no readiness probes in minipod, so
 //! a pod is ready from the moment its network is up until it stops.
@@ -67,7 +71,7 @@ pub enum ServiceError {
     #[error("document {doc} (Service {key}): spec.clusterIP {ip} is not in the service CIDR {cidr}")]
     IpOutside { doc: usize, key: ServiceKey, ip: Ipv4Addr, cidr: ipnetwork::Ipv4Network },
     #[error("document {doc} (Service {key}): spec.clusterIP cannot change ({old} to {new}): delete the service and apply it again")]
-    IpImmutable { doc: usize, key: ServiceKey, old: Ipv4Addr, new: Ipv4Addr },
+    IpImmutable { doc: usize, key: ServiceKey, old: String, new: String },
     #[error("document {doc}: Service {key} is in the file twice")]
     Twice { doc: usize, key: ServiceKey },
     #[error("the service CIDR {0} has no free address left: delete services or give a larger one")]

@@ -17,6 +17,13 @@ pub struct ServiceKey {
     pub name: ServiceName,
 }
 
+impl ServiceRecord {
+    /// Its DNS identity on the node.
+    pub fn dns(&self) -> crate::netstack::ServiceDns {
+        crate::netstack::ServiceDns { namespace: self.key.namespace.clone(), name: self.key.name.clone() }
+    }
+}
+
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -41,7 +48,8 @@ pub struct ServicePortSpec {
 pub struct ServiceRecord {
     #[serde(flatten)]
     pub key: ServiceKey,
-    pub cluster_ip: Ipv4Addr,
+    /// None for a headless service (`clusterIP: None`).
+    pub cluster_ip: Option<Ipv4Addr>,
     pub selector: Selector,
     pub ports: Vec<ServicePortSpec>,
     /// `type: NodePort` (each port has its `node_port`).
