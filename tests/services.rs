@@ -7,66 +7,10 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use support::cli::{Cli, SERVE};
 use support::need_root;
 use support::node::TestNode;
 use support::pods::PodEnv;
-
-/// An httpd on 8080 answering with the pod's hostname.
-const SERVE: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
-
-struct Cli<'a> {
-    env: &'a PodEnv,
-    ns: String,
-    images: String,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let mut full = vec!["--images", &self.images, "--netns", &self.ns];
-        full.splice(0..0, args[..1].iter().copied());
-        full.extend_from_slice(&args[1..]);
-        let out = self.env.h.minipod(&full);
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(ok, "minipod {args:?}: {err}");
-        out
-    }
-
-    /// A pod with labels, in a namespace, running the httpd; returns its address once it answers.
-    fn web(&self, name: &str, namespace: &str, labels: &[&str]) -> String {
-        let mut args = vec!["pod", "run", name, "--namespace", namespace];
-        for l in labels {
-            args.extend(["--label", l]);
-        }
-        self.ok(&args);
-        let rootfs = self.env.rootfs.to_str().unwrap();
-        self.ok(&["ctr", "run", name, "httpd", "--rootfs", rootfs, "--", "sh", "-c", SERVE]);
-        let inspect: serde_json::Value = serde_json::from_str(&self.ok(&["pod", "inspect", name])).unwrap();
-        let ip = inspect["pod"]["networks"][0]["ip"].as_str().unwrap().to_string();
-        let node = std::path::PathBuf::from(&self.ns);
-        for _ in 0..300 {
-            if TestNode::fetch(&node, &format!("http://{ip}:8080/")).is_some() {
-                return ip;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("the httpd of {name} never answered");
-    }
-
-    /// `n` requests to `url` from the container `ctr` of `pod`: who answered, how often.
-    fn answers(&self, pod: &str, ctr: &str, url: &str, n: usize) -> BTreeMap<String, usize> {
-        let script = format!("for i in $(seq {n}); do wget -q -O - {url} || echo failed; done");
-        let out = self.ok(&["ctr", "exec", "--timeout", "120", pod, ctr, "--", "sh", "-c", &script]);
-        let mut seen = BTreeMap::new();
-        for line in out.lines() {
-            *seen.entry(line.to_string()).or_default() += 1;
-        }
-        seen
-    }
-}
 
 fn service_ip(cli: &Cli, name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", name])).unwrap();
@@ -78,7 +22,7 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     need_root();
     let env = PodEnv::new("svc-replicas");
     let node = TestNode::new("svcrep");
-    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    let cli = Cli::new(&env, &node);
     let web0 = cli.web("web-0", "default", &["app=my-app", "tier=web"]);
     for i in 1..3 {
         cli.web(&format!("web-{i}"), "default", &["app=my-app", "tier=web"]);
@@ -160,23 +104,10 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     net(&["create", "other", "--subnet", "10.77.3.0/24"]);
     cli.ok(&["pod", "run", "elsewhere", "--network", "other"]);
     cli.ok(&["ctr", "run", "elsewhere", "c", "--rootfs", env.rootfs.to_str().unwrap(), "--", "sleep", "600"]);
-    let (reached, _, _) = cli.run(&[
-        "ctr",
-        "exec",
-        "--timeout",
-        "20",
-        "elsewhere",
-        "c",
-        "--",
-        "timeout",
-        "3",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &format!("http://{web0}:8080/"),
-    ]);
-    assert!(!reached, "networks are isolated: the replicas cannot be reached directly");
+    assert!(
+        !cli.reaches("elsewhere", "c", &format!("http://{web0}:8080/")),
+        "networks are isolated: the replicas cannot be reached directly"
+    );
     let across = cli.answers("elsewhere", "c", &node_url, 10);
     assert!(across.keys().all(|k| k.starts_with("web-")), "a node port is reached from every network: {across:?}");
     cli.ok(&["pod", "rm", "--force", "elsewhere"]);
@@ -217,7 +148,7 @@ fn pods_and_services_of_a_node_that_is_gone_are_still_removed() {
     need_root();
     let env = PodEnv::new("svc-gone");
     let node = TestNode::new("svcgone");
-    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    let cli = Cli::new(&env, &node);
     cli.web("web-0", "default", &["app=my-app"]);
     let file = env.h.base.join("service.yaml");
     std::fs::write(
@@ -243,7 +174,7 @@ fn bad_manifests_are_refused_whole_with_the_document_and_field() {
     need_root();
     let env = PodEnv::new("svc-bad");
     let node = TestNode::new("svcbad");
-    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    let cli = Cli::new(&env, &node);
     let good = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  selector: {app: a}\n  ports: [{port: 80}]\n";
     let write = |name: &str, text: &str| {
         let p = env.h.base.join(name);
@@ -310,7 +241,7 @@ async fn services_are_found_by_name_from_pods_of_every_namespace() {
     need_root();
     let env = PodEnv::new("svc-dns");
     let node = TestNode::new("svcdns");
-    let cli = Cli { env: &env, ns: node.node_ns().to_str().unwrap().into(), images: env.h.base.join("images").to_str().unwrap().into() };
+    let cli = Cli::new(&env, &node);
     let rt =
         Minipod::builder().state_dir(&env.h.root).image_dir(env.h.base.join("images")).node_netns(node.node_ns()).open().await.unwrap();
     let web = rt.pod("web-0").label("app", "my-app").start().await.unwrap();

@@ -114,9 +114,11 @@ mod veth;
 
 pub use blocking::BlockingNode;
 pub use dns::cluster::{HeadlessService, DEFAULT_CLUSTER_DOMAIN};
-pub use firewall::{PortMapping, Proto, ServiceDns, ServicePort, VirtualService};
+pub use firewall::{
+    AddrRange, NodePolicies, PolicyPort, PolicyRule, PolicyRules, PortMapping, Proto, ServiceDns, ServicePort, VirtualService,
+};
 pub use names::{
-    is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, Namespace, NetworkName, OwnerId, PodName, Scope,
-    ServiceName,
+    is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, Namespace, NetworkName, OwnerId, PodName, PolicyName,
+    Scope, ServiceName,
 };
 pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};

@@ -17,6 +17,8 @@ pub enum NameError {
     Letter { kind: &'static str, name: String },
     #[error("hostname {name:?} is not valid: use DNS labels (letters, digits, `-` inside) separated by dots, at most 64 bytes")]
     Hostname { name: String },
+    #[error("{kind} {name:?} is not valid: use lowercase DNS labels joined by dots, at most {max} bytes")]
+    Subdomain { kind: &'static str, name: String, max: usize },
 }
 
 fn check_path_safe(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
@@ -59,6 +61,16 @@ fn check_hostname(_kind: &'static str, name: &str, _max: usize) -> Result<(), Na
         Ok(())
     } else {
         Err(NameError::Hostname { name: name.to_string() })
+    }
+}
+
+/// A Kubernetes DNS subdomain (a NetworkPolicy's name): lowercase labels joined by
+/// dots, with no trailing dot.
+fn check_subdomain(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.len() <= max && !name.ends_with('.') && is_dns_name(name) && !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(NameError::Subdomain { kind, name: name.to_string(), max })
     }
 }
 
@@ -202,6 +214,13 @@ name_type!(
     "service name",
     63,
     check_dns1035
+);
+name_type!(
+    /// A NetworkPolicy's name, unique within its namespace (a file name).
+    PolicyName,
+    "network policy name",
+    253,
+    check_subdomain
 );
 name_type!(
     /// A pod's hostname (its UTS namespace's name).

@@ -85,6 +85,7 @@ pub mod image;
 pub mod logs;
 pub mod pidfd;
 pub mod pod;
+pub mod policy;
 mod process;
 mod rootfs;
 mod seccomp;

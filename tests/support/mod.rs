@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod cri;
 pub mod node;
 pub mod pods;

@@ -87,11 +87,13 @@ enum Command {
     /// network state of pods that are gone; prints what it did. Opening the pods (any
     /// pod command, the daemon) does the same.
     Gc(pod::GcArgs),
-    /// Create or change the Kubernetes objects (Services) of a YAML or JSON file (`-` reads
-    /// stdin), as `kubectl apply -f` does: all of its documents or none.
+    /// Create or change the Kubernetes objects (Services, NetworkPolicies) of a YAML or
+    /// JSON file (`-` reads stdin), as `kubectl apply -f` does: all of its documents or none.
     Apply(service::ApplyArgs),
     /// Services: list them, or show one with its cluster IP and endpoints.
     Svc(service::SvcArgs),
+    /// NetworkPolicies: list them, or show one with the pods it isolates now.
+    Policy(service::PolicyArgs),
     /// Serve the Kubernetes CRI (RuntimeService, ImageService) on a Unix socket.
     Serve(ServeArgs),
 }
@@ -162,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Gc(a) => pod::gc(&root, a),
         Command::Apply(a) => service::apply(&root, a),
         Command::Svc(a) => service::svc(&root, a),
+        Command::Policy(a) => service::policy(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
         Command::Serve(a) => {

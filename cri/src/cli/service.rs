@@ -1,12 +1,14 @@
-//! `minipod apply -f`, `minipod delete -f` and `minipod svc`: Kubernetes Services from
-//! YAML or JSON, served on this node for the pods of the state root.
+//! `minipod apply -f`, `minipod delete -f`, `minipod svc` and `minipod policy`:
+//! Kubernetes Services and NetworkPolicies from YAML or JSON, served and enforced on
+//! this node for the pods of the state root.
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use minipod_runtime::netstack::{Namespace, ServiceName};
+use minipod_runtime::netstack::{Namespace, PolicyName, ServiceName};
+use minipod_runtime::policy::PolicyKey;
 use minipod_runtime::service::{self, ServiceKey};
 
 use super::pod::{open, Common};
@@ -49,6 +51,34 @@ enum SvcCommand {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// List network policies: of one namespace (default `default`) or, with -A, of all.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(short, long, default_value = "default")]
+        namespace: Namespace,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show a policy as JSON, with the pods it selects now.
+    Inspect {
+        name: PolicyName,
+        #[arg(short, long, default_value = "default")]
+        namespace: Namespace,
+    },
+}
+
 fn read_documents(file: &Path) -> anyhow::Result<Vec<service::Document>> {
     let text = if file == Path::new("-") {
         let mut s = String::new();
@@ -60,12 +90,13 @@ fn read_documents(file: &Path) -> anyhow::Result<Vec<service::Document>> {
     service::parse(&text).with_context(|| format!("in {}", file.display()))
 }
 
-/// `minipod apply -f FILE`: prints `service/NAME created|configured|unchanged` per object.
+/// `minipod apply -f FILE`: prints `KIND/NAME created|configured|unchanged` per object,
+/// as kubectl does.
 pub fn apply(root: &Path, a: ApplyArgs) -> anyhow::Result<i32> {
     let docs = read_documents(&a.filename)?;
     let pods = open(root, &a.common)?;
     for (key, change) in pods.apply(&docs)? {
-        println!("service/{} {change}", shown(&key));
+        println!("{key} {change}");
     }
     Ok(0)
 }
@@ -75,18 +106,9 @@ pub fn delete(root: &Path, common: &Common, file: &Path) -> anyhow::Result<i32> 
     let docs = read_documents(file)?;
     let pods = open(root, common)?;
     for key in pods.delete(&docs)? {
-        println!("service/{} deleted", shown(&key));
+        println!("{key} deleted");
     }
     Ok(0)
-}
-
-/// A service as kubectl names it: without its namespace when it is `default`.
-fn shown(key: &ServiceKey) -> String {
-    if key.namespace == Namespace::default() {
-        key.name.to_string()
-    } else {
-        key.to_string()
-    }
 }
 
 pub fn svc(root: &Path, a: SvcArgs) -> anyhow::Result<i32> {
@@ -124,6 +146,45 @@ pub fn svc(root: &Path, a: SvcArgs) -> anyhow::Result<i32> {
             let s = pods.service(&ServiceKey { namespace, name })?;
             let endpoints = pods.endpoints(&s)?;
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "service": s, "endpoints": endpoints }))?);
+        }
+    }
+    Ok(0)
+}
+
+pub fn policy(root: &Path, a: PolicyArgs) -> anyhow::Result<i32> {
+    let pods = open(root, &a.common)?;
+    match a.command {
+        PolicyCommand::Ls { namespace, all_namespaces, output } => {
+            let all = pods.network_policies((!all_namespaces).then_some(&namespace))?;
+            if output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(0);
+            }
+            println!("{:<16}{:<32}{:<24}{:<10}{:<10}PODS", "NAMESPACE", "NAME", "POD-SELECTOR", "INGRESS", "EGRESS");
+            let live = pods.pods()?;
+            for p in all {
+                let rules = |r: &Option<Vec<_>>| r.as_ref().map_or_else(|| "-".to_string(), |r: &Vec<_>| format!("{} rules", r.len()));
+                let selected = live.iter().filter(|pod| p.selects(pod)).count();
+                println!(
+                    "{:<16}{:<32}{:<24}{:<10}{:<10}{}",
+                    p.key.namespace,
+                    p.key.name,
+                    p.pod_selector.to_string(),
+                    rules(&p.ingress),
+                    rules(&p.egress),
+                    selected
+                );
+            }
+        }
+        PolicyCommand::Inspect { name, namespace } => {
+            let p = pods.network_policy(&PolicyKey { namespace, name })?;
+            let live = pods.pods()?;
+            let selected: Vec<serde_json::Value> = live
+                .iter()
+                .filter(|pod| p.selects(pod))
+                .map(|pod| serde_json::json!({ "name": pod.name, "namespace": pod.namespace, "ip": pod.ip() }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "policy": p, "selected": selected }))?);
         }
     }
     Ok(0)

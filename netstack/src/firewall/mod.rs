@@ -15,7 +15,9 @@ use crate::names::OwnerId;
 use crate::network::config::NetworkConfig;
 
 mod libnft;
+mod policy;
 mod service;
+pub use policy::{AddrRange, NodePolicies, PolicyPort, PolicyRule, PolicyRules};
 pub(crate) use service::{read_services, HEADLESS_PREFIX};
 pub use service::{ServiceDns, ServicePort, VirtualService, HAIRPIN_MARK};
 
@@ -79,7 +81,7 @@ pub struct PortMapping {
 pub const NODEPORT_CT_MARK: u32 = 0x8000;
 
 /// The empty set that marks the table's layout (see [`Firewall::ensure`]).
-const TABLE_VERSION: &str = "version_4";
+const TABLE_VERSION: &str = "version_5";
 
 /// Members' host ends and the bridges are in their network's interface group, which
 /// the rules match on: a network adds its group, not each link.
@@ -103,9 +105,12 @@ const TABLE_VERSION: &str = "version_4";
 /// node's IPv4 addresses, to the same port chain), `nodeport_keys4` (its connections
 /// get [`NODEPORT_CT_MARK`], whose DNATed traffic passes between networks too) and
 /// `no_endpoint_nodeports4` (rejected from anyone).
+///
+/// NetworkPolicy is the `policy_*` maps and base chains (see [`NodePolicies`]), which
+/// run before `forward` and can only drop.
 const TABLE: &str = r#"
 table inet minipod {
-	set version_4 { type mark; }
+	set version_5 { type mark; }
 	set groups { type devgroup; }
 	set internal_groups { type devgroup; }
 	set group_pairs { type devgroup . devgroup; }
@@ -124,6 +129,28 @@ table inet minipod {
 	map nodeports4 { type inet_proto . inet_service : verdict; }
 	set nodeport_keys4 { type inet_proto . inet_service; }
 	set no_endpoint_nodeports4 { type inet_proto . inet_service; }
+	map policy_ingress4 { type ipv4_addr : verdict; }
+	map policy_egress4 { type ipv4_addr : verdict; }
+	map policy_ingress6 { type ipv6_addr : verdict; }
+	map policy_egress6 { type ipv6_addr : verdict; }
+	chain policy_egress {
+		type filter hook forward priority -2; policy accept;
+		ct state established,related accept
+		ip saddr vmap @policy_egress4
+		ip6 saddr vmap @policy_egress6
+	}
+	chain policy_egress_node {
+		type filter hook input priority -2; policy accept;
+		ct state established,related accept
+		ip saddr vmap @policy_egress4
+		ip6 saddr vmap @policy_egress6
+	}
+	chain policy_ingress {
+		type filter hook forward priority -1; policy accept;
+		ct state established,related accept
+		ip daddr vmap @policy_ingress4
+		ip6 daddr vmap @policy_ingress6
+	}
 	chain guard {
 		type filter hook prerouting priority raw; policy accept;
 		meta iifgroup @groups ip daddr 127.0.0.0/8 drop
@@ -273,6 +300,7 @@ impl Firewall {
         for svc in self.recorded_services() {
             elements.push_str(&service::script(None, Some(&svc)));
         }
+        elements.push_str(&policy::script(&NodePolicies::default(), &self.recorded_policies()));
         // The table's version is the name of an empty set in it: a table without this
         // one is older (or newer) than this minipod. Change both with any rule.
         if self.nft(&format!("list set inet minipod {TABLE_VERSION}"), "checking the table").is_err() {

@@ -24,6 +24,7 @@ pub mod config;
 mod dns_service;
 mod gc;
 mod lifecycle;
+mod policies;
 mod services;
 pub(crate) use services::read_headless;
 mod store;

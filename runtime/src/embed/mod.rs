@@ -32,6 +32,7 @@
 
 mod container;
 mod pod;
+mod policy;
 mod ready;
 mod service;
 
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 pub use container::{Container, ContainerBuilder};
 pub use pod::{Pod, PodBuilder};
+pub use policy::{NetworkPolicy, NetworkPolicyBuilder, PolicyRule};
 pub use ready::{Ready, DEFAULT_READY_TIMEOUT};
 pub use service::{Service, ServiceBuilder};
 

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
-use crate::service::{self, Change, Document, Object, ServiceKey, ServiceRecord};
+use crate::service::{self, Change, Document, Object, ObjectKey, ServiceKey, ServiceRecord};
 
 /// A Service being described; [`ServiceBuilder::apply`] serves it. What it builds is
 /// the Kubernetes object that a manifest would give, checked by the same rules.
@@ -190,16 +190,17 @@ impl Minipod {
         Ok(Service { rt: self.inner.clone(), record, cleanup: false })
     }
 
-    /// `minipod apply -f`: applies Kubernetes YAML or JSON (one or several documents,
-    /// all or none). The services stay until deleted, like the CLI's.
-    pub async fn apply_yaml(&self, text: &str) -> Result<Vec<(ServiceKey, Change)>> {
+    /// `minipod apply -f`: applies Kubernetes YAML or JSON (Services and
+    /// NetworkPolicies, one or several documents, all or none). What it makes stays
+    /// until deleted, like the CLI's.
+    pub async fn apply_yaml(&self, text: &str) -> Result<Vec<(ObjectKey, Change)>> {
         let docs = service::parse(text).map_err(service::ServiceError::from)?;
         let rt = self.inner.clone();
         blocking(move || rt.pods.apply(&docs)).await
     }
 
     /// `minipod delete -f`: deletes what the documents name.
-    pub async fn delete_yaml(&self, text: &str) -> Result<Vec<ServiceKey>> {
+    pub async fn delete_yaml(&self, text: &str) -> Result<Vec<ObjectKey>> {
         let docs = service::parse(text).map_err(service::ServiceError::from)?;
         let rt = self.inner.clone();
         blocking(move || rt.pods.delete(&docs)).await

@@ -199,6 +199,9 @@ impl Pods {
             if let Err(e) = pods.sync_services() {
                 tracing::warn!("bringing services up to date after the sweep: {e}");
             }
+            if let Err(e) = pods.sync_network_policies() {
+                tracing::warn!("bringing network policies up to date after the sweep: {e}");
+            }
         }
         match pods.setup_default_network(&opts, own_network) {
             Ok(name) => pods.default_network = name,

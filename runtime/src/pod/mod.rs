@@ -145,6 +145,8 @@ pub enum PodError {
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
     #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
     Netns(#[from] netstack::netns::NetnsError),
     /// A teardown went on past its failures: all of them, in order.
     #[error("{what}: {} steps failed: {}", errors.len(), join_errors(errors))]

@@ -187,8 +187,10 @@ impl Pods {
                 return Err(e);
             }
         }
-        // Ready, then an endpoint of the services that select it.
-        match self.setup_pod(&mut pod, &networks, cfg.share_pid).and_then(|()| self.sync_services_of(&pod)) {
+        // Ready, isolated by the policies that select it (before anything runs in it),
+        // then an endpoint of the services that select it.
+        let ready = self.setup_pod(&mut pod, &networks, cfg.share_pid);
+        match ready.and_then(|()| self.sync_policies_of(&pod)).and_then(|()| self.sync_services_of(&pod)) {
             Ok(()) => Ok(pod),
             Err(e) => {
                 let _ = self.teardown(&pod);
@@ -286,6 +288,10 @@ impl Pods {
         self.detach_all(&pod, false)?;
         pod.status = PodStatus::Stopped;
         self.save_pod(&pod)?;
+        // Its addresses are free now: out of every policy's peers and members.
+        if let Err(e) = self.sync_policies_of(&pod) {
+            tracing::warn!(pod = %pod.name, "taking the pod out of the network policies: {e}");
+        }
         Ok(pod)
     }
 
@@ -398,6 +404,9 @@ impl Pods {
         }
         self.remove_pod_dir(&pod.id)?;
         self.release_name(pod);
+        if let Err(e) = self.sync_policies_of(pod) {
+            tracing::warn!(pod = %pod.name, "taking the pod out of the network policies: {e}");
+        }
         Ok(())
     }
 

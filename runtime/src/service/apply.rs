@@ -5,7 +5,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::{Document, Object, ServiceError, ServiceKey, ServicePortSpec, ServiceRecord};
+use super::{Document, Object, ObjectKey, ServiceError, ServiceKey, ServiceManifest, ServicePortSpec, ServiceRecord};
 use crate::netstack::Namespace;
 use crate::pod::{PodError, Pods};
 
@@ -55,33 +55,7 @@ impl Pods {
 
     /// The services of `namespace` (all namespaces with None), by name.
     pub fn services(&self, namespace: Option<&Namespace>) -> Result<Vec<ServiceRecord>> {
-        let dirs: Vec<PathBuf> = match namespace {
-            Some(ns) => vec![self.services_dir().join(ns)],
-            None => match std::fs::read_dir(self.services_dir()) {
-                Ok(entries) => entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
-                Err(e) => return Err(io_err("listing", self.services_dir())(e)),
-            },
-        };
-        let mut all = Vec::new();
-        for dir in dirs {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("listing", dir)(e)),
-            };
-            for e in entries.flatten() {
-                let path = e.path();
-                if path.extension().is_none_or(|x| x != "json") {
-                    continue; // the temporary files of a writer
-                }
-                match crate::netstack::record::read_json::<ServiceRecord>(&path) {
-                    Ok(svc) => all.push(svc),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted meanwhile
-                    Err(e) => tracing::warn!("{}: {e}; not a service record, left alone", path.display()),
-                }
-            }
-        }
+        let mut all: Vec<ServiceRecord> = read_records(&self.services_dir(), namespace.map(|n| n.as_str()))?;
         all.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(all)
     }
@@ -95,28 +69,51 @@ impl Pods {
         })
     }
 
-    /// Applies every document: each service is created or changed to what its
-    /// document says, and served at once with the ready pods it selects. All or none:
-    /// a bad document, a taken cluster IP or a failure to serve one leaves every
-    /// service as it was.
-    pub fn apply(&self, docs: &[Document]) -> Result<Vec<(ServiceKey, Change)>> {
+    /// Applies every document: each service or network policy is created or changed
+    /// to what its document says, and served (or enforced) at once with the pods as
+    /// they are. All or none: a bad document, a taken cluster IP or a failure to
+    /// program one leaves every object as it was. The changes come in document order.
+    pub fn apply(&self, docs: &[Document]) -> Result<Vec<(ObjectKey, Change)>> {
         let _lock = self.services_lock()?;
+        let mut services = Vec::new();
+        let mut policies = Vec::new();
+        for doc in docs {
+            match &doc.object {
+                Object::Service(m) => services.push((doc.index, m)),
+                Object::NetworkPolicy(m) => policies.push((doc.index, m)),
+            }
+        }
+        let plan = self.plan_policies(&policies)?;
+        let mut changes: Vec<(usize, ObjectKey, Change)> =
+            self.commit_policies(&plan)?.into_iter().map(|(doc, key, change)| (doc, ObjectKey::NetworkPolicy(key), change)).collect();
+        match self.apply_services(&services) {
+            Ok(done) => changes.extend(done.into_iter().map(|(doc, key, change)| (doc, ObjectKey::Service(key), change))),
+            Err(e) => {
+                self.undo_policies(&plan.iter().collect::<Vec<_>>());
+                return Err(e);
+            }
+        }
+        changes.sort_by_key(|(doc, _, _)| *doc);
+        Ok(changes.into_iter().map(|(_, key, change)| (key, change)).collect())
+    }
+
+    /// The services part of [`Pods::apply`], under its lock.
+    fn apply_services(&self, docs: &[(usize, &ServiceManifest)]) -> Result<Vec<(usize, ServiceKey, Change)>> {
         let existing = self.services(None)?;
         let cidr = *self.service_cidr();
         let mut plan: Vec<(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
         let mut unassigned = Vec::new();
         let mut unassigned_ports: Vec<(usize, usize)> = Vec::new();
-        for doc in docs {
-            let Object::Service(m) = &doc.object;
+        for &(index, m) in docs {
             let key = m.key.clone();
             if plan.iter().any(|(_, n)| n.key == key) {
-                return Err(ServiceError::Twice { doc: doc.index, key }.into());
+                return Err(ServiceError::Twice { doc: index, key }.into());
             }
             let old = existing.iter().find(|s| s.key == key).cloned();
             let old_ip = old.as_ref().map(|o| o.cluster_ip);
             let immutable = |old: Option<Ipv4Addr>, new: Option<Ipv4Addr>| {
                 let text = |ip: Option<Ipv4Addr>| ip.map_or_else(|| "None".to_string(), |ip| ip.to_string());
-                ServiceError::IpImmutable { doc: doc.index, key: key.clone(), old: text(old), new: text(new) }
+                ServiceError::IpImmutable { doc: index, key: key.clone(), old: text(old), new: text(new) }
             };
             let ip = match (m.headless, m.cluster_ip, old_ip) {
                 (true, _, Some(Some(was))) => return Err(immutable(Some(was), None).into()),
@@ -125,11 +122,11 @@ impl Pods {
                 (false, Some(ip), Some(Some(was))) if ip != was => return Err(immutable(Some(was), Some(ip)).into()),
                 (false, Some(ip), _) => {
                     if !cidr.contains(ip) || ip == cidr.network() || ip == cidr.broadcast() {
-                        return Err(ServiceError::IpOutside { doc: doc.index, key, ip, cidr }.into());
+                        return Err(ServiceError::IpOutside { doc: index, key, ip, cidr }.into());
                     }
                     let by = existing.iter().chain(plan.iter().map(|(_, n)| n)).find(|s| s.cluster_ip == Some(ip) && s.key != key);
                     if let Some(by) = by {
-                        return Err(ServiceError::IpTaken { doc: doc.index, key, ip, by: by.key.clone() }.into());
+                        return Err(ServiceError::IpTaken { doc: index, key, ip, by: by.key.clone() }.into());
                     }
                     Some(ip)
                 }
@@ -153,22 +150,15 @@ impl Pods {
                     if let Some(by) =
                         others.into_iter().find(|s| s.ports.iter().any(|q| q.protocol == p.protocol && q.node_port == Some(np)))
                     {
-                        return Err(
-                            ServiceError::NodePortTaken { doc: doc.index, key, proto: p.protocol, port: np, by: by.key.clone() }.into()
-                        );
+                        return Err(ServiceError::NodePortTaken { doc: index, key, proto: p.protocol, port: np, by: by.key.clone() }.into());
                     }
                 }
                 for (i, p) in ports.iter().enumerate() {
                     if let Some(np) = p.node_port {
                         if ports[..i].iter().any(|q| q.protocol == p.protocol && q.node_port == Some(np)) {
-                            return Err(ServiceError::NodePortTaken {
-                                doc: doc.index,
-                                key: key.clone(),
-                                proto: p.protocol,
-                                port: np,
-                                by: key,
-                            }
-                            .into());
+                            return Err(
+                                ServiceError::NodePortTaken { doc: index, key: key.clone(), proto: p.protocol, port: np, by: key }.into()
+                            );
                         }
                     }
                 }
@@ -207,13 +197,14 @@ impl Pods {
                 .collect();
             plan[s].1.ports[i].node_port = Some(free_node_port(&taken).ok_or(ServiceError::NodePortsFull(proto))?);
         }
+        let index_of = |n: &ServiceRecord| docs.iter().find(|(_, m)| m.key == n.key).map_or(0, |(i, _)| *i);
         let pods = self.pods()?;
         let mut done: Vec<&(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
         let mut changes = Vec::new();
         for step in &plan {
             let (old, new) = step;
             if old.as_ref() == Some(new) {
-                changes.push((new.key.clone(), Change::Unchanged));
+                changes.push((index_of(new), new.key.clone(), Change::Unchanged));
                 continue;
             }
             let applied = self.write_service(new).and_then(|()| self.serve(new, &pods).map(|_| ()));
@@ -230,23 +221,32 @@ impl Pods {
                 }
                 return Err(e);
             }
-            changes.push((new.key.clone(), if old.is_some() { Change::Configured } else { Change::Created }));
+            changes.push((index_of(new), new.key.clone(), if old.is_some() { Change::Configured } else { Change::Created }));
         }
         Ok(changes)
     }
 
-    /// Deletes the services the documents name (their specs are not compared): each
-    /// stops being served and its cluster IP is free. A service that does not exist
-    /// is an error, found before anything is deleted.
-    pub fn delete(&self, docs: &[Document]) -> Result<Vec<ServiceKey>> {
-        let keys: Vec<ServiceKey> = docs
-            .iter()
-            .map(|doc| {
-                let Object::Service(m) = &doc.object;
-                m.key.clone()
-            })
-            .collect();
-        self.delete_services(&keys)
+    /// Deletes the objects the documents name (their specs are not compared): each
+    /// service stops being served and its cluster IP is free, each policy stops
+    /// isolating. One that does not exist is an error, found before anything is
+    /// deleted.
+    pub fn delete(&self, docs: &[Document]) -> Result<Vec<ObjectKey>> {
+        let _lock = self.services_lock()?;
+        let mut services = Vec::new();
+        let mut policies = Vec::new();
+        for doc in docs {
+            match &doc.object {
+                Object::Service(m) => services.push(m.key.clone()),
+                Object::NetworkPolicy(m) => policies.push(m.key.clone()),
+            }
+        }
+        // Every service must exist before a policy goes.
+        let found = services.iter().map(|k| self.service(k)).collect::<Result<Vec<_>>>()?;
+        self.delete_policies_locked(&policies)?;
+        for svc in &found {
+            self.unserve(svc)?;
+        }
+        Ok(docs.iter().map(|doc| doc.object.key()).collect())
     }
 
     /// Deletes the services `keys` name, all or none (as [`Pods::delete`]).
@@ -283,6 +283,40 @@ impl Pods {
             _ => Ok(()),
         }
     }
+}
+
+/// The records under `dir/<namespace>/*.json` of `namespace` (of every namespace with
+/// None); a record deleted meanwhile is skipped, one that cannot be read is left alone
+/// with a warning.
+pub(crate) fn read_records<T: serde::de::DeserializeOwned>(dir: &std::path::Path, namespace: Option<&str>) -> Result<Vec<T>> {
+    let dirs: Vec<PathBuf> = match namespace {
+        Some(ns) => vec![dir.join(ns)],
+        None => match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(io_err("listing", dir.to_path_buf())(e)),
+        },
+    };
+    let mut all = Vec::new();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("listing", dir)(e)),
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue; // the temporary files of a writer
+            }
+            match crate::netstack::record::read_json::<T>(&path) {
+                Ok(r) => all.push(r),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted meanwhile
+                Err(e) => tracing::warn!("{}: {e}; not a record, left alone", path.display()),
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// A random start, as both pickers take one.

@@ -54,6 +54,106 @@ impl Selector {
     }
 }
 
+/// How a label requirement compares (Kubernetes' `matchExpressions` operators).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabelOp {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub op: LabelOp,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// A Kubernetes `LabelSelector`: `matchLabels` and `matchExpressions`, all of which
+/// must hold; the empty one selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+impl LabelSelector {
+    /// Checks k8s-openapi's selector (at `field`) into one; an error is the field at
+    /// fault and what is wrong with it.
+    pub fn checked(given: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, field: &str) -> Result<Self, (String, String)> {
+        let match_labels = given.match_labels.unwrap_or_default();
+        for (k, v) in &match_labels {
+            check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| (format!("{field}.matchLabels"), r))?;
+        }
+        let mut match_expressions = Vec::new();
+        for (i, e) in given.match_expressions.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("{field}.matchExpressions[{i}]");
+            check_label_key(&e.key).map_err(|r| (format!("{at}.key"), r))?;
+            let op = match e.operator.as_str() {
+                "In" => LabelOp::In,
+                "NotIn" => LabelOp::NotIn,
+                "Exists" => LabelOp::Exists,
+                "DoesNotExist" => LabelOp::DoesNotExist,
+                o => return Err((format!("{at}.operator"), format!("{o:?} is not In, NotIn, Exists or DoesNotExist"))),
+            };
+            let values = e.values.unwrap_or_default();
+            match op {
+                LabelOp::In | LabelOp::NotIn if values.is_empty() => {
+                    return Err((format!("{at}.values"), format!("{} needs at least one value", e.operator)))
+                }
+                LabelOp::Exists | LabelOp::DoesNotExist if !values.is_empty() => {
+                    return Err((format!("{at}.values"), format!("must be empty for {}", e.operator)))
+                }
+                _ => {}
+            }
+            for v in &values {
+                check_label_value(v).map_err(|r| (format!("{at}.values"), r))?;
+            }
+            match_expressions.push(LabelRequirement { key: e.key, op, values });
+        }
+        Ok(Self { match_labels, match_expressions })
+    }
+
+    /// Whether `labels` meets every requirement.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.op {
+                    LabelOp::In => value.is_some_and(|v| r.values.contains(v)),
+                    LabelOp::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    LabelOp::Exists => value.is_some(),
+                    LabelOp::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+impl std::fmt::Display for LabelSelector {
+    /// As kubectl shows one: `app=web,tier in (a,b),!x`; `<all>` for the empty one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for r in &self.match_expressions {
+            parts.push(match r.op {
+                LabelOp::In => format!("{} in ({})", r.key, r.values.join(",")),
+                LabelOp::NotIn => format!("{} notin ({})", r.key, r.values.join(",")),
+                LabelOp::Exists => r.key.clone(),
+                LabelOp::DoesNotExist => format!("!{}", r.key),
+            });
+        }
+        if parts.is_empty() {
+            f.write_str("<all>")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
 impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -86,5 +186,29 @@ mod tests {
         assert!(!sel(&[("app", "web"), ("tier", "back")]).matches(&labels));
         assert!(!sel(&[("role", "x")]).matches(&labels));
         assert_eq!(sel(&[("app", "web"), ("tier", "front")]).to_string(), "app=web,tier=front");
+    }
+
+    #[test]
+    fn label_selectors_have_kubernetes_operators() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")].map(|(k, v)| (k.into(), v.into())).into();
+        let expr = |key: &str, op: &str, values: &[&str]| meta::LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        };
+        let sel = |e: Vec<meta::LabelSelectorRequirement>| {
+            LabelSelector::checked(meta::LabelSelector { match_expressions: Some(e), match_labels: None }, "spec.podSelector")
+        };
+        assert!(sel(vec![expr("tier", "In", &["front", "back"])]).unwrap().matches(&labels));
+        assert!(!sel(vec![expr("tier", "NotIn", &["front"])]).unwrap().matches(&labels));
+        assert!(sel(vec![expr("role", "NotIn", &["x"]), expr("app", "Exists", &[])]).unwrap().matches(&labels));
+        assert!(!sel(vec![expr("app", "DoesNotExist", &[])]).unwrap().matches(&labels));
+        assert!(LabelSelector::default().matches(&labels) && LabelSelector::default().to_string() == "<all>");
+        let e = sel(vec![expr("app", "In", &[])]).unwrap_err();
+        assert_eq!(e, ("spec.podSelector.matchExpressions[0].values".into(), "In needs at least one value".into()));
+        let e = sel(vec![expr("app", "Equals", &["x"])]).unwrap_err();
+        assert_eq!(e.0, "spec.podSelector.matchExpressions[0].operator");
+        assert_eq!(sel(vec![expr("tier", "In", &["a", "b"]), expr("x", "DoesNotExist", &[])]).unwrap().to_string(), "tier in (a,b),!x");
     }
 }

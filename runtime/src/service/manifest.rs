@@ -27,7 +27,7 @@ pub enum ManifestError {
     Shape { doc: usize, object: String, field: String, error: serde_yaml_ng::Error },
     #[error("document {doc}: {reason}")]
     NotAnObject { doc: usize, reason: String },
-    #[error("document {doc}: {kind} of apiVersion {api_version} is not something minipod applies: it takes v1 Service")]
+    #[error("document {doc}: {kind} of apiVersion {api_version} is not something minipod applies: it takes v1 Service and networking.k8s.io/v1 NetworkPolicy")]
     UnknownKind { doc: usize, api_version: String, kind: String },
     #[error("document {doc} ({object}): {field}: {reason}")]
     Invalid { doc: usize, object: String, field: String, reason: String },
@@ -48,13 +48,46 @@ pub struct Document {
 #[derive(Debug, Clone)]
 pub enum Object {
     Service(ServiceManifest),
+    NetworkPolicy(crate::policy::PolicyManifest),
+}
+
+/// Which object a document is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectKey {
+    Service(ServiceKey),
+    NetworkPolicy(crate::policy::PolicyKey),
+}
+
+impl std::fmt::Display for ObjectKey {
+    /// As kubectl names it (`service/NAME`, `networkpolicy.networking.k8s.io/NAME`),
+    /// with `NAMESPACE/` before the name unless it is `default`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, namespace, name) = match self {
+            ObjectKey::Service(k) => ("service", &k.namespace, k.name.as_str()),
+            ObjectKey::NetworkPolicy(k) => ("networkpolicy.networking.k8s.io", &k.namespace, k.name.as_str()),
+        };
+        if *namespace == Namespace::default() {
+            write!(f, "{kind}/{name}")
+        } else {
+            write!(f, "{kind}/{namespace}/{name}")
+        }
+    }
 }
 
 impl Object {
+    /// Its kind and name.
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Service(s) => ObjectKey::Service(s.key.clone()),
+            Object::NetworkPolicy(p) => ObjectKey::NetworkPolicy(p.key.clone()),
+        }
+    }
+
     /// `Service NAMESPACE/NAME`.
     pub fn describe(&self) -> String {
         match self {
             Object::Service(s) => format!("Service {}", s.key),
+            Object::NetworkPolicy(p) => format!("NetworkPolicy {}", p.key),
         }
     }
 }
@@ -126,29 +159,29 @@ fn object(doc: usize, value: serde_yaml_ng::Value) -> Result<Object, ManifestErr
     let (api_version, kind) = (api_version.to_string(), kind.to_string());
     let object = format!("{kind} {}", str_field_in(&value, "metadata", "name").unwrap_or("(no name)"));
     match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => {
-            let svc: Service = serde_path_to_error::deserialize(value.clone()).map_err(|e| ManifestError::Shape {
-                doc,
-                object: object.clone(),
-                field: e.path().to_string(),
-                error: e.into_inner(),
-            })?;
-            let typed = serde_yaml_ng::to_value(&svc).map_err(|error| ManifestError::Shape {
-                doc,
-                object: object.clone(),
-                field: ".".into(),
-                error,
-            })?;
-            if let Some(field) = unknown_field(&value, &typed, "") {
-                return Err(ManifestError::Invalid { doc, object, field, reason: "no such field in a v1 Service".into() });
-            }
-            Ok(Object::Service(checked(doc, svc)?))
-        }
+        ("v1", "Service") => Ok(Object::Service(checked(doc, typed(doc, &object, value, "v1 Service")?)?)),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
-            Err(ManifestError::NotBuilt { doc, object, field: "kind".into(), what: "NetworkPolicy".into() })
+            Ok(Object::NetworkPolicy(crate::policy::checked(doc, typed(doc, &object, value, "networking.k8s.io/v1 NetworkPolicy")?)?))
         }
         _ => Err(ManifestError::UnknownKind { doc, api_version, kind }),
     }
+}
+
+/// `value` as k8s-openapi's type `T`, refusing a field of the wrong shape or one that
+/// `T` does not have (`what` names it in the message).
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+    doc: usize,
+    object: &str,
+    value: serde_yaml_ng::Value,
+    what: &str,
+) -> Result<T, ManifestError> {
+    let shape = |field: String, error| ManifestError::Shape { doc, object: object.to_string(), field, error };
+    let t: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| shape(e.path().to_string(), e.into_inner()))?;
+    let back = serde_yaml_ng::to_value(&t).map_err(|error| shape(".".into(), error))?;
+    if let Some(field) = unknown_field(&value, &back, "") {
+        return Err(ManifestError::Invalid { doc, object: object.to_string(), field, reason: format!("no such field in a {what}") });
+    }
+    Ok(t)
 }
 
 fn str_field_in<'a>(v: &'a serde_yaml_ng::Value, outer: &str, key: &str) -> Option<&'a str> {
@@ -393,8 +426,10 @@ spec:
 
     fn service_of(text: &str) -> Result<ServiceManifest, ManifestError> {
         let docs = parse(text)?;
-        let Object::Service(s) = docs.into_iter().next().map(|d| d.object).ok_or(ManifestError::Empty)?;
-        Ok(s)
+        match docs.into_iter().next().map(|d| d.object) {
+            Some(Object::Service(s)) => Ok(s),
+            _ => Err(ManifestError::Empty),
+        }
     }
 
     fn error_of(text: &str) -> String {
@@ -459,8 +494,8 @@ spec:
             assert!(got.contains(want), "want {want:?} in {got:?}");
         }
         let two = format!("{EXAMPLE}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec: {{}}\n");
-        let e = parse(&two).unwrap_err().to_string();
-        assert_eq!(e, "document 2 (NetworkPolicy p): kind: NetworkPolicy is not built in minipod yet");
+        let kinds: Vec<String> = parse(&two).unwrap().iter().map(|d| d.object.key().to_string()).collect();
+        assert_eq!(kinds, ["service/my-service", "networkpolicy.networking.k8s.io/p"]);
         let e = parse("a: [").unwrap_err();
         assert!(e.to_string() == "document 1 is not valid YAML or JSON" && std::error::Error::source(&e).is_some());
     }

@@ -34,8 +34,8 @@
 //! What a manifest asks for that is not built yet is refused with the field that asks
 //! for it, never accepted and ignored: `type: LoadBalancer`/`ExternalName`,
 //! services without a selector, named
-//! `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses`, IPv6 and
-//! NetworkPolicy objects. Containers have no readiness probes in minipod, so
+//! `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses` and IPv6.
+//! NetworkPolicy objects come in the same documents (see [`crate::policy`]). Containers have no readiness probes in minipod, so
 //! a pod is ready from the moment its network is up until it stops.
 
 mod apply;
@@ -44,9 +44,10 @@ mod labels;
 mod manifest;
 mod record;
 
+pub(crate) use apply::read_records;
 pub use apply::Change;
-pub use labels::{check_label_key, check_label_value, Selector};
-pub use manifest::{checked, parse, Document, ManifestError, Object, ServiceManifest};
+pub use labels::{check_label_key, check_label_value, LabelOp, LabelRequirement, LabelSelector, Selector};
+pub use manifest::{checked, parse, Document, ManifestError, Object, ObjectKey, ServiceManifest};
 pub use record::{ServiceKey, ServicePortSpec, ServiceRecord};
 
 use std::net::Ipv4Addr;

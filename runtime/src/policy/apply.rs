@@ -1,0 +1,215 @@
+//! Applying, listing and deleting policies, and keeping the node's firewall in step
+//! with them and the pods.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::rules::node_policies;
+use super::{PolicyError, PolicyKey, PolicyManifest, PolicyRecord};
+use crate::netstack::Namespace;
+use crate::pod::{NodeRef, PodError, PodRecord, Pods};
+use crate::service::Change;
+
+type Result<T> = std::result::Result<T, PodError>;
+
+fn io_err(what: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> PodError {
+    move |source| PodError::Io { what, path, source }
+}
+
+/// One policy of an apply: what it was (none if new) and what it becomes.
+pub(crate) struct PolicyStep {
+    pub(crate) doc: usize,
+    old: Option<PolicyRecord>,
+    new: PolicyRecord,
+}
+
+impl Pods {
+    fn policies_dir(&self) -> PathBuf {
+        self.root().join("policies")
+    }
+
+    fn policy_file(&self, key: &PolicyKey) -> PathBuf {
+        self.policies_dir().join(&key.namespace).join(format!("{}.json", key.name))
+    }
+
+    /// The policies of `namespace` (all namespaces with None), by name.
+    pub fn network_policies(&self, namespace: Option<&Namespace>) -> Result<Vec<PolicyRecord>> {
+        let mut all: Vec<PolicyRecord> = crate::service::read_records(&self.policies_dir(), namespace.map(|n| n.as_str()))?;
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    /// One policy.
+    pub fn network_policy(&self, key: &PolicyKey) -> Result<PolicyRecord> {
+        let path = self.policy_file(key);
+        crate::netstack::record::read_json(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => PolicyError::NoSuchPolicy(key.clone()).into(),
+            _ => io_err("reading", path)(e),
+        })
+    }
+
+    /// What applying `given` (document index and manifest) would do; checks that no
+    /// policy is in it twice. Changes nothing. Call under the services lock.
+    pub(crate) fn plan_policies(&self, given: &[(usize, &PolicyManifest)]) -> Result<Vec<PolicyStep>> {
+        let mut plan: Vec<PolicyStep> = Vec::new();
+        for (doc, m) in given {
+            if plan.iter().any(|s| s.new.key == m.key) {
+                return Err(PolicyError::Twice { doc: *doc, key: m.key.clone() }.into());
+            }
+            let old = match self.network_policy(&m.key) {
+                Ok(p) => Some(p),
+                Err(PodError::Policy(PolicyError::NoSuchPolicy(_))) => None,
+                Err(e) => return Err(e),
+            };
+            let new = PolicyRecord {
+                key: m.key.clone(),
+                pod_selector: m.pod_selector.clone(),
+                ingress: m.ingress.clone(),
+                egress: m.egress.clone(),
+                labels: m.labels.clone(),
+                annotations: m.annotations.clone(),
+                node: old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone()),
+                created: old.as_ref().map_or_else(crate::time::Timestamp::now, |o| o.created),
+            };
+            plan.push(PolicyStep { doc: *doc, old, new });
+        }
+        Ok(plan)
+    }
+
+    /// Records `plan` and programs its nodes; on a failure puts every record back as
+    /// it was (and programs that). Call under the services lock.
+    pub(crate) fn commit_policies(&self, plan: &[PolicyStep]) -> Result<Vec<(usize, PolicyKey, Change)>> {
+        let mut changes = Vec::new();
+        let mut written = Vec::new();
+        let mut outcome = Ok(());
+        for step in plan {
+            if step.old.as_ref() == Some(&step.new) {
+                changes.push((step.doc, step.new.key.clone(), Change::Unchanged));
+                continue;
+            }
+            if let Err(e) = self.write_policy(&step.new) {
+                outcome = Err(e);
+                break;
+            }
+            written.push(step);
+            changes.push((step.doc, step.new.key.clone(), if step.old.is_some() { Change::Configured } else { Change::Created }));
+        }
+        if outcome.is_ok() {
+            outcome = self.sync_policy_nodes(written.iter().map(|s| &s.new.node));
+        }
+        if let Err(e) = outcome {
+            self.undo_policies(&written);
+            return Err(e);
+        }
+        Ok(changes)
+    }
+
+    /// Puts the records of `steps` back as they were before, and programs that.
+    pub(crate) fn undo_policies(&self, steps: &[&PolicyStep]) {
+        for step in steps {
+            let undone = match &step.old {
+                Some(old) => self.write_policy(old),
+                None => self.remove_policy_file(&step.new.key),
+            };
+            if let Err(e) = undone {
+                tracing::warn!("undoing network policy {}: {e}", step.new.key);
+            }
+        }
+        if let Err(e) = self.sync_policy_nodes(steps.iter().map(|s| &s.new.node)) {
+            tracing::warn!("programming the network policies as they were: {e}");
+        }
+    }
+
+    /// Deletes the policies `keys` name, all or none: one that does not exist is an
+    /// error found before anything is deleted. Call under the services lock.
+    pub(crate) fn delete_policies_locked(&self, keys: &[PolicyKey]) -> Result<Vec<PolicyRecord>> {
+        let found = keys.iter().map(|k| self.network_policy(k)).collect::<Result<Vec<_>>>()?;
+        for p in &found {
+            self.remove_policy_file(&p.key)?;
+        }
+        if let Err(e) = self.sync_policy_nodes(found.iter().map(|p| &p.node)) {
+            for p in &found {
+                if let Err(u) = self.write_policy(p) {
+                    tracing::warn!("restoring network policy {}: {u}", p.key);
+                }
+            }
+            return Err(e);
+        }
+        Ok(found)
+    }
+
+    /// Deletes the policies `keys` name, all or none.
+    pub fn delete_network_policies(&self, keys: &[PolicyKey]) -> Result<Vec<PolicyKey>> {
+        let _lock = self.services_lock()?;
+        Ok(self.delete_policies_locked(keys)?.into_iter().map(|p| p.key).collect())
+    }
+
+    fn write_policy(&self, p: &PolicyRecord) -> Result<()> {
+        let path = self.policy_file(&p.key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir.to_path_buf()))?;
+        }
+        crate::netstack::record::write_json(&path, p, crate::netstack::record::Durability::Atomic).map_err(io_err("writing", path))
+    }
+
+    fn remove_policy_file(&self, key: &PolicyKey) -> Result<()> {
+        let path = self.policy_file(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", path)(e)),
+            _ => {}
+        }
+        // An empty namespace directory would make every pod change look for policies.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Programs each of `nodes` (once each) with its policies and the pods as they are.
+    fn sync_policy_nodes<'a>(&self, nodes: impl Iterator<Item = &'a NodeRef>) -> Result<()> {
+        let mut seen: Vec<&NodeRef> = Vec::new();
+        for node in nodes {
+            if !seen.contains(&node) {
+                seen.push(node);
+            }
+        }
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let (policies, pods) = (self.network_policies(None)?, self.pods()?);
+        for node in seen {
+            self.program_node_policies(node, &policies, &pods)?;
+        }
+        Ok(())
+    }
+
+    fn program_node_policies(&self, node: &NodeRef, policies: &[PolicyRecord], pods: &[PodRecord]) -> Result<bool> {
+        if node.netns.as_ref().is_some_and(|p| !p.exists()) {
+            // The node namespace is gone, and its firewall with it.
+            return Ok(false);
+        }
+        Ok(self.node_at(node)?.node().program_policies(&node_policies(node, policies, pods))?)
+    }
+
+    /// Brings the policies of `pod`'s node up to date after the pod became ready,
+    /// began to stop, stopped or went: it may be selected, or a peer, of any of them.
+    /// Costs one directory lookup when there are no policies.
+    pub(crate) fn sync_policies_of(&self, pod: &PodRecord) -> Result<()> {
+        if !std::fs::read_dir(self.policies_dir()).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Ok(());
+        }
+        let _lock = self.services_lock()?;
+        self.sync_policy_nodes(std::iter::once(&pod.node))
+    }
+
+    /// Brings every node's policies up to date with the pods (after a sweep, say).
+    pub fn sync_network_policies(&self) -> Result<()> {
+        if !self.policies_dir().exists() {
+            return Ok(());
+        }
+        let _lock = self.services_lock()?;
+        let policies = self.network_policies(None)?;
+        let nodes: Vec<NodeRef> = policies.iter().map(|p| p.node.clone()).chain(std::iter::once(self.node_ref().clone())).collect();
+        self.sync_policy_nodes(nodes.iter())
+    }
+}
