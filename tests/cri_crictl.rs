@@ -70,7 +70,7 @@ fn crictl_drives_pods_containers_and_images() {
     let svc = d.h.base.join("svc.yaml");
     std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc}\nspec:\n  selector: {app: web}\n  ports: [{port: 8080, targetPort: 80}]\n")
         .unwrap();
-    let cli = |verb: &str| {
+    let cli = |verb: &str, file: &std::path::Path| {
         let out = d.h.minipod(&[
             verb,
             "--netns",
@@ -78,14 +78,28 @@ fn crictl_drives_pods_containers_and_images() {
             "--images",
             d.images.to_str().unwrap(),
             "-f",
-            svc.to_str().unwrap(),
+            file.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "minipod {verb}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    cli("apply");
+    cli("apply", &svc);
     assert_eq!(wait_http(&d, "http://web-svc:8080/"), "hello-cri");
     assert_eq!(wait_http(&d, "http://web-svc.default.svc.cluster.local:8080/"), "hello-cri");
-    cli("delete");
+    cli("delete", &svc);
+    // A NetworkPolicy isolates the CRI pod by its labels: the client pod is blocked,
+    // the node (here through the published port on its 127.0.0.1) is not.
+    let policy = d.h.base.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-admins-only}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: admin}}}]}]\n",
+    )
+    .unwrap();
+    cli("apply", &policy);
+    let blocked = d.crictl(&["exec", "-s", &sh, "timeout", "3", "wget", "-qO-", &format!("http://{web_ip}/")]);
+    assert!(!blocked.status.success(), "the policy blocks the client pod");
+    assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
+    cli("delete", &policy);
+    assert_eq!(wait_http(&d, &format!("http://{web_ip}/")), "hello-cri");
     assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
     assert!(d.ok(&["logs", &httpd]).contains("started"));
     let stats = d.ok(&["stats", "-o", "json", &httpd]);

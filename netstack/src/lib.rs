@@ -53,6 +53,14 @@
 //!   service may pin each client to its first endpoint (`sessionAffinity: ClientIP`,
 //!   a timed set per endpoint). Selecting endpoints from pods' labels is the pod
 //!   layer's work (`minipod_runtime::service`).
+//! - **Network policy** ([`NodePolicies`], [`Node::program_policies`]): the firewall
+//!   half of Kubernetes NetworkPolicy, every selector already resolved to addresses.
+//!   Two base chains before `forward` (and one at `input`, for members' traffic to
+//!   the node) pass replies and send a new connection to or from an isolated member
+//!   through a verdict map to that member's chain, which jumps to the chain of each
+//!   policy isolating it (a rule per port, peers in an interval set per rule) and
+//!   drops what none accepts. They can only drop: network isolation still applies. A
+//!   change touches only the chains, sets and elements of what changed.
 //! - Firewall changes are sent from this process through libnftables, the library the
 //!   `nft` command is built on, loaded at run time (a few tenths of a millisecond for a
 //!   change on a small table, against 15-20 ms for an `nft` process); without it, or

@@ -11,7 +11,8 @@
 //! - [`embed`]: the async API for test harnesses, whose handles clean up on drop.
 //!
 //! Beside pods, [`service`]: Kubernetes Services (from YAML or in code) in front of the
-//! pods their selectors pick, served by the node's firewall and DNS.
+//! pods their selectors pick, served by the node's firewall and DNS; and [`policy`]:
+//! Kubernetes NetworkPolicy, from the same YAML, enforced by the node's firewall.
 //!
 //! # Model
 //!

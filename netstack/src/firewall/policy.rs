@@ -7,8 +7,9 @@
 //! `policy_egress4`, goes to that member's chain (`npi_`/`npe_` and the address in hex),
 //! which jumps to the chain of each policy that selects it and drops what none accepts.
 //! A policy's chain holds a rule per port of each of its rules, matching the peer
-//! addresses in a set of its own (an interval set: pods are single addresses, `ipBlock`s
-//! ranges). Egress and ingress are separate base chains, so that a connection between
+//! addresses in an anonymous interval set (pods are single addresses, `ipBlock`s
+//! ranges): a named set would make libnftables fetch every set's elements before each
+//! change, a cost that grows with the policies on the node. Egress and ingress are separate base chains, so that a connection between
 //! two isolated members needs both; an accept there only ends the policy check, and
 //! the `forward` chain's network isolation still applies. Traffic from the node to a
 //! member is never checked (it is not forwarded), as Kubernetes lets a pod's node reach
@@ -18,8 +19,8 @@
 //! that direction (its IPv6 addresses map to `drop`), rather than open ones.
 //!
 //! What is programmed is recorded as one file, `firewall/policies.json`; a change
-//! touches only the chains, sets and map elements of the policies and members whose
-//! rules changed, in one transaction.
+//! touches only the chains and map elements of the policies and members whose rules
+//! changed, in one transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -171,7 +172,6 @@ fn members(all: &NodePolicies, dir: Direction) -> BTreeMap<IpAddr, Vec<String>> 
 pub(super) fn script(old: &NodePolicies, new: &NodePolicies) -> String {
     let t = "inet minipod";
     let gone = |line: &str| format!("add {line}\ndelete {line}\n");
-    let set_decl = |set: &str| format!("{t} {set} {{ type ipv4_addr; flags interval; }}");
     let mut s = String::new();
     let mut later = String::new();
     for dir in [Direction::Ingress, Direction::Egress] {
@@ -185,17 +185,16 @@ pub(super) fn script(old: &NodePolicies, new: &NodePolicies) -> String {
                 continue;
             }
             s.push_str(&format!("add chain {t} {chain}\nflush chain {t} {chain}\n"));
-            for (k, rule) in rules.iter().enumerate() {
-                let mut matches = String::new();
-                if let Some(peers) = &rule.peers {
-                    let set = format!("{chain}_{k}");
-                    s.push_str(&format!("add set {}\nflush set {t} {set}\n", set_decl(&set)));
-                    if !peers.is_empty() {
+            for rule in rules {
+                let matches = match &rule.peers {
+                    None => String::new(),
+                    // No peer: the rule lets nothing through.
+                    Some(peers) if peers.is_empty() => continue,
+                    Some(peers) => {
                         let elements: Vec<String> = peers.iter().map(ToString::to_string).collect();
-                        s.push_str(&format!("add element {t} {set} {{ {} }}\n", elements.join(", ")));
+                        format!("{peer} {{ {} }} ", elements.join(", "))
                     }
-                    matches = format!("{peer} @{set} ");
-                }
+                };
                 if rule.ports.is_empty() {
                     s.push_str(&format!("add rule {t} {chain} {matches}accept\n"));
                 }
@@ -207,10 +206,6 @@ pub(super) fn script(old: &NodePolicies, new: &NodePolicies) -> String {
                     };
                     s.push_str(&format!("add rule {t} {chain} {matches}meta l4proto {}{dport} accept\n", port.proto));
                 }
-            }
-            // Sets of rules it no longer has (its chain no longer refers to them).
-            for k in rules.len()..was.map_or(0, Vec::len) {
-                later.push_str(&format!("add set {}\ndelete set {t} {chain}_{k}\n", set_decl(&format!("{chain}_{k}"))));
             }
         }
         // Members whose list of isolating policies changed.
@@ -245,15 +240,10 @@ pub(super) fn script(old: &NodePolicies, new: &NodePolicies) -> String {
         }
         // Policies that no longer isolate in this direction: no member jumps to their
         // chain any more.
-        for (owner, o) in &old.0 {
-            let Some(rules) = dir.rules(o) else { continue };
-            if new.0.get(owner).and_then(|p| dir.rules(p)).is_some() {
-                continue;
-            }
-            let chain = format!("{}_{suffix}", policy_id(owner));
-            later.push_str(&format!("add chain {t} {chain}\nflush chain {t} {chain}\ndelete chain {t} {chain}\n"));
-            for k in 0..rules.len() {
-                later.push_str(&format!("add set {}\ndelete set {t} {chain}_{k}\n", set_decl(&format!("{chain}_{k}"))));
+        for owner in old.0.iter().filter(|(_, o)| dir.rules(o).is_some()).map(|(owner, _)| owner) {
+            if new.0.get(owner).and_then(|p| dir.rules(p)).is_none() {
+                let chain = format!("{}_{suffix}", policy_id(owner));
+                later.push_str(&format!("add chain {t} {chain}\nflush chain {t} {chain}\ndelete chain {t} {chain}\n"));
             }
         }
     }
@@ -327,8 +317,10 @@ mod tests {
     fn a_policy_is_a_chain_and_its_members_jump_to_it() {
         let s = script(&NodePolicies::default(), &backend(vec![AddrRange::one("10.88.0.7".parse().unwrap())]));
         let id = policy_id("default/b");
-        assert!(s.contains(&format!("add element inet minipod {id}_in_0 {{ 10.88.0.7 }}\n")), "{s}");
-        assert!(s.contains(&format!("add rule inet minipod {id}_in ip saddr @{id}_in_0 meta l4proto tcp th dport 80-90 accept\n")), "{s}");
+        assert!(
+            s.contains(&format!("add rule inet minipod {id}_in ip saddr {{ 10.88.0.7 }} meta l4proto tcp th dport 80-90 accept\n")),
+            "{s}"
+        );
         let member = "npi_0a580005";
         let jump = format!("add rule inet minipod {member} jump {id}_in\nadd rule inet minipod {member} drop\n");
         assert!(s.contains(&jump), "{s}");
@@ -340,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_change_touches_only_its_set_and_removal_takes_everything() {
+    fn a_peer_change_touches_only_its_chain_and_removal_takes_everything() {
         let one = backend(vec![AddrRange::one("10.88.0.7".parse().unwrap())]);
         let two = backend(vec![range("10.88.0.7", "10.88.0.8")]);
         let s = script(&one, &two);
@@ -349,8 +341,11 @@ mod tests {
         let id = policy_id("default/b");
         assert!(s.contains("delete element inet minipod policy_ingress4 { 10.88.0.5 : goto npi_0a580005 }"), "{s}");
         assert!(s.contains("delete chain inet minipod npi_0a580005\n"), "{s}");
-        assert!(s.ends_with(&format!("delete set inet minipod {id}_in_0\n")), "{s}");
+        assert!(s.ends_with(&format!("delete chain inet minipod {id}_in\n")), "{s}");
         assert!(s.find("delete chain inet minipod npi_") < s.find(&format!("delete chain inet minipod {id}_in\n")), "{s}");
         assert_eq!(script(&two, &two), "");
+        // No peer at all (a selector that picks no pod): the rule lets nothing in.
+        let s = script(&NodePolicies::default(), &backend(vec![]));
+        assert!(!s.contains(&format!("add rule inet minipod {id}_in ")), "{s}");
     }
 }

@@ -27,6 +27,10 @@
 //!   name through the node's DNS; [`Minipod::apply_yaml`] takes the Kubernetes YAML
 //!   that `minipod apply -f` does. Pods carry labels and a namespace
 //!   ([`PodBuilder::namespace`]).
+//! - [`NetworkPolicy`] isolates the pods a selector picks, letting through what its
+//!   [`PolicyRule`]s allow (`rt.network_policy("db").select("app", "db")
+//!   .ingress(PolicyRule::new().pods(&[("app", "web")]).tcp(5432)).apply()`), deleted
+//!   on drop like a service.
 //! - A process killed with SIGKILL runs no `Drop`: the next runtime that opens the
 //!   same root removes its pods, containers, addresses, links, rules and mounts.
 
