@@ -32,11 +32,6 @@ fn write(env: &PodEnv, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn service_ip(cli: &Cli, name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", name])).unwrap();
-    v["service"]["cluster_ip"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn frontend_reaches_backend_and_everyone_else_is_blocked_directly_and_through_the_service() {
     need_root();
@@ -53,7 +48,7 @@ fn frontend_reaches_backend_and_everyone_else_is_blocked_directly_and_through_th
     let file = write(&env, "examples.yaml", EXAMPLES);
     let applied = cli.ok(&["apply", "-f", &file]);
     assert_eq!(applied, "service/my-service created\nnetworkpolicy.networking.k8s.io/allow-frontend-to-backend created\n");
-    let via_service = format!("http://{}/", service_ip(&cli, "my-service"));
+    let via_service = format!("http://{}/", cli.service_ip("my-service"));
     assert!(cli.reaches("frontend", "c", &direct), "role=frontend reaches role=backend");
     assert!(cli.reaches("frontend", "c", &via_service), "and through the service (the policy sees the endpoint)");
     assert!(!cli.reaches("other", "c", &direct), "role=other is blocked");
@@ -217,7 +212,7 @@ async fn egress_rules_govern_dns_and_connections_out() {
     let file = write(&env, "egress.yaml", &egress("[]"));
     cli.ok(&["apply", "-f", &file]);
     assert!(!lookup(&client).await, "default deny egress blocks DNS to the node's resolver too");
-    assert!(!fetch(&client, &format!("http://{}/", service_ip(&cli, "web"))).await);
+    assert!(!fetch(&client, &format!("http://{}/", cli.service_ip("web"))).await);
     assert!(lookup(&bystander).await && fetch(&bystander, &db_url).await, "a pod the policy does not select is not isolated");
     // DNS, and the web pods (by the endpoint a service connection goes to), not the db.
     let rules = "\n  - ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]\n  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]";

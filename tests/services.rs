@@ -12,11 +12,6 @@ use support::need_root;
 use support::node::TestNode;
 use support::pods::PodEnv;
 
-fn service_ip(cli: &Cli, name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", name])).unwrap();
-    v["service"]["cluster_ip"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() {
     need_root();
@@ -42,7 +37,7 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     let file = file.to_str().unwrap();
     assert_eq!(cli.ok(&["apply", "-f", file]).trim(), "service/my-service created");
     assert_eq!(cli.ok(&["apply", "-f", file]).trim(), "service/my-service unchanged");
-    let vip = service_ip(&cli, "my-service");
+    let vip = cli.service_ip("my-service");
     assert!(vip.starts_with("10.") && vip.parse::<std::net::Ipv4Addr>().is_ok(), "{vip}");
     let ls = cli.ok(&["svc", "ls"]);
     let row = ls.lines().find(|l| l.contains("my-service")).unwrap_or_else(|| panic!("{ls}"));
@@ -62,7 +57,7 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     .unwrap();
     let sticky = sticky.to_str().unwrap();
     cli.ok(&["apply", "-f", sticky]);
-    let sticky_url = format!("http://{}/", service_ip(&cli, "sticky"));
+    let sticky_url = format!("http://{}/", cli.service_ip("sticky"));
     let pinned = cli.answers("client", "c", &sticky_url, 30);
     assert!(pinned.len() == 1 && pinned.keys().all(|k| k.starts_with("web-")), "one client stays with one replica: {pinned:?}");
     // From the node itself too (nat output), once it has a default route as a host has
@@ -268,7 +263,7 @@ async fn services_are_found_by_name_from_pods_of_every_namespace() {
     let file = file.to_str().unwrap();
     let applied = std::time::Instant::now();
     cli.ok(&["apply", "-f", file]);
-    let vip = service_ip(&cli, "my-service");
+    let vip = cli.service_ip("my-service");
     // The DNS server here learns of it from the state dir, with nobody telling it.
     let full = "my-service.default.svc.cluster.local";
     let mut found = None;

@@ -56,6 +56,12 @@ impl<'a> Cli<'a> {
         panic!("the httpd of {name} never answered");
     }
 
+    /// The cluster IP of service `name` of the default namespace.
+    pub fn service_ip(&self, name: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["svc", "inspect", name])).unwrap();
+        v["service"]["cluster_ip"].as_str().unwrap().to_string()
+    }
+
     /// Whether one request to `url` from the container `ctr` of `pod` is answered
     /// within 3 s (a dropped connection is not).
     pub fn reaches(&self, pod: &str, ctr: &str, url: &str) -> bool {

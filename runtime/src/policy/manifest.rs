@@ -73,19 +73,24 @@ pub fn checked(doc: usize, np: NetworkPolicy) -> Result<PolicyManifest, Manifest
     if !types.1 && spec.egress.as_ref().is_some_and(|r| !r.is_empty()) {
         return Err(unused("spec.egress", "Egress"));
     }
-    let rule = |field: String, peers: Option<Vec<NetworkPolicyPeer>>, ports: Option<Vec<NetworkPolicyPort>>| {
+    // `field` is the rule (`spec.ingress[0]`); its peers are `from` (ingress) or `to`.
+    let rule = |field: String, peers_key: &str, peers: Option<Vec<NetworkPolicyPeer>>, ports: Option<Vec<NetworkPolicyPort>>| {
+        let peers_field = format!("{field}.{peers_key}");
         let peers = match peers {
             None => None,
             Some(p) if p.is_empty() => None,
             Some(p) => Some(
-                p.into_iter().enumerate().map(|(i, peer)| checked_peer(&format!("{field}[{i}]"), peer)).collect::<Result<Vec<_>, _>>()?,
+                p.into_iter()
+                    .enumerate()
+                    .map(|(i, peer)| checked_peer(&format!("{peers_field}[{i}]"), peer))
+                    .collect::<Result<Vec<_>, _>>()?,
             ),
         };
         let ports = ports
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(i, p)| checked_port(&format!("{}.ports[{i}]", field.rsplit_once('.').map_or("", |(r, _)| r)), p))
+            .map(|(i, p)| checked_port(&format!("{field}.ports[{i}]"), p))
             .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, PolicyFieldError>(RuleSpec { peers, ports })
     };
@@ -93,34 +98,21 @@ pub fn checked(doc: usize, np: NetworkPolicy) -> Result<PolicyManifest, Manifest
         PolicyFieldError::Invalid(field, reason) => invalid(&field, reason),
         PolicyFieldError::NotBuilt(field, what) => not_built(&field, &what),
     };
-    let ingress = if types.0 {
-        let given = spec.ingress.unwrap_or_default();
-        Some(
-            given
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| rule(format!("spec.ingress[{i}].from"), r.from, r.ports))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(field_err)?,
-        )
-    } else {
-        None
+    // Each direction's rules as (peers, ports), checked when the direction is a type.
+    let direction = |on: bool, field: &str, peers_key: &str, given: Vec<GivenRule>| {
+        on.then(|| {
+            given.into_iter().enumerate().map(|(i, (peers, ports))| rule(format!("spec.{field}[{i}]"), peers_key, peers, ports)).collect()
+        })
+        .transpose()
+        .map_err(field_err)
     };
-    let egress = if types.1 {
-        let given = spec.egress.unwrap_or_default();
-        Some(
-            given
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| rule(format!("spec.egress[{i}].to"), r.to, r.ports))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(field_err)?,
-        )
-    } else {
-        None
-    };
+    let ingress = direction(types.0, "ingress", "from", spec.ingress.unwrap_or_default().into_iter().map(|r| (r.from, r.ports)).collect())?;
+    let egress = direction(types.1, "egress", "to", spec.egress.unwrap_or_default().into_iter().map(|r| (r.to, r.ports)).collect())?;
     Ok(PolicyManifest { key, pod_selector, ingress, egress, labels, annotations: meta.annotations.unwrap_or_default() })
 }
+
+/// A rule as k8s-openapi gives it, either direction: its peers and its ports.
+type GivenRule = (Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>);
 
 /// A field of a rule that is wrong or not built: (field, reason or what).
 enum PolicyFieldError {
