@@ -256,7 +256,7 @@ impl Firewall {
     }
 
     /// The policies as last programmed (none when never).
-    pub(super) fn recorded_policies(&self) -> NodePolicies {
+    pub(crate) fn recorded_policies(&self) -> NodePolicies {
         let path = self.policies_file();
         match crate::record::read_json(&path) {
             Ok(p) => p,

@@ -191,11 +191,16 @@ impl Pods {
         Ok(self.node_at(node)?.node().program_policies(&node_policies(node, policies, pods))?)
     }
 
+    /// Whether any namespace has a policy directory (each goes with its last policy).
+    fn has_policies(&self) -> bool {
+        std::fs::read_dir(self.policies_dir()).is_ok_and(|mut entries| entries.next().is_some())
+    }
+
     /// Brings the policies of `pod`'s node up to date after the pod became ready,
     /// began to stop, stopped or went: it may be selected, or a peer, of any of them.
     /// Costs one directory lookup when there are no policies.
     pub(crate) fn sync_policies_of(&self, pod: &PodRecord) -> Result<()> {
-        if !std::fs::read_dir(self.policies_dir()).is_ok_and(|mut entries| entries.next().is_some()) {
+        if !self.has_policies() {
             return Ok(());
         }
         let _lock = self.services_lock()?;
@@ -204,6 +209,8 @@ impl Pods {
 
     /// Brings every node's policies up to date with the pods (after a sweep, say).
     pub fn sync_network_policies(&self) -> Result<()> {
+        // Also with the last policy gone: a crash after its record went may have left
+        // its rules (a node with none programmed costs nothing).
         if !self.policies_dir().exists() {
             return Ok(());
         }
