@@ -37,11 +37,7 @@ impl<'a> Cli<'a> {
 
     /// A pod with labels, in a namespace, running the httpd; returns its address once it answers.
     pub fn web(&self, name: &str, namespace: &str, labels: &[&str]) -> String {
-        let mut args = vec!["pod", "run", name, "--namespace", namespace];
-        for l in labels {
-            args.extend(["--label", l]);
-        }
-        self.ok(&args);
+        self.pod(name, namespace, labels);
         let rootfs = self.env.rootfs.to_str().unwrap();
         self.ok(&["ctr", "run", name, "httpd", "--rootfs", rootfs, "--", "sh", "-c", SERVE]);
         let inspect: serde_json::Value = serde_json::from_str(&self.ok(&["pod", "inspect", name])).unwrap();
@@ -68,13 +64,18 @@ impl<'a> Cli<'a> {
         self.run(&["ctr", "exec", "--timeout", "20", pod, ctr, "--", "timeout", "3", "wget", "-q", "-O", "-", url]).0
     }
 
-    /// A pod with labels, in a namespace, with a container `c` that only sleeps.
-    pub fn idle(&self, name: &str, namespace: &str, labels: &[&str]) {
+    /// `minipod pod run` of a pod with labels, in a namespace.
+    fn pod(&self, name: &str, namespace: &str, labels: &[&str]) {
         let mut args = vec!["pod", "run", name, "--namespace", namespace];
         for l in labels {
             args.extend(["--label", l]);
         }
         self.ok(&args);
+    }
+
+    /// A pod with labels, in a namespace, with a container `c` that only sleeps.
+    pub fn idle(&self, name: &str, namespace: &str, labels: &[&str]) {
+        self.pod(name, namespace, labels);
         self.ok(&["ctr", "run", name, "c", "--rootfs", self.env.rootfs.to_str().unwrap(), "--", "sleep", "600"]);
     }
 

@@ -235,12 +235,12 @@ impl Failures {
     }
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PodError + 'a {
+pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PodError + 'a {
     move |source| PodError::Io { what, path: path.to_path_buf(), source }
 }
 
 /// Writes a record atomically.
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     netstack::record::write_json(path, value, netstack::record::Durability::Atomic).map_err(io_err("writing", path))
 }
 

@@ -12,9 +12,8 @@ use crate::service::Change;
 
 type Result<T> = std::result::Result<T, PodError>;
 
-fn io_err(what: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> PodError {
-    move |source| PodError::Io { what, path, source }
-}
+use crate::pod::io_err;
+use crate::service::{read_records, remove_record, write_record};
 
 /// One policy of an apply: what it was (none if new) and what it becomes.
 pub(crate) struct PolicyStep {
@@ -34,7 +33,7 @@ impl Pods {
 
     /// The policies of `namespace` (all namespaces with None), by name.
     pub fn network_policies(&self, namespace: Option<&Namespace>) -> Result<Vec<PolicyRecord>> {
-        let mut all: Vec<PolicyRecord> = crate::service::read_records(&self.policies_dir(), namespace.map(|n| n.as_str()))?;
+        let mut all: Vec<PolicyRecord> = read_records(&self.policies_dir(), namespace.map(|n| n.as_str()))?;
         all.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(all)
     }
@@ -44,7 +43,7 @@ impl Pods {
         let path = self.policy_file(key);
         crate::netstack::record::read_json(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => PolicyError::NoSuchPolicy(key.clone()).into(),
-            _ => io_err("reading", path)(e),
+            _ => io_err("reading", &path)(e),
         })
     }
 
@@ -145,19 +144,12 @@ impl Pods {
     }
 
     fn write_policy(&self, p: &PolicyRecord) -> Result<()> {
-        let path = self.policy_file(&p.key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err("creating", dir.to_path_buf()))?;
-        }
-        crate::netstack::record::write_json(&path, p, crate::netstack::record::Durability::Atomic).map_err(io_err("writing", path))
+        write_record(&self.policy_file(&p.key), p)
     }
 
     fn remove_policy_file(&self, key: &PolicyKey) -> Result<()> {
         let path = self.policy_file(key);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", path)(e)),
-            _ => {}
-        }
+        remove_record(&path)?;
         // An empty namespace directory would make every pod change look for policies.
         if let Some(dir) = path.parent() {
             let _ = std::fs::remove_dir(dir);

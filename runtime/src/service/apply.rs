@@ -29,9 +29,7 @@ impl std::fmt::Display for Change {
     }
 }
 
-fn io_err(what: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> PodError {
-    move |source| PodError::Io { what, path, source }
-}
+use crate::pod::io_err;
 
 impl Pods {
     pub(crate) fn services_dir(&self) -> PathBuf {
@@ -46,11 +44,10 @@ impl Pods {
     /// program one service from different views of the pods.
     pub(crate) fn services_lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
         let dir = self.services_dir();
-        std::fs::create_dir_all(&dir).map_err(io_err("creating", dir.clone()))?;
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let path = dir.join(".lock");
-        let f =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", path.clone()))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", path)(e.into()))
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", &path)(e.into()))
     }
 
     /// The services of `namespace` (all namespaces with None), by name.
@@ -65,7 +62,7 @@ impl Pods {
         let path = self.service_file(key);
         crate::netstack::record::read_json(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ServiceError::NoSuchService(key.clone()).into(),
-            _ => io_err("reading", path)(e),
+            _ => io_err("reading", &path)(e),
         })
     }
 
@@ -260,11 +257,7 @@ impl Pods {
     }
 
     fn write_service(&self, svc: &ServiceRecord) -> Result<()> {
-        let path = self.service_file(&svc.key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err("creating", dir.to_path_buf()))?;
-        }
-        crate::netstack::record::write_json(&path, svc, crate::netstack::record::Durability::Atomic).map_err(io_err("writing", path))
+        write_record(&self.service_file(&svc.key), svc)
     }
 
     /// Stops serving `svc` and forgets it; one that is gone is fine.
@@ -277,11 +270,24 @@ impl Pods {
                 None => node.node().remove_headless(&svc.dns())?,
             }
         }
-        let path = self.service_file(&svc.key);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
-            _ => Ok(()),
-        }
+        remove_record(&self.service_file(&svc.key))
+    }
+}
+
+/// Writes the record of an object at `path` (`dir/<namespace>/<name>.json`), making
+/// its namespace's directory first.
+pub(crate) fn write_record(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    }
+    crate::pod::write_json(path, value)
+}
+
+/// Removes the record of an object; one that is gone is fine.
+pub(crate) fn remove_record(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
+        _ => Ok(()),
     }
 }
 
@@ -294,7 +300,7 @@ pub(crate) fn read_records<T: serde::de::DeserializeOwned>(dir: &std::path::Path
         None => match std::fs::read_dir(dir) {
             Ok(entries) => entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
-            Err(e) => return Err(io_err("listing", dir.to_path_buf())(e)),
+            Err(e) => return Err(io_err("listing", dir)(e)),
         },
     };
     let mut all = Vec::new();
@@ -302,7 +308,7 @@ pub(crate) fn read_records<T: serde::de::DeserializeOwned>(dir: &std::path::Path
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("listing", dir)(e)),
+            Err(e) => return Err(io_err("listing", &dir)(e)),
         };
         for e in entries.flatten() {
             let path = e.path();

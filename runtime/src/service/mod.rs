@@ -44,8 +44,8 @@ mod labels;
 mod manifest;
 mod record;
 
-pub(crate) use apply::read_records;
 pub use apply::Change;
+pub(crate) use apply::{read_records, remove_record, write_record};
 pub use labels::{check_label_key, check_label_value, LabelOp, LabelRequirement, LabelSelector, Selector};
 pub use manifest::{checked, parse, Document, ManifestError, Object, ObjectKey, ServiceManifest};
 pub use record::{ServiceKey, ServicePortSpec, ServiceRecord};
