@@ -33,7 +33,10 @@ fn crictl_drives_pods_containers_and_images() {
     let web_pod = d.write("web-pod.json", &pod_json("web", &logs, json!([{ "container_port": 80, "host_port": 18086 }])));
     let web = d.ok(&["runp", &web_pod]).trim().to_string();
     let serve = "mkdir /www && echo hello-cri > /www/index.html && echo started && exec httpd -f -p 80 -h /www";
-    let httpd_cfg = d.write("httpd.json", &ctr_json("httpd", &["sh", "-c", serve]));
+    // Its port declared by name, as a kubelet passes a container's `ports`.
+    let mut httpd_json = ctr_json("httpd", &["sh", "-c", serve]);
+    httpd_json["annotations"] = json!({ "io.kubernetes.container.ports": r#"[{"name":"web","containerPort":80,"protocol":"TCP"}]"# });
+    let httpd_cfg = d.write("httpd.json", &httpd_json);
     let httpd = d.ok(&["create", &web, &httpd_cfg, &web_pod]).trim().to_string();
     d.ok(&["start", &httpd]);
     let client_pod = d.write("client-pod.json", &pod_json("client", &logs, json!([])));
@@ -66,9 +69,10 @@ fn crictl_drives_pods_containers_and_images() {
     assert_eq!(wait_http(&d, &format!("http://{web_ip}/")), "hello-cri");
     assert_eq!(wait_http(&d, "http://web/"), "hello-cri");
     // A Service applied through the CLI on the daemon's state root selects the CRI pod
-    // by its labels and metadata namespace, and the daemon's DNS names it.
+    // by its labels and metadata namespace, reaches it on the port its container
+    // declares by name, and the daemon's DNS names it.
     let svc = d.h.base.join("svc.yaml");
-    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc}\nspec:\n  selector: {app: web}\n  ports: [{port: 8080, targetPort: 80}]\n")
+    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc}\nspec:\n  selector: {app: web}\n  ports: [{port: 8080, targetPort: web}]\n")
         .unwrap();
     let cli = |verb: &str, file: &std::path::Path| {
         let out = d.h.minipod(&[

@@ -1,7 +1,8 @@
 //! NetworkPolicy as the Kubernetes documentation shows it, through the CLI (and the
 //! embedding API) on a node namespace of the test's own: the frontend/backend example
 //! applied unchanged beside its Service, default-deny until an allow rule is added,
-//! ports, namespaces, ipBlocks, egress with DNS, and bad policies refused whole.
+//! ports (by number and by name), namespaces, ipBlocks, egress with DNS, and bad
+//! policies refused whole.
 
 mod support;
 
@@ -159,6 +160,65 @@ fn default_deny_blocks_until_an_allow_rule_is_added_with_ports_namespaces_and_ip
     assert!(cli.reaches("stranger", "c", &url), "every policy deleted: open again");
 }
 
+/// A port given by name is the port each destination pod declares by it: on ingress
+/// the selected pod's, on egress the peer's, a different number on each; a pod that
+/// declares no such port is not opened by it, nor is another pod's number.
+#[test]
+fn ports_by_name_open_the_port_each_pod_declares() {
+    need_root();
+    let env = PodEnv::new("pol-named");
+    let node = TestNode::new("polnamed");
+    let cli = Cli::new(&env, &node);
+    let a = cli.web_on("web-a", "np", &["app=web"], 8080, &["--named-port", "http=8080"]);
+    let b = cli.web_on("web-b", "np", &["app=web"], 9090, &["--named-port", "http=9090"]);
+    let c = cli.web("web-c", "np", &["app=web"]);
+    // web-a also serves 9090, which is web-b's number for http, not its own.
+    let rootfs = env.rootfs.to_str().unwrap();
+    cli.ok(&[
+        "ctr",
+        "run",
+        "web-a",
+        "other",
+        "--rootfs",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        &SERVE.replace("8080", "9090").replace("/www", "/www2"),
+    ]);
+    cli.idle("client", "np", &["role=client"]);
+    let (a_http, b_http, c_any, a_other) =
+        (format!("http://{a}:8080/"), format!("http://{b}:9090/"), format!("http://{c}:8080/"), format!("http://{a}:9090/"));
+    for url in [&a_http, &b_http, &c_any, &a_other] {
+        assert!(cli.reaches("client", "c", url), "open before any policy: {url}");
+    }
+    let ingress = write(
+        &env,
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: http-in, namespace: np}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: http}]}]\n",
+    );
+    cli.ok(&["apply", "-f", &ingress]);
+    assert!(cli.reaches("client", "c", &a_http) && cli.reaches("client", "c", &b_http), "each pod's own http port is open");
+    assert!(!cli.reaches("client", "c", &c_any), "a pod that declares no http port is not opened");
+    assert!(!cli.reaches("client", "c", &a_other), "another pod's number for http is not this pod's");
+    cli.ok(&["delete", "-f", &ingress]);
+
+    let egress = write(
+        &env,
+        "egress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: http-out, namespace: np}\nspec:\n  podSelector: {matchLabels: {role: client}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: http}]}]\n",
+    );
+    cli.ok(&["apply", "-f", &egress]);
+    assert!(cli.reaches("client", "c", &a_http) && cli.reaches("client", "c", &b_http), "out to each peer's http port");
+    assert!(!cli.reaches("client", "c", &c_any), "not to a peer that declares no http port");
+    assert!(!cli.reaches("client", "c", &a_other), "not to another number on a peer");
+    cli.ok(&["delete", "-f", &egress]);
+    assert!(cli.reaches("client", "c", &c_any), "open again");
+    for p in ["web-a", "web-b", "web-c", "client"] {
+        cli.ok(&["pod", "rm", "--force", p]);
+    }
+}
+
 /// Egress, with the pods of an embedded runtime, whose process serves the node's DNS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_rules_govern_dns_and_connections_out() {
@@ -238,9 +298,9 @@ fn bad_policies_are_refused_whole_naming_the_document_and_field() {
     assert!(!ok, "an invalid CIDR is refused");
     assert!(err.contains("document 2 (NetworkPolicy default/allow-frontend-to-backend): spec.ingress[0].from[0].ipBlock.cidr"), "{err}");
     assert_eq!(cli.ok(&["svc", "ls"]).lines().count(), 1, "and the service of document 1 was not applied either");
-    let named = EXAMPLES.replace("}}}]}]", "}}}], ports: [{port: http}]}]");
+    let named = EXAMPLES.replace("}}}]}]", "}}}], ports: [{port: http--alt}]}]");
     let (ok, _, err) = cli.run(&["apply", "-f", &write(&env, "named.yaml", &named)]);
-    assert!(!ok && err.contains("spec.ingress[0].ports[0].port: a port by name (\"http\")"), "{err}");
+    assert!(!ok && err.contains("spec.ingress[0].ports[0].port: port name \"http--alt\" is not valid"), "{err}");
     let (ok, _, err) = cli.run(&["policy", "inspect", "nope"]);
     assert!(!ok && err.contains("no network policy default/nope"), "{err}");
 }

@@ -1,7 +1,8 @@
 //! Services as the Kubernetes documentation shows them, through the CLI on a node
 //! namespace of the test's own: `minipod apply -f` of the documented example, its
 //! replicas all served and followed as they stop, a pod reaching its own service, a
-//! service with no endpoints refusing at once, bad manifests refused whole.
+//! service with no endpoints refusing at once, bad manifests refused whole, named
+//! target ports and endpoints given by hand.
 
 mod support;
 
@@ -134,6 +135,113 @@ fn three_replicas_behind_a_service_all_receive_traffic_and_a_stopped_one_none() 
     let table = TestNode::in_ns(&node.node_ns(), &["nft", "list", "table", "inet", "minipod"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(!table.contains(&vip) && !table.contains("svc_"), "nothing of the service is left: {table}");
+}
+
+/// A `targetPort` by name goes to the port each pod declares by it, a different number
+/// on each; a pod that declares no such port is no endpoint; a name no selected pod
+/// declares is refused. A service without a selector gets its endpoints from
+/// EndpointSlices given by hand (the documentation's "Services without selectors"),
+/// ready ones only, following each slice applied, changed and deleted.
+#[test]
+fn named_target_ports_and_endpoints_given_by_hand() {
+    need_root();
+    let env = PodEnv::new("svc-named");
+    let node = TestNode::new("svcnamed");
+    let cli = Cli::new(&env, &node);
+    let a = cli.web_on("web-a", "default", &["app=named"], 8080, &["--named-port", "http=8080"]);
+    cli.web_on("web-b", "default", &["app=named"], 9090, &["--named-port", "http=9090", "--named-port", "dns=53/udp"]);
+    // Selected, serving on 8080, but declaring no port named http: no endpoint of it.
+    let c = cli.web("web-c", "default", &["app=named"]);
+    cli.idle("client", "default", &[]);
+    let write = |name: &str, text: &str| {
+        let p = env.h.base.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let named = |target: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: named}}\nspec:\n  selector: {{app: named}}\n  ports: [{{port: 80, targetPort: {target}}}]\n")
+    };
+    let (ok, _, err) = cli.run(&["apply", "-f", &write("typo.yaml", &named("htp"))]);
+    assert!(
+        !ok && err.contains(
+            "document 1 (Service default/named): spec.ports[0].targetPort: no pod the service selects declares a tcp port named htp"
+        ) && err.contains("dns=53/udp, http=8080/tcp, http=9090/tcp"),
+        "{err}"
+    );
+    cli.ok(&["apply", "-f", &write("named.yaml", &named("http"))]);
+    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", "named"])).unwrap();
+    let mut to: Vec<&str> = v["ports"][0]["endpoints"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    to.sort();
+    assert!(to.len() == 2 && to.iter().any(|e| e.ends_with(":8080")) && to.iter().any(|e| e.ends_with(":9090")), "{v}");
+    let url = format!("http://{}/", cli.service_ip("named"));
+    let seen = cli.answers("client", "c", &url, 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-a", "web-b"], "each on its own port: {seen:?}");
+
+    // Endpoints by hand: a slice before its service in one file, served as one.
+    let slice = |name: &str, endpoints: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: by-hand}}\naddressType: IPv4\nports: [{{name: web, protocol: TCP, port: 8080}}]\nendpoints: [{endpoints}]\n"
+        )
+    };
+    let by_hand = "apiVersion: v1\nkind: Service\nmetadata: {name: by-hand}\nspec:\n  ports: [{name: web, port: 80}]\n";
+    let both =
+        write("by-hand.yaml", &format!("{}---\n{by_hand}", slice("by-hand-1", &format!("{{addresses: [{a}]}}, {{addresses: [{c}]}}"))));
+    let out = cli.ok(&["apply", "-f", &both]);
+    assert_eq!(out.trim(), "endpointslice.discovery.k8s.io/by-hand-1 created\nservice/by-hand created", "{out}");
+    let ls = cli.ok(&["svc", "ls"]);
+    let row = ls.lines().find(|l| l.contains("by-hand")).unwrap_or_else(|| panic!("{ls}"));
+    assert!(row.split_whitespace().nth(4) == Some("2") && row.ends_with("<none>"), "2 endpoints, no selector: {ls}");
+    let hand_url = format!("http://{}/", cli.service_ip("by-hand"));
+    let seen = cli.answers("client", "c", &hand_url, 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-a", "web-c"], "{seen:?}");
+    // An endpoint that is not ready leaves; a second slice adds to the first.
+    let not_ready = format!("{{addresses: [{a}]}}, {{addresses: [{c}], conditions: {{ready: false}}}}");
+    assert_eq!(
+        cli.ok(&["apply", "-f", &write("s1.yaml", &slice("by-hand-1", &not_ready))]).trim(),
+        "endpointslice.discovery.k8s.io/by-hand-1 configured"
+    );
+    let seen = cli.answers("client", "c", &hand_url, 20);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-a"], "{seen:?}");
+    let second = write("s2.yaml", &slice("by-hand-2", &format!("{{addresses: [{c}]}}")));
+    cli.ok(&["apply", "-f", &second]);
+    let seen = cli.answers("client", "c", &hand_url, 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-a", "web-c"], "{seen:?}");
+
+    // Bad slices, refused whole: nothing of the file is applied.
+    let cases = [
+        (slice("bad", "{addresses: [127.0.0.1]}"), "endpoints[0].addresses: 127.0.0.1 cannot be an endpoint"),
+        (slice("bad", "{addresses: [10.96.0.10]}"), "endpoint 10.96.0.10 is in the service CIDR 10.96.0.0/12"),
+        (
+            slice("bad", "{addresses: [10.1.2.3]}").replace("kubernetes.io/service-name: by-hand", "app: x"),
+            "kubernetes.io/service-name is required",
+        ),
+        (
+            format!("{}---\n{}", slice("by-hand-2", "{addresses: [10.1.2.3]}"), named("htp")),
+            "targetPort: no pod the service selects declares",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let (ok, _, err) = cli.run(&["apply", "-f", &write(&format!("bad{i}.yaml"), text)]);
+        assert!(!ok && err.contains(want), "want {want:?} in {err}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", "by-hand"])).unwrap();
+    assert_eq!(v["ports"][0]["endpoints"].as_array().map(Vec::len), Some(2), "the failed file changed nothing: {v}");
+    assert_eq!(v["endpoint_slices"], serde_json::json!(["by-hand-1", "by-hand-2"]), "{v}");
+
+    // Deleting the slices takes their endpoints: the service refuses at once.
+    assert_eq!(cli.ok(&["delete", "-f", &second]).trim(), "endpointslice.discovery.k8s.io/by-hand-2 deleted");
+    let (ok, _, err) = cli.run(&["delete", "-f", &second]);
+    assert!(!ok && err.contains("no endpoint slice default/by-hand-2"), "{err}");
+    cli.ok(&["delete", "-f", &write("s1.yaml", &slice("by-hand-1", &not_ready))]);
+    let (_, _, err) = cli.run(&["ctr", "exec", "--timeout", "10", "client", "c", "--", "wget", "-q", "-O", "-", &hand_url]);
+    assert!(err.contains("refused"), "no endpoints left: {err}");
+    cli.ok(&["delete", "-f", &write("svc.yaml", by_hand)]);
+    cli.ok(&["delete", "-f", &write("named.yaml", &named("http"))]);
+    for p in ["web-a", "web-b", "web-c", "client"] {
+        cli.ok(&["pod", "rm", "--force", p]);
+    }
+    let table = TestNode::in_ns(&node.node_ns(), &["nft", "list", "table", "inet", "minipod"]);
+    assert!(!String::from_utf8_lossy(&table.stdout).contains("svc_"), "nothing of the services is left");
 }
 
 /// The node namespace goes first (as when a test's guard drops it, or a VM's node is

@@ -111,6 +111,7 @@ fn filler_policy(i: usize) -> (String, PolicyRules) {
         ingress: Some(vec![PolicyRule {
             peers: Some(AddrRange::merged(peers)),
             ports: vec![PolicyPort { proto: Proto::Tcp, ports: Some((8080, 8080)) }],
+            members: None,
         }]),
         egress: None,
     };
@@ -124,6 +125,7 @@ fn measured_policy(server: Ipv4Addr, client: Ipv4Addr) -> NodePolicies {
         ingress: Some(vec![PolicyRule {
             peers: Some(vec![AddrRange::one(client)]),
             ports: vec![PolicyPort { proto: Proto::Tcp, ports: Some((8080, 8080)) }],
+            members: None,
         }]),
         egress: None,
     };

@@ -127,6 +127,6 @@ pub use firewall::{
 };
 pub use names::{
     is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, Namespace, NetworkName, OwnerId, PodName, PolicyName,
-    Scope, ServiceName,
+    PortName, Scope, ServiceName, SliceName,
 };
 pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};

@@ -19,6 +19,8 @@ pub enum NameError {
     Hostname { name: String },
     #[error("{kind} {name:?} is not valid: use lowercase DNS labels joined by dots, at most {max} bytes")]
     Subdomain { kind: &'static str, name: String, max: usize },
+    #[error("{kind} {name:?} is not valid: use 1 to {max} lowercase letters, digits and `-` with at least one letter, no `-` first, last or twice in a row")]
+    PortName { kind: &'static str, name: String, max: usize },
 }
 
 fn check_path_safe(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
@@ -71,6 +73,22 @@ fn check_subdomain(kind: &'static str, name: &str, max: usize) -> Result<(), Nam
         Ok(())
     } else {
         Err(NameError::Subdomain { kind, name: name.to_string(), max })
+    }
+}
+
+/// A Kubernetes port name (IANA_SVC_NAME): at most 15 lowercase letters, digits and
+/// `-`, with a letter among them and no `-` first, last or twice in a row, so that it
+/// cannot be mistaken for a number.
+fn check_port_name(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    let ok = name.len() <= max
+        && is_dns_label(name)
+        && !name.contains("--")
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase());
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::PortName { kind, name: name.to_string(), max })
     }
 }
 
@@ -223,6 +241,21 @@ name_type!(
     check_subdomain
 );
 name_type!(
+    /// An EndpointSlice's name, unique within its namespace (a file name).
+    SliceName,
+    "endpoint slice name",
+    253,
+    check_subdomain
+);
+name_type!(
+    /// The name of a port a pod's container declares (Kubernetes' `ports[].name`), by
+    /// which a Service's `targetPort` and a NetworkPolicy's `port` may give it.
+    PortName,
+    "port name",
+    15,
+    check_port_name
+);
+name_type!(
     /// A pod's hostname (its UTS namespace's name).
     Hostname,
     "hostname",
@@ -306,6 +339,18 @@ mod tests {
         let e = ServiceName::new("1web").unwrap_err().to_string();
         assert!(e.contains("service name \"1web\" must start with a lowercase letter"), "{e}");
         assert!(ServiceName::new("web_1").is_err() && ServiceName::new("x".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn port_names_are_iana_service_names() {
+        for good in ["http", "http-alt", "h2c", "x", "a1", "1a", "metrics-9090"] {
+            assert!(PortName::new(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "8080", "HTTP", "-http", "http-", "a--b", "a.b", "a_b", &"x".repeat(16)] {
+            assert!(PortName::new(bad).is_err(), "{bad:?}");
+        }
+        let e = PortName::new("8080").unwrap_err().to_string();
+        assert!(e.contains("port name \"8080\"") && e.contains("at least one letter"), "{e}");
     }
 
     #[test]

@@ -37,14 +37,20 @@ impl<'a> Cli<'a> {
 
     /// A pod with labels, in a namespace, running the httpd; returns its address once it answers.
     pub fn web(&self, name: &str, namespace: &str, labels: &[&str]) -> String {
-        self.pod(name, namespace, labels);
+        self.web_on(name, namespace, labels, 8080, &[])
+    }
+
+    /// [`Cli::web`] with its httpd on `port` and more `pod run` arguments.
+    pub fn web_on(&self, name: &str, namespace: &str, labels: &[&str], port: u16, run_args: &[&str]) -> String {
+        self.pod_with(name, namespace, labels, run_args);
         let rootfs = self.env.rootfs.to_str().unwrap();
-        self.ok(&["ctr", "run", name, "httpd", "--rootfs", rootfs, "--", "sh", "-c", SERVE]);
+        let serve = SERVE.replace("8080", &port.to_string());
+        self.ok(&["ctr", "run", name, "httpd", "--rootfs", rootfs, "--", "sh", "-c", &serve]);
         let inspect: serde_json::Value = serde_json::from_str(&self.ok(&["pod", "inspect", name])).unwrap();
         let ip = inspect["pod"]["networks"][0]["ip"].as_str().unwrap().to_string();
         let node = std::path::PathBuf::from(&self.ns);
         for _ in 0..300 {
-            if TestNode::fetch(&node, &format!("http://{ip}:8080/")).is_some() {
+            if TestNode::fetch(&node, &format!("http://{ip}:{port}/")).is_some() {
                 return ip;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -66,10 +72,15 @@ impl<'a> Cli<'a> {
 
     /// `minipod pod run` of a pod with labels, in a namespace.
     fn pod(&self, name: &str, namespace: &str, labels: &[&str]) {
+        self.pod_with(name, namespace, labels, &[]);
+    }
+
+    fn pod_with(&self, name: &str, namespace: &str, labels: &[&str], more: &[&str]) {
         let mut args = vec!["pod", "run", name, "--namespace", namespace];
         for l in labels {
             args.extend(["--label", l]);
         }
+        args.extend_from_slice(more);
         self.ok(&args);
     }
 

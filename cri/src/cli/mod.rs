@@ -87,7 +87,7 @@ enum Command {
     /// network state of pods that are gone; prints what it did. Opening the pods (any
     /// pod command, the daemon) does the same.
     Gc(pod::GcArgs),
-    /// Create or change the Kubernetes objects (Services, NetworkPolicies) of a YAML or
+    /// Create or change the Kubernetes objects (Services, EndpointSlices, NetworkPolicies) of a YAML or
     /// JSON file (`-` reads stdin), as `kubectl apply -f` does: all of its documents or none.
     Apply(service::ApplyArgs),
     /// Services: list them, or show one with its cluster IP and endpoints.

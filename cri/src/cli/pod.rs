@@ -95,6 +95,10 @@ struct PodRunArgs {
     /// One PID namespace for all the pod's containers.
     #[arg(long)]
     share_pid: bool,
+    /// Declare a port by name, NAME=PORT[/udp], as a Kubernetes container's `ports`
+    /// do: a Service's targetPort or a NetworkPolicy's port may give it by name.
+    #[arg(long, value_name = "NAME=PORT[/udp]")]
+    named_port: Vec<minipod_runtime::pod::NamedPort>,
 }
 
 #[derive(Args, Debug)]
@@ -305,6 +309,7 @@ pub fn pod(root: &Path, a: PodArgs) -> anyhow::Result<i32> {
                 ports: r.publish.iter().map(|p| parse_port(p)).collect::<anyhow::Result<_>>()?,
                 aliases: r.alias,
                 share_pid: r.share_pid,
+                named_ports: r.named_port,
                 ..PodConfig::new(r.name)
             };
             let pod = pods.create_pod(cfg)?;

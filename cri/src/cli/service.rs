@@ -145,7 +145,23 @@ pub fn svc(root: &Path, a: SvcArgs) -> anyhow::Result<i32> {
         SvcCommand::Inspect { name, namespace } => {
             let s = pods.service(&ServiceKey { namespace, name })?;
             let endpoints = pods.endpoints(&s)?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "service": s, "endpoints": endpoints }))?);
+            // Where each port goes: a port by name may be another number on each pod.
+            let ports: Vec<serde_json::Value> = pods
+                .port_endpoints(&s)?
+                .iter()
+                .map(|p| {
+                    let to: Vec<String> = p.endpoints.iter().map(ToString::to_string).collect();
+                    serde_json::json!({ "port": p.port, "protocol": p.proto, "name": p.name, "endpoints": to })
+                })
+                .collect();
+            let slices: Vec<String> = pods
+                .endpoint_slices(Some(&s.key.namespace))?
+                .into_iter()
+                .filter(|e| e.service == s.key.name)
+                .map(|e| e.key.name.to_string())
+                .collect();
+            let out = serde_json::json!({ "service": s, "endpoints": endpoints, "ports": ports, "endpoint_slices": slices });
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
     }
     Ok(0)

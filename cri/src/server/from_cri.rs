@@ -96,6 +96,9 @@ pub(super) fn pod_config(cfg: &cri::PodSandboxConfig) -> Result<PodConfig, Statu
             options: d.options.clone(),
         }),
         log_dir: log_directory(&cfg.log_directory)?,
+        // Declared by its containers as the kubelet creates them (the sandbox's port
+        // mappings carry no names).
+        named_ports: vec![],
         share_pid: opts.share_pid,
         cgroup_parent: opts.cgroup_parent,
         host_ipc: opts.host_ipc,

@@ -177,6 +177,10 @@ impl RuntimeService for Server {
         let (sec, resources, oom) = security::container(&cfg, privileged, pod.host_network, target_pid)?;
         let mounts = cfg.mounts.iter().map(mount).collect::<Result<Vec<_>, _>>()?;
         let log_path = from_cri::log_path(pod.log_dir.as_deref(), &cfg.log_path)?;
+        let named_ports = match cfg.annotations.get(minipod_runtime::pod::KUBELET_PORTS_ANNOTATION) {
+            Some(json) => minipod_runtime::pod::kubelet_named_ports(json).map_err(Status::invalid_argument)?,
+            None => vec![],
+        };
         let events = self.events.clone();
         let created = blocking(&self.pods, move |pods| {
             let img = pods.images().get(&image)?;
@@ -209,6 +213,7 @@ impl RuntimeService for Server {
                 stdin: cfg.stdin,
                 stdin_once: cfg.stdin_once,
                 tty: cfg.tty,
+                named_ports,
             };
             pods.create_container(pod.id.as_str(), config).inspect(|c| events.changed(pods, c.id.as_str()))
         })

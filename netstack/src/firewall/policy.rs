@@ -108,6 +108,23 @@ pub struct PolicyRule {
     pub peers: Option<Vec<AddrRange>>,
     /// Every port and protocol when empty.
     pub ports: Vec<PolicyPort>,
+    /// Only for these of the policy's members (every one when unset): an ingress port
+    /// given by name is a different number on each member that declares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<AddrRange>>,
+}
+
+/// `ranges` as the elements of an anonymous set after `what` (`ip saddr`), with a space
+/// after; None when there are none (the rule then lets nothing through).
+fn set_match(what: &str, ranges: &Option<Vec<AddrRange>>) -> Option<String> {
+    match ranges {
+        None => Some(String::new()),
+        Some(r) if r.is_empty() => None,
+        Some(r) => {
+            let elements: Vec<String> = r.iter().map(ToString::to_string).collect();
+            Some(format!("{what} {{ {} }} ", elements.join(", ")))
+        }
+    }
 }
 
 /// One NetworkPolicy as the firewall applies it.
@@ -176,6 +193,7 @@ pub(super) fn script(old: &NodePolicies, new: &NodePolicies) -> String {
     let mut later = String::new();
     for dir in [Direction::Ingress, Direction::Egress] {
         let (suffix, _, _, _, peer) = dir.names();
+        let member_addr = if dir == Direction::Ingress { "ip daddr" } else { "ip saddr" };
         // Policies whose rules in this direction changed: their chain and sets anew.
         for (owner, p) in &new.0 {
             let id = policy_id(owner);
@@ -186,15 +204,9 @@ pub(super) fn script(old: &NodePolicies, new: &NodePolicies) -> String {
             }
             s.push_str(&format!("add chain {t} {chain}\nflush chain {t} {chain}\n"));
             for rule in rules {
-                let matches = match &rule.peers {
-                    None => String::new(),
-                    // No peer: the rule lets nothing through.
-                    Some(peers) if peers.is_empty() => continue,
-                    Some(peers) => {
-                        let elements: Vec<String> = peers.iter().map(ToString::to_string).collect();
-                        format!("{peer} {{ {} }} ", elements.join(", "))
-                    }
-                };
+                // No peer or no member: the rule lets nothing through.
+                let (Some(peers), Some(members)) = (set_match(peer, &rule.peers), set_match(member_addr, &rule.members)) else { continue };
+                let matches = format!("{members}{peers}");
                 if rule.ports.is_empty() {
                     s.push_str(&format!("add rule {t} {chain} {matches}accept\n"));
                 }
@@ -307,7 +319,11 @@ mod tests {
     fn backend(from: Vec<AddrRange>) -> NodePolicies {
         let rules = PolicyRules {
             selected: vec!["10.88.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
-            ingress: Some(vec![PolicyRule { peers: Some(from), ports: vec![PolicyPort { proto: Proto::Tcp, ports: Some((80, 90)) }] }]),
+            ingress: Some(vec![PolicyRule {
+                peers: Some(from),
+                ports: vec![PolicyPort { proto: Proto::Tcp, ports: Some((80, 90)) }],
+                members: None,
+            }]),
             egress: None,
         };
         NodePolicies([("default/b".to_string(), rules)].into())
@@ -346,6 +362,24 @@ mod tests {
         assert_eq!(script(&two, &two), "");
         // No peer at all (a selector that picks no pod): the rule lets nothing in.
         let s = script(&NodePolicies::default(), &backend(vec![]));
+        assert!(!s.contains(&format!("add rule inet minipod {id}_in ")), "{s}");
+    }
+
+    #[test]
+    fn a_rule_for_some_members_matches_their_addresses_too() {
+        let mut p = backend(vec![AddrRange::one("10.88.0.7".parse().unwrap())]);
+        let rules = p.0.get_mut("default/b").unwrap();
+        let rule = &mut rules.ingress.as_mut().unwrap()[0];
+        rule.members = Some(vec![AddrRange::one("10.88.0.5".parse().unwrap())]);
+        let id = policy_id("default/b");
+        let s = script(&NodePolicies::default(), &p);
+        let want = format!(
+            "add rule inet minipod {id}_in ip daddr {{ 10.88.0.5 }} ip saddr {{ 10.88.0.7 }} meta l4proto tcp th dport 80-90 accept\n"
+        );
+        assert!(s.contains(&want), "{s}");
+        // For no member (a port name none declares): nothing.
+        p.0.get_mut("default/b").unwrap().ingress.as_mut().unwrap()[0].members = Some(vec![]);
+        let s = script(&NodePolicies::default(), &p);
         assert!(!s.contains(&format!("add rule inet minipod {id}_in ")), "{s}");
     }
 }

@@ -65,6 +65,18 @@ impl PodBuilder {
         self.publish_port(PortMapping { proto: Proto::Udp, host_port, host_ip: None, container_port })
     }
 
+    /// Declares the pod's TCP port `port` by `name` (a Kubernetes container's
+    /// `ports[].name`): a Service's `targetPort` or a NetworkPolicy's port may give it
+    /// by name.
+    pub fn named_port(self, name: &str, port: u16) -> Self {
+        self.named_port_of(name, port, Proto::Tcp)
+    }
+
+    /// Declares a port by name, of any protocol.
+    pub fn named_port_of(self, name: &str, port: u16, protocol: Proto) -> Self {
+        self.try_edit(crate::netstack::PortName::new(name), |c, name| c.named_ports.push(crate::pod::NamedPort { name, port, protocol }))
+    }
+
     pub fn publish_port(self, p: PortMapping) -> Self {
         self.edit(|c| c.ports.push(p))
     }

@@ -57,12 +57,22 @@ impl ServiceBuilder {
         self.add_port(Some(name), "TCP", port, target_port)
     }
 
-    fn add_port(mut self, name: Option<&str>, protocol: &str, port: u16, target_port: u16) -> Self {
+    /// A named TCP port forwarded to the port each pod declares as `target_port`
+    /// (see [`crate::embed::PodBuilder::named_port`]); on each pod it may be another number.
+    pub fn named_port_to(self, name: &str, port: u16, target_port: &str) -> Self {
+        self.push_port(Some(name), "TCP", port, IntOrString::String(target_port.into()))
+    }
+
+    fn add_port(self, name: Option<&str>, protocol: &str, port: u16, target_port: u16) -> Self {
+        self.push_port(name, protocol, port, IntOrString::Int(i32::from(target_port)))
+    }
+
+    fn push_port(mut self, name: Option<&str>, protocol: &str, port: u16, target_port: IntOrString) -> Self {
         self.spec().ports.get_or_insert_with(Vec::new).push(ServicePort {
             name: name.map(str::to_string),
             protocol: Some(protocol.into()),
             port: i32::from(port),
-            target_port: Some(IntOrString::Int(i32::from(target_port))),
+            target_port: Some(target_port),
             ..Default::default()
         });
         self
@@ -190,7 +200,7 @@ impl Minipod {
         Ok(Service { rt: self.inner.clone(), record, cleanup: false })
     }
 
-    /// `minipod apply -f`: applies Kubernetes YAML or JSON (Services and
+    /// `minipod apply -f`: applies Kubernetes YAML or JSON (Services, EndpointSlices and
     /// NetworkPolicies, one or several documents, all or none). What it makes stays
     /// until deleted, like the CLI's.
     pub async fn apply_yaml(&self, text: &str) -> Result<Vec<(ObjectKey, Change)>> {

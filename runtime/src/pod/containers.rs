@@ -24,6 +24,9 @@ pub struct ContainerConfig {
     /// It runs on a terminal of its own (CRI tty): its output is the terminal's, and
     /// with `stdin` an attach types into it and resizes it.
     pub tty: bool,
+    /// Ports it declares by name: they become the pod's (a Service's `targetPort` or a
+    /// NetworkPolicy's port may name them), for as long as the pod lives.
+    pub named_ports: Vec<NamedPort>,
 }
 
 impl ContainerConfig {
@@ -42,6 +45,7 @@ impl ContainerConfig {
             stdin: false,
             stdin_once: false,
             tty: false,
+            named_ports: vec![],
         }
     }
 }
@@ -115,7 +119,26 @@ impl Pods {
     }
 
     /// Creates a container in a ready pod; its process waits for [`Pods::start_container`].
+    /// Ports it declares by name that the pod did not have yet are added to the pod,
+    /// and the services and policies that give them by name follow.
     pub fn create_container(&self, pod: &str, cfg: ContainerConfig) -> Result<ContainerRecord> {
+        let declares = !cfg.named_ports.is_empty();
+        let (made, pod) = self.create_container_locked(pod, cfg)?;
+        if declares {
+            // After the pod's lock is let go: the syncs take the services' lock, which
+            // is held while pods are read. Also when the ports were declared before: a
+            // create that failed here is retried with the same ports.
+            let synced = self.sync_policies_of(&pod).and_then(|()| self.sync_services_of(&pod));
+            if let Err(e) = synced {
+                let _ = self.remove_container_record(&made, true);
+                return Err(e);
+            }
+        }
+        Ok(made)
+    }
+
+    /// [`Pods::create_container`] under the pod's lock, with the pod as it is after.
+    fn create_container_locked(&self, pod: &str, cfg: ContainerConfig) -> Result<(ContainerRecord, PodRecord)> {
         let pod = self.pod(pod)?;
         // Exclusive: creates in one pod are serialised, which also makes a crashed
         // create's leftovers safe to take over below.
@@ -178,7 +201,18 @@ impl Pods {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PodError::NoSuchPod(pod.name.to_string())),
             r => r.map_err(io_err("creating", &dir))?,
         }
-        let made = self.make_container(&pod, &dir, &cfg, args, lower, image.as_ref());
+        let mut with_ports = pod.clone();
+        let added = add_named_ports(&mut with_ports.named_ports, &cfg.named_ports).map_err(ConfigError::NamedPort);
+        let made = added.map_err(PodError::from).and_then(|added| {
+            let rec = self.make_container(&pod, &dir, &cfg, args, lower, image.as_ref())?;
+            if added {
+                if let Err(e) = self.save_pod(&with_ports) {
+                    let _ = self.oci.delete(&rec.id, true);
+                    return Err(e);
+                }
+            }
+            Ok((rec, with_ports))
+        });
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }

@@ -69,13 +69,15 @@ use crate::{ContainerError, ContainerId, CreateOptions, ExecOptions, Runtime, Si
 
 pub use containers::ContainerConfig;
 // The names pods and containers are known by, validated where they are written.
-pub use crate::netstack::{Alias, ContainerName, Hostname, Namespace, PodName, Scope};
+pub use crate::netstack::{Alias, ContainerName, Hostname, Namespace, PodName, PortName, Scope};
 pub use exec::ExecOutput;
 use instance::Instance;
 pub use instance::PodsOptions;
 pub use pods::{pod_ip, PodConfig};
+use record::add_named_ports;
 pub use record::{
-    BindMount, ContainerRecord, DnsConfig, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus, Propagation, RootfsSource,
+    kubelet_named_ports, BindMount, ContainerRecord, DnsConfig, NamedPort, NodeRef, Owner, PodId, PodNetwork, PodRecord, PodStatus,
+    Propagation, RootfsSource, KUBELET_PORTS_ANNOTATION,
 };
 pub use resources::Resources;
 pub use security::{DeviceMapping, GroupsPolicy, PidNamespace, RunAs, Seccomp, Security, SecurityError};
@@ -201,6 +203,8 @@ pub enum ConfigError {
     Limits(String),
     #[error("waiting for {0} needs a container: call wait_for on the container")]
     WaitNeedsContainer(String),
+    #[error("named ports: {0}")]
+    NamedPort(String),
 }
 
 type Result<T, E = PodError> = std::result::Result<T, E>;

@@ -34,6 +34,9 @@ pub struct PodConfig {
     pub host_network: bool,
     /// Namespaced sysctls set in the pod's namespaces (by each container as it starts).
     pub sysctls: BTreeMap<String, String>,
+    /// Ports declared by name (a Kubernetes container's `ports`), for Services'
+    /// `targetPort`s and NetworkPolicies' ports that give a name.
+    pub named_ports: Vec<NamedPort>,
 }
 
 impl PodConfig {
@@ -55,6 +58,7 @@ impl PodConfig {
             host_ipc: false,
             host_network: false,
             sysctls: BTreeMap::new(),
+            named_ports: vec![],
         }
     }
 }
@@ -121,6 +125,8 @@ impl Pods {
                 return Err(ConfigError::HostNetworkSysctl(key.clone()).into());
             }
         }
+        let mut named_ports = Vec::new();
+        add_named_ports(&mut named_ports, &cfg.named_ports).map_err(ConfigError::NamedPort)?;
         let networks = if cfg.host_network {
             vec![]
         } else if cfg.networks.is_empty() {
@@ -163,6 +169,7 @@ impl Pods {
             host_network: cfg.host_network,
             sysctls: cfg.sysctls.clone(),
             removing: false,
+            named_ports,
         };
         {
             // Put together under a temporary name and renamed into place, so that a pod

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netstack::{Alias, ContainerName, Hostname, Namespace, NetworkName, PodName, PortMapping, Scope};
+use crate::netstack::{Alias, ContainerName, Hostname, Namespace, NetworkName, PodName, PortMapping, PortName, Proto, Scope};
 use crate::ContainerId;
 
 /// A pod's id: 12 random hex digits, unique under a state root.
@@ -176,6 +176,10 @@ pub struct PodRecord {
     /// finishes one that a crash cut short.
     #[serde(default)]
     pub removing: bool,
+    /// The ports its containers declare by name (Kubernetes' `containers[].ports`),
+    /// which a Service's `targetPort` or a NetworkPolicy's `port` may give by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
 }
 
 impl PodRecord {
@@ -183,6 +187,91 @@ impl PodRecord {
     pub fn ip(&self) -> Option<Ipv4Addr> {
         self.networks.first().map(|n| n.ip)
     }
+
+    /// The number of its port `name` of `protocol`, as Kubernetes finds a named port.
+    pub fn named_port(&self, name: &PortName, protocol: Proto) -> Option<u16> {
+        self.named_ports.iter().find(|p| p.name == *name && p.protocol == protocol).map(|p| p.port)
+    }
+}
+
+/// A port a pod's container declares by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub name: PortName,
+    pub port: u16,
+    pub protocol: Proto,
+}
+
+impl fmt::Display for NamedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}/{}", self.name, self.port, self.protocol)
+    }
+}
+
+impl std::str::FromStr for NamedPort {
+    type Err = String;
+
+    /// `NAME=PORT`, or `NAME=PORT/udp` (`/tcp` is the default), as [`fmt::Display`] writes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: String| format!("named port {s:?}: {why}; write it as NAME=PORT[/udp], such as http=8080");
+        let (name, rest) = s.split_once('=').ok_or_else(|| bad("no `=`".into()))?;
+        let (port, protocol) = match rest.rsplit_once('/') {
+            None => (rest, Proto::Tcp),
+            Some((port, p)) if p.eq_ignore_ascii_case("tcp") => (port, Proto::Tcp),
+            Some((port, p)) if p.eq_ignore_ascii_case("udp") => (port, Proto::Udp),
+            Some((_, p)) => return Err(bad(format!("protocol {p:?} is not tcp or udp"))),
+        };
+        let name = PortName::new(name).map_err(|e| bad(e.to_string()))?;
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad(format!("{port:?} is not a port of 1 to 65535")))?;
+        Ok(NamedPort { name, port, protocol })
+    }
+}
+
+/// The annotation in which a kubelet gives a container's `ports` (JSON of Kubernetes'
+/// `[]ContainerPort`) with CreateContainer: the CRI has no field of its own for them.
+pub const KUBELET_PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
+
+/// The named ones of the ports a kubelet gives in [`KUBELET_PORTS_ANNOTATION`].
+pub fn kubelet_named_ports(json: &str) -> Result<Vec<NamedPort>, String> {
+    let bad = |why: String| format!("annotation {KUBELET_PORTS_ANNOTATION}: {why}");
+    let ports: Vec<k8s_openapi::api::core::v1::ContainerPort> =
+        serde_json::from_str(json).map_err(|e| bad(format!("not a JSON list of Kubernetes container ports ({e})")))?;
+    let mut named = Vec::new();
+    for p in ports {
+        let Some(name) = p.name.filter(|n| !n.is_empty()) else { continue };
+        let protocol = match p.protocol.as_deref() {
+            None | Some("TCP") => Proto::Tcp,
+            Some("UDP") => Proto::Udp,
+            // Nothing serves SCTP yet: such a name matches no Service or policy port.
+            Some("SCTP") => continue,
+            Some(x) => return Err(bad(format!("port {name}: protocol {x:?} is not TCP, UDP or SCTP"))),
+        };
+        let port = u16::try_from(p.container_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad(format!("port {name}: containerPort {} is not 1 to 65535", p.container_port)))?;
+        let name = PortName::new(name).map_err(|e| bad(e.to_string()))?;
+        named.push(NamedPort { name, port, protocol });
+    }
+    Ok(named)
+}
+
+/// `new` added to `declared`: a name given again must be the same port (a restarted
+/// container declares its ports again), one given as another port is refused, as
+/// Kubernetes refuses two ports of one name in a pod.
+pub fn add_named_ports(declared: &mut Vec<NamedPort>, new: &[NamedPort]) -> Result<bool, String> {
+    let mut changed = false;
+    for p in new {
+        match declared.iter().find(|d| d.name == p.name) {
+            Some(d) if d == p => {}
+            Some(d) => return Err(format!("port name {} is declared as {d} in this pod already; a port name is one port per pod", p.name)),
+            None => {
+                declared.push(p.clone());
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// How a container's root filesystem is made.
@@ -266,5 +355,25 @@ mod tests {
         assert_eq!(PodId::parse(a.as_str()), Some(a));
         assert_eq!(PodId::parse("../../etc/x1"), None);
         assert_eq!(PodId::parse("ABCDEF012345"), None);
+    }
+
+    #[test]
+    fn named_ports_come_from_the_cli_and_the_kubelet_and_one_name_is_one_port() {
+        let http: NamedPort = "http=8080".parse().unwrap();
+        assert_eq!(http.to_string(), "http=8080/tcp");
+        assert_eq!("dns=53/udp".parse::<NamedPort>().unwrap().protocol, Proto::Udp);
+        for bad in ["http", "http=0", "8080=8080", "http=80/sctp"] {
+            let e = bad.parse::<NamedPort>().unwrap_err();
+            assert!(e.contains(bad) && e.contains("NAME=PORT"), "{e}");
+        }
+        let kubelet = r#"[{"name":"http","containerPort":8080,"protocol":"TCP"},{"containerPort":9000},{"name":"dns","containerPort":53,"protocol":"UDP"}]"#;
+        let got = kubelet_named_ports(kubelet).unwrap();
+        assert_eq!(got.iter().map(ToString::to_string).collect::<Vec<_>>(), ["http=8080/tcp", "dns=53/udp"]);
+        assert!(kubelet_named_ports("{").unwrap_err().contains(KUBELET_PORTS_ANNOTATION));
+        let mut declared = vec![];
+        assert_eq!(add_named_ports(&mut declared, &got), Ok(true));
+        assert_eq!(add_named_ports(&mut declared, &got[..1]), Ok(false), "a restarted container declares its ports again");
+        let e = add_named_ports(&mut declared, &["http=9090".parse().unwrap()]).unwrap_err();
+        assert!(e.contains("port name http is declared as http=8080/tcp"), "{e}");
     }
 }

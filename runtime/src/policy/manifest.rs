@@ -7,8 +7,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Peer, PolicyKey, PortSpec, RuleSpec};
-use crate::netstack::{Namespace, PolicyName, Proto};
-use crate::service::{check_label_key, check_label_value, LabelSelector, ManifestError};
+use crate::netstack::{PolicyName, PortName, Proto};
+use crate::service::{checked_meta, LabelSelector, ManifestError};
 
 /// A NetworkPolicy as a manifest gives it, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,27 +23,10 @@ pub struct PolicyManifest {
 
 /// Checks a typed NetworkPolicy (document `doc` of its input).
 pub fn checked(doc: usize, np: NetworkPolicy) -> Result<PolicyManifest, ManifestError> {
-    let meta = np.metadata;
-    let object = format!("NetworkPolicy {}", meta.name.clone().unwrap_or_default());
-    let invalid =
-        |object: &str, field: &str, reason: String| ManifestError::Invalid { doc, object: object.to_string(), field: field.into(), reason };
-    let name = match meta.name {
-        None => return Err(invalid(&object, "metadata.name", "required".into())),
-        Some(n) => PolicyName::new(n).map_err(|e| invalid(&object, "metadata.name", e.to_string()))?,
-    };
-    let namespace = match meta.namespace {
-        None => Namespace::default(),
-        Some(n) => Namespace::new(n).map_err(|e| invalid(&object, "metadata.namespace", e.to_string()))?,
-    };
-    let key = PolicyKey { namespace, name };
-    let object = format!("NetworkPolicy {key}");
-    let invalid = |field: &str, reason: String| invalid(&object, field, reason);
-    let not_built =
-        |field: &str, what: &str| ManifestError::NotBuilt { doc, object: object.clone(), field: field.into(), what: what.into() };
-    let labels = meta.labels.unwrap_or_default();
-    for (k, v) in &labels {
-        check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid("metadata.labels", r))?;
-    }
+    let meta = checked_meta(doc, "NetworkPolicy", np.metadata, PolicyName::new)?;
+    let key = PolicyKey { namespace: meta.namespace.clone(), name: meta.name.clone() };
+    let invalid = |field: &str, reason: String| meta.invalid(field, reason);
+    let not_built = |field: &str, what: &str| meta.not_built(field, what);
     let Some(spec) = np.spec else { return Err(invalid("spec", "required".into())) };
     let pod_selector = match spec.pod_selector {
         None => LabelSelector::default(),
@@ -108,7 +91,7 @@ pub fn checked(doc: usize, np: NetworkPolicy) -> Result<PolicyManifest, Manifest
     };
     let ingress = direction(types.0, "ingress", "from", spec.ingress.unwrap_or_default().into_iter().map(|r| (r.from, r.ports)).collect())?;
     let egress = direction(types.1, "egress", "to", spec.egress.unwrap_or_default().into_iter().map(|r| (r.to, r.ports)).collect())?;
-    Ok(PolicyManifest { key, pod_selector, ingress, egress, labels, annotations: meta.annotations.unwrap_or_default() })
+    Ok(PolicyManifest { key, pod_selector, ingress, egress, labels: meta.labels.clone(), annotations: meta.annotations.clone() })
 }
 
 /// A rule as k8s-openapi gives it, either direction: its peers and its ports.
@@ -185,21 +168,17 @@ fn checked_port(field: &str, p: NetworkPolicyPort) -> Result<PortSpec, PolicyFie
         Some(x) => return Err(invalid("protocol", format!("{x:?} is not TCP, UDP or SCTP"))),
     };
     let number = |n: i32, f: &str| u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| invalid(f, format!("{n} is not 1 to 65535")));
-    let port = match p.port {
-        None => None,
-        Some(IntOrString::Int(n)) => Some(number(n, "port")?),
+    let (port, name) = match p.port {
+        None => (None, None),
+        Some(IntOrString::Int(n)) => (Some(number(n, "port")?), None),
         Some(IntOrString::String(s)) => match s.parse::<i32>() {
-            Ok(n) => Some(number(n, "port")?),
-            Err(_) => {
-                return Err(PolicyFieldError::NotBuilt(
-                    format!("{field}.port"),
-                    format!("a port by name ({s:?}): minipod's pods declare no named ports; give the number"),
-                ))
-            }
+            Ok(n) => (Some(number(n, "port")?), None),
+            Err(_) => (None, Some(PortName::new(s.as_str()).map_err(|e| invalid("port", e.to_string()))?)),
         },
     };
     let end_port = match (p.end_port, port) {
         (None, _) => None,
+        (Some(_), None) if name.is_some() => return Err(invalid("endPort", "needs port to be a number, not a name".into())),
         (Some(_), None) => return Err(invalid("endPort", "needs port (the first of the range)".into())),
         (Some(e), Some(first)) => {
             let e = number(e, "endPort")?;
@@ -209,7 +188,7 @@ fn checked_port(field: &str, p: NetworkPolicyPort) -> Result<PortSpec, PolicyFie
             Some(e)
         }
     };
-    Ok(PortSpec { protocol, port, end_port })
+    Ok(PortSpec { protocol, port, end_port, name })
 }
 
 #[cfg(test)]
@@ -253,7 +232,7 @@ spec:
         assert_eq!((deny_all.ingress, deny_all.egress), (Some(vec![]), Some(vec![])));
         let egress = policy_of(&EXAMPLE.replace("ingress: [{from:", "egress: [{ports: [{port: 53, protocol: UDP}], to:")).unwrap();
         assert_eq!(egress.ingress, Some(vec![]), "Ingress is always a type unless policyTypes says");
-        assert_eq!(egress.egress.unwrap()[0].ports, vec![PortSpec { protocol: Proto::Udp, port: Some(53), end_port: None }]);
+        assert_eq!(egress.egress.unwrap()[0].ports, vec![PortSpec { protocol: Proto::Udp, port: Some(53), end_port: None, name: None }]);
         let open = policy_of(&EXAMPLE.replace("[{from: [{podSelector: {matchLabels: {role: frontend}}}]}]", "[{}]")).unwrap();
         assert_eq!(open.ingress, Some(vec![RuleSpec { peers: None, ports: vec![] }]));
     }
@@ -273,7 +252,8 @@ spec:
             (peer("{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}"), "from[0]: ipBlock cannot be given with podSelector"),
             (peer("{}"), "from[0]: a peer needs podSelector, namespaceSelector or ipBlock"),
             (peer("{podSelector: {matchLabels: {role: -x}}}"), "spec.ingress[0].from[0].podSelector.matchLabels: label value \"-x\""),
-            (ports("{port: http}"), "spec.ingress[0].ports[0].port: a port by name (\"http\")"),
+            (ports("{port: HTTP}"), "spec.ingress[0].ports[0].port: port name \"HTTP\" is not valid"),
+            (ports("{port: http, endPort: 90}"), "spec.ingress[0].ports[0].endPort: needs port to be a number, not a name"),
             (ports("{port: 80, endPort: 79}"), "spec.ingress[0].ports[0].endPort: 79 is below port 80"),
             (ports("{endPort: 90}"), "spec.ingress[0].ports[0].endPort: needs port"),
             (ports("{port: 70000}"), "spec.ingress[0].ports[0].port: 70000 is not 1 to 65535"),

@@ -13,7 +13,10 @@
 //! namespace), `namespaceSelector` (every pod of the namespaces it selects, matched
 //! against the label `kubernetes.io/metadata.name`, the only label minipod's
 //! namespaces carry), both together (the pods it selects in those namespaces), and
-//! `ipBlock` with `except`; ports by number, with `protocol` and `endPort`.
+//! `ipBlock` with `except`; ports by number, with `protocol` and `endPort`, or by name:
+//! the number each destination pod declares for it (the selected pod's on ingress, the
+//! peer's on egress), so a rule by name opens nothing on a pod that declares no such
+//! port, and on each pod only its own number.
 //!
 //! As in Kubernetes: the pod's node may always reach it; traffic to a Service's
 //! virtual IP is judged by the endpoint it is sent to (the firewall DNATs before the
@@ -26,8 +29,7 @@
 //! deleted, by whichever process does it; what changed is programmed in one
 //! transaction. A terminating pod stays isolated until its network is gone.
 //!
-//! Refused by name, never accepted and ignored: named ports (minipod's pods declare
-//! none), `SCTP`, IPv6 `ipBlock`s. A pod isolated in a direction gets no new IPv6
+//! Refused by name, never accepted and ignored: `SCTP`, IPv6 `ipBlock`s. A pod isolated in a direction gets no new IPv6
 //! connections in that direction.
 
 mod apply;

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netstack::{Namespace, PolicyName, Proto};
+use crate::netstack::{Namespace, PolicyName, PortName, Proto};
 use crate::pod::NodeRef;
 use crate::service::LabelSelector;
 
@@ -34,13 +34,17 @@ pub enum Peer {
 }
 
 /// The ports of a rule: a protocol, and a port or a range of them (every port of the
-/// protocol when unset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// protocol when unset), or a port given by the name pods declare it by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     pub protocol: Proto,
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<u16>,
+    /// The port the destination pod declares by this name (for ingress, the pod the
+    /// policy selects; for egress, the peer): a number for each pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<PortName>,
 }
 
 /// One ingress or egress rule.

@@ -39,7 +39,16 @@ fn is_peer(peer: &Peer, namespace: &Namespace, pod: &PodRecord) -> bool {
     in_namespace && pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
 }
 
-fn rule(policy: &PolicyRecord, r: &RuleSpec, pods: &[&PodRecord]) -> PolicyRule {
+/// Whether `ip` is among `ranges` (every address when unset).
+fn within(ranges: &Option<Vec<AddrRange>>, ip: std::net::Ipv4Addr) -> bool {
+    ranges.as_ref().is_none_or(|r| r.iter().any(|r| r.first <= ip && ip <= r.last))
+}
+
+/// The firewall rules of rule `r` of `policy` in direction `ingress` or egress. Ports
+/// by number are one rule; each port by name is a rule per number it stands for, as
+/// each pod declares it: on ingress for the members that declare it (the destination
+/// is the member), on egress to the peers that declare it.
+fn rules(policy: &PolicyRecord, r: &RuleSpec, pods: &[&PodRecord], ingress: bool) -> Vec<PolicyRule> {
     let peers = r.peers.as_ref().map(|peers| {
         let mut ranges = Vec::new();
         for peer in peers {
@@ -56,9 +65,41 @@ fn rule(policy: &PolicyRecord, r: &RuleSpec, pods: &[&PodRecord]) -> PolicyRule 
         }
         AddrRange::merged(ranges)
     });
-    let ports =
-        r.ports.iter().map(|p| PolicyPort { proto: p.protocol, ports: p.port.map(|first| (first, p.end_port.unwrap_or(first))) }).collect();
-    PolicyRule { peers, ports }
+    let numbered: Vec<PolicyPort> = r
+        .ports
+        .iter()
+        .filter(|p| p.name.is_none())
+        .map(|p| PolicyPort { proto: p.protocol, ports: p.port.map(|first| (first, p.end_port.unwrap_or(first))) })
+        .collect();
+    let mut out = Vec::new();
+    // A rule of named ports only is no rule for every port.
+    if !numbered.is_empty() || r.ports.iter().all(|p| p.name.is_none()) {
+        out.push(PolicyRule { peers: peers.clone(), ports: numbered, members: None });
+    }
+    for p in &r.ports {
+        let Some(name) = &p.name else { continue };
+        let declaring: Vec<&&PodRecord> = if ingress {
+            pods.iter().filter(|pod| policy.selects(pod)).collect()
+        } else {
+            pods.iter().filter(|pod| pod.ip().is_some_and(|ip| within(&peers, ip))).collect()
+        };
+        let mut by_number: BTreeMap<u16, Vec<AddrRange>> = BTreeMap::new();
+        for pod in declaring {
+            if let Some(n) = pod.named_port(name, p.protocol) {
+                by_number.entry(n).or_default().extend(pod.networks.iter().map(|n| AddrRange::one(n.ip)));
+            }
+        }
+        for (n, addrs) in by_number {
+            let ports = vec![PolicyPort { proto: p.protocol, ports: Some((n, n)) }];
+            let addrs = AddrRange::merged(addrs);
+            out.push(if ingress {
+                PolicyRule { peers: peers.clone(), ports, members: Some(addrs) }
+            } else {
+                PolicyRule { peers: Some(addrs), ports, members: None }
+            });
+        }
+    }
+    out
 }
 
 /// What the policies of `node` among `policies` do now, with `pods` as they are.
@@ -72,8 +113,13 @@ pub(crate) fn node_policies(node: &NodeRef, policies: &[PolicyRecord], pods: &[P
             .flat_map(|p| p.networks.iter().flat_map(|n| std::iter::once(IpAddr::V4(n.ip)).chain(n.ip6.map(IpAddr::V6))))
             .collect();
         selected.sort();
-        let rules = |given: &Option<Vec<RuleSpec>>| given.as_ref().map(|rs| rs.iter().map(|r| rule(policy, r, &pods)).collect());
-        out.0.insert(policy.key.to_string(), PolicyRules { selected, ingress: rules(&policy.ingress), egress: rules(&policy.egress) });
+        let of = |given: &Option<Vec<RuleSpec>>, ingress: bool| {
+            given.as_ref().map(|rs| rs.iter().flat_map(|r| rules(policy, r, &pods, ingress)).collect())
+        };
+        out.0.insert(
+            policy.key.to_string(),
+            PolicyRules { selected, ingress: of(&policy.ingress, true), egress: of(&policy.egress, false) },
+        );
     }
     out
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::{Document, Object, ObjectKey, ServiceError, ServiceKey, ServiceManifest, ServicePortSpec, ServiceRecord};
+use super::{Document, Object, ObjectKey, ServiceError, ServiceKey, ServiceManifest, ServicePortSpec, ServiceRecord, TargetPort};
 use crate::netstack::Namespace;
 use crate::pod::{PodError, Pods};
 
@@ -66,7 +66,7 @@ impl Pods {
         })
     }
 
-    /// Applies every document: each service or network policy is created or changed
+    /// Applies every document: each service, endpoint slice or network policy is created or changed
     /// to what its document says, and served (or enforced) at once with the pods as
     /// they are. All or none: a bad document, a taken cluster IP or a failure to
     /// program one leaves every object as it was. The changes come in document order.
@@ -74,29 +74,66 @@ impl Pods {
         let _lock = self.services_lock()?;
         let mut services = Vec::new();
         let mut policies = Vec::new();
+        let mut slices = Vec::new();
         for doc in docs {
             match &doc.object {
                 Object::Service(m) => services.push((doc.index, m)),
                 Object::NetworkPolicy(m) => policies.push((doc.index, m)),
+                Object::EndpointSlice(m) => slices.push((doc.index, m)),
             }
         }
         let plan = self.plan_policies(&policies)?;
         let mut changes: Vec<(usize, ObjectKey, Change)> =
             self.commit_policies(&plan)?.into_iter().map(|(doc, key, change)| (doc, ObjectKey::NetworkPolicy(key), change)).collect();
-        match self.apply_services(&services) {
+        let undo_policies = || self.undo_policies(&plan.iter().collect::<Vec<_>>());
+        let steps = self.commit_slices(&slices).inspect_err(|_| undo_policies())?;
+        // The services the slices give endpoints to, served again with them; those the
+        // documents apply too are served as they are applied.
+        let touched: Vec<ServiceKey> = touched_services(steps.iter().flat_map(|s| s.old.iter().chain([&s.new])));
+        let applied: Vec<&ServiceKey> = services.iter().map(|(_, m)| &m.key).collect();
+        let others: Vec<ServiceKey> = touched.iter().filter(|k| !applied.contains(k)).cloned().collect();
+        match self.serve_keys(&others).and_then(|()| self.apply_services(&services)) {
             Ok(done) => changes.extend(done.into_iter().map(|(doc, key, change)| (doc, ObjectKey::Service(key), change))),
             Err(e) => {
-                self.undo_policies(&plan.iter().collect::<Vec<_>>());
+                // The services undone were served with the new slices: again with the old.
+                self.undo_slices(&steps);
+                if let Err(u) = self.serve_keys(&touched) {
+                    tracing::warn!("serving services again with their former endpoint slices: {u}");
+                }
+                undo_policies();
                 return Err(e);
             }
         }
+        changes.extend(steps.iter().map(|s| (s.doc, ObjectKey::EndpointSlice(s.new.key.clone()), s.change())));
         changes.sort_by_key(|(doc, _, _)| *doc);
         Ok(changes.into_iter().map(|(_, key, change)| (key, change)).collect())
     }
 
+    /// Serves the services of `keys` that exist as they are recorded now.
+    fn serve_keys(&self, keys: &[ServiceKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let pods = self.pods()?;
+        for key in keys {
+            match self.service(key) {
+                Ok(svc) => {
+                    self.serve(&svc, &pods)?;
+                }
+                Err(PodError::Service(ServiceError::NoSuchService(_))) => {} // given endpoints before the service
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The services part of [`Pods::apply`], under its lock.
     fn apply_services(&self, docs: &[(usize, &ServiceManifest)]) -> Result<Vec<(usize, ServiceKey, Change)>> {
+        if docs.is_empty() {
+            return Ok(vec![]);
+        }
         let existing = self.services(None)?;
+        let pods = self.pods()?;
         let cidr = *self.service_cidr();
         let mut plan: Vec<(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
         let mut unassigned = Vec::new();
@@ -160,6 +197,8 @@ impl Pods {
                     }
                 }
             }
+            let node = old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone());
+            check_port_names(index, &key, m, &node, &pods)?;
             let new = ServiceRecord {
                 key,
                 cluster_ip: ip,
@@ -169,7 +208,7 @@ impl Pods {
                 client_ip_affinity: m.client_ip_affinity,
                 labels: m.labels.clone(),
                 annotations: m.annotations.clone(),
-                node: old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone()),
+                node,
                 created: old.as_ref().map_or_else(crate::time::Timestamp::now, |o| o.created),
             };
             plan.push((old, new));
@@ -195,7 +234,6 @@ impl Pods {
             plan[s].1.ports[i].node_port = Some(free_node_port(&taken).ok_or(ServiceError::NodePortsFull(proto))?);
         }
         let index_of = |n: &ServiceRecord| docs.iter().find(|(_, m)| m.key == n.key).map_or(0, |(i, _)| *i);
-        let pods = self.pods()?;
         let mut done: Vec<&(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
         let mut changes = Vec::new();
         for step in &plan {
@@ -231,18 +269,25 @@ impl Pods {
         let _lock = self.services_lock()?;
         let mut services = Vec::new();
         let mut policies = Vec::new();
+        let mut slices = Vec::new();
         for doc in docs {
             match &doc.object {
                 Object::Service(m) => services.push(m.key.clone()),
                 Object::NetworkPolicy(m) => policies.push(m.key.clone()),
+                Object::EndpointSlice(m) => slices.push(m.key.clone()),
             }
         }
-        // Every service must exist before a policy goes.
+        // Every service and slice must exist before a policy goes.
         let found = services.iter().map(|k| self.service(k)).collect::<Result<Vec<_>>>()?;
+        let found_slices = self.find_slices(&slices)?;
         self.delete_policies_locked(&policies)?;
         for svc in &found {
             self.unserve(svc)?;
         }
+        self.forget_slices(&found_slices)?;
+        // Their services, but those just deleted, lose those endpoints.
+        let left: Vec<ServiceKey> = touched_services(found_slices.iter()).into_iter().filter(|k| !services.contains(k)).collect();
+        self.serve_keys(&left)?;
         Ok(docs.iter().map(|doc| doc.object.key()).collect())
     }
 
@@ -272,6 +317,49 @@ impl Pods {
         }
         remove_record(&self.service_file(&svc.key))
     }
+}
+
+/// The services `slices` give endpoints to, each once.
+fn touched_services<'a>(slices: impl Iterator<Item = &'a super::EndpointSliceRecord>) -> Vec<ServiceKey> {
+    let mut keys: Vec<ServiceKey> = slices.map(|s| s.service_key()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// A `targetPort` given by name must be declared by a pod the service selects, when it
+/// selects some already: a name none of them declares is a typo that would leave the
+/// port without endpoints. With no pod yet, the pods to come may declare it.
+fn check_port_names(
+    doc: usize,
+    key: &ServiceKey,
+    m: &ServiceManifest,
+    node: &crate::pod::NodeRef,
+    pods: &[crate::pod::PodRecord],
+) -> Result<()> {
+    let selected: Vec<&crate::pod::PodRecord> = pods
+        .iter()
+        .filter(|p| !p.removing && !p.host_network && p.namespace == key.namespace && p.node == *node && m.selector.matches(&p.labels))
+        .collect();
+    if selected.is_empty() {
+        return Ok(());
+    }
+    for (index, p) in m.ports.iter().enumerate() {
+        let TargetPort::Name(name) = &p.target_port else { continue };
+        if selected.iter().any(|pod| pod.named_port(name, p.protocol).is_some()) {
+            continue;
+        }
+        let mut declared: Vec<String> = selected.iter().flat_map(|pod| pod.named_ports.iter().map(|n| n.to_string())).collect();
+        declared.sort();
+        declared.dedup();
+        let declared = if declared.is_empty() { "no named ports".to_string() } else { declared.join(", ") };
+        let reason = format!(
+            "no pod the service selects declares a {} port named {name} (its pods declare {declared}): name a declared port, or give the number",
+            p.protocol
+        );
+        return Err(ServiceError::NoSuchPortName { doc, key: key.clone(), index, reason }.into());
+    }
+    Ok(())
 }
 
 /// Writes the record of an object at `path` (`dir/<namespace>/<name>.json`), making

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddrV4;
 
-use super::ServiceRecord;
+use super::{slice_endpoints, EndpointSliceRecord, ServicePortSpec, ServiceRecord, TargetPort};
 use crate::netstack::{HeadlessService, ServicePort, VirtualService};
 use crate::pod::{PodError, PodRecord, PodStatus, Pods};
 
@@ -20,11 +20,21 @@ fn is_endpoint(svc: &ServiceRecord, pod: &PodRecord) -> bool {
         && svc.selector.matches(&pod.labels)
 }
 
-/// `svc` as its node's firewall serves it, with the endpoints among `pods`.
-fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
-    let mut ips: Vec<_> = pods.iter().filter(|p| is_endpoint(svc, p)).filter_map(PodRecord::ip).collect();
-    // In one order, so that the same endpoints are the same service to the firewall.
-    ips.sort();
+/// Where connections to `port` of `svc` go on `pod`, if it is an endpoint of that port:
+/// the target port by number, or the port the pod declares by its name (a pod that
+/// declares none of that name is no endpoint of this port, as in Kubernetes).
+fn target(port: &ServicePortSpec, pod: &PodRecord) -> Option<SocketAddrV4> {
+    let number = match &port.target_port {
+        TargetPort::Number(n) => *n,
+        TargetPort::Name(name) => pod.named_port(name, port.protocol)?,
+    };
+    Some(SocketAddrV4::new(pod.ip()?, number))
+}
+
+/// `svc` as its node's firewall serves it, with the endpoints among `pods` and those
+/// its EndpointSlices give.
+fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord], slices: &[EndpointSliceRecord]) -> VirtualService {
+    let selected: Vec<&PodRecord> = pods.iter().filter(|p| is_endpoint(svc, p)).collect();
     VirtualService {
         owner: svc.key.to_string(),
         // A headless service's ports are never programmed as a virtual IP.
@@ -32,12 +42,13 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord]) -> VirtualService {
         ports: svc
             .ports
             .iter()
-            .map(|p| ServicePort {
-                proto: p.protocol,
-                port: p.port,
-                name: p.name.clone(),
-                endpoints: ips.iter().map(|ip| SocketAddrV4::new(*ip, p.target_port)).collect(),
-                node_port: p.node_port,
+            .map(|p| {
+                let mut endpoints: Vec<SocketAddrV4> = selected.iter().filter_map(|pod| target(p, pod)).collect();
+                endpoints.extend(slice_endpoints(slices, p));
+                // In one order, so that the same endpoints are the same service to the firewall.
+                endpoints.sort();
+                endpoints.dedup();
+                ServicePort { proto: p.protocol, port: p.port, name: p.name.clone(), endpoints, node_port: p.node_port }
             })
             .collect(),
         dns: Some(svc.dns()),
@@ -54,7 +65,7 @@ impl Pods {
             return Ok(false);
         }
         let node = self.node_at(&svc.node)?;
-        let served = virtual_service(svc, pods);
+        let served = virtual_service(svc, pods, &self.slices_of(&svc.key)?);
         if svc.cluster_ip.is_none() {
             let headless = HeadlessService { dns: svc.dns(), ports: served.ports };
             node.node().program_headless(&headless)?;
@@ -65,8 +76,13 @@ impl Pods {
 
     /// The addresses `svc` sends connections to now (of its first port's target).
     pub fn endpoints(&self, svc: &ServiceRecord) -> Result<Vec<std::net::Ipv4Addr>> {
+        Ok(self.port_endpoints(svc)?.into_iter().next().map(|p| p.endpoints.iter().map(|e| *e.ip()).collect()).unwrap_or_default())
+    }
+
+    /// Each port of `svc` with the endpoints its connections go to now.
+    pub fn port_endpoints(&self, svc: &ServiceRecord) -> Result<Vec<ServicePort>> {
         let pods = self.pods()?;
-        Ok(virtual_service(svc, &pods).ports.first().map(|p| p.endpoints.iter().map(|e| *e.ip()).collect()).unwrap_or_default())
+        Ok(virtual_service(svc, &pods, &self.slices_of(&svc.key)?).ports)
     }
 
     /// Brings the services that select `pod` up to date with the pods, after the pod

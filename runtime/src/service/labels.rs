@@ -48,9 +48,10 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
 pub struct Selector(pub BTreeMap<String, String>);
 
 impl Selector {
-    /// Whether `labels` has every pair of the selector.
+    /// Whether it selects a pod with `labels`: an empty selector (a service without
+    /// one, whose endpoints are given by hand) selects none.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
+        !self.0.is_empty() && self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 
@@ -156,6 +157,9 @@ impl std::fmt::Display for LabelSelector {
 
 impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("<none>"); // as kubectl shows a service without one
+        }
         let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
         f.write_str(&pairs.join(","))
     }
@@ -185,6 +189,8 @@ mod tests {
         assert!(sel(&[("app", "web"), ("tier", "front")]).matches(&labels));
         assert!(!sel(&[("app", "web"), ("tier", "back")]).matches(&labels));
         assert!(!sel(&[("role", "x")]).matches(&labels));
+        // A service without a selector gets its endpoints by hand, never from pods.
+        assert!(!sel(&[]).matches(&labels));
         assert_eq!(sel(&[("app", "web"), ("tier", "front")]).to_string(), "app=web,tier=front");
     }
 

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
-use super::{check_label_key, check_label_value, Selector, ServiceKey, ServicePortSpec};
-use crate::netstack::{is_dns_label, Namespace, Proto, ServiceName};
+use super::{check_label_key, check_label_value, Selector, ServiceKey, ServicePortSpec, TargetPort};
+use crate::netstack::{is_dns_label, Namespace, PortName, Proto, ServiceName};
 
 /// A document could not be read or asks for what cannot be applied.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub enum ManifestError {
     Shape { doc: usize, object: String, field: String, error: serde_yaml_ng::Error },
     #[error("document {doc}: {reason}")]
     NotAnObject { doc: usize, reason: String },
-    #[error("document {doc}: {kind} of apiVersion {api_version} is not something minipod applies: it takes v1 Service and networking.k8s.io/v1 NetworkPolicy")]
+    #[error("document {doc}: {kind} of apiVersion {api_version} is not something minipod applies: it takes v1 Service, discovery.k8s.io/v1 EndpointSlice and networking.k8s.io/v1 NetworkPolicy")]
     UnknownKind { doc: usize, api_version: String, kind: String },
     #[error("document {doc} ({object}): {field}: {reason}")]
     Invalid { doc: usize, object: String, field: String, reason: String },
@@ -49,6 +49,7 @@ pub struct Document {
 pub enum Object {
     Service(ServiceManifest),
     NetworkPolicy(crate::policy::PolicyManifest),
+    EndpointSlice(super::EndpointSliceRecord),
 }
 
 /// Which object a document is about.
@@ -56,6 +57,7 @@ pub enum Object {
 pub enum ObjectKey {
     Service(ServiceKey),
     NetworkPolicy(crate::policy::PolicyKey),
+    EndpointSlice(super::SliceKey),
 }
 
 impl std::fmt::Display for ObjectKey {
@@ -65,6 +67,7 @@ impl std::fmt::Display for ObjectKey {
         let (kind, namespace, name) = match self {
             ObjectKey::Service(k) => ("service", &k.namespace, k.name.as_str()),
             ObjectKey::NetworkPolicy(k) => ("networkpolicy.networking.k8s.io", &k.namespace, k.name.as_str()),
+            ObjectKey::EndpointSlice(k) => ("endpointslice.discovery.k8s.io", &k.namespace, k.name.as_str()),
         };
         if *namespace == Namespace::default() {
             write!(f, "{kind}/{name}")
@@ -80,6 +83,7 @@ impl Object {
         match self {
             Object::Service(s) => ObjectKey::Service(s.key.clone()),
             Object::NetworkPolicy(p) => ObjectKey::NetworkPolicy(p.key.clone()),
+            Object::EndpointSlice(s) => ObjectKey::EndpointSlice(s.key.clone()),
         }
     }
 
@@ -88,6 +92,7 @@ impl Object {
         match self {
             Object::Service(s) => format!("Service {}", s.key),
             Object::NetworkPolicy(p) => format!("NetworkPolicy {}", p.key),
+            Object::EndpointSlice(s) => format!("EndpointSlice {}", s.key),
         }
     }
 }
@@ -163,6 +168,9 @@ fn object(doc: usize, value: serde_yaml_ng::Value) -> Result<Object, ManifestErr
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             Ok(Object::NetworkPolicy(crate::policy::checked(doc, typed(doc, &object, value, "networking.k8s.io/v1 NetworkPolicy")?)?))
         }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            Ok(Object::EndpointSlice(super::slice::checked(doc, typed(doc, &object, value, "discovery.k8s.io/v1 EndpointSlice")?)?))
+        }
         _ => Err(ManifestError::UnknownKind { doc, api_version, kind }),
     }
 }
@@ -213,29 +221,59 @@ fn unknown_field(given: &serde_yaml_ng::Value, typed: &serde_yaml_ng::Value, pat
     }
 }
 
-/// Checks a typed Service (document `doc` of its input) against what minipod builds.
-pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestError> {
-    let meta = svc.metadata;
-    let name_text = meta.name.clone().unwrap_or_default();
-    let object = format!("Service {name_text}");
-    let invalid = |field: &str, reason: String| ManifestError::Invalid { doc, object: object.clone(), field: field.into(), reason };
+/// The checked metadata of one object of a document: its name and namespace, its
+/// labels and annotations, and how messages name it (`Service NAMESPACE/NAME`).
+pub(crate) struct Meta<N> {
+    pub doc: usize,
+    pub object: String,
+    pub namespace: Namespace,
+    pub name: N,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl<N> Meta<N> {
+    pub fn invalid(&self, field: &str, reason: String) -> ManifestError {
+        ManifestError::Invalid { doc: self.doc, object: self.object.clone(), field: field.into(), reason }
+    }
+
+    pub fn not_built(&self, field: &str, what: &str) -> ManifestError {
+        ManifestError::NotBuilt { doc: self.doc, object: self.object.clone(), field: field.into(), what: what.into() }
+    }
+}
+
+/// Checks the metadata of a `kind` object of document `doc`: a name that `name` takes,
+/// a namespace (`default` when left out), labels as Kubernetes has them.
+pub(crate) fn checked_meta<N: std::fmt::Display>(
+    doc: usize,
+    kind: &str,
+    meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    name: impl FnOnce(String) -> Result<N, crate::netstack::NameError>,
+) -> Result<Meta<N>, ManifestError> {
+    let invalid = |object: String, field: &str, reason: String| ManifestError::Invalid { doc, object, field: field.into(), reason };
+    let unnamed = format!("{kind} {}", meta.name.as_deref().unwrap_or_default());
     let name = match meta.name {
-        None => return Err(invalid("metadata.name", "required".into())),
-        Some(n) => ServiceName::new(n).map_err(|e| invalid("metadata.name", e.to_string()))?,
+        None => return Err(invalid(unnamed, "metadata.name", "required".into())),
+        Some(n) => name(n).map_err(|e| invalid(unnamed.clone(), "metadata.name", e.to_string()))?,
     };
     let namespace = match meta.namespace {
         None => Namespace::default(),
-        Some(n) => Namespace::new(n).map_err(|e| invalid("metadata.namespace", e.to_string()))?,
+        Some(n) => Namespace::new(n).map_err(|e| invalid(unnamed, "metadata.namespace", e.to_string()))?,
     };
-    let key = ServiceKey { namespace, name };
-    let object = format!("Service {key}");
-    let invalid = |field: &str, reason: String| ManifestError::Invalid { doc, object: object.clone(), field: field.into(), reason };
-    let not_built =
-        |field: &str, what: &str| ManifestError::NotBuilt { doc, object: object.clone(), field: field.into(), what: what.into() };
+    let object = format!("{kind} {namespace}/{name}");
     let labels = meta.labels.unwrap_or_default();
     for (k, v) in &labels {
-        check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid("metadata.labels", r))?;
+        check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid(object.clone(), "metadata.labels", r))?;
     }
+    Ok(Meta { doc, object, namespace, name, labels, annotations: meta.annotations.unwrap_or_default() })
+}
+
+/// Checks a typed Service (document `doc` of its input) against what minipod builds.
+pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestError> {
+    let meta = checked_meta(doc, "Service", svc.metadata, ServiceName::new)?;
+    let key = ServiceKey { namespace: meta.namespace.clone(), name: meta.name.clone() };
+    let invalid = |field: &str, reason: String| meta.invalid(field, reason);
+    let not_built = |field: &str, what: &str| meta.not_built(field, what);
     let Some(spec) = svc.spec else { return Err(invalid("spec", "required".into())) };
     let node_ports = match spec.type_.as_deref() {
         None | Some("ClusterIP") => false,
@@ -337,10 +375,8 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         None | Some("PreferClose" | "PreferSameZone" | "PreferSameNode") => {}
         Some(d) => return Err(invalid("spec.trafficDistribution", format!("{d:?} is not PreferClose, PreferSameZone or PreferSameNode"))),
     }
+    // Without one, its endpoints are the EndpointSlices that name it.
     let selector = spec.selector.unwrap_or_default();
-    if selector.is_empty() {
-        return Err(not_built("spec.selector", "a service without a selector (endpoints given by hand)"));
-    }
     for (k, v) in &selector {
         check_label_key(k).and_then(|()| check_label_value(v)).map_err(|r| invalid("spec.selector", r))?;
     }
@@ -386,15 +422,16 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
             }
         };
         let target_port = match &p.target_port {
-            None => port,
-            Some(IntOrString::Int(n)) => {
-                u16::try_from(*n).ok().filter(|p| *p != 0).ok_or_else(|| invalid(&field("targetPort"), format!("{n} is not 1 to 65535")))?
-            }
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => TargetPort::Number(
+                u16::try_from(*n)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| invalid(&field("targetPort"), format!("{n} is not 1 to 65535")))?,
+            ),
             Some(IntOrString::String(s)) => match s.parse::<u16>() {
-                Ok(n) if n != 0 => n,
-                _ => {
-                    return Err(not_built(&field("targetPort"), &format!("a targetPort by name ({s:?}): give the container's port number")))
-                }
+                Ok(n) if n != 0 => TargetPort::Number(n),
+                _ => TargetPort::Name(PortName::new(s.as_str()).map_err(|e| invalid(&field("targetPort"), e.to_string()))?),
             },
         };
         ports.push(ServicePortSpec { name: p.name.clone(), protocol, port, target_port, node_port });
@@ -407,8 +444,8 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         headless,
         node_ports,
         client_ip_affinity,
-        labels,
-        annotations: meta.annotations.unwrap_or_default(),
+        labels: meta.labels.clone(),
+        annotations: meta.annotations.clone(),
     })
 }
 
@@ -441,7 +478,10 @@ spec:
         let s = service_of(EXAMPLE).unwrap();
         assert_eq!(s.key.to_string(), "default/my-service");
         assert_eq!(s.selector.to_string(), "app=my-app");
-        assert_eq!(s.ports, vec![ServicePortSpec { name: None, protocol: Proto::Tcp, port: 80, target_port: 8080, node_port: None }]);
+        assert_eq!(
+            s.ports,
+            vec![ServicePortSpec { name: None, protocol: Proto::Tcp, port: 80, target_port: TargetPort::Number(8080), node_port: None }]
+        );
         assert_eq!(s.cluster_ip, None);
     }
 
@@ -480,12 +520,11 @@ spec:
             ),
             (with("sessionAffinity: Cookie"), "spec.sessionAffinity: \"Cookie\" is not None or ClientIP"),
             (with("selectr: {app: x}"), "spec.selectr: no such field in a v1 Service"),
-            (EXAMPLE.replace("8080", "http"), "spec.ports[0].targetPort: a targetPort by name (\"http\")"),
+            (EXAMPLE.replace("8080", "http--x"), "spec.ports[0].targetPort: port name \"http--x\" is not valid"),
             (EXAMPLE.replace("port: 80,", "port: 0,"), "spec.ports[0].port: 0 is not 1 to 65535"),
             (EXAMPLE.replace("TCP", "SCTP"), "spec.ports[0].protocol: SCTP is not built"),
             (EXAMPLE.replace("my-service", "My"), "metadata.name: service name \"My\""),
             (EXAMPLE.replace("app: my-app", "app: -x"), "spec.selector: label value \"-x\""),
-            (EXAMPLE.replace("  selector: {app: my-app}\n", ""), "a service without a selector"),
             (EXAMPLE.replace("port: 80,", "port: eighty,"), "spec.ports[0].port: invalid type: string \"eighty\""),
             (EXAMPLE.replace("kind: Service", "kind: Deployment"), "document 1: Deployment of apiVersion v1 is not something"),
         ];
@@ -498,6 +537,20 @@ spec:
         assert_eq!(kinds, ["service/my-service", "networkpolicy.networking.k8s.io/p"]);
         let e = parse("a: [").unwrap_err();
         assert!(e.to_string() == "document 1 is not valid YAML or JSON" && std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn a_target_port_may_be_a_name_and_the_selector_may_be_left_out() {
+        let named = service_of(&EXAMPLE.replace("targetPort: 8080", "targetPort: http")).unwrap();
+        assert_eq!(named.ports[0].target_port, TargetPort::Name(PortName::new("http").unwrap()));
+        // Without a selector the endpoints are given by EndpointSlices.
+        let by_hand = service_of(&EXAMPLE.replace("  selector: {app: my-app}\n", "")).unwrap();
+        assert!(by_hand.selector.0.is_empty() && by_hand.selector.to_string() == "<none>");
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: my-service}}\naddressType: IPv4\nendpoints: [{addresses: [10.1.2.3]}]\nports: [{port: 80}]\n";
+        let docs = parse(&format!("{EXAMPLE}---\n{slice}")).unwrap();
+        assert_eq!(docs[1].object.key().to_string(), "endpointslice.discovery.k8s.io/s");
+        assert!(error_of(&slice.replace("addressType: IPv4\n", "addressType: IPv4\nbogus: 1\n"))
+            .contains("bogus: no such field in a discovery.k8s.io/v1 EndpointSlice"));
     }
 
     #[test]
@@ -520,6 +573,6 @@ spec:
             "ports: [{name: a, port: 80}, {name: b, port: 80, protocol: UDP}]",
         );
         let s = service_of(&ok).unwrap();
-        assert_eq!((s.ports[0].target_port, s.ports[1].protocol), (80, Proto::Udp));
+        assert_eq!((&s.ports[0].target_port, s.ports[1].protocol), (&TargetPort::Number(80), Proto::Udp));
     }
 }

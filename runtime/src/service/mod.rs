@@ -31,10 +31,19 @@
 //! its first one went to, until it has been quiet for `timeoutSeconds` (default three
 //! hours), as kube-proxy's nftables mode does with a timed set per endpoint.
 //!
+//! A `targetPort` by name is the port each pod declares by that name (a different
+//! number on each, as Kubernetes' containers `ports` give them; see
+//! [`crate::pod::NamedPort`]); a pod that declares none is no endpoint of that port. A
+//! name that none of the pods the service selects declares is refused, as a typo.
+//!
+//! A service without a selector gets its endpoints from EndpointSlices given by hand
+//! (`discovery.k8s.io/v1`, labelled `kubernetes.io/service-name`; see
+//! [`EndpointSliceRecord`]), added to those of its selector when it has one, as
+//! kube-proxy merges every slice of a service.
+//!
 //! What a manifest asks for that is not built yet is refused with the field that asks
-//! for it, never accepted and ignored: `type: LoadBalancer`/`ExternalName`,
-//! services without a selector, named
-//! `targetPort`s, `SCTP`, `externalIPs`, `publishNotReadyAddresses` and IPv6.
+//! for it, never accepted and ignored: `type: LoadBalancer`/`ExternalName`, `SCTP`,
+//! `externalIPs`, `publishNotReadyAddresses`, IPv6, and per-endpoint `hostname`s.
 //! NetworkPolicy objects come in the same documents (see [`crate::policy`]). Containers have no readiness probes in minipod, so
 //! a pod is ready from the moment its network is up until it stops.
 
@@ -43,12 +52,15 @@ mod endpoints;
 mod labels;
 mod manifest;
 mod record;
+mod slice;
 
 pub use apply::Change;
 pub(crate) use apply::{read_records, remove_record, write_record};
 pub use labels::{check_label_key, check_label_value, LabelOp, LabelRequirement, LabelSelector, Selector};
+pub(crate) use manifest::checked_meta;
 pub use manifest::{checked, parse, Document, ManifestError, Object, ObjectKey, ServiceManifest};
-pub use record::{ServiceKey, ServicePortSpec, ServiceRecord};
+pub use record::{ServiceKey, ServicePortSpec, ServiceRecord, TargetPort};
+pub use slice::{slice_endpoints, EndpointSliceRecord, SliceEndpoint, SliceKey, SlicePort, SERVICE_NAME_LABEL};
 
 use std::net::Ipv4Addr;
 
@@ -81,4 +93,12 @@ pub enum ServiceError {
     NodePortTaken { doc: usize, key: ServiceKey, proto: crate::netstack::Proto, port: u16, by: ServiceKey },
     #[error("no {0} node port of 30000-32767 is free: delete NodePort services")]
     NodePortsFull(crate::netstack::Proto),
+    #[error("no endpoint slice {0}")]
+    NoSuchSlice(SliceKey),
+    #[error("document {doc}: EndpointSlice {key} is in the file twice")]
+    SliceTwice { doc: usize, key: SliceKey },
+    #[error("document {doc} (EndpointSlice {key}): endpoint {ip} is in the service CIDR {cidr}: a cluster IP cannot be an endpoint")]
+    SliceClusterIp { doc: usize, key: SliceKey, ip: Ipv4Addr, cidr: ipnetwork::Ipv4Network },
+    #[error("document {doc} (Service {key}): spec.ports[{index}].targetPort: {reason}")]
+    NoSuchPortName { doc: usize, key: ServiceKey, index: usize, reason: String },
 }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::Selector;
-use crate::netstack::{Namespace, Proto, ServiceName};
+use crate::netstack::{Namespace, PortName, Proto, ServiceName};
 use crate::pod::NodeRef;
 
 /// A service's identity: its name within its namespace.
@@ -37,10 +37,28 @@ pub struct ServicePortSpec {
     pub name: Option<String>,
     pub protocol: Proto,
     pub port: u16,
-    pub target_port: u16,
+    pub target_port: TargetPort,
     /// The port on the node's addresses, for a NodePort service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+}
+
+/// Where a service port's connections go on each endpoint: a number, or the port a
+/// pod declares by that name (which may be a different number on each pod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    Name(PortName),
+}
+
+impl fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPort::Number(n) => write!(f, "{n}"),
+            TargetPort::Name(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// A service as recorded.
