@@ -328,6 +328,16 @@ fn bad_manifests_are_refused_whole_with_the_document_and_field() {
     cli.ok(&["apply", "-f", &write("np1.yaml", &np("np1", 30111))]);
     let (ok, _, err) = cli.run(&["apply", "-f", &write("np2.yaml", &np("np2", 30111))]);
     assert!(!ok && err.contains("node port tcp/30111 is taken by service default/np1"), "{err}");
+    // A node port and a pod's host port are the same DNAT on the node's addresses:
+    // whichever comes second is refused, naming the first.
+    let (ok, _, err) = cli.run(&["pod", "run", "hostport", "--publish", "30111:8080"]);
+    assert!(!ok && err.contains("host port tcp/30111 is already published by NodePort service default/np1"), "{err}");
+    cli.ok(&["pod", "run", "hostport", "--publish", "30222:8080"]);
+    let (ok, _, err) = cli.run(&["apply", "-f", &write("np3.yaml", &np("np3", 30222))]);
+    assert!(!ok && err.contains("node port tcp/30222 is published by pod hostport as a host port"), "{err}");
+    cli.ok(&["pod", "rm", "--force", "hostport"]);
+    cli.ok(&["apply", "-f", &write("np3.yaml", &np("np3", 30222))]);
+    cli.ok(&["delete", "-f", &write("np3.yaml", &np("np3", 30222))]);
     assert_eq!(cli.ok(&["delete", "-f", &write("np1.yaml", &np("np1", 30111))]).trim(), "service/np1 deleted");
     let (ok, _, err) = cli.run(&["delete", "-f", &write("gone.yaml", &good.replace("name: a", "name: gone"))]);
     assert!(!ok && err.contains("no service default/gone"), "{err}");

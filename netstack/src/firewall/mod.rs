@@ -30,6 +30,8 @@ pub enum FirewallError {
     NoNft(#[source] std::io::Error),
     #[error("host port {proto}/{port}{} is already published by {holder}", host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default())]
     PortTaken { proto: Proto, port: u16, host_ip: Option<Ipv4Addr>, holder: String },
+    #[error("node port {proto}/{port} of service {service} is published by {holder} as a host port: give the service another nodePort, or leave it out")]
+    NodePortPublished { proto: Proto, port: u16, service: String, holder: String },
     #[error(
         "the port record {path} cannot be read: restore it, or remove it to give up its ports (then withdraw them from the \
          ports4, hostports4 and ports6 maps with `nft delete element inet minipod MAP {{ KEY }}`)"
@@ -441,6 +443,35 @@ impl Firewall {
             // publish it twice.
             if records?.iter().any(clash) {
                 return Ok(Some(owner));
+            }
+        }
+        // A NodePort service's port is on every address of the node: the same DNAT.
+        let by_service =
+            self.recorded_services().into_iter().find(|s| s.ports.iter().any(|q| q.proto == p.proto && q.node_port == Some(p.host_port)));
+        Ok(by_service.map(|s| format!("NodePort service {}", s.owner)))
+    }
+
+    /// The owner of a published host port that a node port of `svc` (one `old` did not
+    /// have already) would clash with: a node port is on every address of the node.
+    pub(super) fn node_port_holder(
+        &self,
+        old: Option<&service::VirtualService>,
+        svc: &service::VirtualService,
+    ) -> Result<Option<(Proto, u16, String)>, FirewallError> {
+        let new: Vec<(Proto, u16)> = svc
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port.map(|np| (p.proto, np)))
+            .filter(|np| old.is_none_or(|o| !o.ports.iter().any(|q| q.node_port.map(|n| (q.proto, n)) == Some(*np))))
+            .collect();
+        if new.is_empty() {
+            return Ok(None);
+        }
+        for (owner, records) in self.reservations()? {
+            let Ok(records) = records else { continue };
+            if let Some(&(proto, port)) = new.iter().find(|(proto, port)| records.iter().any(|r| r.proto == *proto && r.host_port == *port))
+            {
+                return Ok(Some((proto, port, owner)));
             }
         }
         Ok(None)

@@ -102,6 +102,9 @@ impl Firewall {
         if old.as_ref() == Some(svc) {
             return Ok(false);
         }
+        if let Some((proto, port, holder)) = self.node_port_holder(old.as_ref(), svc)? {
+            return Err(FirewallError::NodePortPublished { proto, port, service: svc.owner.clone(), holder });
+        }
         let path = self.service_file(svc.ip);
         let dir = self.state_dir.join("services");
         std::fs::create_dir_all(&dir).map_err(|source| FirewallError::State { path: dir, source })?;

@@ -170,6 +170,7 @@ impl Pods {
                     None
                 }
             };
+            let node = old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone());
             let mut ports = m.ports.clone();
             if m.node_ports {
                 for (i, p) in ports.iter_mut().enumerate() {
@@ -180,6 +181,19 @@ impl Pods {
                         unassigned_ports.push((plan.len(), i));
                         continue;
                     };
+                    let on_node = |pod: &&crate::pod::PodRecord| pod.node == node && pod.status != crate::pod::PodStatus::Stopped;
+                    if let Some(pod) =
+                        pods.iter().filter(on_node).find(|pod| pod.ports.iter().any(|h| h.proto == p.protocol && h.host_port == np))
+                    {
+                        return Err(ServiceError::NodePortPublished {
+                            doc: index,
+                            key,
+                            proto: p.protocol,
+                            port: np,
+                            pod: pod.name.to_string(),
+                        }
+                        .into());
+                    }
                     let others = existing.iter().filter(|s| s.key != key).chain(plan.iter().map(|(_, n)| n));
                     if let Some(by) =
                         others.into_iter().find(|s| s.ports.iter().any(|q| q.protocol == p.protocol && q.node_port == Some(np)))
@@ -197,7 +211,6 @@ impl Pods {
                     }
                 }
             }
-            let node = old.as_ref().map_or_else(|| self.node_ref().clone(), |o| o.node.clone());
             check_port_names(index, &key, m, &node, &pods)?;
             let new = ServiceRecord {
                 key,
@@ -230,6 +243,14 @@ impl Pods {
                 .flat_map(|e| e.ports.iter())
                 .filter(|q| q.protocol == proto)
                 .filter_map(|q| q.node_port)
+                // Nor a host port a pod of its node publishes: the same DNAT.
+                .chain(
+                    pods.iter()
+                        .filter(|pod| pod.node == plan[s].1.node)
+                        .flat_map(|pod| pod.ports.iter())
+                        .filter(|h| h.proto == proto)
+                        .map(|h| h.host_port),
+                )
                 .collect();
             plan[s].1.ports[i].node_port = Some(free_node_port(&taken).ok_or(ServiceError::NodePortsFull(proto))?);
         }

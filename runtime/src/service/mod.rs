@@ -91,6 +91,8 @@ pub enum ServiceError {
     Full(ipnetwork::Ipv4Network),
     #[error("document {doc} (Service {key}): node port {proto}/{port} is taken by service {by}: leave nodePort out to get a free one")]
     NodePortTaken { doc: usize, key: ServiceKey, proto: crate::netstack::Proto, port: u16, by: ServiceKey },
+    #[error("document {doc} (Service {key}): node port {proto}/{port} is published by pod {pod} as a host port: give another nodePort, or leave it out to get a free one")]
+    NodePortPublished { doc: usize, key: ServiceKey, proto: crate::netstack::Proto, port: u16, pod: String },
     #[error("no {0} node port of 30000-32767 is free: delete NodePort services")]
     NodePortsFull(crate::netstack::Proto),
     #[error("no endpoint slice {0}")]
