@@ -16,7 +16,9 @@ fi
 # iptables, containernetworking-plugins: the CNI chain the netstack benchmark compares against.
 # protobuf-compiler: protoc, which the CRI bindings (k8s-cri) are generated with.
 # libseccomp-dev, pkg-config: the seccomp filters containers get are compiled by libseccomp.
-packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux bsdutils iptables containernetworking-plugins ca-certificates protobuf-compiler libseccomp-dev pkg-config)
+# iputils-ping: `ping -M do -s`, which the overlay tests probe the path MTU with (busybox's
+# ping cannot forbid fragmenting).
+packages=(busybox-static runc crun iproute2 procps nftables conntrack util-linux bsdutils iptables containernetworking-plugins ca-certificates protobuf-compiler libseccomp-dev pkg-config iputils-ping)
 # Installs the Debian packages given that are missing (scripts/critest.sh uses it too).
 apt_install() {
     local p missing=()

@@ -117,6 +117,7 @@ pub mod names;
 pub mod netlink;
 pub mod netns;
 mod network;
+pub mod overlay;
 pub mod record;
 mod veth;
 
@@ -129,4 +130,6 @@ pub use names::{
     is_dns_label, is_dns_name, Alias, ContainerName, Hostname, IfName, NameError, Namespace, NetworkName, OwnerId, PodName, PolicyName,
     PortName, Scope, ServiceName, SliceName,
 };
-pub use network::{host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node};
+pub use network::{
+    host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node, OverlayRecord,
+};

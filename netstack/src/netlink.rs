@@ -46,6 +46,14 @@ fn invalid(what: &str, e: impl std::fmt::Display) -> NetlinkError {
     NetlinkError::Request { what: what.to_string(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()) }
 }
 
+/// A delete of what is not there (no such entry, route or device) is done.
+fn gone_is_fine(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => Ok(()),
+        other => other,
+    }
+}
+
 fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |e| {
@@ -340,6 +348,58 @@ impl Netlink {
     /// for `ip` on that link.
     pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6], what: impl Into<String>) -> Result<(), NetlinkError> {
         self.handle.neighbours().add(index, ip).link_layer_address(&mac).replace().execute().await.map_err(request(what))
+    }
+
+    /// Sends what goes to `mac` on VXLAN device `index` to the remote tunnel end `dst`
+    /// (a static forwarding entry, as `bridge fdb replace MAC dev DEV dst DST self
+    /// permanent`); replaces one for `mac`.
+    pub async fn add_fdb(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr, what: impl Into<String>) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::neighbour::NeighbourFlags;
+        let req = self.handle.neighbours().add_bridge(index, &mac).destination(IpAddr::V4(dst)).flags(NeighbourFlags::Own).replace();
+        req.execute().await.map_err(request(what))
+    }
+
+    /// Deletes the forwarding entry for `mac` on VXLAN device `index`; one that is gone
+    /// is fine.
+    pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr, what: impl Into<String>) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = rtnetlink::packet_route::AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        gone_is_fine(self.handle.neighbours().del(msg).execute().await.map_err(request(what)))
+    }
+
+    /// Deletes the neighbour entry for `ip` on link `index`; one that is gone is fine.
+    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr, what: impl Into<String>) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        gone_is_fine(self.handle.neighbours().del(msg).execute().await.map_err(request(what)))
+    }
+
+    /// Deletes the route to `dest` out of link `index`; one that is gone is fine.
+    pub async fn delete_route(&self, dest: ipnetwork::Ipv4Network, index: u32, what: impl Into<String>) -> Result<(), NetlinkError> {
+        let route =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix()).output_interface(index).build();
+        gone_is_fine(self.handle.route().del(route).execute().await.map_err(request(what)))
+    }
+
+    /// The MTU of link `index`.
+    pub async fn link_mtu(&self, name: &str) -> Result<u32, NetlinkError> {
+        let link = self.link(name).await?.ok_or_else(|| NetlinkError::NoLink(name.to_string()))?;
+        Ok(link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .unwrap_or(1500))
     }
 
     /// The MTU of the link that carries the IPv4 default route, if there is one.

@@ -24,6 +24,7 @@ pub mod config;
 mod dns_service;
 mod gc;
 mod lifecycle;
+mod overlay;
 mod policies;
 mod services;
 pub(crate) use services::read_headless;
@@ -32,6 +33,7 @@ mod store;
 pub use config::{ConfigError, NetworkConfig};
 pub use dns_service::DnsScope;
 pub use gc::GcReport;
+pub use overlay::OverlayRecord;
 
 /// Something about a network went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,8 @@ pub enum NetworkError {
     Firewall(#[from] FirewallError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
     #[error(transparent)]
     Veth(#[from] crate::veth::VethError),
     #[error(transparent)]

@@ -1,0 +1,123 @@
+//! A node's place in a cluster's overlay: its VXLAN device over an uplink, carrying
+//! one of its networks (its pod subnet) to the same network of every peer node. What
+//! is set up is recorded as `overlay.json` in the node's state dir, with its peers.
+
+use super::*;
+use crate::overlay::{self, OverlayError, OverlayPeer, OverlaySpec};
+
+/// The node's overlay as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayRecord {
+    pub spec: OverlaySpec,
+    pub network: NetworkName,
+    /// The MTU the tunnel carries (the uplink's less the VXLAN overhead).
+    pub mtu: u32,
+    pub peers: Vec<OverlayPeer>,
+}
+
+impl Node {
+    fn overlay_file(&self) -> PathBuf {
+        self.state_dir.join("overlay.json")
+    }
+
+    /// The overlay this node is part of, if any.
+    pub fn overlay(&self) -> Result<Option<OverlayRecord>, NetworkError> {
+        let path = self.overlay_file();
+        match record::read_json(&path) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(state_err(&path)(e)),
+        }
+    }
+
+    fn write_overlay(&self, r: &OverlayRecord) -> Result<(), NetworkError> {
+        let path = self.overlay_file();
+        record::write_json(&path, r, Durability::Atomic).map_err(state_err(&path))
+    }
+
+    /// Carries network `network` (its subnet is this node's pod subnet) to the same
+    /// network of the peers that are added, over VXLAN `vni` on `uplink`, whose address
+    /// on the node is `local`. The network's links must fit in the tunnel: make the
+    /// network with an MTU of at most the uplink's less [`overlay::VXLAN_OVERHEAD`].
+    pub async fn join_overlay(
+        &self,
+        network: &NetworkName,
+        vni: u32,
+        uplink: &IfName,
+        local: Ipv4Addr,
+    ) -> Result<OverlayRecord, NetworkError> {
+        let cfg = self.network(network)?.ok_or_else(|| NetworkError::NoSuchNetwork(network.clone()))?;
+        let spec = OverlaySpec { vni, uplink: uplink.clone(), local, subnet: cfg.subnet, group: cfg.group() };
+        if let Some(had) = self.overlay()? {
+            if had.spec != spec || had.network != *network {
+                return Err(NetworkError::Conflict {
+                    name: network.clone(),
+                    what: format!("this node is in the overlay of VNI {} over {} already", had.spec.vni, had.spec.uplink),
+                });
+            }
+        }
+        let nl = Netlink::open(&self.netns)?;
+        let mtu = overlay::ensure(&nl, &spec).await?;
+        if let Some(net_mtu) = cfg.mtu.filter(|m| *m > mtu) {
+            let _ = overlay::remove(&nl, &spec).await;
+            return Err(OverlayError::NetworkMtu { network: network.clone(), mtu: net_mtu, overlay: mtu }.into());
+        }
+        let rec = match self.overlay()? {
+            Some(had) => had,
+            None => OverlayRecord { spec, network: network.clone(), mtu, peers: vec![] },
+        };
+        if let Err(e) = self.write_overlay(&rec) {
+            let _ = overlay::remove(&nl, &rec.spec).await;
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// Adds (or updates) the peer node at `peer.underlay`: this node's pods reach its
+    /// pods by their addresses.
+    pub async fn add_overlay_peer(&self, peer: OverlayPeer) -> Result<(), NetworkError> {
+        let mut rec = self.overlay()?.ok_or(OverlayError::NotJoined)?;
+        if let Some(other) = rec.peers.iter().find(|p| p.underlay != peer.underlay && p.subnet.overlaps(peer.subnet)) {
+            return Err(OverlayError::Overlap {
+                peer: peer.underlay,
+                subnet: peer.subnet,
+                other: other.subnet,
+                holder: format!("peer {}", other.underlay),
+            }
+            .into());
+        }
+        let nl = Netlink::open(&self.netns)?;
+        // A peer that changed subnet: its old route goes first.
+        if let Some(old) = rec.peers.iter().find(|p| p.underlay == peer.underlay && p.subnet != peer.subnet) {
+            overlay::remove_peer(&nl, &rec.spec, old).await?;
+        }
+        overlay::add_peer(&nl, &rec.spec, &peer).await?;
+        rec.peers.retain(|p| p.underlay != peer.underlay);
+        rec.peers.push(peer);
+        rec.peers.sort_by_key(|p| p.underlay);
+        self.write_overlay(&rec)
+    }
+
+    /// Takes the peer at `underlay` away: its route, neighbour and forwarding entries
+    /// go. One that is not a peer is fine.
+    pub async fn remove_overlay_peer(&self, underlay: Ipv4Addr) -> Result<(), NetworkError> {
+        let Some(mut rec) = self.overlay()? else { return Ok(()) };
+        let Some(peer) = rec.peers.iter().find(|p| p.underlay == underlay).copied() else { return Ok(()) };
+        let nl = Netlink::open(&self.netns)?;
+        overlay::remove_peer(&nl, &rec.spec, &peer).await?;
+        rec.peers.retain(|p| p.underlay != underlay);
+        self.write_overlay(&rec)
+    }
+
+    /// Leaves the overlay: the VXLAN device goes, and every peer entry with it.
+    pub async fn leave_overlay(&self) -> Result<(), NetworkError> {
+        let Some(rec) = self.overlay()? else { return Ok(()) };
+        let nl = Netlink::open(&self.netns)?;
+        overlay::remove(&nl, &rec.spec).await?;
+        let path = self.overlay_file();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(state_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Three node namespaces joined by a VXLAN overlay over an underlay of their own (a
+//! bridge in a namespace, addresses from 192.0.2.0/24): every pod reaches every other
+//! by its address and sees the sender's own address, the path carries the overlay's
+//! MTU and not a byte more, a node that leaves is gone from its peers' tables, and bad
+//! input is refused.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use minipod_netstack::overlay::{OverlayError, OverlayPeer};
+use minipod_netstack::{IfName, NetworkError};
+use support::need_root;
+use support::node::TestNode;
+
+const VNI: u32 = 4242;
+
+fn sh(ns: &Path, cmd: &str) -> String {
+    let out = TestNode::in_ns(ns, &["sh", "-c", cmd]);
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An underlay: a namespace with a bridge, and a veth from it to each node's `ul0`.
+struct Underlay {
+    node: TestNode,
+    holder: u32,
+}
+
+impl Underlay {
+    fn new() -> Self {
+        let node = TestNode::new("underlay");
+        let ns = node.node_ns();
+        sh(&ns, "ip link add ulbr type bridge && ip link set ulbr up");
+        let holder = node.spawn_in(&ns, &["sleep", "600"]);
+        let want = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&ns).unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // `ip` names the underlay by a PID inside it: only once it is provably inside.
+        while std::fs::metadata(format!("/proc/{holder}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(want) {
+            assert!(std::time::Instant::now() < deadline, "the underlay holder never entered its namespace");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Underlay { node, holder }
+    }
+
+    /// Wires `node` to the underlay as 192.0.2.`host` on its `ul0`, MTU `mtu`.
+    fn plug(&self, node: &TestNode, host: u8, mtu: u32) -> Ipv4Addr {
+        let port = format!("ul{host}");
+        sh(&node.node_ns(), &format!("ip link add ul0 mtu {mtu} type veth peer name {port} netns {}", self.holder));
+        sh(&self.node.node_ns(), &format!("ip link set {port} mtu {mtu} master ulbr up"));
+        sh(&node.node_ns(), &format!("ip addr add 192.0.2.{host}/24 dev ul0 && ip link set ul0 up"));
+        Ipv4Addr::new(192, 0, 2, host)
+    }
+}
+
+struct Member {
+    t: TestNode,
+    underlay: Ipv4Addr,
+    /// How the others see it.
+    peer: OverlayPeer,
+    pod: PathBuf,
+    ip: Ipv4Addr,
+}
+
+async fn member(ul: &Underlay, i: u8) -> Member {
+    let t = TestNode::new(&format!("ov{i}"));
+    let underlay = ul.plug(&t, 10 + i, 1500);
+    let peer = OverlayPeer { underlay, subnet: format!("10.244.{i}.0/24").parse().unwrap() };
+    let mut cfg = t.network("pods", &peer.subnet.to_string());
+    cfg.mtu = Some(1450);
+    let net = t.node.create_network(cfg).await.unwrap();
+    let rec = t.node.join_overlay(&net.name, VNI, &IfName::new("ul0").unwrap(), underlay).await.unwrap();
+    assert_eq!(rec.mtu, 1450, "the uplink's 1500 less 50 bytes of VXLAN");
+    let pod = t.pod(&format!("pod{i}"));
+    let ip = t.node.attach(&net.name, t.request(&format!("pod-{i}"), &pod)).await.unwrap().ip;
+    Member { t, underlay, peer, pod, ip }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_three_nodes_reach_each_other_over_the_overlay_with_their_own_addresses() {
+    need_root();
+    let ul = Underlay::new();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(member(&ul, i).await);
+    }
+    // Before any peer: no route to another node's pods (the control for what follows).
+    assert!(TestNode::no_answer(&nodes[0].pod, nodes[1].ip), "no overlay peers yet, no path");
+    for a in &nodes {
+        for b in nodes.iter().filter(|b| b.underlay != a.underlay) {
+            a.t.node.add_overlay_peer(b.peer).await.unwrap();
+        }
+    }
+    for a in &nodes {
+        for b in nodes.iter().filter(|b| b.underlay != a.underlay) {
+            assert!(TestNode::ping(&a.pod, b.ip), "{} reaches {}", a.ip, b.ip);
+        }
+    }
+    // Not masqueraded: a server on node 1 sees each client's own pod address.
+    nodes[0].t.http_server(&nodes[0].pod, 8080, "one");
+    for b in &nodes[1..] {
+        // httpd listens dual-stack and reports the v4-mapped form.
+        let seen = TestNode::fetch(&b.pod, &format!("http://{}:8080/cgi-bin/ip", nodes[0].ip)).unwrap_or_default();
+        assert_eq!(seen.trim_start_matches("[::ffff:").trim_end_matches(']'), b.ip.to_string(), "the source address the server saw");
+    }
+    // The path carries 1450 bytes unfragmented (1422 of ICMP data + 28 of headers)
+    // and not one more: the pods' links were made to fit the tunnel.
+    let ping = |size: u32| {
+        TestNode::in_ns(&nodes[1].pod, &["ping", "-M", "do", "-c", "1", "-W", "5", "-s", &size.to_string(), &nodes[0].ip.to_string()])
+    };
+    let fits = ping(1422);
+    assert!(fits.status.success(), "1450 bytes pass: {}", String::from_utf8_lossy(&fits.stdout));
+    let over = ping(1423);
+    assert!(!over.status.success(), "1451 bytes need fragmenting and may not: {}", String::from_utf8_lossy(&over.stdout));
+
+    // Node 3 leaves: its peers' route, neighbour and forwarding entries for it go.
+    let gone = nodes.pop().unwrap();
+    gone.t.node.leave_overlay().await.unwrap();
+    for n in &nodes {
+        n.t.node.remove_overlay_peer(gone.underlay).await.unwrap();
+        let tables = sh(&n.t.node_ns(), &format!("ip route; ip neigh show dev mpvx{VNI}; bridge fdb show dev mpvx{VNI}"));
+        assert!(!tables.contains("10.244.3.") && !tables.contains(&gone.underlay.to_string()), "node 3 is gone: {tables}");
+        assert!(tables.contains("10.244."), "the other peer stays: {tables}");
+        assert_eq!(n.t.node.overlay().unwrap().unwrap().peers.len(), 1);
+    }
+    assert!(!sh(&gone.t.node_ns(), "ip link").contains("mpvx"), "the device went with the node's leaving");
+    assert!(TestNode::ping(&nodes[0].pod, nodes[1].ip), "the others still reach each other");
+    // Leaving twice, removing a peer twice: fine.
+    gone.t.node.leave_overlay().await.unwrap();
+    nodes[0].t.node.remove_overlay_peer(gone.underlay).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_overlays_are_refused_and_leave_nothing() {
+    need_root();
+    let ul = Underlay::new();
+    let t = TestNode::new("ovbad");
+    let local = ul.plug(&t, 30, 1500);
+    let uplink = IfName::new("ul0").unwrap();
+    // A network whose links are larger than the tunnel carries.
+    let big = t.node.create_network(t.network("big", "10.244.30.0/24")).await.unwrap();
+    let e = t.node.join_overlay(&big.name, VNI, &uplink, local).await.unwrap_err();
+    assert!(matches!(e, NetworkError::Overlay(OverlayError::NetworkMtu { overlay: 1450, .. })), "{e}");
+    assert!(e.to_string().contains("at most 1450"), "{e}");
+    assert!(!sh(&t.node_ns(), "ip link").contains("mpvx"), "nothing half-made");
+    // An uplink too small for an overlay.
+    let small = TestNode::new("ovsmall");
+    let small_local = ul.plug(&small, 31, 1300);
+    let mut cfg = small.network("pods", "10.244.31.0/24");
+    cfg.mtu = Some(1200);
+    let net = small.node.create_network(cfg).await.unwrap();
+    let e = small.node.join_overlay(&net.name, VNI, &uplink, small_local).await.unwrap_err();
+    assert!(e.to_string().contains("uplink ul0 has MTU 1300") && e.to_string().contains("at least 1330"), "{e}");
+    // A VNI clash with a device there, a peer overlapping this node or another peer,
+    // oneself as a peer.
+    let mut cfg = t.network("pods", "10.244.32.0/24");
+    cfg.mtu = Some(1450);
+    let pods = t.node.create_network(cfg).await.unwrap();
+    sh(&t.node_ns(), &format!("ip link add mpvx{} type vxlan id 7 dstport 4789 dev ul0", VNI + 1));
+    let e = t.node.join_overlay(&pods.name, VNI + 1, &uplink, local).await.unwrap_err();
+    assert!(e.to_string().contains(&format!("mpvx{} exists with VNI 7", VNI + 1)), "{e}");
+    assert!(t.node.overlay().unwrap().is_none(), "nothing recorded");
+    t.node.join_overlay(&pods.name, VNI, &uplink, local).await.unwrap();
+    let e =
+        t.node.add_overlay_peer(OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 40), subnet: "10.244.32.128/25".parse().unwrap() }).await;
+    assert!(e.unwrap_err().to_string().contains("overlaps 10.244.32.0/24 (of this node)"));
+    t.node
+        .add_overlay_peer(OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 41), subnet: "10.244.41.0/24".parse().unwrap() })
+        .await
+        .unwrap();
+    let e =
+        t.node.add_overlay_peer(OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 42), subnet: "10.244.41.0/24".parse().unwrap() }).await;
+    assert!(e.unwrap_err().to_string().contains("overlaps 10.244.41.0/24 (of peer 192.0.2.41)"));
+    let e = t.node.add_overlay_peer(OverlayPeer { underlay: local, subnet: "10.244.43.0/24".parse().unwrap() }).await;
+    assert!(e.unwrap_err().to_string().contains("this node's own underlay address"));
+    let routes = sh(&t.node_ns(), "ip route");
+    assert!(routes.contains("10.244.41.0/24") && !routes.contains("10.244.43.") && !routes.contains("10.244.32.128"), "{routes}");
+    t.node.leave_overlay().await.unwrap();
+    let _ = (big, net);
+}
