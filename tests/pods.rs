@@ -394,24 +394,10 @@ async fn sigkill_child() {
 async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
     need_root();
     let env = PodEnv::new("pods-sigkill");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigkill_child", "--ignored", "--nocapture", "--test-threads", "1"])
-        .env("MINIPOD_TEST_ROOT", env.root())
-        .env("MINIPOD_TEST_ROOTFS", &env.rootfs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !line.contains("READY") {
-        line.clear();
-        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 || Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child never got ready");
-        }
-    }
+    let mut child = support::ready_child(
+        "sigkill_child",
+        &[("MINIPOD_TEST_ROOT", env.root().as_os_str()), ("MINIPOD_TEST_ROOTFS", env.rootfs.as_os_str())],
+    );
     let pods =
         std::fs::read_dir(env.root().join("pods")).unwrap().flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count();
     assert_eq!(pods, 3);

@@ -119,6 +119,7 @@ pub mod netns;
 mod network;
 pub mod overlay;
 pub mod record;
+pub mod underlay;
 mod veth;
 
 pub use blocking::BlockingNode;

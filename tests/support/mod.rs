@@ -27,6 +27,28 @@ pub fn minipod_bin() -> PathBuf {
     bin
 }
 
+/// Runs the ignored helper test `name` of this test binary in a child process with
+/// `envs`, and returns it once it printed READY (a harness that is then SIGKILLed).
+pub fn ready_child(name: &str, envs: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", name, "--ignored", "--nocapture", "--test-threads", "1"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !line.contains("READY") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child {name} never got ready");
+        }
+    }
+    child
+}
+
 /// Fails the test unless it runs as root: these tests need real namespaces, mounts,
 /// cgroups and nftables, and a test that returned early would pass having checked
 /// nothing.

@@ -31,9 +31,13 @@
 //!   [`PolicyRule`]s allow (`rt.network_policy("db").select("app", "db")
 //!   .ingress(PolicyRule::new().pods(&[("app", "web")]).tcp(5432)).apply()`), deleted
 //!   on drop like a service.
+//! - [`Cluster`] makes N nodes on this machine, each with a runtime of its own, joined
+//!   by a VXLAN overlay (`Cluster::builder().nodes(3).open()`, then
+//!   `cluster.node(1).unwrap().pod("web")`): pods reach pods of every node by address.
 //! - A process killed with SIGKILL runs no `Drop`: the next runtime that opens the
 //!   same root removes its pods, containers, addresses, links, rules and mounts.
 
+mod cluster;
 mod container;
 mod pod;
 mod policy;
@@ -46,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cluster::{Cluster, ClusterBuilder, ClusterNode, DEFAULT_CLUSTER_CIDR, DEFAULT_CLUSTER_DIR, DEFAULT_VNI};
 pub use container::{Container, ContainerBuilder};
 pub use pod::{Pod, PodBuilder};
 pub use policy::{NetworkPolicy, NetworkPolicyBuilder, PolicyRule};
@@ -143,6 +148,13 @@ impl MinipodBuilder {
         let net = cidr.parse().map_err(|e: ipnetwork::IpNetworkError| ConfigError::Cidr { cidr: cidr.to_string(), why: e.to_string() })?;
         self.opts.cidr = Some(net);
         Ok(self)
+    }
+
+    /// MTU of the pods' links on the network this runtime makes (default: the node's
+    /// default-route link's, or 1500).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.opts.mtu = Some(mtu);
+        self
     }
 
     /// Where services' cluster IPs come from (default 10.96.0.0/12).

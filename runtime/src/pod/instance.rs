@@ -22,6 +22,9 @@ pub struct PodsOptions {
     pub network: Option<NetworkName>,
     /// Subnet of the runtime's own network, or of `network` if it must be created.
     pub cidr: Option<ipnetwork::Ipv4Network>,
+    /// MTU of the pod links of a network this runtime creates (an overlay's, say).
+    /// Default: that of the node's default-route link, or 1500.
+    pub mtu: Option<u32>,
     /// Pod names are unique per scope. Default: unique to this runtime.
     pub scope: Option<Scope>,
     /// Pods outlive this process (CLI, daemon). Otherwise they belong to it, and the
@@ -43,6 +46,7 @@ impl Default for PodsOptions {
             private_node: false,
             network: None,
             cidr: None,
+            mtu: None,
             scope: None,
             keep_pods: false,
             service_cidr: None,
@@ -225,7 +229,7 @@ impl Pods {
                     return Ok(name.clone());
                 }
                 let Some(cidr) = opts.cidr else { return Err(NetworkError::NoSuchNetwork(name.clone()).into()) };
-                let cfg = NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr);
+                let cfg = NetworkConfig { mtu: opts.mtu, ..NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr) };
                 self.create_network(cfg)?;
                 return Ok(name.clone());
             }
@@ -235,7 +239,7 @@ impl Pods {
         let Some(name) = own else { return Ok(default.name) };
         let bridge = bridge_name(&format!("{}{}", self.root.display(), self.scope));
         match opts.cidr {
-            Some(cidr) => self.create_network(NetworkConfig::new(name.clone(), bridge, cidr))?,
+            Some(cidr) => self.create_network(NetworkConfig { mtu: opts.mtu, ..NetworkConfig::new(name.clone(), bridge, cidr) })?,
             None => self.create_network_auto(name.clone(), bridge)?,
         };
         Ok(name)

@@ -205,6 +205,8 @@ pub enum ConfigError {
     WaitNeedsContainer(String),
     #[error("named ports: {0}")]
     NamedPort(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 type Result<T, E = PodError> = std::result::Result<T, E>;

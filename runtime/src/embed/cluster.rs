@@ -1,0 +1,329 @@
+//! Clusters on one machine: N nodes, each a node namespace with a runtime of its own
+//! (its firewall, DNS and pods), wired to an underlay of their own (a bridge in a
+//! namespace, the nodes at 192.0.2.11, .12, ...) and joined by a VXLAN overlay, so
+//! that every pod reaches every pod by its address whatever node it is on, and sees
+//! the sender's own address (see [`crate::netstack::overlay`]).
+//!
+//! Each node takes the /24 of the cluster CIDR (default 10.244.0.0/16, as flannel and
+//! kubeadm do) of its index; its pods' links carry the uplink's MTU less the VXLAN
+//! overhead. Dropping the cluster removes every pod, node and the underlay; the
+//! cluster of a harness killed with SIGKILL is swept by the next [`ClusterBuilder::open`]
+//! on the same directory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipnetwork::Ipv4Network;
+
+use super::*;
+use crate::netstack::netns::{create_pinned, remove_pinned, Netns};
+use crate::netstack::overlay::{OverlayPeer, VXLAN_OVERHEAD};
+use crate::netstack::{underlay, IfName, NetworkError};
+use crate::pod::Owner;
+
+/// The pod CIDR a cluster's nodes take their /24s from unless told (flannel's).
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The VXLAN network identifier unless told (flannel's).
+pub const DEFAULT_VNI: u32 = 1;
+/// Where clusters live unless told.
+pub const DEFAULT_CLUSTER_DIR: &str = "/run/minipod/clusters";
+
+/// Each node's link to the underlay, in its namespace.
+const UPLINK: &str = "ul0";
+/// The MTU of the underlay, as of a plain Ethernet LAN.
+const UNDERLAY_MTU: u32 = 1500;
+
+static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+
+/// What is recorded of a cluster, so that the next open can sweep it if its owner died.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ClusterRecord {
+    owner: Owner,
+    nodes: usize,
+    images: PathBuf,
+}
+
+const RECORD: &str = "cluster.json";
+
+/// Options for a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    nodes: usize,
+    vni: u32,
+    cidr: Result<Ipv4Network, String>,
+    dir: PathBuf,
+    images: PathBuf,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            vni: DEFAULT_VNI,
+            cidr: DEFAULT_CLUSTER_CIDR.parse().map_err(|e: ipnetwork::IpNetworkError| e.to_string()),
+            dir: PathBuf::from(DEFAULT_CLUSTER_DIR),
+            images: PathBuf::from(crate::image::DEFAULT_DIR),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// How many nodes (default 1).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// The VXLAN network identifier (default 1).
+    pub fn vni(mut self, vni: u32) -> Self {
+        self.vni = vni;
+        self
+    }
+
+    /// The CIDR the nodes' pod subnets (a /24 each) come from.
+    pub fn cluster_cidr(mut self, cidr: &str) -> Self {
+        self.cidr = cidr.parse().map_err(|e: ipnetwork::IpNetworkError| format!("{cidr:?}: {e}"));
+        self
+    }
+
+    /// Where the cluster's namespaces and node state go (default `/run/minipod/clusters`).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = dir.into();
+        self
+    }
+
+    /// The image store every node uses.
+    pub fn image_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.images = dir.into();
+        self
+    }
+
+    /// Makes the underlay, the nodes and their overlay, after sweeping the clusters of
+    /// dead owners under the same directory. Nothing is left of a cluster that fails
+    /// to open.
+    pub async fn open(self) -> Result<Cluster> {
+        let cidr = self.cidr.clone().map_err(|why| ConfigError::Cluster(format!("cluster CIDR {why}")))?;
+        let room = if cidr.prefix() <= 24 { 1usize << (24 - cidr.prefix()).min(16) } else { 0 };
+        if self.nodes == 0 || self.nodes > room || self.nodes > 200 {
+            return Err(ConfigError::Cluster(format!(
+                "{} nodes: give 1 to {} (one /24 of {cidr} each, and an underlay address each)",
+                self.nodes,
+                room.min(200)
+            ))
+            .into());
+        }
+        sweep(&self.dir).await;
+        let name = format!("{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::SeqCst));
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(dir.join("ns")).map_err(crate::pod::io_err("creating", &dir))?;
+        let record = ClusterRecord { owner: Owner::me(), nodes: self.nodes, images: self.images.clone() };
+        let mut cluster = Cluster { dir, underlay: None, nodes: Vec::new() };
+        crate::pod::write_json(&cluster.dir.join(RECORD), &record)?;
+        // On any failure the partial cluster's Drop takes back what was made.
+        let ns = cluster.dir.join("ns/underlay");
+        let underlay_ns = create_pinned(&ns)?;
+        cluster.underlay = Some(ns);
+        underlay::make(&underlay_ns).await.map_err(NetworkError::from)?;
+        for i in 0..self.nodes {
+            let node = make_node(&cluster.dir, &underlay_ns, i, &cidr, self.vni, &self.images).await?;
+            cluster.nodes.push(node);
+        }
+        for a in &cluster.nodes {
+            for b in cluster.nodes.iter().filter(|b| b.index != a.index) {
+                a.runtime().pods().node().add_overlay_peer(b.peer()).await?;
+            }
+        }
+        Ok(cluster)
+    }
+}
+
+/// Node `i`: its namespace, uplink, runtime and place in the overlay.
+async fn make_node(dir: &Path, underlay_ns: &Netns, i: usize, cidr: &Ipv4Network, vni: u32, images: &Path) -> Result<ClusterNode> {
+    let netns = dir.join(format!("ns/node-{i}"));
+    let ns = create_pinned(&netns)?;
+    let address = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
+    let subnet = Ipv4Network::new(Ipv4Addr::from(u32::from(cidr.network()) + ((i as u32) << 8)), 24)
+        .map_err(|e| ConfigError::Cluster(format!("the subnet of node {i}: {e}")))?;
+    let port = IfName::new(format!("n{i}"))?;
+    let uplink = IfName::new(UPLINK)?;
+    let node = ClusterNode { index: i, rt: None, address, subnet, netns: netns.clone(), port: port.clone() };
+    // Dropped on failure: the namespace goes with what is in it.
+    let wired = async {
+        let nl = crate::netstack::netlink::Netlink::open(&ns).map_err(NetworkError::from)?;
+        let lo = nl.index("lo").await.map_err(NetworkError::from)?;
+        nl.up(lo, "setting lo up in a cluster node").await.map_err(NetworkError::from)?;
+        underlay::plug(underlay_ns, &ns, &port, &uplink, address, 24, UNDERLAY_MTU).await.map_err(NetworkError::from)?;
+        let rt = Minipod::builder()
+            .state_dir(dir.join(format!("node-{i}")))
+            .image_dir(images)
+            .node_netns(&netns)
+            .network("cluster")?
+            .cidr(&subnet.to_string())?
+            .mtu(UNDERLAY_MTU - VXLAN_OVERHEAD)
+            .open()
+            .await?;
+        let net = rt.pods().default_network().clone();
+        rt.pods().node().join_overlay(&net, vni, &uplink, address).await?;
+        Ok::<_, PodError>(rt)
+    };
+    let mut node = node;
+    match wired.await {
+        Ok(rt) => {
+            node.rt = Some(rt);
+            Ok(node)
+        }
+        Err(e) => {
+            drop(node);
+            Err(e)
+        }
+    }
+}
+
+/// One node of a [`Cluster`].
+pub struct ClusterNode {
+    index: usize,
+    rt: Option<Minipod>,
+    address: Ipv4Addr,
+    subnet: Ipv4Network,
+    netns: PathBuf,
+    port: IfName,
+}
+
+impl ClusterNode {
+    /// Its place in the cluster (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its runtime: pods, services and policies on this node.
+    pub fn runtime(&self) -> &Minipod {
+        // Set for as long as the node is in a cluster's list.
+        self.rt.as_ref().unwrap_or_else(|| unreachable!("a listed node has its runtime"))
+    }
+
+    /// Starts describing a pod on this node.
+    pub fn pod(&self, name: &str) -> PodBuilder {
+        self.runtime().pod(name)
+    }
+
+    /// Its address on the underlay.
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    /// The subnet its pods get addresses from.
+    pub fn pod_cidr(&self) -> Ipv4Network {
+        self.subnet
+    }
+
+    /// Its node namespace.
+    pub fn netns(&self) -> &Path {
+        &self.netns
+    }
+
+    fn peer(&self) -> OverlayPeer {
+        OverlayPeer { underlay: self.address, subnet: self.subnet }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        // The runtime first (its pods and their processes), then the namespace, which
+        // takes the uplink, the VXLAN device and the firewall with it.
+        drop(self.rt.take());
+        if let Err(e) = remove_pinned(&self.netns) {
+            tracing::warn!("removing cluster node {}: {e}", self.netns.display());
+        }
+    }
+}
+
+/// A cluster of nodes on this machine. Dropping it removes everything it made.
+pub struct Cluster {
+    dir: PathBuf,
+    underlay: Option<PathBuf>,
+    nodes: Vec<ClusterNode>,
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Its nodes, by index.
+    pub fn nodes(&self) -> &[ClusterNode] {
+        &self.nodes
+    }
+
+    /// Node `index`, if the cluster has it.
+    pub fn node(&self, index: usize) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.index == index)
+    }
+
+    /// Takes node `index` out: every other node forgets it (its route, neighbour and
+    /// forwarding entries go), then its pods, runtime and namespace go.
+    pub async fn remove_node(&mut self, index: usize) -> Result<()> {
+        let Some(at) = self.nodes.iter().position(|n| n.index == index) else { return Ok(()) };
+        let address = self.nodes[at].address;
+        for other in self.nodes.iter().filter(|n| n.index != index) {
+            other.runtime().pods().node().remove_overlay_peer(address).await?;
+        }
+        let node = self.nodes.remove(at);
+        node.runtime().pods().node().leave_overlay().await?;
+        let port = node.port.clone();
+        drop(node);
+        if let Some(ns) = &self.underlay {
+            underlay::unplug(&Netns::open(ns)?, &port).await.map_err(NetworkError::from)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if let Some(ns) = self.underlay.take() {
+            if let Err(e) = remove_pinned(&ns) {
+                tracing::warn!("removing the cluster's underlay {}: {e}", ns.display());
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Removes the clusters under `dir` whose owner is gone: each node's runtime is opened
+/// on its state (which sweeps the dead owner's pods, processes and links) and shut,
+/// then the namespaces go. Best effort: what cannot be removed is logged.
+async fn sweep(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(rec) = crate::netstack::record::read_json::<ClusterRecord>(&path.join(RECORD)) else { continue };
+        if rec.owner.alive() {
+            continue;
+        }
+        for i in 0..rec.nodes {
+            let netns = path.join(format!("ns/node-{i}"));
+            let state = path.join(format!("node-{i}"));
+            if netns.exists() && state.exists() {
+                let opened = Minipod::builder().state_dir(&state).image_dir(&rec.images).node_netns(&netns).network("cluster");
+                match opened {
+                    Ok(b) => match b.open().await {
+                        Ok(rt) => {
+                            if let Err(e) = rt.shutdown().await {
+                                tracing::warn!("sweeping cluster node {}: {e}", state.display());
+                            }
+                        }
+                        Err(e) => tracing::warn!("sweeping cluster node {}: {e}", state.display()),
+                    },
+                    Err(e) => tracing::warn!("sweeping cluster node {}: {e}", state.display()),
+                }
+            }
+            let _ = remove_pinned(&netns);
+        }
+        let _ = remove_pinned(&path.join("ns/underlay"));
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!("removing the swept cluster {}: {e}", path.display());
+        }
+    }
+}

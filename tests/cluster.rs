@@ -1,0 +1,150 @@
+//! A cluster of three nodes on this machine through the embedding API: a pod on each,
+//! every pod reaches every other by address and is seen with its own address, the path
+//! carries the overlay's MTU and not a byte more, a node that is removed is gone from
+//! the others' tables, and nothing is left once the cluster drops.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use minipod_runtime::embed::{Cluster, Container, Pod, Ready};
+use support::need_root;
+use support::node::TestNode;
+use support::pods::PodEnv;
+
+/// An httpd on 8080 answering with the pod's hostname, and `/cgi-bin/ip` with the
+/// client's address as it saw it.
+const SERVE: &str = "mkdir -p /www/cgi-bin && hostname > /www/index.html \
+    && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip \
+    && chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www";
+
+async fn fetch(c: &Container, url: &str) -> Option<String> {
+    let out = c.exec(["timeout", "5", "wget", "-q", "-O", "-", url]).await.ok()?;
+    out.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn sh(ns: &Path, cmd: &str) -> String {
+    let out = TestNode::in_ns(ns, &["sh", "-c", cmd]);
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_one_pod_network() {
+    need_root();
+    let env = PodEnv::new("cluster");
+    let dir = env.h.base.join("clusters");
+    let mut cluster = Cluster::builder().nodes(3).dir(&dir).image_dir(env.h.base.join("images")).open().await.unwrap();
+    let mut pods: Vec<(Pod, Container, PathBuf)> = Vec::new();
+    for node in cluster.nodes() {
+        assert_eq!(node.pod_cidr().to_string(), format!("10.244.{}.0/24", node.index()));
+        let pod = node.pod(&format!("web-{}", node.index())).start().await.unwrap();
+        let c = pod.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).wait_for(Ready::port(8080)).start().await.unwrap();
+        let netns = node.runtime().pods().network_namespace(pod.record()).unwrap().path().to_path_buf();
+        pods.push((pod, c, netns));
+    }
+    for (a, ca, _) in &pods {
+        for (b, _, _) in pods.iter().filter(|(b, _, _)| b.ip() != a.ip()) {
+            let name = fetch(ca, &format!("http://{}:8080/", b.ip())).await;
+            assert_eq!(name.as_deref(), Some(b.record().hostname.as_str()), "{} reaches {}", a.ip(), b.ip());
+            // Not masqueraded: the server saw the client pod's own address.
+            let seen = fetch(ca, &format!("http://{}:8080/cgi-bin/ip", b.ip())).await.unwrap_or_default();
+            assert_eq!(seen.trim_start_matches("[::ffff:").trim_end_matches(']'), a.ip().to_string());
+        }
+    }
+    // The pods' links fit the tunnel: 1450 bytes pass unfragmented, 1451 do not.
+    let ping = |size: u32| {
+        TestNode::in_ns(&pods[1].2, &["ping", "-M", "do", "-c", "1", "-W", "5", "-s", &size.to_string(), &pods[0].0.ip().to_string()])
+    };
+    assert!(ping(1422).status.success(), "1450 bytes across nodes");
+    assert!(!ping(1423).status.success(), "1451 bytes would need fragmenting");
+
+    // Node 2 goes: the others' routes, neighbours and forwarding entries no longer
+    // mention it, and they still reach each other.
+    let gone = cluster.node(2).unwrap().address();
+    let (pod2, c2, _) = pods.pop().unwrap();
+    drop(c2);
+    drop(pod2);
+    cluster.remove_node(2).await.unwrap();
+    assert!(cluster.node(2).is_none() && cluster.nodes().len() == 2);
+    for node in cluster.nodes() {
+        // The overlay's tables (the underlay's ARP cache may remember the address a while).
+        let tables = sh(node.netns(), "ip route; ip neigh show dev mpvx1; bridge fdb show dev mpvx1");
+        assert!(!tables.contains("10.244.2.") && !tables.contains(&gone.to_string()), "{tables}");
+    }
+    assert!(fetch(&pods[1].1, &format!("http://{}:8080/", pods[0].0.ip())).await.is_some());
+    drop(pods);
+    drop(cluster);
+    let left: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "nothing of the cluster is left: {left:?}");
+    env.assert_clean();
+}
+
+/// Run by `a_sigkilled_harness_cluster_is_swept_by_the_next_open` in a child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs only in the child process of the SIGKILL test"]
+async fn sigkill_cluster_child() {
+    let Ok(dir) = std::env::var("MINIPOD_TEST_CLUSTERS") else { return };
+    let rootfs = std::env::var("MINIPOD_TEST_ROOTFS").unwrap();
+    let images = std::env::var("MINIPOD_TEST_IMAGES").unwrap();
+    let cluster = Cluster::builder().nodes(2).dir(&dir).image_dir(&images).open().await.unwrap();
+    let mut keep = vec![];
+    for node in cluster.nodes() {
+        let pod = node.pod("orphan").start().await.unwrap();
+        pod.container("c").rootfs(&rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+        keep.push(pod);
+    }
+    println!("READY");
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_harness_cluster_is_swept_by_the_next_open() {
+    need_root();
+    let env = PodEnv::new("cluster-kill");
+    let dir = env.h.base.join("clusters");
+    let images = env.h.base.join("images");
+    let mut child = support::ready_child(
+        "sigkill_cluster_child",
+        &[
+            ("MINIPOD_TEST_CLUSTERS", dir.as_os_str()),
+            ("MINIPOD_TEST_ROOTFS", env.rootfs.as_os_str()),
+            ("MINIPOD_TEST_IMAGES", images.as_os_str()),
+        ],
+    );
+    let left = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let killed = left[0].clone();
+    let pids: Vec<i32> = (0..2)
+        .flat_map(|i| minipod_runtime::Runtime::new(killed.join(format!("node-{i}"))).unwrap().list().unwrap())
+        .filter_map(|c| c.pid)
+        .collect();
+    assert_eq!(pids.len(), 2, "a workload per node");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(pids.iter().all(|p| Path::new(&format!("/proc/{p}")).exists()), "workloads outlive the harness");
+    // The next open sweeps the dead harness's cluster: workloads, namespaces, state.
+    let cluster = Cluster::builder().nodes(1).dir(&dir).image_dir(&images).open().await.unwrap();
+    assert!(pids.iter().all(|p| minipod_runtime::state::process_start_time(*p).is_none()), "workloads still run");
+    assert!(!killed.exists(), "the killed harness's cluster is gone");
+    drop(cluster);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clusters_are_refused() {
+    need_root();
+    let env = PodEnv::new("cluster-bad");
+    let dir = env.h.base.join("clusters");
+    let e = Cluster::builder().nodes(0).dir(&dir).open().await.err().unwrap().to_string();
+    assert!(e.contains("0 nodes: give 1 to 200"), "{e}");
+    let e = Cluster::builder().nodes(3).cluster_cidr("10.244.0.0/23").dir(&dir).open().await.err().unwrap().to_string();
+    assert!(e.contains("3 nodes: give 1 to 2 (one /24 of 10.244.0.0/23 each"), "{e}");
+    let e = Cluster::builder().cluster_cidr("10.244.0.0/33").dir(&dir).open().await.err().unwrap().to_string();
+    assert!(e.contains("cluster CIDR \"10.244.0.0/33\""), "{e}");
+    let e = Cluster::builder().vni(1 << 24).dir(&dir).image_dir(env.h.base.join("images")).open().await.err().unwrap().to_string();
+    assert!(e.contains("VNI 16777216 is not 1 to 16777215"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a cluster that fails to open leaves nothing: {left:?}");
+}
