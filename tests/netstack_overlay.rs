@@ -179,3 +179,56 @@ async fn bad_overlays_are_refused_and_leave_nothing() {
     t.node.leave_overlay().await.unwrap();
     let _ = (big, net);
 }
+
+/// Two nodes set up as on real hosts, with the CLI only: a network per node on its own
+/// /24 with the tunnel's MTU, `minipod net overlay join`, `add-peer`, `show`, `rm-peer`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_joins_two_nodes() {
+    need_root();
+    let ul = Underlay::new();
+    let cli = |t: &TestNode, args: &[&str]| {
+        let out = std::process::Command::new(support::minipod_bin())
+            .arg("--root")
+            .arg(t.base.join("state"))
+            .args(["net", "--netns"])
+            .arg(t.node_ns())
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut nodes = Vec::new();
+    for i in [51u8, 52] {
+        let t = TestNode::new(&format!("ovcli{i}"));
+        let addr = ul.plug(&t, i, 1500);
+        let bridge = t.network("pods", "10.0.0.0/24").bridge;
+        let subnet = format!("10.244.{i}.0/24");
+        let (ok, _, err) = cli(&t, &["create", "pods", "--subnet", &subnet, "--bridge", bridge.as_str(), "--mtu", "1450"]);
+        assert!(ok, "{err}");
+        let (ok, out, err) = cli(&t, &["overlay", "join", "pods", "--uplink", "ul0", "--address", &addr.to_string(), "--vni", "77"]);
+        assert!(ok && out.trim() == "mpvx77 (VNI 77, MTU 1450)", "{out} {err}");
+        nodes.push((t, addr, subnet));
+    }
+    let (ok, _, err) = cli(&nodes[0].0, &["overlay", "add-peer", "192.0.2.52", "--pod-cidr", "10.244.51.128/25"]);
+    assert!(!ok && err.contains("overlaps 10.244.51.0/24 (of this node)"), "{err}");
+    for (a, b) in [(0, 1), (1, 0)] {
+        let (ok, _, err) = cli(&nodes[a].0, &["overlay", "add-peer", &nodes[b].1.to_string(), "--pod-cidr", &nodes[b].2]);
+        assert!(ok, "{err}");
+    }
+    let (_, show, _) = cli(&nodes[0].0, &["overlay", "show"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["peers"][0]["underlay"], "192.0.2.52", "{show}");
+    let (pa, pb) = (nodes[0].0.pod("a"), nodes[1].0.pod("b"));
+    let net = minipod_netstack::NetworkName::new("pods").unwrap();
+    let wa = nodes[0].0.node.attach(&net, nodes[0].0.request("pod-a", &pa)).await.unwrap();
+    let wb = nodes[1].0.node.attach(&net, nodes[1].0.request("pod-b", &pb)).await.unwrap();
+    assert!(TestNode::ping(&pa, wb.ip) && TestNode::ping(&pb, wa.ip), "pods of the two nodes reach each other");
+    let (ok, _, err) = cli(&nodes[0].0, &["overlay", "rm-peer", "192.0.2.52"]);
+    assert!(ok, "{err}");
+    assert!(TestNode::no_answer(&pa, wb.ip), "a removed peer is not reached");
+    for (t, _, _) in &nodes {
+        let (ok, _, err) = cli(t, &["overlay", "leave"]);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(cli(&nodes[0].0, &["overlay", "show"]).1.trim(), "null");
+}

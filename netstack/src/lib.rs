@@ -61,6 +61,12 @@
 //!   policy isolating it (a rule per port, peers in an interval set per rule) and
 //!   drops what none accepts. They can only drop: network isolation still applies. A
 //!   change touches only the chains, sets and elements of what changed.
+//! - **Overlay** ([`overlay`], [`Node::join_overlay`], [`Node::add_overlay_peer`]):
+//!   one network of the node carried to the same network of peer nodes over a VXLAN
+//!   device (UDP 4789, no learning), each peer a route, a permanent neighbour entry and
+//!   a forwarding entry; the device is in the network's interface group, so traffic
+//!   between two nodes' pods is traffic within one network to the firewall (never
+//!   masqueraded). [`underlay`] makes a simulated underlay for a cluster on one machine.
 //! - Firewall changes are sent from this process through libnftables, the library the
 //!   `nft` command is built on, loaded at run time (a few tenths of a millisecond for a
 //!   change on a small table, against 15-20 ms for an `nft` process); without it, or

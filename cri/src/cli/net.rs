@@ -35,6 +35,40 @@ enum NetCommand {
     Rm { name: NetworkName },
     /// Remove members whose network namespace no longer exists, and what they left.
     Gc,
+    /// Join this node to other nodes over a VXLAN overlay: pods of every node reach
+    /// each other by address.
+    #[command(subcommand)]
+    Overlay(OverlayCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum OverlayCommand {
+    /// Carry NETWORK (whose subnet is this node's pod subnet) over a VXLAN device on
+    /// the uplink; its MTU must be at most the uplink's less 50.
+    Join {
+        network: NetworkName,
+        /// The link the tunnel's packets leave through.
+        #[arg(long)]
+        uplink: IfName,
+        /// This node's address on the uplink, which peers send to.
+        #[arg(long)]
+        address: Ipv4Addr,
+        /// The VXLAN network identifier, the same on every node of the cluster.
+        #[arg(long, default_value_t = 1)]
+        vni: u32,
+    },
+    /// Add (or update) a peer node: its underlay address and its pod subnet.
+    AddPeer {
+        address: Ipv4Addr,
+        #[arg(long)]
+        pod_cidr: ipnetwork_arg::Cidr,
+    },
+    /// Take a peer away: its route, neighbour and forwarding entries go.
+    RmPeer { address: Ipv4Addr },
+    /// Leave the overlay: the VXLAN device and every peer entry go.
+    Leave,
+    /// This node's overlay and peers as JSON.
+    Show,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +166,19 @@ pub fn net(root: &Path, a: NetArgs) -> anyhow::Result<i32> {
             NetCommand::Rm { name } => {
                 node.remove_network(&name).await?;
             }
+            NetCommand::Overlay(o) => match o {
+                OverlayCommand::Join { network, uplink, address, vni } => {
+                    let rec = node.join_overlay(&network, vni, &uplink, address).await?;
+                    println!("{} (VNI {}, MTU {})", rec.spec.device()?, rec.spec.vni, rec.mtu);
+                }
+                OverlayCommand::AddPeer { address, pod_cidr } => {
+                    let peer = minipod_runtime::netstack::overlay::OverlayPeer { underlay: address, subnet: pod_cidr.0.parse()? };
+                    node.add_overlay_peer(peer).await?;
+                }
+                OverlayCommand::RmPeer { address } => node.remove_overlay_peer(address).await?,
+                OverlayCommand::Leave => node.leave_overlay().await?,
+                OverlayCommand::Show => println!("{}", serde_json::to_string_pretty(&node.overlay()?)?),
+            },
             NetCommand::Gc => {
                 // Without the pod layer, a member is alive while its namespace exists.
                 let mut live = HashSet::new();
