@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use minipod_runtime::embed::{Cluster, Container, Pod, Ready};
 use support::need_root;
-use support::node::TestNode;
+use support::node::{sh, TestNode};
 use support::pods::PodEnv;
 
 /// An httpd on 8080 answering with the pod's hostname, and `/cgi-bin/ip` with the
@@ -21,12 +21,6 @@ const SERVE: &str = "mkdir -p /www/cgi-bin && hostname > /www/index.html \
 async fn fetch(c: &Container, url: &str) -> Option<String> {
     let out = c.exec(["timeout", "5", "wget", "-q", "-O", "-", url]).await.ok()?;
     out.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn sh(ns: &Path, cmd: &str) -> String {
-    let out = TestNode::in_ns(ns, &["sh", "-c", cmd]);
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

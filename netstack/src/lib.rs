@@ -126,6 +126,7 @@ mod network;
 pub mod overlay;
 pub mod record;
 pub mod underlay;
+pub use network::doctor;
 mod veth;
 
 pub use blocking::BlockingNode;

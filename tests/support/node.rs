@@ -174,3 +174,43 @@ impl Drop for TestNode {
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
+
+/// `cmd` run by `sh -c` in `ns`, which must succeed; its output.
+pub fn sh(ns: &Path, cmd: &str) -> String {
+    let out = TestNode::in_ns(ns, &["sh", "-c", cmd]);
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An underlay for overlay tests: a namespace with a bridge, and a veth from it to
+/// each node's `ul0`, addressed from 192.0.2.0/24.
+pub struct Underlay {
+    pub node: TestNode,
+    holder: u32,
+}
+
+impl Underlay {
+    pub fn new() -> Self {
+        let node = TestNode::new("underlay");
+        let ns = node.node_ns();
+        sh(&ns, "ip link add ulbr type bridge && ip link set ulbr up");
+        let holder = node.spawn_in(&ns, &["sleep", "600"]);
+        let want = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&ns).unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // `ip` names the underlay by a PID inside it: only once it is provably inside.
+        while std::fs::metadata(format!("/proc/{holder}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(want) {
+            assert!(std::time::Instant::now() < deadline, "the underlay holder never entered its namespace");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Underlay { node, holder }
+    }
+
+    /// Wires `node` to the underlay as 192.0.2.`host` on its `ul0`, MTU `mtu`.
+    pub fn plug(&self, node: &TestNode, host: u8, mtu: u32) -> std::net::Ipv4Addr {
+        let port = format!("ul{host}");
+        sh(&node.node_ns(), &format!("ip link add ul0 mtu {mtu} type veth peer name {port} netns {}", self.holder));
+        sh(&self.node.node_ns(), &format!("ip link set {port} mtu {mtu} master ulbr up"));
+        sh(&node.node_ns(), &format!("ip addr add 192.0.2.{host}/24 dev ul0 && ip link set ul0 up"));
+        std::net::Ipv4Addr::new(192, 0, 2, host)
+    }
+}

@@ -1,5 +1,6 @@
 //! Command-line parsing, logging setup and error printing for `minipod`.
 
+mod doctor;
 mod hint;
 mod net;
 mod oci;
@@ -94,6 +95,10 @@ enum Command {
     Svc(service::SvcArgs),
     /// NetworkPolicies: list them, or show one with the pods it isolates now.
     Policy(service::PolicyArgs),
+    /// Check the node's network as one would by hand (forwarding, firewall, bridges,
+    /// DNS, pods' links and routes, MTU, the overlay), or one flow between two pods;
+    /// exits 1 if a check fails.
+    Doctor(doctor::DoctorArgs),
     /// Serve the Kubernetes CRI (RuntimeService, ImageService) on a Unix socket.
     Serve(ServeArgs),
 }
@@ -167,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Policy(a) => service::policy(&root, a),
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
+        Command::Doctor(a) => doctor::doctor(&root, a),
         Command::Serve(a) => {
             let pull = minipod_runtime::image::PullOptions {
                 insecure_registries: a.insecure_registry,

@@ -22,6 +22,7 @@ use crate::{bridge, veth};
 mod attach;
 pub mod config;
 mod dns_service;
+pub mod doctor;
 mod gc;
 mod lifecycle;
 mod overlay;

@@ -1,0 +1,145 @@
+//! `minipod doctor` on two overlay nodes made for the test: a healthy node passes every
+//! check, and each thing broken on purpose (forwarding, masquerade, a forward-drop
+//! table, the overlay's MTU, a peer's forwarding entry, a pod's route) is named with
+//! its fix; `doctor flow` names the policy that denies a flow and the isolation of two
+//! networks.
+
+mod support;
+
+use minipod_netstack::overlay::OverlayPeer;
+use minipod_netstack::{AddrRange, IfName, NodePolicies, PolicyPort, PolicyRule, PolicyRules, Proto};
+use support::node::{sh, TestNode, Underlay};
+use support::{minipod_bin, need_root};
+
+/// `minipod doctor ARGS` on node `t`: exit code, and the findings as JSON.
+fn doctor(t: &TestNode, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    let out = std::process::Command::new(minipod_bin())
+        .arg("--root")
+        .arg(t.base.join("state"))
+        .args(["doctor", "--netns"])
+        .arg(t.node_ns())
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let findings = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), findings)
+}
+
+/// The one failing check of `findings`, which must name `check`.
+fn the_failure<'a>(findings: &'a [serde_json::Value], check: &str) -> &'a serde_json::Value {
+    let failed: Vec<&serde_json::Value> = findings.iter().filter(|f| f["verdict"] == "fail").collect();
+    assert!(
+        failed.len() == 1 && failed[0]["check"].as_str().is_some_and(|c| c.contains(check)),
+        "want only {check} failing: {findings:#?}"
+    );
+    failed[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_names_each_broken_thing_and_its_fix() {
+    need_root();
+    let ul = Underlay::new();
+    let mut nodes = Vec::new();
+    for i in [71u8, 72] {
+        let t = TestNode::new(&format!("doc{i}"));
+        let addr = ul.plug(&t, i, 1500);
+        let mut cfg = t.network("pods", &format!("10.244.{i}.0/24"));
+        cfg.mtu = Some(1450);
+        cfg.dns = false;
+        let net = t.node.create_network(cfg).await.unwrap();
+        t.node.join_overlay(&net.name, 1, &IfName::new("ul0").unwrap(), addr).await.unwrap();
+        nodes.push((t, net, addr));
+    }
+    let peer = |i: usize| OverlayPeer { underlay: nodes[i].2, subnet: nodes[i].1.subnet };
+    nodes[0].0.node.add_overlay_peer(peer(1)).await.unwrap();
+    nodes[1].0.node.add_overlay_peer(peer(0)).await.unwrap();
+    let (t, net) = (&nodes[0].0, &nodes[0].1);
+    let (pa, pa2) = (t.pod("a"), t.pod("a2"));
+    let a = t.node.attach(&net.name, t.request("pod-a", &pa)).await.unwrap();
+    let a2 = t.node.attach(&net.name, t.request("pod-a2", &pa2)).await.unwrap();
+
+    let (code, healthy) = doctor(t, &[]);
+    assert!(code == 0 && !healthy.iter().any(|f| f["verdict"] == "fail"), "a healthy node: {healthy:#?}");
+    for check in ["IPv4 forwarding", "masquerade rule", "network pods: bridge", "overlay mpvx1", "overlay peer 192.0.2.72", "pod pod-a"] {
+        let found = healthy.iter().any(|f| f["check"].as_str().is_some_and(|c| c.starts_with(check)) && f["verdict"] == "pass");
+        assert!(found, "{check}: {healthy:#?}");
+    }
+    let ns = t.node_ns();
+    let broken = [
+        ("sysctl -qw net.ipv4.ip_forward=0", "sysctl -qw net.ipv4.ip_forward=1", "IPv4 forwarding", "ip_forward=1"),
+        (
+            "nft delete element inet minipod masq_nets4 { 10.244.71.0/24 }",
+            "nft add element inet minipod masq_nets4 { 10.244.71.0/24 }",
+            "network pods: masquerade",
+            "nft add element inet minipod masq_nets4 { 10.244.71.0/24 }",
+        ),
+        (
+            "nft add table ip other && nft add chain ip other forwarding '{ type filter hook forward priority 0; policy drop; }'",
+            "nft delete table ip other",
+            "other tables' forward policy",
+            "nft insert rule ip other forwarding meta iifgroup",
+        ),
+        ("ip link set mpvx1 mtu 1400", "ip link set mpvx1 mtu 1450", "overlay mpvx1", "ip link set mpvx1 mtu 1450"),
+        (
+            "bridge fdb del 02:76:c0:00:02:48 dev mpvx1 dst 192.0.2.72 self",
+            "bridge fdb replace 02:76:c0:00:02:48 dev mpvx1 dst 192.0.2.72 self permanent",
+            "overlay peer 192.0.2.72",
+            "minipod net overlay add-peer 192.0.2.72 --pod-cidr 10.244.72.0/24",
+        ),
+        (
+            &format!("ip route del {}/32", a.ip),
+            &format!("ip route add {}/32 dev {} scope link src {}", a.ip, a.host_ifname, a.gateway),
+            "pod pod-a",
+            &format!("ip route replace {}/32 dev {}", a.ip, a.host_ifname),
+        ),
+    ];
+    for (breaking, mending, check, fix) in broken {
+        sh(&ns, breaking);
+        let (code, findings) = doctor(t, &[]);
+        let failure = the_failure(&findings, check);
+        assert!(code == 1 && failure["fix"].as_str().is_some_and(|f| f.contains(fix)), "{breaking}: {failure:#}");
+        sh(&ns, mending);
+        let (code, findings) = doctor(t, &[]);
+        assert!(code == 0, "mended ({mending}): {findings:#?}");
+    }
+
+    // One flow: a policy isolating pod-a2 that allows only port 9090 denies 8080, by name.
+    let policies = NodePolicies(
+        [(
+            "shop/only-9090".to_string(),
+            PolicyRules {
+                selected: vec![a2.ip.into()],
+                ingress: Some(vec![PolicyRule {
+                    peers: Some(vec![AddrRange::one(a.ip)]),
+                    ports: vec![PolicyPort { proto: Proto::Tcp, ports: Some((9090, 9090)) }],
+                    members: None,
+                }]),
+                egress: None,
+            },
+        )]
+        .into(),
+    );
+    t.node.program_policies(&policies).unwrap();
+    let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), &format!("{}:8080", a2.ip)]);
+    let failure = the_failure(&findings, &format!("ingress of {}", a2.ip));
+    assert!(code == 1 && failure["found"].as_str().is_some_and(|f| f.contains("isolated for ingress by shop/only-9090")), "{failure:#}");
+    let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), &format!("{}:9090", a2.ip)]);
+    assert!(
+        code == 0 && findings.iter().any(|f| f["found"].as_str().is_some_and(|s| s.contains("allowed by shop/only-9090"))),
+        "{findings:#?}"
+    );
+    // To a pod of the peer node over the overlay: one network, routed.
+    let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), "10.244.72.5:80"]);
+    assert!(
+        code == 0 && findings.iter().any(|f| f["found"].as_str().is_some_and(|s| s.contains("pod of an overlay peer"))),
+        "{findings:#?}"
+    );
+    // Two networks are isolated from each other.
+    let other = t.node.create_network(t.network("other", "10.231.0.0/24")).await.unwrap();
+    let pc = t.pod("c");
+    let c = t.node.attach(&other.name, t.request("pod-c", &pc)).await.unwrap();
+    let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), &format!("{}:80", c.ip)]);
+    let failure = the_failure(&findings, "same network");
+    assert!(code == 1 && failure["found"].as_str().is_some_and(|f| f.contains("networks are isolated")), "{failure:#}");
+}
