@@ -1,5 +1,5 @@
 //! A cluster of three nodes on this machine through the embedding API: a pod on each,
-//! every pod reaches every other by address and is seen with its own address, the path
+//! every pod reaches every other by address and by name and is seen with its own address, the path
 //! carries the overlay's MTU and not a byte more, a node that is removed is gone from
 //! the others' tables, and nothing is left once the cluster drops.
 
@@ -41,6 +41,9 @@ async fn three_nodes_one_pod_network() {
         for (b, _, _) in pods.iter().filter(|(b, _, _)| b.ip() != a.ip()) {
             let name = fetch(ca, &format!("http://{}:8080/", b.ip())).await;
             assert_eq!(name.as_deref(), Some(b.record().hostname.as_str()), "{} reaches {}", a.ip(), b.ip());
+            // By name too: a name its node does not know is asked of the peers' DNS.
+            let by_name = fetch(ca, &format!("http://{}:8080/", b.record().name)).await;
+            assert_eq!(by_name.as_deref(), Some(b.record().hostname.as_str()), "{} finds {} by name", a.ip(), b.record().name);
             // Not masqueraded: the server saw the client pod's own address.
             let seen = fetch(ca, &format!("http://{}:8080/cgi-bin/ip", b.ip())).await.unwrap_or_default();
             assert_eq!(seen.trim_start_matches("[::ffff:").trim_end_matches(']'), a.ip().to_string());

@@ -4,6 +4,12 @@
 //! of networks it is not on), the names of the node's Services ([`cluster`]) to askers
 //! of every network, and forwards everything else to the network's upstreams.
 //!
+//! On a node of an overlay, a name the network does not know is asked of the DNS
+//! server of each peer node (on the first host address of its pod subnet, the
+//! default gateway) before the upstreams: pods find pods of every node by name. A peer
+//! asking is answered from the network's own names only (never passed on, so no query
+//! goes round the cluster).
+//!
 //! The services are read from the firewall's records, which any process serving them
 //! on the node writes: a watcher looks at their directory every 100 ms and reloads it
 //! when it changed, so names of services made by another process are answered too.
@@ -26,6 +32,8 @@ use crate::netns::{Netns, NetnsError};
 
 /// How long one upstream gets to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer node's server gets: it answers from memory, over the overlay.
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 const TTL: u32 = 30;
 /// How often the watcher looks for changed service records.
 const SERVICES_POLL: Duration = Duration::from_millis(100);
@@ -54,6 +62,8 @@ struct Zone {
     upstreams: Vec<SocketAddr>,
     names: HashMap<String, Vec<IpAddr>>,
     reverse: HashMap<IpAddr, String>,
+    /// The pod subnets of the overlay peers of this network's node.
+    peers: Vec<Ipv4Network>,
 }
 
 /// Records of every network, shared by the listeners; writers hold the lock only to
@@ -90,6 +100,23 @@ impl Records {
             zone.subnet = Some(subnet);
             zone.subnet6 = subnet6;
             zone.upstreams = upstreams;
+        }
+    }
+
+    /// The pod subnets of `network`'s overlay peers: names it does not know are asked
+    /// of their DNS servers, and they are answered from its own names.
+    pub fn set_peers(&self, network: &NetworkName, peers: Vec<Ipv4Network>) {
+        if let Ok(mut zones) = self.zones.write() {
+            zones.entry(network.clone()).or_default().peers = peers;
+        }
+    }
+
+    /// Forgets every network's peers (the node left its overlay).
+    pub fn clear_peers(&self) {
+        if let Ok(mut zones) = self.zones.write() {
+            for z in zones.values_mut() {
+                z.peers.clear();
+            }
         }
     }
 
@@ -205,7 +232,18 @@ impl Records {
 enum Answer {
     Reply(Vec<u8>),
     Forward(Vec<SocketAddr>),
+    /// Ask the peers' servers; if none knows the name, forward to the upstreams (or
+    /// fail without any).
+    AskPeers {
+        peers: Vec<SocketAddr>,
+        upstreams: Vec<SocketAddr>,
+    },
     Drop,
+}
+
+/// A peer's DNS server: the first host address of its pod subnet.
+fn peer_server(subnet: &Ipv4Network) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::from(u32::from(subnet.network()) + 1).into(), 53)
 }
 
 fn answer(zone: &Zone, cluster: &cluster::ClusterZone, query: &[u8], from: IpAddr) -> Answer {
@@ -226,13 +264,32 @@ fn answer(zone: &Zone, cluster: &cluster::ClusterZone, query: &[u8], from: IpAdd
         IpAddr::V4(ip) => zone.subnet.is_some_and(|n| n.contains(ip)),
         IpAddr::V6(ip) => zone.subnet6.is_some_and(|n| n.contains(ip)),
     };
-    if !asker_inside {
+    let asker_peer = matches!(from, IpAddr::V4(ip) if zone.peers.iter().any(|n| n.contains(ip)));
+    if !asker_inside && !asker_peer {
         reply.metadata.response_code = ResponseCode::Refused;
         return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
     }
     let Some(q) = msg.queries.first() else { return Answer::Drop };
     let name = normalise(&q.name().to_ascii());
     let qtype = q.query_type();
+    if asker_peer {
+        // Its own names only: the Services of this node are this node's.
+        return match zone.names.get(&name) {
+            Some(ips) => {
+                reply.metadata.authoritative = true;
+                for ip in ips {
+                    if let (IpAddr::V4(v4), RecordType::A | RecordType::ANY) = (ip, qtype) {
+                        reply.answers.push(Record::from_rdata(q.name().clone(), TTL, RData::A(rdata::A(*v4))));
+                    }
+                }
+                reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop)
+            }
+            None => {
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop)
+            }
+        };
+    }
     if cluster.answer(&name, qtype, q.name(), &mut reply) {
         return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
     }
@@ -259,11 +316,31 @@ fn answer(zone: &Zone, cluster: &cluster::ClusterZone, query: &[u8], from: IpAdd
             }
         }
     }
+    if !zone.peers.is_empty() && matches!(qtype, RecordType::A | RecordType::ANY) {
+        return Answer::AskPeers { peers: zone.peers.iter().map(peer_server).collect(), upstreams: zone.upstreams.clone() };
+    }
     if zone.upstreams.is_empty() {
         reply.metadata.response_code = ResponseCode::ServFail;
         return reply.to_vec().map(Answer::Reply).unwrap_or(Answer::Drop);
     }
     Answer::Forward(zone.upstreams.clone())
+}
+
+/// Whether `reply` answers its question (an answer record and no error).
+fn knows(reply: &[u8]) -> bool {
+    Message::from_vec(reply).is_ok_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty())
+}
+
+/// Asks every peer at once; the first that knows the name answers.
+async fn ask_peers(node: &std::path::Path, query: &[u8], peers: &[SocketAddr]) -> Option<Vec<u8>> {
+    let mut asks: futures::stream::FuturesUnordered<_> =
+        peers.iter().map(|p| forward_within(node, query, std::slice::from_ref(p), PEER_TIMEOUT)).collect();
+    while let Some(reply) = futures::StreamExt::next(&mut asks).await {
+        if let Some(reply) = reply.filter(|r| knows(r)) {
+            return Some(reply);
+        }
+    }
+    None
 }
 
 fn servfail(query: &[u8]) -> Option<Vec<u8>> {
@@ -298,15 +375,26 @@ impl DnsServer {
         Ok(Self { tasks: HashMap::new(), watcher: None, executor })
     }
 
-    /// Keeps `records`' services in step with the service records in `dir`, whoever
-    /// writes them. Does nothing if it watches already.
-    pub fn watch_services(&mut self, dir: PathBuf, records: Records) {
+    /// Keeps `records`' services in step with the service records in `dir`, and its
+    /// overlay peers with the overlay record `overlay`, whoever writes them. Does
+    /// nothing if it watches already.
+    pub fn watch_services(&mut self, dir: PathBuf, overlay: PathBuf, records: Records) {
         if self.watcher.is_some() {
             return;
         }
         self.watcher = Some(self.executor.handle().spawn(async move {
             let mut seen = None;
+            let mut seen_overlay = None;
             loop {
+                // The overlay's peers, whoever changes them (`minipod net overlay`).
+                let stamp = std::fs::metadata(&overlay).and_then(|m| m.modified()).ok();
+                if stamp != seen_overlay {
+                    seen_overlay = stamp;
+                    match crate::record::read_json::<crate::OverlayRecord>(&overlay) {
+                        Ok(rec) => records.set_peers(&rec.network, rec.peers.iter().map(|p| p.subnet).collect()),
+                        Err(_) => records.clear_peers(),
+                    }
+                }
                 // A rename into place or a removal changes the directory's mtime. The
                 // clock it is taken from ticks coarsely (a jiffy), so a change in the
                 // tick of the last look keeps the stamp: a stamp under a second old is
@@ -368,6 +456,19 @@ impl DnsServer {
                             }
                         });
                     }
+                    Answer::AskPeers { peers, upstreams } => {
+                        let sock = sock.clone();
+                        let node_path = node_path.clone();
+                        tokio::spawn(async move {
+                            let mut bytes = ask_peers(&node_path, &query, &peers).await;
+                            if bytes.is_none() && !upstreams.is_empty() {
+                                bytes = forward(&node_path, &query, &upstreams).await;
+                            }
+                            if let Some(bytes) = bytes.or_else(|| servfail(&query)) {
+                                let _ = sock.send_to(&bytes, from).await;
+                            }
+                        });
+                    }
                     Answer::Drop => {}
                 }
             }
@@ -379,6 +480,11 @@ impl DnsServer {
 
 /// Asks each upstream in turn, from a socket inside the node namespace.
 async fn forward(node: &std::path::Path, query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    forward_within(node, query, upstreams, UPSTREAM_TIMEOUT).await
+}
+
+/// [`forward`], each given `timeout` to answer.
+async fn forward_within(node: &std::path::Path, query: &[u8], upstreams: &[SocketAddr], timeout: Duration) -> Option<Vec<u8>> {
     let ns = Netns::open(node).ok()?;
     for up in upstreams {
         let local: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
@@ -390,7 +496,7 @@ async fn forward(node: &std::path::Path, query: &[u8], upstreams: &[SocketAddr])
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((len, _))) = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_from(&mut buf)).await {
+        if let Ok(Ok((len, _))) = tokio::time::timeout(timeout, sock.recv_from(&mut buf)).await {
             buf.truncate(len);
             return Some(buf);
         }
@@ -445,5 +551,27 @@ mod tests {
         assert_eq!(Message::from_vec(&r).unwrap().metadata.response_code, ResponseCode::ServFail, "no upstream");
         let z = Zone { upstreams: vec!["192.0.2.53:53".parse().unwrap()], ..zone() };
         assert!(matches!(answer(&z, &query("example.test.", RecordType::A), inside), Answer::Forward(_)));
+    }
+
+    #[test]
+    fn overlay_peers_are_asked_what_the_network_does_not_know_and_answered_from_it_only() {
+        let z = Zone { peers: vec!["10.244.2.0/24".parse().unwrap()], upstreams: vec!["192.0.2.53:53".parse().unwrap()], ..zone() };
+        let c = cluster::ClusterZone::default();
+        let inside: IpAddr = "10.5.0.9".parse().unwrap();
+        let Answer::AskPeers { peers, upstreams } = answer(&z, &c, &query("web-2.", RecordType::A), inside) else {
+            panic!("asks the peers")
+        };
+        assert_eq!(peers, vec!["10.244.2.1:53".parse::<SocketAddr>().unwrap()], "on the peer's gateway");
+        assert_eq!(upstreams.len(), 1, "then the upstreams");
+        // A peer asking gets this network's names, and no more: nothing is passed on.
+        let peer: IpAddr = "10.244.2.0".parse().unwrap();
+        let Answer::Reply(r) = answer(&z, &c, &query("web.", RecordType::A), peer) else { panic!() };
+        let r = Message::from_vec(&r).unwrap();
+        assert!(r.answers.len() == 1 && knows(&r.to_vec().unwrap()));
+        let Answer::Reply(r) = answer(&z, &c, &query("example.test.", RecordType::A), peer) else { panic!("not forwarded") };
+        assert_eq!(Message::from_vec(&r).unwrap().metadata.response_code, ResponseCode::NXDomain);
+        // Nobody else.
+        let Answer::Reply(r) = answer(&z, &c, &query("web.", RecordType::A), "10.244.3.5".parse().unwrap()) else { panic!() };
+        assert_eq!(Message::from_vec(&r).unwrap().metadata.response_code, ResponseCode::Refused);
     }
 }

@@ -37,7 +37,7 @@ impl Node {
         if let Ok(mut dns) = self.dns.lock() {
             if dns.is_none() {
                 let mut server = crate::dns::DnsServer::start()?;
-                server.watch_services(self.firewall.services_dir(), self.records.clone());
+                server.watch_services(self.firewall.services_dir(), self.state_dir.join("overlay.json"), self.records.clone());
                 *dns = Some(server);
             }
         }

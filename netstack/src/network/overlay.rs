@@ -32,7 +32,10 @@ impl Node {
 
     fn write_overlay(&self, r: &OverlayRecord) -> Result<(), NetworkError> {
         let path = self.overlay_file();
-        record::write_json(&path, r, Durability::Atomic).map_err(state_err(&path))
+        record::write_json(&path, r, Durability::Atomic).map_err(state_err(&path))?;
+        // This process's DNS at once; others' within their watcher's poll.
+        self.records.set_peers(&r.network, r.peers.iter().map(|p| p.subnet).collect());
+        Ok(())
     }
 
     /// Carries network `network` (its subnet is this node's pod subnet) to the same
@@ -114,6 +117,7 @@ impl Node {
         let Some(rec) = self.overlay()? else { return Ok(()) };
         let nl = Netlink::open(&self.netns)?;
         overlay::remove(&nl, &rec.spec).await?;
+        self.records.clear_peers();
         let path = self.overlay_file();
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(state_err(&path)(e)),
