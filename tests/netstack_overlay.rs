@@ -2,7 +2,7 @@
 //! bridge in a namespace, addresses from 192.0.2.0/24): every pod reaches every other
 //! by its address and sees the sender's own address, the path carries the overlay's
 //! MTU and not a byte more, a node that leaves is gone from its peers' tables, and bad
-//! input is refused.
+//! input (a silent peer too) is refused.
 
 mod support;
 
@@ -127,10 +127,14 @@ async fn bad_overlays_are_refused_and_leave_nothing() {
     let e =
         t.node.add_overlay_peer(OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 40), subnet: "10.244.32.128/25".parse().unwrap() }).await;
     assert!(e.unwrap_err().to_string().contains("overlaps 10.244.32.0/24 (of this node)"));
-    t.node
-        .add_overlay_peer(OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 41), subnet: "10.244.41.0/24".parse().unwrap() })
-        .await
-        .unwrap();
+    // A peer that does not answer on the underlay, and then one that does.
+    let peer41 = OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 41), subnet: "10.244.41.0/24".parse().unwrap() };
+    let e = t.node.add_overlay_peer(peer41).await.unwrap_err().to_string();
+    assert!(e.contains("peer 192.0.2.41 does not answer on the underlay"), "{e}");
+    assert!(t.node.overlay().unwrap().unwrap().peers.is_empty(), "a silent peer is not added");
+    let up = TestNode::new("ovpeer");
+    ul.plug(&up, 41, 1500);
+    t.node.add_overlay_peer(peer41).await.unwrap();
     let e =
         t.node.add_overlay_peer(OverlayPeer { underlay: Ipv4Addr::new(192, 0, 2, 42), subnet: "10.244.41.0/24".parse().unwrap() }).await;
     assert!(e.unwrap_err().to_string().contains("overlaps 10.244.41.0/24 (of peer 192.0.2.41)"));

@@ -124,6 +124,7 @@ pub mod netlink;
 pub mod netns;
 mod network;
 pub mod overlay;
+pub mod probe;
 pub mod record;
 pub mod underlay;
 pub use network::doctor;

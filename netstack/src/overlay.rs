@@ -52,6 +52,8 @@ pub enum OverlayError {
     NetworkMtu { network: crate::NetworkName, mtu: u32, overlay: u32 },
     #[error("this node is in no overlay: join one first")]
     NotJoined,
+    #[error("peer {peer} does not answer on the underlay (no echo reply through {uplink} within {within:?}): check that it is up at that address and that the uplink reaches it, then add it again")]
+    PeerSilent { peer: Ipv4Addr, uplink: IfName, within: std::time::Duration },
 }
 
 /// This node's end of an overlay.
@@ -163,12 +165,7 @@ pub async fn ensure(nl: &Netlink, spec: &OverlaySpec) -> Result<u32, OverlayErro
 /// Writes the route, neighbour and forwarding entries that reach `peer` (replacing
 /// any for it); on a failure the ones written are taken back.
 pub async fn add_peer(nl: &Netlink, spec: &OverlaySpec, peer: &OverlayPeer) -> Result<(), OverlayError> {
-    if peer.underlay == spec.local {
-        return Err(OverlayError::PeerIsSelf(peer.underlay));
-    }
-    if peer.subnet.overlaps(spec.subnet) {
-        return Err(OverlayError::Overlap { peer: peer.underlay, subnet: peer.subnet, other: spec.subnet, holder: "this node".into() });
-    }
+    check_peer(spec, peer)?;
     let device = spec.device().map_err(|_| OverlayError::BadVni(spec.vni))?;
     let index = nl.index(device.as_str()).await?;
     let (vtep, mac) = (peer.subnet.network(), vtep_mac(peer.underlay));
@@ -184,6 +181,17 @@ pub async fn add_peer(nl: &Netlink, spec: &OverlaySpec, peer: &OverlayPeer) -> R
     if let Err(e) = written.await {
         let _ = remove_peer(nl, spec, peer).await;
         return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Refuses a peer that is this node, or whose subnet overlaps this node's.
+pub fn check_peer(spec: &OverlaySpec, peer: &OverlayPeer) -> Result<(), OverlayError> {
+    if peer.underlay == spec.local {
+        return Err(OverlayError::PeerIsSelf(peer.underlay));
+    }
+    if peer.subnet.overlaps(spec.subnet) {
+        return Err(OverlayError::Overlap { peer: peer.underlay, subnet: peer.subnet, other: spec.subnet, holder: "this node".into() });
     }
     Ok(())
 }

@@ -278,7 +278,7 @@ impl Node {
                 out.push(fail(&check, format!("no route to {} via {device}", peer.subnet), add));
                 continue;
             }
-            let answered = run_in(ns, &["busybox", "ping", "-c", "1", "-W", "2", &peer.underlay.to_string()]).is_some();
+            let answered = crate::probe::answers(&self.netns, peer.underlay, std::time::Duration::from_secs(2)).unwrap_or(false);
             out.push(if answered {
                 pass(&check, format!("{} reachable, {} routed via {device}", peer.underlay, peer.subnet))
             } else {

@@ -5,6 +5,9 @@
 use super::*;
 use crate::overlay::{self, OverlayError, OverlayPeer, OverlaySpec};
 
+/// How long a peer being added gets to answer an echo on the underlay.
+const PEER_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The node's overlay as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayRecord {
@@ -88,6 +91,12 @@ impl Node {
                 holder: format!("peer {}", other.underlay),
             }
             .into());
+        }
+        overlay::check_peer(&rec.spec, &peer)?;
+        // One that does not answer on the underlay would be a route into nothing.
+        let (ns, to) = (self.netns.try_clone()?, peer.underlay);
+        if !crate::probe::answers(&ns, to, PEER_PROBE)? {
+            return Err(OverlayError::PeerSilent { peer: to, uplink: rec.spec.uplink.clone(), within: PEER_PROBE }.into());
         }
         let nl = Netlink::open(&self.netns)?;
         // A peer that changed subnet: its old route goes first.
