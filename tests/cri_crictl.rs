@@ -168,28 +168,7 @@ fn crictl_drives_pods_containers_and_images() {
     // An unknown method is sent without a body: the daemon answers it without reading
     // one, and a body still on its way then makes hyper reset the stream (NO_ERROR, as
     // RFC 9113 allows), which curl 7.88 reports as a framing error one run in four.
-    let grpc = |path: &str, payload: Option<&[u8]>| {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "--unix-socket"]).arg(&d.sock).args([
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-        ]);
-        if let Some(payload) = payload {
-            let mut frame = vec![0u8];
-            frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            frame.extend_from_slice(payload);
-            let body = d.h.base.join("grpc-body");
-            std::fs::write(&body, &frame).unwrap();
-            cmd.arg("--data-binary").arg(format!("@{}", body.display()));
-        }
-        let out = cmd.arg(format!("http://localhost{path}")).output().unwrap();
-        // curl's own complaint too, for a request that never got an answer.
-        format!("{}{}", String::from_utf8_lossy(&out.stdout).to_lowercase(), String::from_utf8_lossy(&out.stderr))
-    };
+    let grpc = |path: &str, payload: Option<&[u8]>| d.raw_grpc(path, payload);
     let unknown = grpc("/runtime.v1.RuntimeService/NoSuchMethod", None);
     assert!(unknown.contains("grpc-status: 12"), "{unknown}");
     assert!(unknown.contains("grpc-message: unknown method /runtime.v1.runtimeservice/nosuchmethod: minipod serves"), "{unknown}");
@@ -546,4 +525,63 @@ fn crictl_events_streams_each_containers_lifecycle_once_in_order() {
     }
     assert_eq!(kinds, ["CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT", "CONTAINER_STOPPED_EVENT", "CONTAINER_DELETED_EVENT"]);
     d.ok(&["rmp", "-f", &id]);
+}
+
+/// The pod CIDR a kubelet sends in UpdateRuntimeConfig (the Node's spec.podCIDR) is the
+/// subnet new pods get addresses from, across a daemon restart; another CIDR is refused
+/// while a pod holds an address of the first, and taken once none does.
+#[test]
+fn the_kubelets_pod_cidr_is_the_subnet_of_new_pods() {
+    need_root();
+    let node = TestNode::new("cricidr");
+    let mut d = Daemon::start(Harness::new("cri-cidr"), &node.node_ns());
+    d.import_busybox();
+    let logs = d.h.base.join("logs");
+    // UpdateRuntimeConfigRequest { runtime_config { network_config { pod_cidr } } }.
+    let update = |d: &Daemon, cidr: &str| {
+        let mut inner = vec![0x0a, cidr.len() as u8];
+        inner.extend_from_slice(cidr.as_bytes());
+        let mut mid = vec![0x0a, inner.len() as u8];
+        mid.extend_from_slice(&inner);
+        let mut msg = vec![0x0a, mid.len() as u8];
+        msg.extend_from_slice(&mid);
+        d.raw_grpc("/runtime.v1.RuntimeService/UpdateRuntimeConfig", Some(&msg))
+    };
+    let ip_of = |d: &Daemon, pod: &str| {
+        let v: Value = serde_json::from_str(&d.ok(&["inspectp", pod])).unwrap();
+        v["status"]["network"]["ip"].as_str().unwrap().to_string()
+    };
+    let first = d.write("p1.json", &pod_json("p1", &logs, json!([])));
+    let p1 = d.ok(&["runp", &first]).trim().to_string();
+    assert!(ip_of(&d, &p1).starts_with("10.88."), "before any pod CIDR: the default network");
+    let answer = update(&d, "10.244.7.0/24");
+    assert!(answer.contains("grpc-status: 0"), "{answer}");
+    let second = d.write("p2.json", &pod_json("p2", &logs, json!([])));
+    let p2 = d.ok(&["runp", &second]).trim().to_string();
+    assert!(ip_of(&d, &p2).starts_with("10.244.7."), "a new pod is on the node's pod CIDR");
+    // Kept across a restart, before the kubelet sends it again.
+    d.kill(libc::SIGTERM);
+    d.spawn();
+    let third = d.write("p3.json", &pod_json("p3", &logs, json!([])));
+    let p3 = d.ok(&["runp", &third]).trim().to_string();
+    assert!(ip_of(&d, &p3).starts_with("10.244.7."), "still the pod CIDR after a restart");
+    // grpc-message is percent-encoded.
+    let refused = update(&d, "10.244.8.0/24").replace("%20", " ");
+    assert!(refused.contains("grpc-status: 3") && refused.contains("2 pods hold addresses of it"), "{refused}");
+    for bad in ["10.244.7.1/24", "fd00::/64", "nonsense"] {
+        let refused = update(&d, bad);
+        assert!(refused.contains("grpc-status: 3"), "{bad}: {refused}");
+    }
+    for p in [&p2, &p3] {
+        d.ok(&["stopp", p]);
+        d.ok(&["rmp", p]);
+    }
+    assert!(update(&d, "10.244.8.0/24").contains("grpc-status: 0"), "taken once no pod holds the old one");
+    let fourth = d.write("p4.json", &pod_json("p4", &logs, json!([])));
+    let p4 = d.ok(&["runp", &fourth]).trim().to_string();
+    assert!(ip_of(&d, &p4).starts_with("10.244.8."));
+    for p in [&p1, &p4] {
+        d.ok(&["stopp", p]);
+        d.ok(&["rmp", p]);
+    }
 }

@@ -139,6 +139,31 @@ pub fn ctr_json(name: &str, cmd: &[&str]) -> Value {
 }
 
 impl Daemon {
+    /// A gRPC call below crictl, with curl over the socket: `payload` (a protobuf
+    /// message, or no body at all) to `path`; the response headers and trailers, and
+    /// curl's own complaint, lowercased.
+    pub fn raw_grpc(&self, path: &str, payload: Option<&[u8]>) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "--unix-socket"]).arg(&self.sock).args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ]);
+        if let Some(payload) = payload {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            frame.extend_from_slice(payload);
+            let body = self.h.base.join(format!("grpc-body-{}", payload.len()));
+            std::fs::write(&body, &frame).unwrap();
+            cmd.arg("--data-binary").arg(format!("@{}", body.display()));
+        }
+        let out = cmd.arg(format!("http://localhost{path}")).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout).to_lowercase(), String::from_utf8_lossy(&out.stderr))
+    }
+
     /// Runs crictl, expecting it to fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.crictl(args);

@@ -65,6 +65,11 @@ pub fn serve(opts: PodsOptions, socket: &str, streaming: std::net::SocketAddr, p
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     check_socket_dir(parent)?;
     let pods = Pods::open(PodsOptions { keep_pods: true, ..opts })?;
+    // A pod CIDR a kubelet gave before a restart stays this node's until it sends one.
+    let kubepods = minipod_runtime::netstack::NetworkName::new(minipod_runtime::pod::POD_CIDR_NETWORK)?;
+    if let Some(cfg) = pods.node().network(&kubepods)? {
+        pods.use_pod_cidr(cfg.subnet)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.

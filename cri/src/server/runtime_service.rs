@@ -47,8 +47,8 @@ fn runtime_problem(pods: &Pods) -> Option<String> {
 /// is unreadable, or something outside minipod drops its traffic.
 fn network_problem(pods: &Pods) -> Option<(&'static str, String)> {
     let name = pods.default_network();
-    let problems = match pods.node().network(name) {
-        Ok(Some(_)) => pods.node().problems(name),
+    let problems = match pods.node().network(&name) {
+        Ok(Some(_)) => pods.node().problems(&name),
         // Made with the first pod that joins it.
         Ok(None) => return None,
         Err(e) => Err(e),
@@ -452,9 +452,26 @@ impl RuntimeService for Server {
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
-    async fn update_runtime_config(&self, _: Request<cri::UpdateRuntimeConfigRequest>) -> Reply<cri::UpdateRuntimeConfigResponse> {
-        // The pod CIDR the kubelet sends is the network's; minipod's networks carry
-        // their own subnets, so there is nothing to change.
+    async fn update_runtime_config(&self, req: Request<cri::UpdateRuntimeConfigRequest>) -> Reply<cri::UpdateRuntimeConfigResponse> {
+        // The Node's spec.podCIDR: the subnet this node's new pods get addresses from.
+        let cidr = req.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
+        if cidr.is_empty() {
+            return Ok(Response::new(cri::UpdateRuntimeConfigResponse {}));
+        }
+        // Dual-stack nodes get "v4,v6".
+        let mut v4 = None;
+        for part in cidr.split(',').map(str::trim) {
+            match part.parse::<ipnetwork::IpNetwork>() {
+                Ok(ipnetwork::IpNetwork::V4(n)) if v4.is_none() => v4 = Some(n),
+                Ok(ipnetwork::IpNetwork::V4(_)) => return Err(Status::invalid_argument(format!("pod_cidr {cidr:?}: two IPv4 CIDRs"))),
+                Ok(ipnetwork::IpNetwork::V6(_)) => {
+                    return Err(Status::invalid_argument(format!("pod_cidr {cidr:?}: IPv6 pod CIDRs are not built in minipod yet")))
+                }
+                Err(e) => return Err(Status::invalid_argument(format!("pod_cidr {part:?}: {e}: give a CIDR such as 10.244.1.0/24"))),
+            }
+        }
+        let Some(v4) = v4 else { return Err(Status::invalid_argument(format!("pod_cidr {cidr:?} holds no IPv4 CIDR"))) };
+        blocking(&self.pods, move |p| p.use_pod_cidr(v4)).await?;
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 

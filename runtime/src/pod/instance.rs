@@ -5,6 +5,9 @@ use super::*;
 use crate::netstack::executor::Executor;
 use crate::netstack::{BlockingNode, DnsScope};
 
+/// The network a kubelet's pod CIDR is made on (see [`Pods::use_pod_cidr`]).
+pub const POD_CIDR_NETWORK: &str = "kubepods";
+
 /// How to open [`Pods`].
 #[derive(Debug, Clone)]
 pub struct PodsOptions {
@@ -188,7 +191,7 @@ impl Pods {
             node_ref,
             executor,
             scope,
-            default_network: NetworkConfig::default_network().name,
+            default_network: std::sync::RwLock::new(NetworkConfig::default_network().name),
             service_cidr: opts.service_cidr.unwrap_or_else(crate::service::default_service_cidr),
             cluster_domain,
             keep_pods: opts.keep_pods,
@@ -208,7 +211,7 @@ impl Pods {
             }
         }
         match pods.setup_default_network(&opts, own_network) {
-            Ok(name) => pods.default_network = name,
+            Ok(name) => pods.default_network = std::sync::RwLock::new(name),
             Err(e) => {
                 // Drop would not: the instance is only torn down by shutdown.
                 let _ = pods.shutdown();
@@ -282,8 +285,42 @@ impl Pods {
     }
 
     /// Network pods join when they name none.
-    pub fn default_network(&self) -> &NetworkName {
-        &self.default_network
+    pub fn default_network(&self) -> NetworkName {
+        match self.default_network.read() {
+            Ok(n) => n.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `cidr` (the Node's `spec.podCIDR`, which a kubelet sends in
+    /// UpdateRuntimeConfig) the subnet new pods get addresses from: network
+    /// [`POD_CIDR_NETWORK`] on it becomes the default network. The same CIDR again
+    /// changes nothing; another one replaces the network if no pod is on it, and is
+    /// refused if one is. Returns the network.
+    pub fn use_pod_cidr(&self, cidr: ipnetwork::Ipv4Network) -> Result<NetworkName> {
+        let name = NetworkName::new(POD_CIDR_NETWORK)?;
+        let refuse = |why: String| PodError::from(ConfigError::PodCidr { cidr: cidr.to_string(), why });
+        if cidr.network() != cidr.ip() {
+            return Err(refuse(format!("has host bits set: the network is {}/{}", cidr.network(), cidr.prefix())));
+        }
+        if let Some(had) = self.node.node().network(&name)? {
+            if had.subnet != cidr {
+                let held = self.node.node().members(&name)?.len();
+                if held > 0 {
+                    return Err(refuse(format!(
+                        "network {name} is on {} and {held} pods hold addresses of it: remove them before the node's pod CIDR changes",
+                        had.subnet
+                    )));
+                }
+                self.node.remove_network(&name)?;
+            }
+        }
+        self.create_network(NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr))?;
+        match self.default_network.write() {
+            Ok(mut d) => *d = name.clone(),
+            Err(poisoned) => *poisoned.into_inner() = name.clone(),
+        }
+        Ok(name)
     }
 
     /// This runtime's scope (pod names are unique within it).

@@ -72,7 +72,7 @@ pub use containers::ContainerConfig;
 pub use crate::netstack::{Alias, ContainerName, Hostname, Namespace, PodName, PortName, Scope};
 pub use exec::ExecOutput;
 use instance::Instance;
-pub use instance::PodsOptions;
+pub use instance::{PodsOptions, POD_CIDR_NETWORK};
 pub use pods::{pod_ip, PodConfig};
 use record::add_named_ports;
 pub use record::{
@@ -207,6 +207,8 @@ pub enum ConfigError {
     NamedPort(String),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("pod CIDR {cidr}: {why}")]
+    PodCidr { cidr: String, why: String },
 }
 
 type Result<T, E = PodError> = std::result::Result<T, E>;
@@ -260,7 +262,8 @@ pub struct Pods {
     /// Where the node's async work and the mount template's timers run.
     executor: Arc<netstack::executor::Executor>,
     scope: Scope,
-    default_network: NetworkName,
+    /// Where pods that name no network go; a kubelet's pod CIDR may change it.
+    default_network: std::sync::RwLock<NetworkName>,
     /// Where services' cluster IPs come from.
     service_cidr: ipnetwork::Ipv4Network,
     /// The domain services' names are under, and pods' search path.

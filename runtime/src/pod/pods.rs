@@ -130,7 +130,7 @@ impl Pods {
         let networks = if cfg.host_network {
             vec![]
         } else if cfg.networks.is_empty() {
-            vec![self.default_network.clone()]
+            vec![self.default_network()]
         } else {
             cfg.networks.clone()
         };
