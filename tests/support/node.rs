@@ -86,6 +86,20 @@ impl TestNode {
 }
 
 impl TestNode {
+    /// A process inside `ns`, which lets `ip` name the namespace by PID; returned only
+    /// once it is provably inside (nsenter enters after spawn returns): a PID still in
+    /// the test's own namespace would put an interface on the host.
+    pub fn holder_in(&self, ns: &Path) -> u32 {
+        let holder = self.spawn_in(ns, &["sleep", "600"]);
+        let want = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(ns).unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::metadata(format!("/proc/{holder}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(want) {
+            assert!(std::time::Instant::now() < deadline, "the holder never entered {}", ns.display());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        holder
+    }
+
     /// Starts a long-running command inside a namespace; killed on Drop.
     pub fn spawn_in(&self, ns: &Path, args: &[&str]) -> u32 {
         let child = Command::new("nsenter")
@@ -137,16 +151,7 @@ impl TestNode {
     pub fn internet(&self) -> PathBuf {
         let inet = self.pod("internet");
         let node = self.node_ns();
-        // A process in the internet namespace lets `ip` name it by PID. Only once it is
-        // provably inside (nsenter enters after spawn returns): a PID still in the test's
-        // own namespace would put the interface on the host.
-        let holder = self.spawn_in(&inet, &["sleep", "600"]);
-        let want = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&inet).unwrap());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::metadata(format!("/proc/{holder}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(want) {
-            assert!(std::time::Instant::now() < deadline, "the internet holder never entered its namespace");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        let holder = self.holder_in(&inet);
         let run = |ns: &Path, cmd: &str| {
             let out = Self::in_ns(ns, &["sh", "-c", cmd]);
             assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
@@ -194,14 +199,7 @@ impl Underlay {
         let node = TestNode::new("underlay");
         let ns = node.node_ns();
         sh(&ns, "ip link add ulbr type bridge && ip link set ulbr up");
-        let holder = node.spawn_in(&ns, &["sleep", "600"]);
-        let want = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&ns).unwrap());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        // `ip` names the underlay by a PID inside it: only once it is provably inside.
-        while std::fs::metadata(format!("/proc/{holder}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(want) {
-            assert!(std::time::Instant::now() < deadline, "the underlay holder never entered its namespace");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        let holder = node.holder_in(&ns);
         Underlay { node, holder }
     }
 
