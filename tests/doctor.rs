@@ -1,13 +1,19 @@
 //! `minipod doctor` on two overlay nodes made for the test: a healthy node passes every
 //! check, and each thing broken on purpose (forwarding, masquerade, a forward-drop
 //! table, the overlay's MTU, a peer's forwarding entry, a pod's route) is named with
-//! its fix; `doctor flow` names the policy that denies a flow and the isolation of two
-//! networks.
+//! its fix; pods and Services are looked up in DNS as pods' resolvers would, and a
+//! policy blocking a pod's lookups is named; `doctor flow` probes the path MTU across
+//! nodes, names the policy that denies a flow and the isolation of two networks.
 
 mod support;
 
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use minipod_netstack::overlay::OverlayPeer;
-use minipod_netstack::{AddrRange, IfName, NodePolicies, PolicyPort, PolicyRule, PolicyRules, Proto};
+use minipod_netstack::{
+    AddrRange, DnsScope, IfName, Namespace, NodePolicies, PolicyPort, PolicyRule, PolicyRules, Proto, ServiceDns, ServiceName, ServicePort,
+    VirtualService,
+};
 use support::node::{sh, TestNode, Underlay};
 use support::{minipod_bin, need_root};
 
@@ -103,6 +109,59 @@ async fn the_doctor_names_each_broken_thing_and_its_fix() {
         let (code, findings) = doctor(t, &[]);
         assert!(code == 0, "mended ({mending}): {findings:#?}");
     }
+
+    // DNS: a network whose server runs (here, in this process), a pod on it found by
+    // its name and a Service by its full name; a policy isolating the pod for egress
+    // blocks its lookups, and the doctor says which check fails.
+    let mut named = t.network("named", "10.232.0.0/24");
+    named.dns = true;
+    let named = t.node.create_network(named).await.unwrap();
+    t.node.serve_dns(DnsScope::AllNetworks).unwrap();
+    let pn = t.pod("n");
+    let n = t.node.attach(&named.name, t.request("pod-n", &pn)).await.unwrap();
+    let vip = Ipv4Addr::new(10, 96, 0, 50);
+    let svc = VirtualService {
+        owner: "shop/web".into(),
+        ip: vip,
+        ports: vec![ServicePort {
+            proto: Proto::Tcp,
+            port: 80,
+            name: None,
+            endpoints: vec![SocketAddrV4::new(a.ip, 8080)],
+            node_port: None,
+        }],
+        dns: Some(ServiceDns { namespace: Namespace::new("shop").unwrap(), name: ServiceName::new("web").unwrap() }),
+        affinity: None,
+    };
+    t.node.program_service(&svc).unwrap();
+    let (code, findings) = doctor(t, &[]);
+    assert_eq!(code, 0, "{findings:#?}");
+    for check in ["pod pod-n: DNS lookup of its name", "network named: DNS lookup of service web.shop.svc.cluster.local"] {
+        assert!(findings.iter().any(|f| f["check"] == check && f["verdict"] == "pass"), "{check}: {findings:#?}");
+    }
+    t.node.remove_service(vip).unwrap();
+    let deny_egress = NodePolicies(
+        [("shop/no-egress".to_string(), PolicyRules { selected: vec![n.ip.into()], ingress: None, egress: Some(vec![]) })].into(),
+    );
+    t.node.program_policies(&deny_egress).unwrap();
+    let (code, findings) = doctor(t, &[]);
+    let failure = the_failure(&findings, "pod pod-n: DNS lookup of its name");
+    assert!(code == 1 && failure["fix"].as_str().is_some_and(|f| f.contains("policy blocks the pod's UDP 53")), "{failure:#}");
+    t.node.program_policies(&NodePolicies::default()).unwrap();
+
+    // The path MTU across nodes: it carries 1450 bytes, until the uplink cannot.
+    let pb = nodes[1].0.pod("b");
+    let b = nodes[1].0.node.attach(&nodes[1].1.name, nodes[1].0.request("pod-b", &pb)).await.unwrap();
+    let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), &format!("{}:80", b.ip)]);
+    assert!(code == 0 && findings.iter().any(|f| f["check"] == "path MTU" && f["verdict"] == "pass"), "{findings:#?}");
+    sh(&ns, "ip link set ul0 mtu 1400");
+    let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), &format!("{}:80", b.ip)]);
+    let failure = the_failure(&findings, "path MTU");
+    assert!(code == 1 && failure["found"].as_str().is_some_and(|f| f.contains("1450-byte packet")), "{failure:#}");
+    let (_, findings) = doctor(t, &[]);
+    let failure = the_failure(&findings, "overlay uplink ul0");
+    assert!(failure["fix"].as_str().is_some_and(|f| f.contains("ip link set ul0 mtu 1500")), "{failure:#}");
+    sh(&ns, "ip link set ul0 mtu 1500");
 
     // One flow: a policy isolating pod-a2 that allows only port 9090 denies 8080, by name.
     let policies = NodePolicies(

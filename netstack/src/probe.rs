@@ -1,5 +1,6 @@
-//! Whether an address answers an ICMP echo from inside a namespace: how an overlay
-//! tells a peer that is up from one that is not, before and after it is added.
+//! Whether an address answers from inside a namespace: an ICMP echo (how an overlay
+//! tells a peer that is up from one that is not), one of a given size that may not be
+//! fragmented (a path MTU probe), and a DNS lookup (what a pod's resolver would get).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -7,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{Netns, NetnsError};
 
-/// An echo request: type 8, code 0, the checksum, our id and `seq`, a little payload.
-fn echo_request(id: u16, seq: u16) -> [u8; 16] {
-    let mut p = [0u8; 16];
+/// An echo request: type 8, code 0, the checksum, our id and `seq`, and `data` bytes
+/// of payload (at least 8).
+fn echo_request(id: u16, seq: u16, data: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 8 + data.max(8)];
     p[0] = 8;
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
@@ -31,6 +33,16 @@ fn checksum(data: &[u8]) -> u16 {
 /// Sends an echo request to `to` every 200 ms from inside `ns` until a reply comes or
 /// `within` passes; whether one came. Needs a raw socket (root in the namespace).
 pub fn answers(ns: &Netns, to: Ipv4Addr, within: Duration) -> Result<bool, NetnsError> {
+    echo(ns, to, 8, false, within)
+}
+
+/// Whether `to` answers an echo whose IP packet is `size` bytes and may not be
+/// fragmented (the sender's link refusing it counts as no answer).
+pub fn fits(ns: &Netns, to: Ipv4Addr, size: usize, within: Duration) -> Result<bool, NetnsError> {
+    echo(ns, to, size.saturating_sub(28), true, within)
+}
+
+fn echo(ns: &Netns, to: Ipv4Addr, data: usize, dont_fragment: bool, within: Duration) -> Result<bool, NetnsError> {
     ns.run(move || {
         // SAFETY: socket(2) with constant arguments; the result is checked.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
@@ -39,6 +51,22 @@ pub fn answers(ns: &Netns, to: Ipv4Addr, within: Duration) -> Result<bool, Netns
         }
         // SAFETY: a fresh descriptor that nothing else owns.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        if dont_fragment {
+            let on: libc::c_int = libc::IP_PMTUDISC_PROBE;
+            // SAFETY: an int option that lives across the call, with its size.
+            let set = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if set != 0 {
+                return false;
+            }
+        }
         let id = (std::process::id() & 0xffff) as u16;
         let dest = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -50,7 +78,7 @@ pub fn answers(ns: &Netns, to: Ipv4Addr, within: Duration) -> Result<bool, Netns
         let mut seq: u16 = 0;
         while Instant::now() < deadline {
             seq = seq.wrapping_add(1);
-            let req = echo_request(id, seq);
+            let req = echo_request(id, seq, data);
             // SAFETY: the buffer and address live across the call, with their lengths.
             unsafe {
                 libc::sendto(
@@ -70,7 +98,7 @@ pub fn answers(ns: &Netns, to: Ipv4Addr, within: Duration) -> Result<bool, Netns
                 if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) } <= 0 {
                     break;
                 }
-                let mut buf = [0u8; 256];
+                let mut buf = vec![0u8; 65536];
                 // SAFETY: the buffer lives across the call, with its length.
                 let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if n < 28 {
@@ -88,12 +116,42 @@ pub fn answers(ns: &Netns, to: Ipv4Addr, within: Duration) -> Result<bool, Netns
     })
 }
 
+/// The addresses `server` gives for `name` (type A), asked from inside `ns`; None if
+/// it gave no answer within `within`.
+pub fn lookup(ns: &Netns, server: std::net::SocketAddr, name: &str, within: Duration) -> Result<Option<Vec<Ipv4Addr>>, NetnsError> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let Ok(qname) = Name::from_ascii(name) else { return Ok(None) };
+    let mut msg = Message::query();
+    msg.metadata.recursion_desired = true;
+    msg.queries.push(Query::query(qname, RecordType::A));
+    let Ok(query) = msg.to_vec() else { return Ok(None) };
+    ns.run(move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        sock.set_read_timeout(Some(within)).ok()?;
+        sock.send_to(&query, server).ok()?;
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        let reply = Message::from_vec(&buf[..n]).ok()?;
+        Some(
+            reply
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect(),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_checksum_is_rfc_1071s() {
         // An echo request with its checksum in place sums to zero.
-        let p = super::echo_request(0x1234, 1);
+        let p = super::echo_request(0x1234, 1, 8);
         assert_eq!(super::checksum(&p), 0);
         assert_eq!(super::checksum(&[0x45, 0x00, 0x00, 0x1c]), !0x451c);
     }

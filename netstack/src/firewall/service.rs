@@ -88,8 +88,8 @@ impl Firewall {
         }
     }
 
-    /// Every recorded service, for [`Firewall::ensure`].
-    pub(super) fn recorded_services(&self) -> Vec<VirtualService> {
+    /// Every recorded service, for [`Firewall::ensure`] and the doctor.
+    pub(crate) fn recorded_services(&self) -> Vec<VirtualService> {
         read_services(&self.services_dir())
     }
 

@@ -212,10 +212,12 @@ impl Node {
                 )
             });
         }
+        let mut dns_up = false;
         if cfg.dns {
             let hex = format!("{:08X}:0035", u32::from_le_bytes(gw.octets()));
             let udp = run_in(ns, &["cat", "/proc/net/udp"]).unwrap_or_default();
-            out.push(if udp.contains(&hex) {
+            dns_up = udp.contains(&hex);
+            out.push(if dns_up {
                 pass(format!("network {name}: DNS"), format!("a server answers on {gw}:53"))
             } else {
                 fail(
@@ -225,8 +227,22 @@ impl Node {
                 )
             });
         }
-        for m in self.members(name)? {
-            out.extend(member_checks(ns, cfg, &m));
+        let members = self.members(name)?;
+        for m in &members {
+            out.extend(member_checks(ns, cfg, m));
+            if dns_up {
+                out.push(lookup_check(&format!("pod {}: DNS lookup of its name", m.owner), m, gw, m.dns_names.first(), m.ip));
+            }
+        }
+        // A Service's name, from a pod of the network, as its resolver would ask.
+        let asker = members.iter().find(|m| m.netns.exists());
+        if let (true, Some(m)) = (dns_up, asker) {
+            let domain = self.cluster_domain();
+            let svc = self.firewall.recorded_services().into_iter().find_map(|s| s.dns.clone().map(|d| (d, s.ip)));
+            if let Some((d, ip)) = svc {
+                let fqdn = format!("{}.{}.svc.{domain}", d.name, d.namespace);
+                out.push(lookup_check(&format!("network {name}: DNS lookup of service {fqdn}"), m, gw, Some(&fqdn), ip));
+            }
         }
         Ok(out)
     }
@@ -250,6 +266,20 @@ impl Node {
                 format!("minipod net overlay join {} --uplink {} --address {}", rec.network, rec.spec.uplink, rec.spec.local),
             )),
         }
+        let uplink_mtu = link(ns, rec.spec.uplink.as_str()).and_then(|l| mtu(&l)).unwrap_or(0);
+        let needs = u64::from(rec.mtu + crate::overlay::VXLAN_OVERHEAD);
+        out.push(if uplink_mtu >= needs {
+            pass(
+                format!("overlay uplink {}", rec.spec.uplink),
+                format!("MTU {uplink_mtu} carries the tunnel's {} and its 50 bytes", rec.mtu),
+            )
+        } else {
+            fail(
+                format!("overlay uplink {}", rec.spec.uplink),
+                format!("MTU {uplink_mtu}, less than the {needs} the tunnel's {}-byte packets need: they are dropped", rec.mtu),
+                format!("ip link set {} mtu {needs}, or join again for the overlay to take the smaller MTU", rec.spec.uplink),
+            )
+        });
         if let Some(net) = networks.iter().find(|n| n.name == rec.network) {
             let m = net.mtu.unwrap_or(1500);
             out.push(if m <= rec.mtu {
@@ -343,6 +373,28 @@ impl Node {
                 "add the peer node (minipod net overlay add-peer) or check the pod is attached",
             )),
         }
+        // The path carries the network's MTU unfragmented (within a node or over the
+        // overlay), if the destination answers pings at all.
+        if let Some(src) = find(from) {
+            let mtu = self.network(&src.network)?.and_then(|c| c.mtu).unwrap_or(src.mtu) as usize;
+            let within = std::time::Duration::from_secs(2);
+            let ns = crate::netns::Netns::open(&src.netns)?;
+            if !crate::probe::answers(&ns, to, within)? {
+                out.push(warn(
+                    "path MTU",
+                    format!("{to} does not answer pings from {from}"),
+                    "allow ICMP to it (a policy isolating it drops pings), then probe again",
+                ));
+            } else if crate::probe::fits(&ns, to, mtu, within)? {
+                out.push(pass("path MTU", format!("{mtu}-byte packets reach {to} unfragmented")));
+            } else {
+                out.push(fail(
+                    "path MTU",
+                    format!("a {mtu}-byte packet from {from} does not reach {to} unfragmented: the path carries less than the network's MTU"),
+                    "give the network the path's MTU (over an overlay: the uplink's less 50), and check each link's MTU with minipod doctor",
+                ));
+            }
+        }
         let policies = self.firewall.recorded_policies();
         for (dir, member, peer) in [("egress", from, to), ("ingress", to, from)] {
             if find(member).is_none() {
@@ -380,6 +432,28 @@ impl Node {
 fn kernel_config() -> Option<String> {
     let out = Command::new("zcat").arg("/proc/config.gz").output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the network's DNS server on `gw` answers `name` with `want` to a query
+/// from inside `m`'s namespace.
+fn lookup_check(check: &str, m: &Attachment, gw: Ipv4Addr, name: Option<&String>, want: Ipv4Addr) -> Finding {
+    let Some(name) = name else { return pass(check, "no name to look up") };
+    let fqdn = format!("{}.", name.trim_end_matches('.'));
+    let got = crate::netns::Netns::open(&m.netns)
+        .ok()
+        .and_then(|ns| crate::probe::lookup(&ns, std::net::SocketAddr::new(gw.into(), 53), &fqdn, std::time::Duration::from_secs(2)).ok())
+        .flatten();
+    match got {
+        Some(ips) if ips.contains(&want) => pass(check, format!("{name} is {want}")),
+        Some(ips) => {
+            fail(check, format!("{name} answers {ips:?}, not {want}"), "a stale record: restart the process that serves the network's DNS")
+        }
+        None => fail(
+            check,
+            format!("no answer from {gw}:53 for {name}"),
+            "check the DNS server's process, and that no policy blocks the pod's UDP 53",
+        ),
+    }
 }
 
 /// A member's links, address, default route and MTU.
