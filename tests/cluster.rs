@@ -145,3 +145,44 @@ async fn bad_clusters_are_refused() {
     let left: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "a cluster that fails to open leaves nothing: {left:?}");
 }
+
+/// `minipod cluster create` keeps a cluster after the command ends; pods made by the
+/// pod commands on two of its nodes reach each other across the overlay; `cluster rm`
+/// removes the pods, nodes and underlay.
+#[test]
+fn the_cli_makes_a_cluster_that_outlives_it() {
+    need_root();
+    let env = PodEnv::new("cluster-cli");
+    let dir = env.h.base.join("clusters");
+    let images = env.h.base.join("images");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::minipod_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "minipod {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (d, i) = (dir.to_str().unwrap(), images.to_str().unwrap());
+    let made = run(&["cluster", "--dir", d, "create", "--nodes", "2", "--images", i]);
+    let path = made.lines().last().unwrap().trim().to_string();
+    assert!(made.contains("10.244.1.0/24") && Path::new(&path).join("ns/node-1").exists(), "{made}");
+    assert_eq!(run(&["cluster", "--dir", d, "ls"]).trim(), path);
+    let rootfs = env.rootfs.to_str().unwrap();
+    let mut ips = Vec::new();
+    for n in 0..2 {
+        let root = format!("{path}/node-{n}");
+        let netns = format!("{path}/ns/node-{n}");
+        let pod = format!("p{n}");
+        run(&["--root", &root, "pod", "--netns", &netns, "--images", i, "run", &pod, "--network", "cluster"]);
+        run(&["--root", &root, "ctr", "--netns", &netns, "--images", i, "run", &pod, "c", "--rootfs", rootfs, "--", "sleep", "600"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&run(&["--root", &root, "pod", "--netns", &netns, "--images", i, "inspect", &pod])).unwrap();
+        ips.push(v["pod"]["networks"][0]["ip"].as_str().unwrap().to_string());
+    }
+    assert!(ips[0].starts_with("10.244.0.") && ips[1].starts_with("10.244.1."), "{ips:?}");
+    let root0 = format!("{path}/node-0");
+    let ns0 = format!("{path}/ns/node-0");
+    run(&["--root", &root0, "ctr", "--netns", &ns0, "--images", i, "exec", "p0", "c", "--", "ping", "-c", "1", "-W", "5", &ips[1]]);
+    run(&["cluster", "--dir", d, "rm", &path]);
+    assert!(!Path::new(&path).exists(), "the cluster is gone");
+    assert!(run(&["cluster", "--dir", d, "ls"]).trim().is_empty());
+    env.assert_clean();
+}

@@ -1,5 +1,6 @@
 //! Command-line parsing, logging setup and error printing for `minipod`.
 
+mod cluster;
 mod doctor;
 mod hint;
 mod net;
@@ -95,6 +96,8 @@ enum Command {
     Svc(service::SvcArgs),
     /// NetworkPolicies: list them, or show one with the pods it isolates now.
     Policy(service::PolicyArgs),
+    /// Clusters on this machine: N nodes joined by a VXLAN overlay, kept until removed.
+    Cluster(cluster::ClusterArgs),
     /// Check the node's network as one would by hand (forwarding, firewall, bridges,
     /// DNS, pods' links and routes, MTU, the overlay), or one flow between two pods;
     /// exits 1 if a check fails.
@@ -173,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ctr(a) => pod::ctr(&root, a),
         Command::Image(a) => pod::image(&root, a),
         Command::Doctor(a) => doctor::doctor(&root, a),
+        Command::Cluster(a) => cluster::cluster(a),
         Command::Serve(a) => {
             let pull = minipod_runtime::image::PullOptions {
                 insecure_registries: a.insecure_registry,

@@ -40,6 +40,10 @@ struct ClusterRecord {
     owner: Owner,
     nodes: usize,
     images: PathBuf,
+    /// Kept after its maker (the CLI's `minipod cluster create`): never swept, removed
+    /// by [`Cluster::remove_kept`].
+    #[serde(default)]
+    kept: bool,
 }
 
 const RECORD: &str = "cluster.json";
@@ -115,8 +119,8 @@ impl ClusterBuilder {
         let name = format!("{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::SeqCst));
         let dir = self.dir.join(name);
         std::fs::create_dir_all(dir.join("ns")).map_err(crate::pod::io_err("creating", &dir))?;
-        let record = ClusterRecord { owner: Owner::me(), nodes: self.nodes, images: self.images.clone() };
-        let mut cluster = Cluster { dir, underlay: None, nodes: Vec::new() };
+        let record = ClusterRecord { owner: Owner::me(), nodes: self.nodes, images: self.images.clone(), kept: false };
+        let mut cluster = Cluster { dir, underlay: None, nodes: Vec::new(), kept: false };
         crate::pod::write_json(&cluster.dir.join(RECORD), &record)?;
         // On any failure the partial cluster's Drop takes back what was made.
         let ns = cluster.dir.join("ns/underlay");
@@ -145,7 +149,7 @@ async fn make_node(dir: &Path, underlay_ns: &Netns, i: usize, cidr: &Ipv4Network
         .map_err(|e| ConfigError::Cluster(format!("the subnet of node {i}: {e}")))?;
     let port = IfName::new(format!("n{i}"))?;
     let uplink = IfName::new(UPLINK)?;
-    let node = ClusterNode { index: i, rt: None, address, subnet, netns: netns.clone(), port: port.clone() };
+    let node = ClusterNode { index: i, rt: None, address, subnet, netns: netns.clone(), port: port.clone(), kept: false };
     // Dropped on failure: the namespace goes with what is in it.
     let wired = async {
         let nl = crate::netstack::netlink::Netlink::open(&ns).map_err(NetworkError::from)?;
@@ -186,6 +190,8 @@ pub struct ClusterNode {
     subnet: Ipv4Network,
     netns: PathBuf,
     port: IfName,
+    /// Left in place on drop (a kept cluster).
+    kept: bool,
 }
 
 impl ClusterNode {
@@ -230,6 +236,9 @@ impl Drop for ClusterNode {
         // The runtime first (its pods and their processes), then the namespace, which
         // takes the uplink, the VXLAN device and the firewall with it.
         drop(self.rt.take());
+        if self.kept {
+            return;
+        }
         if let Err(e) = remove_pinned(&self.netns) {
             tracing::warn!("removing cluster node {}: {e}", self.netns.display());
         }
@@ -241,6 +250,7 @@ pub struct Cluster {
     dir: PathBuf,
     underlay: Option<PathBuf>,
     nodes: Vec<ClusterNode>,
+    kept: bool,
 }
 
 impl Cluster {
@@ -256,6 +266,67 @@ impl Cluster {
     /// Node `index`, if the cluster has it.
     pub fn node(&self, index: usize) -> Option<&ClusterNode> {
         self.nodes.iter().find(|n| n.index == index)
+    }
+
+    /// Where it lives: its record, namespaces (`ns/`) and each node's state root
+    /// (`node-N/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Leaves the cluster in place when this goes (its namespaces, networks and
+    /// overlay, which need no process): for the CLI's `minipod cluster create`, whose
+    /// pods are made by later commands on each node's state root and namespace. Its
+    /// pods made through this handle go; [`Cluster::remove_kept`] removes the rest.
+    pub fn keep(mut self) -> Result<PathBuf> {
+        let path = self.dir.join(RECORD);
+        let mut rec: ClusterRecord = crate::netstack::record::read_json(&path).map_err(crate::pod::io_err("reading", &path))?;
+        rec.kept = true;
+        crate::pod::write_json(&path, &rec)?;
+        self.kept = true;
+        for n in &mut self.nodes {
+            n.kept = true;
+        }
+        Ok(self.dir.clone())
+    }
+
+    /// Removes the kept cluster at `dir`: every pod of each node (whoever made it),
+    /// the nodes, the underlay, the directory.
+    pub async fn remove_kept(dir: &Path) -> Result<()> {
+        let path = dir.join(RECORD);
+        let rec: ClusterRecord = crate::netstack::record::read_json(&path).map_err(crate::pod::io_err("reading", &path))?;
+        let mut failures = Vec::new();
+        for i in 0..rec.nodes {
+            let (netns, state) = (dir.join(format!("ns/node-{i}")), dir.join(format!("node-{i}")));
+            if netns.exists() && state.exists() {
+                let rt = Minipod::builder().state_dir(&state).image_dir(&rec.images).node_netns(&netns).keep_pods().open().await?;
+                let inner = rt.inner.clone();
+                let removed = blocking(move || {
+                    for p in inner.pods.pods()? {
+                        inner.pods.remove_pod(p.id.as_str(), true)?;
+                    }
+                    Ok(())
+                })
+                .await;
+                if let Err(e) = removed {
+                    failures.push(format!("node {i}: {e}"));
+                }
+            }
+            let _ = remove_pinned(&netns);
+        }
+        let _ = remove_pinned(&dir.join("ns/underlay"));
+        if !failures.is_empty() {
+            return Err(ConfigError::Cluster(format!("removing {}: {}", dir.display(), failures.join("; "))).into());
+        }
+        std::fs::remove_dir_all(dir).map_err(crate::pod::io_err("removing", dir))
+    }
+
+    /// The clusters under `dir` (kept ones and those of live harnesses).
+    pub fn list(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+        let mut out: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join(RECORD).exists()).collect();
+        out.sort();
+        out
     }
 
     /// Takes node `index` out: every other node forgets it (its route, neighbour and
@@ -280,6 +351,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.nodes.clear();
+        if self.kept {
+            return;
+        }
         if let Some(ns) = self.underlay.take() {
             if let Err(e) = remove_pinned(&ns) {
                 tracing::warn!("removing the cluster's underlay {}: {e}", ns.display());
@@ -299,7 +373,7 @@ async fn sweep(dir: &Path) {
     for e in entries.flatten() {
         let path = e.path();
         let Ok(rec) = crate::netstack::record::read_json::<ClusterRecord>(&path.join(RECORD)) else { continue };
-        if rec.owner.alive() {
+        if rec.kept || rec.owner.alive() {
             continue;
         }
         for i in 0..rec.nodes {
