@@ -135,7 +135,15 @@ impl ContainerState {
 
     /// The OCI runtime-spec state document (`minipod state`).
     pub fn oci_state(&self) -> serde_json::Value {
-        let status = self.live_status();
+        self.oci_state_as(self.live_status())
+    }
+
+    /// [`State::oci_state`] with the status given rather than looked up: what the
+    /// monitor hands `poststart` hooks, which run once the workload started whether or
+    /// not it has exited since (a workload that exits at once would otherwise make the
+    /// hooks see `stopped` one run in a few; it is not reaped before they finish, so its
+    /// pid is still its own).
+    pub fn oci_state_as(&self, status: Status) -> serde_json::Value {
         let mut v = serde_json::json!({
             "ociVersion": "1.2.0",
             "id": self.id,

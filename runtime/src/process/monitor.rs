@@ -494,7 +494,7 @@ impl Monitor {
     /// failure a warning: the container keeps running.
     fn poststart(&self) -> Option<String> {
         let hooks = self.hooks.poststart().as_ref()?;
-        let state = self.state.oci_state().to_string();
+        let state = self.state.oci_state_as(Status::Running).to_string();
         let failed: Vec<String> = crate::hooks::run_each("poststart", Some(hooks), &state).iter().map(|e| chain(e)).collect();
         (!failed.is_empty()).then(|| format!("{} (the container keeps running)", failed.join("; ")))
     }
