@@ -32,7 +32,7 @@ async fn three_nodes_one_pod_network() {
     let mut pods: Vec<(Pod, Container, PathBuf)> = Vec::new();
     for node in cluster.nodes() {
         assert_eq!(node.pod_cidr().to_string(), format!("10.244.{}.0/24", node.index()));
-        let pod = node.pod(&format!("web-{}", node.index())).start().await.unwrap();
+        let pod = node.pod(&format!("web-{}", node.index())).label("app", "web").start().await.unwrap();
         let c = pod.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).wait_for(Ready::port(8080)).start().await.unwrap();
         let netns = node.runtime().pods().network_namespace(pod.record()).unwrap().path().to_path_buf();
         pods.push((pod, c, netns));
@@ -49,6 +49,39 @@ async fn three_nodes_one_pod_network() {
             assert_eq!(seen.trim_start_matches("[::ffff:").trim_end_matches(']'), a.ip().to_string());
         }
     }
+    // One Service for the cluster: the same cluster IP on every node, endpoints on
+    // every node, reached from a pod of any node, by name too; a replica that stops
+    // leaves the endpoints of every node at once.
+    let svc =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
+    cluster.apply_yaml(svc).await.unwrap();
+    let mut vips = Vec::new();
+    for node in cluster.nodes() {
+        vips.push(node.runtime().get_service("default", "web").await.unwrap().ip().unwrap());
+    }
+    assert!(vips.iter().all(|v| *v == vips[0]), "one cluster IP: {vips:?}");
+    let answers = |c: &Container, url: String, n: usize| {
+        let c = c.clone();
+        async move {
+            let script = format!("for i in $(seq {n}); do timeout 5 wget -q -O - {url} || echo failed; done");
+            let out = c.exec(["sh", "-c", script.as_str()]).await.unwrap();
+            let mut seen: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        }
+    };
+    for (_, c, _) in &pods[..2] {
+        let seen = answers(c, format!("http://{}/", vips[0]), 40).await;
+        assert_eq!(seen, ["web-0", "web-1", "web-2"], "every replica of every node answers");
+    }
+    let by_name = answers(&pods[1].1, "http://web.default.svc.cluster.local/".into(), 10).await;
+    assert!(by_name.iter().all(|n| n.starts_with("web-")), "{by_name:?}");
+    pods[2].0.stop().await.unwrap();
+    let seen = answers(&pods[0].1, format!("http://{}/", vips[0]), 30).await;
+    assert_eq!(seen, ["web-0", "web-1"], "a stopped replica of another node leaves at once");
+    cluster.delete_yaml(svc).await.unwrap();
+
     // The pods' links fit the tunnel: 1450 bytes pass unfragmented, 1451 do not.
     let ping = |size: u32| {
         TestNode::in_ns(&pods[1].2, &["ping", "-M", "do", "-c", "1", "-W", "5", "-s", &size.to_string(), &pods[0].0.ip().to_string()])

@@ -19,6 +19,7 @@ use crate::netstack::netns::{create_pinned, remove_pinned, Netns};
 use crate::netstack::overlay::{OverlayPeer, VXLAN_OVERHEAD};
 use crate::netstack::{underlay, IfName, NetworkError};
 use crate::pod::Owner;
+use crate::service::{self, Change, Document, Object, ObjectKey};
 
 /// The pod CIDR a cluster's nodes take their /24s from unless told (flannel's).
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -128,7 +129,8 @@ impl ClusterBuilder {
         cluster.underlay = Some(ns);
         underlay::make(&underlay_ns).await.map_err(NetworkError::from)?;
         for i in 0..self.nodes {
-            let node = make_node(&cluster.dir, &underlay_ns, i, &cidr, self.vni, &self.images).await?;
+            let peers: Vec<PathBuf> = (0..self.nodes).filter(|j| *j != i).map(|j| cluster.dir.join(format!("node-{j}"))).collect();
+            let node = make_node(&cluster.dir, &underlay_ns, i, &cidr, self.vni, &self.images, peers).await?;
             cluster.nodes.push(node);
         }
         for a in &cluster.nodes {
@@ -141,7 +143,15 @@ impl ClusterBuilder {
 }
 
 /// Node `i`: its namespace, uplink, runtime and place in the overlay.
-async fn make_node(dir: &Path, underlay_ns: &Netns, i: usize, cidr: &Ipv4Network, vni: u32, images: &Path) -> Result<ClusterNode> {
+async fn make_node(
+    dir: &Path,
+    underlay_ns: &Netns,
+    i: usize,
+    cidr: &Ipv4Network,
+    vni: u32,
+    images: &Path,
+    peers: Vec<PathBuf>,
+) -> Result<ClusterNode> {
     let netns = dir.join(format!("ns/node-{i}"));
     let ns = create_pinned(&netns)?;
     let address = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
@@ -163,6 +173,7 @@ async fn make_node(dir: &Path, underlay_ns: &Netns, i: usize, cidr: &Ipv4Network
             .network("cluster")?
             .cidr(&subnet.to_string())?
             .mtu(UNDERLAY_MTU - VXLAN_OVERHEAD)
+            .peer_roots(peers)
             .open()
             .await?;
         let net = rt.pods().default_network().clone();
@@ -266,6 +277,56 @@ impl Cluster {
     /// Node `index`, if the cluster has it.
     pub fn node(&self, index: usize) -> Option<&ClusterNode> {
         self.nodes.iter().find(|n| n.index == index)
+    }
+
+    /// Applies Kubernetes documents on every node, as one cluster's API server would:
+    /// a Service gets the same cluster IP and node ports on each (picked on the first),
+    /// and its endpoints are the ready pods it selects on every node, followed as they
+    /// come and go on any of them; the DNS of every node answers its name. On a failure
+    /// the objects this call created are deleted again.
+    pub async fn apply_yaml(&self, text: &str) -> Result<Vec<(ObjectKey, Change)>> {
+        let docs = service::parse(text).map_err(service::ServiceError::from)?;
+        let Some(first) = self.nodes.first() else { return Ok(vec![]) };
+        let changes = first.runtime().apply_documents(docs.clone()).await?;
+        let created: Vec<Document> =
+            docs.iter().filter(|d| changes.iter().any(|(k, c)| *k == d.object.key() && *c == Change::Created)).cloned().collect();
+        // The others get what the first one picked.
+        let mut pinned = Vec::new();
+        for d in docs {
+            let object = match d.object {
+                Object::Service(mut m) => {
+                    let rec = first.runtime().pods().service(&m.key)?;
+                    m.cluster_ip = rec.cluster_ip;
+                    for (p, q) in m.ports.iter_mut().zip(&rec.ports) {
+                        p.node_port = q.node_port;
+                    }
+                    Object::Service(m)
+                }
+                other => other,
+            };
+            pinned.push(Document { index: d.index, object });
+        }
+        for (done, node) in self.nodes.iter().enumerate().skip(1) {
+            if let Err(e) = node.runtime().apply_documents(pinned.clone()).await {
+                // Best effort: what this call created goes from the nodes it reached.
+                for n in &self.nodes[..done] {
+                    let rt = n.runtime().inner.clone();
+                    let gone = created.clone();
+                    let _ = blocking(move || rt.pods.delete(&gone)).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Deletes what the documents name on every node.
+    pub async fn delete_yaml(&self, text: &str) -> Result<Vec<ObjectKey>> {
+        let mut deleted = Vec::new();
+        for n in &self.nodes {
+            deleted = n.runtime().delete_yaml(text).await?;
+        }
+        Ok(deleted)
     }
 
     /// Where it lives: its record, namespaces (`ns/`) and each node's state root

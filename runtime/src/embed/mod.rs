@@ -150,6 +150,14 @@ impl MinipodBuilder {
         Ok(self)
     }
 
+    /// The state roots of the other nodes of a cluster on this machine: their pods are
+    /// endpoints of this node's services and their services follow this node's pods
+    /// (what [`Cluster`] gives each node).
+    pub fn peer_roots(mut self, roots: Vec<PathBuf>) -> Self {
+        self.opts.peer_roots = roots;
+        self
+    }
+
     /// MTU of the pods' links on the network this runtime makes (default: the node's
     /// default-route link's, or 1500).
     pub fn mtu(mut self, mtu: u32) -> Self {

@@ -205,6 +205,11 @@ impl Minipod {
     /// until deleted, like the CLI's.
     pub async fn apply_yaml(&self, text: &str) -> Result<Vec<(ObjectKey, Change)>> {
         let docs = service::parse(text).map_err(service::ServiceError::from)?;
+        self.apply_documents(docs).await
+    }
+
+    /// Applies parsed documents (all or none).
+    pub(super) async fn apply_documents(&self, docs: Vec<Document>) -> Result<Vec<(ObjectKey, Change)>> {
         let rt = self.inner.clone();
         blocking(move || rt.pods.apply(&docs)).await
     }

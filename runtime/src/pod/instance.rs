@@ -25,6 +25,10 @@ pub struct PodsOptions {
     pub network: Option<NetworkName>,
     /// Subnet of the runtime's own network, or of `network` if it must be created.
     pub cidr: Option<ipnetwork::Ipv4Network>,
+    /// The state roots of the other nodes of a cluster on this machine (see
+    /// [`crate::embed::Cluster`]): their pods are endpoints of this node's services,
+    /// and their services follow this node's pods.
+    pub peer_roots: Vec<PathBuf>,
     /// MTU of the pod links of a network this runtime creates (an overlay's, say).
     /// Default: that of the node's default-route link, or 1500.
     pub mtu: Option<u32>,
@@ -49,6 +53,7 @@ impl Default for PodsOptions {
             private_node: false,
             network: None,
             cidr: None,
+            peer_roots: vec![],
             mtu: None,
             scope: None,
             keep_pods: false,
@@ -193,6 +198,7 @@ impl Pods {
             scope,
             default_network: std::sync::RwLock::new(NetworkConfig::default_network().name),
             service_cidr: opts.service_cidr.unwrap_or_else(crate::service::default_service_cidr),
+            peer_roots: opts.peer_roots.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect(),
             cluster_domain,
             keep_pods: opts.keep_pods,
             instance,
@@ -262,6 +268,11 @@ impl Pods {
     /// The state root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The state roots of the other nodes of its cluster (see [`PodsOptions::peer_roots`]).
+    pub fn peer_roots(&self) -> &[PathBuf] {
+        &self.peer_roots
     }
 
     /// The node: to inspect networks or open sockets in its namespace.

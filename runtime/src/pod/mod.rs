@@ -266,6 +266,8 @@ pub struct Pods {
     default_network: std::sync::RwLock<NetworkName>,
     /// Where services' cluster IPs come from.
     service_cidr: ipnetwork::Ipv4Network,
+    /// The state roots of the other nodes of its cluster (absolute).
+    peer_roots: Vec<PathBuf>,
     /// The domain services' names are under, and pods' search path.
     cluster_domain: String,
     keep_pods: bool,

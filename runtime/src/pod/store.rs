@@ -18,12 +18,24 @@ impl Pods {
     pub fn pods(&self) -> Result<Vec<PodRecord>> {
         let dir = self.root.join("pods");
         let entries = std::fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
-        let mut out: Vec<PodRecord> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| PodId::parse(&e.file_name().to_string_lossy()))
-            .filter_map(|id| netstack::record::read_json(&self.pod_dir(&id).join(POD_FILE)).ok())
-            .collect();
+        let mut out = pods_in(&dir, entries);
         out.sort_by_key(|a| a.created);
+        Ok(out)
+    }
+
+    /// This node's pods and those of the other nodes of its cluster
+    /// ([`PodsOptions::peer_roots`]), whose pods it reaches over the overlay; a peer
+    /// root not made yet has none.
+    pub fn cluster_pods(&self) -> Result<Vec<PodRecord>> {
+        let mut out = self.pods()?;
+        for root in &self.peer_roots {
+            let dir = root.join("pods");
+            match std::fs::read_dir(&dir) {
+                Ok(entries) => out.extend(pods_in(&dir, entries)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("listing", &dir)(e)),
+            }
+        }
         Ok(out)
     }
 
@@ -211,4 +223,13 @@ impl Pods {
         // Removed while we waited: the lock guards a deleted file.
         Ok(self.has_record(id).then_some(lock))
     }
+}
+
+/// The pods recorded in the pod directories `entries` of `dir` lists.
+fn pods_in(dir: &Path, entries: std::fs::ReadDir) -> Vec<PodRecord> {
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| PodId::parse(&e.file_name().to_string_lossy()))
+        .filter_map(|id| netstack::record::read_json(&dir.join(id.as_str()).join(POD_FILE)).ok())
+        .collect()
 }

@@ -43,11 +43,7 @@ impl Pods {
     /// Held while services or their endpoints change, so that two processes never
     /// program one service from different views of the pods.
     pub(crate) fn services_lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
-        let dir = self.services_dir();
-        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-        let path = dir.join(".lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", &path)(e.into()))
+        services_lock_in(&self.services_dir())
     }
 
     /// The services of `namespace` (all namespaces with None), by name.
@@ -114,7 +110,7 @@ impl Pods {
         if keys.is_empty() {
             return Ok(());
         }
-        let pods = self.pods()?;
+        let pods = self.cluster_pods()?;
         for key in keys {
             match self.service(key) {
                 Ok(svc) => {
@@ -133,7 +129,7 @@ impl Pods {
             return Ok(vec![]);
         }
         let existing = self.services(None)?;
-        let pods = self.pods()?;
+        let pods = self.cluster_pods()?;
         let cidr = *self.service_cidr();
         let mut plan: Vec<(Option<ServiceRecord>, ServiceRecord)> = Vec::new();
         let mut unassigned = Vec::new();
@@ -381,6 +377,14 @@ fn check_port_names(
         return Err(ServiceError::NoSuchPortName { doc, key: key.clone(), index, reason }.into());
     }
     Ok(())
+}
+
+/// The services lock of the state root whose services directory is `dir`.
+pub(crate) fn services_lock_in(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io_err("locking", &path)(e.into()))
 }
 
 /// Writes the record of an object at `path` (`dir/<namespace>/<name>.json`), making

@@ -2,21 +2,25 @@
 
 use std::net::SocketAddrV4;
 
-use super::{slice_endpoints, EndpointSliceRecord, ServicePortSpec, ServiceRecord, TargetPort};
+use std::path::PathBuf;
+
+use super::{read_records, slice_endpoints, EndpointSliceRecord, ServicePortSpec, ServiceRecord, TargetPort};
 use crate::netstack::{HeadlessService, ServicePort, VirtualService};
 use crate::pod::{PodError, PodRecord, PodStatus, Pods};
 
 type Result<T> = std::result::Result<T, PodError>;
 
 /// Whether `pod` is one of `svc`'s endpoints now: ready (not stopping or being
-/// removed), in its namespace, carrying its selector's labels, on its node and with
-/// an address of its own.
-fn is_endpoint(svc: &ServiceRecord, pod: &PodRecord) -> bool {
+/// removed), in its namespace, carrying its selector's labels, on its node (or on a
+/// node of the same cluster, among the state roots `cluster`) and with an address of
+/// its own.
+fn is_endpoint(svc: &ServiceRecord, pod: &PodRecord, cluster: &[PathBuf]) -> bool {
+    let reachable = pod.node == svc.node || (cluster.contains(&pod.node.state_dir) && cluster.contains(&svc.node.state_dir));
     pod.status == PodStatus::Ready
         && !pod.removing
         && !pod.host_network
         && pod.namespace == svc.key.namespace
-        && pod.node == svc.node
+        && reachable
         && svc.selector.matches(&pod.labels)
 }
 
@@ -33,8 +37,8 @@ fn target(port: &ServicePortSpec, pod: &PodRecord) -> Option<SocketAddrV4> {
 
 /// `svc` as its node's firewall serves it, with the endpoints among `pods` and those
 /// its EndpointSlices give.
-fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord], slices: &[EndpointSliceRecord]) -> VirtualService {
-    let selected: Vec<&PodRecord> = pods.iter().filter(|p| is_endpoint(svc, p)).collect();
+fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord], slices: &[EndpointSliceRecord], cluster: &[PathBuf]) -> VirtualService {
+    let selected: Vec<&PodRecord> = pods.iter().filter(|p| is_endpoint(svc, p, cluster)).collect();
     VirtualService {
         owner: svc.key.to_string(),
         // A headless service's ports are never programmed as a virtual IP.
@@ -57,6 +61,11 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord], slices: &[EndpointSl
 }
 
 impl Pods {
+    /// The state roots of this node's cluster: its own and its peers'.
+    fn cluster_roots(&self) -> Vec<PathBuf> {
+        std::iter::once(self.root().to_path_buf()).chain(self.peer_roots().iter().cloned()).collect()
+    }
+
     /// Programs `svc` on its node with its endpoints among `pods`; returns whether
     /// anything changed.
     pub(crate) fn serve(&self, svc: &ServiceRecord, pods: &[PodRecord]) -> Result<bool> {
@@ -65,7 +74,9 @@ impl Pods {
             return Ok(false);
         }
         let node = self.node_at(&svc.node)?;
-        let served = virtual_service(svc, pods, &self.slices_of(&svc.key)?);
+        // A peer's service has its slices under the peer's root.
+        let root = if self.peer_roots().contains(&svc.node.state_dir) { svc.node.state_dir.clone() } else { self.root().to_path_buf() };
+        let served = virtual_service(svc, pods, &self.slices_under(&root, &svc.key)?, &self.cluster_roots());
         if svc.cluster_ip.is_none() {
             let headless = HeadlessService { dns: svc.dns(), ports: served.ports };
             node.node().program_headless(&headless)?;
@@ -81,42 +92,55 @@ impl Pods {
 
     /// Each port of `svc` with the endpoints its connections go to now.
     pub fn port_endpoints(&self, svc: &ServiceRecord) -> Result<Vec<ServicePort>> {
-        let pods = self.pods()?;
-        Ok(virtual_service(svc, &pods, &self.slices_of(&svc.key)?).ports)
+        let pods = self.cluster_pods()?;
+        Ok(virtual_service(svc, &pods, &self.slices_of(&svc.key)?, &self.cluster_roots()).ports)
     }
 
     /// Brings the services that select `pod` up to date with the pods, after the pod
-    /// became ready or began to stop. Costs one directory lookup when its namespace
-    /// has no services.
+    /// became ready or began to stop: this node's, and those of the other nodes of its
+    /// cluster (one state root's lock at a time). Costs one directory lookup per root
+    /// when its namespace has no services there.
     pub(crate) fn sync_services_of(&self, pod: &PodRecord) -> Result<()> {
-        let dir = self.services_dir().join(&pod.namespace);
-        if !std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some()) {
-            return Ok(());
-        }
-        let _lock = self.services_lock()?;
-        let selecting: Vec<ServiceRecord> =
-            self.services(Some(&pod.namespace))?.into_iter().filter(|s| s.selector.matches(&pod.labels)).collect();
-        if selecting.is_empty() {
-            return Ok(());
-        }
-        let pods = self.pods()?;
-        for svc in &selecting {
-            self.serve(svc, &pods)?;
+        let mut pods = None;
+        for root in self.cluster_roots() {
+            let dir = root.join("services");
+            if !std::fs::read_dir(dir.join(&pod.namespace)).is_ok_and(|mut entries| entries.next().is_some()) {
+                continue;
+            }
+            let _lock = super::apply::services_lock_in(&dir)?;
+            let selecting: Vec<ServiceRecord> = read_records::<ServiceRecord>(&dir, Some(pod.namespace.as_str()))?
+                .into_iter()
+                .filter(|s| s.selector.matches(&pod.labels))
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            if pods.is_none() {
+                pods = Some(self.cluster_pods()?);
+            }
+            let pods = pods.as_deref().unwrap_or_default();
+            for svc in &selecting {
+                self.serve(svc, pods)?;
+            }
         }
         Ok(())
     }
 
-    /// Brings every service up to date with the pods (after a sweep stopped or
-    /// removed some, say); returns how many changed.
+    /// Brings every service of this node up to date with the pods (after a sweep
+    /// stopped or removed some, say), and those of its cluster's other nodes; returns
+    /// how many changed.
     pub fn sync_services(&self) -> Result<usize> {
-        if !self.services_dir().exists() {
-            return Ok(0);
-        }
-        let _lock = self.services_lock()?;
-        let pods = self.pods()?;
         let mut changed = 0;
-        for svc in self.services(None)? {
-            changed += usize::from(self.serve(&svc, &pods)?);
+        for root in self.cluster_roots() {
+            let dir = root.join("services");
+            if !dir.exists() {
+                continue;
+            }
+            let _lock = super::apply::services_lock_in(&dir)?;
+            let pods = self.cluster_pods()?;
+            for svc in read_records::<ServiceRecord>(&dir, None)? {
+                changed += usize::from(self.serve(&svc, &pods)?);
+            }
         }
         Ok(changed)
     }

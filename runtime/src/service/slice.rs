@@ -206,10 +206,17 @@ impl Pods {
     /// The slices that give `svc` endpoints; one directory lookup when its namespace
     /// has none.
     pub(crate) fn slices_of(&self, svc: &ServiceKey) -> Result<Vec<EndpointSliceRecord>> {
-        if !self.slices_dir().join(&svc.namespace).exists() {
+        self.slices_under(self.root(), svc)
+    }
+
+    /// [`Pods::slices_of`] under the state root `root` (this node's, or a peer's).
+    pub(crate) fn slices_under(&self, root: &std::path::Path, svc: &ServiceKey) -> Result<Vec<EndpointSliceRecord>> {
+        let dir = root.join("endpointslices");
+        if !dir.join(&svc.namespace).exists() {
             return Ok(vec![]);
         }
-        Ok(self.endpoint_slices(Some(&svc.namespace))?.into_iter().filter(|s| s.service == svc.name).collect())
+        let all: Vec<EndpointSliceRecord> = super::read_records(&dir, Some(svc.namespace.as_str()))?;
+        Ok(all.into_iter().filter(|s| s.service == svc.name).collect())
     }
 
     /// Records each slice (under the services' lock); on a failure the ones written
