@@ -320,13 +320,20 @@ impl Cluster {
         Ok(changes)
     }
 
-    /// Deletes what the documents name on every node.
+    /// Deletes what the documents name on every node: a node that fails does not stop
+    /// the others; the first error is returned (deleting again finishes the job).
     pub async fn delete_yaml(&self, text: &str) -> Result<Vec<ObjectKey>> {
         let mut deleted = Vec::new();
+        let mut first_err = None;
         for n in &self.nodes {
-            deleted = n.runtime().delete_yaml(text).await?;
+            match n.runtime().delete_yaml(text).await {
+                Ok(keys) => deleted = keys,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(deleted)
+        first_err.map_or(Ok(deleted), Err)
     }
 
     /// Where it lives: its record, namespaces (`ns/`) and each node's state root

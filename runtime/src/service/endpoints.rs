@@ -1,7 +1,6 @@
 //! Endpoints: which pods a service's connections go to, kept in step with the pods.
 
 use std::net::SocketAddrV4;
-
 use std::path::PathBuf;
 
 use super::{read_records, slice_endpoints, EndpointSliceRecord, ServicePortSpec, ServiceRecord, TargetPort};
@@ -74,9 +73,7 @@ impl Pods {
             return Ok(false);
         }
         let node = self.node_at(&svc.node)?;
-        // A peer's service has its slices under the peer's root.
-        let root = if self.peer_roots().contains(&svc.node.state_dir) { svc.node.state_dir.clone() } else { self.root().to_path_buf() };
-        let served = virtual_service(svc, pods, &self.slices_under(&root, &svc.key)?, &self.cluster_roots());
+        let served = virtual_service(svc, pods, &self.slices_for(svc)?, &self.cluster_roots());
         if svc.cluster_ip.is_none() {
             let headless = HeadlessService { dns: svc.dns(), ports: served.ports };
             node.node().program_headless(&headless)?;
@@ -93,7 +90,14 @@ impl Pods {
     /// Each port of `svc` with the endpoints its connections go to now.
     pub fn port_endpoints(&self, svc: &ServiceRecord) -> Result<Vec<ServicePort>> {
         let pods = self.cluster_pods()?;
-        Ok(virtual_service(svc, &pods, &self.slices_of(&svc.key)?, &self.cluster_roots()).ports)
+        Ok(virtual_service(svc, &pods, &self.slices_for(svc)?, &self.cluster_roots()).ports)
+    }
+
+    /// The EndpointSlices of `svc`: a peer node's service has them under that node's
+    /// root, this node's under its own.
+    fn slices_for(&self, svc: &ServiceRecord) -> Result<Vec<EndpointSliceRecord>> {
+        let root = if self.peer_roots().contains(&svc.node.state_dir) { &svc.node.state_dir } else { self.root() };
+        self.slices_under(root, &svc.key)
     }
 
     /// Brings the services that select `pod` up to date with the pods, after the pod
@@ -101,7 +105,6 @@ impl Pods {
     /// cluster (one state root's lock at a time). Costs one directory lookup per root
     /// when its namespace has no services there.
     pub(crate) fn sync_services_of(&self, pod: &PodRecord) -> Result<()> {
-        let mut pods = None;
         for root in self.cluster_roots() {
             let dir = root.join("services");
             if !std::fs::read_dir(dir.join(&pod.namespace)).is_ok_and(|mut entries| entries.next().is_some()) {
@@ -115,12 +118,11 @@ impl Pods {
             if selecting.is_empty() {
                 continue;
             }
-            if pods.is_none() {
-                pods = Some(self.cluster_pods()?);
-            }
-            let pods = pods.as_deref().unwrap_or_default();
+            // Read under this root's lock: a view read under another root's could be
+            // older than the one a peer just programmed these services from.
+            let pods = self.cluster_pods()?;
             for svc in &selecting {
-                self.serve(svc, pods)?;
+                self.serve(svc, &pods)?;
             }
         }
         Ok(())

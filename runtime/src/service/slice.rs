@@ -203,13 +203,8 @@ impl Pods {
         Ok(all)
     }
 
-    /// The slices that give `svc` endpoints; one directory lookup when its namespace
-    /// has none.
-    pub(crate) fn slices_of(&self, svc: &ServiceKey) -> Result<Vec<EndpointSliceRecord>> {
-        self.slices_under(self.root(), svc)
-    }
-
-    /// [`Pods::slices_of`] under the state root `root` (this node's, or a peer's).
+    /// The slices under the state root `root` (this node's, or a peer's) that give
+    /// `svc` endpoints; one directory lookup when its namespace has none.
     pub(crate) fn slices_under(&self, root: &std::path::Path, svc: &ServiceKey) -> Result<Vec<EndpointSliceRecord>> {
         let dir = root.join("endpointslices");
         if !dir.join(&svc.namespace).exists() {
