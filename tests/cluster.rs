@@ -1,7 +1,8 @@
 //! A cluster of three nodes on this machine through the embedding API: a pod on each,
 //! every pod reaches every other by address and by name and is seen with its own address, the path
 //! carries the overlay's MTU and not a byte more, a node that is removed is gone from
-//! the others' tables, and nothing is left once the cluster drops.
+//! the others' tables, and nothing is left once the cluster drops. A Service and a
+//! NetworkPolicy applied to the cluster span its nodes.
 
 mod support;
 
@@ -81,6 +82,25 @@ async fn three_nodes_one_pod_network() {
     let seen = answers(&pods[0].1, format!("http://{}/", vips[0]), 30).await;
     assert_eq!(seen, ["web-0", "web-1"], "a stopped replica of another node leaves at once");
     cluster.delete_yaml(svc).await.unwrap();
+
+    // One NetworkPolicy for the cluster: the web pods take connections only from pods
+    // labelled role=client, of any node. A pod of another node without the label is
+    // refused; a client that starts on another node after the policy is let in.
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-clients}\nspec:\n  \
+        podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 8080}]}]\n";
+    cluster.apply_yaml(policy).await.unwrap();
+    let web = |i: usize| format!("http://{}:8080/", pods[i].0.ip());
+    assert_eq!(fetch(&pods[1].1, &web(0)).await, None, "a pod of another node that is no client is refused");
+    assert_eq!(fetch(&pods[0].1, &web(1)).await, None, "and the other way");
+    let client_pod = cluster.node(1).unwrap().pod("client").label("role", "client").start().await.unwrap();
+    let client = client_pod.container("c").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    for i in [0, 1] {
+        let name = fetch(&client, &web(i)).await;
+        assert_eq!(name.as_deref(), Some(pods[i].0.record().hostname.as_str()), "a client started after the policy reaches web-{i}");
+    }
+    cluster.delete_yaml(policy).await.unwrap();
+    drop(client);
+    drop(client_pod);
 
     // The pods' links fit the tunnel: 1450 bytes pass unfragmented, 1451 do not.
     let ping = |size: u32| {

@@ -282,7 +282,9 @@ impl Cluster {
     /// Applies Kubernetes documents on every node, as one cluster's API server would:
     /// a Service gets the same cluster IP and node ports on each (picked on the first),
     /// and its endpoints are the ready pods it selects on every node, followed as they
-    /// come and go on any of them; the DNS of every node answers its name. On a failure
+    /// come and go on any of them; the DNS of every node answers its name. A
+    /// NetworkPolicy isolates the pods it selects on every node, and its peers are the
+    /// pods it means on any node, followed the same way. On a failure
     /// the objects this call created are deleted again.
     pub async fn apply_yaml(&self, text: &str) -> Result<Vec<(ObjectKey, Change)>> {
         let docs = service::parse(text).map_err(service::ServiceError::from)?;

@@ -87,6 +87,15 @@ pub struct NodeRef {
     pub netns: Option<PathBuf>,
 }
 
+impl NodeRef {
+    /// Whether pods on `self` and on `other` reach each other by their own addresses:
+    /// the same node, or two nodes of one cluster (both among the state roots
+    /// `cluster`, joined by its overlay).
+    pub fn reaches(&self, other: &NodeRef, cluster: &[PathBuf]) -> bool {
+        self == other || (cluster.contains(&self.state_dir) && cluster.contains(&other.state_dir))
+    }
+}
+
 /// A pod's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -2,7 +2,7 @@
 //! with them and the pods.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::rules::node_policies;
 use super::{PolicyError, PolicyKey, PolicyManifest, PolicyRecord};
@@ -13,7 +13,7 @@ use crate::service::Change;
 type Result<T> = std::result::Result<T, PodError>;
 
 use crate::pod::io_err;
-use crate::service::{read_records, remove_record, write_record};
+use crate::service::{read_records, remove_record, services_lock_in, write_record};
 
 /// One policy of an apply: what it was (none if new) and what it becomes.
 pub(crate) struct PolicyStep {
@@ -157,8 +157,16 @@ impl Pods {
         Ok(())
     }
 
-    /// Programs each of `nodes` (once each) with its policies and the pods as they are.
+    /// Programs each of `nodes` (once each) with this root's policies and the
+    /// cluster's pods as they are.
     fn sync_policy_nodes<'a>(&self, nodes: impl Iterator<Item = &'a NodeRef>) -> Result<()> {
+        self.sync_policy_nodes_under(self.root(), nodes)
+    }
+
+    /// Programs each of `nodes` (once each) with the policies recorded under the state
+    /// root `root` (this node's or a peer's) and the cluster's pods as they are. Call
+    /// under that root's services lock.
+    fn sync_policy_nodes_under<'a>(&self, root: &Path, nodes: impl Iterator<Item = &'a NodeRef>) -> Result<()> {
         let mut seen: Vec<&NodeRef> = Vec::new();
         for node in nodes {
             if !seen.contains(&node) {
@@ -168,47 +176,57 @@ impl Pods {
         if seen.is_empty() {
             return Ok(());
         }
-        let (policies, pods) = (self.network_policies(None)?, self.pods()?);
+        let policies: Vec<PolicyRecord> = read_records(&root.join("policies"), None)?;
+        let (pods, cluster) = (self.cluster_pods()?, self.cluster_roots());
         for node in seen {
-            self.program_node_policies(node, &policies, &pods)?;
+            if node.netns.as_ref().is_some_and(|p| !p.exists()) {
+                // The node namespace is gone, and its firewall with it.
+                continue;
+            }
+            self.node_at(node)?.node().program_policies(&node_policies(node, &policies, &pods, &cluster))?;
         }
         Ok(())
     }
 
-    fn program_node_policies(&self, node: &NodeRef, policies: &[PolicyRecord], pods: &[PodRecord]) -> Result<bool> {
-        if node.netns.as_ref().is_some_and(|p| !p.exists()) {
-            // The node namespace is gone, and its firewall with it.
-            return Ok(false);
-        }
-        Ok(self.node_at(node)?.node().program_policies(&node_policies(node, policies, pods))?)
+    /// Programs the policies under the state root `root` on the nodes they are on, and
+    /// `also`, with the pods as they are, under that root's lock.
+    fn sync_root_policies(&self, root: &Path, also: Option<&NodeRef>) -> Result<()> {
+        let _lock = services_lock_in(&root.join("services"))?;
+        let policies: Vec<PolicyRecord> = read_records(&root.join("policies"), None)?;
+        let nodes: Vec<NodeRef> = policies.into_iter().map(|p| p.node).chain(also.cloned()).collect();
+        self.sync_policy_nodes_under(root, nodes.iter())
     }
 
-    /// Whether any namespace has a policy directory (each goes with its last policy).
-    fn has_policies(&self) -> bool {
-        std::fs::read_dir(self.policies_dir()).is_ok_and(|mut entries| entries.next().is_some())
-    }
-
-    /// Brings the policies of `pod`'s node up to date after the pod became ready,
-    /// began to stop, stopped or went: it may be selected, or a peer, of any of them.
-    /// Costs one directory lookup when there are no policies.
+    /// Brings the policies up to date after `pod` became ready, began to stop,
+    /// stopped or went: it may be selected, or a peer, of any of its node's, and a
+    /// peer of any of its cluster's other nodes' (one state root's lock at a time).
+    /// Costs one directory lookup per root without policies.
     pub(crate) fn sync_policies_of(&self, pod: &PodRecord) -> Result<()> {
-        if !self.has_policies() {
-            return Ok(());
+        for root in self.cluster_roots() {
+            if has_policies_under(&root) {
+                self.sync_root_policies(&root, (root.as_path() == self.root()).then_some(&pod.node))?;
+            }
         }
-        let _lock = self.services_lock()?;
-        self.sync_policy_nodes(std::iter::once(&pod.node))
+        Ok(())
     }
 
-    /// Brings every node's policies up to date with the pods (after a sweep, say).
+    /// Brings every node's policies up to date with the pods (after a sweep, say),
+    /// this node's and its cluster's others'.
     pub fn sync_network_policies(&self) -> Result<()> {
-        // Also with the last policy gone: a crash after its record went may have left
-        // its rules (a node with none programmed costs nothing).
-        if !self.policies_dir().exists() {
-            return Ok(());
+        for root in self.cluster_roots() {
+            let own = root.as_path() == self.root();
+            // This node's also with its last policy gone: a crash after the record
+            // went may have left its rules (a node with none programmed costs nothing).
+            if (own && root.join("policies").exists()) || has_policies_under(&root) {
+                self.sync_root_policies(&root, own.then(|| self.node_ref()))?;
+            }
         }
-        let _lock = self.services_lock()?;
-        let policies = self.network_policies(None)?;
-        let nodes: Vec<NodeRef> = policies.iter().map(|p| p.node.clone()).chain(std::iter::once(self.node_ref().clone())).collect();
-        self.sync_policy_nodes(nodes.iter())
+        Ok(())
     }
+}
+
+/// Whether any namespace has a policy directory under the state root `root` (each
+/// goes with its last policy).
+fn has_policies_under(root: &Path) -> bool {
+    std::fs::read_dir(root.join("policies")).is_ok_and(|mut entries| entries.next().is_some())
 }

@@ -4,7 +4,12 @@
 //! Policies come from the same YAML or JSON as Services ([`crate::service::parse`],
 //! through k8s-openapi's typed `NetworkPolicy`), are recorded under
 //! `<root>/policies/<namespace>/<name>.json` and apply on the node of the runtime that
-//! applied them, to its pods on every network. The semantics are Kubernetes': a pod
+//! applied them, to its pods on every network. On a node of a cluster
+//! ([`crate::pod::PodsOptions::peer_roots`]) the peers its selectors pick are the pods
+//! of every node, which reach its pods over the overlay by their own addresses; a pod's
+//! change on one node re-programs the policies of the others (`Cluster::apply_yaml`
+//! applies a policy on every node, so that it isolates the pods it selects wherever
+//! they run). The semantics are Kubernetes': a pod
 //! that no policy selects is open; one that a policy with `Ingress` (or `Egress`) in
 //! its `policyTypes` selects is isolated in that direction, and only connections that
 //! some rule of some policy selecting it allows are let through (rules add up); replies

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use super::{Peer, PolicyRecord, RuleSpec};
 use crate::netstack::{AddrRange, Namespace, NodePolicies, PolicyPort, PolicyRule, PolicyRules};
@@ -16,10 +17,15 @@ fn namespace_labels(ns: &Namespace) -> BTreeMap<String, String> {
     [(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())].into()
 }
 
-/// Whether `pod` has addresses on `node` that policies see: ready or stopping (a
-/// terminating pod stays isolated until its network goes), not of the node's network.
+/// Whether `pod` has addresses that policies see: ready or stopping (a terminating
+/// pod stays isolated until its network goes), not of its node's network.
+fn addressed(pod: &PodRecord) -> bool {
+    matches!(pod.status, PodStatus::Ready | PodStatus::Stopping) && !pod.host_network && !pod.networks.is_empty()
+}
+
+/// Whether `pod` has addresses on `node` that policies see.
 fn counts(pod: &PodRecord, node: &NodeRef) -> bool {
-    matches!(pod.status, PodStatus::Ready | PodStatus::Stopping) && !pod.host_network && &pod.node == node && !pod.networks.is_empty()
+    addressed(pod) && &pod.node == node
 }
 
 impl PolicyRecord {
@@ -102,9 +108,11 @@ fn rules(policy: &PolicyRecord, r: &RuleSpec, pods: &[&PodRecord], ingress: bool
     out
 }
 
-/// What the policies of `node` among `policies` do now, with `pods` as they are.
-pub(crate) fn node_policies(node: &NodeRef, policies: &[PolicyRecord], pods: &[PodRecord]) -> NodePolicies {
-    let pods: Vec<&PodRecord> = pods.iter().filter(|p| counts(p, node)).collect();
+/// What the policies of `node` among `policies` do now, with `pods` as they are: it
+/// isolates its own pods, and its rules' peers are the pods that reach them, of its
+/// cluster's nodes too (the state roots `cluster`).
+pub(crate) fn node_policies(node: &NodeRef, policies: &[PolicyRecord], pods: &[PodRecord], cluster: &[PathBuf]) -> NodePolicies {
+    let pods: Vec<&PodRecord> = pods.iter().filter(|p| addressed(p) && p.node.reaches(node, cluster)).collect();
     let mut out = NodePolicies::default();
     for policy in policies.iter().filter(|p| &p.node == node) {
         let mut selected: Vec<IpAddr> = pods

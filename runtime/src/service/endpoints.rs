@@ -14,12 +14,11 @@ type Result<T> = std::result::Result<T, PodError>;
 /// node of the same cluster, among the state roots `cluster`) and with an address of
 /// its own.
 fn is_endpoint(svc: &ServiceRecord, pod: &PodRecord, cluster: &[PathBuf]) -> bool {
-    let reachable = pod.node == svc.node || (cluster.contains(&pod.node.state_dir) && cluster.contains(&svc.node.state_dir));
     pod.status == PodStatus::Ready
         && !pod.removing
         && !pod.host_network
         && pod.namespace == svc.key.namespace
-        && reachable
+        && pod.node.reaches(&svc.node, cluster)
         && svc.selector.matches(&pod.labels)
 }
 
@@ -61,7 +60,7 @@ fn virtual_service(svc: &ServiceRecord, pods: &[PodRecord], slices: &[EndpointSl
 
 impl Pods {
     /// The state roots of this node's cluster: its own and its peers'.
-    fn cluster_roots(&self) -> Vec<PathBuf> {
+    pub(crate) fn cluster_roots(&self) -> Vec<PathBuf> {
         std::iter::once(self.root().to_path_buf()).chain(self.peer_roots().iter().cloned()).collect()
     }
 

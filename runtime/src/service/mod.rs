@@ -55,7 +55,7 @@ mod record;
 mod slice;
 
 pub use apply::Change;
-pub(crate) use apply::{read_records, remove_record, write_record};
+pub(crate) use apply::{read_records, remove_record, services_lock_in, write_record};
 pub use labels::{check_label_key, check_label_value, LabelOp, LabelRequirement, LabelSelector, Selector};
 pub(crate) use manifest::checked_meta;
 pub use manifest::{checked, parse, Document, ManifestError, Object, ObjectKey, ServiceManifest};
