@@ -200,8 +200,10 @@ async fn bad_clusters_are_refused() {
 }
 
 /// `minipod cluster create` keeps a cluster after the command ends; pods made by the
-/// pod commands on two of its nodes reach each other across the overlay; `cluster rm`
-/// removes the pods, nodes and underlay.
+/// pod commands on two of its nodes reach each other across the overlay; `cluster
+/// apply` gives a Service endpoints on both nodes and a NetworkPolicy peers on both,
+/// followed by later pod commands on either node's root; `cluster rm` removes the pods,
+/// nodes and underlay.
 #[test]
 fn the_cli_makes_a_cluster_that_outlives_it() {
     need_root();
@@ -224,8 +226,8 @@ fn the_cli_makes_a_cluster_that_outlives_it() {
         let root = format!("{path}/node-{n}");
         let netns = format!("{path}/ns/node-{n}");
         let pod = format!("p{n}");
-        run(&["--root", &root, "pod", "--netns", &netns, "--images", i, "run", &pod, "--network", "cluster"]);
-        run(&["--root", &root, "ctr", "--netns", &netns, "--images", i, "run", &pod, "c", "--rootfs", rootfs, "--", "sleep", "600"]);
+        run(&["--root", &root, "pod", "--netns", &netns, "--images", i, "run", &pod, "--network", "cluster", "-l", "app=web"]);
+        run(&["--root", &root, "ctr", "--netns", &netns, "--images", i, "run", &pod, "c", "--rootfs", rootfs, "--", "sh", "-c", SERVE]);
         let v: serde_json::Value =
             serde_json::from_str(&run(&["--root", &root, "pod", "--netns", &netns, "--images", i, "inspect", &pod])).unwrap();
         ips.push(v["pod"]["networks"][0]["ip"].as_str().unwrap().to_string());
@@ -234,6 +236,53 @@ fn the_cli_makes_a_cluster_that_outlives_it() {
     let root0 = format!("{path}/node-0");
     let ns0 = format!("{path}/ns/node-0");
     run(&["--root", &root0, "ctr", "--netns", &ns0, "--images", i, "exec", "p0", "c", "--", "ping", "-c", "1", "-W", "5", &ips[1]]);
+
+    // Applied to the whole cluster: one Service with an endpoint on each node, and a
+    // policy that lets only role=client pods of any node reach the web pods.
+    let (root1, ns1) = (format!("{path}/node-1"), format!("{path}/ns/node-1"));
+    let on = |n: usize| if n == 0 { (root0.as_str(), ns0.as_str()) } else { (root1.as_str(), ns1.as_str()) };
+    let on_node = |n: usize, args: &[&str]| {
+        let (root, ns) = on(n);
+        let mut full = vec!["--root", root, args[0], "--netns", ns, "--images", i];
+        full.extend_from_slice(&args[1..]);
+        std::process::Command::new(support::minipod_bin()).args(&full).output().unwrap()
+    };
+    let fetches = |n: usize, pod: &str, url: &str| {
+        on_node(n, &["ctr", "exec", "--timeout", "20", pod, "c", "--", "timeout", "5", "wget", "-q", "-O", "-", url]).status.success()
+    };
+    let objects = env.h.base.join("cluster-objects.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: clients}\nspec:\n  \
+         podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}]}]\n",
+    )
+    .unwrap();
+    let objects = objects.to_str().unwrap();
+    let applied = run(&["cluster", "--dir", d, "apply", &path, "-f", objects]);
+    assert_eq!(applied, "service/web created\nnetworkpolicy.networking.k8s.io/clients created\n");
+    let mut vips = Vec::new();
+    for n in 0..2 {
+        let out = on_node(n, &["svc", "inspect", "web"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut endpoints: Vec<String> = v["endpoints"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
+        endpoints.sort();
+        assert_eq!(endpoints, ips, "node {n}'s service has the web pods of both nodes");
+        vips.push(v["service"]["cluster_ip"].as_str().unwrap().to_string());
+    }
+    assert_eq!(vips[0], vips[1], "one cluster IP");
+    assert!(!fetches(1, "p1", &format!("http://{}:8080/", ips[0])), "a web pod of node 1 is no client of node 0's");
+    // A client made later by the pod commands on node 1's root: node 0's policy lets it in.
+    let (root1s, ns1s) = on(1);
+    run(&["--root", root1s, "pod", "--netns", ns1s, "--images", i, "run", "client", "--network", "cluster", "-l", "role=client"]);
+    run(&["--root", root1s, "ctr", "--netns", ns1s, "--images", i, "run", "client", "c", "--rootfs", rootfs, "--", "sleep", "300"]);
+    for ip in &ips {
+        assert!(fetches(1, "client", &format!("http://{ip}:8080/")), "the client reaches {ip}");
+    }
+    assert!(fetches(1, "client", &format!("http://{}/", vips[0])), "and the service");
+    let deleted = run(&["cluster", "--dir", d, "delete", &path, "-f", objects]);
+    assert_eq!(deleted.lines().count(), 2, "{deleted}");
+    assert!(fetches(1, "p1", &format!("http://{}:8080/", ips[0])), "no policy: open again");
     run(&["cluster", "--dir", d, "rm", &path]);
     assert!(!Path::new(&path).exists(), "the cluster is gone");
     assert!(run(&["cluster", "--dir", d, "ls"]).trim().is_empty());

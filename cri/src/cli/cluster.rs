@@ -1,8 +1,10 @@
 //! `minipod cluster`: N nodes on this machine over a VXLAN overlay, kept until removed,
-//! with pods made on each by the pod commands on that node's state root and namespace.
+//! with pods made on each by the pod commands on that node's state root and namespace,
+//! and Services and NetworkPolicies applied to all its nodes at once.
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use minipod_runtime::embed::{Cluster, DEFAULT_CLUSTER_CIDR, DEFAULT_CLUSTER_DIR, DEFAULT_VNI};
 
@@ -35,6 +37,29 @@ enum ClusterCommand {
     Ls,
     /// Remove a cluster: every pod of its nodes, the nodes, the underlay.
     Rm { cluster: PathBuf },
+    /// Apply Services, EndpointSlices and NetworkPolicies (YAML or JSON, `-` for
+    /// stdin) on every node of a cluster, as its API server would: a Service gets one
+    /// cluster IP with endpoints on every node, a policy's peers are pods of any node.
+    Apply {
+        cluster: PathBuf,
+        #[arg(short = 'f', long)]
+        filename: PathBuf,
+    },
+    /// Delete what a file names from every node of a cluster.
+    Delete {
+        cluster: PathBuf,
+        #[arg(short = 'f', long)]
+        filename: PathBuf,
+    },
+}
+
+/// A cluster by its name under `dir`, or by its path.
+fn cluster_path(dir: &std::path::Path, cluster: PathBuf) -> PathBuf {
+    if cluster.is_absolute() {
+        cluster
+    } else {
+        dir.join(cluster)
+    }
 }
 
 pub fn cluster(a: ClusterArgs) -> anyhow::Result<i32> {
@@ -73,9 +98,21 @@ pub fn cluster(a: ClusterArgs) -> anyhow::Result<i32> {
                 }
             }
             ClusterCommand::Rm { cluster } => {
-                // A name under --dir, or a path.
-                let path = if cluster.is_absolute() { cluster } else { a.dir.join(cluster) };
-                Cluster::remove_kept(&path).await?;
+                Cluster::remove_kept(&cluster_path(&a.dir, cluster)).await?;
+            }
+            ClusterCommand::Apply { cluster, filename } => {
+                let text = super::service::read_text(&filename)?;
+                let cluster = Cluster::attach(&cluster_path(&a.dir, cluster)).await?;
+                for (key, change) in cluster.apply_yaml(&text).await.with_context(|| format!("in {}", filename.display()))? {
+                    println!("{key} {change}");
+                }
+            }
+            ClusterCommand::Delete { cluster, filename } => {
+                let text = super::service::read_text(&filename)?;
+                let cluster = Cluster::attach(&cluster_path(&a.dir, cluster)).await?;
+                for key in cluster.delete_yaml(&text).await.with_context(|| format!("in {}", filename.display()))? {
+                    println!("{key} deleted");
+                }
             }
         }
         Ok::<i32, anyhow::Error>(0)

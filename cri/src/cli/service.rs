@@ -79,15 +79,19 @@ enum PolicyCommand {
     },
 }
 
-fn read_documents(file: &Path) -> anyhow::Result<Vec<service::Document>> {
-    let text = if file == Path::new("-") {
+/// The text of `file`, or of stdin for `-`.
+pub(super) fn read_text(file: &Path) -> anyhow::Result<String> {
+    if file == Path::new("-") {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
-        s
+        Ok(s)
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-    };
-    service::parse(&text).with_context(|| format!("in {}", file.display()))
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+fn read_documents(file: &Path) -> anyhow::Result<Vec<service::Document>> {
+    service::parse(&read_text(file)?).with_context(|| format!("in {}", file.display()))
 }
 
 /// `minipod apply -f FILE`: prints `KIND/NAME created|configured|unchanged` per object,

@@ -45,6 +45,9 @@ struct ClusterRecord {
     /// by [`Cluster::remove_kept`].
     #[serde(default)]
     kept: bool,
+    /// The CIDR its nodes' subnets come from (a record without one used the default).
+    #[serde(default)]
+    cidr: Option<Ipv4Network>,
 }
 
 const RECORD: &str = "cluster.json";
@@ -120,7 +123,7 @@ impl ClusterBuilder {
         let name = format!("{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::SeqCst));
         let dir = self.dir.join(name);
         std::fs::create_dir_all(dir.join("ns")).map_err(crate::pod::io_err("creating", &dir))?;
-        let record = ClusterRecord { owner: Owner::me(), nodes: self.nodes, images: self.images.clone(), kept: false };
+        let record = ClusterRecord { owner: Owner::me(), nodes: self.nodes, images: self.images.clone(), kept: false, cidr: Some(cidr) };
         let mut cluster = Cluster { dir, underlay: None, nodes: Vec::new(), kept: false };
         crate::pod::write_json(&cluster.dir.join(RECORD), &record)?;
         // On any failure the partial cluster's Drop takes back what was made.
@@ -154,12 +157,9 @@ async fn make_node(
 ) -> Result<ClusterNode> {
     let netns = dir.join(format!("ns/node-{i}"));
     let ns = create_pinned(&netns)?;
-    let address = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
-    let subnet = Ipv4Network::new(Ipv4Addr::from(u32::from(cidr.network()) + ((i as u32) << 8)), 24)
-        .map_err(|e| ConfigError::Cluster(format!("the subnet of node {i}: {e}")))?;
-    let port = IfName::new(format!("n{i}"))?;
+    let mut node = ClusterNode::at(dir, i, cidr)?;
+    let (address, subnet, port) = (node.address, node.subnet, node.port.clone());
     let uplink = IfName::new(UPLINK)?;
-    let node = ClusterNode { index: i, rt: None, address, subnet, netns: netns.clone(), port: port.clone(), kept: false };
     // Dropped on failure: the namespace goes with what is in it.
     let wired = async {
         let nl = crate::netstack::netlink::Netlink::open(&ns).map_err(NetworkError::from)?;
@@ -180,7 +180,6 @@ async fn make_node(
         rt.pods().node().join_overlay(&net, vni, &uplink, address).await?;
         Ok::<_, PodError>(rt)
     };
-    let mut node = node;
     match wired.await {
         Ok(rt) => {
             node.rt = Some(rt);
@@ -206,6 +205,22 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// Node `i` of the cluster at `dir` whose pod subnets come from `cidr`, with no
+    /// runtime yet: its underlay address, subnet, namespace and underlay port.
+    fn at(dir: &Path, i: usize, cidr: &Ipv4Network) -> Result<ClusterNode> {
+        let subnet = Ipv4Network::new(Ipv4Addr::from(u32::from(cidr.network()) + ((i as u32) << 8)), 24)
+            .map_err(|e| ConfigError::Cluster(format!("the subnet of node {i}: {e}")))?;
+        Ok(ClusterNode {
+            index: i,
+            rt: None,
+            address: Ipv4Addr::new(192, 0, 2, 11 + i as u8),
+            subnet,
+            netns: dir.join(format!("ns/node-{i}")),
+            port: IfName::new(format!("n{i}"))?,
+            kept: false,
+        })
+    }
+
     /// Its place in the cluster (0-based).
     pub fn index(&self) -> usize {
         self.index
@@ -358,6 +373,48 @@ impl Cluster {
             n.kept = true;
         }
         Ok(self.dir.clone())
+    }
+
+    /// The kept cluster at `dir` (see [`Cluster::keep`]), for later commands on it (the
+    /// CLI's `minipod cluster apply`): each node's runtime opened on its state root and
+    /// namespace, as that node of the cluster. Dropping the handle leaves everything in
+    /// place, the pods too.
+    pub async fn attach(dir: &Path) -> Result<Cluster> {
+        let path = dir.join(RECORD);
+        let rec: ClusterRecord = crate::netstack::record::read_json(&path).map_err(crate::pod::io_err("reading", &path))?;
+        if !rec.kept {
+            return Err(ConfigError::Cluster(format!(
+                "{} belongs to the process that made it (pid {}); only a kept cluster (`minipod cluster create`) can be attached",
+                dir.display(),
+                rec.owner.pid
+            ))
+            .into());
+        }
+        let cidr = match rec.cidr {
+            Some(c) => c,
+            None => DEFAULT_CLUSTER_CIDR.parse().map_err(|e| ConfigError::Cluster(format!("{DEFAULT_CLUSTER_CIDR}: {e}")))?,
+        };
+        let mut cluster = Cluster { dir: dir.to_path_buf(), underlay: Some(dir.join("ns/underlay")), nodes: Vec::new(), kept: true };
+        for i in 0..rec.nodes {
+            let mut node = ClusterNode::at(dir, i, &cidr)?;
+            node.kept = true;
+            let state = dir.join(format!("node-{i}"));
+            if !node.netns.exists() || !state.exists() {
+                // Taken out of the cluster.
+                continue;
+            }
+            let rt = Minipod::builder()
+                .state_dir(&state)
+                .image_dir(&rec.images)
+                .node_netns(&node.netns)
+                .network("cluster")?
+                .keep_pods()
+                .open()
+                .await?;
+            node.rt = Some(rt);
+            cluster.nodes.push(node);
+        }
+        Ok(cluster)
     }
 
     /// Removes the kept cluster at `dir`: every pod of each node (whoever made it),

@@ -26,8 +26,10 @@ pub struct PodsOptions {
     /// Subnet of the runtime's own network, or of `network` if it must be created.
     pub cidr: Option<ipnetwork::Ipv4Network>,
     /// The state roots of the other nodes of a cluster on this machine (see
-    /// [`crate::embed::Cluster`]): their pods are endpoints of this node's services,
-    /// and their services follow this node's pods.
+    /// [`crate::embed::Cluster`]): their pods are endpoints of this node's services
+    /// and peers of its policies, and theirs follow this node's pods. Recorded under
+    /// the root; when empty, those recorded there are taken (a node's root opened by
+    /// a later process is still that node of its cluster).
     pub peer_roots: Vec<PathBuf>,
     /// MTU of the pod links of a network this runtime creates (an overlay's, say).
     /// Default: that of the node's default-route link, or 1500.
@@ -117,6 +119,27 @@ fn unique_scope() -> Scope {
     Scope::new(format!("p{}-{}-{n}", me.pid, me.start_time)).unwrap_or_else(|_| unreachable!("a scope of digits is valid"))
 }
 
+/// Where a cluster node's state root records its peers' roots.
+const PEERS_FILE: &str = "peers.json";
+
+/// The state roots of the other nodes of `root`'s cluster: `given` (then recorded
+/// under `root`), or else those recorded there when the node was made, so that every
+/// process that opens a node's root (the CLI's commands on a kept cluster) acts as
+/// that node of its cluster. None for a root of no cluster.
+fn cluster_peers(root: &Path, given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let path = root.join(PEERS_FILE);
+    if given.is_empty() {
+        return match netstack::record::read_json::<Vec<PathBuf>>(&path) {
+            Ok(peers) => Ok(peers),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        };
+    }
+    let peers: Vec<PathBuf> = given.iter().map(|p| std::path::absolute(p).map_err(io_err("resolving", p))).collect::<Result<_>>()?;
+    write_json(&path, &peers)?;
+    Ok(peers)
+}
+
 /// A bridge name derived from `seed`: `mpb` + 8 hex digits, within IFNAMSIZ.
 fn bridge_name(seed: &str) -> IfName {
     let mut h: u32 = 0x811c9dc5;
@@ -149,6 +172,7 @@ impl Pods {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
+        let peer_roots = cluster_peers(&root, &opts.peer_roots)?;
         let executor = Arc::new(Executor::start("minipod-net").map_err(io_err("starting the network thread for", &root))?);
         let scope = match &opts.scope {
             Some(s) => s.clone(),
@@ -198,7 +222,7 @@ impl Pods {
             scope,
             default_network: std::sync::RwLock::new(NetworkConfig::default_network().name),
             service_cidr: opts.service_cidr.unwrap_or_else(crate::service::default_service_cidr),
-            peer_roots: opts.peer_roots.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect(),
+            peer_roots,
             cluster_domain,
             keep_pods: opts.keep_pods,
             instance,
