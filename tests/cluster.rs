@@ -8,6 +8,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use minipod_netstack::netns::Netns;
+use minipod_netstack::{underlay, IfName};
 use minipod_runtime::embed::{Cluster, Container, Pod, Ready};
 use support::need_root;
 use support::node::{sh, TestNode};
@@ -53,8 +55,8 @@ async fn three_nodes_one_pod_network() {
     // One Service for the cluster: the same cluster IP on every node, endpoints on
     // every node, reached from a pod of any node, by name too; a replica that stops
     // leaves the endpoints of every node at once.
-    let svc =
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  \
+        ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n";
     cluster.apply_yaml(svc).await.unwrap();
     let mut vips = Vec::new();
     for node in cluster.nodes() {
@@ -81,6 +83,20 @@ async fn three_nodes_one_pod_network() {
     pods[2].0.stop().await.unwrap();
     let seen = answers(&pods[0].1, format!("http://{}/", vips[0]), 30).await;
     assert_eq!(seen, ["web-0", "web-1"], "a stopped replica of another node leaves at once");
+    // From outside the cluster (a host on its underlay), through node 0's NodePort:
+    // a connection sent on to the replica of node 1 is masqueraded, so that its reply
+    // comes back through node 0; every one is answered, by both replicas.
+    let outside = TestNode::new("cluster-outside");
+    let underlay = Netns::open(&cluster.dir().join("ns/underlay")).unwrap();
+    let host = Netns::open(&outside.node_ns()).unwrap();
+    let (port, uplink) = (IfName::new("nout").unwrap(), IfName::new("ul0").unwrap());
+    underlay::plug(&underlay, &host, &port, &uplink, "192.0.2.200".parse().unwrap(), 24, 1500).await.unwrap();
+    let url = format!("http://{}:30080/", cluster.node(0).unwrap().address());
+    let mut seen: Vec<String> = (0..20).map(|_| TestNode::fetch(&outside.node_ns(), &url).unwrap_or_else(|| "failed".into())).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["web-0", "web-1"], "from outside, by node 0's NodePort");
+    drop(outside);
     cluster.delete_yaml(svc).await.unwrap();
 
     // One NetworkPolicy for the cluster: the web pods take connections only from pods

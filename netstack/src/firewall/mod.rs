@@ -83,7 +83,7 @@ pub struct PortMapping {
 pub const NODEPORT_CT_MARK: u32 = 0x8000;
 
 /// The empty set that marks the table's layout (see [`Firewall::ensure`]).
-const TABLE_VERSION: &str = "version_5";
+const TABLE_VERSION: &str = "version_6";
 
 /// Members' host ends and the bridges are in their network's interface group, which
 /// the rules match on: a network adds its group, not each link.
@@ -106,13 +106,16 @@ const TABLE_VERSION: &str = "version_5";
 /// clients' own addresses. A NodePort is `nodeports4` (protocol and port on any of the
 /// node's IPv4 addresses, to the same port chain), `nodeport_keys4` (its connections
 /// get [`NODEPORT_CT_MARK`], whose DNATed traffic passes between networks too) and
-/// `no_endpoint_nodeports4` (rejected from anyone).
+/// `no_endpoint_nodeports4` (rejected from anyone). A NodePort connection from outside
+/// the node's networks whose endpoint is outside them too (on another node, through
+/// the overlay) is masqueraded, as kube-proxy does, so that the reply comes back
+/// through this node to be un-DNATed; one to a local endpoint keeps its client's address.
 ///
 /// NetworkPolicy is the `policy_*` maps and base chains (see [`NodePolicies`]), which
 /// run before `forward` and can only drop.
 const TABLE: &str = r#"
 table inet minipod {
-	set version_5 { type mark; }
+	set version_6 { type mark; }
 	set groups { type devgroup; }
 	set internal_groups { type devgroup; }
 	set group_pairs { type devgroup . devgroup; }
@@ -196,6 +199,7 @@ table inet minipod {
 		meta mark & 0x00004000 == 0x00004000 snat ip to ip daddr map @gateways4
 		ct status dnat ip saddr 127.0.0.0/8 snat ip to ip daddr map @gateways4
 		ct status dnat ip6 saddr @nets6 snat ip6 to ip6 daddr map @gateways6
+		ct status dnat ct mark & 0x00008000 == 0x00008000 ip saddr != @nets4 ip daddr != @nets4 masquerade
 		ip saddr @masq_nets4 meta oifgroup != @groups masquerade
 		ip6 saddr @masq_nets6 meta oifgroup != @groups masquerade
 	}
