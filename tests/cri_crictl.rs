@@ -527,6 +527,74 @@ fn crictl_events_streams_each_containers_lifecycle_once_in_order() {
     d.ok(&["rmp", "-f", &id]);
 }
 
+/// Sends the pod CIDR as a kubelet does; returns the response's headers and trailers.
+fn update_pod_cidr(d: &Daemon, cidr: &str) -> String {
+    // UpdateRuntimeConfigRequest { runtime_config { network_config { pod_cidr } } }.
+    let mut inner = vec![0x0a, cidr.len() as u8];
+    inner.extend_from_slice(cidr.as_bytes());
+    let mut mid = vec![0x0a, inner.len() as u8];
+    mid.extend_from_slice(&inner);
+    let mut msg = vec![0x0a, mid.len() as u8];
+    msg.extend_from_slice(&mid);
+    d.raw_grpc("/runtime.v1.RuntimeService/UpdateRuntimeConfig", Some(&msg))
+}
+
+/// Two daemons as two nodes of a cluster (`serve --overlay-uplink --overlay-address
+/// --cluster-peer`): once the kubelet's pod CIDRs arrive, a pod of one reaches a pod of
+/// the other by its address, on links that fit the tunnel; a restarted daemon takes
+/// its place in the overlay again before any kubelet call.
+#[test]
+fn daemons_given_cluster_peers_carry_their_pod_cidrs_over_the_overlay() {
+    need_root();
+    let ul = support::node::Underlay::new();
+    let (n1, n2) = (TestNode::new("criov1"), TestNode::new("criov2"));
+    let (a1, a2) = (ul.plug(&n1, 31, 1500), ul.plug(&n2, 32, 1500));
+    let args = |me: std::net::Ipv4Addr, peer: std::net::Ipv4Addr, cidr: &str| -> Vec<String> {
+        ["--overlay-uplink", "ul0", "--overlay-address", &me.to_string(), "--vni", "42", "--cluster-peer", &format!("{peer}={cidr}")]
+            .map(String::from)
+            .to_vec()
+    };
+    let mut d1 = Daemon::start_with(Harness::new("cri-ov1"), &n1.node_ns(), &args(a1, a2, "10.244.72.0/24"));
+    let d2 = Daemon::start_with(Harness::new("cri-ov2"), &n2.node_ns(), &args(a2, a1, "10.244.71.0/24"));
+    for (d, cidr) in [(&d1, "10.244.71.0/24"), (&d2, "10.244.72.0/24")] {
+        let answer = update_pod_cidr(d, cidr);
+        assert!(answer.contains("grpc-status: 0"), "{answer}");
+        d.import_busybox();
+    }
+    let logs = d1.h.base.join("logs");
+    let web_pod = d2.write("web.json", &pod_json("web", &logs, json!([])));
+    let web = d2.ok(&["runp", &web_pod]).trim().to_string();
+    let serve = "mkdir /www && echo across > /www/index.html && exec httpd -f -p 80 -h /www";
+    let httpd = d2.ok(&["create", &web, &d2.write("httpd.json", &ctr_json("httpd", &["sh", "-c", serve])), &web_pod]).trim().to_string();
+    d2.ok(&["start", &httpd]);
+    let v: Value = serde_json::from_str(&d2.ok(&["inspectp", &web])).unwrap();
+    let web_ip = v["status"]["network"]["ip"].as_str().unwrap().to_string();
+    assert!(web_ip.starts_with("10.244.72."), "{web_ip}");
+    let client_pod = d1.write("client.json", &pod_json("client", &logs, json!([])));
+    let client = d1.ok(&["runp", &client_pod]).trim().to_string();
+    let sh = d1.ok(&["create", &client, &d1.write("sh.json", &ctr_json("sh", &["sleep", "300"])), &client_pod]).trim().to_string();
+    d1.ok(&["start", &sh]);
+    assert_eq!(d1.ok(&["exec", "-s", &sh, "cat", "/sys/class/net/eth0/mtu"]).trim(), "1450", "the uplink's MTU less 50");
+    let fetch = |d: &Daemon| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = d.crictl(&["exec", "-s", &sh, "timeout", "3", "wget", "-qO-", &format!("http://{web_ip}/")]);
+            if out.status.success() || Instant::now() > deadline {
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(fetch(&d1), "across", "a pod of node 1 reaches a pod of node 2");
+    d1.kill(libc::SIGTERM);
+    d1.spawn();
+    let routes = support::node::sh(&n1.node_ns(), "ip route; bridge fdb show dev mpvx42");
+    assert!(routes.contains("10.244.72.0/24 via 10.244.72.0 dev mpvx42") && routes.contains(&format!("dst {a2}")), "{routes}");
+    assert_eq!(fetch(&d1), "across", "and after node 1's daemon restarted");
+    d1.ok(&["rmp", "-f", &client]);
+    d2.ok(&["rmp", "-f", &web]);
+}
+
 /// The pod CIDR a kubelet sends in UpdateRuntimeConfig (the Node's spec.podCIDR) is the
 /// subnet new pods get addresses from, across a daemon restart; another CIDR is refused
 /// while a pod holds an address of the first, and taken once none does.
@@ -537,16 +605,7 @@ fn the_kubelets_pod_cidr_is_the_subnet_of_new_pods() {
     let mut d = Daemon::start(Harness::new("cri-cidr"), &node.node_ns());
     d.import_busybox();
     let logs = d.h.base.join("logs");
-    // UpdateRuntimeConfigRequest { runtime_config { network_config { pod_cidr } } }.
-    let update = |d: &Daemon, cidr: &str| {
-        let mut inner = vec![0x0a, cidr.len() as u8];
-        inner.extend_from_slice(cidr.as_bytes());
-        let mut mid = vec![0x0a, inner.len() as u8];
-        mid.extend_from_slice(&inner);
-        let mut msg = vec![0x0a, mid.len() as u8];
-        msg.extend_from_slice(&mid);
-        d.raw_grpc("/runtime.v1.RuntimeService/UpdateRuntimeConfig", Some(&msg))
-    };
+    let update = update_pod_cidr;
     let ip_of = |d: &Daemon, pod: &str| {
         let v: Value = serde_json::from_str(&d.ok(&["inspectp", pod])).unwrap();
         v["status"]["network"]["ip"].as_str().unwrap().to_string()

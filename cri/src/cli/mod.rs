@@ -134,6 +134,21 @@ struct ServeArgs {
     /// The DNS domain service names are under, and that pods search.
     #[arg(long, default_value = minipod_runtime::netstack::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
+    /// The link a cluster's VXLAN overlay runs over: the pod CIDR network a kubelet
+    /// gives the node is carried to its peers' (with --overlay-address; the pods'
+    /// links get this link's MTU less 50).
+    #[arg(long, requires = "overlay_address")]
+    overlay_uplink: Option<minipod_runtime::netstack::IfName>,
+    /// The node's address on --overlay-uplink, which its peers send to.
+    #[arg(long, requires = "overlay_uplink")]
+    overlay_address: Option<std::net::Ipv4Addr>,
+    /// The overlay's VXLAN network identifier, the same on every node.
+    #[arg(long, default_value_t = 1, requires = "overlay_uplink")]
+    vni: u32,
+    /// A peer node of the overlay: ADDRESS=POD_CIDR (its address on the underlay and
+    /// its pod CIDR, e.g. 192.0.2.12=10.244.1.0/24). Repeat for each.
+    #[arg(long, value_parser = crate::server::parse_peer, requires = "overlay_uplink")]
+    cluster_peer: Vec<minipod_runtime::netstack::overlay::OverlayPeer>,
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -191,7 +206,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 cluster_domain: Some(a.cluster_domain),
                 ..Default::default()
             };
-            crate::server::serve(opts, &a.socket, a.streaming_address, pull)
+            let overlay = match (a.overlay_uplink, a.overlay_address) {
+                (Some(uplink), Some(address)) => Some(crate::server::ClusterOverlay { uplink, address, vni: a.vni, peers: a.cluster_peer }),
+                _ => None,
+            };
+            crate::server::serve(opts, &a.socket, a.streaming_address, pull, overlay)
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct PodsOptions {
     /// the root; when empty, those recorded there are taken (a node's root opened by
     /// a later process is still that node of its cluster).
     pub peer_roots: Vec<PathBuf>,
-    /// MTU of the pod links of a network this runtime creates (an overlay's, say).
+    /// MTU of the pod links of a network this runtime creates (its own, the default
+    /// one, the pod CIDR's: an overlay's, say).
     /// Default: that of the node's default-route link, or 1500.
     pub mtu: Option<u32>,
     /// Pod names are unique per scope. Default: unique to this runtime.
@@ -223,6 +224,7 @@ impl Pods {
             default_network: std::sync::RwLock::new(NetworkConfig::default_network().name),
             service_cidr: opts.service_cidr.unwrap_or_else(crate::service::default_service_cidr),
             peer_roots,
+            mtu: opts.mtu,
             cluster_domain,
             keep_pods: opts.keep_pods,
             instance,
@@ -338,19 +340,30 @@ impl Pods {
         if cidr.network() != cidr.ip() {
             return Err(refuse(format!("has host bits set: the network is {}/{}", cidr.network(), cidr.prefix())));
         }
+        // Unless told (an overlay's), the MTU the network has.
+        let mut mtu = self.mtu;
         if let Some(had) = self.node.node().network(&name)? {
-            if had.subnet != cidr {
+            let new_mtu = self.mtu.filter(|m| had.mtu != Some(*m));
+            if had.subnet != cidr || new_mtu.is_some() {
                 let held = self.node.node().members(&name)?.len();
                 if held > 0 {
-                    return Err(refuse(format!(
-                        "network {name} is on {} and {held} pods hold addresses of it: remove them before the node's pod CIDR changes",
-                        had.subnet
-                    )));
+                    return Err(refuse(match new_mtu {
+                        Some(m) if had.subnet == cidr => format!(
+                            "network {name} has links of MTU {} and {held} pods are on it: remove them before its MTU changes to {m}",
+                            had.mtu.unwrap_or_default()
+                        ),
+                        _ => format!(
+                            "network {name} is on {} and {held} pods hold addresses of it: remove them before the node's pod CIDR changes",
+                            had.subnet
+                        ),
+                    }));
                 }
                 self.node.remove_network(&name)?;
+            } else {
+                mtu = had.mtu;
             }
         }
-        self.create_network(NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr))?;
+        self.create_network(NetworkConfig { mtu, ..NetworkConfig::new(name.clone(), bridge_name(name.as_str()), cidr) })?;
         match self.default_network.write() {
             Ok(mut d) => *d = name.clone(),
             Err(poisoned) => *poisoned.into_inner() = name.clone(),

@@ -268,6 +268,8 @@ pub struct Pods {
     service_cidr: ipnetwork::Ipv4Network,
     /// The state roots of the other nodes of its cluster (absolute).
     peer_roots: Vec<PathBuf>,
+    /// The MTU of the pod links of the networks it makes ([`PodsOptions::mtu`]).
+    mtu: Option<u32>,
     /// The domain services' names are under, and pods' search path.
     cluster_domain: String,
     keep_pods: bool,
