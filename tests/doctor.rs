@@ -3,7 +3,8 @@
 //! table, the overlay's MTU, a peer's forwarding entry, a pod's route) is named with
 //! its fix; pods and Services are looked up in DNS as pods' resolvers would, and a
 //! policy blocking a pod's lookups is named; `doctor flow` probes the path MTU across
-//! nodes, names the policy that denies a flow and the isolation of two networks.
+//! nodes, names the policy that denies a flow and the isolation of two networks; each
+//! pod's resolv.conf is read and checked against the server it should name.
 
 mod support;
 
@@ -201,4 +202,39 @@ async fn the_doctor_names_each_broken_thing_and_its_fix() {
     let (code, findings) = doctor(t, &["flow", &a.ip.to_string(), &format!("{}:80", c.ip)]);
     let failure = the_failure(&findings, "same network");
     assert!(code == 1 && failure["found"].as_str().is_some_and(|f| f.contains("networks are isolated")), "{failure:#}");
+}
+
+/// The doctor reads each pod's resolv.conf, the file its containers see: a pod made by
+/// the CLI names its network's DNS server; one whose file was changed, or is gone, is
+/// named with the line to put back.
+#[test]
+fn the_doctor_reads_each_pods_resolv_conf() {
+    need_root();
+    let env = support::pods::PodEnv::new("doctor-resolv");
+    let node = TestNode::new("docres");
+    let cli = support::cli::Cli::new(&env, &node);
+    cli.ok(&["pod", "run", "asker"]);
+    let inspect: serde_json::Value = serde_json::from_str(&cli.ok(&["pod", "inspect", "asker"])).unwrap();
+    let id = inspect["pod"]["id"].as_str().unwrap().to_string();
+    let ns = node.node_ns();
+    let findings = || {
+        let out = env.h.minipod(&["doctor", "--netns", ns.to_str().unwrap(), "-o", "json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        all.into_iter().find(|f| f["check"] == "pod asker: resolv.conf").unwrap_or_else(|| panic!("no resolv.conf check"))
+    };
+    let healthy = findings();
+    assert_eq!(healthy["verdict"], "pass", "{healthy:#}");
+    let gateway = healthy["found"].as_str().unwrap().split_whitespace().nth(1).unwrap().to_string();
+    assert!(gateway.parse::<Ipv4Addr>().is_ok(), "{healthy:#}");
+    let file = env.h.root.join("pods").join(&id).join("etc/resolv.conf");
+    std::fs::write(&file, "nameserver 192.0.2.99\n").unwrap();
+    let changed = findings();
+    assert_eq!(changed["verdict"], "fail", "{changed:#}");
+    assert!(changed["found"].as_str().unwrap().contains("nameserver 192.0.2.99, not"), "{changed:#}");
+    assert!(changed["fix"].as_str().unwrap().contains(&format!("nameserver {gateway}")), "{changed:#}");
+    std::fs::remove_file(&file).unwrap();
+    let gone = findings();
+    assert!(gone["verdict"] == "fail" && gone["found"].as_str().unwrap().contains("cannot read"), "{gone:#}");
+    cli.ok(&["pod", "rm", "--force", "asker"]);
+    env.assert_clean();
 }

@@ -56,7 +56,11 @@ fn address(root: &Path, name: &str) -> anyhow::Result<Ipv4Addr> {
 pub fn doctor(root: &Path, a: DoctorArgs) -> anyhow::Result<i32> {
     let node = Node::new(root, a.netns.as_deref())?;
     let findings: Vec<Finding> = match a.command {
-        None => node.doctor()?,
+        None => {
+            let mut all = node.doctor()?;
+            all.extend(minipod_runtime::pod::doctor::resolver_findings(root, &node));
+            all
+        }
         Some(DoctorCommand::Flow { from, to, udp }) => {
             let (to, port) =
                 to.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("{to:?}: write the destination as POD:PORT or ADDRESS:PORT"))?;

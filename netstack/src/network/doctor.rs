@@ -47,15 +47,18 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
-fn pass(check: impl Into<String>, found: impl Into<String>) -> Finding {
+/// A check that passed.
+pub fn pass(check: impl Into<String>, found: impl Into<String>) -> Finding {
     Finding { check: check.into(), found: found.into(), verdict: Verdict::Pass, fix: None }
 }
 
-fn fail(check: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Finding {
+/// A check that failed, with what would mend it.
+pub fn fail(check: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding { check: check.into(), found: found.into(), verdict: Verdict::Fail, fix: Some(fix.into()) }
 }
 
-fn warn(check: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Finding {
+/// A check that found something that may be wrong, with what would mend it.
+pub fn warn(check: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding { check: check.into(), found: found.into(), verdict: Verdict::Warn, fix: Some(fix.into()) }
 }
 

@@ -40,6 +40,7 @@
 //! kubelet's cgroupfs layout expects.
 
 mod containers;
+pub mod doctor;
 mod exec;
 mod files;
 mod instance;

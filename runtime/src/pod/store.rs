@@ -226,7 +226,7 @@ impl Pods {
 }
 
 /// The pods recorded in the pod directories `entries` of `dir` lists.
-fn pods_in(dir: &Path, entries: std::fs::ReadDir) -> Vec<PodRecord> {
+pub(super) fn pods_in(dir: &Path, entries: std::fs::ReadDir) -> Vec<PodRecord> {
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| PodId::parse(&e.file_name().to_string_lossy()))
