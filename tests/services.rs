@@ -471,3 +471,60 @@ async fn services_are_found_by_name_from_pods_of_every_namespace() {
     assert_eq!(cli.ok(&["svc", "ls", "-A", "-o", "json"]).trim(), "[]");
     env.assert_clean();
 }
+
+/// A readiness probe gates a pod's place among a Service's endpoints, as in Kubernetes:
+/// unready from its create until the check first passes, ready while it does, unready
+/// after three failures in a row (connections through the service then go to the other
+/// replica only), ready again when it passes, and gating nothing once removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readiness_probe_takes_a_pod_out_of_its_services_endpoints_and_back() {
+    use minipod_runtime::embed::Ready;
+    need_root();
+    let env = PodEnv::new("svc-readiness");
+    let rt = env.open().await;
+    let svc = rt.service("web").selector("app", "web").port(80, 8080).apply().await.unwrap();
+    let steady = rt.pod("steady").label("app", "web").start().await.unwrap();
+    steady.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).wait_for(Ready::port(8080)).start().await.unwrap();
+    let gated = rt.pod("gated").label("app", "web").start().await.unwrap();
+    let probe = Ready::exec(["test", "-f", "/tmp/ready"]).period(std::time::Duration::from_millis(200));
+    let httpd = gated.container("httpd").rootfs(&env.rootfs).cmd(["sh", "-c", SERVE]).readiness(probe).start().await.unwrap();
+    let endpoints = || async { svc.endpoints().await.unwrap() };
+    // Polls until the endpoints are `want` (a probe round is 200 ms; 15 s is plenty on
+    // a loaded machine).
+    let settle = |want: Vec<std::net::Ipv4Addr>, why: &'static str| {
+        let endpoints = &endpoints;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                let mut now = endpoints().await;
+                now.sort();
+                if now == want || std::time::Instant::now() > deadline {
+                    assert_eq!(now, want, "{why}");
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(endpoints().await, [steady.ip()], "unready from its create: only the steady replica");
+    let mut both = vec![steady.ip(), gated.ip()];
+    both.sort();
+    httpd.exec(["touch", "/tmp/ready"]).await.unwrap();
+    settle(both.clone(), "ready once the probe passes").await;
+    httpd.exec(["rm", "/tmp/ready"]).await.unwrap();
+    settle(vec![steady.ip()], "unready after three failures in a row").await;
+    let client = rt.pod("client").start().await.unwrap();
+    let c = client.container("c").rootfs(&env.rootfs).cmd(["sleep", "300"]).start().await.unwrap();
+    let script = format!("for i in $(seq 20); do timeout 5 wget -q -O - http://{}/ || echo failed; done", svc.ip().unwrap());
+    let out = c.exec(["sh", "-c", script.as_str()]).await.unwrap();
+    let mut seen: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, [steady.record().hostname.to_string()], "connections go to the ready replica only");
+    httpd.exec(["touch", "/tmp/ready"]).await.unwrap();
+    settle(both.clone(), "ready again").await;
+    httpd.exec(["rm", "/tmp/ready"]).await.unwrap();
+    settle(vec![steady.ip()], "unready again").await;
+    httpd.remove().await.unwrap();
+    settle(both, "a removed container gates nothing").await;
+}

@@ -138,7 +138,7 @@ impl ContainerState {
         self.oci_state_as(self.live_status())
     }
 
-    /// [`State::oci_state`] with the status given rather than looked up: what the
+    /// [`Self::oci_state`] with the status given rather than looked up: what the
     /// monitor hands `poststart` hooks, which run once the workload started whether or
     /// not it has exited since (a workload that exits at once would otherwise make the
     /// hooks see `stopped` one run in a few; it is not reaped before they finish, so its

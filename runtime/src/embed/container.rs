@@ -10,6 +10,7 @@ pub struct ContainerBuilder {
     pub(super) cfg: Result<ContainerConfig>,
     pub(super) source_set: bool,
     pub(super) ready: Vec<Ready>,
+    pub(super) readiness: Option<Ready>,
 }
 
 impl ContainerBuilder {
@@ -78,15 +79,44 @@ impl ContainerBuilder {
         self
     }
 
-    /// Creates the container without starting its process.
+    /// A readiness probe, as a Kubernetes container's `readinessProbe`: `probe` is
+    /// checked every [`Ready::period`] for as long as the container runs. From its
+    /// create until a check first passes, after [`Ready::failure_threshold`] failed
+    /// checks in a row, and once it stopped, the container is unready, and its pod no
+    /// endpoint of the Services that select it.
+    pub fn readiness(mut self, probe: Ready) -> Self {
+        self.readiness = Some(probe);
+        self
+    }
+
+    /// Creates the container without starting its process (and its readiness probe,
+    /// if it has one).
     pub async fn create(self) -> Result<Container> {
         let cfg = self.cfg?;
         if !self.source_set {
             return Err(ConfigError::NoRootfsSource(cfg.name).into());
         }
+        if let (Some(_), Some(why)) = (&self.readiness, self.pod.host_network.then_some("a pod of the node's network")) {
+            return Err(ConfigError::Readiness(format!("{why} is no Service's endpoint: a readiness probe would gate nothing")).into());
+        }
         let rt = self.rt.clone();
         let pod = self.pod.id.to_string();
-        let record = blocking(move || rt.pods.create_container(&pod, cfg)).await?;
+        let gated = self.readiness.is_some();
+        let record = blocking(move || {
+            let made = rt.pods.create_container(&pod, cfg)?;
+            if gated {
+                // Unready before its process runs, so that no connection reaches it early.
+                if let Err(e) = rt.pods.set_container_ready(&made.pod, &made.name, false) {
+                    let _ = rt.pods.remove_container_record(&made, true);
+                    return Err(e);
+                }
+            }
+            Ok(made)
+        })
+        .await?;
+        if let Some(probe) = self.readiness {
+            ready::run_probe(&self.rt, self.pod.clone(), record.clone(), probe);
+        }
         Ok(Container { rt: self.rt, pod: self.pod, record })
     }
 
@@ -174,9 +204,14 @@ impl Container {
         self.with(move |p, c| p.kill(c, signal)).await
     }
 
-    /// Removes the container (killing it if it runs).
+    /// Removes the container (killing it if it runs); it gates its pod's readiness no
+    /// more.
     pub async fn remove(self) -> Result<()> {
-        self.with(|p, c| p.remove_container_record(c, true)).await
+        self.with(|p, c| {
+            p.remove_container_record(c, true)?;
+            p.set_container_ready(&c.pod, &c.name, true).map(|_| ())
+        })
+        .await
     }
 
     /// Waits until `ready` holds (a port, a log line, an exec, an HTTP 200).

@@ -152,6 +152,7 @@ impl Pod {
             cfg: ContainerName::new(name).map(|n| ContainerConfig::new(n, RootfsSource::Dir(PathBuf::new()))).map_err(Into::into),
             source_set: false,
             ready: vec![],
+            readiness: None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Readiness waits: poll a condition until it holds or its timeout passes.
+//! Readiness waits (poll a condition until it holds or its timeout passes) and
+//! readiness probes (check it for as long as the container runs).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -14,11 +15,20 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time between two checks.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A condition to wait for, with its timeout.
+/// How often a readiness probe checks unless told (see [`Ready::period`]).
+pub const DEFAULT_PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// Failed checks in a row that make a ready container unready unless told (the
+/// kubelet's default `failureThreshold`).
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+
+/// A condition to wait for, with its timeout; or, given to
+/// [`super::ContainerBuilder::readiness`], a readiness probe checked every period.
 #[derive(Debug, Clone)]
 pub struct Ready {
     check: Check,
     timeout: Duration,
+    period: Duration,
+    failure_threshold: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -36,7 +46,7 @@ enum Check {
 
 impl Ready {
     fn new(check: Check) -> Self {
-        Self { check, timeout: DEFAULT_READY_TIMEOUT }
+        Self { check, timeout: DEFAULT_READY_TIMEOUT, period: DEFAULT_PROBE_PERIOD, failure_threshold: DEFAULT_FAILURE_THRESHOLD }
     }
 
     /// Something listens on TCP `port` in the pod.
@@ -62,6 +72,20 @@ impl Ready {
     /// Gives up after `timeout` instead of 30 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// As a readiness probe: checks every `period` (default 1 s), each given at most
+    /// that long.
+    pub fn period(mut self, period: Duration) -> Self {
+        self.period = period.max(POLL);
+        self
+    }
+
+    /// As a readiness probe: this many failed checks in a row make a ready container
+    /// unready (default 3; at least 1).
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n.max(1);
         self
     }
 
@@ -108,6 +132,70 @@ pub(super) async fn wait(rt: &Arc<Inner>, pod: &PodRecord, ctr: Option<&Containe
         }
         tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
+}
+
+/// What one round of a readiness probe found.
+enum Probed {
+    Passed,
+    Failed(String),
+    /// The container exited: it is not ready, and will not be.
+    Stopped,
+    /// The container or its runtime is gone: the probe ends.
+    Gone,
+}
+
+/// Runs readiness probe `probe` of container `ctr` until the container stops or goes,
+/// or the runtime does: the container is unready (recorded at its create) until a
+/// check passes, and again after the probe's failure threshold of failed checks in a
+/// row, or once it stopped. Each change is recorded in the pod, which the services
+/// selecting it follow.
+pub(super) fn run_probe(rt: &Arc<Inner>, pod: PodRecord, ctr: ContainerRecord, probe: Ready) {
+    let weak = Arc::downgrade(rt);
+    tokio::spawn(async move {
+        let (mut ready, mut failures) = (false, 0u32);
+        loop {
+            // The runtime is not kept alive by its probes.
+            let Some(rt) = weak.upgrade() else { return };
+            let (rt2, pod2, ctr2, check, left) = (rt.clone(), pod.clone(), ctr.clone(), probe.check.clone(), probe.period);
+            let probed = blocking(move || {
+                Ok(match rt2.pods.container_state(&ctr2) {
+                    Err(_) => Probed::Gone,
+                    Ok(st) if st.live_status() == crate::Status::Stopped => Probed::Stopped,
+                    Ok(_) => match check_once(&rt2.pods, &pod2, Some(&ctr2), &check, left) {
+                        Ok(()) => Probed::Passed,
+                        Err(why) => Probed::Failed(why),
+                    },
+                })
+            })
+            .await
+            .unwrap_or(Probed::Gone);
+            let becomes = match &probed {
+                Probed::Gone => return,
+                Probed::Passed => {
+                    failures = 0;
+                    true
+                }
+                Probed::Failed(why) => {
+                    failures += 1;
+                    tracing::debug!(pod = %pod.name, container = %ctr.name, "readiness probe failed ({failures} in a row): {why}");
+                    ready && failures < probe.failure_threshold
+                }
+                Probed::Stopped => false,
+            };
+            if becomes != ready {
+                let (rt2, id, name) = (rt.clone(), pod.id.clone(), ctr.name.clone());
+                match blocking(move || rt2.pods.set_container_ready(&id, &name, becomes)).await {
+                    Ok(_) => ready = becomes,
+                    Err(e) => tracing::warn!(pod = %pod.name, container = %ctr.name, "recording readiness {becomes}: {e}"),
+                }
+            }
+            if matches!(probed, Probed::Stopped) {
+                return;
+            }
+            drop(rt);
+            tokio::time::sleep(probe.period).await;
+        }
+    });
 }
 
 /// One check: Ok, or why not yet.

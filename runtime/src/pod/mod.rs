@@ -46,6 +46,7 @@ mod files;
 mod instance;
 mod mount_template;
 mod pods;
+mod readiness;
 pub mod record;
 pub mod resources;
 pub mod security;
@@ -206,6 +207,8 @@ pub enum ConfigError {
     WaitNeedsContainer(String),
     #[error("named ports: {0}")]
     NamedPort(String),
+    #[error("readiness probe: {0}")]
+    Readiness(String),
     #[error("cluster: {0}")]
     Cluster(String),
     #[error("pod CIDR {cidr}: {why}")]

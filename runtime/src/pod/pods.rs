@@ -169,6 +169,7 @@ impl Pods {
             host_network: cfg.host_network,
             sysctls: cfg.sysctls.clone(),
             removing: false,
+            unready: vec![],
             named_ports,
         };
         {

@@ -185,6 +185,10 @@ pub struct PodRecord {
     /// finishes one that a crash cut short.
     #[serde(default)]
     pub removing: bool,
+    /// Its containers whose readiness probe does not pass now (or has not passed yet):
+    /// while any is, the pod is no Service's endpoint, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unready: Vec<ContainerName>,
     /// The ports its containers declare by name (Kubernetes' `containers[].ports`),
     /// which a Service's `targetPort` or a NetworkPolicy's `port` may give by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

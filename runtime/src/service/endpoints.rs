@@ -10,11 +10,12 @@ use crate::pod::{PodError, PodRecord, PodStatus, Pods};
 type Result<T> = std::result::Result<T, PodError>;
 
 /// Whether `pod` is one of `svc`'s endpoints now: ready (not stopping or being
-/// removed), in its namespace, carrying its selector's labels, on its node (or on a
+/// removed, every readiness probe of its containers passing), in its namespace, carrying its selector's labels, on its node (or on a
 /// node of the same cluster, among the state roots `cluster`) and with an address of
 /// its own.
 fn is_endpoint(svc: &ServiceRecord, pod: &PodRecord, cluster: &[PathBuf]) -> bool {
     pod.status == PodStatus::Ready
+        && pod.unready.is_empty()
         && !pod.removing
         && !pod.host_network
         && pod.namespace == svc.key.namespace

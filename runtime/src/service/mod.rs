@@ -7,8 +7,10 @@
 //! pods with no action by anyone: a pod that becomes ready in a service's namespace
 //! with labels its selector matches is added, one that begins to stop or be removed
 //! is taken out before its containers get their signal (as the Kubernetes endpoint
-//! controller does for a terminating pod). An endpoint is a pod's address on its
-//! first network and the service port's `targetPort`.
+//! controller does for a terminating pod), and one whose container fails its
+//! readiness probe ([`crate::embed::ContainerBuilder::readiness`]) is out until it
+//! passes again. An endpoint is a pod's address on its first network and the service
+//! port's `targetPort`.
 //!
 //! The node's DNS server answers `NAME.NAMESPACE.svc.DOMAIN` (domain `cluster.local`
 //! unless [`crate::PodsOptions::cluster_domain`] says otherwise) with the cluster IP,

@@ -1,0 +1,40 @@
+//! Readiness: a pod whose containers' readiness probes do not all pass is no Service's
+//! endpoint. The probes run where the pod's runtime lives (the embedding API's
+//! [`crate::embed::ContainerBuilder::readiness`]); what they find is recorded here, and
+//! the services selecting the pod follow at once.
+
+use super::{ContainerName, PodError, PodId, Pods};
+
+type Result<T> = std::result::Result<T, PodError>;
+
+impl Pods {
+    /// Records whether container `ctr` of pod `pod` is ready (its readiness probe
+    /// passes); the services that select the pod follow. Returns whether that changed.
+    /// A pod that is gone changes nothing.
+    pub fn set_container_ready(&self, pod: &PodId, ctr: &ContainerName, ready: bool) -> Result<bool> {
+        let changed = {
+            // Under the pod's lock: a create or another probe may be writing its record.
+            let Some(_lock) = self.pod_lock(pod, nix::fcntl::FlockArg::LockExclusive)? else { return Ok(false) };
+            let mut rec = match self.pod(pod.as_str()) {
+                Ok(p) => p,
+                Err(PodError::NoSuchPod(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if rec.unready.contains(ctr) != ready {
+                return Ok(false);
+            }
+            if ready {
+                rec.unready.retain(|c| c != ctr);
+            } else {
+                rec.unready.push(ctr.clone());
+                rec.unready.sort();
+            }
+            self.save_pod(&rec)?;
+            rec
+        };
+        // After the pod's lock is let go: the sync takes the services' lock, which is
+        // held while pods are read.
+        self.sync_services_of(&changed)?;
+        Ok(true)
+    }
+}
