@@ -304,3 +304,18 @@ fn the_cli_makes_a_cluster_that_outlives_it() {
     assert!(run(&["cluster", "--dir", d, "ls"]).trim().is_empty());
     env.assert_clean();
 }
+
+/// A cluster larger than this machine's ARP table can hold (every node learns every
+/// other's underlay address) is refused before anything is made, naming the sysctl,
+/// instead of leaving a node silent to its peers halfway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_too_large_for_the_machines_arp_table_is_refused() {
+    need_root();
+    let env = PodEnv::new("cluster-big");
+    let dir = env.h.base.join("clusters");
+    let nodes = minipod_netstack::underlay::max_nodes() + 1;
+    let refused = Cluster::builder().nodes(nodes).dir(&dir).image_dir(env.h.base.join("images")).open().await.err().expect("refused");
+    let why = refused.to_string();
+    assert!(why.contains("gc_thresh3") && why.contains(&format!("{nodes} nodes")), "{why}");
+    assert!(Cluster::list(&dir).is_empty(), "nothing was made");
+}

@@ -16,6 +16,25 @@ use crate::IfName;
 /// The underlay's bridge.
 pub const BRIDGE: &str = "mpul0";
 
+/// ARP entries kept for everything else on the machine when sizing an underlay.
+pub const ARP_RESERVE: usize = 64;
+
+/// The size of the kernel's ARP table: one for every namespace of the machine, which
+/// refuses new entries beyond `net.ipv4.neigh.default.gc_thresh3` (1024 by default).
+pub fn arp_table_limit() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1024)
+}
+
+/// How many nodes one underlay on this machine holds: each node learns the address of
+/// every other it talks to (n·(n-1) ARP entries in all), and once the machine's ARP
+/// table is full a node goes silent to the next peer that asks for it (the kernel logs
+/// "neighbor table overflow"). The largest n whose entries fit in the table less
+/// [`ARP_RESERVE`].
+pub fn max_nodes() -> usize {
+    let room = arp_table_limit().saturating_sub(ARP_RESERVE);
+    (1..).take_while(|n: &usize| n * (n - 1) <= room).last().unwrap_or(1)
+}
+
 /// Sets `lo` and the bridge up in the (fresh) underlay namespace `ns`.
 pub async fn make(ns: &Netns) -> Result<(), NetlinkError> {
     let nl = Netlink::open(ns)?;

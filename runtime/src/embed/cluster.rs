@@ -119,6 +119,18 @@ impl ClusterBuilder {
             ))
             .into());
         }
+        let fits = underlay::max_nodes();
+        if self.nodes > fits {
+            return Err(ConfigError::Cluster(format!(
+                "{} nodes on one machine: each learns every other's underlay address ({} ARP entries in all), and the \
+                 kernel's ARP table, one for every namespace, holds {} (net.ipv4.neigh.default.gc_thresh3): give at \
+                 most {fits} nodes, or raise gc_thresh3 (and gc_thresh2) on this machine",
+                self.nodes,
+                self.nodes * (self.nodes - 1),
+                underlay::arp_table_limit()
+            ))
+            .into());
+        }
         sweep(&self.dir).await;
         let name = format!("{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::SeqCst));
         let dir = self.dir.join(name);
