@@ -58,6 +58,10 @@ async fn three_nodes_one_pod_network() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  \
         ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n";
     cluster.apply_yaml(svc).await.unwrap();
+    // Node-local endpoints are not built across nodes: refused, not ignored.
+    let local = svc.replace("type: NodePort\n", "type: NodePort\n  externalTrafficPolicy: Local\n");
+    let refused = cluster.apply_yaml(&local).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("spec.externalTrafficPolicy: Local is not built for a node of a cluster"), "{refused}");
     let mut vips = Vec::new();
     for node in cluster.nodes() {
         vips.push(node.runtime().get_service("default", "web").await.unwrap().ip().unwrap());

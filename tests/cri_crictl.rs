@@ -541,8 +541,8 @@ fn update_pod_cidr(d: &Daemon, cidr: &str) -> String {
 
 /// Two daemons as two nodes of a cluster (`serve --overlay-uplink --overlay-address
 /// --cluster-peer`): once the kubelet's pod CIDRs arrive, a pod of one reaches a pod of
-/// the other by its address, on links that fit the tunnel; a restarted daemon takes
-/// its place in the overlay again before any kubelet call.
+/// the other by its address, on links that fit the tunnel; a restarted daemon makes
+/// its tunnel and peers again (deleted while it was down) before any kubelet call.
 #[test]
 fn daemons_given_cluster_peers_carry_their_pod_cidrs_over_the_overlay() {
     need_root();
@@ -587,6 +587,8 @@ fn daemons_given_cluster_peers_carry_their_pod_cidrs_over_the_overlay() {
     };
     assert_eq!(fetch(&d1), "across", "a pod of node 1 reaches a pod of node 2");
     d1.kill(libc::SIGTERM);
+    // The tunnel goes while the daemon is down: the restart must put it back.
+    support::node::sh(&n1.node_ns(), "ip link del mpvx42");
     d1.spawn();
     let routes = support::node::sh(&n1.node_ns(), "ip route; bridge fdb show dev mpvx42");
     assert!(routes.contains("10.244.72.0/24 via 10.244.72.0 dev mpvx42") && routes.contains(&format!("dst {a2}")), "{routes}");

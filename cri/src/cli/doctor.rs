@@ -58,7 +58,7 @@ pub fn doctor(root: &Path, a: DoctorArgs) -> anyhow::Result<i32> {
     let findings: Vec<Finding> = match a.command {
         None => {
             let mut all = node.doctor()?;
-            all.extend(minipod_runtime::pod::doctor::resolver_findings(root, &node));
+            all.extend(minipod_runtime::pod::doctor::resolver_findings(root, a.netns.as_deref(), &node));
             all
         }
         Some(DoctorCommand::Flow { from, to, udp }) => {

@@ -87,9 +87,6 @@ pub fn serve(
         pods.use_pod_cidr(cfg.subnet)?;
     }
     let served = rt.block_on(async move {
-        if let Some(o) = &overlay {
-            o.join(&pods).await?;
-        }
         // Names of every network, from now on, are served by this process.
         pods.node().serve_dns(minipod_runtime::netstack::DnsScope::AllNetworks)?;
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -110,6 +107,9 @@ pub fn serve(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
         let pods = Arc::new(pods);
+        if let Some(o) = &overlay {
+            o.join_and_follow(&pods).await?;
+        }
         let streams = crate::streaming::StreamServer::start(streaming, pods.clone())
             .await
             .with_context(|| format!("listening for streams (exec, port-forward) on {streaming}"))?;

@@ -4,6 +4,7 @@
 //! other by their addresses.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use minipod_runtime::netstack::netns::Netns;
@@ -38,27 +39,72 @@ impl ClusterOverlay {
         Ok(mtu.saturating_sub(VXLAN_OVERHEAD))
     }
 
-    /// Carries the node's pod CIDR network over the tunnel and adds every peer; does
-    /// nothing before a kubelet gave the node a pod CIDR. After the CIDR changed, the
-    /// overlay of the old one is left first. Joining again changes nothing.
-    pub async fn join(&self, pods: &Pods) -> anyhow::Result<()> {
+    /// Carries the node's pod CIDR network over the tunnel, takes away the peers no
+    /// longer given and adds every peer given; does nothing before a kubelet gave the
+    /// node a pod CIDR. After the CIDR or the tunnel's settings changed, the old overlay
+    /// is left first. Joining again changes nothing. Returns the peers that could not
+    /// be added (one that is not up yet, say), each with why.
+    async fn join(&self, pods: &Pods) -> anyhow::Result<Vec<String>> {
         let name = NetworkName::new(POD_CIDR_NETWORK)?;
         let node = pods.node();
-        let Some(net) = node.network(&name)? else { return Ok(()) };
+        let Some(net) = node.network(&name)? else { return Ok(vec![]) };
         if let Some(had) = node.overlay()? {
-            if had.network != name || had.spec.subnet != net.subnet || had.spec.uplink != self.uplink || had.spec.vni != self.vni {
+            let spec = &had.spec;
+            let same = had.network == name
+                && spec.subnet == net.subnet
+                && spec.uplink == self.uplink
+                && spec.vni == self.vni
+                && spec.local == self.address;
+            if !same {
                 node.leave_overlay().await?;
             }
         }
-        node.join_overlay(&name, self.vni, &self.uplink, self.address)
+        let rec = node
+            .join_overlay(&name, self.vni, &self.uplink, self.address)
             .await
             .with_context(|| format!("joining {} (pod CIDR {}) to the overlay over {}", name, net.subnet, self.uplink))?;
-        for peer in &self.peers {
-            node.add_overlay_peer(*peer).await.with_context(|| format!("--cluster-peer {}={}", peer.underlay, peer.subnet))?;
+        for gone in rec.peers.iter().filter(|p| !self.peers.iter().any(|q| q.underlay == p.underlay)) {
+            node.remove_overlay_peer(gone.underlay).await?;
         }
+        let mut missing = Vec::new();
+        for peer in &self.peers {
+            if let Err(e) = node.add_overlay_peer(*peer).await {
+                missing.push(format!("--cluster-peer {}={}: {e}", peer.underlay, peer.subnet));
+            }
+        }
+        Ok(missing)
+    }
+
+    /// [`ClusterOverlay::join`] off the async threads (a peer's probe waits up to 3 s),
+    /// and while some peers could not be added, again every 10 s in the background
+    /// until they are: one node's daemon need not wait for its peers' to start.
+    pub async fn join_and_follow(&self, pods: &Arc<Pods>) -> anyhow::Result<()> {
+        let missing = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(self.join(pods)))?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!("overlay peers not added yet, trying again every 10 s: {}", missing.join("; "));
+        let (me, pods) = (self.clone(), pods.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY).await;
+                let tried = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(me.join(&pods)));
+                match tried {
+                    Ok(missing) if missing.is_empty() => {
+                        tracing::info!("every overlay peer is added");
+                        return;
+                    }
+                    Ok(missing) => tracing::warn!("overlay peers not added yet: {}", missing.join("; ")),
+                    Err(e) => tracing::warn!("joining the overlay: {e:#}"),
+                }
+            }
+        });
         Ok(())
     }
 }
+
+/// How long a daemon waits before it tries again the peers it could not add.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A `--cluster-peer ADDRESS=POD_CIDR` argument.
 pub fn parse_peer(s: &str) -> Result<OverlayPeer, String> {

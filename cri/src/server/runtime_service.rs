@@ -473,7 +473,7 @@ impl RuntimeService for Server {
         let Some(v4) = v4 else { return Err(Status::invalid_argument(format!("pod_cidr {cidr:?} holds no IPv4 CIDR"))) };
         blocking(&self.pods, move |p| p.use_pod_cidr(v4)).await?;
         if let Some(o) = &self.overlay {
-            o.join(&self.pods).await.map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            o.join_and_follow(&self.pods).await.map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }

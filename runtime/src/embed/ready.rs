@@ -170,7 +170,12 @@ pub(super) fn run_probe(rt: &Arc<Inner>, pod: PodRecord, ctr: ContainerRecord, p
             .await
             .unwrap_or(Probed::Gone);
             let becomes = match &probed {
-                Probed::Gone => return,
+                Probed::Gone => {
+                    // Removed some other way than Container::remove: it gates nothing.
+                    let (rt2, id, name) = (rt.clone(), pod.id.clone(), ctr.name.clone());
+                    let _ = blocking(move || rt2.pods.set_container_ready(&id, &name, true)).await;
+                    return;
+                }
                 Probed::Passed => {
                     failures = 0;
                     true

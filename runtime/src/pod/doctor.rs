@@ -14,14 +14,19 @@ fn nameservers(text: &str) -> Vec<&str> {
     text.lines().filter_map(|l| l.trim().strip_prefix("nameserver")).filter_map(|rest| rest.split_whitespace().next()).collect()
 }
 
-/// One finding per ready pod (of its own network) under the state root `root`:
-/// whether its resolv.conf names the servers it should, its DNS config's (a CRI
-/// pod's `dns_config`) or else its first network's DNS server.
-pub fn resolver_findings(root: &Path, node: &Node) -> Vec<Finding> {
+/// One finding per ready pod (of its own network) under the state root `root` on the
+/// node `node` (whose namespace is pinned at `netns`, the current one if none):
+/// whether its resolv.conf names the servers it should, its DNS config's (a CRI pod's
+/// `dns_config`) or else its first network's DNS server. Pods of other nodes (private
+/// ones) under the same root are not this node's to judge.
+pub fn resolver_findings(root: &Path, netns: Option<&Path>, node: &Node) -> Vec<Finding> {
     let dir = root.join("pods");
     let Ok(entries) = std::fs::read_dir(&dir) else { return vec![] };
+    let netns = netns.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
     let mut pods: Vec<PodRecord> = pods_in(&dir, entries);
-    pods.retain(|p| p.status == PodStatus::Ready && !p.host_network && !p.networks.is_empty());
+    pods.retain(|p| {
+        p.status == PodStatus::Ready && !p.host_network && !p.networks.is_empty() && p.node.netns.as_deref() == netns.as_deref()
+    });
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     pods.iter().map(|pod| resolver_finding(&dir, node, pod)).collect()
 }

@@ -201,27 +201,32 @@ impl Pods {
     /// stopped or went: it may be selected, or a peer, of any of its node's, and a
     /// peer of any of its cluster's other nodes' (one state root's lock at a time).
     /// Costs one directory lookup per root without policies.
+    /// One root that fails does not keep the others stale: each is tried, and the
+    /// first error returned.
     pub(crate) fn sync_policies_of(&self, pod: &PodRecord) -> Result<()> {
+        let mut first = Ok(());
         for root in self.cluster_roots() {
             if has_policies_under(&root) {
-                self.sync_root_policies(&root, (root.as_path() == self.root()).then_some(&pod.node))?;
+                let synced = self.sync_root_policies(&root, (root.as_path() == self.root()).then_some(&pod.node));
+                first = first.and(synced);
             }
         }
-        Ok(())
+        first
     }
 
     /// Brings every node's policies up to date with the pods (after a sweep, say),
     /// this node's and its cluster's others'.
     pub fn sync_network_policies(&self) -> Result<()> {
+        let mut first = Ok(());
         for root in self.cluster_roots() {
             let own = root.as_path() == self.root();
             // This node's also with its last policy gone: a crash after the record
             // went may have left its rules (a node with none programmed costs nothing).
             if (own && root.join("policies").exists()) || has_policies_under(&root) {
-                self.sync_root_policies(&root, own.then(|| self.node_ref()))?;
+                first = first.and(self.sync_root_policies(&root, own.then(|| self.node_ref())));
             }
         }
-        Ok(())
+        first
     }
 }
 

@@ -139,6 +139,9 @@ impl Pods {
             if plan.iter().any(|(_, n)| n.key == key) {
                 return Err(ServiceError::Twice { doc: index, key }.into());
             }
+            if let (Some(field), false) = (m.local_traffic, self.peer_roots().is_empty()) {
+                return Err(ServiceError::LocalTraffic { doc: index, key, field }.into());
+            }
             let old = existing.iter().find(|s| s.key == key).cloned();
             let old_ip = old.as_ref().map(|o| o.cluster_ip);
             let immutable = |old: Option<Ipv4Addr>, new: Option<Ipv4Addr>| {

@@ -105,25 +105,35 @@ impl Pods {
     /// cluster (one state root's lock at a time). Costs one directory lookup per root
     /// when its namespace has no services there.
     pub(crate) fn sync_services_of(&self, pod: &PodRecord) -> Result<()> {
+        // One root that fails does not keep the others stale: each is tried, and the
+        // first error returned.
+        let mut first = Ok(());
         for root in self.cluster_roots() {
             let dir = root.join("services");
             if !std::fs::read_dir(dir.join(&pod.namespace)).is_ok_and(|mut entries| entries.next().is_some()) {
                 continue;
             }
-            let _lock = super::apply::services_lock_in(&dir)?;
-            let selecting: Vec<ServiceRecord> = read_records::<ServiceRecord>(&dir, Some(pod.namespace.as_str()))?
-                .into_iter()
-                .filter(|s| s.selector.matches(&pod.labels))
-                .collect();
-            if selecting.is_empty() {
-                continue;
-            }
-            // Read under this root's lock: a view read under another root's could be
-            // older than the one a peer just programmed these services from.
-            let pods = self.cluster_pods()?;
-            for svc in &selecting {
-                self.serve(svc, &pods)?;
-            }
+            first = first.and(self.sync_services_under(&dir, pod));
+        }
+        first
+    }
+
+    /// The services under the services directory `dir` that select `pod`, brought up
+    /// to date under that directory's lock.
+    fn sync_services_under(&self, dir: &std::path::Path, pod: &PodRecord) -> Result<()> {
+        let _lock = super::apply::services_lock_in(dir)?;
+        let selecting: Vec<ServiceRecord> = read_records::<ServiceRecord>(dir, Some(pod.namespace.as_str()))?
+            .into_iter()
+            .filter(|s| s.selector.matches(&pod.labels))
+            .collect();
+        if selecting.is_empty() {
+            return Ok(());
+        }
+        // Read under this root's lock: a view read under another root's could be
+        // older than the one a peer just programmed these services from.
+        let pods = self.cluster_pods()?;
+        for svc in &selecting {
+            self.serve(svc, &pods)?;
         }
         Ok(())
     }

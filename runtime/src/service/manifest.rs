@@ -119,6 +119,10 @@ pub struct ServiceManifest {
     pub node_ports: bool,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub client_ip_affinity: Option<u32>,
+    /// The field (`spec.externalTrafficPolicy` or `spec.internalTrafficPolicy`) that
+    /// asks for node-local endpoints, if one does: met by every endpoint on a node of
+    /// no cluster, refused on a node of one (see [`crate::service`]).
+    pub local_traffic: Option<&'static str>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -344,8 +348,16 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
     if spec.publish_not_ready_addresses == Some(true) {
         return Err(not_built("spec.publishNotReadyAddresses", "publishing pods that are not ready"));
     }
-    // Every endpoint is on this node, and traffic from outside keeps its source
-    // address: Cluster and Local are both met.
+    // On a node of no cluster every endpoint is on this node, and traffic from outside
+    // keeps its source address: Cluster and Local are both met (a cluster node refuses
+    // Local when it is applied).
+    let mut local_traffic = None;
+    if spec.external_traffic_policy.as_deref() == Some("Local") {
+        local_traffic = Some("spec.externalTrafficPolicy");
+    }
+    if spec.internal_traffic_policy.as_deref() == Some("Local") {
+        local_traffic = Some("spec.internalTrafficPolicy");
+    }
     match spec.external_traffic_policy.as_deref() {
         None => {}
         Some("Cluster" | "Local") if node_ports => {}
@@ -365,8 +377,8 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
     if let Some((field, _)) = lb_only.iter().find(|(_, set)| *set) {
         return Err(invalid(field, "belongs to type LoadBalancer or ExternalName, not built in minipod yet".into()));
     }
-    // Every endpoint is on this node: Local and Cluster pick from the same set, and
-    // every traffic distribution is met.
+    // On a node of no cluster, Local and Cluster pick from the same set, and every
+    // traffic distribution is met.
     match spec.internal_traffic_policy.as_deref() {
         None | Some("Cluster" | "Local") => {}
         Some(p) => return Err(invalid("spec.internalTrafficPolicy", format!("{p:?} is not Cluster or Local"))),
@@ -444,6 +456,7 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         headless,
         node_ports,
         client_ip_affinity,
+        local_traffic,
         labels: meta.labels.clone(),
         annotations: meta.annotations.clone(),
     })

@@ -83,6 +83,8 @@ pub enum ServiceError {
     NoSuchService(ServiceKey),
     #[error("document {doc} (Service {key}): spec.clusterIP {ip} is taken by service {by}: leave it out to get a free one")]
     IpTaken { doc: usize, key: ServiceKey, ip: Ipv4Addr, by: ServiceKey },
+    #[error("document {doc} (Service {key}): {field}: Local is not built for a node of a cluster yet (its endpoints are on every node): leave it out, or give Cluster")]
+    LocalTraffic { doc: usize, key: ServiceKey, field: &'static str },
     #[error("document {doc} (Service {key}): spec.clusterIP {ip} is not in the service CIDR {cidr}")]
     IpOutside { doc: usize, key: ServiceKey, ip: Ipv4Addr, cidr: ipnetwork::Ipv4Network },
     #[error("document {doc} (Service {key}): spec.clusterIP cannot change ({old} to {new}): delete the service and apply it again")]
