@@ -86,11 +86,17 @@ pub fn serve(
     if let Some(cfg) = pods.node().network(&kubepods)? {
         pods.use_pod_cidr(cfg.subnet)?;
     }
+    let pods = Arc::new(pods);
     let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.
         pods.node().serve_dns(minipod_runtime::netstack::DnsScope::AllNetworks)?;
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             anyhow::bail!("another daemon already serves {}: stop it first", path.display());
+        }
+        // Before the socket exists, so that whoever waits for it (a kubelet, systemd, a
+        // test) finds the tunnel and the routes to the peers' pod CIDRs already there.
+        if let Some(o) = &overlay {
+            o.join_and_follow(&pods).await?;
         }
         // A socket file left by a daemon that was killed.
         let _ = std::fs::remove_file(&path);
@@ -106,10 +112,6 @@ pub fn serve(
             .with_context(|| format!("taking ownership of {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         eprintln!("minipod: serving CRI on unix://{}", path.display());
-        let pods = Arc::new(pods);
-        if let Some(o) = &overlay {
-            o.join_and_follow(&pods).await?;
-        }
         let streams = crate::streaming::StreamServer::start(streaming, pods.clone())
             .await
             .with_context(|| format!("listening for streams (exec, port-forward) on {streaming}"))?;
