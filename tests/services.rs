@@ -268,7 +268,7 @@ fn pods_and_services_of_a_node_that_is_gone_are_still_removed() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     here(&["pod", "--images", &cli.images, "rm", "--force", "web-0"]);
-    assert_eq!(here(&["delete", "-f", file]).trim(), "service/my-service deleted");
+    assert_eq!(here(&["delete", "--images", &cli.images, "-f", file]).trim(), "service/my-service deleted");
     env.assert_clean();
 }
 

@@ -84,8 +84,15 @@ fn make_node(rt: &tokio::runtime::Runtime, base: &Path, ul: &Netns, i: usize, ki
     BenchNode { node, netns, net, peer: OverlayPeer { underlay: address, subnet } }
 }
 
-/// Peers `new` with every node of `others` in both directions.
+/// Peers `new` with every node of `others` in both directions, each told the other's
+/// uplink first (as `Cluster` does: no ARP, see underlay::know).
 fn peer_all(rt: &tokio::runtime::Runtime, new: &BenchNode, others: &[BenchNode]) {
+    let uplink = IfName::new("ul0").expect("uplink name");
+    let ns = Netns::open(&new.netns).expect("node namespace");
+    for o in others {
+        rt.block_on(underlay::know(&ns, &uplink, o.peer.underlay)).expect("knowing a peer");
+        rt.block_on(underlay::know(&Netns::open(&o.netns).expect("node namespace"), &uplink, new.peer.underlay)).expect("being known");
+    }
     for o in others {
         rt.block_on(new.node.add_overlay_peer(o.peer)).expect("adding a peer");
         rt.block_on(o.node.add_overlay_peer(new.peer)).expect("being added as a peer");
@@ -263,17 +270,7 @@ fn main() {
     let mut joins: Vec<(usize, f64)> = Vec::new();
     let mut next = 5;
     let mut cluster: Vec<BenchNode> = Vec::new();
-    // As large as the machine's ARP table lets one underlay grow (see underlay::max_nodes).
-    let fits = underlay::max_nodes().saturating_sub(1).max(2);
-    let sizes: Vec<usize> = JOIN_SIZES.iter().map(|s| (*s).min(fits)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    if sizes.last() != JOIN_SIZES.last() {
-        println!(
-            "(joins measured up to {fits} nodes: {} would need more ARP entries than this machine's table holds, {} by net.ipv4.neigh.default.gc_thresh3)",
-            JOIN_SIZES[JOIN_SIZES.len() - 1] + 1,
-            underlay::arp_table_limit()
-        );
-    }
-    for &size in &sizes {
+    for &size in &JOIN_SIZES {
         while cluster.len() + 1 < size {
             let n = make_node(&rt, &base, &ul, next, Kind::Joined);
             peer_all(&rt, &n, &cluster);
@@ -329,7 +326,7 @@ fn main() {
         chart::Panel {
             title: "join ms by nodes in the cluster",
             x_max: 55.0,
-            ticks: sizes.iter().map(|s| (*s as f64, s.to_string())).collect(),
+            ticks: JOIN_SIZES.iter().map(|s| (*s as f64, s.to_string())).collect(),
             series: vec![
                 ("no pods", "#2980b9", joins.iter().map(|(s, ms)| (*s as f64, *ms)).collect()),
                 ("2 pods per node", "#c0392b", vec![(last_size as f64 + 1.0, with_pods)]),

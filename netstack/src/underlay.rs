@@ -1,7 +1,8 @@
 //! The underlay of a cluster on one machine: a namespace holding a bridge, and for
 //! each node a veth from one of the bridge's ports to the node's uplink, addressed
-//! from a documentation range. Nodes reach each other over it as hosts on one LAN;
-//! nothing of it touches the machine's own interfaces.
+//! from a documentation range, and with a MAC derived from that address. Nodes reach
+//! each other over it as hosts on one LAN, each told the others' MACs rather than
+//! asking by ARP (see [`know`]); nothing of it touches the machine's own interfaces.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -16,23 +17,31 @@ use crate::IfName;
 /// The underlay's bridge.
 pub const BRIDGE: &str = "mpul0";
 
-/// ARP entries kept for everything else on the machine when sizing an underlay.
-pub const ARP_RESERVE: usize = 64;
-
-/// The size of the kernel's ARP table: one for every namespace of the machine, which
-/// refuses new entries beyond `net.ipv4.neigh.default.gc_thresh3` (1024 by default).
-pub fn arp_table_limit() -> usize {
-    std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1024)
+/// The MAC of the uplink whose underlay address is `addr`: locally administered, and
+/// the same wherever it is computed, so that every node can be told every other's
+/// (see [`know`]) without asking it.
+pub fn uplink_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x75, o[0], o[1], o[2], o[3]]
 }
 
-/// How many nodes one underlay on this machine holds: each node learns the address of
-/// every other it talks to (n·(n-1) ARP entries in all), and once the machine's ARP
-/// table is full a node goes silent to the next peer that asks for it (the kernel logs
-/// "neighbor table overflow"). The largest n whose entries fit in the table less
-/// [`ARP_RESERVE`].
-pub fn max_nodes() -> usize {
-    let room = arp_table_limit().saturating_sub(ARP_RESERVE);
-    (1..).take_while(|n: &usize| n * (n - 1) <= room).last().unwrap_or(1)
+/// Tells `node` that the node at underlay address `peer` has [`uplink_mac`]`(peer)`:
+/// a permanent neighbour entry on its uplink, so that it never asks by ARP. The
+/// kernel's ARP table is one for every namespace of the machine and refuses learnt
+/// entries past `net.ipv4.neigh.default.gc_thresh3` (1024 by default); n nodes that
+/// learnt each other would need n·(n-1) of them (a node went silent at ~33 nodes),
+/// while permanent entries are not counted against it.
+pub async fn know(node: &Netns, uplink: &IfName, peer: Ipv4Addr) -> Result<(), NetlinkError> {
+    let nl = Netlink::open(node)?;
+    let index = nl.index(uplink.as_str()).await?;
+    nl.add_neighbour(index, IpAddr::V4(peer), uplink_mac(peer), format!("adding the underlay neighbour {peer} on {uplink}")).await
+}
+
+/// Takes away what [`know`] wrote; an entry or uplink that is gone is fine.
+pub async fn forget(node: &Netns, uplink: &IfName, peer: Ipv4Addr) -> Result<(), NetlinkError> {
+    let nl = Netlink::open(node)?;
+    let Some(link) = nl.link(uplink.as_str()).await? else { return Ok(()) };
+    nl.delete_neighbour(link.header.index, peer, format!("removing the underlay neighbour {peer} from {uplink}")).await
 }
 
 /// Sets `lo` and the bridge up in the (fresh) underlay namespace `ns`.
@@ -48,7 +57,8 @@ pub async fn make(ns: &Netns) -> Result<(), NetlinkError> {
 }
 
 /// Wires `node` to the underlay: a veth whose end `port` is a port of the bridge and
-/// whose end `uplink` is in `node` with `addr/prefix`, both with `mtu`. On a failure
+/// whose end `uplink` is in `node` with `addr/prefix` and [`uplink_mac`]`(addr)`, both
+/// with `mtu`. On a failure
 /// the veth goes again.
 pub async fn plug(
     underlay: &Netns,
@@ -62,7 +72,8 @@ pub async fn plug(
     let nl = Netlink::open(underlay)?;
     let node_fd = std::fs::File::open(node.path())
         .map_err(|source| NetlinkError::Request { what: format!("opening {}", node.path().display()), source })?;
-    let peer = LinkUnspec::new_with_name(uplink.as_str()).mtu(mtu).setns_by_fd(node_fd.as_raw_fd()).build();
+    let peer =
+        LinkUnspec::new_with_name(uplink.as_str()).mtu(mtu).address(uplink_mac(addr).to_vec()).setns_by_fd(node_fd.as_raw_fd()).build();
     let veth = LinkVeth::new(port.as_str(), uplink.as_str()).mtu(mtu).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
     nl.add_link(veth, &format!("creating the underlay link {port} to {uplink} in {}", node.path().display())).await?;
     let wired = async {

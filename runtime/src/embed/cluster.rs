@@ -6,9 +6,12 @@
 //!
 //! Each node takes the /24 of the cluster CIDR (default 10.244.0.0/16, as flannel and
 //! kubeadm do) of its index; its pods' links carry the uplink's MTU less the VXLAN
-//! overhead. Dropping the cluster removes every pod, node and the underlay; the
-//! cluster of a harness killed with SIGKILL is swept by the next [`ClusterBuilder::open`]
-//! on the same directory.
+//! overhead. Every node is told every other's uplink MAC (permanent neighbour entries,
+//! which the machine's ARP table, one for all namespaces, does not count), so that a
+//! cluster can have as many nodes as it has addresses for (200), not as many as could
+//! learn each other by ARP (~32). Dropping the cluster removes every pod, node and the
+//! underlay; the cluster of a harness killed with SIGKILL is swept by the next
+//! [`ClusterBuilder::open`] on the same directory.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -119,18 +122,6 @@ impl ClusterBuilder {
             ))
             .into());
         }
-        let fits = underlay::max_nodes();
-        if self.nodes > fits {
-            return Err(ConfigError::Cluster(format!(
-                "{} nodes on one machine: each learns every other's underlay address ({} ARP entries in all), and the \
-                 kernel's ARP table, one for every namespace, holds {} (net.ipv4.neigh.default.gc_thresh3): give at \
-                 most {fits} nodes, or raise gc_thresh3 (and gc_thresh2) on this machine",
-                self.nodes,
-                self.nodes * (self.nodes - 1),
-                underlay::arp_table_limit()
-            ))
-            .into());
-        }
         sweep(&self.dir).await;
         let name = format!("{}-{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::SeqCst));
         let dir = self.dir.join(name);
@@ -147,6 +138,15 @@ impl ClusterBuilder {
             let peers: Vec<PathBuf> = (0..self.nodes).filter(|j| *j != i).map(|j| cluster.dir.join(format!("node-{j}"))).collect();
             let node = make_node(&cluster.dir, &underlay_ns, i, &cidr, self.vni, &self.images, peers).await?;
             cluster.nodes.push(node);
+        }
+        // Every node knows every other's uplink before the first probe: a node that had
+        // to ask by ARP would fill the machine's ARP table (see underlay::know).
+        let uplink = IfName::new(UPLINK)?;
+        for a in &cluster.nodes {
+            let ns = Netns::open(&a.netns)?;
+            for b in cluster.nodes.iter().filter(|b| b.index != a.index) {
+                underlay::know(&ns, &uplink, b.address).await.map_err(NetworkError::from)?;
+            }
         }
         for a in &cluster.nodes {
             for b in cluster.nodes.iter().filter(|b| b.index != a.index) {
@@ -178,10 +178,7 @@ async fn make_node(
         let lo = nl.index("lo").await.map_err(NetworkError::from)?;
         nl.up(lo, "setting lo up in a cluster node").await.map_err(NetworkError::from)?;
         underlay::plug(underlay_ns, &ns, &port, &uplink, address, 24, UNDERLAY_MTU).await.map_err(NetworkError::from)?;
-        let rt = Minipod::builder()
-            .state_dir(dir.join(format!("node-{i}")))
-            .image_dir(images)
-            .node_netns(&netns)
+        let rt = node_runtime(dir, i, images)
             .network("cluster")?
             .cidr(&subnet.to_string())?
             .mtu(UNDERLAY_MTU - VXLAN_OVERHEAD)
@@ -202,6 +199,11 @@ async fn make_node(
             Err(e)
         }
     }
+}
+
+/// The runtime of node `i` of the cluster at `dir`: its state root and namespace.
+fn node_runtime(dir: &Path, i: usize, images: &Path) -> MinipodBuilder {
+    Minipod::builder().state_dir(dir.join(format!("node-{i}"))).image_dir(images).node_netns(dir.join(format!("ns/node-{i}")))
 }
 
 /// One node of a [`Cluster`].
@@ -415,14 +417,7 @@ impl Cluster {
                 // Taken out of the cluster.
                 continue;
             }
-            let rt = Minipod::builder()
-                .state_dir(&state)
-                .image_dir(&rec.images)
-                .node_netns(&node.netns)
-                .network("cluster")?
-                .keep_pods()
-                .open()
-                .await?;
+            let rt = node_runtime(dir, i, &rec.images).network("cluster")?.keep_pods().open().await?;
             node.rt = Some(rt);
             cluster.nodes.push(node);
         }
@@ -438,16 +433,8 @@ impl Cluster {
         for i in 0..rec.nodes {
             let (netns, state) = (dir.join(format!("ns/node-{i}")), dir.join(format!("node-{i}")));
             if netns.exists() && state.exists() {
-                let rt = Minipod::builder().state_dir(&state).image_dir(&rec.images).node_netns(&netns).keep_pods().open().await?;
-                let inner = rt.inner.clone();
-                let removed = blocking(move || {
-                    for p in inner.pods.pods()? {
-                        inner.pods.remove_pod(p.id.as_str(), true)?;
-                    }
-                    Ok(())
-                })
-                .await;
-                if let Err(e) = removed {
+                let rt = node_runtime(dir, i, &rec.images).keep_pods().open().await?;
+                if let Err(e) = remove_every_pod(&rt).await {
                     failures.push(format!("node {i}: {e}"));
                 }
             }
@@ -469,21 +456,31 @@ impl Cluster {
     }
 
     /// Takes node `index` out: every other node forgets it (its route, neighbour and
-    /// forwarding entries go), then its pods, runtime and namespace go.
+    /// forwarding entries go, and its underlay neighbour entry), then its pods
+    /// (whoever made them, in a kept cluster too), runtime, namespace and state go, so
+    /// that no later [`Cluster::attach`] finds it and its peers see no pods of it.
     pub async fn remove_node(&mut self, index: usize) -> Result<()> {
         let Some(at) = self.nodes.iter().position(|n| n.index == index) else { return Ok(()) };
         let address = self.nodes[at].address;
+        let uplink = IfName::new(UPLINK)?;
         for other in self.nodes.iter().filter(|n| n.index != index) {
             other.runtime().pods().node().remove_overlay_peer(address).await?;
+            underlay::forget(&Netns::open(&other.netns)?, &uplink, address).await.map_err(NetworkError::from)?;
         }
-        let node = self.nodes.remove(at);
+        let mut node = self.nodes.remove(at);
+        remove_every_pod(node.runtime()).await?;
         node.runtime().pods().node().leave_overlay().await?;
+        node.kept = false;
         let port = node.port.clone();
         drop(node);
         if let Some(ns) = &self.underlay {
             underlay::unplug(&Netns::open(ns)?, &port).await.map_err(NetworkError::from)?;
         }
-        Ok(())
+        let state = self.dir.join(format!("node-{index}"));
+        match std::fs::remove_dir_all(&state) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::pod::io_err("removing", &state)(e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -504,6 +501,18 @@ impl Drop for Cluster {
     }
 }
 
+/// Removes every pod of `rt`'s node, whoever made it.
+async fn remove_every_pod(rt: &Minipod) -> Result<()> {
+    let inner = rt.inner.clone();
+    blocking(move || {
+        for p in inner.pods.pods()? {
+            inner.pods.remove_pod(p.id.as_str(), true)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Removes the clusters under `dir` whose owner is gone: each node's runtime is opened
 /// on its state (which sweeps the dead owner's pods, processes and links) and shut,
 /// then the namespaces go. Best effort: what cannot be removed is logged.
@@ -519,7 +528,7 @@ async fn sweep(dir: &Path) {
             let netns = path.join(format!("ns/node-{i}"));
             let state = path.join(format!("node-{i}"));
             if netns.exists() && state.exists() {
-                let opened = Minipod::builder().state_dir(&state).image_dir(&rec.images).node_netns(&netns).network("cluster");
+                let opened = node_runtime(&path, i, &rec.images).network("cluster");
                 match opened {
                     Ok(b) => match b.open().await {
                         Ok(rt) => {
