@@ -58,10 +58,15 @@ async fn three_nodes_one_pod_network() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  \
         ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n";
     cluster.apply_yaml(svc).await.unwrap();
-    // Node-local endpoints are not built across nodes: refused, not ignored.
-    let local = svc.replace("type: NodePort\n", "type: NodePort\n  externalTrafficPolicy: Local\n");
-    let refused = cluster.apply_yaml(&local).await.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(refused.contains("spec.externalTrafficPolicy: Local is not built for a node of a cluster"), "{refused}");
+    // Node-local endpoints for the node ports but not the cluster IP (or the other way)
+    // would need two sets of endpoints: refused, not ignored.
+    for (policy, field) in
+        [("externalTrafficPolicy", "spec.externalTrafficPolicy"), ("internalTrafficPolicy", "spec.internalTrafficPolicy")]
+    {
+        let local = svc.replace("type: NodePort\n", &format!("type: NodePort\n  {policy}: Local\n"));
+        let refused = cluster.apply_yaml(&local).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains(&format!("{field}: Local for only one")), "{refused}");
+    }
     let mut vips = Vec::new();
     for node in cluster.nodes() {
         vips.push(node.runtime().get_service("default", "web").await.unwrap().ip().unwrap());
@@ -100,6 +105,24 @@ async fn three_nodes_one_pod_network() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen, ["web-0", "web-1"], "from outside, by node 0's NodePort");
+    // Both policies Local: a pod reaches the replica of its own node only, and a client
+    // outside only the replica of the node it came to, which sees its own address.
+    let local = svc.replace("type: NodePort\n", "type: NodePort\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n");
+    cluster.apply_yaml(&local).await.unwrap();
+    for (i, (_, c, _)) in pods[..2].iter().enumerate() {
+        let seen = answers(c, format!("http://{}/", vips[0]), 20).await;
+        assert_eq!(seen, [format!("web-{i}")], "internalTrafficPolicy Local: node {i}'s own replica");
+    }
+    for i in 0..2 {
+        let node = cluster.node(i).unwrap().address();
+        let mut seen: Vec<String> = (0..10)
+            .map(|_| TestNode::fetch(&outside.node_ns(), &format!("http://{node}:30080/")).unwrap_or_else(|| "failed".into()))
+            .collect();
+        seen.dedup();
+        assert_eq!(seen, [format!("web-{i}")], "externalTrafficPolicy Local: node {i}'s NodePort, its own replica");
+        let client = TestNode::fetch(&outside.node_ns(), &format!("http://{node}:30080/cgi-bin/ip")).unwrap_or_default();
+        assert_eq!(client.trim_start_matches("[::ffff:").trim_end_matches(']'), "192.0.2.200", "not masqueraded");
+    }
     drop(outside);
     cluster.delete_yaml(svc).await.unwrap();
 

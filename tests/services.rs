@@ -528,3 +528,86 @@ async fn a_readiness_probe_takes_a_pod_out_of_its_services_endpoints_and_back() 
     httpd.remove().await.unwrap();
     settle(both, "a removed container gates nothing").await;
 }
+
+/// `minipod ctr run --readiness`: a process of its own probes the CLI's container after
+/// the command returned. The pod is out of the service's endpoints until the check
+/// passes, out again after the failures in a row, and the prober ends with the
+/// container; a check written wrong is refused before anything is made.
+#[test]
+fn a_cli_containers_readiness_probe_outlives_the_command() {
+    need_root();
+    let env = PodEnv::new("svc-cli-ready");
+    let node = TestNode::new("svcready");
+    let cli = Cli::new(&env, &node);
+    let steady = cli.web("steady", "default", &["app=web"]);
+    let file = env.h.base.join("service.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    cli.ok(&["apply", "-f", file.to_str().unwrap()]);
+    cli.pod("gated", "default", &["app=web"]);
+    let rootfs = env.rootfs.to_str().unwrap();
+    for (check, want) in [("udp:53", "write a check as tcp:PORT"), ("tcp:0", "is no port")] {
+        let (ok, _, err) = cli.run(&["ctr", "run", "gated", "httpd", "--rootfs", rootfs, "--readiness", check, "--", "sleep", "1"]);
+        assert!(!ok && err.contains(want), "{check}: {err}");
+    }
+    assert!(cli.ok(&["ctr", "ls", "--pod", "gated", "-o", "json"]).trim() == "[]", "a refused check made nothing");
+    let run = ["ctr", "run", "gated", "httpd", "--rootfs", rootfs, "--readiness", "exec:test -f /tmp/ready", "--readiness-period", "1"];
+    cli.ok(&[&run[..], &["--readiness-failures", "2", "--", "sh", "-c", SERVE]].concat());
+    let inspect: serde_json::Value = serde_json::from_str(&cli.ok(&["pod", "inspect", "gated"])).unwrap();
+    let gated = inspect["pod"]["networks"][0]["ip"].as_str().unwrap().to_string();
+    let endpoints = || {
+        let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", "web"])).unwrap();
+        let mut now: Vec<String> = v["ports"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().split(':').next().unwrap().to_string())
+            .collect();
+        now.sort();
+        now
+    };
+    let settle = |mut want: Vec<&str>, why: &str| {
+        want.sort();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let now = endpoints();
+            if now == want || std::time::Instant::now() > deadline {
+                assert_eq!(now, want, "{why}");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    assert_eq!(endpoints(), [steady.as_str()], "unready from its create");
+    let probers = || {
+        let root = env.h.root.to_str().unwrap().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&root) && c.contains(" probe "))
+            .count()
+    };
+    assert_eq!(probers(), 1, "one prober runs after the command returned");
+    cli.ok(&["ctr", "exec", "gated", "httpd", "--", "touch", "/tmp/ready"]);
+    settle(vec![&steady, &gated], "ready once the probe passes");
+    cli.ok(&["ctr", "exec", "gated", "httpd", "--", "rm", "/tmp/ready"]);
+    settle(vec![&steady], "unready after two failures in a row");
+    cli.ok(&["ctr", "exec", "gated", "httpd", "--", "touch", "/tmp/ready"]);
+    settle(vec![&steady, &gated], "ready again");
+    cli.ok(&["ctr", "stop", "gated", "httpd", "--timeout", "1"]);
+    settle(vec![&steady], "a stopped container is unready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while probers() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(probers(), 0, "the prober ended with its container");
+    cli.ok(&["delete", "-f", file.to_str().unwrap()]);
+    for p in ["gated", "steady"] {
+        cli.ok(&["pod", "rm", "--force", p]);
+    }
+}

@@ -71,7 +71,7 @@ impl<'a> Cli<'a> {
     }
 
     /// `minipod pod run` of a pod with labels, in a namespace.
-    fn pod(&self, name: &str, namespace: &str, labels: &[&str]) {
+    pub fn pod(&self, name: &str, namespace: &str, labels: &[&str]) {
         self.pod_with(name, namespace, labels, &[]);
     }
 

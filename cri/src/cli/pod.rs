@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use minipod_runtime::embed::Ready;
 use minipod_runtime::image::DEFAULT_DIR as DEFAULT_IMAGES;
 use minipod_runtime::netstack::{NetworkName, PortMapping, Proto};
 use minipod_runtime::pod::{
@@ -113,6 +114,14 @@ pub struct CtrArgs {
 enum CtrCommand {
     /// Create and start a container in a pod; prints its id (with --wait, waits and exits with its code).
     Run(CtrRunArgs),
+    /// Run a container's readiness probe until it stops (what `ctr run --readiness` starts).
+    #[command(hide = true)]
+    Probe {
+        pod: String,
+        name: String,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
     /// Run a command in a running container; exits with its code.
     Exec {
         pod: String,
@@ -176,9 +185,68 @@ struct CtrRunArgs {
     /// Wait for the container to exit and exit with its code.
     #[arg(long)]
     wait: bool,
+    #[command(flatten)]
+    probe: ProbeArgs,
     /// The command; the image's entrypoint and cmd by default.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// A container's readiness probe, as a Kubernetes container's `readinessProbe`.
+#[derive(Args, Debug, Clone)]
+struct ProbeArgs {
+    /// A readiness probe: tcp:PORT, http:PORT/PATH, exec:COMMAND ARGS... or log:TEXT.
+    /// The pod is no Service's endpoint until it passes, after --readiness-failures
+    /// failed checks in a row, and once the container stopped; a process of its own
+    /// runs it for as long as the container runs.
+    #[arg(long, value_name = "CHECK")]
+    readiness: Option<String>,
+    /// Seconds between two checks (each is given as long).
+    #[arg(long, value_name = "SECONDS", requires = "readiness")]
+    readiness_period: Option<u64>,
+    /// Failed checks in a row that make a ready container unready.
+    #[arg(long, value_name = "N", requires = "readiness")]
+    readiness_failures: Option<u32>,
+}
+
+impl ProbeArgs {
+    fn probe(&self) -> anyhow::Result<Option<Ready>> {
+        let Some(check) = &self.readiness else { return Ok(None) };
+        let mut probe: Ready = check.parse().map_err(|e: String| anyhow::anyhow!("--readiness {e}"))?;
+        if let Some(secs) = self.readiness_period {
+            anyhow::ensure!(secs > 0, "--readiness-period 0: give at least 1 second");
+            probe = probe.period(Duration::from_secs(secs));
+        }
+        if let Some(n) = self.readiness_failures {
+            anyhow::ensure!(n > 0, "--readiness-failures 0: give at least 1");
+            probe = probe.failure_threshold(n);
+        }
+        Ok(Some(probe))
+    }
+
+    /// Starts `minipod ctr probe` for container `c`, in a session of its own with no
+    /// terminal or pipes of ours: it outlives this command, and ends when `c` stops.
+    fn spawn(&self, root: &Path, common: &Common, c: &minipod_runtime::pod::ContainerRecord) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(std::env::current_exe().context("finding minipod's own binary")?);
+        cmd.arg("--root").arg(root).arg("ctr").arg("--images").arg(&common.images);
+        cmd.arg("--service-cidr").arg(common.service_cidr.to_string()).arg("--cluster-domain").arg(&common.cluster_domain);
+        if let Some(ns) = &common.netns {
+            cmd.arg("--netns").arg(ns);
+        }
+        cmd.args(["probe", c.pod.as_str(), c.name.as_str()]).arg("--readiness").args(&self.readiness);
+        if let Some(secs) = self.readiness_period {
+            cmd.arg("--readiness-period").arg(secs.to_string());
+        }
+        if let Some(n) = self.readiness_failures {
+            cmd.arg("--readiness-failures").arg(n.to_string());
+        }
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // SAFETY: setsid is async-signal-safe, and only it runs between fork and exec.
+        unsafe { cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from)) };
+        cmd.spawn().context("starting the readiness probe's process")?;
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -377,15 +445,37 @@ pub fn ctr(root: &Path, a: CtrArgs) -> anyhow::Result<i32> {
                 oom_score_adj: None,
             };
             cfg.mounts = r.mount.iter().map(|m| parse_mount(m)).collect::<anyhow::Result<_>>()?;
+            let probe = r.probe.probe()?;
+            if probe.is_some() && pods.pod(&r.pod)?.host_network {
+                anyhow::bail!("pod {} is on the node's network, no Service's endpoint: a readiness probe would gate nothing", r.pod);
+            }
             let c = pods.create_container(&r.pod, cfg)?;
-            if let Err(e) = pods.start_container(&c) {
+            let started = (|| {
+                if probe.is_some() {
+                    // Unready before its process runs, so that no connection reaches it early.
+                    pods.set_container_ready(&c.pod, &c.name, false)?;
+                }
+                pods.start_container(&c)?;
+                if probe.is_some() {
+                    r.probe.spawn(root, &a.common, &c)?;
+                }
+                anyhow::Ok(())
+            })();
+            if let Err(e) = started {
                 let _ = pods.remove_container_record(&c, true);
-                return Err(e.into());
+                let _ = pods.set_container_ready(&c.pod, &c.name, true);
+                return Err(e);
             }
             if r.wait {
                 return Ok(pods.wait_container(&c)?.shell_code());
             }
             println!("{}", c.id);
+        }
+        CtrCommand::Probe { pod, name, probe } => {
+            let ready = probe.probe()?.context("--readiness is needed")?;
+            let c = pods.container(&pod, &name)?;
+            let p = pods.pod(&pod)?;
+            minipod_runtime::embed::probe_until_stopped(&pods, &p, &c, &ready);
         }
         CtrCommand::Exec { pod, name, timeout, interactive, tty, command } => {
             let c = pods.container(&pod, &name)?;

@@ -54,7 +54,7 @@ pub use cluster::{Cluster, ClusterBuilder, ClusterNode, DEFAULT_CLUSTER_CIDR, DE
 pub use container::{Container, ContainerBuilder};
 pub use pod::{Pod, PodBuilder};
 pub use policy::{NetworkPolicy, NetworkPolicyBuilder, PolicyRule};
-pub use ready::{Ready, DEFAULT_FAILURE_THRESHOLD, DEFAULT_PROBE_PERIOD, DEFAULT_READY_TIMEOUT};
+pub use ready::{probe_until_stopped, Ready, DEFAULT_FAILURE_THRESHOLD, DEFAULT_PROBE_PERIOD, DEFAULT_READY_TIMEOUT};
 pub use service::{Service, ServiceBuilder};
 
 use crate::image::Image;

@@ -99,6 +99,26 @@ impl Ready {
     }
 }
 
+/// A check as a command line writes it: `tcp:PORT`, `http:PORT/PATH`, `exec:COMMAND
+/// ARGS...` (split at spaces) or `log:TEXT`.
+impl std::str::FromStr for Ready {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{s:?}: {p:?} is no port (1 to 65535)"));
+        match s.split_once(':') {
+            Some(("tcp", p)) => Ok(Ready::port(port(p)?)),
+            Some(("http", rest)) => {
+                let (p, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+                Ok(Ready::http(port(p)?, path))
+            }
+            Some(("exec", cmd)) if !cmd.trim().is_empty() => Ok(Ready::exec(cmd.split_whitespace())),
+            Some(("log", text)) if !text.is_empty() => Ok(Ready::log_line(text)),
+            _ => Err(format!("{s:?}: write a check as tcp:PORT, http:PORT/PATH, exec:COMMAND ARGS... or log:TEXT")),
+        }
+    }
+}
+
 /// Waits for `ready` on `pod` (and `ctr`, which log and exec checks need).
 pub(super) async fn wait(rt: &Arc<Inner>, pod: &PodRecord, ctr: Option<&ContainerRecord>, ready: Ready) -> Result<()> {
     let what = ready.describe();
@@ -145,62 +165,87 @@ enum Probed {
 }
 
 /// Runs readiness probe `probe` of container `ctr` until the container stops or goes,
-/// or the runtime does: the container is unready (recorded at its create) until a
-/// check passes, and again after the probe's failure threshold of failed checks in a
-/// row, or once it stopped. Each change is recorded in the pod, which the services
-/// selecting it follow.
+/// or the runtime does: see [`probe_round`].
 pub(super) fn run_probe(rt: &Arc<Inner>, pod: PodRecord, ctr: ContainerRecord, probe: Ready) {
     let weak = Arc::downgrade(rt);
     tokio::spawn(async move {
-        let (mut ready, mut failures) = (false, 0u32);
+        let mut state = ProbeState::default();
         loop {
             // The runtime is not kept alive by its probes.
             let Some(rt) = weak.upgrade() else { return };
-            let (rt2, pod2, ctr2, check, left) = (rt.clone(), pod.clone(), ctr.clone(), probe.check.clone(), probe.period);
-            let probed = blocking(move || {
-                Ok(match rt2.pods.container_state(&ctr2) {
-                    Err(_) => Probed::Gone,
-                    Ok(st) if st.live_status() == crate::Status::Stopped => Probed::Stopped,
-                    Ok(_) => match check_once(&rt2.pods, &pod2, Some(&ctr2), &check, left) {
-                        Ok(()) => Probed::Passed,
-                        Err(why) => Probed::Failed(why),
-                    },
-                })
-            })
-            .await
-            .unwrap_or(Probed::Gone);
-            let becomes = match &probed {
-                Probed::Gone => {
-                    // Removed some other way than Container::remove: it gates nothing.
-                    let (rt2, id, name) = (rt.clone(), pod.id.clone(), ctr.name.clone());
-                    let _ = blocking(move || rt2.pods.set_container_ready(&id, &name, true)).await;
-                    return;
-                }
-                Probed::Passed => {
-                    failures = 0;
-                    true
-                }
-                Probed::Failed(why) => {
-                    failures += 1;
-                    tracing::debug!(pod = %pod.name, container = %ctr.name, "readiness probe failed ({failures} in a row): {why}");
-                    ready && failures < probe.failure_threshold
-                }
-                Probed::Stopped => false,
-            };
-            if becomes != ready {
-                let (rt2, id, name) = (rt.clone(), pod.id.clone(), ctr.name.clone());
-                match blocking(move || rt2.pods.set_container_ready(&id, &name, becomes)).await {
-                    Ok(_) => ready = becomes,
-                    Err(e) => tracing::warn!(pod = %pod.name, container = %ctr.name, "recording readiness {becomes}: {e}"),
-                }
+            let (pod2, ctr2, probe2) = (pod.clone(), ctr.clone(), probe.clone());
+            let round = blocking(move || {
+                let more = probe_round(&rt.pods, &pod2, &ctr2, &probe2, &mut state);
+                Ok((more, state))
+            });
+            match round.await {
+                Ok((true, now)) => state = now,
+                _ => return,
             }
-            if matches!(probed, Probed::Stopped) {
-                return;
-            }
-            drop(rt);
             tokio::time::sleep(probe.period).await;
         }
     });
+}
+
+/// Runs readiness probe `probe` of container `ctr` on this thread until the container
+/// stops or goes (see [`probe_round`]): for a process of its own, which is what
+/// `minipod ctr run --readiness` leaves running beside a container of the CLI's.
+pub fn probe_until_stopped(pods: &Pods, pod: &PodRecord, ctr: &ContainerRecord, probe: &Ready) {
+    let mut state = ProbeState::default();
+    while probe_round(pods, pod, ctr, probe, &mut state) {
+        std::thread::sleep(probe.period);
+    }
+}
+
+/// Where a readiness probe stands between two rounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeState {
+    ready: bool,
+    /// Failed checks in a row.
+    failures: u32,
+}
+
+/// One round of readiness probe `probe` of container `ctr`: the container is unready
+/// (recorded at its create) until a check passes, and again after the probe's
+/// failure threshold of failed checks in a row, or once it stopped. Each change is
+/// recorded in the pod, which the services selecting it follow. Returns whether the
+/// probe goes on (not once the container stopped or is gone).
+fn probe_round(pods: &Pods, pod: &PodRecord, ctr: &ContainerRecord, probe: &Ready, state: &mut ProbeState) -> bool {
+    let probed = match pods.container_state(ctr) {
+        Err(_) => Probed::Gone,
+        Ok(st) if st.live_status() == crate::Status::Stopped => Probed::Stopped,
+        Ok(_) => match check_once(pods, pod, Some(ctr), &probe.check, probe.period) {
+            Ok(()) => Probed::Passed,
+            Err(why) => Probed::Failed(why),
+        },
+    };
+    let becomes = match &probed {
+        Probed::Gone => {
+            // Removed some other way than Container::remove: it gates nothing, unless
+            // a container of its name took its place (with a probe of its own).
+            if pods.container(pod.id.as_str(), ctr.name.as_str()).is_err() {
+                let _ = pods.set_container_ready(&pod.id, &ctr.name, true);
+            }
+            return false;
+        }
+        Probed::Passed => {
+            state.failures = 0;
+            true
+        }
+        Probed::Failed(why) => {
+            state.failures += 1;
+            tracing::debug!(pod = %pod.name, container = %ctr.name, "readiness probe failed ({} in a row): {why}", state.failures);
+            state.ready && state.failures < probe.failure_threshold
+        }
+        Probed::Stopped => false,
+    };
+    if becomes != state.ready {
+        match pods.set_container_ready(&pod.id, &ctr.name, becomes) {
+            Ok(_) => state.ready = becomes,
+            Err(e) => tracing::warn!(pod = %pod.name, container = %ctr.name, "recording readiness {becomes}: {e}"),
+        }
+    }
+    !matches!(probed, Probed::Stopped)
 }
 
 /// One check: Ok, or why not yet.
@@ -285,6 +330,20 @@ pub(super) fn http_get(pods: &Pods, addr: SocketAddr, path: &str) -> Result<(u16
 
 #[cfg(test)]
 mod tests {
+    use super::{Check, Ready};
+
+    #[test]
+    fn checks_are_read_as_a_command_line_writes_them() {
+        let check = |s: &str| s.parse::<Ready>().map(|r| format!("{:?}", r.check));
+        assert_eq!(check("tcp:8080"), Ok(format!("{:?}", Check::Port(8080))));
+        assert_eq!(check("http:80/healthz"), Ok(format!("{:?}", Check::Http(80, "/healthz".into()))));
+        assert_eq!(check("http:80"), Ok(format!("{:?}", Check::Http(80, "/".into()))));
+        assert_eq!(check("exec:test -e /ready"), Ok(format!("{:?}", Check::Exec(vec!["test".into(), "-e".into(), "/ready".into()]))));
+        for bad in ["tcp:0", "tcp:http", "udp:53", "exec:", "8080"] {
+            assert!(check(bad).is_err_and(|e| e.contains(bad)), "{bad}");
+        }
+    }
+
     #[test]
     fn listening_sockets_are_found_by_port() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n";

@@ -139,9 +139,12 @@ impl Pods {
             if plan.iter().any(|(_, n)| n.key == key) {
                 return Err(ServiceError::Twice { doc: index, key }.into());
             }
-            if let (Some(field), false) = (m.local_traffic, self.peer_roots().is_empty()) {
-                return Err(ServiceError::LocalTraffic { doc: index, key, field }.into());
-            }
+            let node_local = match m.node_local() {
+                Ok(local) => local,
+                Err(field) if !self.peer_roots().is_empty() => return Err(ServiceError::LocalTraffic { doc: index, key, field }.into()),
+                // On a node of no cluster every endpoint is on the node: both are met.
+                Err(_) => true,
+            };
             let old = existing.iter().find(|s| s.key == key).cloned();
             let old_ip = old.as_ref().map(|o| o.cluster_ip);
             let immutable = |old: Option<Ipv4Addr>, new: Option<Ipv4Addr>| {
@@ -218,6 +221,7 @@ impl Pods {
                 ports,
                 node_ports: m.node_ports,
                 client_ip_affinity: m.client_ip_affinity,
+                node_local,
                 labels: m.labels.clone(),
                 annotations: m.annotations.clone(),
                 node,

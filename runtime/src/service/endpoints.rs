@@ -10,16 +10,17 @@ use crate::pod::{PodError, PodRecord, PodStatus, Pods};
 type Result<T> = std::result::Result<T, PodError>;
 
 /// Whether `pod` is one of `svc`'s endpoints now: ready (not stopping or being
-/// removed, every readiness probe of its containers passing), in its namespace, carrying its selector's labels, on its node (or on a
-/// node of the same cluster, among the state roots `cluster`) and with an address of
-/// its own.
+/// removed, every readiness probe of its containers passing), in its namespace,
+/// carrying its selector's labels, on its node (or, unless the service is node-local,
+/// on a node of the same cluster, among the state roots `cluster`) and with an
+/// address of its own.
 fn is_endpoint(svc: &ServiceRecord, pod: &PodRecord, cluster: &[PathBuf]) -> bool {
     pod.status == PodStatus::Ready
         && pod.unready.is_empty()
         && !pod.removing
         && !pod.host_network
         && pod.namespace == svc.key.namespace
-        && pod.node.reaches(&svc.node, cluster)
+        && (pod.node == svc.node || (!svc.node_local && pod.node.reaches(&svc.node, cluster)))
         && svc.selector.matches(&pod.labels)
 }
 

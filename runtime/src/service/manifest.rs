@@ -119,12 +119,33 @@ pub struct ServiceManifest {
     pub node_ports: bool,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub client_ip_affinity: Option<u32>,
-    /// The field (`spec.externalTrafficPolicy` or `spec.internalTrafficPolicy`) that
-    /// asks for node-local endpoints, if one does: met by every endpoint on a node of
-    /// no cluster, refused on a node of one (see [`crate::service`]).
-    pub local_traffic: Option<&'static str>,
+    /// `externalTrafficPolicy: Local`: connections to a node port go only to
+    /// endpoints on the node they came to.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: connections to the cluster IP go only to
+    /// endpoints on the client's node.
+    pub internal_local: bool,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+}
+
+impl ServiceManifest {
+    /// Whether only the pods of the service's own node are its endpoints: for its
+    /// cluster IP (`internalTrafficPolicy: Local`) and, if it has node ports, for them
+    /// too (`externalTrafficPolicy: Local`). The two differing for a NodePort, the field
+    /// that asks for Local: its cluster IP and node ports would need endpoints of their
+    /// own, which a node of one cluster does not program (on a node of none every
+    /// endpoint is on the node, and both are met).
+    pub fn node_local(&self) -> Result<bool, &'static str> {
+        if !self.node_ports {
+            return Ok(self.internal_local);
+        }
+        match (self.internal_local, self.external_local) {
+            (internal, external) if internal == external => Ok(internal),
+            (true, false) => Err("spec.internalTrafficPolicy"),
+            _ => Err("spec.externalTrafficPolicy"),
+        }
+    }
 }
 
 /// Reads every document of `text`: all of them or an error naming the first bad one.
@@ -348,16 +369,8 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
     if spec.publish_not_ready_addresses == Some(true) {
         return Err(not_built("spec.publishNotReadyAddresses", "publishing pods that are not ready"));
     }
-    // On a node of no cluster every endpoint is on this node, and traffic from outside
-    // keeps its source address: Cluster and Local are both met (a cluster node refuses
-    // Local when it is applied).
-    let mut local_traffic = None;
-    if spec.external_traffic_policy.as_deref() == Some("Local") {
-        local_traffic = Some("spec.externalTrafficPolicy");
-    }
-    if spec.internal_traffic_policy.as_deref() == Some("Local") {
-        local_traffic = Some("spec.internalTrafficPolicy");
-    }
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     match spec.external_traffic_policy.as_deref() {
         None => {}
         Some("Cluster" | "Local") if node_ports => {}
@@ -456,7 +469,8 @@ pub fn checked(doc: usize, svc: Service) -> Result<ServiceManifest, ManifestErro
         headless,
         node_ports,
         client_ip_affinity,
-        local_traffic,
+        external_local,
+        internal_local,
         labels: meta.labels.clone(),
         annotations: meta.annotations.clone(),
     })
@@ -484,6 +498,20 @@ spec:
 
     fn error_of(text: &str) -> String {
         service_of(text).map(|s| format!("parsed: {s:?}")).unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_local_endpoints_need_both_policies_of_a_node_port_service() {
+        let with = |policies: &str, node_port: bool| {
+            let typed = if node_port { "spec:\n  type: NodePort\n" } else { "spec:\n" };
+            service_of(&EXAMPLE.replace("spec:\n", &format!("{typed}{policies}"))).unwrap().node_local()
+        };
+        assert_eq!(with("", false), Ok(false));
+        assert_eq!(with("  internalTrafficPolicy: Local\n", false), Ok(true));
+        assert_eq!(with("  internalTrafficPolicy: Local\n  externalTrafficPolicy: Local\n", true), Ok(true));
+        assert_eq!(with("  externalTrafficPolicy: Cluster\n", true), Ok(false));
+        assert_eq!(with("  internalTrafficPolicy: Local\n", true), Err("spec.internalTrafficPolicy"));
+        assert_eq!(with("  externalTrafficPolicy: Local\n", true), Err("spec.externalTrafficPolicy"));
     }
 
     #[test]

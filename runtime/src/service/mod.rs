@@ -46,8 +46,18 @@
 //! What a manifest asks for that is not built yet is refused with the field that asks
 //! for it, never accepted and ignored: `type: LoadBalancer`/`ExternalName`, `SCTP`,
 //! `externalIPs`, `publishNotReadyAddresses`, IPv6, and per-endpoint `hostname`s.
-//! NetworkPolicy objects come in the same documents (see [`crate::policy`]). Containers have no readiness probes in minipod, so
-//! a pod is ready from the moment its network is up until it stops.
+//! NetworkPolicy objects come in the same documents (see [`crate::policy`]). A pod
+//! none of whose containers has a readiness probe is ready from the moment its network
+//! is up until it stops.
+//!
+//! On a node of a cluster a service's endpoints are the pods of every node, unless
+//! `internalTrafficPolicy: Local` (and, for a NodePort, `externalTrafficPolicy: Local`
+//! too) makes them the node's own: a pod's connections to the cluster IP then stay on
+//! its node, and a node port sends a client only to that node's pods, which see the
+//! client's own address (none there: refused). The two policies differing for a
+//! NodePort is refused on a cluster node (the cluster IP and the node ports would need
+//! endpoints of their own); on a node of no cluster every endpoint is the node's, and
+//! any pair is met.
 
 mod apply;
 mod endpoints;
@@ -83,7 +93,7 @@ pub enum ServiceError {
     NoSuchService(ServiceKey),
     #[error("document {doc} (Service {key}): spec.clusterIP {ip} is taken by service {by}: leave it out to get a free one")]
     IpTaken { doc: usize, key: ServiceKey, ip: Ipv4Addr, by: ServiceKey },
-    #[error("document {doc} (Service {key}): {field}: Local is not built for a node of a cluster yet (its endpoints are on every node): leave it out, or give Cluster")]
+    #[error("document {doc} (Service {key}): {field}: Local for only one of the service's cluster IP and node ports is not built for a node of a cluster (each would need endpoints of its own): give internalTrafficPolicy and externalTrafficPolicy the same")]
     LocalTraffic { doc: usize, key: ServiceKey, field: &'static str },
     #[error("document {doc} (Service {key}): spec.clusterIP {ip} is not in the service CIDR {cidr}")]
     IpOutside { doc: usize, key: ServiceKey, ip: Ipv4Addr, cidr: ipnetwork::Ipv4Network },

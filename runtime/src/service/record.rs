@@ -76,6 +76,11 @@ pub struct ServiceRecord {
     /// `sessionAffinity: ClientIP`, with its timeout in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip_affinity: Option<u32>,
+    /// Only the pods of its own node are its endpoints (`internalTrafficPolicy` and,
+    /// with node ports, `externalTrafficPolicy` Local): what a node of a cluster
+    /// serves at its cluster IP and node ports.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_local: bool,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// The node whose firewall serves it, and whose pods are its endpoints.
