@@ -606,6 +606,8 @@ fn a_cli_containers_readiness_probe_outlives_the_command() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(probers(), 0, "the prober ended with its container");
+    cli.ok(&["ctr", "rm", "gated", "httpd"]);
+    settle(vec![&steady, &gated], "a removed container gates nothing");
     cli.ok(&["delete", "-f", file.to_str().unwrap()]);
     for p in ["gated", "steady"] {
         cli.ok(&["pod", "rm", "--force", p]);

@@ -360,7 +360,11 @@ impl Pods {
         if !force && self.container_state(c).is_ok_and(|s| s.live_status() == Status::Running) {
             return Err(PodError::ContainerRunning { pod: c.pod.to_string(), name: c.name.to_string() });
         }
-        self.remove_container_record(c, true)
+        self.remove_container_record(c, true)?;
+        // A removed container gates its pod's readiness no more (its probe, if any,
+        // ended with it, perhaps after recording it unready).
+        self.set_container_ready(&c.pod, &c.name, true)?;
+        Ok(())
     }
 
     /// Removes a container (killing it with `force`); removing one that is gone is fine.

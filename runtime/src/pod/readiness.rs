@@ -1,7 +1,9 @@
 //! Readiness: a pod whose containers' readiness probes do not all pass is no Service's
 //! endpoint. The probes run where the pod's runtime lives (the embedding API's
-//! [`crate::embed::ContainerBuilder::readiness`]); what they find is recorded here, and
-//! the services selecting the pod follow at once.
+//! [`crate::embed::ContainerBuilder::readiness`]) or in a process of their own
+//! (`minipod ctr run --readiness`, [`crate::embed::probe_until_stopped`]); what they
+//! find is recorded here, and the services selecting the pod follow at once. A
+//! container removed gates nothing.
 
 use super::{ContainerName, PodError, PodId, Pods};
 
