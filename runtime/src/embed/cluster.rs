@@ -455,21 +455,23 @@ impl Cluster {
         out
     }
 
-    /// Takes node `index` out: every other node forgets it (its route, neighbour and
-    /// forwarding entries go, and its underlay neighbour entry), then its pods
-    /// (whoever made them, in a kept cluster too), runtime, namespace and state go, so
-    /// that no later [`Cluster::attach`] finds it and its peers see no pods of it.
+    /// Takes node `index` out: its pods (whoever made them, in a kept cluster too) and
+    /// its overlay device go, then every other node forgets it (its route, neighbour
+    /// and forwarding entries, and its underlay neighbour entry), then its runtime,
+    /// namespace and state, so that no later [`Cluster::attach`] finds it.
     pub async fn remove_node(&mut self, index: usize) -> Result<()> {
         let Some(at) = self.nodes.iter().position(|n| n.index == index) else { return Ok(()) };
         let address = self.nodes[at].address;
+        // Its pods go first, while it is still every peer's: none is an endpoint the
+        // others cannot reach, and a failure here leaves a whole node in the list.
+        remove_every_pod(self.nodes[at].runtime()).await?;
+        self.nodes[at].runtime().pods().node().leave_overlay().await?;
         let uplink = IfName::new(UPLINK)?;
         for other in self.nodes.iter().filter(|n| n.index != index) {
             other.runtime().pods().node().remove_overlay_peer(address).await?;
             underlay::forget(&Netns::open(&other.netns)?, &uplink, address).await.map_err(NetworkError::from)?;
         }
         let mut node = self.nodes.remove(at);
-        remove_every_pod(node.runtime()).await?;
-        node.runtime().pods().node().leave_overlay().await?;
         node.kept = false;
         let port = node.port.clone();
         drop(node);

@@ -140,6 +140,9 @@ impl Pods {
                 return Err(ServiceError::Twice { doc: index, key }.into());
             }
             let node_local = match m.node_local() {
+                // Kubernetes ignores traffic policies for a headless service: its DNS
+                // answers every endpoint.
+                _ if m.headless => false,
                 Ok(local) => local,
                 Err(field) if !self.peer_roots().is_empty() => return Err(ServiceError::LocalTraffic { doc: index, key, field }.into()),
                 // On a node of no cluster every endpoint is on the node: both are met.
