@@ -1,12 +1,20 @@
 //! The streaming part of the crictl benchmark, run against each runtime in turn:
-//! `crictl exec -s` of `true` (ExecSync), a streaming `crictl exec` whose 256 MiB of
-//! output goes to /dev/null (and 256 MiB of input the other way), and 256 MiB read
-//! through `crictl port-forward` from a pod's `nc` serving /dev/zero.
+//! `crictl exec -s` of `true` (ExecSync), a streaming `crictl exec` of `cat` of a
+//! 256 MiB file, 256 MiB of input the other way (`crictl exec -i` into `dd`), and the
+//! same file fetched from a pod's busybox httpd through `crictl port-forward`; each
+//! over SPDY and over WebSocket (`--transport websocket`). Beside them the raw kernel
+//! path, with no runtime: the same `cat` in the container into a pipe, and the same
+//! fetch on the pod's own loopback.
+//!
+//! Both ends are programs that copy in large pieces (busybox `cat` and httpd use
+//! sendfile, `dd bs=1M` reads 1 MiB at once): busybox `head -c` and `nc`, which an
+//! earlier version used, copy 4 KiB at a time and were the limit (about 200 and 370
+//! MiB/s on their own).
 //!
 //! Each crictl runs where its runtime's streaming server listens: minipod's on the
 //! host's loopback, the benchmark's containerd's on its node namespace's loopback.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,15 +23,19 @@ use std::time::{Duration, Instant};
 use super::{run, stats, Crictl};
 
 const BYTES: u64 = 256 << 20;
+/// Where the web container's file is, and what it serves it as.
+const FILE: &str = "/srv/z";
+const PORT: u16 = 9000;
+/// The web container's command line, which also finds its process for the raw path.
+const HTTPD: &str = "httpd -f -p 9000 -h /srv";
+const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
 
-/// A runtime's streaming figures.
-#[derive(Debug, Clone, Copy)]
+/// A runtime's streaming figures: ExecSync in ms, then MiB/s by row (NaN where the
+/// runtime failed; the reason is printed).
+#[derive(Debug, Clone)]
 pub struct Figures {
     pub exec_sync_ms: f64,
-    /// NaN where the runtime failed (the reason is printed).
-    pub exec_out_mibs: f64,
-    pub exec_in_mibs: f64,
-    pub forward_mibs: f64,
+    pub rows: Vec<(String, f64)>,
 }
 
 fn in_netns(netns: Option<&Path>, mut c: Command) -> Command {
@@ -49,13 +61,118 @@ fn median3(mut f: impl FnMut() -> Result<Duration, String>) -> Result<Duration, 
     Ok(v[1])
 }
 
-/// Waits for a crictl child; its stderr when it failed.
-fn finished(child: std::process::Child) -> Result<(), String> {
+/// Reads `r` to its end in 1 MiB pieces; the bytes read.
+fn drain(mut r: impl Read) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `cmd` (its stdin fed `input` bytes of zeros, else none), reading its stdout to
+/// the end; the time, once it succeeded and its stdout held `want` bytes (if given).
+fn timed(mut cmd: Command, input: u64, want: Option<u64>) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut child = cmd
+        .stdin(if input > 0 { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    let feeder = child.stdin.take().map(|mut stdin| {
+        std::thread::spawn(move || {
+            let zeros = vec![0u8; 1 << 20];
+            for i in 0..(input >> 20) {
+                stdin.write_all(&zeros).map_err(|e| format!("it stopped taking its input after {i} MiB ({e})"))?;
+            }
+            Ok::<(), String>(())
+        })
+    });
+    let got = child.stdout.take().map(drain).transpose().map_err(|e| e.to_string())?;
+    let fed = feeder.map(|f| f.join().map_err(|_| "the feeder panicked".to_string()));
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("crictl failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    let elapsed = t.elapsed();
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", cmd.get_program().to_string_lossy(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    if let Some(Ok(Err(e))) = fed {
+        return Err(format!("{} exited with success, but {e}", cmd.get_program().to_string_lossy()));
+    }
+    match (want, got) {
+        (Some(w), Some(g)) if g != w => Err(format!("{g} bytes came out, not {w}")),
+        _ => Ok(elapsed),
+    }
+}
+
+/// GET of the web container's file from `port` on loopback, in `netns` (a path) if
+/// given; the time it took once the whole file came. Retries while the server (or the
+/// forward) is not up yet.
+fn fetch(netns: Option<PathBuf>, port: u16) -> Result<Duration, String> {
+    std::thread::spawn(move || {
+        if let Some(ns) = netns {
+            let f = std::fs::File::open(&ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = Instant::now();
+            let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut conn| {
+                conn.write_all(b"GET /z HTTP/1.0\r\n\r\n")?;
+                drain(conn)
+            });
+            match got {
+                Ok(n) if n > BYTES => return Ok(t.elapsed()),
+                r if Instant::now() > deadline => return Err(format!("a fetch on port {port} gave {r:?} bytes")),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+    .join()
+    .map_err(|_| "the fetcher panicked".to_string())?
+}
+
+/// `crictl port-forward` of the web pod's port over `transport`, killed when dropped;
+/// its stderr goes to a file, shown when it fails.
+struct Forward {
+    child: Child,
+    port: u16,
+    stderr: PathBuf,
+}
+
+impl Forward {
+    fn start(c: &Crictl, pod: &str, transport: &str, netns: Option<&Path>) -> Result<Self, String> {
+        let stderr = c.dir.join(format!("port-forward-{transport}.err"));
+        let err = std::fs::File::create(&stderr).map_err(|e| e.to_string())?;
+        let mut cmd = in_netns(netns, c.cmd(&["port-forward", "--transport", transport, pod, &format!(":{PORT}")]));
+        let child = Child(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err).spawn().map_err(|e| format!("crictl: {e}"))?);
+        let mut f = Forward { child, port: 0, stderr };
+        let Some(mut out) = f.child.0.stdout.take() else { return Err("crictl port-forward has no stdout".into()) };
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while out.read(&mut b).is_ok_and(|n| n == 1) && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        f.port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("crictl port-forward printed {line:?}: {}", f.why()))?;
+        // Keep reading what it prints, so that it never blocks on a full pipe.
+        std::thread::spawn(move || drain(out));
+        Ok(f)
+    }
+
+    /// What crictl said, for a failure.
+    fn why(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default().lines().last().unwrap_or("").to_string()
     }
 }
 
@@ -74,115 +191,80 @@ pub fn measure(c: &Crictl, label: &str, image: &str, n: usize, netns: Option<&Pa
         run(&mut c.cmd(&["start", &id]));
         id
     };
-    let sleeper = ctr("sleeper", &["sleep", "3600"]);
-    // A fresh nc for each connection, each sending zeros until the reader hangs up.
-    let _server = ctr("zeros", &["sh", "-c", "while true; do nc -l -p 9000 < /dev/zero; done"]);
+    let mib = (BYTES >> 20).to_string();
+    let script = format!("mkdir -p /srv && dd if=/dev/zero of={FILE} bs=1M count={mib} 2>/dev/null && exec {HTTPD}");
+    let web = ctr("web", &["sh", "-c", &script]);
 
     let mut sync = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        run(&mut c.cmd(&["exec", "-s", &sleeper, "true"]));
+        run(&mut c.cmd(&["exec", "-s", &web, "true"]));
         sync.push(t.elapsed());
     }
     println!("{label}: streaming, driven by crictl");
     let exec_sync_ms = stats("crictl exec -s true (ExecSync)", sync);
+    // The file is whole once httpd serves it.
+    let web_pid = wait_for_httpd(c, &web);
 
-    let count = BYTES.to_string();
-    let exec_out = median3(|| {
-        let t = Instant::now();
-        let mut cmd = in_netns(netns, c.cmd(&["exec", &sleeper, "head", "-c", &count, "/dev/zero"]));
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
-        finished(child)?;
-        Ok(t.elapsed())
-    });
-    let exec_in = median3(|| {
-        let mut cmd = in_netns(netns, c.cmd(&["exec", "-i", &sleeper, "sh", "-c", "cat > /dev/null"]));
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
-        let mut stdin = child.stdin.take().ok_or("no stdin")?;
-        let t = Instant::now();
-        let zeros = vec![0u8; 1 << 20];
-        let mut wrote = Ok(());
-        for _ in 0..(BYTES >> 20) {
-            wrote = std::io::Write::write_all(&mut stdin, &zeros);
-            if wrote.is_err() {
-                break;
+    let mut rows = Vec::new();
+    let mut row = |what: String, r: Result<Duration, String>| {
+        let v = match r {
+            Ok(d) => {
+                println!("  {what:<52} {:>8.0} MiB/s", mibs(d));
+                mibs(d)
             }
-        }
-        drop(stdin);
-        finished(child)?;
-        wrote.map_err(|e| format!("writing to crictl: {e}"))?;
-        Ok(t.elapsed())
-    });
-
-    let forward = {
-        let mut pf = in_netns(netns, c.cmd(&["port-forward", &pod, ":9000"]));
-        let mut child =
-            Child(pf.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("crictl: {e}")));
-        let Some(mut out) = child.0.stdout.take() else { panic!("crictl port-forward has no stdout") };
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while out.read(&mut b).is_ok_and(|n| n == 1) && b[0] != b'\n' {
-            line.push(b[0]);
-        }
-        let line = String::from_utf8_lossy(&line).into_owned();
-        let port: u16 = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{label}: crictl port-forward printed {line:?}"));
-        let ns = netns.map(PathBuf::from);
-        median3(|| {
-            let ns = ns.clone();
-            std::thread::spawn(move || {
-                if let Some(ns) = ns {
-                    let f = std::fs::File::open(&ns).map_err(|e| e.to_string())?;
-                    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-                }
-                // nc may still be starting: retry until bytes flow.
-                let deadline = Instant::now() + Duration::from_secs(20);
-                loop {
-                    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    let t = Instant::now();
-                    let mut got = 0u64;
-                    while got < BYTES {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => got += n as u64,
-                        }
-                    }
-                    if got >= BYTES {
-                        return Ok(t.elapsed());
-                    }
-                    if Instant::now() > deadline {
-                        return Err(format!("the forward on port {port} gave {got} bytes"));
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            })
-            .join()
-            .map_err(|_| "the port-forward reader panicked".to_string())?
-        })
+            Err(e) => {
+                println!("  {what:<52} failed: {e}");
+                f64::NAN
+            }
+        };
+        rows.push((what, v));
     };
-    let rate = |what: &str, r: Result<Duration, String>| match r {
-        Ok(d) => {
-            println!("  {what:<42} {:>8.0} MiB/s", mibs(d));
-            mibs(d)
+    for t in TRANSPORTS {
+        let out = median3(|| timed(in_netns(netns, c.cmd(&["exec", "--transport", t, &web, "cat", FILE])), 0, Some(BYTES)));
+        row(format!("crictl exec cat of {mib} MiB, out ({t})"), out);
+        let cmd = || in_netns(netns, c.cmd(&["exec", "-i", "--transport", t, &web, "dd", "of=/dev/null", "bs=1M"]));
+        row(format!("crictl exec -i, {mib} MiB in to dd ({t})"), median3(|| timed(cmd(), BYTES, None)));
+        let forward = Forward::start(c, &pod, t, netns)
+            .and_then(|f| median3(|| fetch(netns.map(PathBuf::from), f.port)).map_err(|e| format!("{e}; crictl: {}", f.why())));
+        row(format!("crictl port-forward, GET of {mib} MiB ({t})"), forward);
+    }
+    match web_pid {
+        Ok(pid) => {
+            let mut cat = Command::new("nsenter");
+            cat.args(["-t", &pid.to_string(), "-m", "cat", FILE]);
+            row(format!("raw: cat of {mib} MiB in the container, into a pipe"), median3(|| timed(cat_cmd(&cat), 0, Some(BYTES))));
+            let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            row(format!("raw: GET of {mib} MiB on the pod's loopback"), median3(|| fetch(Some(ns.clone()), PORT)));
         }
-        Err(e) => {
-            println!("  {what:<42} failed: {e}");
-            f64::NAN
-        }
-    };
-    let f = Figures {
-        exec_sync_ms,
-        exec_out_mibs: rate("crictl exec, 256 MiB out to /dev/null", exec_out),
-        exec_in_mibs: rate("crictl exec -i, 256 MiB in", exec_in),
-        forward_mibs: rate("crictl port-forward, 256 MiB from the pod", forward),
-    };
+        Err(e) => println!("  raw paths: {e}"),
+    }
     let _ = c.cmd(&["rmp", "-f", &pod]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    f
+    Figures { exec_sync_ms, rows }
+}
+
+fn cat_cmd(c: &Command) -> Command {
+    let mut n = Command::new(c.get_program());
+    n.args(c.get_args());
+    n
+}
+
+/// Waits until the web container's httpd runs (its file is written before), and finds
+/// its process: the newest one with its command line.
+fn wait_for_httpd(c: &Crictl, web: &str) -> Result<u32, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = c.cmd(&["exec", "-s", web, "sh", "-c", "pidof httpd"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if up.is_ok_and(|s| s.success()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the web container's httpd did not start in 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("pgrep").args(["-n", "-f", HTTPD]).output().map_err(|e| format!("pgrep: {e}"))?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| format!("no process runs {HTTPD:?}"))
 }
 
 /// A child killed when dropped.
@@ -197,18 +279,17 @@ impl Drop for Child {
 
 /// Both runtimes' figures, side by side.
 pub fn compare(ours: &Figures, theirs: &Figures) {
-    println!("streaming                        minipod   containerd   containerd/minipod");
+    // The last column: how many times faster minipod is.
+    println!("{:<52} {:>8} {:>11} {:>20}", "streaming", "minipod", "containerd", "minipod is faster by");
     println!(
-        "ExecSync true (ms, lower better)  {:>7.2}   {:>10.2}   {:>6.2}x",
+        "{:<52} {:>8.2} {:>11.2} {:>19.2}x",
+        "ExecSync true (ms, lower is better)",
         ours.exec_sync_ms,
         theirs.exec_sync_ms,
         theirs.exec_sync_ms / ours.exec_sync_ms
     );
-    for (what, a, b) in [
-        ("exec out (MiB/s, higher better)", ours.exec_out_mibs, theirs.exec_out_mibs),
-        ("exec in (MiB/s, higher better) ", ours.exec_in_mibs, theirs.exec_in_mibs),
-        ("port-forward (MiB/s, higher)   ", ours.forward_mibs, theirs.forward_mibs),
-    ] {
-        println!("{what}   {a:>7.0}   {b:>10.0}   {:>6.2}x", b / a);
+    for (what, a) in &ours.rows {
+        let b = theirs.rows.iter().find(|(w, _)| w == what).map_or(f64::NAN, |(_, v)| *v);
+        println!("{:<52} {a:>8.0} {b:>11.0} {:>19.2}x", format!("{what} (MiB/s)"), a / b);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use minipod_runtime::{AttachOptions, Pods};
 use tokio::net::TcpStream;
 
-use super::client::{self, failure, Client, StreamError, Want};
+use super::client::{self, Client, Status, StreamError, Want};
 use super::exec::Ours;
 use super::http::Request;
 use super::AttachSession;
@@ -27,7 +27,7 @@ async fn run(client: Client, s: AttachSession, pods: Arc<Pods>) -> Result<(), St
     let attached = match tokio::task::spawn_blocking(move || pods.attach(&container, opts)).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
-            output.status(&failure(&minipod_runtime::error_chain(&e), "BadRequest")).await?;
+            output.status(&Status::failure(&minipod_runtime::error_chain(&e), "BadRequest")).await?;
             return output.finish(client).await;
         }
         Err(e) => {

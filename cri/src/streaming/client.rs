@@ -87,9 +87,12 @@ impl Output {
         }
     }
 
-    /// Sends the session's status on the error channel.
-    pub(super) async fn status(&self, status: &str) -> Result<(), StreamError> {
-        self.send(Channel::Error, status.as_bytes()).await
+    /// Sends the session's status on the error channel, as the protocol writes it.
+    pub(super) async fn status(&self, status: &Status) -> Result<(), StreamError> {
+        match self {
+            Output::Spdy { .. } => self.send(Channel::Error, status.json().as_bytes()).await,
+            Output::WebSocket(w) => Ok(w.status(status).await?),
+        }
     }
 
     /// Ends our side of every channel (a WebSocket closes): the client reads the
@@ -125,12 +128,16 @@ impl Output {
     }
 }
 
-/// Ends a session whose client resized it without a terminal: the client is told
-/// why on the error channel; the reader that calls this then returns, and with the
-/// client gone the session ends (an exec's process is killed).
+/// Ends a session whose client resized it without a terminal.
 pub(super) async fn refuse_resize(output: &Output) {
-    let why = "a resize of a session without a terminal: only a session with a tty (-t) has a size to change";
-    let _ = output.status(&failure(why, "BadRequest")).await;
+    refuse(output, "a resize of a session without a terminal: only a session with a tty (-t) has a size to change").await
+}
+
+/// Ends a session whose client sent what it may not: the client is told `why` on the
+/// error channel; the reader that calls this then returns, and with the client gone
+/// the session ends (an exec's process is killed).
+pub(super) async fn refuse(output: &Output, why: &str) {
+    let _ = output.status(&Status::failure(why, "BadRequest")).await;
     let _ = output.end().await;
 }
 
@@ -179,14 +186,44 @@ pub(super) struct Protocols {
 }
 
 /// The stdio protocol of exec and attach: `v4.channel.k8s.io` over SPDY (client-go's
-/// remotecommand), `v5` (which adds closing stdin) and `v4` over WebSocket.
-pub(super) const STDIO_PROTOCOLS: Protocols =
-    Protocols { spdy: &["v4.channel.k8s.io"], websocket: &[websocket::V5_CHANNEL, websocket::V4_CHANNEL] };
+/// remotecommand); over WebSocket `v5` (which adds closing stdin), `v4` and the
+/// kubelet's older dialects.
+pub(super) const STDIO_PROTOCOLS: Protocols = Protocols { spdy: &["v4.channel.k8s.io"], websocket: websocket::CHANNEL_PROTOCOLS };
 
-pub(super) fn success() -> String {
-    serde_json::json!({ "metadata": {}, "status": "Success" }).to_string()
-}
+/// A session's outcome, a Kubernetes `Status` object, which the error channel carries.
+pub(super) struct Status(serde_json::Value);
 
-pub(super) fn failure(message: &str, reason: &str) -> String {
-    serde_json::json!({ "metadata": {}, "status": "Failure", "message": message, "reason": reason }).to_string()
+impl Status {
+    pub(super) fn success() -> Self {
+        Status(serde_json::json!({ "metadata": {}, "status": "Success" }))
+    }
+
+    pub(super) fn failure(message: &str, reason: &str) -> Self {
+        Status(serde_json::json!({ "metadata": {}, "status": "Failure", "message": message, "reason": reason }))
+    }
+
+    /// A process that exited with `code` (not 0); the kubelet reads the code from the
+    /// cause.
+    pub(super) fn exit_code(message: &str, code: i32) -> Self {
+        Status(serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": "NonZeroExitCode",
+            "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] },
+        }))
+    }
+
+    pub(super) fn json(&self) -> String {
+        self.0.to_string()
+    }
+
+    /// What protocols before v4 carry instead: a failure's message, nothing for a
+    /// success.
+    pub(super) fn message(&self) -> Option<&str> {
+        match self.0["status"].as_str() {
+            Some("Success") => None,
+            _ => Some(self.0["message"].as_str().unwrap_or("the session failed")),
+        }
+    }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::{self, failure, success, Channel, Client, FromClient, Output, StreamError, Want};
+use super::client::{self, Channel, Client, FromClient, Output, Status, StreamError, Want};
 use super::http::Request;
 use super::pty::Pty;
 use super::spdy::DATA_CHUNK;
@@ -35,7 +35,7 @@ async fn run(client: Client, s: ExecSession, pods: Arc<Pods>) -> Result<(), Stre
     let (child_stdio, ours, terminal) = match Io::new(&s).and_then(Io::split) {
         Ok(io) => io,
         Err(e) => {
-            output.status(&failure(&format!("setting up the exec's stdio: {e}"), "InternalError")).await?;
+            output.status(&Status::failure(&format!("setting up the exec's stdio: {e}"), "InternalError")).await?;
             return output.finish(client).await;
         }
     };
@@ -91,21 +91,14 @@ async fn run(client: Client, s: ExecSession, pods: Arc<Pods>) -> Result<(), Stre
         let _ = tokio::time::timeout(OUTPUT_GRACE, &mut pumps).await;
     }
     let status = match outcome {
-        Ok(Ok(ExitStatus::Code(0))) => success(),
+        Ok(Ok(ExitStatus::Code(0))) => Status::success(),
         Ok(Ok(st)) => {
             let code = st.shell_code();
             let message = format!("command terminated with non-zero exit code: error executing command {:?}, exit code {code}", s.cmd);
-            serde_json::json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": message,
-                "reason": "NonZeroExitCode",
-                "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] },
-            })
-            .to_string()
+            Status::exit_code(&message, code)
         }
-        Ok(Err(e)) => failure(&minipod_runtime::error_chain(&e), "InternalError"),
-        Err(e) => failure(&format!("the exec's worker failed: {e}"), "InternalError"),
+        Ok(Err(e)) => Status::failure(&minipod_runtime::error_chain(&e), "InternalError"),
+        Err(e) => Status::failure(&format!("the exec's worker failed: {e}"), "InternalError"),
     };
     output.status(&status).await?;
     output.finish(client).await

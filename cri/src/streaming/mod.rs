@@ -3,9 +3,9 @@
 //! upgrades, to SPDY/3.1 (crictl's and the kubelet's default) or to a WebSocket
 //! (`crictl --transport websocket`, kubectl since 1.30), and speaks the Kubernetes
 //! protocols over it: stdin, stdout, stderr, error and resize for an exec or attach
-//! (SPDY streams, or the channels of `v5.channel.k8s.io`/`v4`); a data and an error
-//! stream per connection for a port forward (SPDY, also tunnelled in a WebSocket as
-//! `SPDY/3.1+portforward.k8s.io`).
+//! (SPDY streams, or the channels of `v5.channel.k8s.io`, `v4` and the kubelet's older
+//! dialects); a data and an error stream per connection for a port forward (SPDY, also
+//! tunnelled in a WebSocket as `SPDY/3.1+portforward.k8s.io`).
 //!
 //! It listens on loopback (a port chosen at start, or given), as containerd's does. It
 //! serves only URLs it issued: each carries a random single-use token that expires a

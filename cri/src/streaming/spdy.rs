@@ -25,6 +25,8 @@ const FLAG_FIN: u8 = 0x01;
 /// The largest frame we take: far above what clients send (a data frame of client-go
 /// is at most 32 KiB), far below what would let a peer make us hold much memory.
 const MAX_FRAME: usize = 1 << 20;
+/// What the reader buffers of the client's frames.
+const READ_BUFFER: usize = 256 << 10;
 /// A decompressed header block is a handful of short headers.
 const MAX_HEADER_BLOCK: usize = 64 << 10;
 /// The data frames we send: large enough that framing costs little against the copy.
@@ -93,13 +95,15 @@ pub(super) enum Frame {
 
 /// The client's half: frames in, header blocks inflated with the shared stream.
 pub(super) struct Reader<R> {
-    r: R,
+    /// Buffered: a client's data frames are small (32 KiB from client-go), and each
+    /// is a head and a body; one read takes several.
+    r: tokio::io::BufReader<R>,
     inflate: Decompress,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub(super) fn new(r: R) -> Self {
-        Self { r, inflate: Decompress::new(true) }
+        Self { r: tokio::io::BufReader::with_capacity(READ_BUFFER, r), inflate: Decompress::new(true) }
     }
 
     /// The next frame, or None at a clean end of the connection.

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::client::{failure, refuse_resize, Client, FromClient, Output, Size, StreamError, Want};
+use super::client::{refuse_resize, Client, FromClient, Output, Size, Status, StreamError, Want};
 use super::http::Request;
 use super::spdy::{self, Frame, Reader, SpdyError, Writer};
 use super::STREAM_CREATION_TIMEOUT;
@@ -94,7 +94,7 @@ where
         Err(_) => {
             if let Some(e) = streams.error {
                 let why = format!("the client did not open its streams within {} s", STREAM_CREATION_TIMEOUT.as_secs());
-                writer.data(e, failure(&why, "Timeout").as_bytes()).await?;
+                writer.data(e, Status::failure(&why, "Timeout").json().as_bytes()).await?;
                 writer.fin(e).await?;
             }
             return Ok(None);

@@ -4,7 +4,11 @@
 //! - exec and attach speak the channel protocol, `v5.channel.k8s.io` or
 //!   `v4.channel.k8s.io`: every binary message starts with a channel byte (0 stdin,
 //!   1 stdout, 2 stderr, 3 error, 4 resize) and v5 adds `[255, channel]`, "this
-//!   channel is closed", which is how a client ends its stdin;
+//!   channel is closed", which is how a client ends its stdin. The kubelet's older
+//!   dialects are spoken too: `v4.base64.channel.k8s.io` (text messages, the channel
+//!   an ASCII digit and the data in base64, for clients that cannot send binary
+//!   messages) and, from before v4, `channel.k8s.io` and `base64.channel.k8s.io`,
+//!   whose error channel carries only a failure's message, not a `Status` object;
 //! - port forwarding tunnels SPDY (`SPDY/3.1+portforward.k8s.io`): the binary messages
 //!   carry the bytes of a SPDY session, which is then served as over plain SPDY.
 
@@ -21,13 +25,20 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::client::{refuse_resize, Channel, Client, FromClient, Output, Want};
+use base64::Engine;
+
+use super::client::{refuse, refuse_resize, Channel, Client, FromClient, Output, Status, Want};
 use super::http::{self, Request};
 use super::spdy::DATA_CHUNK;
 use super::spdy_streams::take_sizes;
 
 pub(super) const V5_CHANNEL: &str = "v5.channel.k8s.io";
 pub(super) const V4_CHANNEL: &str = "v4.channel.k8s.io";
+pub(super) const V4_BASE64_CHANNEL: &str = "v4.base64.channel.k8s.io";
+pub(super) const V1_CHANNEL: &str = "channel.k8s.io";
+pub(super) const V1_BASE64_CHANNEL: &str = "base64.channel.k8s.io";
+/// The channel protocols of exec and attach, ours first.
+pub(super) const CHANNEL_PROTOCOLS: &[&str] = &[V5_CHANNEL, V4_CHANNEL, V4_BASE64_CHANNEL, V1_CHANNEL, V1_BASE64_CHANNEL];
 /// client-go's port forwarding over WebSocket: SPDY inside, and the prefix says so.
 pub(super) const PORTFORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
@@ -47,6 +58,57 @@ const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// How a channel protocol writes its messages.
+#[derive(Clone, Copy, Debug)]
+struct Dialect {
+    /// Text messages: the channel as an ASCII digit, then the data in base64.
+    base64: bool,
+    /// v5: `[CLOSE, channel]` ends a channel.
+    closes: bool,
+    /// v4 and later: the error channel carries a `Status` object; before, only a
+    /// failure's message.
+    status_object: bool,
+}
+
+impl Dialect {
+    fn of(protocol: &str) -> Self {
+        Dialect {
+            base64: protocol == V4_BASE64_CHANNEL || protocol == V1_BASE64_CHANNEL,
+            closes: protocol == V5_CHANNEL,
+            status_object: protocol != V1_CHANNEL && protocol != V1_BASE64_CHANNEL,
+        }
+    }
+
+    fn message(self, channel: u8, data: &[u8]) -> Message {
+        if self.base64 {
+            let mut text = String::with_capacity(1 + data.len().div_ceil(3) * 4);
+            text.push(char::from(b'0' + channel));
+            base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
+            return Message::text(text);
+        }
+        let mut message = Vec::with_capacity(1 + data.len());
+        message.push(channel);
+        message.extend_from_slice(data);
+        Message::binary(message)
+    }
+
+    /// A client's message as its channel and data; Err when a base64 one does not
+    /// decode.
+    fn read(self, message: &[u8]) -> Option<Result<(u8, Vec<u8>), String>> {
+        let (&channel, payload) = message.split_first()?;
+        if !self.base64 {
+            return Some(Ok((channel, payload.to_vec())));
+        }
+        let channel = channel.wrapping_sub(b'0');
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map(|data| (channel, data))
+                .map_err(|e| format!("a message on channel {channel} is not base64, as the protocol has it: {e}")),
+        )
+    }
+}
 
 /// Completes the WebSocket handshake with one of `ours` (in our order of preference);
 /// None when refused (the client was told why) or the client left.
@@ -76,6 +138,7 @@ pub(super) struct Writer {
     /// The channels the session asked for; the others take nothing, as an unopened
     /// SPDY stream does.
     want: Want,
+    dialect: Dialect,
 }
 
 impl Writer {
@@ -94,12 +157,20 @@ impl Writer {
         let mut chunks = data.chunks(DATA_CHUNK);
         let first = chunks.next().unwrap_or_default();
         for chunk in std::iter::once(first).chain(chunks) {
-            let mut message = Vec::with_capacity(1 + chunk.len());
-            message.push(id);
-            message.extend_from_slice(chunk);
-            sink.feed(Message::binary(message)).await?;
+            sink.feed(self.dialect.message(id, chunk)).await?;
         }
         sink.flush().await
+    }
+
+    /// Sends the session's status on the error channel, as the dialect has it.
+    pub(super) async fn status(&self, status: &Status) -> Result<(), WsError> {
+        if self.dialect.status_object {
+            return self.send(Channel::Error, status.json().as_bytes()).await;
+        }
+        match status.message() {
+            Some(message) => self.send(Channel::Error, message.as_bytes()).await,
+            None => Ok(()),
+        }
     }
 
     /// Closes the connection normally: the client reads the error channel to its end,
@@ -128,7 +199,8 @@ fn normal_close() -> Message {
 pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &[&'static str], want: Want) -> Option<Client> {
     let (ws, protocol) = upgrade(conn, req, protocols).await?;
     let (sink, stream) = ws.split();
-    let writer = Arc::new(Writer { sink: Mutex::new(sink), want });
+    let dialect = Dialect::of(protocol);
+    let writer = Arc::new(Writer { sink: Mutex::new(sink), want, dialect });
     // An empty message on the lowest channel we write tells the client that the
     // connection is established (the kubelet does the same).
     let first = if want.stdout {
@@ -144,32 +216,40 @@ pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &[&'static 
     }
     let (to_session, input) = mpsc::channel::<FromClient>(16);
     let output = Output::WebSocket(writer);
-    let reader = tokio::spawn(read_client(stream, output.clone(), want, protocol == V5_CHANNEL, to_session));
+    let reader = tokio::spawn(read_client(stream, output.clone(), want, dialect, to_session));
     Some(Client { output, input, reader })
 }
 
 /// Routes the client's messages until it goes away. Stdin the session did not ask for
 /// takes nothing; a resize of a session without a terminal ends it.
-async fn read_client(mut stream: SplitStream<Ws>, output: Output, want: Want, v5: bool, to_session: mpsc::Sender<FromClient>) {
+async fn read_client(mut stream: SplitStream<Ws>, output: Output, want: Want, dialect: Dialect, to_session: mpsc::Sender<FromClient>) {
     let mut sizes = Vec::new();
     let mut stdin_open = want.stdin;
     // A close (or a ping) is answered by the next read, so the loop reads on until the
     // connection is over.
     while let Some(Ok(message)) = stream.next().await {
-        let Message::Binary(data) = message else { continue };
-        let Some((&channel, payload)) = data.split_first() else { continue };
+        let read = match &message {
+            Message::Binary(data) => dialect.read(data),
+            Message::Text(text) => dialect.read(text.as_bytes()),
+            _ => None,
+        };
+        let (channel, payload) = match read {
+            Some(Ok(m)) => m,
+            Some(Err(why)) => return refuse(&output, &why).await,
+            None => continue,
+        };
         match channel {
             STDIN if stdin_open && !payload.is_empty() => {
                 // A full channel holds the client back: TCP carries the pressure.
-                let _ = to_session.send(FromClient::Stdin(payload.to_vec())).await;
+                let _ = to_session.send(FromClient::Stdin(payload)).await;
             }
             RESIZE if want.tty => {
-                sizes.extend_from_slice(payload);
+                sizes.extend_from_slice(&payload);
                 for size in take_sizes(&mut sizes) {
                     let _ = to_session.send(FromClient::Resize(size)).await;
                 }
             }
-            CLOSE if v5 && payload.first() == Some(&STDIN) && stdin_open => {
+            CLOSE if dialect.closes && payload.first() == Some(&STDIN) && stdin_open => {
                 stdin_open = false;
                 let _ = to_session.send(FromClient::StdinClosed).await;
             }
@@ -225,7 +305,6 @@ mod tests {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     use super::*;
-    use crate::streaming::client::success;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
@@ -239,7 +318,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
             let req = http::read_request(&mut conn).await.unwrap();
-            accept(conn, req, &[V5_CHANNEL, V4_CHANNEL], want).await
+            accept(conn, req, CHANNEL_PROTOCOLS, want).await
         });
         let mut request = format!("ws://{addr}/exec/token").into_client_request().unwrap();
         request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
@@ -268,11 +347,11 @@ mod tests {
             assert!(matches!(input.recv().await, Some(FromClient::StdinClosed)));
 
             output.send(Channel::Stderr, b"err").await.unwrap();
-            output.status(&success()).await.unwrap();
+            output.status(&Status::success()).await.unwrap();
             let finished = tokio::spawn(async move { output.finish(reader).await });
             assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(b"\x02err".to_vec()));
             let status = ws.next().await.unwrap().unwrap().into_data();
-            assert_eq!((status[0], &status[1..]), (ERROR, success().as_bytes()));
+            assert_eq!((status[0], &status[1..]), (ERROR, Status::success().json().as_bytes()));
             // The error channel ends with a normal close, which the client answers.
             assert!(matches!(ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode::Normal));
             assert!(ws.next().await.is_none_or(|m| m.is_err()));
@@ -316,6 +395,57 @@ mod tests {
             // The reader is done: to the session, the client is gone.
             reader.await.unwrap();
             assert!(input.recv().await.is_none(), "no resize reached the session");
+        });
+    }
+
+    fn b64(data: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    #[test]
+    fn base64_dialects_carry_text_and_a_bad_message_ends_the_session() {
+        block_on(async {
+            let want = Want { stdin: true, stdout: true, stderr: true, tty: false };
+            let (server, ws) = connect(V4_BASE64_CHANNEL, want).await;
+            let (Client { output, mut input, reader }, mut ws) = (server.unwrap(), ws.unwrap());
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("1"));
+            ws.send(Message::text(format!("0{}", b64(b"typed\x00\xff")))).await.unwrap();
+            assert!(matches!(input.recv().await, Some(FromClient::Stdin(d)) if d == b"typed\x00\xff"));
+            output.send(Channel::Stderr, b"err").await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(format!("2{}", b64(b"err"))));
+            // Binary messages are read the same way, as the kubelet's server does.
+            ws.send(Message::binary(format!("0{}", b64(b"bin")).into_bytes())).await.unwrap();
+            assert!(matches!(input.recv().await, Some(FromClient::Stdin(d)) if d == b"bin"));
+
+            ws.send(Message::text("0not base64!")).await.unwrap();
+            let status = ws.next().await.unwrap().unwrap().into_text().unwrap();
+            assert_eq!(&status[..1], "3");
+            let status = base64::engine::general_purpose::STANDARD.decode(&status[1..]).unwrap();
+            let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+            assert_eq!(status["status"], "Failure");
+            assert!(status["message"].as_str().unwrap().contains("not base64"), "{status}");
+            assert!(matches!(ws.next().await.unwrap().unwrap(), Message::Close(_)));
+            reader.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn before_v4_the_error_channel_carries_only_a_failure_message() {
+        block_on(async {
+            let want = Want { stdin: false, stdout: true, stderr: true, tty: false };
+            for (status, carried) in [(Status::success(), None), (Status::exit_code("exit code 3", 3), Some("exit code 3"))] {
+                let (server, ws) = connect(V1_CHANNEL, want).await;
+                let (Client { output, reader, .. }, mut ws) = (server.unwrap(), ws.unwrap());
+                assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
+                output.status(&status).await.unwrap();
+                let finished = tokio::spawn(async move { output.finish(reader).await });
+                if let Some(message) = carried {
+                    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary([&[ERROR][..], message.as_bytes()].concat()));
+                }
+                assert!(matches!(ws.next().await.unwrap().unwrap(), Message::Close(_)), "nothing else on the error channel");
+                assert!(ws.next().await.is_none_or(|m| m.is_err()));
+                finished.await.unwrap().unwrap();
+            }
         });
     }
 
