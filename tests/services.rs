@@ -207,6 +207,18 @@ fn named_target_ports_and_endpoints_given_by_hand() {
     let seen = cli.answers("client", "c", &hand_url, 40);
     assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), vec!["web-a", "web-c"], "{seen:?}");
 
+    // A node-local service takes only the endpoints on its node, those in its pod
+    // networks: not a documentation address a slice gives.
+    let local =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: local}\nspec:\n  internalTrafficPolicy: Local\n  ports: [{name: web, port: 80}]\n";
+    let local_slice = slice("local-1", &format!("{{addresses: [{a}]}}, {{addresses: [192.0.2.10]}}"))
+        .replace("service-name: by-hand", "service-name: local");
+    let local_file = write("local.yaml", &format!("{local_slice}---\n{local}"));
+    cli.ok(&["apply", "-f", &local_file]);
+    let v: serde_json::Value = serde_json::from_str(&cli.ok(&["svc", "inspect", "local"])).unwrap();
+    assert_eq!(v["ports"][0]["endpoints"], serde_json::json!([format!("{a}:8080")]), "{v}");
+    cli.ok(&["delete", "-f", &local_file]);
+
     // Bad slices, refused whole: nothing of the file is applied.
     let cases = [
         (slice("bad", "{addresses: [127.0.0.1]}"), "endpoints[0].addresses: 127.0.0.1 cannot be an endpoint"),
@@ -608,6 +620,24 @@ fn a_cli_containers_readiness_probe_outlives_the_command() {
     assert_eq!(probers(), 0, "the prober ended with its container");
     cli.ok(&["ctr", "rm", "gated", "httpd"]);
     settle(vec![&steady, &gated], "a removed container gates nothing");
+    // Removed and made again at once, while its prober sleeps: the successor, with no
+    // probe of its own, is not the old prober's to judge (which would find no
+    // /tmp/ready in it and, after one failure, take the pod out).
+    let run = ["ctr", "run", "gated", "httpd", "--rootfs", rootfs, "--readiness", "exec:test -f /tmp/ready", "--readiness-period", "2"];
+    cli.ok(&[&run[..], &["--readiness-failures", "1", "--", "sh", "-c", SERVE]].concat());
+    cli.ok(&["ctr", "exec", "gated", "httpd", "--", "touch", "/tmp/ready"]);
+    settle(vec![&steady, &gated], "ready once the probe passes");
+    cli.ok(&["ctr", "rm", "--force", "gated", "httpd"]);
+    cli.ok(&["ctr", "run", "gated", "httpd", "--rootfs", rootfs, "--", "sh", "-c", SERVE]);
+    settle(vec![&steady, &gated], "its successor has no probe: ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while probers() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(probers(), 0, "the old prober ended when it found a successor");
+    let mut both = vec![steady.clone(), gated.clone()];
+    both.sort();
+    assert_eq!(endpoints(), both, "the old prober left the successor ready");
     cli.ok(&["delete", "-f", file.to_str().unwrap()]);
     for p in ["gated", "steady"] {
         cli.ok(&["pod", "rm", "--force", p]);

@@ -3,12 +3,12 @@
 //! 256 MiB file, 256 MiB of input the other way (`crictl exec -i` into `dd`), and the
 //! same file fetched from a pod's busybox httpd through `crictl port-forward`; each
 //! over SPDY and over WebSocket (`--transport websocket`). Beside them the raw kernel
-//! path, with no runtime: the same `cat` in the container into a pipe, and the same
-//! fetch on the pod's own loopback.
+//! path, with no runtime: the same `cat` in the container's mount namespace into a
+//! pipe, and the same fetch on the pod's own loopback.
 //!
-//! Both ends are programs that copy in large pieces (busybox `cat` and httpd use
-//! sendfile, `dd bs=1M` reads 1 MiB at once): busybox `head -c` and `nc`, which an
-//! earlier version used, copy 4 KiB at a time and were the limit (about 200 and 370
+//! Both ends are programs that copy in large pieces (Debian's busybox `cat` and httpd
+//! use sendfile, `dd bs=1M` asks for 1 MiB a read): busybox `head -c` and `nc`, which
+//! an earlier version used, copy 4 KiB at a time and were the limit (about 200 and 370
 //! MiB/s on their own).
 //!
 //! Each crictl runs where its runtime's streaming server listens: minipod's on the
@@ -29,6 +29,8 @@ const PORT: u16 = 9000;
 /// The web container's command line, which also finds its process for the raw path.
 const HTTPD: &str = "httpd -f -p 9000 -h /srv";
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
+/// The rows with no runtime in them: a ceiling, not a race.
+const RAW: &str = "raw: ";
 
 /// A runtime's streaming figures: ExecSync in ms, then MiB/s by row (NaN where the
 /// runtime failed; the reason is printed).
@@ -75,16 +77,37 @@ fn drain(mut r: impl Read) -> std::io::Result<u64> {
     }
 }
 
+/// How long one timed command may take before it is killed (and fails).
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// `cmd` under `timeout`, so that a stuck one fails instead of holding the run.
+fn bounded(cmd: &Command, limit: Duration) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg(format!("{}", limit.as_secs())).arg(cmd.get_program()).args(cmd.get_args());
+    c
+}
+
+/// What a timed command must show besides its success.
+enum Want {
+    /// Exactly this many bytes on its stdout.
+    Stdout(u64),
+    /// This text in its stderr (dd's summary of what it took).
+    Stderr(String),
+}
+
 /// Runs `cmd` (its stdin fed `input` bytes of zeros, else none), reading its stdout to
-/// the end; the time, once it succeeded and its stdout held `want` bytes (if given).
-fn timed(mut cmd: Command, input: u64, want: Option<u64>) -> Result<Duration, String> {
+/// the end; the time, once it succeeded and showed `want`.
+fn timed(cmd: Command, input: u64, want: Want) -> Result<Duration, String> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    // stderr into a file: a pipe read only after stdout could fill and stop the child.
+    let err = tempfile_in_tmp()?;
     let t = Instant::now();
-    let mut child = cmd
+    let mut child = bounded(&cmd, COMMAND_LIMIT)
         .stdin(if input > 0 { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(err.try_clone().map_err(|e| e.to_string())?)
         .spawn()
-        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+        .map_err(|e| format!("{name}: {e}"))?;
     let feeder = child.stdin.take().map(|mut stdin| {
         std::thread::spawn(move || {
             let zeros = vec![0u8; 1 << 20];
@@ -94,25 +117,43 @@ fn timed(mut cmd: Command, input: u64, want: Option<u64>) -> Result<Duration, St
             Ok::<(), String>(())
         })
     });
-    let got = child.stdout.take().map(drain).transpose().map_err(|e| e.to_string())?;
-    let fed = feeder.map(|f| f.join().map_err(|_| "the feeder panicked".to_string()));
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let got = child.stdout.take().map(drain);
+    let fed = feeder.map(|f| f.join().unwrap_or_else(|_| Err("the feeder panicked".to_string())));
+    let status = child.wait().map_err(|e| e.to_string())?;
     let elapsed = t.elapsed();
-    if !out.status.success() {
-        return Err(format!("{} failed: {}", cmd.get_program().to_string_lossy(), String::from_utf8_lossy(&out.stderr).trim()));
+    let stderr = read_back(err);
+    if !status.success() {
+        return Err(format!("{name} failed ({status}): {}", stderr.trim()));
     }
-    if let Some(Ok(Err(e))) = fed {
-        return Err(format!("{} exited with success, but {e}", cmd.get_program().to_string_lossy()));
+    if let Some(Err(e)) = fed {
+        return Err(format!("{name} exited with success, but {e}"));
     }
-    match (want, got) {
-        (Some(w), Some(g)) if g != w => Err(format!("{g} bytes came out, not {w}")),
-        _ => Ok(elapsed),
+    let got = got.transpose().map_err(|e| format!("reading its output: {e}"))?;
+    match want {
+        Want::Stdout(w) if got != Some(w) => Err(format!("{got:?} bytes came out, not {w}")),
+        Want::Stderr(text) if !stderr.contains(&text) => Err(format!("no {text:?} in what it printed: {}", stderr.trim())),
+        Want::Stdout(_) | Want::Stderr(_) => Ok(elapsed),
     }
 }
 
+/// An unnamed file for a child's stderr.
+fn tempfile_in_tmp() -> Result<std::fs::File, String> {
+    let path = std::env::temp_dir().join(format!("minipod-bench-stderr-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&path).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
+fn read_back(mut f: std::fs::File) -> String {
+    use std::io::Seek;
+    let mut s = String::new();
+    let _ = f.rewind().and_then(|_| f.read_to_string(&mut s));
+    s
+}
+
 /// GET of the web container's file from `port` on loopback, in `netns` (a path) if
-/// given; the time it took once the whole file came. Retries while the server (or the
-/// forward) is not up yet.
+/// given; the time it took once the whole file came with status 200. Retries while
+/// the server (or the forward) refuses connections, for 20 s.
 fn fetch(netns: Option<PathBuf>, port: u16) -> Result<Duration, String> {
     std::thread::spawn(move || {
         if let Some(ns) = netns {
@@ -120,18 +161,36 @@ fn fetch(netns: Option<PathBuf>, port: u16) -> Result<Duration, String> {
             nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let t = Instant::now();
-            let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut conn| {
-                conn.write_all(b"GET /z HTTP/1.0\r\n\r\n")?;
-                drain(conn)
-            });
-            match got {
-                Ok(n) if n > BYTES => return Ok(t.elapsed()),
-                r if Instant::now() > deadline => return Err(format!("a fetch on port {port} gave {r:?} bytes")),
-                _ => std::thread::sleep(Duration::from_millis(200)),
+        let mut conn = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(format!("connecting to port {port}: {e}")),
+            }
+        };
+        let t = Instant::now();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        conn.write_all(format!("GET {} HTTP/1.0\r\n\r\n", FILE.trim_start_matches("/srv")).as_bytes()).map_err(|e| e.to_string())?;
+        // The head, then the body counted.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                r => return Err(format!("the response ended in its head ({r:?}): {:?}", String::from_utf8_lossy(&head))),
             }
         }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("the server answered {:?}", head.lines().next().unwrap_or("")));
+        }
+        let body = drain(conn).map_err(|e| format!("reading the body: {e}"))?;
+        if body != BYTES {
+            return Err(format!("a body of {body} bytes, not {BYTES}"));
+        }
+        Ok(t.elapsed())
     })
     .join()
     .map_err(|_| "the fetcher panicked".to_string())?
@@ -149,8 +208,17 @@ impl Forward {
     fn start(c: &Crictl, pod: &str, transport: &str, netns: Option<&Path>) -> Result<Self, String> {
         let stderr = c.dir.join(format!("port-forward-{transport}.err"));
         let err = std::fs::File::create(&stderr).map_err(|e| e.to_string())?;
-        let mut cmd = in_netns(netns, c.cmd(&["port-forward", "--transport", transport, pod, &format!(":{PORT}")]));
-        let child = Child(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err).spawn().map_err(|e| format!("crictl: {e}"))?);
+        let cmd = in_netns(netns, c.cmd(&["port-forward", "--transport", transport, pod, &format!(":{PORT}")]));
+        // Bounded, so that a crictl that prints nothing and never exits cannot hold the
+        // run (its first line is read below without a timeout of its own).
+        let child = Child(
+            bounded(&cmd, Duration::from_secs(300))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("crictl: {e}"))?,
+        );
         let mut f = Forward { child, port: 0, stderr };
         let Some(mut out) = f.child.0.stdout.take() else { return Err("crictl port-forward has no stdout".into()) };
         let mut line = Vec::new();
@@ -194,6 +262,8 @@ pub fn measure(c: &Crictl, label: &str, image: &str, n: usize, netns: Option<&Pa
     let mib = (BYTES >> 20).to_string();
     let script = format!("mkdir -p /srv && dd if=/dev/zero of={FILE} bs=1M count={mib} 2>/dev/null && exec {HTTPD}");
     let web = ctr("web", &["sh", "-c", &script]);
+    // The file is whole once httpd serves it: nothing is measured while it is written.
+    let web_pid = wait_for_httpd(c, &web);
 
     let mut sync = Vec::new();
     for _ in 0..n {
@@ -203,8 +273,6 @@ pub fn measure(c: &Crictl, label: &str, image: &str, n: usize, netns: Option<&Pa
     }
     println!("{label}: streaming, driven by crictl");
     let exec_sync_ms = stats("crictl exec -s true (ExecSync)", sync);
-    // The file is whole once httpd serves it.
-    let web_pid = wait_for_httpd(c, &web);
 
     let mut rows = Vec::new();
     let mut row = |what: String, r: Result<Duration, String>| {
@@ -221,32 +289,30 @@ pub fn measure(c: &Crictl, label: &str, image: &str, n: usize, netns: Option<&Pa
         rows.push((what, v));
     };
     for t in TRANSPORTS {
-        let out = median3(|| timed(in_netns(netns, c.cmd(&["exec", "--transport", t, &web, "cat", FILE])), 0, Some(BYTES)));
+        let out = median3(|| timed(in_netns(netns, c.cmd(&["exec", "--transport", t, &web, "cat", FILE])), 0, Want::Stdout(BYTES)));
         row(format!("crictl exec cat of {mib} MiB, out ({t})"), out);
         let cmd = || in_netns(netns, c.cmd(&["exec", "-i", "--transport", t, &web, "dd", "of=/dev/null", "bs=1M"]));
-        row(format!("crictl exec -i, {mib} MiB in to dd ({t})"), median3(|| timed(cmd(), BYTES, None)));
+        let took = || Want::Stderr(format!("{BYTES} bytes"));
+        row(format!("crictl exec -i, {mib} MiB in to dd ({t})"), median3(|| timed(cmd(), BYTES, took())));
         let forward = Forward::start(c, &pod, t, netns)
             .and_then(|f| median3(|| fetch(netns.map(PathBuf::from), f.port)).map_err(|e| format!("{e}; crictl: {}", f.why())));
         row(format!("crictl port-forward, GET of {mib} MiB ({t})"), forward);
     }
     match web_pid {
         Ok(pid) => {
-            let mut cat = Command::new("nsenter");
-            cat.args(["-t", &pid.to_string(), "-m", "cat", FILE]);
-            row(format!("raw: cat of {mib} MiB in the container, into a pipe"), median3(|| timed(cat_cmd(&cat), 0, Some(BYTES))));
+            let cat = || {
+                let mut cat = Command::new("nsenter");
+                cat.args(["-t", &pid.to_string(), "-m", "cat", FILE]);
+                cat
+            };
+            row(format!("{RAW}cat of {mib} MiB in the container's mounts, into a pipe"), median3(|| timed(cat(), 0, Want::Stdout(BYTES))));
             let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            row(format!("raw: GET of {mib} MiB on the pod's loopback"), median3(|| fetch(Some(ns.clone()), PORT)));
+            row(format!("{RAW}GET of {mib} MiB on the pod's loopback"), median3(|| fetch(Some(ns.clone()), PORT)));
         }
         Err(e) => println!("  raw paths: {e}"),
     }
     let _ = c.cmd(&["rmp", "-f", &pod]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     Figures { exec_sync_ms, rows }
-}
-
-fn cat_cmd(c: &Command) -> Command {
-    let mut n = Command::new(c.get_program());
-    n.args(c.get_args());
-    n
 }
 
 /// Waits until the web container's httpd runs (its file is written before), and finds
@@ -290,6 +356,11 @@ pub fn compare(ours: &Figures, theirs: &Figures) {
     );
     for (what, a) in &ours.rows {
         let b = theirs.rows.iter().find(|(w, _)| w == what).map_or(f64::NAN, |(_, v)| *v);
-        println!("{:<52} {a:>8.0} {b:>11.0} {:>19.2}x", format!("{what} (MiB/s)"), a / b);
+        let what = format!("{what} (MiB/s)");
+        if what.starts_with(RAW) {
+            println!("{what:<52} {a:>8.0} {b:>11.0}");
+        } else {
+            println!("{what:<52} {a:>8.0} {b:>11.0} {:>19.2}x", a / b);
+        }
     }
 }

@@ -179,7 +179,7 @@ pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &Protocols,
     spdy_streams::accept(conn, req, protocols.spdy, want).await
 }
 
-/// The stream protocols a kind of session speaks, by transport, ours first.
+/// The stream protocols a kind of session speaks, by transport.
 pub(super) struct Protocols {
     pub spdy: &'static [&'static str],
     pub websocket: &'static [&'static str],
@@ -202,8 +202,8 @@ impl Status {
         Status(serde_json::json!({ "metadata": {}, "status": "Failure", "message": message, "reason": reason }))
     }
 
-    /// A process that exited with `code` (not 0); the kubelet reads the code from the
-    /// cause.
+    /// A process that exited with `code` (not 0); clients (client-go) read the code
+    /// from the cause.
     pub(super) fn exit_code(message: &str, code: i32) -> Self {
         Status(serde_json::json!({
             "metadata": {},

@@ -101,10 +101,10 @@ pub async fn refuse(conn: &mut TcpStream, code: u16, why: &str) {
     let _ = conn.shutdown().await;
 }
 
-/// Picks the first of `ours` (in our order of preference) that the client `offered`,
-/// or refuses the request naming them.
+/// Picks the first protocol the client `offered` (in its order of preference, as the
+/// kubelet does) that is one of `ours`, or refuses the request naming them.
 pub async fn negotiate(conn: &mut TcpStream, offered: &[String], ours: &[&'static str]) -> Option<&'static str> {
-    if let Some(p) = ours.iter().find(|p| offered.iter().any(|o| o == *p)) {
+    if let Some(p) = offered.iter().find_map(|o| ours.iter().find(|p| **p == o.as_str())) {
         return Some(p);
     }
     let why = format!("unable to negotiate a stream protocol: the client offers {offered:?}, minipod speaks {ours:?}");

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 
 use super::client::{refuse, refuse_resize, Channel, Client, FromClient, Output, Status, Want};
@@ -37,7 +38,7 @@ pub(super) const V4_CHANNEL: &str = "v4.channel.k8s.io";
 pub(super) const V4_BASE64_CHANNEL: &str = "v4.base64.channel.k8s.io";
 pub(super) const V1_CHANNEL: &str = "channel.k8s.io";
 pub(super) const V1_BASE64_CHANNEL: &str = "base64.channel.k8s.io";
-/// The channel protocols of exec and attach, ours first.
+/// The channel protocols of exec and attach.
 pub(super) const CHANNEL_PROTOCOLS: &[&str] = &[V5_CHANNEL, V4_CHANNEL, V4_BASE64_CHANNEL, V1_CHANNEL, V1_BASE64_CHANNEL];
 /// client-go's port forwarding over WebSocket: SPDY inside, and the prefix says so.
 pub(super) const PORTFORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
@@ -58,6 +59,11 @@ const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// Go's `base64.StdEncoding`, which the kubelet decodes with: padded, and taking
+/// stray bits at the end.
+const BASE64: GeneralPurpose =
+    GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true));
 
 /// How a channel protocol writes its messages.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +90,7 @@ impl Dialect {
         if self.base64 {
             let mut text = String::with_capacity(1 + data.len().div_ceil(3) * 4);
             text.push(char::from(b'0' + channel));
-            base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
+            BASE64.encode_string(data, &mut text);
             return Message::text(text);
         }
         let mut message = Vec::with_capacity(1 + data.len());
@@ -93,24 +99,23 @@ impl Dialect {
         Message::binary(message)
     }
 
-    /// A client's message as its channel and data; Err when a base64 one does not
-    /// decode.
-    fn read(self, message: &[u8]) -> Option<Result<(u8, Vec<u8>), String>> {
+    /// A client's message as its channel and its payload as sent.
+    fn split(self, message: &[u8]) -> Option<(u8, &[u8])> {
         let (&channel, payload) = message.split_first()?;
+        Some((if self.base64 { channel.wrapping_sub(b'0') } else { channel }, payload))
+    }
+
+    /// The bytes a payload carries; Err when a base64 one does not decode. Only the
+    /// channels the session reads are decoded (as the kubelet does).
+    fn data(self, channel: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         if !self.base64 {
-            return Some(Ok((channel, payload.to_vec())));
+            return Ok(payload.to_vec());
         }
-        let channel = channel.wrapping_sub(b'0');
-        Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(payload)
-                .map(|data| (channel, data))
-                .map_err(|e| format!("a message on channel {channel} is not base64, as the protocol has it: {e}")),
-        )
+        BASE64.decode(payload).map_err(|e| format!("a message on channel {channel} is not base64, as the protocol has it: {e}"))
     }
 }
 
-/// Completes the WebSocket handshake with one of `ours` (in our order of preference);
+/// Completes the WebSocket handshake with one of `ours` (the first the client offers);
 /// None when refused (the client was told why) or the client left.
 async fn upgrade(mut conn: TcpStream, req: Request, ours: &[&'static str]) -> Option<(Ws, &'static str)> {
     let Some(key) = req.websocket_key.as_deref() else {
@@ -122,9 +127,16 @@ async fn upgrade(mut conn: TcpStream, req: Request, ours: &[&'static str]) -> Op
         http::refuse(&mut conn, 400, &why).await;
         return None;
     }
-    let protocol = http::negotiate(&mut conn, &req.websocket_protocols, ours).await?;
+    // A client that offers no protocol speaks the first one, binary `channel.k8s.io`,
+    // as the kubelet has it; the answer then names none (RFC 6455).
+    let (protocol, named) = if req.websocket_protocols.is_empty() && ours.contains(&V1_CHANNEL) {
+        (V1_CHANNEL, String::new())
+    } else {
+        let p = http::negotiate(&mut conn, &req.websocket_protocols, ours).await?;
+        (p, format!("Sec-WebSocket-Protocol: {p}\r\n"))
+    };
     let reply = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{named}\r\n",
         derive_accept_key(key.as_bytes())
     );
     conn.write_all(reply.as_bytes()).await.ok()?;
@@ -221,30 +233,35 @@ pub(super) async fn accept(conn: TcpStream, req: Request, protocols: &[&'static 
 }
 
 /// Routes the client's messages until it goes away. Stdin the session did not ask for
-/// takes nothing; a resize of a session without a terminal ends it.
+/// takes nothing; a resize of a session without a terminal ends it, and so does stdin
+/// or a resize that does not decode in a base64 dialect (the client is told why).
 async fn read_client(mut stream: SplitStream<Ws>, output: Output, want: Want, dialect: Dialect, to_session: mpsc::Sender<FromClient>) {
     let mut sizes = Vec::new();
     let mut stdin_open = want.stdin;
     // A close (or a ping) is answered by the next read, so the loop reads on until the
     // connection is over.
     while let Some(Ok(message)) = stream.next().await {
-        let read = match &message {
-            Message::Binary(data) => dialect.read(data),
-            Message::Text(text) => dialect.read(text.as_bytes()),
-            _ => None,
+        let bytes = match &message {
+            Message::Binary(data) => &data[..],
+            Message::Text(text) => text.as_bytes(),
+            _ => continue,
         };
-        let (channel, payload) = match read {
-            Some(Ok(m)) => m,
-            Some(Err(why)) => return refuse(&output, &why).await,
-            None => continue,
-        };
+        let Some((channel, payload)) = dialect.split(bytes) else { continue };
         match channel {
             STDIN if stdin_open && !payload.is_empty() => {
+                let data = match dialect.data(channel, payload) {
+                    Ok(d) => d,
+                    Err(why) => return refuse(&output, &why).await,
+                };
                 // A full channel holds the client back: TCP carries the pressure.
-                let _ = to_session.send(FromClient::Stdin(payload)).await;
+                let _ = to_session.send(FromClient::Stdin(data)).await;
             }
             RESIZE if want.tty => {
-                sizes.extend_from_slice(&payload);
+                let data = match dialect.data(channel, payload) {
+                    Ok(d) => d,
+                    Err(why) => return refuse(&output, &why).await,
+                };
+                sizes.extend_from_slice(&data);
                 for size in take_sizes(&mut sizes) {
                     let _ = to_session.send(FromClient::Resize(size)).await;
                 }
@@ -446,6 +463,48 @@ mod tests {
                 assert!(ws.next().await.is_none_or(|m| m.is_err()));
                 finished.await.unwrap().unwrap();
             }
+        });
+    }
+
+    /// A server session for `want` and a client offering `offer` (None: no protocol
+    /// header); the protocol the server's answer names, if any.
+    async fn offer(offer: Option<&str>, want: Want) -> (Option<Client>, Ws, Option<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let req = http::read_request(&mut conn).await.unwrap();
+            accept(conn, req, CHANNEL_PROTOCOLS, want).await
+        });
+        let mut request = format!("ws://{addr}/exec/token").into_client_request().unwrap();
+        if let Some(o) = offer {
+            request.headers_mut().insert("Sec-WebSocket-Protocol", o.parse().unwrap());
+        }
+        let conn = TcpStream::connect(addr).await.unwrap();
+        let (ws, response) = tokio_tungstenite::client_async(request, conn).await.unwrap();
+        let named = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_string());
+        (server.await.unwrap(), ws, named)
+    }
+
+    #[test]
+    fn the_clients_order_picks_the_dialect_and_no_offer_is_binary_channel_k8s_io() {
+        block_on(async {
+            let want = Want { stdin: true, stdout: true, stderr: false, tty: false };
+            // Both are ours: the client's first wins, as with the kubelet.
+            let (server, mut ws, named) = offer(Some("base64.channel.k8s.io, channel.k8s.io"), want).await;
+            assert_eq!(named.as_deref(), Some(V1_BASE64_CHANNEL));
+            assert!(server.is_some());
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("1"));
+
+            let (server, mut ws, named) = offer(None, want).await;
+            assert_eq!(named, None, "no protocol offered, none named");
+            let Client { output, mut input, reader } = server.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
+            ws.send(Message::binary(b"\x00plain".to_vec())).await.unwrap();
+            assert!(matches!(input.recv().await, Some(FromClient::Stdin(d)) if d == b"plain"));
+            output.status(&Status::failure("it broke", "InternalError")).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(b"\x03it broke".to_vec()), "a message, not a Status");
+            drop(reader);
         });
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{blocking, Inner, Result};
+use crate::container::ContainerError;
 use crate::netstack::netns::Netns;
 use crate::pod::{ContainerRecord, PodError, PodRecord, Pods};
 
@@ -211,8 +212,16 @@ struct ProbeState {
 /// recorded in the pod, which the services selecting it follow. Returns whether the
 /// probe goes on (not once the container stopped or is gone).
 fn probe_round(pods: &Pods, pod: &PodRecord, ctr: &ContainerRecord, probe: &Ready, state: &mut ProbeState) -> bool {
+    // A container of its name made since (removed and created again within a period)
+    // has a probe of its own: its readiness is not this probe's to record.
+    let current = pods.container(pod.id.as_str(), ctr.name.as_str());
+    if current.as_ref().is_ok_and(|c| c.created != ctr.created) {
+        return false;
+    }
     let probed = match pods.container_state(ctr) {
-        Err(_) => Probed::Gone,
+        Err(PodError::Container(ContainerError::NotFound { .. })) => Probed::Gone,
+        // Not known to be gone (the state could not be read just now): a failed check.
+        Err(e) => Probed::Failed(format!("reading the container's state: {e}")),
         Ok(st) if st.live_status() == crate::Status::Stopped => Probed::Stopped,
         Ok(_) => match check_once(pods, pod, Some(ctr), &probe.check, probe.period) {
             Ok(()) => Probed::Passed,
@@ -223,7 +232,7 @@ fn probe_round(pods: &Pods, pod: &PodRecord, ctr: &ContainerRecord, probe: &Read
         Probed::Gone => {
             // Removed some other way than Container::remove: it gates nothing, unless
             // a container of its name took its place (with a probe of its own).
-            if pods.container(pod.id.as_str(), ctr.name.as_str()).is_err() {
+            if matches!(current, Err(PodError::NoSuchContainer { .. } | PodError::NoSuchPod(_))) {
                 let _ = pods.set_container_ready(&pod.id, &ctr.name, true);
             }
             return false;

@@ -95,10 +95,19 @@ impl Pods {
     }
 
     /// The EndpointSlices of `svc`: a peer node's service has them under that node's
-    /// root, this node's under its own.
+    /// root, this node's under its own. A node-local service takes only the endpoints
+    /// on its node, those in one of the node's pod networks: minipod reads no node from
+    /// a slice, and kube-proxy takes an endpoint that names no node as not local.
     fn slices_for(&self, svc: &ServiceRecord) -> Result<Vec<EndpointSliceRecord>> {
         let root = if self.peer_roots().contains(&svc.node.state_dir) { &svc.node.state_dir } else { self.root() };
-        self.slices_under(root, &svc.key)
+        let mut slices = self.slices_under(root, &svc.key)?;
+        if svc.node_local && !slices.is_empty() {
+            let nets: Vec<_> = self.node_at(&svc.node)?.node().networks()?.into_iter().map(|n| n.subnet).collect();
+            for s in &mut slices {
+                s.endpoints.retain(|e| nets.iter().any(|n| n.contains(e.address)));
+            }
+        }
+        Ok(slices)
     }
 
     /// Brings the services that select `pod` up to date with the pods, after the pod
