@@ -7,7 +7,7 @@
 //! pipe, and the same fetch on the pod's own loopback.
 //!
 //! Both ends are programs that copy in large pieces (Debian's busybox `cat` and httpd
-//! use sendfile, `dd bs=1M` asks for 1 MiB a read): busybox `head -c` and `nc`, which
+//! use sendfile, `dd bs=1M iflag=fullblock` reads whole MiBs): busybox `head -c` and `nc`, which
 //! an earlier version used, copy 4 KiB at a time and were the limit (about 200 and 370
 //! MiB/s on their own).
 //!
@@ -291,8 +291,9 @@ pub fn measure(c: &Crictl, label: &str, image: &str, n: usize, netns: Option<&Pa
     for t in TRANSPORTS {
         let out = median3(|| timed(in_netns(netns, c.cmd(&["exec", "--transport", t, &web, "cat", FILE])), 0, Want::Stdout(BYTES)));
         row(format!("crictl exec cat of {mib} MiB, out ({t})"), out);
-        let cmd = || in_netns(netns, c.cmd(&["exec", "-i", "--transport", t, &web, "dd", "of=/dev/null", "bs=1M"]));
-        let took = || Want::Stderr(format!("{BYTES} bytes"));
+        // Whole blocks, so that its summary counts what it took.
+        let cmd = || in_netns(netns, c.cmd(&["exec", "-i", "--transport", t, &web, "dd", "of=/dev/null", "bs=1M", "iflag=fullblock"]));
+        let took = || Want::Stderr(format!("{mib}+0 records in"));
         row(format!("crictl exec -i, {mib} MiB in to dd ({t})"), median3(|| timed(cmd(), BYTES, took())));
         let forward = Forward::start(c, &pod, t, netns)
             .and_then(|f| median3(|| fetch(netns.map(PathBuf::from), f.port)).map_err(|e| format!("{e}; crictl: {}", f.why())));

@@ -195,7 +195,8 @@ struct CtrRunArgs {
 /// A container's readiness probe, as a Kubernetes container's `readinessProbe`.
 #[derive(Args, Debug, Clone)]
 struct ProbeArgs {
-    /// A readiness probe: tcp:PORT, http:PORT/PATH, exec:COMMAND ARGS... or log:TEXT.
+    /// A readiness probe: tcp:PORT, http:PORT/PATH, exec:COMMAND ARGS... (words as a shell
+    /// splits them, quotes included) or log:TEXT.
     /// The pod is no Service's endpoint until it passes, after --readiness-failures
     /// failed checks in a row, and once the container stopped; a process of its own
     /// runs it for as long as the container runs.

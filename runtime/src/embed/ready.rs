@@ -101,7 +101,8 @@ impl Ready {
 }
 
 /// A check as a command line writes it: `tcp:PORT`, `http:PORT/PATH`, `exec:COMMAND
-/// ARGS...` (split at spaces) or `log:TEXT`.
+/// ARGS...` (split into words as a POSIX shell does, quotes and backslashes included,
+/// with nothing expanded) or `log:TEXT`.
 impl std::str::FromStr for Ready {
     type Err = String;
 
@@ -113,7 +114,10 @@ impl std::str::FromStr for Ready {
                 let (p, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
                 Ok(Ready::http(port(p)?, path))
             }
-            Some(("exec", cmd)) if !cmd.trim().is_empty() => Ok(Ready::exec(cmd.split_whitespace())),
+            Some(("exec", cmd)) if !cmd.trim().is_empty() => match shlex::split(cmd) {
+                Some(words) if !words.is_empty() => Ok(Ready::exec(words)),
+                _ => Err(format!("{s:?}: the command does not split into words (a quote not closed?)")),
+            },
             Some(("log", text)) if !text.is_empty() => Ok(Ready::log_line(text)),
             _ => Err(format!("{s:?}: write a check as tcp:PORT, http:PORT/PATH, exec:COMMAND ARGS... or log:TEXT")),
         }
@@ -348,6 +352,9 @@ mod tests {
         assert_eq!(check("http:80/healthz"), Ok(format!("{:?}", Check::Http(80, "/healthz".into()))));
         assert_eq!(check("http:80"), Ok(format!("{:?}", Check::Http(80, "/".into()))));
         assert_eq!(check("exec:test -e /ready"), Ok(format!("{:?}", Check::Exec(vec!["test".into(), "-e".into(), "/ready".into()]))));
+        let words = |w: &[&str]| Ok(format!("{:?}", Check::Exec(w.iter().map(|w| w.to_string()).collect())));
+        assert_eq!(check(r#"exec:sh -c "test -e '/a b'" x\ y"#), words(&["sh", "-c", "test -e '/a b'", "x y"]));
+        assert!(check("exec:sh -c \"test").is_err_and(|e| e.contains("a quote not closed")));
         for bad in ["tcp:0", "tcp:http", "udp:53", "exec:", "8080"] {
             assert!(check(bad).is_err_and(|e| e.contains(bad)), "{bad}");
         }
