@@ -327,9 +327,10 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
     }
 
-    /// A server session for `want` and a client offering `protocol`, connected over
-    /// loopback; the server's side is None when it refused.
-    async fn connect(protocol: &str, want: Want) -> (Option<Client>, Result<Ws, WsError>) {
+    /// A server session for `want` and a client offering `offer` (None: no protocol
+    /// header), connected over loopback; the server's side is None when it refused, and
+    /// the client's comes with the protocol the answer names, if any.
+    async fn handshake(offer: Option<&str>, want: Want) -> (Option<Client>, Result<(Ws, Option<String>), WsError>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -338,13 +339,25 @@ mod tests {
             accept(conn, req, CHANNEL_PROTOCOLS, want).await
         });
         let mut request = format!("ws://{addr}/exec/token").into_client_request().unwrap();
-        request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        if let Some(o) = offer {
+            request.headers_mut().insert("Sec-WebSocket-Protocol", o.parse().unwrap());
+        }
         let conn = TcpStream::connect(addr).await.unwrap();
         let ws = tokio_tungstenite::client_async(request, conn).await.map(|(ws, response)| {
-            assert_eq!(response.headers()["Sec-WebSocket-Protocol"], protocol);
-            ws
+            let named = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_string());
+            (ws, named)
         });
         (server.await.unwrap(), ws)
+    }
+
+    /// [`handshake`] offering the one `protocol`, which the answer must name.
+    async fn connect(protocol: &str, want: Want) -> (Option<Client>, Result<Ws, WsError>) {
+        let (server, ws) = handshake(Some(protocol), want).await;
+        let ws = ws.map(|(ws, named)| {
+            assert_eq!(named.as_deref(), Some(protocol));
+            ws
+        });
+        (server, ws)
     }
 
     #[test]
@@ -466,37 +479,19 @@ mod tests {
         });
     }
 
-    /// A server session for `want` and a client offering `offer` (None: no protocol
-    /// header); the protocol the server's answer names, if any.
-    async fn offer(offer: Option<&str>, want: Want) -> (Option<Client>, Ws, Option<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let req = http::read_request(&mut conn).await.unwrap();
-            accept(conn, req, CHANNEL_PROTOCOLS, want).await
-        });
-        let mut request = format!("ws://{addr}/exec/token").into_client_request().unwrap();
-        if let Some(o) = offer {
-            request.headers_mut().insert("Sec-WebSocket-Protocol", o.parse().unwrap());
-        }
-        let conn = TcpStream::connect(addr).await.unwrap();
-        let (ws, response) = tokio_tungstenite::client_async(request, conn).await.unwrap();
-        let named = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_string());
-        (server.await.unwrap(), ws, named)
-    }
-
     #[test]
     fn the_clients_order_picks_the_dialect_and_no_offer_is_binary_channel_k8s_io() {
         block_on(async {
             let want = Want { stdin: true, stdout: true, stderr: false, tty: false };
             // Both are ours: the client's first wins, as with the kubelet.
-            let (server, mut ws, named) = offer(Some("base64.channel.k8s.io, channel.k8s.io"), want).await;
+            let (server, ws) = handshake(Some("base64.channel.k8s.io, channel.k8s.io"), want).await;
+            let (mut ws, named) = ws.unwrap();
             assert_eq!(named.as_deref(), Some(V1_BASE64_CHANNEL));
             assert!(server.is_some());
             assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("1"));
 
-            let (server, mut ws, named) = offer(None, want).await;
+            let (server, ws) = handshake(None, want).await;
+            let (mut ws, named) = ws.unwrap();
             assert_eq!(named, None, "no protocol offered, none named");
             let Client { output, mut input, reader } = server.unwrap();
             assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![STDOUT]));
