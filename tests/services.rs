@@ -638,6 +638,26 @@ fn a_cli_containers_readiness_probe_outlives_the_command() {
     let mut both = vec![steady.clone(), gated.clone()];
     both.sort();
     assert_eq!(endpoints(), both, "the old prober left the successor ready");
+    // What closes the race of a check that ran across the removal: a probe's finding is
+    // recorded only for the container it probed, checked under the pod's lock.
+    let pods = minipod_runtime::Pods::open(minipod_runtime::PodsOptions {
+        root: env.h.root.clone(),
+        images: cli.images.clone().into(),
+        node_netns: Some(cli.ns.clone().into()),
+        keep_pods: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let successor = pods.container("gated", "httpd").unwrap();
+    let mut former = successor.clone();
+    former.created = "2020-01-01T00:00:00Z".parse().unwrap();
+    assert!(!pods.set_probed_ready(&former, false).unwrap(), "a former container's probe records nothing");
+    assert!(pods.pod("gated").unwrap().unready.is_empty());
+    assert_eq!(endpoints(), both);
+    assert!(pods.set_probed_ready(&successor, false).unwrap(), "the container's own probe is recorded");
+    settle(vec![&steady], "its own probe takes it out");
+    assert!(pods.set_probed_ready(&successor, true).unwrap());
+    settle(vec![&steady, &gated], "and back");
     cli.ok(&["delete", "-f", file.to_str().unwrap()]);
     for p in ["gated", "steady"] {
         cli.ok(&["pod", "rm", "--force", p]);

@@ -140,5 +140,6 @@ pub use names::{
     PortName, Scope, ServiceName, SliceName,
 };
 pub use network::{
-    host_ifname, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node, OverlayRecord,
+    host_ifname, recorded_networks, AttachRequest, Attachment, ConfigError, DnsScope, GcReport, NetworkConfig, NetworkError, Node,
+    OverlayRecord,
 };

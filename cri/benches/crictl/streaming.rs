@@ -83,7 +83,8 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(120);
 /// `cmd` under `timeout`, so that a stuck one fails instead of holding the run.
 fn bounded(cmd: &Command, limit: Duration) -> Command {
     let mut c = Command::new("timeout");
-    c.arg(format!("{}", limit.as_secs())).arg(cmd.get_program()).args(cmd.get_args());
+    // KILL 10 s after the TERM, for a command that ignores it.
+    c.args(["-k", "10"]).arg(format!("{}", limit.as_secs())).arg(cmd.get_program()).args(cmd.get_args());
     c
 }
 
@@ -123,6 +124,10 @@ fn timed(cmd: Command, input: u64, want: Want) -> Result<Duration, String> {
     let elapsed = t.elapsed();
     let stderr = read_back(err);
     if !status.success() {
+        // timeout's own codes: 124 after its TERM, 137 after its KILL.
+        if matches!(status.code(), Some(124 | 137)) {
+            return Err(format!("{name} did not finish in {} s: {}", COMMAND_LIMIT.as_secs(), stderr.trim()));
+        }
         return Err(format!("{name} failed ({status}): {}", stderr.trim()));
     }
     if let Some(Err(e)) = fed {
@@ -139,7 +144,8 @@ fn timed(cmd: Command, input: u64, want: Want) -> Result<Duration, String> {
 /// An unnamed file for a child's stderr.
 fn tempfile_in_tmp() -> Result<std::fs::File, String> {
     let path = std::env::temp_dir().join(format!("minipod-bench-stderr-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&path).map_err(|e| e.to_string())?;
+    // A new file only: never one (or a link) someone else put at that name.
+    let f = std::fs::File::options().read(true).write(true).create_new(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let _ = std::fs::remove_file(&path);
     Ok(f)
 }
@@ -335,11 +341,14 @@ fn wait_for_httpd(c: &Crictl, web: &str) -> Result<u32, String> {
 }
 
 /// A child killed when dropped.
+/// A child under [`bounded`], killed with everything it started when dropped.
 struct Child(std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // `timeout` leads a process group of its own: killing it alone would orphan the
+        // command under it.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }

@@ -30,6 +30,7 @@ mod policies;
 mod services;
 pub(crate) use services::read_headless;
 mod store;
+pub use store::recorded_networks;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use dns_service::DnsScope;

@@ -17,34 +17,17 @@ impl Node {
 
     /// Every network recorded on this node.
     pub fn networks(&self) -> Result<Vec<NetworkConfig>, NetworkError> {
-        let mut out = Vec::new();
-        for name in self.network_names()? {
-            out.extend(self.network(&name)?);
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        recorded_networks(&self.state_dir)
     }
 
     /// The names of the networks recorded on this node.
     pub(super) fn network_names(&self) -> Result<Vec<NetworkName>, NetworkError> {
-        let dir = self.state_dir.join("networks");
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => {
-                Ok(entries.flatten().filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok()).collect())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
-            Err(e) => Err(state_err(&dir)(e)),
-        }
+        network_names(&self.state_dir)
     }
 
     /// The recorded config of network `name`.
     pub fn network(&self, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
-        let path = self.net_dir(name).join("config.json");
-        match record::read_json(&path) {
-            Ok(cfg) => Ok(Some(cfg)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(state_err(&path)(e)),
-        }
+        recorded_network(&self.state_dir, name)
     }
 
     /// Members of network `name`.
@@ -217,5 +200,34 @@ mod tests {
             let got = tokio::time::timeout(long, node.network_lock(&name, FlockArg::LockExclusive)).await;
             assert!(got.is_ok_and(|l| l.is_ok()), "the lock is taken once the other process lets go");
         });
+    }
+}
+
+/// Every network recorded under a node's state dir `state_dir`, read from its files
+/// alone: the node's namespace is not opened (it may be gone).
+pub fn recorded_networks(state_dir: &Path) -> Result<Vec<NetworkConfig>, NetworkError> {
+    let mut out = Vec::new();
+    for name in network_names(state_dir)? {
+        out.extend(recorded_network(state_dir, &name)?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn network_names(state_dir: &Path) -> Result<Vec<NetworkName>, NetworkError> {
+    let dir = state_dir.join("networks");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Ok(entries.flatten().filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(state_err(&dir)(e)),
+    }
+}
+
+fn recorded_network(state_dir: &Path, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
+    let path = state_dir.join("networks").join(name.as_str()).join("config.json");
+    match record::read_json(&path) {
+        Ok(cfg) => Ok(Some(cfg)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(state_err(&path)(e)),
     }
 }

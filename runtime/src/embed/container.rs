@@ -207,11 +207,7 @@ impl Container {
     /// Removes the container (killing it if it runs); it gates its pod's readiness no
     /// more.
     pub async fn remove(self) -> Result<()> {
-        self.with(|p, c| {
-            p.remove_container_record(c, true)?;
-            p.set_container_ready(&c.pod, &c.name, true).map(|_| ())
-        })
-        .await
+        self.with(|p, c| p.remove_container_checked(c, true)).await
     }
 
     /// Waits until `ready` holds (a port, a log line, an exec, an HTTP 200).

@@ -116,7 +116,7 @@ impl std::str::FromStr for Ready {
             }
             Some(("exec", cmd)) if !cmd.trim().is_empty() => match shlex::split(cmd) {
                 Some(words) if !words.is_empty() => Ok(Ready::exec(words)),
-                _ => Err(format!("{s:?}: the command does not split into words (a quote not closed?)")),
+                _ => Err(format!("{s:?}: the command does not split into words (a quote not closed, or only a # comment?)")),
             },
             Some(("log", text)) if !text.is_empty() => Ok(Ready::log_line(text)),
             _ => Err(format!("{s:?}: write a check as tcp:PORT, http:PORT/PATH, exec:COMMAND ARGS... or log:TEXT")),
@@ -253,7 +253,7 @@ fn probe_round(pods: &Pods, pod: &PodRecord, ctr: &ContainerRecord, probe: &Read
         Probed::Stopped => false,
     };
     if becomes != state.ready {
-        match pods.set_container_ready(&pod.id, &ctr.name, becomes) {
+        match pods.set_probed_ready(ctr, becomes) {
             Ok(_) => state.ready = becomes,
             Err(e) => tracing::warn!(pod = %pod.name, container = %ctr.name, "recording readiness {becomes}: {e}"),
         }

@@ -356,7 +356,7 @@ impl Pods {
         }
     }
 
-    fn remove_container_checked(&self, c: &ContainerRecord, force: bool) -> Result<()> {
+    pub(crate) fn remove_container_checked(&self, c: &ContainerRecord, force: bool) -> Result<()> {
         if !force && self.container_state(c).is_ok_and(|s| s.live_status() == Status::Running) {
             return Err(PodError::ContainerRunning { pod: c.pod.to_string(), name: c.name.to_string() });
         }

@@ -145,8 +145,10 @@ impl Pods {
                 _ if m.headless => false,
                 Ok(local) => local,
                 Err(field) if !self.peer_roots().is_empty() => return Err(ServiceError::LocalTraffic { doc: index, key, field }.into()),
-                // On a node of no cluster every endpoint is on the node: both are met.
-                Err(_) => true,
+                // On a node of no cluster every pod is on the node, so the policies
+                // differ only for endpoints given by hand off the node: the cluster IP's
+                // decides (its node ports then reach those too).
+                Err(_) => m.internal_local,
             };
             let old = existing.iter().find(|s| s.key == key).cloned();
             let old_ip = old.as_ref().map(|o| o.cluster_ip);

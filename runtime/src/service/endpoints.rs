@@ -102,7 +102,7 @@ impl Pods {
         let root = if self.peer_roots().contains(&svc.node.state_dir) { &svc.node.state_dir } else { self.root() };
         let mut slices = self.slices_under(root, &svc.key)?;
         if svc.node_local && !slices.is_empty() {
-            let nets: Vec<_> = self.node_at(&svc.node)?.node().networks()?.into_iter().map(|n| n.subnet).collect();
+            let nets: Vec<_> = crate::netstack::recorded_networks(&svc.node.state_dir)?.into_iter().map(|n| n.subnet).collect();
             for s in &mut slices {
                 s.endpoints.retain(|e| nets.iter().any(|n| n.contains(e.address)));
             }

@@ -134,8 +134,8 @@ impl ServiceManifest {
     /// cluster IP (`internalTrafficPolicy: Local`) and, if it has node ports, for them
     /// too (`externalTrafficPolicy: Local`). The two differing for a NodePort, the field
     /// that asks for Local: its cluster IP and node ports would need endpoints of their
-    /// own, which a node of one cluster does not program (on a node of none every
-    /// endpoint is on the node, and both are met).
+    /// own, which a node of one cluster does not program (on a node of none, the
+    /// cluster IP's policy is taken: every pod is on the node).
     pub fn node_local(&self) -> Result<bool, &'static str> {
         if !self.node_ports {
             return Ok(self.internal_local);
