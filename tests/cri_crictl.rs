@@ -139,6 +139,12 @@ fn crictl_drives_pods_containers_and_images() {
     assert_eq!(status["status"]["exitCode"], 3, "{status}");
     assert_eq!(TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18086/").as_deref(), Some("hello-cri"));
     assert_eq!(wait_http(&d, "http://web/"), "hello-cri");
+    // The restarted daemon knows whose the port is (not only the kernel's rules): another
+    // pod may not take it while web holds it, and may once web has stopped (below).
+    let heir_pod = d.write("heir-pod.json", &pod_json("heir", &logs, json!([{ "container_port": 80, "host_port": 18086 }])));
+    let taken = d.crictl(&["runp", &heir_pod]);
+    let taken = String::from_utf8_lossy(&taken.stderr);
+    assert!(taken.contains("host port tcp/18086 is already published by"), "{taken}");
 
     // Malformed and unknown requests get the right codes, not a crash.
     let err = |args: &[&str]| String::from_utf8_lossy(&d.crictl(args).stderr).into_owned();
@@ -257,6 +263,8 @@ fn crictl_drives_pods_containers_and_images() {
     d.ok(&["rm", &httpd]);
     d.ok(&["stopp", &web]);
     d.ok(&["stopp", &web]);
+    let heir = d.ok(&["runp", &heir_pod]).trim().to_string();
+    d.ok(&["rmp", "-f", &heir]);
     // A stopped pod gave its address back: it reports none (a new pod may hold it).
     let stopped: Value = serde_json::from_str(&d.ok(&["inspectp", &web])).unwrap();
     assert_eq!(stopped["status"]["state"], "SANDBOX_NOTREADY", "{stopped}");
@@ -312,17 +320,35 @@ fn http(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: 
     (status, headers, raw.get(split + 4..).unwrap_or_default().to_vec())
 }
 
+/// The image of an OCI layout as a registry serves it: its manifest and every blob.
+struct LayoutImage {
+    manifest_digest: String,
+    manifest: Vec<u8>,
+    config: String,
+    layers: Vec<String>,
+    blobs: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl LayoutImage {
+    fn read(layout: &Path) -> Self {
+        let blob = |digest: &str| std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
+        let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+        let manifest = blob(&manifest_digest);
+        let parsed: Value = serde_json::from_slice(&manifest).unwrap();
+        let config = parsed["config"]["digest"].as_str().unwrap().to_string();
+        let layers: Vec<String> = parsed["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+        let blobs = std::iter::once(&config).chain(&layers).map(|d| (d.clone(), blob(d))).collect();
+        LayoutImage { manifest_digest, manifest, config, layers, blobs }
+    }
+}
+
 /// Pushes the image of an OCI layout to `repo:tag` on a registry, blob by blob, with
 /// `extra` headers (credentials) on every request.
 fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str, extra: &[(&str, &str)]) {
-    let blob = |digest: &str| std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
-    let manifest_bytes = blob(&manifest_digest);
-    let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
-    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
-    digests.extend(manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
-    for d in digests {
+    let image = LayoutImage::read(layout);
+    let manifest_bytes = image.manifest.clone();
+    for (d, blob) in &image.blobs {
         let (code, headers, _) = http(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), extra, b"");
         assert_eq!(code, 202, "starting an upload of {d}");
         let location = headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone()).unwrap();
@@ -333,7 +359,7 @@ fn push_layout(addr: &str, layout: &Path, repo: &str, tag: &str, extra: &[(&str,
             "PUT",
             &format!("{target}{sep}digest={d}"),
             &[extra, &[("Content-Type", "application/octet-stream")]].concat(),
-            &blob(&d),
+            blob,
         );
         assert_eq!(code, 201, "uploading {d}: {}", String::from_utf8_lossy(&body));
     }
@@ -358,10 +384,14 @@ const REGISTRY_HTPASSWD: &str = "minipod:$2b$05$ddf2GR.tjD.hQ3g9jLrU1OVOKrsdpX7J
 impl Registry {
     /// With `auth`, only [`REGISTRY_USER`] may pull or push (HTTP basic).
     fn start(dir: &Path, auth: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_in(dir, auth, None, format!("127.0.0.1:{port}"))
+    }
+
+    /// On `addr` inside the network namespace `ns` (the test's own when None).
+    fn start_in(dir: &Path, auth: bool, ns: Option<&Path>, addr: String) -> Self {
         let bin = Path::new("/opt/minipod-test/docker-registry/usr/bin/docker-registry");
         assert!(bin.exists(), "{} is missing: run scripts/setup.sh", bin.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
         let cfg = dir.join("registry.yml");
         let mut yaml = format!(
             "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}, secret: minipod-test}}\n",
@@ -373,17 +403,40 @@ impl Registry {
             yaml.push_str(&format!("auth: {{htpasswd: {{realm: minipod-test, path: {}}}}}\n", htpasswd.display()));
         }
         std::fs::write(&cfg, yaml).unwrap();
-        let child =
-            Command::new(bin).arg("serve").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // nsenter execs the registry: the child is the registry itself.
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd.arg("serve").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let r = Registry(child, addr);
         let deadline = Instant::now() + Duration::from_secs(15);
         // 401 is an answer too: the registry asks for credentials.
-        while std::net::TcpStream::connect(&r.1).is_err() || ![200, 401].contains(&http(&r.1, "GET", "/v2/", &[], b"").0) {
+        while in_netns(ns, || std::net::TcpStream::connect(&r.1).is_err() || ![200, 401].contains(&http(&r.1, "GET", "/v2/", &[], b"").0)) {
             assert!(Instant::now() < deadline, "the registry never answered on {}", r.1);
             std::thread::sleep(Duration::from_millis(50));
         }
         r
     }
+}
+
+/// `f` on a thread inside the network namespace `ns` (the test's own when None).
+fn in_netns<T: Send>(ns: Option<&Path>, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(ns) = ns {
+                let file = std::fs::File::open(ns).unwrap();
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl Drop for Registry {
@@ -434,6 +487,219 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     d.ok(&["rmp", "-f", &id]);
 }
 
+/// A registry mirror on loopback that serves one image without asking who pulls, but
+/// whose `/v2/` invites HTTP basic credentials (as a pull-through cache in front of a
+/// private registry may), lacks one of its blobs, and keeps every request it is sent.
+struct Mirror {
+    addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Mirror {
+    fn start(image: LayoutImage, repo: &str, tag: &str, lacking: &str) -> Self {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (seen, stop) =
+            (std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default(), std::sync::Arc::<std::sync::atomic::AtomicBool>::default());
+        let (log, stopped) = (seen.clone(), stop.clone());
+        let (manifests, blobs, lacking) = (format!("/v2/{repo}/manifests/"), format!("/v2/{repo}/blobs/"), lacking.to_string());
+        let tag = tag.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let mut head = String::new();
+                let mut reader = std::io::BufReader::new(&conn);
+                while reader.read_line(&mut head).is_ok_and(|n| n > 0) && !head.ends_with("\r\n\r\n") {}
+                log.lock().unwrap().push(head.clone());
+                let mut words = head.split_whitespace();
+                let (method, path) =
+                    (words.next().unwrap_or_default(), words.next().unwrap_or_default().split('?').next().unwrap_or_default());
+                let unknown =
+                    (404, "application/json", br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"not on this mirror"}]}"#.to_vec(), None);
+                let (code, kind, body, digest) = if path == "/v2/" {
+                    (401, "application/json", b"{}".to_vec(), None)
+                } else if let Some(r) = path.strip_prefix(&manifests) {
+                    if r == tag || r == image.manifest_digest {
+                        (200, "application/vnd.oci.image.manifest.v1+json", image.manifest.clone(), Some(image.manifest_digest.clone()))
+                    } else {
+                        unknown
+                    }
+                } else {
+                    match path.strip_prefix(&blobs).and_then(|d| image.blobs.get(d).map(|b| (d, b))) {
+                        Some((d, b)) if d != lacking => (200, "application/octet-stream", b.clone(), Some(d.to_string())),
+                        _ => unknown,
+                    }
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n",
+                    body.len()
+                );
+                if code == 401 {
+                    reply.push_str("WWW-Authenticate: Basic realm=\"mirror\"\r\n");
+                }
+                if let Some(d) = digest {
+                    reply.push_str(&format!("Docker-Content-Digest: {d}\r\n"));
+                }
+                reply.push_str("\r\n");
+                let _ = conn.write_all(reply.as_bytes());
+                if method != "HEAD" {
+                    let _ = conn.write_all(&body);
+                }
+            }
+        });
+        Mirror { addr, seen, stop }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept so that the thread sees the flag and ends.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+/// A loopback port that never completes a connection: its listen queue (of one) is
+/// full, so the kernel drops every SYN, as a mirror behind a silent firewall does.
+struct SilentPort {
+    addr: String,
+    _listener: std::net::TcpListener,
+    _filler: std::net::TcpStream,
+}
+
+impl SilentPort {
+    fn new() -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a new socket, owned by the listener from here on.
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            std::net::TcpListener::from_raw_fd(fd)
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `sa` is a valid sockaddr_in of the size given.
+        let bound = unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) };
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        // SAFETY: listening on our own bound socket.
+        assert_eq!(unsafe { libc::listen(fd, 0) }, 0, "listen: {}", std::io::Error::last_os_error());
+        let at = listener.local_addr().unwrap();
+        let filler = std::net::TcpStream::connect(at).unwrap();
+        // The control: a further connection does not complete.
+        assert!(std::net::TcpStream::connect_timeout(&at, Duration::from_millis(1500)).is_err(), "{at} still completes connections");
+        SilentPort { addr: at.to_string(), _listener: listener, _filler: filler }
+    }
+}
+
+/// A pull through mirrors: no mirror sees the credentials, though one asks for them;
+/// a layer the serving mirror lacks comes from the next source; a source that never
+/// completes a connection is given up after 10 s, once a pull (its later requests skip
+/// it). Each pull is given 25 s, room for a loaded machine over the 10 s wait; TCP on
+/// its own would try one connect for two minutes.
+#[test]
+fn mirrors_never_see_credentials_and_a_pull_goes_past_a_lacking_or_silent_one() {
+    need_root();
+    use base64::Engine;
+    let node = TestNode::new("crimirror");
+    let h = Harness::new("cri-mirror");
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let registry = Registry::start(&h.base, true);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    push_layout(&registry.1, &layout, "private/busybox", "1", &[("Authorization", &format!("Basic {basic}"))]);
+    let image = LayoutImage::read(&layout);
+    assert_eq!(image.layers.len(), 2, "the test image has two layers");
+    let (served, lacking) = (image.layers[0].clone(), image.layers[1].clone());
+    let config = image.config.clone();
+    let mirror = Mirror::start(image, "private/busybox", "1", &lacking);
+    let silent = SilentPort::new();
+    let mirrors = format!("{}={},{}", registry.1, mirror.addr, silent.addr);
+    let d = Daemon::start_with(h, &node.node_ns(), &["--registry-mirror".into(), mirrors]);
+    let reference = format!("{}/private/busybox:1", registry.1);
+    let creds = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
+    let pull = |reference: &str| {
+        let out = d.crictl_within(Some(25), &["pull", "--creds", &creds, reference]);
+        assert_ne!(out.status.code(), Some(124), "the pull of {reference} was still going after 25 s");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, pulled) = pull(&reference);
+    assert!(ok && pulled.contains("Image is up to date for sha256:"), "{pulled}");
+    assert!(d.ok(&["images"]).contains("private/busybox"));
+    // What the mirror was asked: the manifest, the config and the first layer, which it
+    // served, and the second, which it lacks; never with credentials.
+    let seen = mirror.seen();
+    let asked = |what: &str| seen.iter().any(|r| r.lines().next().is_some_and(|l| l.starts_with("GET ") && l.contains(what)));
+    assert!(asked("/v2/private/busybox/manifests/1 "), "the mirror was not asked for the manifest: {seen:?}");
+    for blob in [&config, &served, &lacking] {
+        assert!(asked(&format!("/v2/private/busybox/blobs/{blob} ")), "the mirror was not asked for {blob}: {seen:?}");
+    }
+    for r in &seen {
+        assert!(
+            !r.to_ascii_lowercase().contains("authorization:") && !r.contains(REGISTRY_PASSWORD) && !r.contains(&basic),
+            "the mirror saw credentials: {r}"
+        );
+    }
+    // What no source has: the pull ends, and names every source and what each said.
+    let (ok, err) = pull(&format!("{}/private/nosuch:1", registry.1));
+    assert!(!ok, "pulled what no source has: {err}");
+    for source in [&mirror.addr, &silent.addr, &registry.1] {
+        assert!(err.contains(source.as_str()), "{source} is not named: {err}");
+    }
+}
+
+/// A registry off loopback speaks plain HTTP only when `--insecure-registry` names it;
+/// without, the pull asks it for HTTPS and fails. Both in a namespace of the test's,
+/// the registry on a documentation address there.
+#[test]
+fn an_insecure_registry_is_spoken_to_over_plain_http_and_only_when_named() {
+    need_root();
+    let node = TestNode::new("insecure");
+    let ns = node.node_ns();
+    support::node::sh(&ns, "ip addr add 192.0.2.80/32 dev lo");
+    let h = Harness::new("insecure");
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let registry = Registry::start_in(&h.base, false, Some(&ns), "192.0.2.80:5000".into());
+    in_netns(Some(&ns), || push_layout(&registry.1, &layout, "test/busybox", "1", &[]));
+    let reference = format!("{}/test/busybox:1", registry.1);
+    let images = h.base.join("images");
+    let pull = |extra: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .arg(support::minipod_bin())
+            .args(["--root", h.root.to_str().unwrap(), "image", "--images", images.to_str().unwrap(), "pull"])
+            .args(extra)
+            .arg(&reference)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, said) = pull(&[]);
+    assert!(!ok && said.contains("https://192.0.2.80:5000/"), "without the flag the pull must ask for HTTPS and fail: {said}");
+    let (ok, said) = pull(&["--insecure-registry", "192.0.2.80:5000"]);
+    assert!(ok, "{said}");
+    let listed = h.minipod(&["image", "--images", images.to_str().unwrap(), "ls"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("192.0.2.80:5000/test/busybox"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+}
+
 #[test]
 fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
     need_root();
@@ -460,6 +726,69 @@ fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
     assert!(d.ok(&["images"]).contains("private/busybox"));
     let bad = d.crictl(&["pull", "--auth", "not base64!", &reference]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// StopContainer sends TERM, and KILLs what still runs when its timeout is up; the List
+/// calls' filters (state, labels, pod) select just what they name, alone and together.
+#[test]
+fn stop_kills_after_its_timeout_and_list_filters_select_what_they_name() {
+    need_root();
+    let node = TestNode::new("cristop");
+    let d = Daemon::start(Harness::new("cri-stop"), &node.node_ns());
+    d.import_busybox();
+    let logs = d.h.base.join("logs");
+    let (pod_a, pod_b) = (d.write("a.json", &pod_json("fa", &logs, json!([]))), d.write("b.json", &pod_json("fb", &logs, json!([]))));
+    let (a, b) = (d.ok(&["runp", &pod_a]).trim().to_string(), d.ok(&["runp", &pod_b]).trim().to_string());
+    let run = |pod: &str, pod_cfg: &str, name: &str, cmd: &[&str], tier: &str| -> String {
+        let mut cfg = ctr_json(name, cmd);
+        cfg["labels"] = json!({ "tier": tier });
+        let id = d.ok(&["create", pod, &d.write(&format!("{name}.json"), &cfg), pod_cfg]).trim().to_string();
+        d.ok(&["start", &id]);
+        id
+    };
+    let until_ready = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.crictl(&["exec", "-s", id, "test", "-e", "/tmp/ready"]).status.success() {
+            assert!(Instant::now() < deadline, "{id} never got ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let polite = run(&a, &pod_a, "polite", &["sh", "-c", "trap 'exit 7' TERM; touch /tmp/ready; while true; do sleep 0.1; done"], "front");
+    let stubborn = run(&b, &pod_b, "stubborn", &["sh", "-c", "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done"], "back");
+    let runner = run(&a, &pod_a, "runner", &["sleep", "300"], "front");
+    until_ready(&polite);
+    until_ready(&stubborn);
+    // TERM first: the polite one ends with its own code, well before its timeout.
+    d.ok(&["stop", "-t", "15", &polite]);
+    assert_eq!(d.wait_exited(&polite)["status"]["exitCode"], 7, "TERM was not sent first");
+    // Ignored TERM: KILL when the timeout is up (crictl gives the call 20 s).
+    d.ok(&["stop", "-t", "2", &stubborn]);
+    let killed = d.wait_exited(&stubborn);
+    assert_eq!((&killed["status"]["state"], &killed["status"]["exitCode"]), (&json!("CONTAINER_EXITED"), &json!(137)), "{killed}");
+
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = d.ok(&[args, &["-q", "--no-trunc"]].concat()).split_whitespace().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let sorted = |v: &[&String]| -> Vec<String> {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&["ps"]), sorted(&[&runner]), "running ones by default");
+    assert_eq!(ids(&["ps", "-a"]), sorted(&[&polite, &stubborn, &runner]));
+    assert_eq!(ids(&["ps", "-a", "--state", "exited"]), sorted(&[&polite, &stubborn]));
+    assert_eq!(ids(&["ps", "-a", "--label", "tier=back"]), sorted(&[&stubborn]));
+    assert_eq!(ids(&["ps", "-a", "--pod", &a]), sorted(&[&polite, &runner]));
+    assert_eq!(ids(&["ps", "-a", "--pod", &a, "--label", "tier=front", "--state", "exited"]), sorted(&[&polite]));
+    assert_eq!(ids(&["ps", "-a", "--label", "tier=nosuch"]), Vec::<String>::new());
+    d.ok(&["stopp", &b]);
+    assert_eq!(ids(&["pods"]), sorted(&[&a, &b]));
+    assert_eq!(ids(&["pods", "--state", "ready"]), sorted(&[&a]));
+    assert_eq!(ids(&["pods", "--state", "notready"]), sorted(&[&b]));
+    assert_eq!(ids(&["pods", "--label", "app=fb"]), sorted(&[&b]));
+    assert_eq!(ids(&["pods", "--label", "app=fb", "--state", "ready"]), Vec::<String>::new());
 }
 
 #[test]

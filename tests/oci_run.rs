@@ -206,12 +206,30 @@ fn eight_containers_run_concurrently_without_colliding() {
 fn run_forwards_its_signals_to_the_workload() {
     need_root();
     let h = Harness::new("forward");
-    let b = h.bundle(&["sh", "-c", "trap 'exit 9' INT; touch /dev/shm/trapped; while true; do sleep 0.05; done"]);
+    // Each signal run forwards (but INT) is noted as it is caught; INT ends the workload.
+    let caught = ["HUP", "QUIT", "TERM", "USR1", "USR2"];
+    let script = format!(
+        "for s in {}; do trap \"echo $s >> /dev/shm/caught\" $s; done; trap 'exit 9' INT; touch /dev/shm/trapped; while true; do sleep 0.05; done",
+        caught.join(" ")
+    );
+    let b = h.bundle(&["sh", "-c", &script]);
     let id = h.id("fwd");
     let dir = b.write().to_str().unwrap().to_string();
     let mut run = h.cmd(&["run", "--bundle", &dir, &id]).stdout(std::process::Stdio::null()).spawn().unwrap();
     h.wait_for_status(&id, "running");
     h.wait_for_file_in(&id, "/dev/shm/trapped");
+    let pid = h.state(&id)["pid"].as_i64().expect("a running container has a pid");
+    let notes = format!("/proc/{pid}/root/dev/shm/caught");
+    for (n, (name, sig)) in caught.iter().zip([libc::SIGHUP, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2]).enumerate() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(run.id() as i32, sig) };
+        let want = caught[..=n].join("\n") + "\n";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&notes).unwrap_or_default() != want {
+            assert!(std::time::Instant::now() < deadline, "SIG{name} never reached the workload: {:?}", std::fs::read_to_string(&notes));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
     assert_eq!(run.wait().unwrap().code(), Some(9), "Ctrl-C on run reaches the container");

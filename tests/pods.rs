@@ -379,7 +379,13 @@ fn a_panicking_test_leaves_nothing_behind() {
 async fn sigkill_child() {
     let Ok(root) = std::env::var("MINIPOD_TEST_ROOT") else { return };
     let rootfs = std::env::var("MINIPOD_TEST_ROOTFS").unwrap();
-    let rt = Minipod::builder().state_dir(&root).image_dir(format!("{root}-images")).private_node().open().await.unwrap();
+    let builder = Minipod::builder().state_dir(&root).image_dir(format!("{root}-images"));
+    // On the node it is given (shared with a live owner), else on a private one.
+    let builder = match std::env::var_os("MINIPOD_TEST_NODE") {
+        Some(node) => builder.node_netns(node),
+        None => builder.private_node(),
+    };
+    let rt = builder.open().await.unwrap();
     let mut keep = vec![];
     for i in 0..3 {
         let pod = rt.pod(&format!("orphan{i}")).publish(18090 + i, 80).start().await.unwrap();
@@ -411,6 +417,73 @@ async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
     assert!(pids.iter().all(|p| minipod_runtime::state::process_start_time(*p).is_none()), "workloads still run");
     assert!(rt.pods().pods().unwrap().is_empty());
     rt.shutdown().await.unwrap();
+    env.assert_clean();
+}
+
+/// The host ends of the veths on `node`, and its nftables ruleset.
+fn node_links_and_rules(node: &support::node::TestNode) -> (Vec<String>, String) {
+    let links = support::node::sh(&node.node_ns(), "ip -o link show type veth | cut -d: -f2 | cut -d@ -f1");
+    (links.split_whitespace().map(str::to_string).collect(), support::node::sh(&node.node_ns(), "nft list ruleset"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_node_the_sweep_takes_a_dead_owners_pods_and_leaves_a_live_owners() {
+    need_root();
+    let env = PodEnv::new("pods-sweep-shared");
+    let node = support::node::TestNode::new("sweep");
+    let shared = || Minipod::builder().state_dir(env.root()).image_dir(env.h.base.join("images")).node_netns(node.node_ns());
+    let live = shared().open().await.unwrap();
+    let web = live.pod("web").publish(18099, 80).start().await.unwrap();
+    let serve = "mkdir /www && echo live > /www/index.html && exec httpd -f -p 80 -h /www";
+    let httpd = web.container("s").rootfs(&env.rootfs).cmd(["sh", "-c", serve]).wait_for(Ready::port(80)).start().await.unwrap();
+    let (web_links, _) = node_links_and_rules(&node);
+    assert_eq!(web_links.len(), 1, "{web_links:?}");
+    let mut child = support::ready_child(
+        "sigkill_child",
+        &[
+            ("MINIPOD_TEST_ROOT", env.root().as_os_str()),
+            ("MINIPOD_TEST_ROOTFS", env.rootfs.as_os_str()),
+            ("MINIPOD_TEST_NODE", node.node_ns().as_os_str()),
+        ],
+    );
+    let (links, rules) = node_links_and_rules(&node);
+    let dead_links: Vec<&String> = links.iter().filter(|l| !web_links.contains(l)).collect();
+    assert_eq!(dead_links.len(), 3, "the dead owner's three pods have their links on the node: {links:?}");
+    for port in ["18090", "18091", "18092", "18099"] {
+        assert!(rules.contains(port), "port {port} is published on the node: {rules}");
+    }
+    let states = minipod_runtime::Runtime::new(env.root()).unwrap().list().unwrap();
+    let httpd_pid = states.iter().find(|c| c.id.as_str() == httpd.id()).and_then(|c| c.pid);
+    let orphans: Vec<i32> = states.iter().filter(|c| c.id.as_str() != httpd.id()).filter_map(|c| c.pid).collect();
+    assert!(httpd_pid.is_some() && orphans.len() == 3, "three orphans and the live httpd: {states:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The next runtime on the node sweeps: the dead owner's pods, links, ports and
+    // processes go; the live owner's pod keeps all of its own and still serves.
+    let next = shared().open().await.unwrap();
+    let left: Vec<String> = next.pods().pods().unwrap().iter().map(|p| p.name.to_string()).collect();
+    assert_eq!(left, ["web"], "only the live owner's pod is left");
+    let (links, rules) = node_links_and_rules(&node);
+    assert_eq!(links, web_links, "only the live pod's link is left");
+    for port in ["18090", "18091", "18092"] {
+        assert!(!rules.contains(port), "port {port} of a swept pod is still published: {rules}");
+    }
+    assert!(rules.contains("18099"), "the live pod's port went: {rules}");
+    for p in &orphans {
+        assert!(minipod_runtime::state::process_start_time(*p).is_none(), "a swept workload {p} still runs");
+    }
+    assert!(httpd_pid.and_then(minipod_runtime::state::process_start_time).is_some(), "the live httpd was killed");
+    assert_eq!(web.http_get(80, "/").await.unwrap(), (200, "live\n".to_string()));
+    assert_eq!(
+        support::node::TestNode::fetch(&node.node_ns(), "http://127.0.0.1:18099/").as_deref(),
+        Some("live"),
+        "the live pod's published port answers"
+    );
+    next.shutdown().await.unwrap();
+    drop(httpd);
+    drop(web);
+    live.shutdown().await.unwrap();
     env.assert_clean();
 }
 

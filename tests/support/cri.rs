@@ -82,9 +82,22 @@ impl Daemon {
     }
 
     pub fn crictl(&self, args: &[&str]) -> Output {
+        self.crictl_within(None, args)
+    }
+
+    /// crictl, ended by `timeout` after `bound` seconds if given: its `--timeout` bounds
+    /// the connection, not every call (a pull runs as long as the daemon takes).
+    pub fn crictl_within(&self, bound: Option<u32>, args: &[&str]) -> Output {
         let ep = format!("unix://{}", self.sock.display());
-        Command::new(crictl_bin())
-            .args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--timeout", "20s", "--config", "/dev/null"])
+        let mut cmd = match bound {
+            Some(secs) => {
+                let mut c = Command::new("timeout");
+                c.args(["-k", "5", &secs.to_string()]).arg(crictl_bin());
+                c
+            }
+            None => Command::new(crictl_bin()),
+        };
+        cmd.args(["--runtime-endpoint", &ep, "--image-endpoint", &ep, "--timeout", "20s", "--config", "/dev/null"])
             .args(args)
             .stdin(Stdio::null())
             .output()

@@ -34,8 +34,8 @@ impl PodEnv {
         self.builder().open().await.expect("open minipod")
     }
 
-    /// Nothing of any runtime on this root is left: pods, containers, private nodes,
-    /// instance records, mounts, cgroups.
+    /// Nothing of any runtime on this root is left: pods, name indexes, containers,
+    /// private nodes, instance records, mounts.
     pub fn assert_clean(&self) {
         let root = &self.h.root;
         let entries = |d: &str| -> Vec<String> {
@@ -46,6 +46,10 @@ impl PodEnv {
         assert_eq!(entries("pods"), Vec::<String>::new(), "pods left");
         assert_eq!(entries("nodes"), Vec::<String>::new(), "private nodes left");
         assert_eq!(entries("instances"), Vec::<String>::new(), "runtime instances left");
+        let names: Vec<String> = std::fs::read_dir(root.join("pods/.names"))
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lock").collect())
+            .unwrap_or_default();
+        assert_eq!(names, Vec::<String>::new(), "name indexes left in pods/.names");
         let containers: Vec<String> = entries("")
             .into_iter()
             .filter(|n| {

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use super::{Image, ImageError, ImageStore};
 
@@ -140,6 +140,25 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The sources one pull has asked, and what each first answered. A source is asked
+/// once (its `/v2/`, and the token flow if it challenges): one that did not answer is
+/// not asked again in this pull. oci-client would otherwise repeat a failed preflight
+/// before every request, so a source that never completes a connect would cost two
+/// connect timeouts per request instead of one per pull.
+#[derive(Default)]
+struct Reached(std::collections::HashMap<String, Result<(), String>>);
+
+impl Reached {
+    async fn ask(&mut self, client: &Client, at: &Reference, auth: &RegistryAuth) -> Result<(), String> {
+        if let Some(answer) = self.0.get(at.registry()) {
+            return answer.clone();
+        }
+        let answer = client.auth(at, auth, RegistryOperation::Pull).await.map(drop).map_err(|e| e.to_string());
+        self.0.insert(at.registry().to_string(), answer.clone());
+        answer
+    }
+}
+
 /// Pulls `reference` into `store`; `progress` hears one line per step.
 pub async fn pull(
     store: &ImageStore,
@@ -166,10 +185,16 @@ pub async fn pull(
     .map_err(|e| fail(format!("setting up the registry client: {e}")))?;
     let upstream = r.registry().to_string();
     let mut sources: Vec<Reference> = opts.sources(r.registry()).map(|s| at_source(r, s)).collect();
+    let mut reached = Reached::default();
     let mut failures = Vec::new();
     let mut found = None;
     for (i, at) in sources.iter().enumerate() {
-        match client.pull_manifest_and_config(at, &opts.credentials.for_source(at.registry(), &upstream)).await {
+        let auth = opts.credentials.for_source(at.registry(), &upstream);
+        let got = match reached.ask(&client, at, &auth).await {
+            Ok(()) => client.pull_manifest_and_config(at, &auth).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match got {
             Ok(got) => {
                 found = Some((i, got));
                 break;
@@ -198,13 +223,16 @@ pub async fn pull(
             let path = scratch.join(&hex);
             let mut failures = Vec::new();
             for at in &sources {
+                // A source other than the manifest's has not been asked yet.
+                if let Err(e) = reached.ask(&client, at, &opts.credentials.for_source(at.registry(), &upstream)).await {
+                    failures.push(format!("{}: {e}", at.registry()));
+                    continue;
+                }
                 let file = tokio::fs::File::create(&path).await.map_err(|source| ImageError::Io {
                     what: "creating".into(),
                     path: path.clone(),
                     source,
                 })?;
-                // A source other than the manifest's has not been authenticated yet.
-                client.store_auth_if_needed(at.resolve_registry(), &opts.credentials.for_source(at.registry(), &upstream)).await;
                 match client.pull_blob(at, layer, file).await {
                     Ok(()) => {
                         failures.clear();

@@ -69,7 +69,7 @@ impl Pods {
     }
 
     fn name_file(&self, scope: &Scope, name: &PodName) -> PathBuf {
-        self.root.join("pods").join(".names").join(scope.as_str()).join(name.as_str())
+        name_index_dir(&self.root, scope).join(name.as_str())
     }
 
     /// The id a pod name of `scope` is claimed by, if any.
@@ -84,12 +84,20 @@ impl Pods {
     pub(super) fn claim_name(&self, name: &PodName, id: &PodId) -> Result<()> {
         let path = self.name_file(&self.scope, name);
         let dir = path.parent().unwrap_or(&path);
-        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         // Written whole under a name of its own (nobody reads it there; a crash leaves a
         // temporary file the sweep removes), then linked into place. Not fsynced: the
         // pod records it guards are not either, and a reboot ends the pods anyway.
         let whole = netstack::record::temp_path(&path);
-        std::fs::write(&whole, id.as_str()).map_err(io_err("writing", &whole))?;
+        // The scope's directory goes with its last name (`release_name`), so it may go
+        // between its creation and the write; once the write is in, it stays.
+        let mut attempts = 0;
+        loop {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+            match std::fs::write(&whole, id.as_str()) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                written => break written.map_err(io_err("writing", &whole))?,
+            }
+        }
         let claimed = (|| {
             for _ in 0..2 {
                 match std::fs::hard_link(&whole, &path) {
@@ -146,6 +154,8 @@ impl Pods {
                     }
                 }
             }
+            // Empty once its last stale claim went (it fails while names remain).
+            let _ = std::fs::remove_dir(scope.path());
         }
         (swept, temps)
     }
@@ -153,6 +163,8 @@ impl Pods {
     pub(super) fn release_name(&self, pod: &PodRecord) {
         if self.name_index(&pod.scope, &pod.name).as_ref() == Some(&pod.id) {
             let _ = std::fs::remove_file(self.name_file(&pod.scope, &pod.name));
+            // The scope's last name takes its directory along (it fails while others remain).
+            let _ = std::fs::remove_dir(name_index_dir(&self.root, &pod.scope));
         }
     }
 
@@ -223,6 +235,11 @@ impl Pods {
         // Removed while we waited: the lock guards a deleted file.
         Ok(self.has_record(id).then_some(lock))
     }
+}
+
+/// Where the pod names of `scope` are claimed, one file per name.
+pub(super) fn name_index_dir(root: &Path, scope: &Scope) -> PathBuf {
+    root.join("pods").join(".names").join(scope.as_str())
 }
 
 /// The pods recorded in the pod directories `entries` of `dir` lists.
