@@ -487,25 +487,30 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     d.ok(&["rmp", "-f", &id]);
 }
 
-/// A registry mirror on loopback that serves one image without asking who pulls, but
-/// whose `/v2/` invites HTTP basic credentials (as a pull-through cache in front of a
-/// private registry may), lacks one of its blobs, and keeps every request it is sent.
-struct Mirror {
+/// A registry on loopback that serves one image, keeps every request it is sent, and
+/// may lack one of its blobs. Without a token it serves anyone, though its `/v2/`
+/// invites HTTP basic credentials (as a pull-through mirror in front of a private
+/// registry may); with one it serves only requests that carry it as a bearer token.
+struct ImageServer {
     addr: String,
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Mirror {
-    fn start(image: LayoutImage, repo: &str, tag: &str, lacking: &str) -> Self {
+impl ImageServer {
+    fn start(image: LayoutImage, repo: &str, tag: &str, lacking: Option<&str>, token: Option<&str>) -> Self {
         use std::io::{BufRead, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (seen, stop) =
             (std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default(), std::sync::Arc::<std::sync::atomic::AtomicBool>::default());
         let (log, stopped) = (seen.clone(), stop.clone());
-        let (manifests, blobs, lacking) = (format!("/v2/{repo}/manifests/"), format!("/v2/{repo}/blobs/"), lacking.to_string());
+        let (manifests, blobs, lacking) = (format!("/v2/{repo}/manifests/"), format!("/v2/{repo}/blobs/"), lacking.map(str::to_string));
         let tag = tag.to_string();
+        let (bearer, challenge) = match token {
+            Some(t) => (Some(format!("authorization: bearer {}", t.to_ascii_lowercase())), format!("Bearer realm=\"http://{addr}/token\"")),
+            None => (None, "Basic realm=\"mirror\"".to_string()),
+        };
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -521,7 +526,8 @@ impl Mirror {
                     (words.next().unwrap_or_default(), words.next().unwrap_or_default().split('?').next().unwrap_or_default());
                 let unknown =
                     (404, "application/json", br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"not on this mirror"}]}"#.to_vec(), None);
-                let (code, kind, body, digest) = if path == "/v2/" {
+                let unauthorized = bearer.as_ref().is_some_and(|b| !head.to_ascii_lowercase().lines().any(|l| l.trim() == b));
+                let (code, kind, body, digest) = if path == "/v2/" || unauthorized {
                     (401, "application/json", b"{}".to_vec(), None)
                 } else if let Some(r) = path.strip_prefix(&manifests) {
                     if r == tag || r == image.manifest_digest {
@@ -531,7 +537,7 @@ impl Mirror {
                     }
                 } else {
                     match path.strip_prefix(&blobs).and_then(|d| image.blobs.get(d).map(|b| (d, b))) {
-                        Some((d, b)) if d != lacking => (200, "application/octet-stream", b.clone(), Some(d.to_string())),
+                        Some((d, b)) if lacking.as_deref() != Some(d) => (200, "application/octet-stream", b.clone(), Some(d.to_string())),
                         _ => unknown,
                     }
                 };
@@ -540,7 +546,7 @@ impl Mirror {
                     body.len()
                 );
                 if code == 401 {
-                    reply.push_str("WWW-Authenticate: Basic realm=\"mirror\"\r\n");
+                    reply.push_str(&format!("WWW-Authenticate: {challenge}\r\n"));
                 }
                 if let Some(d) = digest {
                     reply.push_str(&format!("Docker-Content-Digest: {d}\r\n"));
@@ -552,7 +558,7 @@ impl Mirror {
                 }
             }
         });
-        Mirror { addr, seen, stop }
+        ImageServer { addr, seen, stop }
     }
 
     fn seen(&self) -> Vec<String> {
@@ -560,7 +566,7 @@ impl Mirror {
     }
 }
 
-impl Drop for Mirror {
+impl Drop for ImageServer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wakes the accept so that the thread sees the flag and ends.
@@ -625,7 +631,7 @@ fn mirrors_never_see_credentials_and_a_pull_goes_past_a_lacking_or_silent_one() 
     assert_eq!(image.layers.len(), 2, "the test image has two layers");
     let (served, lacking) = (image.layers[0].clone(), image.layers[1].clone());
     let config = image.config.clone();
-    let mirror = Mirror::start(image, "private/busybox", "1", &lacking);
+    let mirror = ImageServer::start(image, "private/busybox", "1", Some(&lacking), None);
     let silent = SilentPort::new();
     let mirrors = format!("{}={},{}", registry.1, mirror.addr, silent.addr);
     let d = Daemon::start_with(h, &node.node_ns(), &["--registry-mirror".into(), mirrors]);
@@ -698,6 +704,51 @@ fn an_insecure_registry_is_spoken_to_over_plain_http_and_only_when_named() {
         "{}",
         String::from_utf8_lossy(&listed.stdout)
     );
+}
+
+/// A protobuf length-delimited field: what a PullImageRequest is made of.
+fn proto_field(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2];
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// PullImage's `auth.registry_token` (which crictl has no flag for) reaches the
+/// registry as a bearer token, and only the right one pulls.
+#[test]
+fn a_registry_token_is_sent_as_the_bearer_token() {
+    need_root();
+    let node = TestNode::new("critoken");
+    let h = Harness::new("cri-token");
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let registry = ImageServer::start(LayoutImage::read(&layout), "private/busybox", "1", None, Some("tok-3141"));
+    let d = Daemon::start(h, &node.node_ns());
+    let reference = format!("{}/private/busybox:1", registry.addr);
+    let pull = |token: Option<&str>| {
+        let mut req = proto_field(1, &proto_field(1, reference.as_bytes()));
+        if let Some(t) = token {
+            req.extend(proto_field(2, &proto_field(6, t.as_bytes())));
+        }
+        d.raw_grpc("/runtime.v1.ImageService/PullImage", Some(&req))
+    };
+    let listed = || d.ok(&["images"]).contains("private/busybox");
+    for refused in [None, Some("tok-wrong")] {
+        let answer = pull(refused);
+        let said = |w: &str| answer.contains(w);
+        assert!(said("grpc-status: 14") && (said("authentication%20failure") || said("not%20authorized")), "{refused:?}: {answer}");
+        assert!(!listed(), "pulled with {refused:?}");
+    }
+    pull(Some("tok-3141"));
+    assert!(listed(), "the right token did not pull");
+    let seen = registry.seen();
+    assert!(seen.iter().any(|r| r.to_ascii_lowercase().contains("authorization: bearer tok-3141")), "{seen:?}");
 }
 
 #[test]

@@ -320,6 +320,18 @@ async fn bad_requests_get_clear_errors_and_leave_nothing() {
     assert!(matches!(err, PodError::PodExists { .. }), "{err}");
     let err = rt.pod("other").publish(18081, 80).start().await.unwrap_err();
     assert!(err.to_string().contains("18081") && err.to_string().contains("already published"), "{err}");
+    // Half-way: its namespace is made and its network attached (a veth on the node, an
+    // address) when its second port turns out taken; all of it goes back, and the
+    // other port is free for the next pod.
+    let node_ns = pod.record().node.netns.clone().expect("a private node has a namespace");
+    let veths = || support::node::sh(&node_ns, "ip -o link show type veth | cut -d: -f2 | cut -d@ -f1");
+    let before = veths();
+    assert_eq!(before.lines().count(), 1, "taken's veth: {before}");
+    let err = rt.pod("half").publish(18083, 80).publish(18081, 81).start().await.unwrap_err();
+    assert!(err.to_string().contains("18081") && err.to_string().contains("already published"), "{err}");
+    assert_eq!(veths(), before, "the half-made pod's veth was left on the node");
+    let heir = rt.pod("heir").publish(18083, 80).start().await.expect("the half-made pod's other port is free");
+    drop(heir);
     let err = rt.pod("lost").network("no-such-net").start().await.unwrap_err();
     assert!(err.to_string().contains("no-such-net") && err.to_string().contains("does not exist"), "{err}");
     let err = rt.pod("Bad_Name").start().await.unwrap_err();
