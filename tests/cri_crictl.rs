@@ -487,6 +487,18 @@ fn crictl_pulls_from_a_registry_on_loopback() {
     d.ok(&["rmp", "-f", &id]);
 }
 
+/// A registry that takes only [`REGISTRY_USER`], holding the test image as
+/// `private/busybox:1`; with the image's layout and the user's HTTP basic credentials.
+fn private_registry(h: &Harness) -> (Registry, std::path::PathBuf, String) {
+    use base64::Engine;
+    let layout = h.base.join("layout");
+    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
+    let registry = Registry::start(&h.base, true);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    push_layout(&registry.1, &layout, "private/busybox", "1", &[("Authorization", &format!("Basic {basic}"))]);
+    (registry, layout, basic)
+}
+
 /// A registry on loopback that serves one image, keeps every request it is sent, and
 /// may lack one of its blobs. Without a token it serves anyone, though its `/v2/`
 /// invites HTTP basic credentials (as a pull-through mirror in front of a private
@@ -619,14 +631,9 @@ impl SilentPort {
 #[test]
 fn mirrors_never_see_credentials_and_a_pull_goes_past_a_lacking_or_silent_one() {
     need_root();
-    use base64::Engine;
     let node = TestNode::new("crimirror");
     let h = Harness::new("cri-mirror");
-    let layout = h.base.join("layout");
-    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
-    let registry = Registry::start(&h.base, true);
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
-    push_layout(&registry.1, &layout, "private/busybox", "1", &[("Authorization", &format!("Basic {basic}"))]);
+    let (registry, layout, basic) = private_registry(&h);
     let image = LayoutImage::read(&layout);
     assert_eq!(image.layers.len(), 2, "the test image has two layers");
     let (served, lacking) = (image.layers[0].clone(), image.layers[1].clone());
@@ -754,14 +761,9 @@ fn a_registry_token_is_sent_as_the_bearer_token() {
 #[test]
 fn crictl_pulls_with_the_credentials_a_registry_asks_for() {
     need_root();
-    use base64::Engine;
     let node = TestNode::new("criauth");
     let h = Harness::new("cri-auth");
-    let layout = h.base.join("layout");
-    minipod_runtime::busybox::write_oci_layout(&layout, "minipod.test/busybox:1").unwrap();
-    let registry = Registry::start(&h.base, true);
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
-    push_layout(&registry.1, &layout, "private/busybox", "1", &[("Authorization", &format!("Basic {basic}"))]);
+    let (registry, _, basic) = private_registry(&h);
     let d = Daemon::start(h, &node.node_ns());
     let reference = format!("{}/private/busybox:1", registry.1);
     let refused = d.crictl(&["pull", &reference]);
