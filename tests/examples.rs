@@ -9,18 +9,29 @@ use std::process::Command;
 
 use support::need_root;
 
-/// What a state root keeps once everything in it has gone: its directories.
-const SKELETON: [&str; 4] = ["/run/minipod/instances", "/run/minipod/nodes", "/run/minipod/pods", "/run/minipod/pods/.names"];
+/// What the default state root and image store keep once everything in them has gone:
+/// their directories.
+const SKELETON: [&str; 8] = [
+    "/run/minipod/instances",
+    "/run/minipod/nodes",
+    "/run/minipod/pods",
+    "/run/minipod/pods/.names",
+    "/var/lib/minipod/images",
+    "/var/lib/minipod/images/images",
+    "/var/lib/minipod/images/layers",
+    "/var/lib/minipod/images/tmp",
+];
 
-/// Runs the built example `name` (bounded by `timeout`) on a fresh /run of its own, as
-/// after a boot (a tmpfs in a mount namespace of its own, so the test's other runs
-/// and the machine's /run are not touched), and fails unless it succeeded and left
-/// nothing in its default state root but the root's own directories; its stdout.
+/// Runs the built example `name` (bounded by `timeout`) on a fresh /run and /var/lib
+/// of its own (tmpfs in a mount namespace of its own, so that neither the test's other
+/// runs nor the machine's own directories are touched), and fails unless it succeeded
+/// and left nothing in the default state root and image store but their directories;
+/// its stdout.
 fn example(name: &str) -> String {
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe.parent().and_then(Path::parent).expect("target dir").join("examples").join(name);
     assert!(bin.exists(), "{} is missing: `cargo test --workspace` builds the examples (or `cargo build --examples`)", bin.display());
-    let script = "mount -t tmpfs minipod-example /run && timeout -k 10 120 \"$0\"; code=$?; echo '--- left:' >&2; find /run/minipod -mindepth 1 2>/dev/null | sort >&2; exit $code";
+    let script = "mount -t tmpfs minipod-example /run && mount -t tmpfs minipod-example /var/lib && timeout -k 10 120 \"$0\"; code=$?; echo '--- left:' >&2; find /run/minipod /var/lib/minipod -mindepth 1 2>/dev/null | sort >&2; exit $code";
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .arg(&bin)
@@ -30,7 +41,7 @@ fn example(name: &str) -> String {
     assert!(out.status.success(), "example {name} failed ({}):\n{stdout}\n{stderr}", out.status);
     let (_, left) = stderr.rsplit_once("--- left:\n").unwrap_or_default();
     let left: Vec<&str> = left.lines().filter(|l| !SKELETON.contains(l)).collect();
-    assert!(left.is_empty(), "example {name} left in its state root: {left:?}");
+    assert!(left.is_empty(), "example {name} left in its state root or image store: {left:?}");
     stdout
 }
 
