@@ -691,14 +691,14 @@ fn an_insecure_registry_is_spoken_to_over_plain_http_and_only_when_named() {
     let reference = format!("{}/test/busybox:1", registry.1);
     let images = h.base.join("images");
     let pull = |extra: &[&str]| {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", ns.display()))
-            .arg(support::minipod_bin())
-            .args(["--root", h.root.to_str().unwrap(), "image", "--images", images.to_str().unwrap(), "pull"])
-            .args(extra)
-            .arg(&reference)
-            .output()
-            .unwrap();
+        let bin = support::minipod_bin();
+        let args = [
+            &[bin.to_str().unwrap(), "--root", h.root.to_str().unwrap(), "image", "--images", images.to_str().unwrap(), "pull"],
+            extra,
+            &[&reference],
+        ]
+        .concat();
+        let out = TestNode::in_ns(&ns, &args);
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
     };
     let (ok, said) = pull(&[]);

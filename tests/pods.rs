@@ -324,9 +324,9 @@ async fn bad_requests_get_clear_errors_and_leave_nothing() {
     // address) when its second port turns out taken; all of it goes back, and the
     // other port is free for the next pod.
     let node_ns = pod.record().node.netns.clone().expect("a private node has a namespace");
-    let veths = || support::node::sh(&node_ns, "ip -o link show type veth | cut -d: -f2 | cut -d@ -f1");
+    let veths = || support::node::veths(&node_ns);
     let before = veths();
-    assert_eq!(before.lines().count(), 1, "taken's veth: {before}");
+    assert_eq!(before.len(), 1, "taken's veth: {before:?}");
     let err = rt.pod("half").publish(18083, 80).publish(18081, 81).start().await.unwrap_err();
     assert!(err.to_string().contains("18081") && err.to_string().contains("already published"), "{err}");
     assert_eq!(veths(), before, "the half-made pod's veth was left on the node");
@@ -434,8 +434,7 @@ async fn a_sigkilled_owner_is_swept_by_the_next_runtime() {
 
 /// The host ends of the veths on `node`, and its nftables ruleset.
 fn node_links_and_rules(node: &support::node::TestNode) -> (Vec<String>, String) {
-    let links = support::node::sh(&node.node_ns(), "ip -o link show type veth | cut -d: -f2 | cut -d@ -f1");
-    (links.split_whitespace().map(str::to_string).collect(), support::node::sh(&node.node_ns(), "nft list ruleset"))
+    (support::node::veths(&node.node_ns()), support::node::sh(&node.node_ns(), "nft list ruleset"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,11 @@ impl Drop for TestNode {
     }
 }
 
+/// The veths in `ns`, by name (a node's host ends, or a pod's eth0).
+pub fn veths(ns: &Path) -> Vec<String> {
+    sh(ns, "ip -o link show type veth | cut -d: -f2 | cut -d@ -f1").split_whitespace().map(str::to_string).collect()
+}
+
 /// `cmd` run by `sh -c` in `ns`, which must succeed; its output.
 pub fn sh(ns: &Path, cmd: &str) -> String {
     let out = TestNode::in_ns(ns, &["sh", "-c", cmd]);
