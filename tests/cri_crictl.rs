@@ -120,11 +120,24 @@ fn crictl_drives_pods_containers_and_images() {
     assert!(num(&p["memory"]["workingSetBytes"]) > 0, "{podstats}");
     assert_eq!(p["containers"][0]["attributes"]["id"], httpd.as_str(), "{podstats}");
 
-    // An exit code survives the daemon being killed; pods, IPs and ports too.
-    let job_cfg = d.write("job.json", &ctr_json("job", &["sh", "-c", "exit 3"]));
+    // A container that exits while no daemon runs has its exit code found by the next
+    // one (its monitor, not the daemon, saw it); pods, IPs and ports survive too.
+    let job_cfg = d.write("job.json", &ctr_json("job", &["sh", "-c", "sleep 2; exit 3"]));
     let job = d.ok(&["create", &client, &job_cfg, &client_pod]).trim().to_string();
     d.ok(&["start", &job]);
     d.kill(libc::SIGKILL);
+    let job_state = d.h.root.join(&job).join("state.json");
+    let exit_recorded = || {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(&job_state).unwrap_or_else(|e| panic!("{}: {e}", job_state.display()))).unwrap();
+        !state["exit"].is_null()
+    };
+    assert!(!exit_recorded(), "the job had exited before the daemon was killed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exit_recorded() {
+        assert!(Instant::now() < deadline, "the job's exit was not recorded within 20 s of its 2 s sleep");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     d.spawn();
     let again: Value = serde_json::from_str(&d.ok(&["inspectp", &web])).unwrap();
     assert_eq!(again["status"]["network"]["ip"], inspect["status"]["network"]["ip"]);
@@ -711,6 +724,72 @@ fn an_insecure_registry_is_spoken_to_over_plain_http_and_only_when_named() {
         "{}",
         String::from_utf8_lossy(&listed.stdout)
     );
+}
+
+/// Execs hold a bounded share of the daemon's threads: 100 ExecSyncs at once take it
+/// no further than its 64 blocking threads and one output reader for each of the 48
+/// execs that may run at once (the daemon's BLOCKING_THREADS and EXEC_THREADS); the
+/// rest wait their turn and all succeed, and pod work gets threads meanwhile.
+#[test]
+fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs() {
+    need_root();
+    let node = TestNode::new("criexecs");
+    let d = Daemon::start(Harness::new("cri-execs"), &node.node_ns());
+    d.import_busybox();
+    let logs = d.h.base.join("logs");
+    let pod_cfg = d.write("pod.json", &pod_json("execs", &logs, json!([])));
+    let pod = d.ok(&["runp", &pod_cfg]).trim().to_string();
+    let ctr = d.ok(&["create", &pod, &d.write("sleeper.json", &ctr_json("sleeper", &["sleep", "600"])), &pod_cfg]).trim().to_string();
+    d.ok(&["start", &ctr]);
+    let status = format!("/proc/{}/status", d.child.as_ref().map(Child::id).unwrap_or_default());
+    let threads = || -> usize {
+        let s = std::fs::read_to_string(&status).unwrap_or_else(|e| panic!("{status}: {e}"));
+        s.lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Threads in {status}"))
+    };
+    // Whatever else runs: the main thread, the two async workers, the blocking threads
+    // the setup left (they linger for 10 s and are reused).
+    let before = threads();
+    const EXECS: usize = 100;
+    const EXEC_THREADS: usize = 48;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let (peak, outcomes) = std::thread::scope(|scope| {
+        let execs: Vec<_> = (0..EXECS)
+            .map(|_| {
+                let (d, ctr, done) = (&d, &ctr, &done);
+                scope.spawn(move || {
+                    let out = d.crictl_within(Some(120), &["--timeout", "90s", "exec", "-s", "--timeout", "60", ctr, "sleep", "4"]);
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    out
+                })
+            })
+            .collect();
+        // The control: the execs' share fills (each running exec is a pool thread and
+        // its output's reader).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut peak = threads();
+        while peak < before + EXEC_THREADS {
+            assert!(Instant::now() < deadline, "the execs never ran 48 at once: {peak} threads, {before} before");
+            std::thread::sleep(Duration::from_millis(20));
+            peak = peak.max(threads());
+        }
+        // Pod work while the execs' share is full.
+        let other = d.write("other.json", &pod_json("other", &logs, json!([])));
+        let other = d.ok(&["runp", &other]).trim().to_string();
+        d.ok(&["stopp", &other]);
+        d.ok(&["rmp", &other]);
+        while done.load(std::sync::atomic::Ordering::Relaxed) < EXECS {
+            peak = peak.max(threads());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (peak, execs.into_iter().map(|e| e.join().unwrap()).collect::<Vec<_>>())
+    });
+    for out in &outcomes {
+        assert!(out.status.success(), "an exec failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(peak <= before + 64 + EXEC_THREADS, "{peak} threads at the peak, {before} before: the execs were not bounded");
 }
 
 /// A protobuf length-delimited field: what a PullImageRequest is made of.

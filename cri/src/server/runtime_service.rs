@@ -307,7 +307,12 @@ impl RuntimeService for Server {
         }
         limits::command(&req.cmd)?;
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
-        let out = blocking(&self.pods, move |p| p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)).await?;
+        let turn = super::exec_turn().await;
+        let out = blocking(&self.pods, move |p| {
+            let _turn = turn;
+            p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)
+        })
+        .await?;
         Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.status.shell_code() }))
     }
 

@@ -64,7 +64,15 @@ async fn run(client: Client, s: ExecSession, pods: Arc<Pods>) -> Result<(), Stre
         ..Default::default()
     };
     let container = s.container.clone();
-    let exec = tokio::task::spawn_blocking(move || pods.exec_attached(&container, opts));
+    // A client that leaves while the exec waits for its turn starts nothing.
+    let turn = tokio::select! {
+        turn = crate::server::exec_turn() => turn,
+        _ = &mut client => return Ok(()),
+    };
+    let exec = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        pods.exec_attached(&container, opts)
+    });
 
     let pumps = ours.pump(&output, pending, &mut from_client);
     tokio::pin!(exec);

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::net::IpAddr;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
@@ -153,10 +154,29 @@ impl Reached {
         if let Some(answer) = self.0.get(at.registry()) {
             return answer.clone();
         }
-        let answer = client.auth(at, auth, RegistryOperation::Pull).await.map(drop).map_err(|e| e.to_string());
+        let answer = client.auth(at, auth, RegistryOperation::Pull).await.map(drop).map_err(|e| match e {
+            OciDistributionError::AuthenticationFailure(body) => refused(auth, &body),
+            e => e.to_string(),
+        });
         self.0.insert(at.registry().to_string(), answer.clone());
         answer
     }
+}
+
+/// What a token service's refusal says: whose pull it refused, what to check, and the
+/// start of its answer (which may be a whole HTML page, or nothing).
+fn refused(auth: &RegistryAuth, body: &str) -> String {
+    let whose = match auth {
+        RegistryAuth::Anonymous => "an anonymous pull (give credentials: crictl pull --creds, or the PullImage request's auth)",
+        _ => "the credentials given (check them, and that they may pull this repository)",
+    };
+    let body = body.trim();
+    let said = match body.char_indices().nth(200) {
+        _ if body.is_empty() => "no reason given".to_string(),
+        Some((end, _)) => format!("it said {:?}...", &body[..end]),
+        None => format!("it said {body:?}"),
+    };
+    format!("the registry's token service refused {whose}: {said}")
 }
 
 /// Pulls `reference` into `store`; `progress` hears one line per step.
@@ -285,6 +305,20 @@ mod tests {
         for r in ["docker.io", "10.0.0.1:5000", "registry.local:443"] {
             assert!(!super::is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn a_token_service_refusal_says_whose_pull_and_what_to_check() {
+        use super::RegistryAuth;
+        let anonymous = super::refused(&RegistryAuth::Anonymous, "");
+        assert!(
+            anonymous.contains("refused an anonymous pull (give credentials: crictl pull --creds")
+                && anonymous.ends_with("no reason given"),
+            "{anonymous}"
+        );
+        let basic = super::refused(&RegistryAuth::Basic("u".into(), "hunter2".into()), &format!("<html>{}</html>", "x".repeat(5000)));
+        assert!(basic.contains("refused the credentials given (check them") && basic.contains("it said \"<html>xxx"), "{basic}");
+        assert!(basic.len() < 500 && !basic.contains("hunter2"), "{} bytes: {basic}", basic.len());
     }
 
     #[test]

@@ -84,6 +84,62 @@ fn references_normalise_as_containerd_shows_them() {
     assert!(normalize_reference(&format!("busybox@sha512:{}", "ab".repeat(64))).is_err());
 }
 
+/// The hand-written grammar takes and normalises what `oci_spec`'s regex does, on every
+/// combination of the parts below, but for tags beyond ASCII (Go's `\w` is ASCII).
+#[test]
+fn the_grammar_by_hand_agrees_with_the_distribution_regex() {
+    let hex = "ab".repeat(32);
+    let long = "a".repeat(256);
+    let registries = [
+        "",
+        "localhost/",
+        "localhost:5000/",
+        "r.io/",
+        "r.io:443/",
+        "a-b.c/",
+        "-a.io/",
+        "a..b/",
+        "host:port/",
+        "UP.io/",
+        "a_b.io/",
+        "r.io:/",
+    ];
+    let paths =
+        ["busybox", "a/b/c", "a__b", "a___b", "a--b", "a.b", "a._b", "A", "a/", "/a", "a//b", "my_org/app", "x-", "0", "a/B", &long];
+    let long_tag = format!(":{}", "a".repeat(128));
+    let too_long_tag = format!(":{}", "a".repeat(129));
+    let tags = ["", ":1", ":v1.0-rc_1", ":-x", ":", ":_", ":.x", ":A-Z", &long_tag, &too_long_tag];
+    let digests = [
+        String::new(),
+        format!("@sha256:{hex}"),
+        format!("@sha256:{}", hex.to_uppercase()),
+        "@sha256:abc".into(),
+        format!("@sha512:{hex}{hex}"),
+        format!("@Sha+x.y:{hex}"),
+        format!("@:{hex}"),
+        format!("@1a:{hex}"),
+        format!("@sha256:{hex}@x"),
+    ];
+    let mut compared = 0;
+    for r in registries {
+        for p in paths {
+            for t in tags {
+                for d in &digests {
+                    let s = format!("{r}{p}{t}{d}");
+                    let theirs = oci_client::Reference::try_from(s.as_str())
+                        .ok()
+                        .filter(|o| o.digest().is_none_or(|d| d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && is_hex(h))))
+                        .map(|o| o.to_string());
+                    assert_eq!(normalize_reference(&s).ok(), theirs, "{s}");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 12 * 16 * 10 * 9);
+    assert!(oci_client::Reference::try_from("busybox:\u{e9}").is_ok() && normalize_reference("busybox:\u{e9}").is_err());
+}
+
 #[test]
 fn docker_save_archive_is_refused_with_the_skopeo_way_out() {
     let dir = TestDir::new("docker-save");
