@@ -828,7 +828,8 @@ fn a_registry_token_is_sent_as_the_bearer_token() {
     for refused in [None, Some("tok-wrong")] {
         let answer = pull(refused);
         let said = |w: &str| answer.contains(w);
-        assert!(said("grpc-status: 14") && (said("authentication%20failure") || said("not%20authorized")), "{refused:?}: {answer}");
+        assert!(said("grpc-status: 14") && (said("token%20service%20refused") || said("not%20authorized")), "{refused:?}: {answer}");
+        assert!(refused.is_some() || said("refused%20an%20anonymous%20pull%20(give%20credentials"), "{answer}");
         assert!(!listed(), "pulled with {refused:?}");
     }
     pull(Some("tok-3141"));
