@@ -727,8 +727,8 @@ fn an_insecure_registry_is_spoken_to_over_plain_http_and_only_when_named() {
 }
 
 /// Execs hold a bounded share of the daemon's threads: 100 ExecSyncs at once take it
-/// no further than its 64 blocking threads and one output reader for each of the 48
-/// execs that may run at once (the daemon's BLOCKING_THREADS and EXEC_THREADS); the
+/// no further than its 80 blocking threads and one output reader for each of the 32
+/// ExecSyncs that may run at once (the daemon's BLOCKING_THREADS and EXEC_SYNC); the
 /// rest wait their turn and all succeed, and pod work gets threads meanwhile.
 #[test]
 fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs() {
@@ -753,7 +753,7 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
     // the setup left (they linger for 10 s and are reused).
     let before = threads();
     const EXECS: usize = 100;
-    const EXEC_THREADS: usize = 48;
+    const EXEC_SYNC: usize = 32;
     let done = std::sync::atomic::AtomicUsize::new(0);
     let (peak, outcomes) = std::thread::scope(|scope| {
         let execs: Vec<_> = (0..EXECS)
@@ -770,8 +770,8 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
         // its output's reader).
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut peak = threads();
-        while peak < before + EXEC_THREADS {
-            assert!(Instant::now() < deadline, "the execs never ran 48 at once: {peak} threads, {before} before");
+        while peak < before + EXEC_SYNC {
+            assert!(Instant::now() < deadline, "the execs never ran 32 at once: {peak} threads, {before} before");
             std::thread::sleep(Duration::from_millis(20));
             peak = peak.max(threads());
         }
@@ -789,7 +789,7 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
     for out in &outcomes {
         assert!(out.status.success(), "an exec failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    assert!(peak <= before + 64 + EXEC_THREADS, "{peak} threads at the peak, {before} before: the execs were not bounded");
+    assert!(peak <= before + 80 + EXEC_SYNC, "{peak} threads at the peak, {before} before: the execs were not bounded");
 }
 
 /// A protobuf length-delimited field: what a PullImageRequest is made of.

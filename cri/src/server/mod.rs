@@ -45,17 +45,26 @@ pub struct Server {
 /// The tokio runtime's own threads: gRPC, streaming, DNS and the event sweep.
 const ASYNC_THREADS: usize = 2;
 /// Threads for work that blocks (pod work and execs), at most.
-const BLOCKING_THREADS: usize = 64;
-/// Of those, how many execs (ExecSync and streaming exec) may hold at once, each for as
-/// long as its process runs; the others are pod work's, which an exec never waits for.
-/// A further exec waits for one to end.
-const EXEC_THREADS: usize = 48;
-static EXECS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(EXEC_THREADS);
+const BLOCKING_THREADS: usize = 80;
+/// Turns for ExecSync (probes, each ended by its timeout) and for streaming execs
+/// (shells, open for hours): a share each of the blocking threads, held for as long as
+/// the process runs, so that a node full of open shells still runs its probes; what is
+/// left (16) is pod work's, which never waits for a turn. A further exec waits for one.
+pub(crate) static EXEC_SYNC: Turns = Turns::new(32);
+pub(crate) static STREAM_EXEC: Turns = Turns::new(32);
 
-/// A turn to run an exec: held by the blocking thread that runs it, until it ends.
-pub(crate) async fn exec_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
-    // Never closed: None cannot happen, and would only mean no limit.
-    EXECS.acquire().await.ok()
+pub(crate) struct Turns(tokio::sync::Semaphore);
+
+impl Turns {
+    const fn new(turns: usize) -> Self {
+        Self(tokio::sync::Semaphore::const_new(turns))
+    }
+
+    /// A turn: held by the blocking thread that runs the exec, until it ends.
+    pub(crate) async fn take(&'static self) -> Option<tokio::sync::SemaphorePermit<'static>> {
+        // Never closed: None cannot happen, and would only mean no limit.
+        self.0.acquire().await.ok()
+    }
 }
 
 /// Runs blocking pod work off the gRPC threads; errors become gRPC statuses.

@@ -307,7 +307,7 @@ impl RuntimeService for Server {
         }
         limits::command(&req.cmd)?;
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
-        let turn = super::exec_turn().await;
+        let turn = super::EXEC_SYNC.take().await;
         let out = blocking(&self.pods, move |p| {
             let _turn = turn;
             p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)

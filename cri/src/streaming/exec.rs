@@ -66,7 +66,7 @@ async fn run(client: Client, s: ExecSession, pods: Arc<Pods>) -> Result<(), Stre
     let container = s.container.clone();
     // A client that leaves while the exec waits for its turn starts nothing.
     let turn = tokio::select! {
-        turn = crate::server::exec_turn() => turn,
+        turn = crate::server::STREAM_EXEC.take() => turn,
         _ = &mut client => return Ok(()),
     };
     let exec = tokio::task::spawn_blocking(move || {
