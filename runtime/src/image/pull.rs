@@ -307,6 +307,55 @@ mod tests {
         }
     }
 
+    /// A loopback port that counts the connections made to it, and answers each with
+    /// `reply` or hangs up at once.
+    fn counting_port(reply: Option<&'static str>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(reply) = reply {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8];
+                    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                        head.push(byte[0]);
+                    }
+                    let _ = conn.write_all(reply.as_bytes());
+                }
+            }
+        });
+        (addr, count)
+    }
+
+    /// One pull asks a source once, whatever it answered; a source that hung up is not
+    /// asked again (oci-client would repeat its preflight before every request). The
+    /// control: a new pull asks again, and the ports count those asks.
+    #[tokio::test]
+    async fn a_pull_asks_each_source_once() {
+        use super::{Client, ClientConfig, ClientProtocol, Reached, Reference, RegistryAuth};
+        use std::sync::atomic::Ordering::SeqCst;
+        let (answering, answers) = counting_port(Some("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+        let (hanging_up, hang_ups) = counting_port(None);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::try_from(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() }).unwrap();
+        let at = |source: &str| Reference::with_tag(source.to_string(), "test/busybox".into(), "1".into());
+        let mut reached = Reached::default();
+        for _ in 0..3 {
+            assert_eq!(reached.ask(&client, &at(&answering), &RegistryAuth::Anonymous).await, Ok(()));
+            let hung_up = reached.ask(&client, &at(&hanging_up), &RegistryAuth::Anonymous).await;
+            assert!(hung_up.is_err(), "{hung_up:?}");
+        }
+        assert_eq!((answers.load(SeqCst), hang_ups.load(SeqCst)), (1, 1), "connections made by three asks in one pull");
+        let mut next_pull = Reached::default();
+        assert_eq!(next_pull.ask(&client, &at(&answering), &RegistryAuth::Anonymous).await, Ok(()));
+        assert!(next_pull.ask(&client, &at(&hanging_up), &RegistryAuth::Anonymous).await.is_err());
+        assert_eq!((answers.load(SeqCst), hang_ups.load(SeqCst)), (2, 2), "connections made once another pull asked");
+    }
+
     #[test]
     fn a_token_service_refusal_says_whose_pull_and_what_to_check() {
         use super::RegistryAuth;

@@ -45,6 +45,7 @@ mod exec;
 mod files;
 mod instance;
 mod mount_template;
+mod names;
 mod pods;
 mod readiness;
 pub mod record;

@@ -190,7 +190,7 @@ impl Pods {
             // Claimed through the name index, so that the check costs the same with one
             // pod or a thousand; after the record exists, so that a claim whose pod has
             // no record is stale and may be taken over.
-            if let Err(e) = self.claim_name(&cfg.name, &id) {
+            if let Err(e) = self.names().claim(&self.scope, &cfg.name, &id) {
                 let _ = self.remove_pod_dir(&id);
                 return Err(e);
             }
@@ -411,7 +411,7 @@ impl Pods {
             return failures.finish(what);
         }
         self.remove_pod_dir(&pod.id)?;
-        self.release_name(pod);
+        self.names().release(&pod.scope, &pod.name, &pod.id);
         if let Err(e) = self.sync_policies_of(pod) {
             tracing::warn!(pod = %pod.name, "taking the pod out of the network policies: {e}");
         }

@@ -91,7 +91,7 @@ impl Pods {
                 Err(e) => errors.push(format!("finishing pod {what}: {}", chain(&e))),
             }
         }
-        let (claims, temps) = self.sweep_stale_claims();
+        let (claims, temps) = self.names().sweep_stale();
         report.files.extend(claims.into_iter().map(|c| format!("name claim {c} without a pod")));
         report.files.extend(temps.iter().map(|p| format!("temporary {}", p.display())));
         for c in self.oci.list().unwrap_or_default() {
