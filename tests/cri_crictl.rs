@@ -729,7 +729,8 @@ fn an_insecure_registry_is_spoken_to_over_plain_http_and_only_when_named() {
 /// Execs hold a bounded share of the daemon's threads: 100 ExecSyncs at once take it
 /// no further than its 80 blocking threads and one output reader for each of the 32
 /// ExecSyncs that may run at once (the daemon's BLOCKING_THREADS and EXEC_SYNC); the
-/// rest wait their turn and all succeed, and pod work gets threads meanwhile.
+/// rest wait their turn and all succeed, and pod work gets threads meanwhile. One
+/// whose timeout passes while it waits fails, and is not started.
 #[test]
 fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs() {
     need_root();
@@ -790,6 +791,44 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
         assert!(out.status.success(), "an exec failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     assert!(peak <= before + 80 + EXEC_SYNC, "{peak} threads at the peak, {before} before: the execs were not bounded");
+    // The share held by 32 long execs, and one more whose timeout passes while it waits
+    // for a turn: the wait is part of its timeout, so it fails unstarted while the 32
+    // still run, rather than when a turn frees (or run late).
+    let tag = format!("held-{}", std::process::id());
+    // The execs' shells in the container (not the crictl clients that name them too).
+    let holding = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|p| {
+                std::fs::read(p.path().join("cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"sh\0-c\0") && String::from_utf8_lossy(&c).contains(&tag))
+            })
+            .count()
+    };
+    let script = format!("sleep 15; echo {tag}");
+    std::thread::scope(|scope| {
+        let holders: Vec<_> = (0..EXEC_SYNC)
+            .map(|_| scope.spawn(|| d.crictl_within(Some(120), &["--timeout", "90s", "exec", "-s", &ctr, "sh", "-c", &script])))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while holding() < EXEC_SYNC {
+            assert!(Instant::now() < deadline, "the 32 long execs never all ran: {} did", holding());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let late = d.crictl_within(Some(60), &["--timeout", "30s", "exec", "-s", "--timeout", "2", &ctr, "echo", "ran-late"]);
+        let still = holding();
+        let (out, err) = (String::from_utf8_lossy(&late.stdout), String::from_utf8_lossy(&late.stderr));
+        assert!(
+            !late.status.success() && err.contains("timeout of 2s passed while it waited for a turn") && !out.contains("ran-late"),
+            "{out}{err}"
+        );
+        assert_eq!(still, EXEC_SYNC, "the late exec was answered only once a turn had freed");
+        for h in holders {
+            let out = h.join().unwrap();
+            assert!(out.status.success(), "a long exec failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
 }
 
 /// A protobuf length-delimited field: what a PullImageRequest is made of.

@@ -53,11 +53,16 @@ const BLOCKING_THREADS: usize = 80;
 pub(crate) static EXEC_SYNC: Turns = Turns::new(32);
 pub(crate) static STREAM_EXEC: Turns = Turns::new(32);
 
-pub(crate) struct Turns(tokio::sync::Semaphore);
+pub(crate) struct Turns(tokio::sync::Semaphore, usize);
 
 impl Turns {
     const fn new(turns: usize) -> Self {
-        Self(tokio::sync::Semaphore::const_new(turns))
+        Self(tokio::sync::Semaphore::const_new(turns), turns)
+    }
+
+    /// How many turns there are.
+    pub(crate) const fn size(&self) -> usize {
+        self.1
     }
 
     /// A turn: held by the blocking thread that runs the exec, until it ends.

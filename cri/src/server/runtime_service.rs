@@ -307,7 +307,17 @@ impl RuntimeService for Server {
         }
         limits::command(&req.cmd)?;
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
-        let turn = super::EXEC_SYNC.take().await;
+        // The timeout is the whole call's, as the kubelet's probe that sent it counts
+        // it: a wait for a turn uses it up too, and the exec gets what is left.
+        let asked = std::time::Instant::now();
+        let turn = match timeout {
+            None => super::EXEC_SYNC.take().await,
+            Some(t) => tokio::time::timeout(t, super::EXEC_SYNC.take()).await.map_err(|_| no_turn_within(t))?,
+        };
+        let timeout = match timeout.map(|t| t.checked_sub(asked.elapsed())) {
+            Some(None) => return Err(no_turn_within(Duration::from_secs(req.timeout as u64))),
+            left => left.flatten(),
+        };
         let out = blocking(&self.pods, move |p| {
             let _turn = turn;
             p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)
@@ -518,4 +528,14 @@ impl RuntimeService for Server {
             linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
         }))
     }
+}
+
+/// An ExecSync whose timeout passed while it waited for a turn to run.
+fn no_turn_within(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the exec's timeout of {}s passed while it waited for a turn: all {} that may run at once in this daemon are \
+         running; it was not started",
+        timeout.as_secs(),
+        super::EXEC_SYNC.size()
+    ))
 }
