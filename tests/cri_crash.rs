@@ -148,6 +148,75 @@ fn a_daemon_killed_in_the_middle_of_pod_requests_comes_back_consistent_and_leave
     }
 }
 
+/// A second daemon on a socket that one serves is refused, and the first still serves
+/// on its own socket; of two started at once, one serves and the other is refused (a
+/// look at the socket alone lets both through when both look before either binds).
+#[test]
+fn a_second_daemon_on_a_served_socket_is_refused_also_when_both_start_at_once() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Stdio;
+    need_root();
+    let node = TestNode::new("twodaemons");
+    let mut d = Daemon::start(Harness::new("cri-two"), &node.node_ns());
+    let socket_inode = |d: &Daemon| std::fs::metadata(&d.sock).map(|m| m.ino()).unwrap();
+    let first = socket_inode(&d);
+    let second = d.serve_command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let out = wait_within(second, Duration::from_secs(60), "the second daemon");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("another daemon already serves"), "the second daemon: {:?} {said}", out.status);
+    assert_eq!(socket_inode(&d), first, "the second daemon replaced the first's socket");
+    d.ok(&["version"]);
+    d.kill(libc::SIGTERM);
+    for round in 0..3 {
+        let logs: Vec<PathBuf> = (0..2).map(|i| d.h.base.join(format!("race-{round}-{i}.log"))).collect();
+        let mut both: Vec<_> = logs
+            .iter()
+            .map(|log| {
+                d.serve_command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let refused = loop {
+            if let Some(i) = both.iter_mut().position(|c| c.try_wait().unwrap().is_some()) {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "round {round}: both daemons still run after 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let said = std::fs::read_to_string(&logs[refused]).unwrap();
+        assert!(said.contains("another daemon already serves"), "round {round}: a daemon ended, but not refused: {said}");
+        let mut serving = both.remove(1 - refused);
+        while std::os::unix::net::UnixStream::connect(&d.sock).is_err() {
+            assert!(
+                serving.try_wait().unwrap().is_none(),
+                "round {round}: neither daemon serves: {}",
+                std::fs::read_to_string(&logs[1 - refused]).unwrap()
+            );
+            assert!(Instant::now() < deadline, "round {round}: the other daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d.ok(&["version"]);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(serving.id() as i32, libc::SIGTERM) };
+        let _ = serving.wait();
+        let _ = both[0].wait();
+    }
+}
+
+/// The output of `child` once it ends; killed, and the test failed, after `bound`.
+fn wait_within(mut child: std::process::Child, bound: Duration, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still ran after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn inspectp(d: &Daemon, id: &str) -> Value {
     serde_json::from_str(&d.ok(&["inspectp", id])).unwrap_or(Value::Null)
 }

@@ -43,10 +43,10 @@ impl Daemon {
         d
     }
 
-    pub fn spawn(&mut self) {
-        let log = std::fs::File::create(self.h.base.join("daemon.log")).unwrap();
-        let child = Command::new(minipod_bin())
-            .arg("--root")
+    /// `minipod serve` as this daemon runs it: its root, socket, node and arguments.
+    pub fn serve_command(&self) -> Command {
+        let mut cmd = Command::new(minipod_bin());
+        cmd.arg("--root")
             .arg(&self.h.root)
             .arg("serve")
             .arg("--socket")
@@ -55,12 +55,13 @@ impl Daemon {
             .arg(&self.node)
             .arg("--images")
             .arg(&self.images)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .args(&self.args);
+        cmd
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.h.base.join("daemon.log")).unwrap();
+        let child = self.serve_command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::os::unix::net::UnixStream::connect(&self.sock).is_err() {

@@ -112,6 +112,7 @@ pub fn serve(
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).context("the socket path has no directory: give an absolute path")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     check_socket_dir(parent)?;
+    let _held = hold_socket(&path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ASYNC_THREADS)
         .max_blocking_threads(BLOCKING_THREADS)
@@ -131,6 +132,7 @@ pub fn serve(
     let served = rt.block_on(async move {
         // Names of every network, from now on, are served by this process.
         pods.node().serve_dns(minipod_runtime::netstack::DnsScope::AllNetworks)?;
+        // A daemon of a build from before the lock holds none.
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             anyhow::bail!("another daemon already serves {}: stop it first", path.display());
         }
@@ -198,6 +200,31 @@ pub fn serve(
     // must not keep the daemon from stopping: it is cut off, its process left running.
     rt.shutdown_timeout(SHUTDOWN_GRACE);
     served
+}
+
+/// Holds `SOCKET.lock` for as long as the daemon runs, so that a second daemon on the
+/// same socket is refused before it touches the node or the state root, also when both
+/// start at once (a look at the socket alone lets both through, and the later bind
+/// then takes the socket from the earlier one). The file stays when the daemon stops:
+/// removed, a daemon that had opened it a moment before would lock a file nobody else
+/// sees.
+fn hold_socket(socket: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = PathBuf::from(format!("{}.lock", socket.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(held),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            anyhow::bail!("another daemon already serves {} (it holds {}): stop it first", socket.display(), path.display())
+        }
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// Refuses a socket directory that another user owns or that others may write to.
