@@ -169,15 +169,21 @@ fn a_second_daemon_on_a_served_socket_is_refused_also_when_both_start_at_once() 
     d.kill(libc::SIGTERM);
     for round in 0..3 {
         let logs: Vec<PathBuf> = (0..2).map(|i| d.h.base.join(format!("race-{round}-{i}.log"))).collect();
-        let mut both: Vec<_> = logs
-            .iter()
-            .map(|log| {
-                d.serve_command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
-            })
-            .collect();
+        let mut both = Stopped(
+            logs.iter()
+                .map(|log| {
+                    d.serve_command()
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(log).unwrap())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         let refused = loop {
-            if let Some(i) = both.iter_mut().position(|c| c.try_wait().unwrap().is_some()) {
+            if let Some(i) = both.0.iter_mut().position(|c| c.try_wait().unwrap().is_some()) {
                 break i;
             }
             assert!(Instant::now() < deadline, "round {round}: both daemons still run after 60 s");
@@ -185,7 +191,7 @@ fn a_second_daemon_on_a_served_socket_is_refused_also_when_both_start_at_once() 
         };
         let said = std::fs::read_to_string(&logs[refused]).unwrap();
         assert!(said.contains("another daemon already serves"), "round {round}: a daemon ended, but not refused: {said}");
-        let mut serving = both.remove(1 - refused);
+        let serving = &mut both.0[1 - refused];
         while std::os::unix::net::UnixStream::connect(&d.sock).is_err() {
             assert!(
                 serving.try_wait().unwrap().is_none(),
@@ -196,10 +202,21 @@ fn a_second_daemon_on_a_served_socket_is_refused_also_when_both_start_at_once() 
             std::thread::sleep(Duration::from_millis(20));
         }
         d.ok(&["version"]);
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(serving.id() as i32, libc::SIGTERM) };
-        let _ = serving.wait();
-        let _ = both[0].wait();
+    }
+}
+
+/// Daemons a test started itself: stopped (SIGTERM) and reaped however it ends.
+struct Stopped(Vec<std::process::Child>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                // SAFETY: signalling our own child, not yet reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
     }
 }
 

@@ -282,6 +282,48 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    /// After releases the next address follows the last one given rather than going
+    /// back to a freed one, whose neighbours' caches and conntrack entries may still
+    /// name the pod that left.
+    #[test]
+    fn the_next_address_follows_the_last_given_not_a_freed_one() {
+        let (ipam, dir) = pool("next", "10.1.5.0/24");
+        assert_eq!(ipam.allocate(&owner(1), None).unwrap(), "10.1.5.2".parse::<IpAddr>().unwrap());
+        assert_eq!(ipam.allocate(&owner(2), None).unwrap(), "10.1.5.3".parse::<IpAddr>().unwrap());
+        ipam.release(&owner(2)).unwrap();
+        ipam.release(&owner(1)).unwrap();
+        assert_eq!(ipam.allocate(&owner(3), None).unwrap(), "10.1.5.4".parse::<IpAddr>().unwrap());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What a fresh pool or an allocation cut short leaves out is nothing, not an
+    /// error; anything else the file system answers (a directory where a file should
+    /// be) is reported.
+    #[test]
+    fn absent_files_are_nothing_and_other_failures_are_reported() {
+        let (ipam, dir) = pool("absent", "10.1.6.0/24");
+        assert_eq!(ipam.owners().unwrap(), vec![], "a pool nobody used yet has no owners");
+        let ip = ipam.allocate(&owner(1), None).unwrap();
+        fs::remove_file(dir.join("ips").join(ip.to_string())).unwrap();
+        assert_eq!(ipam.release(&owner(1)).unwrap(), Some(ip), "the address file was gone already");
+        let ip = ipam.allocate(&owner(2), None).unwrap();
+        let ip_file = dir.join("ips").join(ip.to_string());
+        fs::remove_file(&ip_file).unwrap();
+        fs::create_dir(&ip_file).unwrap();
+        assert!(ipam.release(&owner(2)).is_err(), "an address file that cannot be removed");
+        fs::create_dir(dir.join("owners").join("pod-9")).unwrap();
+        assert!(ipam.address_of(&owner(9)).is_err(), "an owner file that cannot be read");
+        assert!(ipam.owners().is_err(), "an owner file that cannot be read, listed");
+        fs::remove_dir_all(dir.join("owners")).unwrap();
+        fs::write(dir.join("owners"), "").unwrap();
+        assert!(ipam.owners().is_err(), "an owners directory that is a file");
+        fs::remove_file(dir.join("owners")).unwrap();
+        fs::create_dir(dir.join("owners")).unwrap();
+        let err = ipam.repair().unwrap_err().to_string();
+        assert!(err.contains(&ip.to_string()), "an address file nobody holds that cannot be removed: {err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn a_requested_address_is_given_or_refused_with_its_holder() {
         let (ipam, dir) = pool("want", "10.1.2.0/24");
@@ -351,6 +393,12 @@ mod v6_tests {
         assert_eq!((a.to_string(), b.to_string()), ("fd00:10::2".into(), "fd00:10::3".into()));
         assert!(ipam.allocate(&OwnerId::new("c").unwrap(), Some("10.0.0.5".parse().unwrap())).is_err());
         assert!(ipam.capacity() > u128::from(u32::MAX));
+        fs::remove_dir_all(&dir).unwrap();
+        // The top of a small range: a /126 holds ::1 (the gateway), ::2 and ::3 is its last.
+        let small = Ipam::new(dir.clone(), "fd00:11::/126".parse().unwrap(), "fd00:11::1".parse().unwrap());
+        assert_eq!(small.capacity(), 1);
+        assert_eq!(small.allocate(&OwnerId::new("a").unwrap(), None).unwrap().to_string(), "fd00:11::2");
+        assert!(small.allocate(&OwnerId::new("b").unwrap(), None).is_err(), "the last address is not given");
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -342,6 +342,24 @@ mod tests {
     }
 
     #[test]
+    fn policy_and_slice_names_are_dns_subdomains() {
+        let label = |c: &str, n: usize| c.repeat(n);
+        let longest = format!("{}.{}.{}.{}", label("a", 63), label("b", 63), label("c", 63), label("d", 61));
+        for good in ["allow-frontend-to-backend", "a.b-c.d", "x", "1a", longest.as_str()] {
+            assert!(PolicyName::new(good).is_ok() && SliceName::new(good).is_ok(), "{good:?}");
+        }
+        let too_long = format!("{longest}d");
+        for bad in ["", "Allow", "a.", ".a", "a..b", "a_b", "-a", "a-.b", "a/b", too_long.as_str()] {
+            assert!(PolicyName::new(bad).is_err() && SliceName::new(bad).is_err(), "{bad:?}");
+        }
+        let e = PolicyName::new("Allow").unwrap_err().to_string();
+        assert!(
+            e.contains("network policy name \"Allow\" is not valid: use lowercase DNS labels joined by dots, at most 253 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn port_names_are_iana_service_names() {
         for good in ["http", "http-alt", "h2c", "x", "a1", "1a", "metrics-9090"] {
             assert!(PortName::new(good).is_ok(), "{good:?}");
