@@ -169,18 +169,12 @@ fn a_second_daemon_on_a_served_socket_is_refused_also_when_both_start_at_once() 
     d.kill(libc::SIGTERM);
     for round in 0..3 {
         let logs: Vec<PathBuf> = (0..2).map(|i| d.h.base.join(format!("race-{round}-{i}.log"))).collect();
-        let mut both = Stopped(
-            logs.iter()
-                .map(|log| {
-                    d.serve_command()
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(log).unwrap())
-                        .spawn()
-                        .unwrap()
-                })
-                .collect(),
-        );
+        // Each in the guard as soon as it runs, so that a failure starting the second stops the first.
+        let mut both = Stopped(Vec::new());
+        for log in &logs {
+            let log = std::fs::File::create(log).unwrap();
+            both.0.push(d.serve_command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let refused = loop {
             if let Some(i) = both.0.iter_mut().position(|c| c.try_wait().unwrap().is_some()) {

@@ -806,7 +806,10 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
             })
             .count()
     };
-    let script = format!("sleep 15; echo {tag}");
+    // Each holds its turn until the test lets it go (a file in the container), however
+    // long the 32 take to start on a loaded machine.
+    let go = format!("/tmp/go-{tag}");
+    let script = format!("i=0; until [ -e {go} ] || [ $i -ge 100 ]; do sleep 1; i=$((i+1)); done; echo {tag}");
     std::thread::scope(|scope| {
         let holders: Vec<_> = (0..EXEC_SYNC)
             .map(|_| scope.spawn(|| d.crictl_within(Some(120), &["--timeout", "90s", "exec", "-s", &ctr, "sh", "-c", &script])))
@@ -824,6 +827,17 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
             "{out}{err}"
         );
         assert_eq!(still, EXEC_SYNC, "the late exec was answered only once a turn had freed");
+        // Through a holder's view of the container's root: every exec turn is taken.
+        let holder = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .find(|p| {
+                std::fs::read(p.path().join("cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"sh\0-c\0") && String::from_utf8_lossy(&c).contains(&tag))
+            })
+            .map(|p| p.path())
+            .unwrap();
+        std::fs::write(holder.join("root").join(go.trim_start_matches('/')), "").unwrap();
         for h in holders {
             let out = h.join().unwrap();
             assert!(out.status.success(), "a long exec failed: {}", String::from_utf8_lossy(&out.stderr));

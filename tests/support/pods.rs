@@ -47,7 +47,7 @@ impl PodEnv {
         assert_eq!(entries("nodes"), Vec::<String>::new(), "private nodes left");
         assert_eq!(entries("instances"), Vec::<String>::new(), "runtime instances left");
         let names: Vec<String> = std::fs::read_dir(root.join("pods/.names"))
-            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lock").collect())
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect())
             .unwrap_or_default();
         assert_eq!(names, Vec::<String>::new(), "name indexes left in pods/.names");
         let containers: Vec<String> = entries("")

@@ -210,7 +210,9 @@ pub fn serve(
 /// sees.
 fn hold_socket(socket: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = PathBuf::from(format!("{}.lock", socket.display()));
+    let mut path = socket.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

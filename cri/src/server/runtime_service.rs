@@ -314,13 +314,19 @@ impl RuntimeService for Server {
             None => super::EXEC_SYNC.take().await,
             Some(t) => tokio::time::timeout(t, super::EXEC_SYNC.take()).await.map_err(|_| no_turn_within(t))?,
         };
-        let timeout = match timeout.map(|t| t.checked_sub(asked.elapsed())) {
+        let left = match timeout.map(|t| t.checked_sub(asked.elapsed()).filter(|left| !left.is_zero())) {
             Some(None) => return Err(no_turn_within(Duration::from_secs(req.timeout as u64))),
             left => left.flatten(),
         };
         let out = blocking(&self.pods, move |p| {
             let _turn = turn;
-            p.exec(&p.container_by_id(&req.container_id)?, req.cmd, timeout)
+            p.exec(&p.container_by_id(&req.container_id)?, req.cmd, left).map_err(|e| match e {
+                // Said with the timeout the client gave, not what the wait left of it.
+                PodError::Container(minipod_runtime::ContainerError::ExecTimeout { id, .. }) => {
+                    PodError::Container(minipod_runtime::ContainerError::ExecTimeout { id, secs: req.timeout as f64 })
+                }
+                e => e,
+            })
         })
         .await?;
         Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.status.shell_code() }))

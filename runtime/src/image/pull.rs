@@ -356,6 +356,29 @@ mod tests {
         assert_eq!((answers.load(SeqCst), hang_ups.load(SeqCst)), (2, 2), "connections made once another pull asked");
     }
 
+    /// Credentials go to the image's own registry only, never to a mirror, and are
+    /// never printed.
+    #[test]
+    fn credentials_go_to_the_images_registry_alone_and_are_never_printed() {
+        use super::{Credentials, RegistryAuth};
+        let basic = Credentials::from_pair("me:pa:ss").unwrap();
+        assert_eq!(basic, Credentials::Basic { username: "me".into(), password: "pa:ss".into() });
+        assert!(Credentials::from_pair("no-colon").is_none());
+        assert!(matches!(basic.for_source("reg.io", "reg.io"), RegistryAuth::Basic(u, p) if u == "me" && p == "pa:ss"));
+        let bearer = Credentials::Bearer("tok".into());
+        assert!(matches!(bearer.for_source("reg.io", "reg.io"), RegistryAuth::Bearer(t) if t == "tok"));
+        for creds in [&basic, &bearer, &Credentials::Anonymous] {
+            assert!(matches!(creds.for_source("mirror.io", "reg.io"), RegistryAuth::Anonymous), "{creds:?} went to a mirror");
+        }
+        assert_eq!(format!("{basic:?} {bearer:?}"), "Basic(me, <redacted>) Bearer(<redacted>)");
+    }
+
+    #[test]
+    fn one_failure_is_said_as_it_is_and_several_as_a_list() {
+        assert_eq!(super::one_or_all(vec!["a: 404".into()]), "a: 404");
+        assert_eq!(super::one_or_all(vec!["a: 404".into(), "b: refused".into()]), "no source had it: a: 404; b: refused");
+    }
+
     #[test]
     fn a_token_service_refusal_says_whose_pull_and_what_to_check() {
         use super::RegistryAuth;

@@ -104,10 +104,11 @@ impl<'a> NameIndex<'a> {
         }
     }
 
-    /// The index lock, held by whoever removes a claim: a claim is only ever removed
-    /// after a look at it under the lock, so two removals cannot overlap.
+    /// The index lock, held by whoever removes a claim, so that two removals cannot
+    /// overlap: a claim is removed only after a look at it under the lock (a stale one
+    /// not at all when the lock cannot be had). A dot name, which no scope can have.
     fn lock(&self) -> Option<nix::fcntl::Flock<std::fs::File>> {
-        let path = self.root.join("pods").join(".names").join("lock");
+        let path = self.root.join("pods").join(".names").join(".lock");
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
     }
@@ -182,22 +183,29 @@ mod tests {
     fn claims_succeed_while_their_scopes_directory_comes_and_goes() {
         let root = Root::new("dir");
         let scope = Scope::new("churn").unwrap();
-        let scopes_dir = NameIndex::of(&root.0).dir(&scope);
-        let (gone, failures) = (AtomicUsize::new(0), std::sync::Mutex::new(Vec::new()));
+        let scopes_dir = root.0.join("pods/.names/churn");
+        let (gone, active, failures) = (AtomicUsize::new(0), AtomicUsize::new(0), std::sync::Mutex::new(Vec::new()));
         std::thread::scope(|s| {
             for t in 0..4 {
-                let (root, scope, gone, failures, scopes_dir) = (&root, &scope, &gone, &failures, &scopes_dir);
+                let (root, scope, gone, active, failures, scopes_dir) = (&root, &scope, &gone, &active, &failures, &scopes_dir);
                 s.spawn(move || {
                     let (name, id) = (PodName::new(format!("pod{t}")).unwrap(), PodId::random());
                     root.record(&id, true);
                     let names = NameIndex::of(&root.0);
+                    let claim_file = scopes_dir.join(name.as_str());
+                    active.fetch_add(1, SeqCst);
                     for _ in 0..3000 {
                         match names.claim(scope, &name, &id) {
-                            Ok(()) => names.release(scope, &name, &id),
+                            Ok(()) => {
+                                assert!(claim_file.exists(), "a claim that succeeded is not at {}", claim_file.display());
+                                names.release(scope, &name, &id);
+                            }
                             Err(e) => failures.lock().unwrap().push(format!("{e}: {:?}", std::error::Error::source(&e))),
                         }
-                        gone.fetch_add(usize::from(!scopes_dir.exists()), SeqCst);
+                        // Seen gone while every thread still claims, not only after the last release.
+                        gone.fetch_add(usize::from(active.load(SeqCst) == 4 && !scopes_dir.exists()), SeqCst);
                     }
+                    active.fetch_sub(1, SeqCst);
                 });
             }
         });
@@ -206,6 +214,45 @@ mod tests {
         // The control: the directory did go while others were claiming.
         assert!(gone.load(SeqCst) > 0, "the scope's directory never went");
         assert!(!scopes_dir.exists(), "the last release leaves the scope's directory behind");
+    }
+
+    /// A claim over a live pod's is refused naming it; one over a pod without a record
+    /// (a crash before its release) takes the name over; the sweep removes stale claims
+    /// and dead writers' files and keeps live claims; and a file where the scope's
+    /// directory belongs is an error, not an endless retry.
+    #[test]
+    fn live_claims_hold_stale_ones_are_taken_over_or_swept() {
+        let root = Root::new("takeover");
+        let names = NameIndex::of(&root.0);
+        let scope = Scope::new("one").unwrap();
+        let (name, other) = (PodName::new("web").unwrap(), PodName::new("db").unwrap());
+        let (live, gone, next) = (PodId::random(), PodId::random(), PodId::random());
+        root.record(&live, true);
+        names.claim(&scope, &name, &live).unwrap();
+        assert!(matches!(names.claim(&scope, &name, &next), Err(PodError::PodExists { id, .. }) if id == live));
+        // A crash between the record's removal and the release.
+        root.record(&live, false);
+        root.record(&next, true);
+        names.claim(&scope, &name, &next).unwrap();
+        assert_eq!(names.holder(&scope, &name), Some(next.clone()), "the stale claim was not taken over");
+        // The old pod's late release leaves the new claim alone.
+        names.release(&scope, &name, &live);
+        assert_eq!(names.holder(&scope, &name), Some(next.clone()));
+        // A stale claim and a dead writer's file for the sweep (pid 0x7fffffff is no process).
+        root.record(&gone, true);
+        names.claim(&scope, &other, &gone).unwrap();
+        root.record(&gone, false);
+        let dead = root.0.join("pods/.names/one/.db.tmp.2147483647.0");
+        std::fs::write(&dead, "x").unwrap();
+        let (swept, temps) = names.sweep_stale();
+        assert_eq!((swept, temps), (vec!["one/db".to_string()], vec![dead]));
+        assert_eq!(names.holder(&scope, &name), Some(next.clone()), "the sweep took a live claim");
+        assert_eq!(names.holder(&scope, &other), None);
+        names.release(&scope, &name, &next);
+        assert!(!root.0.join("pods/.names/one").exists(), "the scope's last release leaves its directory");
+        let blocked = Scope::new("blocked").unwrap();
+        std::fs::write(root.0.join("pods/.names/blocked"), "").unwrap();
+        assert!(names.claim(&blocked, &name, &next).is_err(), "a file in the scope directory's place");
     }
 
     /// Three pods in turn for one name, each removing its record before it releases
