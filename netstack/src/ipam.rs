@@ -246,13 +246,42 @@ fn to_num(ip: IpAddr) -> u128 {
 mod tests {
     use super::*;
 
-    fn pool(name: &str, cidr: &str) -> (Ipam, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("minipod-ipam-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+    /// A pool's directory, removed however the test ends.
+    pub(super) struct Dir(pub(super) PathBuf);
+
+    impl Dir {
+        pub(super) fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("minipod-ipam-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for Dir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Dir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn pool(name: &str, cidr: &str) -> (Ipam, Dir) {
+        let dir = Dir::new(name);
         let cidr: IpNetwork = cidr.parse().unwrap();
-        let probe = Ipam::new(dir.clone(), cidr, cidr.network());
+        let probe = Ipam::new(dir.0.clone(), cidr, cidr.network());
         let gw = probe.address(to_num(cidr.network()) + 1);
-        (Ipam::new(dir.clone(), cidr, gw), dir)
+        (Ipam::new(dir.0.clone(), cidr, gw), dir)
     }
 
     fn owner(n: usize) -> OwnerId {
@@ -385,8 +414,8 @@ mod v6_tests {
 
     #[test]
     fn ipv6_pools_allocate_in_order_and_refuse_the_other_family() {
-        let dir = std::env::temp_dir().join(format!("minipod-ipam-v6-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let guard = super::tests::Dir::new("v6");
+        let dir = guard.0.clone();
         let ipam = Ipam::new(dir.clone(), "fd00:10::/64".parse().unwrap(), "fd00:10::1".parse().unwrap());
         let a = ipam.allocate(&OwnerId::new("a").unwrap(), None).unwrap();
         let b = ipam.allocate(&OwnerId::new("b").unwrap(), None).unwrap();

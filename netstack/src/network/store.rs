@@ -134,6 +134,35 @@ fn local_lock(path: &Path) -> std::sync::Arc<tokio::sync::RwLock<()>> {
     locks.entry(path.to_path_buf()).or_default().clone()
 }
 
+/// Every network recorded under a node's state dir `state_dir`, read from its files
+/// alone: the node's namespace is not opened (it may be gone).
+pub fn recorded_networks(state_dir: &Path) -> Result<Vec<NetworkConfig>, NetworkError> {
+    let mut out = Vec::new();
+    for name in network_names(state_dir)? {
+        out.extend(recorded_network(state_dir, &name)?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn network_names(state_dir: &Path) -> Result<Vec<NetworkName>, NetworkError> {
+    let dir = state_dir.join("networks");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Ok(entries.flatten().filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(state_err(&dir)(e)),
+    }
+}
+
+fn recorded_network(state_dir: &Path, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
+    let path = state_dir.join("networks").join(name.as_str()).join("config.json");
+    match record::read_json(&path) {
+        Ok(cfg) => Ok(Some(cfg)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(state_err(&path)(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -200,34 +229,5 @@ mod tests {
             let got = tokio::time::timeout(long, node.network_lock(&name, FlockArg::LockExclusive)).await;
             assert!(got.is_ok_and(|l| l.is_ok()), "the lock is taken once the other process lets go");
         });
-    }
-}
-
-/// Every network recorded under a node's state dir `state_dir`, read from its files
-/// alone: the node's namespace is not opened (it may be gone).
-pub fn recorded_networks(state_dir: &Path) -> Result<Vec<NetworkConfig>, NetworkError> {
-    let mut out = Vec::new();
-    for name in network_names(state_dir)? {
-        out.extend(recorded_network(state_dir, &name)?);
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-fn network_names(state_dir: &Path) -> Result<Vec<NetworkName>, NetworkError> {
-    let dir = state_dir.join("networks");
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => Ok(entries.flatten().filter_map(|e| NetworkName::new(e.file_name().to_string_lossy().into_owned()).ok()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
-        Err(e) => Err(state_err(&dir)(e)),
-    }
-}
-
-fn recorded_network(state_dir: &Path, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
-    let path = state_dir.join("networks").join(name.as_str()).join("config.json");
-    match record::read_json(&path) {
-        Ok(cfg) => Ok(Some(cfg)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(state_err(&path)(e)),
     }
 }
