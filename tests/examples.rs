@@ -10,12 +10,13 @@ use std::process::Command;
 use support::need_root;
 
 /// What the default state root and image store keep once everything in them has gone:
-/// their directories.
-const SKELETON: [&str; 8] = [
+/// their directories, and the name index's lock file.
+const SKELETON: [&str; 9] = [
     "/run/minipod/instances",
     "/run/minipod/nodes",
     "/run/minipod/pods",
     "/run/minipod/pods/.names",
+    "/run/minipod/pods/.names/.lock",
     "/var/lib/minipod/images",
     "/var/lib/minipod/images/images",
     "/var/lib/minipod/images/layers",
