@@ -93,6 +93,45 @@ async fn pods_of_three_nodes_reach_each_other_over_the_overlay_with_their_own_ad
     nodes[0].t.node.remove_overlay_peer(gone.underlay).await.unwrap();
 }
 
+/// Peers added at once through two handles of one node (as the CLI and a daemon's
+/// retry do) are all recorded: each change is read and written under the node's
+/// overlay lock, so that none is lost to another's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_added_at_once_are_all_recorded() {
+    need_root();
+    let ul = Underlay::new();
+    let a = member(&ul, 6).await;
+    let other = minipod_netstack::Node::new(a.t.base.join("state"), Some(&a.t.node_ns())).unwrap();
+    let answering: Vec<TestNode> = (0..4).map(|i| TestNode::new(&format!("ovat{i}"))).collect();
+    let peers: Vec<OverlayPeer> = answering
+        .iter()
+        .zip(60u8..)
+        .map(|(t, n)| OverlayPeer { underlay: ul.plug(t, n, 1500), subnet: format!("10.244.{n}.0/24").parse().unwrap() })
+        .collect();
+    let (r0, r1, r2, r3) = tokio::join!(
+        a.t.node.add_overlay_peer(peers[0]),
+        other.add_overlay_peer(peers[1]),
+        a.t.node.add_overlay_peer(peers[2]),
+        other.add_overlay_peer(peers[3])
+    );
+    for r in [r0, r1, r2, r3] {
+        r.unwrap();
+    }
+    let recorded: Vec<Ipv4Addr> = a.t.node.overlay().unwrap().unwrap().peers.iter().map(|p| p.underlay).collect();
+    let mut added: Vec<Ipv4Addr> = peers.iter().map(|p| p.underlay).collect();
+    added.sort();
+    assert_eq!(recorded, added, "a peer's record was lost to another's write");
+    let routes = sh(&a.t.node_ns(), "ip route");
+    assert!(peers.iter().all(|p| routes.contains(&p.subnet.to_string())), "{routes}");
+    // Taken away at once the same way: none is left behind in the record.
+    let (r0, r1) = tokio::join!(a.t.node.remove_overlay_peer(peers[0].underlay), other.remove_overlay_peer(peers[1].underlay));
+    r0.unwrap();
+    r1.unwrap();
+    let left: Vec<Ipv4Addr> = a.t.node.overlay().unwrap().unwrap().peers.iter().map(|p| p.underlay).collect();
+    assert_eq!(left, added[2..], "peers taken away at once");
+    a.t.node.leave_overlay().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_overlays_are_refused_and_leave_nothing() {
     need_root();

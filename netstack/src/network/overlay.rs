@@ -1,6 +1,7 @@
 //! A node's place in a cluster's overlay: its VXLAN device over an uplink, carrying
 //! one of its networks (its pod subnet) to the same network of every peer node. What
-//! is set up is recorded as `overlay.json` in the node's state dir, with its peers.
+//! is set up is recorded as `overlay.json` in the node's state dir, with its peers;
+//! peers are changed under `overlay.lock` there.
 
 use super::*;
 use crate::overlay::{self, OverlayError, OverlayPeer, OverlaySpec};
@@ -31,6 +32,18 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(state_err(&path)(e)),
         }
+    }
+
+    /// Held while a peer's change is read, made and recorded, so that two processes
+    /// changing peers at once (the CLI and a daemon's retry) cannot lose one's record.
+    async fn overlay_lock(&self) -> Result<Flock<std::fs::File>, NetworkError> {
+        let path = self.state_dir.join("overlay.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(state_err(&path))?;
+        // Another holder keeps it for a few netlink calls: waited for off the async threads.
+        let at = path.clone();
+        tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| state_err(&path)(e.into())))
+            .await
+            .map_err(|e| state_err(&at)(std::io::Error::other(e)))?
     }
 
     fn write_overlay(&self, r: &OverlayRecord) -> Result<(), NetworkError> {
@@ -82,22 +95,19 @@ impl Node {
     /// Adds (or updates) the peer node at `peer.underlay`: this node's pods reach its
     /// pods by their addresses.
     pub async fn add_overlay_peer(&self, peer: OverlayPeer) -> Result<(), NetworkError> {
-        let mut rec = self.overlay()?.ok_or(OverlayError::NotJoined)?;
-        if let Some(other) = rec.peers.iter().find(|p| p.underlay != peer.underlay && p.subnet.overlaps(peer.subnet)) {
-            return Err(OverlayError::Overlap {
-                peer: peer.underlay,
-                subnet: peer.subnet,
-                other: other.subnet,
-                holder: format!("peer {}", other.underlay),
-            }
-            .into());
-        }
+        let rec = self.overlay()?.ok_or(OverlayError::NotJoined)?;
+        overlaps_no_peer(&rec, &peer)?;
         overlay::check_peer(&rec.spec, &peer)?;
         // One that does not answer on the underlay would be a route into nothing.
         let (ns, to) = (self.netns.try_clone()?, peer.underlay);
         if !crate::probe::answers(&ns, to, PEER_PROBE)? {
             return Err(OverlayError::PeerSilent { peer: to, uplink: rec.spec.uplink.clone(), within: PEER_PROBE }.into());
         }
+        // Read again under the lock: a peer another process added or took away during
+        // the probe stays added or taken away.
+        let _lock = self.overlay_lock().await?;
+        let mut rec = self.overlay()?.ok_or(OverlayError::NotJoined)?;
+        overlaps_no_peer(&rec, &peer)?;
         let nl = Netlink::open(&self.netns)?;
         // A peer that changed subnet: its old route goes first.
         if let Some(old) = rec.peers.iter().find(|p| p.underlay == peer.underlay && p.subnet != peer.subnet) {
@@ -113,6 +123,7 @@ impl Node {
     /// Takes the peer at `underlay` away: its route, neighbour and forwarding entries
     /// go. One that is not a peer is fine.
     pub async fn remove_overlay_peer(&self, underlay: Ipv4Addr) -> Result<(), NetworkError> {
+        let _lock = self.overlay_lock().await?;
         let Some(mut rec) = self.overlay()? else { return Ok(()) };
         let Some(peer) = rec.peers.iter().find(|p| p.underlay == underlay).copied() else { return Ok(()) };
         let nl = Netlink::open(&self.netns)?;
@@ -132,5 +143,19 @@ impl Node {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(state_err(&path)(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// Refuses a peer whose pod CIDR overlaps another peer's.
+fn overlaps_no_peer(rec: &OverlayRecord, peer: &OverlayPeer) -> Result<(), NetworkError> {
+    match rec.peers.iter().find(|p| p.underlay != peer.underlay && p.subnet.overlaps(peer.subnet)) {
+        Some(other) => Err(OverlayError::Overlap {
+            peer: peer.underlay,
+            subnet: peer.subnet,
+            other: other.subnet,
+            holder: format!("peer {}", other.underlay),
+        }
+        .into()),
+        None => Ok(()),
     }
 }
