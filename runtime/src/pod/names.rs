@@ -185,16 +185,24 @@ mod tests {
         let scope = Scope::new("churn").unwrap();
         let scopes_dir = root.0.join("pods/.names/churn");
         let (gone, active, failures) = (AtomicUsize::new(0), AtomicUsize::new(0), std::sync::Mutex::new(Vec::new()));
+        let start = std::sync::Barrier::new(4);
         std::thread::scope(|s| {
             for t in 0..4 {
-                let (root, scope, gone, active, failures, scopes_dir) = (&root, &scope, &gone, &active, &failures, &scopes_dir);
+                let (root, scope, gone, active, failures, scopes_dir, start) =
+                    (&root, &scope, &gone, &active, &failures, &scopes_dir, &start);
                 s.spawn(move || {
                     let (name, id) = (PodName::new(format!("pod{t}")).unwrap(), PodId::random());
                     root.record(&id, true);
                     let names = NameIndex::of(&root.0);
                     let claim_file = scopes_dir.join(name.as_str());
                     active.fetch_add(1, SeqCst);
-                    for _ in 0..3000 {
+                    start.wait();
+                    // 3,000 rounds, and on a loaded machine more (up to 30,000) until the
+                    // directory has been seen gone while another thread claims.
+                    for round in 0.. {
+                        if round >= 3000 && (gone.load(SeqCst) > 0 || round >= 30_000) {
+                            break;
+                        }
                         match names.claim(scope, &name, &id) {
                             Ok(()) => {
                                 assert!(claim_file.exists(), "a claim that succeeded is not at {}", claim_file.display());
@@ -202,15 +210,15 @@ mod tests {
                             }
                             Err(e) => failures.lock().unwrap().push(format!("{e}: {:?}", std::error::Error::source(&e))),
                         }
-                        // Seen gone while every thread still claims, not only after the last release.
-                        gone.fetch_add(usize::from(active.load(SeqCst) == 4 && !scopes_dir.exists()), SeqCst);
+                        // Seen gone while another thread still claims, not only after the last release.
+                        gone.fetch_add(usize::from(active.load(SeqCst) >= 2 && !scopes_dir.exists()), SeqCst);
                     }
                     active.fetch_sub(1, SeqCst);
                 });
             }
         });
         let failures = failures.into_inner().unwrap();
-        assert!(failures.is_empty(), "{} of 12000 claims failed, the first: {}", failures.len(), failures[0]);
+        assert!(failures.is_empty(), "{} claims failed, the first: {}", failures.len(), failures[0]);
         // The control: the directory did go while others were claiming.
         assert!(gone.load(SeqCst) > 0, "the scope's directory never went");
         assert!(!scopes_dir.exists(), "the last release leaves the scope's directory behind");
