@@ -796,7 +796,7 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
     // still run, rather than when a turn frees (or run late).
     let tag = format!("held-{}", std::process::id());
     // The execs' shells in the container (not the crictl clients that name them too).
-    let holding = || {
+    let shells = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
@@ -804,8 +804,10 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
                 std::fs::read(p.path().join("cmdline"))
                     .is_ok_and(|c| c.starts_with(b"sh\0-c\0") && String::from_utf8_lossy(&c).contains(&tag))
             })
-            .count()
+            .map(|p| p.path())
+            .collect()
     };
+    let holding = || shells().len();
     // Each holds its turn until the test lets it go (a file in the container), however
     // long the 32 take to start on a loaded machine.
     let go = format!("/tmp/go-{tag}");
@@ -828,15 +830,7 @@ fn execs_wait_their_turn_on_a_bounded_share_of_threads_and_pod_work_still_runs()
         );
         assert_eq!(still, EXEC_SYNC, "the late exec was answered only once a turn had freed");
         // Through a holder's view of the container's root: every exec turn is taken.
-        let holder = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .find(|p| {
-                std::fs::read(p.path().join("cmdline"))
-                    .is_ok_and(|c| c.starts_with(b"sh\0-c\0") && String::from_utf8_lossy(&c).contains(&tag))
-            })
-            .map(|p| p.path())
-            .unwrap();
+        let holder = shells().into_iter().next().unwrap();
         std::fs::write(holder.join("root").join(go.trim_start_matches('/')), "").unwrap();
         for h in holders {
             let out = h.join().unwrap();

@@ -314,9 +314,9 @@ impl RuntimeService for Server {
             None => super::EXEC_SYNC.take().await,
             Some(t) => tokio::time::timeout(t, super::EXEC_SYNC.take()).await.map_err(|_| no_turn_within(t))?,
         };
-        let left = match timeout.map(|t| t.checked_sub(asked.elapsed()).filter(|left| !left.is_zero())) {
-            Some(None) => return Err(no_turn_within(Duration::from_secs(req.timeout as u64))),
-            left => left.flatten(),
+        let left = match timeout {
+            None => None,
+            Some(t) => Some(t.checked_sub(asked.elapsed()).filter(|left| !left.is_zero()).ok_or_else(|| no_turn_within(t))?),
         };
         let out = blocking(&self.pods, move |p| {
             let _turn = turn;

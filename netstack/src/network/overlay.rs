@@ -34,11 +34,13 @@ impl Node {
         }
     }
 
-    /// Held while a peer's change is read, made and recorded, so that two processes
-    /// changing peers at once (the CLI and a daemon's retry) cannot lose one's record.
+    /// Held while the overlay's record is read, changed (with what it records) and
+    /// written, so that two processes changing it at once (the CLI and a daemon's
+    /// retry, say) cannot lose one's change, nor a peer added bring back the record of
+    /// an overlay just left.
     async fn overlay_lock(&self) -> Result<Flock<std::fs::File>, NetworkError> {
         let path = self.state_dir.join("overlay.lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(state_err(&path))?;
+        let file = Self::lock_file(&path)?;
         // Another holder keeps it for a few netlink calls: waited for off the async threads.
         let at = path.clone();
         tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| state_err(&path)(e.into())))
@@ -66,6 +68,7 @@ impl Node {
         local: Ipv4Addr,
     ) -> Result<OverlayRecord, NetworkError> {
         let cfg = self.network(network)?.ok_or_else(|| NetworkError::NoSuchNetwork(network.clone()))?;
+        let _lock = self.overlay_lock().await?;
         let spec = OverlaySpec { vni, uplink: uplink.clone(), local, subnet: cfg.subnet, group: cfg.group() };
         if let Some(had) = self.overlay()? {
             if had.spec != spec || had.network != *network {
@@ -109,15 +112,28 @@ impl Node {
         let mut rec = self.overlay()?.ok_or(OverlayError::NotJoined)?;
         overlaps_no_peer(&rec, &peer)?;
         let nl = Netlink::open(&self.netns)?;
+        let known = rec.peers.contains(&peer);
         // A peer that changed subnet: its old route goes first.
-        if let Some(old) = rec.peers.iter().find(|p| p.underlay == peer.underlay && p.subnet != peer.subnet) {
+        let old = rec.peers.iter().find(|p| p.underlay == peer.underlay && p.subnet != peer.subnet).copied();
+        if let Some(old) = &old {
             overlay::remove_peer(&nl, &rec.spec, old).await?;
         }
         overlay::add_peer(&nl, &rec.spec, &peer).await?;
         rec.peers.retain(|p| p.underlay != peer.underlay);
         rec.peers.push(peer);
         rec.peers.sort_by_key(|p| p.underlay);
-        self.write_overlay(&rec)
+        if let Err(e) = self.write_overlay(&rec) {
+            // The kernel is put back as the record still has it: entries it does not
+            // name would outlive every removal, which goes by the record.
+            if !known {
+                let _ = overlay::remove_peer(&nl, &rec.spec, &peer).await;
+            }
+            if let Some(old) = &old {
+                let _ = overlay::add_peer(&nl, &rec.spec, old).await;
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Takes the peer at `underlay` away: its route, neighbour and forwarding entries
@@ -134,6 +150,7 @@ impl Node {
 
     /// Leaves the overlay: the VXLAN device goes, and every peer entry with it.
     pub async fn leave_overlay(&self) -> Result<(), NetworkError> {
+        let _lock = self.overlay_lock().await?;
         let Some(rec) = self.overlay()? else { return Ok(()) };
         let nl = Netlink::open(&self.netns)?;
         overlay::remove(&nl, &rec.spec).await?;

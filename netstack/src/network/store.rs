@@ -60,7 +60,7 @@ impl Node {
         Ok(dir.join(format!("{name}.lock")))
     }
 
-    fn lock_file(path: &Path) -> Result<std::fs::File, NetworkError> {
+    pub(super) fn lock_file(path: &Path) -> Result<std::fs::File, NetworkError> {
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(state_err(path))
     }
 

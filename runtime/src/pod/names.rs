@@ -19,8 +19,13 @@ impl<'a> NameIndex<'a> {
         NameIndex { root }
     }
 
+    /// Where every scope's names are.
+    fn base(&self) -> PathBuf {
+        self.root.join("pods").join(".names")
+    }
+
     fn dir(&self, scope: &Scope) -> PathBuf {
-        self.root.join("pods").join(".names").join(scope.as_str())
+        self.base().join(scope.as_str())
     }
 
     fn file(&self, scope: &Scope, name: &PodName) -> PathBuf {
@@ -108,7 +113,7 @@ impl<'a> NameIndex<'a> {
     /// overlap: a claim is removed only after a look at it under the lock (a stale one
     /// not at all when the lock cannot be had). A dot name, which no scope can have.
     fn lock(&self) -> Option<nix::fcntl::Flock<std::fs::File>> {
-        let path = self.root.join("pods").join(".names").join(".lock");
+        let path = self.base().join(".lock");
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
     }
@@ -118,8 +123,7 @@ impl<'a> NameIndex<'a> {
     /// returns them as `scope/name` and as paths.
     pub(super) fn sweep_stale(&self) -> (Vec<String>, Vec<PathBuf>) {
         let (mut swept, mut temps) = (Vec::new(), Vec::new());
-        let names = self.root.join("pods").join(".names");
-        for scope in std::fs::read_dir(&names).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+        for scope in std::fs::read_dir(self.base()).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
             temps.extend(netstack::record::remove_dead_temps(&scope.path()).0);
             for claim in std::fs::read_dir(scope.path()).into_iter().flatten().flatten() {
                 let file = claim.file_name().to_string_lossy().into_owned();
